@@ -1,0 +1,506 @@
+//! Layered, strict configuration (DESIGN §3).
+//!
+//! `config/default.toml` → `config/$ALERTSVC_ENV.toml` → `--config FILE` →
+//! `ALERTSVC__A__B` environment variables, deserialized into structs that
+//! refuse unknown keys. Secrets are [`Secret`]s: they serialize and debug-print
+//! as `[REDACTED]`, so printing the resolved config can never leak them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+pub const REDACTED: &str = "[REDACTED]";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration directory {0} has no default.toml")]
+    MissingDefault(PathBuf),
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    #[error("`{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("cannot serialize the resolved configuration: {0}")]
+    Render(#[from] toml::ser::Error),
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, reason: impl fmt::Display) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A secret value: readable only through [`Secret::expose`].
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(SecretString::from(value.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(REDACTED)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub log: LogSettings,
+    pub kafka: KafkaSettings,
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistrySettings>,
+    /// Logical topic id → topic settings. Stages refer to topics by id.
+    pub topics: BTreeMap<String, TopicSettings>,
+    #[serde(default)]
+    pub enrich: Option<EnrichSettings>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Used when `RUST_LOG` is not set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Human,
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    /// SASL credentials (Confluent Cloud API key and secret). They are kept
+    /// out of `client` so that they can be typed secrets set from the
+    /// environment (`ALERTSVC__KAFKA__SASL_PASSWORD`).
+    #[serde(default)]
+    pub sasl_username: Option<Secret>,
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+    /// librdkafka properties applied last, verbatim.
+    #[serde(default, serialize_with = "serialize_client_properties")]
+    pub client: BTreeMap<String, String>,
+    #[serde(default = "default_dlq_suffix")]
+    pub dlq_suffix: String,
+}
+
+fn default_dlq_suffix() -> String {
+    ".dlq".to_owned()
+}
+
+/// librdkafka property names whose values are credentials.
+pub fn is_sensitive_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "jaas", "oauthbearer.config", "key.pem", "token"]
+        .iter()
+        .any(|marker| name.contains(marker))
+}
+
+fn serialize_client_properties<S: Serializer>(
+    props: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let redacted: BTreeMap<&str, &str> = props
+        .iter()
+        .map(|(k, v)| {
+            let shown = if is_sensitive_property(k) {
+                REDACTED
+            } else {
+                v.as_str()
+            };
+            (k.as_str(), shown)
+        })
+        .collect();
+    redacted.serialize(s)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistrySettings {
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<Secret>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default = "default_registry_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_registry_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WireFormat {
+    AvroConfluent,
+    AvroSingleObject,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    pub name: String,
+    pub format: WireFormat,
+    /// `.avsc` file, relative to the configuration directory. Required for
+    /// the Avro formats; optional for `json`.
+    #[serde(default)]
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingGuarantee {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichSettings {
+    pub group_id: String,
+    /// The producer's `transactional.id` is this prefix plus the host name
+    /// (the pod name on Kubernetes), stable across restarts of one replica.
+    pub transactional_id_prefix: String,
+    pub processing_guarantee: ProcessingGuarantee,
+    /// Records per transaction at most.
+    pub max_batch_records: usize,
+    /// How long a transaction may collect records before it commits.
+    #[serde(with = "humantime_serde")]
+    pub max_batch_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+    pub http_addr: SocketAddr,
+    /// Table id → table. Every table is a GlobalKTable over its topic.
+    pub tables: BTreeMap<String, TableSettings>,
+    /// Pipeline name → pipeline.
+    pub pipelines: BTreeMap<String, PipelineSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSettings {
+    /// Logical topic id (a key of `[topics]`).
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinKind {
+    Inner,
+    Left,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSettings {
+    /// The variable the joined value is bound to in later joins and templates.
+    pub name: String,
+    /// Table id (a key of `[enrich.tables]`).
+    pub table: String,
+    /// CEL expression giving the lookup key.
+    pub key: String,
+    pub kind: JoinKind,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageTemplates {
+    pub alert_id: String,
+    pub channel: String,
+    pub text: String,
+    /// Block Kit template file, relative to the configuration directory.
+    #[serde(default)]
+    pub blocks_file: Option<String>,
+    /// Inline Block Kit template, used when `blocks_file` is not set.
+    #[serde(default)]
+    pub blocks: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Logical topic id of the input stream.
+    pub input: String,
+    /// Logical topic id of the output (`SlackMessage` records).
+    pub output: String,
+    /// String fields of the event that hold JSON documents; they are parsed
+    /// before the filter and templates see the event.
+    #[serde(default)]
+    pub json_fields: Vec<String>,
+    /// CEL expression; records for which it is false are dropped.
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub joins: Vec<JoinSettings>,
+    pub message: MessageTemplates,
+    /// Constants available to templates as `vars.NAME`.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub dir: PathBuf,
+    pub env_name: Option<String>,
+    pub extra_file: Option<PathBuf>,
+    pub use_env_vars: bool,
+}
+
+impl Sources {
+    /// The sources a deployed binary uses: `ALERTSVC_ENV` and `ALERTSVC__*`.
+    pub fn from_process(dir: PathBuf, extra_file: Option<PathBuf>) -> Self {
+        Sources {
+            dir,
+            env_name: std::env::var("ALERTSVC_ENV").ok().filter(|s| !s.is_empty()),
+            extra_file,
+            use_env_vars: true,
+        }
+    }
+}
+
+impl Settings {
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let default = sources.dir.join("default.toml");
+        if !default.is_file() {
+            return Err(ConfigError::MissingDefault(sources.dir.clone()));
+        }
+        let mut builder = config::Config::builder().add_source(config::File::from(default));
+        if let Some(env_name) = &sources.env_name {
+            let path = sources.dir.join(format!("{env_name}.toml"));
+            builder = builder.add_source(config::File::from(path).required(false));
+        }
+        if let Some(extra) = &sources.extra_file {
+            builder = builder.add_source(config::File::from(extra.as_path()).required(true));
+        }
+        if sources.use_env_vars {
+            builder = builder.add_source(
+                config::Environment::with_prefix("ALERTSVC")
+                    .prefix_separator("__")
+                    .separator("__"),
+            );
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Cross-field checks that the types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "kafka.bootstrap_servers",
+                "must not be empty",
+            ));
+        }
+        if self.kafka.sasl_username.is_some() != self.kafka.sasl_password.is_some() {
+            return Err(ConfigError::invalid(
+                "kafka.sasl_password",
+                "sasl_username and sasl_password must be set together",
+            ));
+        }
+        for (id, topic) in &self.topics {
+            let key = format!("topics.{id}.name");
+            validate_topic_name(&topic.name).map_err(|r| ConfigError::invalid(&key, r))?;
+            let dlq = format!("{}{}", topic.name, self.kafka.dlq_suffix);
+            validate_topic_name(&dlq).map_err(|r| {
+                ConfigError::invalid(&key, format!("dead-letter topic {dlq:?}: {r}"))
+            })?;
+            if topic.format != WireFormat::Json && topic.schema.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("topics.{id}.schema"),
+                    "Avro formats need a schema file",
+                ));
+            }
+        }
+        if let Some(enrich) = &self.enrich {
+            self.validate_enrich(enrich)?;
+        }
+        Ok(())
+    }
+
+    fn validate_enrich(&self, enrich: &EnrichSettings) -> Result<(), ConfigError> {
+        if enrich.max_batch_records == 0 {
+            return Err(ConfigError::invalid(
+                "enrich.max_batch_records",
+                "must be at least 1",
+            ));
+        }
+        for (id, table) in &enrich.tables {
+            self.topic(&table.topic)
+                .map_err(|r| ConfigError::invalid(format!("enrich.tables.{id}.topic"), r))?;
+        }
+        for (name, pipeline) in &enrich.pipelines {
+            let key = |k: &str| format!("enrich.pipelines.{name}.{k}");
+            self.topic(&pipeline.input)
+                .map_err(|r| ConfigError::invalid(key("input"), r))?;
+            self.topic(&pipeline.output)
+                .map_err(|r| ConfigError::invalid(key("output"), r))?;
+            for (i, join) in pipeline.joins.iter().enumerate() {
+                if !enrich.tables.contains_key(&join.table) {
+                    return Err(ConfigError::invalid(
+                        key(&format!("joins[{i}].table")),
+                        format!("no table {:?} in [enrich.tables]", join.table),
+                    ));
+                }
+                if RESERVED_NAMES.contains(&join.name.as_str()) {
+                    return Err(ConfigError::invalid(
+                        key(&format!("joins[{i}].name")),
+                        format!("{:?} is reserved", join.name),
+                    ));
+                }
+            }
+            if pipeline.message.blocks.is_some() == pipeline.message.blocks_file.is_some() {
+                return Err(ConfigError::invalid(
+                    key("message"),
+                    "set exactly one of blocks_file and blocks",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn topic(&self, id: &str) -> Result<&TopicSettings, String> {
+        self.topics
+            .get(id)
+            .ok_or_else(|| format!("no topic {id:?} in [topics]"))
+    }
+
+    pub fn dlq_topic(&self, topic_name: &str) -> String {
+        format!("{topic_name}{}", self.kafka.dlq_suffix)
+    }
+
+    /// The resolved configuration as TOML, secrets redacted.
+    pub fn render_redacted(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+/// Variable names the pipeline context defines itself.
+pub const RESERVED_NAMES: &[&str] = &[
+    "key",
+    "event",
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "vars",
+    "pipeline",
+];
+
+/// Kafka's own rules for topic names.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name must not be empty".into());
+    }
+    if name.len() > 249 {
+        return Err(format!("topic name is {} characters, at most 249", name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err("topic name cannot be \".\" or \"..\"".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} has {bad:?}; only [a-zA-Z0-9._-] are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves a path from the configuration against the configuration directory.
+pub fn resolve_path(dir: &Path, relative: &str) -> PathBuf {
+    let path = Path::new(relative);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        dir.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("slack-messages.dlq").is_ok());
+        assert!(validate_topic_name("bad topic").is_err());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn secrets_never_serialize() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), REDACTED);
+        assert_eq!(
+            serde_json::to_string(&secret).unwrap_or_default(),
+            format!("\"{REDACTED}\"")
+        );
+        assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn sensitive_client_properties_are_recognised() {
+        assert!(is_sensitive_property("sasl.password"));
+        assert!(is_sensitive_property("ssl.key.password"));
+        assert!(is_sensitive_property("sasl.oauthbearer.client.secret"));
+        assert!(is_sensitive_property("ssl.key.pem"));
+        assert!(!is_sensitive_property("bootstrap.servers"));
+        assert!(!is_sensitive_property("security.protocol"));
+    }
+}

@@ -1,0 +1,293 @@
+//! `alertsvc enrich`: declared pipelines filter stream events, join them with
+//! GlobalKTable-style tables, render Block Kit messages and write them to
+//! `slack-messages`, exactly once (DESIGN §5).
+//!
+//! [`pipeline`] is the pure per-record logic, [`table`] keeps the join
+//! tables, [`processor`] moves records between Kafka and the pipelines.
+
+pub mod blockkit;
+pub mod pipeline;
+pub mod processor;
+pub mod table;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::avro::{build_codecs, AvroError};
+use crate::config::{ConfigError, EnrichSettings, ProcessingGuarantee, Settings};
+use crate::http::{self, AppState, Health};
+use crate::kafka::{client_config, StageContext};
+use crate::metrics::{EnrichMetrics, MetricsError};
+use pipeline::Pipeline;
+use processor::{BatchError, InputTopic, Processor, Route};
+use table::{TableError, TableLoader, Tables};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    #[error("the configuration has no [enrich] section")]
+    NotConfigured,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("topic {topic}: {source}")]
+    Codec { topic: String, source: AvroError },
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the Kafka {client}: {source}")]
+    Client {
+        client: &'static str,
+        source: KafkaError,
+    },
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error("table loader stopped: {0}")]
+    TableTask(String),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+/// Compiles every enabled pipeline of the configuration.
+pub fn compile_pipelines(
+    enrich: &EnrichSettings,
+    config_dir: &Path,
+) -> Result<Vec<Arc<Pipeline>>, ConfigError> {
+    enrich
+        .pipelines
+        .iter()
+        .filter(|(_, p)| p.enabled)
+        .map(|(name, p)| Pipeline::compile(name, p, config_dir).map(Arc::new))
+        .collect()
+}
+
+/// Stable per replica, so a restarted replica fences its predecessor's
+/// open transaction.
+fn instance_id() -> String {
+    std::env::var("ALERTSVC_INSTANCE_ID")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "0".to_owned())
+}
+
+/// Runs enrich until `shutdown`, then commits or aborts the open batch.
+pub async fn run(
+    settings: &Settings,
+    config_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<(), EnrichError> {
+    let enrich = settings.enrich.as_ref().ok_or(EnrichError::NotConfigured)?;
+    let registry = Registry::new();
+    let metrics = EnrichMetrics::register(&registry)?;
+    let codecs = build_codecs(config_dir, settings)
+        .map_err(|(topic, source)| EnrichError::Codec { topic, source })?;
+    let pipelines = compile_pipelines(enrich, config_dir)?;
+
+    // Everything below stops with `stop`: on shutdown, or when a table
+    // loader dies (the tables would go stale).
+    let stop = shutdown.child_token();
+    let health = Arc::new(Health::default());
+    let router = http::ops_router(AppState {
+        health: health.clone(),
+        registry: registry.clone(),
+    });
+    let (_, http_task) = http::serve(enrich.http_addr, router, stop.clone())
+        .await
+        .map_err(|source| EnrichError::Http {
+            addr: enrich.http_addr,
+            source,
+        })?;
+
+    let context = StageContext {
+        lag: Some(metrics.consumer_lag.clone()),
+    };
+    let mut dlq_config = client_config(&settings.kafka);
+    dlq_config.set("enable.idempotence", "true");
+    let dlq_producer: FutureProducer<StageContext> = dlq_config
+        .create_with_context(context.clone())
+        .map_err(|source| EnrichError::Client {
+            client: "dead-letter producer",
+            source,
+        })?;
+
+    let mut tables = Tables::default();
+    let mut loaders = Vec::new();
+    for (id, table_settings) in &enrich.tables {
+        let topic = settings.topic(&table_settings.topic).map_err(|reason| {
+            ConfigError::invalid(format!("enrich.tables.{id}.topic"), reason)
+        })?;
+        let mut config = client_config(&settings.kafka);
+        config
+            .set("group.id", format!("{}-table-{id}", enrich.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed");
+        let consumer: StreamConsumer<StageContext> = config
+            .create_with_context(context.clone())
+            .map_err(|source| EnrichError::Client {
+                client: "table consumer",
+                source,
+            })?;
+        loaders.push(TableLoader {
+            id: id.clone(),
+            topic: topic.name.clone(),
+            dlq_topic: settings.dlq_topic(&topic.name),
+            codec: codecs[&table_settings.topic].clone(),
+            table: tables.insert(id),
+            consumer,
+            dlq: dlq_producer.clone(),
+            metrics: metrics.clone(),
+        });
+    }
+    let tables = Arc::new(tables);
+
+    let mut bootstrapped = Vec::new();
+    let mut table_tasks = tokio::task::JoinSet::new();
+    for loader in loaders {
+        let (tx, rx) = watch::channel(false);
+        bootstrapped.push(rx);
+        let stop = stop.clone();
+        table_tasks.spawn(async move { loader.run(tx, stop).await });
+    }
+
+    let mut inputs: HashMap<String, InputTopic> = HashMap::new();
+    for pipeline in pipelines {
+        let input = settings.topic(&pipeline.input).map_err(|r| {
+            ConfigError::invalid(format!("enrich.pipelines.{}.input", pipeline.name), r)
+        })?;
+        let output = settings.topic(&pipeline.output).map_err(|r| {
+            ConfigError::invalid(format!("enrich.pipelines.{}.output", pipeline.name), r)
+        })?;
+        let route = Route {
+            output_topic: output.name.clone(),
+            output_codec: codecs[&pipeline.output].clone(),
+            pipeline: pipeline.clone(),
+        };
+        inputs
+            .entry(input.name.clone())
+            .or_insert_with(|| InputTopic {
+                codec: codecs[&pipeline.input].clone(),
+                routes: Vec::new(),
+            })
+            .routes
+            .push(route);
+    }
+
+    let processor = build_processor(settings, enrich, inputs, tables, metrics, context)?;
+
+    // No stream record before every table is complete.
+    let all_bootstrapped = async {
+        for mut rx in bootstrapped {
+            let _ = rx.wait_for(|done| *done).await;
+        }
+    };
+    tokio::select! {
+        _ = all_bootstrapped => {}
+        _ = stop.cancelled() => {}
+        Some(joined) = table_tasks.join_next() => {
+            stop.cancel();
+            return Err(table_task_error(joined));
+        }
+    }
+    if stop.is_cancelled() {
+        return Ok(());
+    }
+    health.set_ready(true);
+    tracing::info!("all tables bootstrapped; enrich is ready");
+
+    let result = tokio::select! {
+        result = processor.run(stop.clone()) => result.map_err(EnrichError::from),
+        Some(joined) = table_tasks.join_next() => Err(table_task_error(joined)),
+    };
+    if result.is_err() {
+        health.set_failed();
+    }
+    health.set_ready(false);
+    stop.cancel();
+    while table_tasks.join_next().await.is_some() {}
+    let _ = http_task.await;
+    result
+}
+
+fn table_task_error(
+    joined: Result<Result<(), TableError>, tokio::task::JoinError>,
+) -> EnrichError {
+    match joined {
+        Ok(Ok(())) => EnrichError::TableTask("stopped unexpectedly".into()),
+        Ok(Err(e)) => EnrichError::Table(e),
+        Err(e) => EnrichError::TableTask(e.to_string()),
+    }
+}
+
+fn build_processor(
+    settings: &Settings,
+    enrich: &EnrichSettings,
+    inputs: HashMap<String, InputTopic>,
+    tables: Arc<Tables>,
+    metrics: EnrichMetrics,
+    context: StageContext,
+) -> Result<Processor, EnrichError> {
+    let exactly_once = enrich.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
+    let mut consumer_config = client_config(&settings.kafka);
+    consumer_config
+        .set("group.id", &enrich.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", "15000");
+    let consumer: StreamConsumer<StageContext> = consumer_config
+        .create_with_context(context.clone())
+        .map_err(|source| EnrichError::Client {
+            client: "consumer",
+            source,
+        })?;
+
+    let mut producer_config = client_config(&settings.kafka);
+    producer_config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5");
+    if exactly_once {
+        let transactional_id = format!("{}-{}", enrich.transactional_id_prefix, instance_id());
+        tracing::info!(%transactional_id, "exactly-once processing");
+        producer_config.set("transactional.id", transactional_id).set(
+            "transaction.timeout.ms",
+            enrich.transaction_timeout.as_millis().to_string(),
+        );
+    }
+    let producer: FutureProducer<StageContext> = producer_config
+        .create_with_context(context)
+        .map_err(|source| EnrichError::Client {
+            client: "producer",
+            source,
+        })?;
+
+    Ok(Processor {
+        consumer,
+        producer,
+        guarantee: enrich.processing_guarantee,
+        inputs,
+        tables,
+        dlq_suffix: settings.kafka.dlq_suffix.clone(),
+        metrics,
+        max_batch_records: enrich.max_batch_records,
+        max_batch_wait: enrich.max_batch_wait,
+        kafka_timeout: Duration::from_secs(30),
+    })
+}

@@ -1,0 +1,411 @@
+//! The pure core of enrich: one declared pipeline, compiled once, applied to
+//! one decoded record at a time — filter (CEL), joins (table lookups keyed by
+//! CEL expressions), render (minijinja), Block Kit checks. No Kafka here, so
+//! every rule is unit-tested directly and benchmarked without a broker.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use cel::{Context as CelContext, Env as CelEnv, Program, Value as CelValue};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value as JinjaValue};
+use serde_json::Value as Json;
+
+use super::blockkit::{self, BlockKitError};
+use crate::config::{resolve_path, ConfigError, JoinKind, PipelineSettings};
+use crate::messages::SlackMessage;
+
+/// Escape mode for Block Kit templates: interpolated values are escaped as
+/// JSON string content, so `"text": "*Org* {{ key }}"` stays valid JSON
+/// whatever the value holds. `|safe` opts out.
+const JSON_STRING_ESCAPE: AutoEscape = AutoEscape::Custom("json-string");
+const BLOCKS_TEMPLATE: &str = "blocks";
+
+/// Where a record came from; part of the template context and of errors.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a str>,
+    pub timestamp_ms: i64,
+}
+
+/// Read access to the GlobalKTables.
+pub trait TableLookup {
+    fn lookup(&self, table: &str, key: &str) -> Option<Arc<Json>>;
+}
+
+/// Why a record was sent to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RecordError {
+    #[error("field {field:?} is not a JSON document: {reason}")]
+    JsonField { field: String, reason: String },
+    #[error("filter failed: {0}")]
+    Filter(String),
+    #[error("join {join:?}: key expression failed: {reason}")]
+    JoinKey { join: String, reason: String },
+    #[error("template {template:?} failed: {reason}")]
+    Render { template: String, reason: String },
+    #[error("template {0:?} rendered an empty value")]
+    Empty(String),
+    #[error("blocks template did not render valid JSON: {0}")]
+    BlocksJson(String),
+    #[error("Block Kit limit: {0}")]
+    BlockKit(#[from] BlockKitError),
+}
+
+impl RecordError {
+    /// The stage that failed, as written to the `alertsvc.error.stage` header.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            RecordError::JsonField { .. } => "decode",
+            RecordError::Filter(_) => "filter",
+            RecordError::JoinKey { .. } => "join",
+            RecordError::Render { .. } | RecordError::Empty(_) | RecordError::BlocksJson(_) => {
+                "render"
+            }
+            RecordError::BlockKit(_) => "validate",
+        }
+    }
+}
+
+/// What a pipeline decided for one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Emit(SlackMessage),
+    Filtered,
+    JoinMiss { join: String, table: String },
+    Reject(RecordError),
+}
+
+struct CompiledJoin {
+    name: String,
+    table: String,
+    key: Program,
+    kind: JoinKind,
+    /// Whether a later join key reads this join's value, so it must be
+    /// handed to CEL (converting it costs; templates get it regardless).
+    needed_by_cel: bool,
+}
+
+pub struct Pipeline {
+    pub name: String,
+    pub input: String,
+    pub output: String,
+    json_fields: Vec<String>,
+    cel_env: Arc<CelEnv>,
+    filter: Option<Program>,
+    joins: Vec<CompiledJoin>,
+    templates: Environment<'static>,
+    vars: JinjaValue,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("name", &self.name).finish()
+    }
+}
+
+impl Pipeline {
+    /// Compiles filter, join keys and templates; errors name the config key.
+    pub fn compile(
+        name: &str,
+        settings: &PipelineSettings,
+        config_dir: &Path,
+    ) -> Result<Pipeline, ConfigError> {
+        let key = |k: &str| format!("enrich.pipelines.{name}.{k}");
+        let cel_env = Arc::new(CelEnv::stdlib());
+        let compile_cel = |path: String, source: &str| {
+            cel_env
+                .compile(source)
+                .map_err(|e| ConfigError::invalid(path, format!("invalid CEL expression: {e}")))
+        };
+        let filter = settings
+            .filter
+            .as_deref()
+            .map(|f| compile_cel(key("filter"), f))
+            .transpose()?;
+        let mut joins = Vec::with_capacity(settings.joins.len());
+        for (i, join) in settings.joins.iter().enumerate() {
+            joins.push(CompiledJoin {
+                name: join.name.clone(),
+                table: join.table.clone(),
+                key: compile_cel(key(&format!("joins[{i}].key")), &join.key)?,
+                kind: join.kind,
+                needed_by_cel: false,
+            });
+        }
+        for i in 0..joins.len() {
+            let name = joins[i].name.clone();
+            joins[i].needed_by_cel = joins[i + 1..]
+                .iter()
+                .any(|later| later.key.references().has_variable(&name));
+        }
+
+        let mut templates = Environment::new();
+        templates.set_undefined_behavior(UndefinedBehavior::Strict);
+        templates.set_auto_escape_callback(|name| {
+            if name == BLOCKS_TEMPLATE {
+                JSON_STRING_ESCAPE
+            } else {
+                AutoEscape::None
+            }
+        });
+        templates.set_formatter(json_string_formatter);
+        templates.add_filter("truncate", truncate_chars);
+        let message = &settings.message;
+        let blocks_source = match (&message.blocks_file, &message.blocks) {
+            (Some(file), _) => {
+                let path = resolve_path(config_dir, file);
+                std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::invalid(
+                        key("message.blocks_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+            }
+            (None, Some(inline)) => inline.clone(),
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    key("message"),
+                    "set blocks_file or blocks",
+                ))
+            }
+        };
+        for (template, source) in [
+            ("alert_id", message.alert_id.clone()),
+            ("channel", message.channel.clone()),
+            ("text", message.text.clone()),
+            (BLOCKS_TEMPLATE, blocks_source),
+        ] {
+            let config_key = if template == BLOCKS_TEMPLATE && message.blocks_file.is_some() {
+                key("message.blocks_file")
+            } else {
+                key(&format!("message.{template}"))
+            };
+            templates
+                .add_template_owned(template, source)
+                .map_err(|e| ConfigError::invalid(config_key, format!("invalid template: {e:#}")))?;
+        }
+
+        Ok(Pipeline {
+            name: name.to_owned(),
+            input: settings.input.clone(),
+            output: settings.output.clone(),
+            json_fields: settings.json_fields.clone(),
+            cel_env,
+            filter,
+            joins,
+            templates,
+            vars: JinjaValue::from_serialize(&settings.vars),
+        })
+    }
+
+    /// Tables this pipeline joins against.
+    pub fn tables(&self) -> impl Iterator<Item = &str> {
+        self.joins.iter().map(|j| j.table.as_str())
+    }
+
+    /// Applies the pipeline to one decoded record.
+    pub fn apply(&self, source: &Source<'_>, event: &Json, tables: &dyn TableLookup) -> Verdict {
+        match self.try_apply(source, event, tables) {
+            Ok(verdict) => verdict,
+            Err(e) => Verdict::Reject(e),
+        }
+    }
+
+    fn try_apply(
+        &self,
+        source: &Source<'_>,
+        event: &Json,
+        tables: &dyn TableLookup,
+    ) -> Result<Verdict, RecordError> {
+        let parsed;
+        let event = if self.json_fields.is_empty() {
+            event
+        } else {
+            parsed = self.parse_json_fields(event)?;
+            &parsed
+        };
+
+        let mut cel = CelContext::with_env(self.cel_env.clone());
+        if self.filter.is_some() || !self.joins.is_empty() {
+            cel.add_variable_from_value("key", source.key.map(str::to_owned));
+            cel.add_variable_from_value("topic", source.topic.to_owned());
+            let event_value =
+                cel::to_value(event).map_err(|e| RecordError::Filter(e.to_string()))?;
+            cel.add_variable_from_value("event", event_value);
+        }
+        if let Some(filter) = &self.filter {
+            match filter.execute(&cel) {
+                Ok(CelValue::Bool(true)) => {}
+                Ok(CelValue::Bool(false)) => return Ok(Verdict::Filtered),
+                Ok(other) => {
+                    return Err(RecordError::Filter(format!(
+                        "returned {other:?}, not a boolean"
+                    )))
+                }
+                Err(e) => return Err(RecordError::Filter(e.to_string())),
+            }
+        }
+
+        let mut joined: Vec<(&str, Option<Arc<Json>>)> = Vec::with_capacity(self.joins.len());
+        for join in &self.joins {
+            let lookup_key = match join.key.execute(&cel) {
+                Ok(CelValue::String(s)) => Some(s.to_string()),
+                Ok(CelValue::Int(i)) => Some(i.to_string()),
+                Ok(CelValue::UInt(i)) => Some(i.to_string()),
+                Ok(CelValue::Null) => None,
+                Ok(other) => {
+                    return Err(RecordError::JoinKey {
+                        join: join.name.clone(),
+                        reason: format!("returned {other:?}, not a string"),
+                    })
+                }
+                Err(e) => {
+                    return Err(RecordError::JoinKey {
+                        join: join.name.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            };
+            let found = lookup_key.and_then(|k| tables.lookup(&join.table, &k));
+            if found.is_none() && join.kind == JoinKind::Inner {
+                return Ok(Verdict::JoinMiss {
+                    join: join.name.clone(),
+                    table: join.table.clone(),
+                });
+            }
+            if join.needed_by_cel {
+                let value = match &found {
+                    Some(v) => cel::to_value(&**v).map_err(|e| RecordError::JoinKey {
+                        join: join.name.clone(),
+                        reason: e.to_string(),
+                    })?,
+                    None => CelValue::Null,
+                };
+                cel.add_variable_from_value(join.name.clone(), value);
+            }
+            joined.push((join.name.as_str(), found));
+        }
+
+        self.render(source, event, &joined).map(Verdict::Emit)
+    }
+
+    fn parse_json_fields(&self, event: &Json) -> Result<Json, RecordError> {
+        let mut event = event.clone();
+        for field in &self.json_fields {
+            if let Some(slot) = event.get_mut(field.as_str()) {
+                if let Json::String(text) = slot {
+                    let parsed = serde_json::from_str(text).map_err(|e| RecordError::JsonField {
+                        field: field.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    *slot = parsed;
+                }
+            }
+        }
+        Ok(event)
+    }
+
+    fn render(
+        &self,
+        source: &Source<'_>,
+        event: &Json,
+        joined: &[(&str, Option<Arc<Json>>)],
+    ) -> Result<SlackMessage, RecordError> {
+        let mut context: BTreeMap<&str, JinjaValue> = BTreeMap::new();
+        context.insert("key", JinjaValue::from(source.key));
+        context.insert("event", JinjaValue::from_serialize(event));
+        context.insert("topic", JinjaValue::from(source.topic));
+        context.insert("partition", JinjaValue::from(source.partition));
+        context.insert("offset", JinjaValue::from(source.offset));
+        context.insert("timestamp", JinjaValue::from(source.timestamp_ms));
+        context.insert("pipeline", JinjaValue::from(self.name.as_str()));
+        context.insert("vars", self.vars.clone());
+        for (name, value) in joined {
+            let value = match value {
+                Some(v) => JinjaValue::from_serialize(&**v),
+                None => JinjaValue::from(()),
+            };
+            context.insert(name, value);
+        }
+        let context = JinjaValue::from_serialize(&context);
+
+        let alert_id = self.render_one("alert_id", &context)?;
+        let channel_id = self.render_one("channel", &context)?;
+        let text = self.render_one("text", &context)?;
+        let blocks_text = self.render_template(BLOCKS_TEMPLATE, &context)?;
+        let blocks: Json = serde_json::from_str(&blocks_text)
+            .map_err(|e| RecordError::BlocksJson(e.to_string()))?;
+        blockkit::validate_message(&text, &blocks)?;
+        Ok(SlackMessage {
+            alert_id,
+            channel_id,
+            text,
+            blocks: blocks.to_string(),
+            created_at: source.timestamp_ms,
+            pipeline: self.name.clone(),
+            source_topic: source.topic.to_owned(),
+            source_partition: source.partition,
+            source_offset: source.offset,
+        })
+    }
+
+    fn render_template(&self, name: &str, context: &JinjaValue) -> Result<String, RecordError> {
+        let fail = |e: minijinja::Error| RecordError::Render {
+            template: name.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        self.templates
+            .get_template(name)
+            .map_err(fail)?
+            .render(context)
+            .map_err(fail)
+    }
+
+    /// Renders a one-line template; surrounding whitespace is not content.
+    fn render_one(&self, name: &str, context: &JinjaValue) -> Result<String, RecordError> {
+        let rendered = self.render_template(name, context)?;
+        let trimmed = rendered.trim();
+        if trimmed.is_empty() {
+            return Err(RecordError::Empty(name.to_owned()));
+        }
+        Ok(trimmed.to_owned())
+    }
+}
+
+/// `truncate(n)`: at most `n` characters, ending in `…` when cut, so long
+/// free-text fields cannot push a block over Slack's limits.
+fn truncate_chars(text: String, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text;
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+fn json_string_formatter(
+    out: &mut minijinja::Output,
+    state: &minijinja::State,
+    value: &JinjaValue,
+) -> Result<(), minijinja::Error> {
+    if state.auto_escape() != JSON_STRING_ESCAPE {
+        return minijinja::escape_formatter(out, state, value);
+    }
+    let io_error = |_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed");
+    if value.is_safe() {
+        return out.write_str(&value.to_string()).map_err(io_error);
+    }
+    let text = match value.as_str() {
+        Some(s) => s.to_owned(),
+        None => value.to_string(),
+    };
+    let quoted = Json::String(text).to_string();
+    out.write_str(&quoted[1..quoted.len() - 1]).map_err(io_error)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,13 @@
+//! alertsvc: warehouse and Kafka events become enriched, actionable Slack
+//! messages. The binary's subcommands are the stages; this library holds
+//! them so that tests and benchmarks drive the same code.
+
+pub mod avro;
+pub mod cli;
+pub mod config;
+pub mod enrich;
+pub mod http;
+pub mod kafka;
+pub mod messages;
+pub mod metrics;
+pub mod telemetry;
