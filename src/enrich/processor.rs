@@ -15,6 +15,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
+use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use super::pipeline::{Pipeline, Source, Verdict};
@@ -242,11 +243,20 @@ impl Processor {
     /// Applies every pipeline reading this record's topic; returns the
     /// records to write (outputs and dead letters).
     async fn process(&self, message: &OwnedMessage) -> Vec<OutRecord> {
+        let span = tracing::debug_span!(
+            "record",
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset()
+        );
+        self.process_record(message).instrument(span).await
+    }
+
+    async fn process_record(&self, message: &OwnedMessage) -> Vec<OutRecord> {
         let topic = message.topic();
         let Some(input) = self.inputs.get(topic) else {
             return Vec::new();
         };
-        let _span = tracing::debug_span!("record", topic, partition = message.partition(), offset = message.offset()).entered();
         let dead = |stage: &'static str, reason: String, pipeline: Option<&str>| {
             let letter = DeadLetter {
                 source_topic: topic,

@@ -1,0 +1,439 @@
+//! The one test harness: a broker (mock cluster or external), a fresh set
+//! of uniquely named topics per test, configuration overlays on top of the
+//! shipped `config/`, record builders, readers, and enrich runners
+//! (in-process or as a child process that can be killed).
+
+#![allow(dead_code)]
+
+pub mod broker;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use alertsvc::avro::{build_codecs, Codecs};
+use alertsvc::config::{Settings, Sources};
+use alertsvc::messages::SlackMessage;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use broker::Broker;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn config_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if std::env::var("TEST_LOG").is_ok() {
+        alertsvc::telemetry::init(alertsvc::config::LogFormat::Human, "info");
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Topic ids of the shipped configuration, with partition counts for tests.
+pub const TOPICS: &[(&str, i32)] = &[
+    ("notifications", 3),
+    ("csdr_assignment", 2),
+    ("slack_users", 2),
+    ("slack_messages", 3),
+    ("slack_responses", 1),
+    ("slack_interactions", 1),
+];
+
+/// Deep-merges TOML tables: `overlay` wins.
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(base), toml::Value::Table(overlay)) => {
+            for (k, v) in overlay {
+                match base.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+pub struct TestEnv {
+    pub broker: Broker,
+    pub dir: tempfile::TempDir,
+    pub suffix: String,
+    pub overlay: PathBuf,
+    pub http_addr: SocketAddr,
+    pub settings: Settings,
+    pub codecs: Codecs,
+    producer: FutureProducer,
+}
+
+impl TestEnv {
+    /// A fresh environment; `extra` is TOML merged over the test defaults.
+    pub async fn new(extra: &str) -> TestEnv {
+        Self::with_broker(Broker::start(), extra).await
+    }
+
+    pub async fn with_broker(broker: Broker, extra: &str) -> TestEnv {
+        init();
+        let suffix = format!(
+            "{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let bootstrap = broker.bootstrap();
+        let mut overlay: toml::Value = toml::from_str(&format!(
+            r#"
+            [kafka]
+            bootstrap_servers = "{bootstrap}"
+            [kafka.client]
+            "session.timeout.ms" = "6000"
+            "heartbeat.interval.ms" = "500"
+            "fetch.wait.max.ms" = "100"
+            "log_level" = "3"
+            [enrich]
+            group_id = "enrich-{suffix}"
+            transactional_id_prefix = "enrich-{suffix}"
+            max_batch_wait = "20ms"
+            http_addr = "{http_addr}"
+            "#
+        ))
+        .unwrap();
+        let defaults = Settings::load(&Sources {
+            dir: config_dir(),
+            env_name: None,
+            extra_file: None,
+            use_env_vars: false,
+        })
+        .expect("shipped config loads");
+        let mut topics = toml::map::Map::new();
+        for (id, partitions) in TOPICS {
+            let name = format!("{}-{suffix}", defaults.topics[*id].name);
+            broker.create_topic(&name, *partitions).await;
+            broker
+                .create_topic(&format!("{name}{}", defaults.kafka.dlq_suffix), 1)
+                .await;
+            let mut table = toml::map::Map::new();
+            table.insert("name".into(), toml::Value::String(name));
+            topics.insert((*id).into(), toml::Value::Table(table));
+        }
+        merge(
+            &mut overlay,
+            toml::Value::Table(toml::map::Map::from_iter([(
+                "topics".to_owned(),
+                toml::Value::Table(topics),
+            )])),
+        );
+        merge(&mut overlay, toml::from_str(extra).expect("extra TOML"));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let overlay_path = dir.path().join("test.toml");
+        std::fs::write(&overlay_path, toml::to_string(&overlay).unwrap()).unwrap();
+        let settings = Settings::load(&Sources {
+            dir: config_dir(),
+            env_name: None,
+            extra_file: Some(overlay_path.clone()),
+            use_env_vars: false,
+        })
+        .expect("test config loads");
+        let codecs = build_codecs(&config_dir(), &settings)
+            .unwrap_or_else(|(t, e)| panic!("codec {t}: {e}"));
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "0")
+            .create()
+            .expect("test producer");
+        TestEnv {
+            broker,
+            dir,
+            suffix,
+            overlay: overlay_path,
+            http_addr,
+            settings,
+            codecs,
+            producer,
+        }
+    }
+
+    pub fn topic(&self, id: &str) -> String {
+        self.settings.topics[id].name.clone()
+    }
+
+    pub fn dlq(&self, id: &str) -> String {
+        self.settings.dlq_topic(&self.topic(id))
+    }
+
+    pub async fn produce_raw(&self, topic: &str, key: Option<&str>, payload: Option<&[u8]>) {
+        let mut record = FutureRecord::<str, [u8]>::to(topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+
+    pub async fn encode(&self, topic_id: &str, value: &Value) -> Vec<u8> {
+        self.codecs[topic_id].encode(value).await.expect("encode")
+    }
+
+    pub async fn produce_event(&self, org: &str, event: &Value) {
+        let payload = self.encode("notifications", event).await;
+        self.produce_raw(&self.topic("notifications"), Some(org), Some(&payload))
+            .await;
+    }
+
+    pub async fn put_assignment(&self, org: &str, email: &str, org_name: &str) {
+        let value = json!({"org_id": org, "org_name": org_name, "csdr_name": format!("CSDR of {org_name}"),
+                           "csdr_email": email, "updated_at": 1});
+        let payload = self.encode("csdr_assignment", &value).await;
+        self.produce_raw(&self.topic("csdr_assignment"), Some(org), Some(&payload))
+            .await;
+    }
+
+    pub async fn delete_assignment(&self, org: &str) {
+        self.produce_raw(&self.topic("csdr_assignment"), Some(org), None)
+            .await;
+    }
+
+    pub async fn put_slack_user(&self, email: &str, user_id: &str) {
+        let value = json!({"email": email, "slack_user_id": user_id, "display_name": user_id});
+        let payload = self.encode("slack_users", &value).await;
+        self.produce_raw(&self.topic("slack_users"), Some(email), Some(&payload))
+            .await;
+    }
+
+    /// Reads `topic` from the beginning with `read_committed` until
+    /// `expected` records arrived, then keeps reading for `settle` to catch
+    /// any extra record; panics on timeout.
+    pub async fn read(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap())
+            .set("group.id", format!("reader-{}", self.suffix))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "100")
+            .create()
+            .expect("reader");
+        let partitions = {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .expect("metadata");
+            metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        drop(tpl);
+        let mut records = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let settle = Duration::from_millis(750);
+        loop {
+            let until = if records.len() >= expected {
+                tokio::time::Instant::now() + settle
+            } else {
+                deadline
+            };
+            match tokio::time::timeout_at(until, consumer.recv()).await {
+                Ok(Ok(m)) => records.push(Record::from_message(&m)),
+                Ok(Err(e)) => panic!("reading {topic}: {e}"),
+                Err(_) if records.len() >= expected => break,
+                Err(_) => panic!(
+                    "timed out reading {topic}: {} of {expected} records",
+                    records.len()
+                ),
+            }
+        }
+        records
+    }
+
+    /// The Slack messages written so far, decoded.
+    pub async fn read_messages(&self, expected: usize, timeout: Duration) -> Vec<(Record, SlackMessage)> {
+        let records = self.read(&self.topic("slack_messages"), expected, timeout).await;
+        let mut out = Vec::new();
+        for record in records {
+            let value = self.codecs["slack_messages"]
+                .decode(record.payload.as_deref().expect("payload"))
+                .await
+                .expect("decode slack message");
+            out.push((record, SlackMessage::from_json(value).expect("SlackMessage")));
+        }
+        out
+    }
+
+    pub fn start_enrich(&self) -> RunningEnrich {
+        let settings = self.settings.clone();
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let handle = tokio::spawn(async move {
+            alertsvc::enrich::run(&settings, &config_dir(), stop)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        });
+        RunningEnrich {
+            token,
+            handle,
+            http_addr: self.http_addr,
+        }
+    }
+
+    /// `alertsvc enrich` as a child process (killable like a crashed pod).
+    pub fn spawn_enrich_process(&self, log_name: &str) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(log_name)).expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_alertsvc"))
+            .arg("--config-dir")
+            .arg(config_dir())
+            .arg("--config")
+            .arg(&self.overlay)
+            .arg("enrich")
+            .env("ALERTSVC_INSTANCE_ID", "crash-test")
+            .env("RUST_LOG", "warn,alertsvc=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn alertsvc")
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.http_addr))
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// Waits until the metric `series` (name with labels, as printed)
+    /// reaches at least `min`.
+    pub async fn wait_metric(&self, series: &str, min: f64, timeout: Duration) -> f64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let value = metric_value(&self.metrics().await, series);
+            if let Some(v) = value {
+                if v >= min {
+                    return v;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("metric {series} is {value:?}, expected ≥ {min}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let url = format!("http://{}/readyz", self.http_addr);
+        loop {
+            if let Some((200, _)) = http_get(&url).await {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("enrich not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+pub struct RunningEnrich {
+    pub token: CancellationToken,
+    pub handle: JoinHandle<Result<(), String>>,
+    pub http_addr: SocketAddr,
+}
+
+impl RunningEnrich {
+    pub async fn stop(self) -> Result<(), String> {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("enrich stops within 30 s")
+            .expect("enrich task")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Record {
+    fn from_message<M: Message>(m: &M) -> Record {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+}
+
+/// A `NotificationsPipelineEvent` for a connector status change.
+pub fn connector_event(id: &str, env: &str, connector: &str, old_status: &str) -> Value {
+    let data = json!({
+        "env_id": env,
+        "connector_id": connector,
+        "connector_name": format!("{connector}-name"),
+        "connector_type": "PostgresSink",
+        "failure_reason": format!("bad credentials for {connector}"),
+        "labels": {"connector_old_status": old_status, "connector_new_status": "Failed"},
+    });
+    json!({"eventId": id, "eventType": "connector-failure", "source": "tests",
+           "time": 1_700_000_000_000i64, "data": data.to_string()})
+}

@@ -1,0 +1,4 @@
+//! Integration tests: every stage against a real Kafka-protocol broker.
+
+mod common;
+mod enrich_topology;
