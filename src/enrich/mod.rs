@@ -210,9 +210,23 @@ pub async fn run(
     health.set_ready(true);
     tracing::info!("all tables bootstrapped; enrich is ready");
 
-    let result = tokio::select! {
-        result = processor.run(stop.clone()) => result.map_err(EnrichError::from),
-        Some(joined) = table_tasks.join_next() => Err(table_task_error(joined)),
+    let processing = processor.run(stop.clone());
+    tokio::pin!(processing);
+    let result = loop {
+        tokio::select! {
+            result = &mut processing => break result.map_err(EnrichError::from),
+            Some(joined) = table_tasks.join_next(), if !stop.is_cancelled() => {
+                if stop.is_cancelled() {
+                    continue; // loaders end on shutdown: expected
+                }
+                // A dead loader means stale joins: stop after the open batch.
+                let error = table_task_error(joined);
+                tracing::error!(%error, "table loader failed; stopping");
+                stop.cancel();
+                let _ = (&mut processing).await;
+                break Err(error);
+            }
+        }
     };
     if result.is_err() {
         health.set_failed();

@@ -2,3 +2,5 @@
 
 mod common;
 mod enrich_topology;
+mod enrich_dead_letters;
+mod enrich_tables;

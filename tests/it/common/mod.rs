@@ -182,7 +182,8 @@ impl TestEnv {
         self.settings.dlq_topic(&self.topic(id))
     }
 
-    pub async fn produce_raw(&self, topic: &str, key: Option<&str>, payload: Option<&[u8]>) {
+    /// Produces one record; returns its (partition, offset).
+    pub async fn produce_raw(&self, topic: &str, key: Option<&str>, payload: Option<&[u8]>) -> (i32, i64) {
         let mut record = FutureRecord::<str, [u8]>::to(topic);
         if let Some(key) = key {
             record = record.key(key);
@@ -190,20 +191,22 @@ impl TestEnv {
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        self.producer
+        let delivery = self
+            .producer
             .send(record, Duration::from_secs(10))
             .await
             .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+        (delivery.partition, delivery.offset)
     }
 
     pub async fn encode(&self, topic_id: &str, value: &Value) -> Vec<u8> {
         self.codecs[topic_id].encode(value).await.expect("encode")
     }
 
-    pub async fn produce_event(&self, org: &str, event: &Value) {
+    pub async fn produce_event(&self, org: &str, event: &Value) -> (i32, i64) {
         let payload = self.encode("notifications", event).await;
         self.produce_raw(&self.topic("notifications"), Some(org), Some(&payload))
-            .await;
+            .await
     }
 
     pub async fn put_assignment(&self, org: &str, email: &str, org_name: &str) {
