@@ -20,7 +20,7 @@ pub const REDACTED: &str = "[REDACTED]";
 pub enum ConfigError {
     #[error("configuration directory {0} has no default.toml")]
     MissingDefault(PathBuf),
-    #[error("{0}")]
+    #[error(transparent)]
     Load(#[from] config::ConfigError),
     #[error("`{key}`: {reason}")]
     Invalid { key: String, reason: String },

@@ -4,3 +4,5 @@ mod common;
 mod enrich_topology;
 mod enrich_dead_letters;
 mod enrich_tables;
+mod config_check;
+mod enrich_crash;

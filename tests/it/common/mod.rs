@@ -233,6 +233,25 @@ impl TestEnv {
     /// `expected` records arrived, then keeps reading for `settle` to catch
     /// any extra record; panics on timeout.
     pub async fn read(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
+        let records = self
+            .read_until(topic, |records| records.len() >= expected, timeout)
+            .await;
+        assert!(
+            records.len() >= expected,
+            "timed out reading {topic}: {} of {expected} records",
+            records.len()
+        );
+        records
+    }
+
+    /// Reads `topic` from the beginning until `done` holds (then reads on
+    /// for a settle period to catch extra records) or `timeout` passes.
+    pub async fn read_until(
+        &self,
+        topic: &str,
+        done: impl Fn(&[Record]) -> bool,
+        timeout: Duration,
+    ) -> Vec<Record> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.broker.bootstrap())
             .set("group.id", format!("reader-{}", self.suffix))
@@ -261,7 +280,8 @@ impl TestEnv {
         let deadline = tokio::time::Instant::now() + timeout;
         let settle = Duration::from_millis(750);
         loop {
-            let until = if records.len() >= expected {
+            let satisfied = done(&records);
+            let until = if satisfied {
                 tokio::time::Instant::now() + settle
             } else {
                 deadline
@@ -269,11 +289,7 @@ impl TestEnv {
             match tokio::time::timeout_at(until, consumer.recv()).await {
                 Ok(Ok(m)) => records.push(Record::from_message(&m)),
                 Ok(Err(e)) => panic!("reading {topic}: {e}"),
-                Err(_) if records.len() >= expected => break,
-                Err(_) => panic!(
-                    "timed out reading {topic}: {} of {expected} records",
-                    records.len()
-                ),
+                Err(_) => break,
             }
         }
         records
@@ -324,6 +340,48 @@ impl TestEnv {
             .stderr(log)
             .spawn()
             .expect("spawn alertsvc")
+    }
+
+    /// Offsets committed by `group` for every partition of `topic`.
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap())
+            .set("group.id", group)
+            .create()
+            .expect("offsets consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        let offsets = committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            })
+            .collect();
+        drop(committed);
+        offsets
+    }
+
+    /// End offsets of every partition of `topic`.
+    pub fn end_offsets(&self, topic: &str, partitions: i32) -> Vec<i64> {
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap())
+            .create()
+            .expect("watermarks consumer");
+        (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1
+            })
+            .collect()
     }
 
     pub async fn metrics(&self) -> String {

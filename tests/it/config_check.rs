@@ -1,0 +1,125 @@
+//! `alertsvc config check`: broken configurations are refused with a message
+//! naming the key, and no secret reaches any output.
+
+use std::process::Command;
+
+use crate::common::config_dir;
+
+const SASL_SECRET: &str = "s3cr3t-sasl-VALUE";
+const PEM_SECRET: &str = "pem-pass-Q7x";
+
+struct Outcome {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn check(overlay: &str) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("overlay.toml");
+    std::fs::write(&path, overlay).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_alertsvc"))
+        .arg("--config-dir")
+        .arg(config_dir())
+        .arg("--config")
+        .arg(&path)
+        .args(["config", "check"])
+        .env("ALERTSVC__KAFKA__SASL_USERNAME", "API-KEY-1")
+        .env("ALERTSVC__KAFKA__SASL_PASSWORD", SASL_SECRET)
+        .env_remove("ALERTSVC_ENV")
+        .output()
+        .expect("run alertsvc");
+    let outcome = Outcome {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    for secret in [SASL_SECRET, PEM_SECRET] {
+        assert!(!outcome.stdout.contains(secret), "secret in stdout: {}", outcome.stdout);
+        assert!(!outcome.stderr.contains(secret), "secret in stderr: {}", outcome.stderr);
+    }
+    outcome
+}
+
+fn assert_refused(overlay: &str, expected: &[&str]) {
+    let outcome = check(overlay);
+    assert!(!outcome.success, "accepted: {overlay}");
+    for fragment in expected {
+        assert!(outcome.stderr.contains(fragment), "{fragment:?} not in: {}", outcome.stderr);
+    }
+}
+
+#[test]
+fn valid_config_prints_resolved_values_with_secrets_redacted() {
+    let outcome = check(&format!(
+        "[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\"ssl.key.password\" = \"{PEM_SECRET}\"\n"
+    ));
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert!(outcome.stdout.contains("sasl_password = \"[REDACTED]\""), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("\"ssl.key.password\" = \"[REDACTED]\""), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("\"security.protocol\" = \"SASL_SSL\""));
+    assert!(outcome.stdout.contains("[enrich.pipelines.connector-provisioning-failure.message]"));
+    assert!(outcome.stderr.contains("configuration OK"));
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    assert_refused("[enrich]\nunknown_knob = 1\n", &["unknown field `unknown_knob`"]);
+}
+
+#[test]
+fn bad_filter_expression_is_refused() {
+    assert_refused(
+        "[enrich.pipelines.connector-provisioning-failure]\nfilter = \"event.data ==\"\n",
+        &["enrich.pipelines.connector-provisioning-failure.filter", "invalid CEL expression"],
+    );
+}
+
+#[test]
+fn missing_template_file_is_refused() {
+    assert_refused(
+        "[enrich.pipelines.connector-provisioning-failure.message]\nblocks_file = \"templates/nope.json.j2\"\n",
+        &["enrich.pipelines.connector-provisioning-failure.message.blocks_file", "nope.json.j2"],
+    );
+}
+
+#[test]
+fn broken_template_is_refused() {
+    assert_refused(
+        "[enrich.pipelines.connector-provisioning-failure.message]\ntext = \"{{ key \"\n",
+        &["enrich.pipelines.connector-provisioning-failure.message.text", "invalid template"],
+    );
+}
+
+#[test]
+fn bad_kafka_property_is_refused() {
+    assert_refused(
+        "[kafka.client]\n\"no.such.property\" = \"1\"\n",
+        &["kafka.client.\"no.such.property\"", "No such configuration property"],
+    );
+}
+
+#[test]
+fn bad_topic_name_and_dangling_references_are_refused() {
+    assert_refused(
+        "[topics.slack_messages]\nname = \"slack messages!\"\n",
+        &["topics.slack_messages.name", "only [a-zA-Z0-9._-] are allowed"],
+    );
+    assert_refused(
+        "[enrich.pipelines.connector-provisioning-failure]\ninput = \"nowhere\"\n",
+        &["enrich.pipelines.connector-provisioning-failure.input", "no topic \"nowhere\""],
+    );
+}
+
+#[test]
+fn bad_schema_is_refused() {
+    assert_refused(
+        "[topics.slack_users]\nschema = \"templates/connector_failure.blocks.json.j2\"\n",
+        &["topics.slack_users", "invalid Avro schema"],
+    );
+}
+
+#[test]
+fn wrong_value_type_names_the_key() {
+    assert_refused("[enrich]\nmax_batch_records = \"many\"\n", &["max_batch_records"]);
+}
