@@ -157,7 +157,12 @@ impl TypedSchema {
             (Schema::Map(m), Json::Object(entries)) => AvroValue::Map(
                 entries
                     .iter()
-                    .map(|(k, v)| Ok((k.clone(), self.to_avro(&m.types, v, &format!("{path}.{k}"))?)))
+                    .map(|(k, v)| {
+                        Ok((
+                            k.clone(),
+                            self.to_avro(&m.types, v, &format!("{path}.{k}"))?,
+                        ))
+                    })
                     .collect::<Result<_, AvroError>>()?,
             ),
             (Schema::Record(record), Json::Object(entries)) => {
@@ -411,7 +416,7 @@ fn registry_error(e: &schema_registry_converter::error::SRCError) -> String {
 /// A topic's wire format.
 pub enum Codec {
     Json,
-    SingleObject(SingleObject),
+    SingleObject(Box<SingleObject>),
     Confluent(Box<Confluent>),
 }
 
@@ -429,7 +434,7 @@ impl Codec {
         Ok(match (topic.format, schema) {
             (WireFormat::Json, _) => Codec::Json,
             (WireFormat::AvroSingleObject, Some(schema)) => {
-                Codec::SingleObject(SingleObject::new(schema))
+                Codec::SingleObject(Box::new(SingleObject::new(schema)))
             }
             (WireFormat::AvroConfluent, Some(schema)) => {
                 let registry = registry.ok_or_else(|| AvroError::NoRegistry {

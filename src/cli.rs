@@ -10,10 +10,19 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Settings, Sources};
 
 #[derive(Debug, Parser)]
-#[command(name = "alertsvc", version, about = "Real-time alerting pipeline: events → enriched Slack messages")]
+#[command(
+    name = "alertsvc",
+    version,
+    about = "Real-time alerting pipeline: events → enriched Slack messages"
+)]
 pub struct Cli {
     /// Directory holding default.toml, $ALERTSVC_ENV.toml, schemas and templates.
-    #[arg(long, global = true, env = "ALERTSVC_CONFIG_DIR", default_value = "config")]
+    #[arg(
+        long,
+        global = true,
+        env = "ALERTSVC_CONFIG_DIR",
+        default_value = "config"
+    )]
     pub config_dir: PathBuf,
     /// An extra configuration file, applied after the directory's files.
     #[arg(long, global = true)]

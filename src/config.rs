@@ -134,9 +134,16 @@ fn default_dlq_suffix() -> String {
 /// librdkafka property names whose values are credentials.
 pub fn is_sensitive_property(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["password", "secret", "jaas", "oauthbearer.config", "key.pem", "token"]
-        .iter()
-        .any(|marker| name.contains(marker))
+    [
+        "password",
+        "secret",
+        "jaas",
+        "oauthbearer.config",
+        "key.pem",
+        "token",
+    ]
+    .iter()
+    .any(|marker| name.contains(marker))
 }
 
 fn serialize_client_properties<S: Serializer>(
@@ -445,7 +452,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err("topic name must not be empty".into());
     }
     if name.len() > 249 {
-        return Err(format!("topic name is {} characters, at most 249", name.len()));
+        return Err(format!(
+            "topic name is {} characters, at most 249",
+            name.len()
+        ));
     }
     if name == "." || name == ".." {
         return Err("topic name cannot be \".\" or \"..\"".into());

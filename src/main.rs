@@ -5,7 +5,10 @@ fn main() -> std::process::ExitCode {
     // Slack, BigQuery); without it the first client build panics.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = alertsvc::cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

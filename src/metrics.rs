@@ -9,13 +9,23 @@ use prometheus::{
 #[error("metric registration failed: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, MetricsError> {
     let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
+fn gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, MetricsError> {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
@@ -43,19 +53,66 @@ impl EnrichMetrics {
                 "alertsvc_enrich_batch_seconds",
                 "Time to process and commit one batch (one transaction).",
             )
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
         )?;
         registry.register(Box::new(batch_seconds.clone()))?;
         Ok(EnrichMetrics {
-            records_in: counter(registry, "alertsvc_enrich_records_in_total", "Records read by a pipeline.", &["pipeline"])?,
-            records_out: counter(registry, "alertsvc_enrich_records_out_total", "Slack messages written by a pipeline.", &["pipeline"])?,
-            records_dropped: counter(registry, "alertsvc_enrich_records_dropped_total", "Records a pipeline dropped, by reason (filtered, join_miss).", &["pipeline", "reason"])?,
-            records_dlq: counter(registry, "alertsvc_enrich_records_dlq_total", "Records sent to a dead-letter topic, by failed stage.", &["pipeline", "stage"])?,
-            join_misses: counter(registry, "alertsvc_enrich_join_misses_total", "Inner-join lookups that found nothing.", &["pipeline", "table"])?,
-            table_size: gauge(registry, "alertsvc_table_size", "Keys held by a table.", &["table"])?,
-            table_updates: counter(registry, "alertsvc_table_updates_total", "Table records applied, by kind (upsert, delete, invalid).", &["table", "kind"])?,
-            transactions: counter(registry, "alertsvc_enrich_commits_total", "Batches committed or aborted.", &["outcome"])?,
-            consumer_lag: gauge(registry, "alertsvc_consumer_lag", "Records between the committed position and the high watermark.", &["topic", "partition"])?,
+            records_in: counter(
+                registry,
+                "alertsvc_enrich_records_in_total",
+                "Records read by a pipeline.",
+                &["pipeline"],
+            )?,
+            records_out: counter(
+                registry,
+                "alertsvc_enrich_records_out_total",
+                "Slack messages written by a pipeline.",
+                &["pipeline"],
+            )?,
+            records_dropped: counter(
+                registry,
+                "alertsvc_enrich_records_dropped_total",
+                "Records a pipeline dropped, by reason (filtered, join_miss).",
+                &["pipeline", "reason"],
+            )?,
+            records_dlq: counter(
+                registry,
+                "alertsvc_enrich_records_dlq_total",
+                "Records sent to a dead-letter topic, by failed stage.",
+                &["pipeline", "stage"],
+            )?,
+            join_misses: counter(
+                registry,
+                "alertsvc_enrich_join_misses_total",
+                "Inner-join lookups that found nothing.",
+                &["pipeline", "table"],
+            )?,
+            table_size: gauge(
+                registry,
+                "alertsvc_table_size",
+                "Keys held by a table.",
+                &["table"],
+            )?,
+            table_updates: counter(
+                registry,
+                "alertsvc_table_updates_total",
+                "Table records applied, by kind (upsert, delete, invalid).",
+                &["table", "kind"],
+            )?,
+            transactions: counter(
+                registry,
+                "alertsvc_enrich_commits_total",
+                "Batches committed or aborted.",
+                &["outcome"],
+            )?,
+            consumer_lag: gauge(
+                registry,
+                "alertsvc_consumer_lag",
+                "Records between the committed position and the high watermark.",
+                &["topic", "partition"],
+            )?,
             batch_seconds,
         })
     }

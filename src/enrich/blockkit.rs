@@ -242,7 +242,8 @@ mod tests {
 
     #[test]
     fn section_text_over_3000_characters_is_rejected() {
-        let block = json!({"type": "section", "text": {"type": "mrkdwn", "text": "x".repeat(3001)}});
+        let block =
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": "x".repeat(3001)}});
         let err = validate_message("t", &json!([block])).unwrap_err();
         assert_eq!(err.path, "blocks[0].text.text");
     }

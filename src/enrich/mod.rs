@@ -127,9 +127,9 @@ pub async fn run(
     let mut tables = Tables::default();
     let mut loaders = Vec::new();
     for (id, table_settings) in &enrich.tables {
-        let topic = settings.topic(&table_settings.topic).map_err(|reason| {
-            ConfigError::invalid(format!("enrich.tables.{id}.topic"), reason)
-        })?;
+        let topic = settings
+            .topic(&table_settings.topic)
+            .map_err(|reason| ConfigError::invalid(format!("enrich.tables.{id}.topic"), reason))?;
         let mut config = client_config(&settings.kafka);
         config
             .set("group.id", format!("{}-table-{id}", enrich.group_id))
@@ -238,9 +238,7 @@ pub async fn run(
     result
 }
 
-fn table_task_error(
-    joined: Result<Result<(), TableError>, tokio::task::JoinError>,
-) -> EnrichError {
+fn table_task_error(joined: Result<Result<(), TableError>, tokio::task::JoinError>) -> EnrichError {
     match joined {
         Ok(Ok(())) => EnrichError::TableTask("stopped unexpectedly".into()),
         Ok(Err(e)) => EnrichError::Table(e),
@@ -280,10 +278,12 @@ fn build_processor(
     if exactly_once {
         let transactional_id = format!("{}-{}", enrich.transactional_id_prefix, instance_id());
         tracing::info!(%transactional_id, "exactly-once processing");
-        producer_config.set("transactional.id", transactional_id).set(
-            "transaction.timeout.ms",
-            enrich.transaction_timeout.as_millis().to_string(),
-        );
+        producer_config
+            .set("transactional.id", transactional_id)
+            .set(
+                "transaction.timeout.ms",
+                enrich.transaction_timeout.as_millis().to_string(),
+            );
     }
     let producer: FutureProducer<StageContext> = producer_config
         .create_with_context(context)

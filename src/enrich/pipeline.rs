@@ -103,7 +103,9 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("name", &self.name).finish()
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -186,7 +188,9 @@ impl Pipeline {
             };
             templates
                 .add_template_owned(template, source)
-                .map_err(|e| ConfigError::invalid(config_key, format!("invalid template: {e:#}")))?;
+                .map_err(|e| {
+                    ConfigError::invalid(config_key, format!("invalid template: {e:#}"))
+                })?;
         }
 
         Ok(Pipeline {
@@ -298,10 +302,11 @@ impl Pipeline {
         for field in &self.json_fields {
             if let Some(slot) = event.get_mut(field.as_str()) {
                 if let Json::String(text) = slot {
-                    let parsed = serde_json::from_str(text).map_err(|e| RecordError::JsonField {
-                        field: field.clone(),
-                        reason: e.to_string(),
-                    })?;
+                    let parsed =
+                        serde_json::from_str(text).map_err(|e| RecordError::JsonField {
+                            field: field.clone(),
+                            reason: e.to_string(),
+                        })?;
                     *slot = parsed;
                 }
             }
@@ -404,7 +409,8 @@ fn json_string_formatter(
         None => value.to_string(),
     };
     let quoted = Json::String(text).to_string();
-    out.write_str(&quoted[1..quoted.len() - 1]).map_err(io_error)
+    out.write_str(&quoted[1..quoted.len() - 1])
+        .map_err(io_error)
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::pipeline::{Pipeline, Source, Verdict};
 use super::table::Tables;
@@ -97,7 +97,10 @@ impl Processor {
                 match self.commit_batch(&batch).await {
                     Ok(()) => {
                         failures = 0;
-                        self.metrics.transactions.with_label_values(&["committed"]).inc();
+                        self.metrics
+                            .transactions
+                            .with_label_values(&["committed"])
+                            .inc();
                         self.metrics
                             .batch_seconds
                             .observe(started.elapsed().as_secs_f64());
@@ -107,7 +110,10 @@ impl Processor {
                         failures += 1;
                         tracing::warn!(error = %e, records = batch.len(), "batch failed; aborting and rewinding");
                         self.abandon_batch(&batch);
-                        self.metrics.transactions.with_label_values(&["aborted"]).inc();
+                        self.metrics
+                            .transactions
+                            .with_label_values(&["aborted"])
+                            .inc();
                         let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
                         tokio::select! {
                             _ = tokio::time::sleep(backoff.min(MAX_BACKOFF)) => {}
@@ -203,7 +209,12 @@ impl Processor {
         for delivery in deliveries {
             match delivery.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(BatchError::Kafka { stage: "produce", source: e }),
+                Ok(Err((e, _))) => {
+                    return Err(BatchError::Kafka {
+                        stage: "produce",
+                        source: e,
+                    })
+                }
                 Err(_) => {
                     return Err(BatchError::Kafka {
                         stage: "produce",
@@ -229,8 +240,12 @@ impl Processor {
         }
         for ((topic, partition), offset) in first_offsets(batch) {
             let seek = tokio::task::block_in_place(|| {
-                self.consumer
-                    .seek(&topic, partition, Offset::Offset(offset), self.kafka_timeout)
+                self.consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(offset),
+                    self.kafka_timeout,
+                )
             });
             if let Err(e) = seek {
                 // A partition revoked meanwhile restarts from its committed
@@ -296,7 +311,11 @@ impl Processor {
         };
         let Some(payload) = message.payload() else {
             all_pipelines_dlq("decode");
-            return vec![dead("decode", "record has no value (tombstone on a stream)".into(), None)];
+            return vec![dead(
+                "decode",
+                "record has no value (tombstone on a stream)".into(),
+                None,
+            )];
         };
         let event = match input.codec.decode(payload).await {
             Ok(event) => event,
@@ -310,10 +329,7 @@ impl Processor {
             partition: message.partition(),
             offset: message.offset(),
             key,
-            timestamp_ms: message
-                .timestamp()
-                .to_millis()
-                .unwrap_or_else(now_millis),
+            timestamp_ms: message.timestamp().to_millis().unwrap_or_else(now_millis),
         };
 
         let mut out = Vec::new();
@@ -334,8 +350,15 @@ impl Processor {
                             });
                         }
                         Err(e) => {
-                            self.metrics.records_dlq.with_label_values(&[name, "encode"]).inc();
-                            out.push(dead("encode", format!("cannot encode the Slack message: {e}"), Some(name)));
+                            self.metrics
+                                .records_dlq
+                                .with_label_values(&[name, "encode"])
+                                .inc();
+                            out.push(dead(
+                                "encode",
+                                format!("cannot encode the Slack message: {e}"),
+                                Some(name),
+                            ));
                         }
                     }
                 }
@@ -351,10 +374,16 @@ impl Processor {
                         .records_dropped
                         .with_label_values(&[name, "join_miss"])
                         .inc();
-                    self.metrics.join_misses.with_label_values(&[name, &table]).inc();
+                    self.metrics
+                        .join_misses
+                        .with_label_values(&[name, &table])
+                        .inc();
                 }
                 Verdict::Reject(e) => {
-                    self.metrics.records_dlq.with_label_values(&[name, e.stage()]).inc();
+                    self.metrics
+                        .records_dlq
+                        .with_label_values(&[name, e.stage()])
+                        .inc();
                     out.push(dead(e.stage(), e.to_string(), Some(name)));
                 }
             }

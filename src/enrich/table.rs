@@ -28,7 +28,7 @@ pub enum TableError {
     Metadata {
         table: String,
         topic: String,
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("table {table}: topic {topic} does not exist or has no partitions")]
     NoPartitions { table: String, topic: String },
@@ -36,7 +36,7 @@ pub enum TableError {
     Kafka {
         table: String,
         topic: String,
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 }
 
@@ -199,7 +199,7 @@ impl TableLoader {
         TableError::Kafka {
             table: self.id.clone(),
             topic: self.topic.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -210,7 +210,7 @@ impl TableLoader {
             .map_err(|source| TableError::Metadata {
                 table: self.id.clone(),
                 topic: self.topic.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let partitions: Vec<i32> = metadata
             .topics()
@@ -254,7 +254,10 @@ impl TableLoader {
                     updates.with_label_values(&[&self.id, "upsert"]).inc();
                     self.table.upsert(key.to_owned(), value)
                 }
-                Err(e) => self.reject(message, format!("cannot decode table record: {e}")).await,
+                Err(e) => {
+                    self.reject(message, format!("cannot decode table record: {e}"))
+                        .await
+                }
             },
         }
     }

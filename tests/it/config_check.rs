@@ -35,8 +35,16 @@ fn check(overlay: &str) -> Outcome {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     };
     for secret in [SASL_SECRET, PEM_SECRET] {
-        assert!(!outcome.stdout.contains(secret), "secret in stdout: {}", outcome.stdout);
-        assert!(!outcome.stderr.contains(secret), "secret in stderr: {}", outcome.stderr);
+        assert!(
+            !outcome.stdout.contains(secret),
+            "secret in stdout: {}",
+            outcome.stdout
+        );
+        assert!(
+            !outcome.stderr.contains(secret),
+            "secret in stderr: {}",
+            outcome.stderr
+        );
     }
     outcome
 }
@@ -45,7 +53,11 @@ fn assert_refused(overlay: &str, expected: &[&str]) {
     let outcome = check(overlay);
     assert!(!outcome.success, "accepted: {overlay}");
     for fragment in expected {
-        assert!(outcome.stderr.contains(fragment), "{fragment:?} not in: {}", outcome.stderr);
+        assert!(
+            outcome.stderr.contains(fragment),
+            "{fragment:?} not in: {}",
+            outcome.stderr
+        );
     }
 }
 
@@ -55,23 +67,43 @@ fn valid_config_prints_resolved_values_with_secrets_redacted() {
         "[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\"ssl.key.password\" = \"{PEM_SECRET}\"\n"
     ));
     assert!(outcome.success, "{}", outcome.stderr);
-    assert!(outcome.stdout.contains("sasl_password = \"[REDACTED]\""), "{}", outcome.stdout);
-    assert!(outcome.stdout.contains("\"ssl.key.password\" = \"[REDACTED]\""), "{}", outcome.stdout);
-    assert!(outcome.stdout.contains("\"security.protocol\" = \"SASL_SSL\""));
-    assert!(outcome.stdout.contains("[enrich.pipelines.connector-provisioning-failure.message]"));
+    assert!(
+        outcome.stdout.contains("sasl_password = \"[REDACTED]\""),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome
+            .stdout
+            .contains("\"ssl.key.password\" = \"[REDACTED]\""),
+        "{}",
+        outcome.stdout
+    );
+    assert!(outcome
+        .stdout
+        .contains("\"security.protocol\" = \"SASL_SSL\""));
+    assert!(outcome
+        .stdout
+        .contains("[enrich.pipelines.connector-provisioning-failure.message]"));
     assert!(outcome.stderr.contains("configuration OK"));
 }
 
 #[test]
 fn unknown_key_is_refused() {
-    assert_refused("[enrich]\nunknown_knob = 1\n", &["unknown field `unknown_knob`"]);
+    assert_refused(
+        "[enrich]\nunknown_knob = 1\n",
+        &["unknown field `unknown_knob`"],
+    );
 }
 
 #[test]
 fn bad_filter_expression_is_refused() {
     assert_refused(
         "[enrich.pipelines.connector-provisioning-failure]\nfilter = \"event.data ==\"\n",
-        &["enrich.pipelines.connector-provisioning-failure.filter", "invalid CEL expression"],
+        &[
+            "enrich.pipelines.connector-provisioning-failure.filter",
+            "invalid CEL expression",
+        ],
     );
 }
 
@@ -87,7 +119,10 @@ fn missing_template_file_is_refused() {
 fn broken_template_is_refused() {
     assert_refused(
         "[enrich.pipelines.connector-provisioning-failure.message]\ntext = \"{{ key \"\n",
-        &["enrich.pipelines.connector-provisioning-failure.message.text", "invalid template"],
+        &[
+            "enrich.pipelines.connector-provisioning-failure.message.text",
+            "invalid template",
+        ],
     );
 }
 
@@ -95,7 +130,10 @@ fn broken_template_is_refused() {
 fn bad_kafka_property_is_refused() {
     assert_refused(
         "[kafka.client]\n\"no.such.property\" = \"1\"\n",
-        &["kafka.client.\"no.such.property\"", "No such configuration property"],
+        &[
+            "kafka.client.\"no.such.property\"",
+            "No such configuration property",
+        ],
     );
 }
 
@@ -103,11 +141,17 @@ fn bad_kafka_property_is_refused() {
 fn bad_topic_name_and_dangling_references_are_refused() {
     assert_refused(
         "[topics.slack_messages]\nname = \"slack messages!\"\n",
-        &["topics.slack_messages.name", "only [a-zA-Z0-9._-] are allowed"],
+        &[
+            "topics.slack_messages.name",
+            "only [a-zA-Z0-9._-] are allowed",
+        ],
     );
     assert_refused(
         "[enrich.pipelines.connector-provisioning-failure]\ninput = \"nowhere\"\n",
-        &["enrich.pipelines.connector-provisioning-failure.input", "no topic \"nowhere\""],
+        &[
+            "enrich.pipelines.connector-provisioning-failure.input",
+            "no topic \"nowhere\"",
+        ],
     );
 }
 
@@ -121,5 +165,8 @@ fn bad_schema_is_refused() {
 
 #[test]
 fn wrong_value_type_names_the_key() {
-    assert_refused("[enrich]\nmax_batch_records = \"many\"\n", &["max_batch_records"]);
+    assert_refused(
+        "[enrich]\nmax_batch_records = \"many\"\n",
+        &["max_batch_records"],
+    );
 }

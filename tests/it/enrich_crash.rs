@@ -37,7 +37,10 @@ async fn wait_for_output(env: &TestEnv, child: &mut Child, at_least: f64) {
         if out.is_some_and(|v| v >= at_least) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no progress: {out:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress: {out:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -46,8 +49,14 @@ async fn wait_for_output(env: &TestEnv, child: &mut Child, at_least: f64) {
 async fn killed_enrich_loses_nothing_and_repeats_identically() {
     let env = TestEnv::new("[enrich]\nmax_batch_records = 20\nmax_batch_wait = \"10ms\"\n").await;
     for org in 0..ORGS {
-        env.put_assignment(&format!("org-{org}"), &format!("csdr{org}@example.com"), "Org").await;
-        env.put_slack_user(&format!("csdr{org}@example.com"), &format!("U{org}")).await;
+        env.put_assignment(
+            &format!("org-{org}"),
+            &format!("csdr{org}@example.com"),
+            "Org",
+        )
+        .await;
+        env.put_slack_user(&format!("csdr{org}@example.com"), &format!("U{org}"))
+            .await;
     }
     let mut expected = BTreeSet::new();
     let mut events = Vec::new();
@@ -56,7 +65,15 @@ async fn killed_enrich_loses_nothing_and_repeats_identically() {
         if status(i) == "Provisioning" {
             expected.insert(format!("{org}-env-{i}-conn-{i}-connector-failure"));
         }
-        events.push((org, connector_event(&format!("e{i}"), &format!("env-{i}"), &format!("conn-{i}"), status(i))));
+        events.push((
+            org,
+            connector_event(
+                &format!("e{i}"),
+                &format!("env-{i}"),
+                &format!("conn-{i}"),
+                status(i),
+            ),
+        ));
     }
 
     // Events keep arriving while enrich is killed and restarted.
@@ -108,7 +125,10 @@ async fn killed_enrich_loses_nothing_and_repeats_identically() {
 
     // A polite stop of the last run exits cleanly.
     let pid = child.id().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
     let status = child.wait().expect("wait");
     assert!(status.success(), "SIGTERM exit: {status}");
 
@@ -116,15 +136,24 @@ async fn killed_enrich_loses_nothing_and_repeats_identically() {
     let mut copies: BTreeMap<String, usize> = BTreeMap::new();
     for record in &records {
         let payload = record.payload.clone().expect("payload");
-        let message = alertsvc::messages::SlackMessage::from_json(codec.decode(&payload).await.unwrap()).unwrap();
+        let message =
+            alertsvc::messages::SlackMessage::from_json(codec.decode(&payload).await.unwrap())
+                .unwrap();
         assert_eq!(record.key.as_deref(), Some(message.channel_id.as_str()));
-        by_alert.entry(message.alert_id.clone()).or_default().insert(payload);
+        by_alert
+            .entry(message.alert_id.clone())
+            .or_default()
+            .insert(payload);
         *copies.entry(message.alert_id).or_default() += 1;
     }
     let got: BTreeSet<String> = by_alert.keys().cloned().collect();
     assert_eq!(got, expected, "every expected alert, nothing else");
     for (alert, versions) in &by_alert {
-        assert_eq!(versions.len(), 1, "alert {alert} repeated with different bytes");
+        assert_eq!(
+            versions.len(),
+            1,
+            "alert {alert} repeated with different bytes"
+        );
     }
     if std::env::var("ALERTSVC_TEST_FULL_KAFKA").is_ok_and(|v| v == "1") {
         let repeated: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();

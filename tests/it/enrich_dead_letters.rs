@@ -36,22 +36,34 @@ async fn bad_records_are_dead_lettered_and_the_rest_flows() {
     let topic = env.topic("notifications");
 
     let mut missing_env = connector_event("e3", "x", "lcc-3", "Provisioning");
-    let mut data: serde_json::Value = serde_json::from_str(missing_env["data"].as_str().unwrap()).unwrap();
+    let mut data: serde_json::Value =
+        serde_json::from_str(missing_env["data"].as_str().unwrap()).unwrap();
     data.as_object_mut().unwrap().remove("env_id");
     missing_env["data"] = json!(data.to_string());
 
     let mut too_long = connector_event("e5", "env-5", "lcc-5", "Provisioning");
-    let mut data: serde_json::Value = serde_json::from_str(too_long["data"].as_str().unwrap()).unwrap();
+    let mut data: serde_json::Value =
+        serde_json::from_str(too_long["data"].as_str().unwrap()).unwrap();
     data["connector_name"] = json!("n".repeat(2500));
     too_long["data"] = json!(data.to_string());
 
     // All keyed org-a: one partition, so their order is the test's order.
-    env.produce_event("org-a", &connector_event("e1", "env-1", "lcc-1", "Provisioning")).await;
-    let garbage = env.produce_raw(&topic, Some("org-a"), Some(b"\x00not avro")).await;
+    env.produce_event(
+        "org-a",
+        &connector_event("e1", "env-1", "lcc-1", "Provisioning"),
+    )
+    .await;
+    let garbage = env
+        .produce_raw(&topic, Some("org-a"), Some(b"\x00not avro"))
+        .await;
     let missing = env.produce_event("org-a", &missing_env).await;
     let div_zero = env.produce_event("org-a", &quota_event("q1", 5, 0)).await;
     let block_kit = env.produce_event("org-a", &too_long).await;
-    env.produce_event("org-a", &connector_event("e6", "env-6", "lcc-6", "Provisioning")).await;
+    env.produce_event(
+        "org-a",
+        &connector_event("e6", "env-6", "lcc-6", "Provisioning"),
+    )
+    .await;
     env.produce_event("org-a", &quota_event("q2", 5, 10)).await;
 
     let enrich = env.start_enrich();
@@ -60,34 +72,74 @@ async fn bad_records_are_dead_lettered_and_the_rest_flows() {
     ids.sort();
     assert_eq!(
         ids,
-        ["org-a-env-1-lcc-1-connector-failure", "org-a-env-6-lcc-6-connector-failure", "org-a-quota-q2"]
+        [
+            "org-a-env-1-lcc-1-connector-failure",
+            "org-a-env-6-lcc-6-connector-failure",
+            "org-a-quota-q2"
+        ]
     );
 
     let dead = env.read(&env.dlq("notifications"), 4, WAIT).await;
     assert_eq!(dead.len(), 4);
     let expected = [
-        (garbage, "decode", None, "cannot decode value: not single-object encoded"),
-        (missing, "render", Some("connector-provisioning-failure"), "template \"alert_id\" failed: undefined value"),
-        (div_zero, "render", Some("quota-warning"), "template \"text\" failed"),
-        (block_kit, "validate", Some("connector-provisioning-failure"), "Block Kit limit: blocks[2].fields[2].text: 2522 characters, Slack allows 2000"),
+        (
+            garbage,
+            "decode",
+            None,
+            "cannot decode value: not single-object encoded",
+        ),
+        (
+            missing,
+            "render",
+            Some("connector-provisioning-failure"),
+            "template \"alert_id\" failed: undefined value",
+        ),
+        (
+            div_zero,
+            "render",
+            Some("quota-warning"),
+            "template \"text\" failed",
+        ),
+        (
+            block_kit,
+            "validate",
+            Some("connector-provisioning-failure"),
+            "Block Kit limit: blocks[2].fields[2].text: 2522 characters, Slack allows 2000",
+        ),
     ];
     for (record, ((partition, offset), stage, pipeline, reason)) in dead.iter().zip(expected) {
         let headers = &record.headers;
         assert_eq!(headers["alertsvc.dlq.stage"], stage, "{headers:?}");
-        assert!(headers["alertsvc.dlq.reason"].starts_with(reason), "{headers:?}");
-        assert_eq!(headers.get("alertsvc.dlq.pipeline").map(String::as_str), pipeline);
+        assert!(
+            headers["alertsvc.dlq.reason"].starts_with(reason),
+            "{headers:?}"
+        );
+        assert_eq!(
+            headers.get("alertsvc.dlq.pipeline").map(String::as_str),
+            pipeline
+        );
         assert_eq!(headers["alertsvc.dlq.source.topic"], topic);
-        assert_eq!(headers["alertsvc.dlq.source.partition"], partition.to_string());
+        assert_eq!(
+            headers["alertsvc.dlq.source.partition"],
+            partition.to_string()
+        );
         assert_eq!(headers["alertsvc.dlq.source.offset"], offset.to_string());
         assert_eq!(record.key.as_deref(), Some("org-a"));
     }
     assert_eq!(dead[0].payload.as_deref(), Some(&b"\x00not avro"[..]));
     let original = env.encode("notifications", &too_long).await;
-    assert_eq!(dead[3].payload.as_deref(), Some(original.as_slice()), "original bytes kept");
+    assert_eq!(
+        dead[3].payload.as_deref(),
+        Some(original.as_slice()),
+        "original bytes kept"
+    );
 
     let metrics = env.metrics().await;
     assert_eq!(
-        crate::common::metric_value(&metrics, "alertsvc_enrich_records_dlq_total{pipeline=\"quota-warning\",stage=\"render\"}"),
+        crate::common::metric_value(
+            &metrics,
+            "alertsvc_enrich_records_dlq_total{pipeline=\"quota-warning\",stage=\"render\"}"
+        ),
         Some(1.0)
     );
     enrich.stop().await.expect("clean stop");

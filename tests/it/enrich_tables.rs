@@ -17,19 +17,34 @@ async fn tables_bootstrap_then_follow_updates_and_tombstones() {
     // Written before enrich starts: every one must be visible to the very
     // first events.
     for i in 0..ORGS {
-        env.put_assignment(&format!("org-{i}"), &format!("csdr{i}@example.com"), &format!("Org {i}"))
+        env.put_assignment(
+            &format!("org-{i}"),
+            &format!("csdr{i}@example.com"),
+            &format!("Org {i}"),
+        )
+        .await;
+        env.put_slack_user(&format!("csdr{i}@example.com"), &format!("U{i:04}"))
             .await;
-        env.put_slack_user(&format!("csdr{i}@example.com"), &format!("U{i:04}")).await;
     }
     for i in 0..ORGS {
-        env.produce_event(&format!("org-{i}"), &connector_event(&format!("e{i}"), "env", &format!("c{i}"), "Provisioning"))
-            .await;
+        env.produce_event(
+            &format!("org-{i}"),
+            &connector_event(&format!("e{i}"), "env", &format!("c{i}"), "Provisioning"),
+        )
+        .await;
     }
     let enrich = env.start_enrich();
     let messages = env.read_messages(ORGS, WAIT).await;
     assert_eq!(messages.len(), ORGS);
     for (record, message) in &messages {
-        let i: usize = message.alert_id.trim_start_matches("org-").split('-').next().unwrap().parse().unwrap();
+        let i: usize = message
+            .alert_id
+            .trim_start_matches("org-")
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(message.channel_id, format!("U{i:04}"));
         assert_eq!(record.key.as_deref(), Some(message.channel_id.as_str()));
     }
@@ -42,16 +57,30 @@ async fn tables_bootstrap_then_follow_updates_and_tombstones() {
 
     // An update after start is seen by later events.
     env.put_slack_user("new@example.com", "U0NEW").await;
-    env.put_assignment("org-1", "new@example.com", "Org 1").await;
-    env.wait_metric(&series("upsert"), (ORGS + 1) as f64, WAIT).await;
-    env.wait_metric("alertsvc_table_updates_total{kind=\"upsert\",table=\"slack_users\"}", (ORGS + 1) as f64, WAIT)
+    env.put_assignment("org-1", "new@example.com", "Org 1")
         .await;
-    env.produce_event("org-1", &connector_event("e-new", "env", "c-new", "Provisioning")).await;
+    env.wait_metric(&series("upsert"), (ORGS + 1) as f64, WAIT)
+        .await;
+    env.wait_metric(
+        "alertsvc_table_updates_total{kind=\"upsert\",table=\"slack_users\"}",
+        (ORGS + 1) as f64,
+        WAIT,
+    )
+    .await;
+    env.produce_event(
+        "org-1",
+        &connector_event("e-new", "env", "c-new", "Provisioning"),
+    )
+    .await;
 
     // A tombstone removes the key: the next event for it is a join miss.
     env.delete_assignment("org-2").await;
     env.wait_metric(&series("delete"), 1.0, WAIT).await;
-    env.produce_event("org-2", &connector_event("e-gone", "env", "c-gone", "Provisioning")).await;
+    env.produce_event(
+        "org-2",
+        &connector_event("e-gone", "env", "c-gone", "Provisioning"),
+    )
+    .await;
     env.wait_metric(
         "alertsvc_enrich_join_misses_total{pipeline=\"connector-provisioning-failure\",table=\"csdr_assignment\"}",
         1.0,
@@ -60,14 +89,21 @@ async fn tables_bootstrap_then_follow_updates_and_tombstones() {
     .await;
 
     let messages = env.read_messages(ORGS + 1, WAIT).await;
-    assert_eq!(messages.len(), ORGS + 1, "the tombstoned org produced nothing");
+    assert_eq!(
+        messages.len(),
+        ORGS + 1,
+        "the tombstoned org produced nothing"
+    );
     let updated = messages
         .iter()
         .find(|(_, m)| m.alert_id == "org-1-env-c-new-connector-failure")
         .expect("alert after the update");
     assert_eq!(updated.1.channel_id, "U0NEW");
     assert_eq!(
-        crate::common::metric_value(&env.metrics().await, "alertsvc_table_size{table=\"csdr_assignment\"}"),
+        crate::common::metric_value(
+            &env.metrics().await,
+            "alertsvc_table_size{table=\"csdr_assignment\"}"
+        ),
         Some((ORGS - 1) as f64)
     );
     enrich.stop().await.expect("clean stop");
@@ -78,7 +114,11 @@ async fn bad_table_records_are_dead_lettered_and_leave_the_table_intact() {
     let env = TestEnv::new("").await;
     env.put_assignment("org-1", "a@example.com", "One").await;
     let (partition, offset) = env
-        .produce_raw(&env.topic("csdr_assignment"), Some("org-bad"), Some(b"garbage"))
+        .produce_raw(
+            &env.topic("csdr_assignment"),
+            Some("org-bad"),
+            Some(b"garbage"),
+        )
         .await;
     let enrich = env.start_enrich();
     env.wait_ready(WAIT).await;
@@ -86,11 +126,20 @@ async fn bad_table_records_are_dead_lettered_and_leave_the_table_intact() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload.as_deref(), Some(&b"garbage"[..]));
     assert_eq!(dead[0].key.as_deref(), Some("org-bad"));
-    assert_eq!(dead[0].headers["alertsvc.dlq.source.partition"], partition.to_string());
-    assert_eq!(dead[0].headers["alertsvc.dlq.source.offset"], offset.to_string());
+    assert_eq!(
+        dead[0].headers["alertsvc.dlq.source.partition"],
+        partition.to_string()
+    );
+    assert_eq!(
+        dead[0].headers["alertsvc.dlq.source.offset"],
+        offset.to_string()
+    );
     assert!(dead[0].headers["alertsvc.dlq.reason"].contains("cannot decode table record"));
     assert_eq!(
-        crate::common::metric_value(&env.metrics().await, "alertsvc_table_size{table=\"csdr_assignment\"}"),
+        crate::common::metric_value(
+            &env.metrics().await,
+            "alertsvc_table_size{table=\"csdr_assignment\"}"
+        ),
         Some(1.0)
     );
     enrich.stop().await.expect("clean stop");

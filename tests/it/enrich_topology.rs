@@ -15,17 +15,31 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn reference_topology_emits_exactly_the_expected_messages() {
     let env = TestEnv::new("").await;
     env.put_assignment("org-a", "ada@example.com", "Acme").await;
-    env.put_assignment("org-b", "bob@example.com", "Bobcorp").await;
-    env.put_assignment("org-c", "carol@example.com", "Carolco").await;
+    env.put_assignment("org-b", "bob@example.com", "Bobcorp")
+        .await;
+    env.put_assignment("org-c", "carol@example.com", "Carolco")
+        .await;
     env.put_slack_user("ada@example.com", "U0ADA").await;
     env.put_slack_user("carol@example.com", "U0CAROL").await;
 
     let events = [
-        ("org-a", connector_event("e1", "env-1", "lcc-1", "Provisioning")),
+        (
+            "org-a",
+            connector_event("e1", "env-1", "lcc-1", "Provisioning"),
+        ),
         ("org-a", connector_event("e2", "env-1", "lcc-2", "Running")),
-        ("org-b", connector_event("e3", "env-2", "lcc-3", "Provisioning")),
-        ("org-x", connector_event("e4", "env-3", "lcc-4", "Provisioning")),
-        ("org-c", connector_event("e5", "env-4", "lcc-5", "Provisioning")),
+        (
+            "org-b",
+            connector_event("e3", "env-2", "lcc-3", "Provisioning"),
+        ),
+        (
+            "org-x",
+            connector_event("e4", "env-3", "lcc-4", "Provisioning"),
+        ),
+        (
+            "org-c",
+            connector_event("e5", "env-4", "lcc-5", "Provisioning"),
+        ),
         ("org-c", connector_event("e6", "env-4", "lcc-6", "Paused")),
     ];
     for (org, event) in &events {
@@ -47,9 +61,24 @@ async fn reference_topology_emits_exactly_the_expected_messages() {
         })
         .collect();
     let expected: BTreeSet<(String, String, String, String)> = [
-        ("U0ADA", "org-a-env-1-lcc-1-connector-failure", "U0ADA", "Connector Failure for Org org-a!"),
-        ("C0ALERTS", "org-b-env-2-lcc-3-connector-failure", "C0ALERTS", "Connector Failure for Org org-b!"),
-        ("U0CAROL", "org-c-env-4-lcc-5-connector-failure", "U0CAROL", "Connector Failure for Org org-c!"),
+        (
+            "U0ADA",
+            "org-a-env-1-lcc-1-connector-failure",
+            "U0ADA",
+            "Connector Failure for Org org-a!",
+        ),
+        (
+            "C0ALERTS",
+            "org-b-env-2-lcc-3-connector-failure",
+            "C0ALERTS",
+            "Connector Failure for Org org-b!",
+        ),
+        (
+            "U0CAROL",
+            "org-c-env-4-lcc-5-connector-failure",
+            "U0CAROL",
+            "Connector Failure for Org org-c!",
+        ),
     ]
     .iter()
     .map(|(k, a, c, t)| (k.to_string(), a.to_string(), c.to_string(), t.to_string()))
@@ -74,7 +103,11 @@ async fn reference_topology_emits_exactly_the_expected_messages() {
         .find(|(_, m)| m.channel_id == "U0ADA")
         .expect("acme alert")
         .1;
-    assert!(acme.blocks.contains("*Organization*\\nAcme (`org-a`)"), "{}", acme.blocks);
+    assert!(
+        acme.blocks.contains("*Organization*\\nAcme (`org-a`)"),
+        "{}",
+        acme.blocks
+    );
     assert!(acme.blocks.contains("bad credentials for lcc-1"));
 
     env.wait_metric(
@@ -86,12 +119,27 @@ async fn reference_topology_emits_exactly_the_expected_messages() {
     let metrics = env.metrics().await;
     let series = |s: &str| crate::common::metric_value(&metrics, s);
     assert_eq!(
-        series(&format!("alertsvc_enrich_records_dropped_total{{pipeline=\"{PIPELINE}\",reason=\"filtered\"}}")),
+        series(&format!(
+            "alertsvc_enrich_records_dropped_total{{pipeline=\"{PIPELINE}\",reason=\"filtered\"}}"
+        )),
         Some(2.0)
     );
-    assert_eq!(series(&format!("alertsvc_enrich_records_out_total{{pipeline=\"{PIPELINE}\"}}")), Some(3.0));
-    assert_eq!(series(&format!("alertsvc_enrich_records_in_total{{pipeline=\"{PIPELINE}\"}}")), Some(6.0));
-    assert_eq!(series("alertsvc_table_size{table=\"csdr_assignment\"}"), Some(3.0));
+    assert_eq!(
+        series(&format!(
+            "alertsvc_enrich_records_out_total{{pipeline=\"{PIPELINE}\"}}"
+        )),
+        Some(3.0)
+    );
+    assert_eq!(
+        series(&format!(
+            "alertsvc_enrich_records_in_total{{pipeline=\"{PIPELINE}\"}}"
+        )),
+        Some(6.0)
+    );
+    assert_eq!(
+        series("alertsvc_table_size{table=\"csdr_assignment\"}"),
+        Some(3.0)
+    );
 
     enrich.stop().await.expect("clean stop");
 }

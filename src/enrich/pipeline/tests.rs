@@ -35,13 +35,17 @@ fn tables() -> Tables {
     let mut map = HashMap::new();
     map.insert(
         ("csdr_assignment".into(), "org-1".into()),
-        Arc::new(json!({"org_id": "org-1", "org_name": "Acme", "csdr_name": "Ada",
-                        "csdr_email": "ada@example.com", "account_name": null, "updated_at": 0})),
+        Arc::new(
+            json!({"org_id": "org-1", "org_name": "Acme", "csdr_name": "Ada",
+                        "csdr_email": "ada@example.com", "account_name": null, "updated_at": 0}),
+        ),
     );
     map.insert(
         ("csdr_assignment".into(), "org-2".into()),
-        Arc::new(json!({"org_id": "org-2", "org_name": null, "csdr_name": null,
-                        "csdr_email": "nobody@example.com", "account_name": null, "updated_at": 0})),
+        Arc::new(
+            json!({"org_id": "org-2", "org_name": null, "csdr_name": null,
+                        "csdr_email": "nobody@example.com", "account_name": null, "updated_at": 0}),
+        ),
     );
     map.insert(
         ("slack_users".into(), "ada@example.com".into()),
@@ -87,7 +91,10 @@ fn provisioning_failure_becomes_a_direct_message() {
     let blocks: Json = serde_json::from_str(&msg.blocks).unwrap();
     assert_eq!(blocks[0]["type"], "header");
     let rendered = blocks.to_string();
-    assert!(rendered.contains("auth \\\"failed\\\"\\nbad key"), "{rendered}");
+    assert!(
+        rendered.contains("auth \\\"failed\\\"\\nbad key"),
+        "{rendered}"
+    );
     let actions = blocks.as_array().unwrap().last().unwrap();
     assert_eq!(actions["elements"][0]["text"]["text"], "Acknowledge");
     assert_eq!(actions["elements"][0]["value"], msg.alert_id);
@@ -96,10 +103,16 @@ fn provisioning_failure_becomes_a_direct_message() {
 #[test]
 fn other_statuses_are_filtered() {
     let p = reference_pipeline();
-    assert_eq!(p.apply(&source("org-1"), &event("Running"), &tables()), Verdict::Filtered);
+    assert_eq!(
+        p.apply(&source("org-1"), &event("Running"), &tables()),
+        Verdict::Filtered
+    );
     let no_labels = json!({"eventId": "e", "eventType": "x", "source": "", "time": 1,
                            "data": "{\"env_id\": \"e\"}"});
-    assert_eq!(p.apply(&source("org-1"), &no_labels, &tables()), Verdict::Filtered);
+    assert_eq!(
+        p.apply(&source("org-1"), &no_labels, &tables()),
+        Verdict::Filtered
+    );
 }
 
 #[test]
@@ -107,7 +120,10 @@ fn org_without_assignment_is_a_join_miss() {
     let p = reference_pipeline();
     assert_eq!(
         p.apply(&source("org-404"), &event("Provisioning"), &tables()),
-        Verdict::JoinMiss { join: "assignment".into(), table: "csdr_assignment".into() }
+        Verdict::JoinMiss {
+            join: "assignment".into(),
+            table: "csdr_assignment".into()
+        }
     );
 }
 
@@ -158,7 +174,9 @@ fn inline_pipeline(blocks: &str, filter: Option<&str>) -> Result<Pipeline, Confi
         text = "t"
         blocks = '''{blocks}'''
         "#,
-        filter.map(|f| format!("filter = '{f}'")).unwrap_or_default()
+        filter
+            .map(|f| format!("filter = '{f}'"))
+            .unwrap_or_default()
     ))
     .unwrap();
     Pipeline::compile("p", &settings, &config_dir())
@@ -189,15 +207,28 @@ fn template_that_is_not_json_is_rejected() {
 #[test]
 fn filter_errors_and_non_boolean_results_are_rejected() {
     let p = inline_pipeline("[]", Some("event.missing.field == 1")).unwrap();
-    assert!(matches!(p.apply(&source("k"), &json!({}), &tables()), Verdict::Reject(RecordError::Filter(_))));
+    assert!(matches!(
+        p.apply(&source("k"), &json!({}), &tables()),
+        Verdict::Reject(RecordError::Filter(_))
+    ));
     let p = inline_pipeline("[]", Some("\"yes\"")).unwrap();
-    assert!(matches!(p.apply(&source("k"), &json!({}), &tables()), Verdict::Reject(RecordError::Filter(_))));
+    assert!(matches!(
+        p.apply(&source("k"), &json!({}), &tables()),
+        Verdict::Reject(RecordError::Filter(_))
+    ));
 }
 
 #[test]
 fn compile_errors_name_the_config_key() {
     let err = inline_pipeline("[]", Some("event.a ==")).unwrap_err();
-    assert!(err.to_string().starts_with("`enrich.pipelines.p.filter`"), "{err}");
+    assert!(
+        err.to_string().starts_with("`enrich.pipelines.p.filter`"),
+        "{err}"
+    );
     let err = inline_pipeline("[{% if %}]", None).unwrap_err();
-    assert!(err.to_string().starts_with("`enrich.pipelines.p.message.blocks`"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("`enrich.pipelines.p.message.blocks`"),
+        "{err}"
+    );
 }

@@ -183,7 +183,12 @@ impl TestEnv {
     }
 
     /// Produces one record; returns its (partition, offset).
-    pub async fn produce_raw(&self, topic: &str, key: Option<&str>, payload: Option<&[u8]>) -> (i32, i64) {
+    pub async fn produce_raw(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: Option<&[u8]>,
+    ) -> (i32, i64) {
         let mut record = FutureRecord::<str, [u8]>::to(topic);
         if let Some(key) = key {
             record = record.key(key);
@@ -272,7 +277,8 @@ impl TestEnv {
         };
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).expect("assign");
         drop(tpl);
@@ -296,15 +302,24 @@ impl TestEnv {
     }
 
     /// The Slack messages written so far, decoded.
-    pub async fn read_messages(&self, expected: usize, timeout: Duration) -> Vec<(Record, SlackMessage)> {
-        let records = self.read(&self.topic("slack_messages"), expected, timeout).await;
+    pub async fn read_messages(
+        &self,
+        expected: usize,
+        timeout: Duration,
+    ) -> Vec<(Record, SlackMessage)> {
+        let records = self
+            .read(&self.topic("slack_messages"), expected, timeout)
+            .await;
         let mut out = Vec::new();
         for record in records {
             let value = self.codecs["slack_messages"]
                 .decode(record.payload.as_deref().expect("payload"))
                 .await
                 .expect("decode slack message");
-            out.push((record, SlackMessage::from_json(value).expect("SlackMessage")));
+            out.push((
+                record,
+                SlackMessage::from_json(value).expect("SlackMessage"),
+            ));
         }
         out
     }
@@ -425,8 +440,13 @@ impl TestEnv {
 }
 
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 pub async fn http_get(url: &str) -> Option<(u16, String)> {

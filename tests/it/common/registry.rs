@@ -40,7 +40,9 @@ impl FakeRegistry {
             .route("/subjects/{subject}/versions/{version}", get(version))
             .route("/schemas/ids/{id}", get(schema_by_id))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -52,7 +54,13 @@ impl FakeRegistry {
     }
 
     pub fn subjects(&self) -> Vec<String> {
-        self.state.lock().unwrap().subjects.keys().cloned().collect()
+        self.state
+            .lock()
+            .unwrap()
+            .subjects
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn requests(&self) -> usize {
@@ -63,7 +71,10 @@ impl FakeRegistry {
 fn reply(status: StatusCode, body: Value) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, "application/vnd.schemaregistry.v1+json")],
+        [(
+            header::CONTENT_TYPE,
+            "application/vnd.schemaregistry.v1+json",
+        )],
         body.to_string(),
     )
         .into_response()
@@ -76,11 +87,16 @@ fn error(status: StatusCode, code: u32, message: &str) -> Response {
 async fn list_subjects(State(state): State<Shared>) -> Response {
     let mut registry = state.lock().unwrap();
     registry.requests += 1;
-    reply(StatusCode::OK, json!(registry.subjects.keys().collect::<Vec<_>>()))
+    reply(
+        StatusCode::OK,
+        json!(registry.subjects.keys().collect::<Vec<_>>()),
+    )
 }
 
 fn canonical(schema: &str) -> Option<String> {
-    apache_avro::Schema::parse_str(schema).ok().map(|s| s.canonical_form())
+    apache_avro::Schema::parse_str(schema)
+        .ok()
+        .map(|s| s.canonical_form())
 }
 
 /// BACKWARD: readers of the new schema can read data written with the old
@@ -95,13 +111,19 @@ fn backward_compatible(old: &str, new: &str) -> bool {
     let names = |v: &Value| -> Vec<String> {
         v["fields"]
             .as_array()
-            .map(|f| f.iter().filter_map(|f| f["name"].as_str().map(String::from)).collect())
+            .map(|f| {
+                f.iter()
+                    .filter_map(|f| f["name"].as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let old_names = names(&old);
     new["fields"].as_array().is_none_or(|fields| {
         fields.iter().all(|f| {
-            f["name"].as_str().is_some_and(|n| old_names.iter().any(|o| o == n))
+            f["name"]
+                .as_str()
+                .is_some_and(|n| old_names.iter().any(|o| o == n))
                 || f.get("default").is_some()
         })
     })
@@ -115,7 +137,11 @@ async fn register(
     let mut registry = state.lock().unwrap();
     registry.requests += 1;
     let Some(text) = body["schema"].as_str() else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "Invalid schema: no schema");
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            "Invalid schema: no schema",
+        );
     };
     let Some(canonical_text) = canonical(text) else {
         return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "Invalid schema");
@@ -126,7 +152,11 @@ async fn register(
         .position(|s| s == &canonical_text)
         .map(|i| i as u32 + 1);
     if let Some(id) = existing_id {
-        if registry.subjects.get(&subject).is_some_and(|v| v.contains(&id)) {
+        if registry
+            .subjects
+            .get(&subject)
+            .is_some_and(|v| v.contains(&id))
+        {
             return reply(StatusCode::OK, json!({"id": id}));
         }
     }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command (README, CI): installs test dependencies, then runs the
+# whole suite twice — on librdkafka's in-process mock broker, and against a
+# tansu broker, which also stores transactional offsets (the mock does not),
+# so the exactly-once commit test runs there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-deps.sh
+
+echo "== tests on the in-process mock broker" >&2
+cargo test --all-targets
+
+echo "== integration tests against tansu (transactions included)" >&2
+export TANSU_DIR="${TANSU_DIR:-$(mktemp -d /tmp/alertsvc-tansu.XXXXXX)}"
+bootstrap="$(scripts/tansu.sh start)"
+trap 'scripts/tansu.sh stop' EXIT
+ALERTSVC_TEST_BOOTSTRAP="$bootstrap" cargo test --test it -- --include-ignored
