@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 
 echo "== tests on the in-process mock broker" >&2
-cargo test --all-targets
+cargo test
 
 echo "== integration tests against tansu (transactions included)" >&2
 export TANSU_DIR="${TANSU_DIR:-$(mktemp -d /tmp/alertsvc-tansu.XXXXXX)}"

@@ -376,7 +376,9 @@ impl Confluent {
             .map_err(|e| AvroError::Registry(e.error.clone()))?;
         Ok(Confluent {
             topic: topic.to_owned(),
-            schema_text: schema.canonical_form(),
+            // The full schema, not the canonical form: that would drop
+            // logical types, defaults and docs from the registered schema.
+            schema_text: serde_json::to_string(&schema)?,
             schema: TypedSchema::new(schema),
             encoder: AvroEncoder::new(sr.clone()),
             decoder: AvroDecoder::new(sr),
@@ -397,11 +399,15 @@ impl Confluent {
     }
 
     pub async fn decode(&self, bytes: &[u8]) -> Result<Json, AvroError> {
-        let decoded = self
-            .decoder
-            .decode(Some(bytes))
-            .await
-            .map_err(|e| AvroError::Registry(registry_error(&e)))?;
+        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
+            let id = match bytes {
+                [0, a, b, c, d, ..] => {
+                    format!("schema id {}: ", u32::from_be_bytes([*a, *b, *c, *d]))
+                }
+                _ => String::new(),
+            };
+            AvroError::Registry(format!("{id}{}", registry_error(&e)))
+        })?;
         Ok(avro_to_json(decoded.value))
     }
 }

@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 
 #[derive(Default)]
 struct Registry {
-    /// Distinct schema texts; index + 1 is the id.
-    schemas: Vec<String>,
+    /// Distinct schemas (identity by canonical form, text as registered);
+    /// index + 1 is the id.
+    schemas: Vec<(String, String)>,
     /// subject → schema ids by version (version = index + 1).
     subjects: BTreeMap<String, Vec<u32>>,
     requests: usize,
@@ -149,7 +150,7 @@ async fn register(
     let existing_id = registry
         .schemas
         .iter()
-        .position(|s| s == &canonical_text)
+        .position(|(canonical, _)| canonical == &canonical_text)
         .map(|i| i as u32 + 1);
     if let Some(id) = existing_id {
         if registry
@@ -161,8 +162,8 @@ async fn register(
         }
     }
     if let Some(&latest) = registry.subjects.get(&subject).and_then(|v| v.last()) {
-        let old = registry.schemas[latest as usize - 1].clone();
-        if !backward_compatible(&old, &canonical_text) {
+        let old = registry.schemas[latest as usize - 1].1.clone();
+        if !backward_compatible(&old, text) {
             return error(
                 StatusCode::CONFLICT,
                 409,
@@ -173,7 +174,7 @@ async fn register(
     let id = match existing_id {
         Some(id) => id,
         None => {
-            registry.schemas.push(canonical_text);
+            registry.schemas.push((canonical_text, text.to_owned()));
             registry.schemas.len() as u32
         }
     };
@@ -197,7 +198,7 @@ async fn version(
     let Some((index, id)) = index.and_then(|i| versions.get(i).map(|id| (i, *id))) else {
         return error(StatusCode::NOT_FOUND, 40402, "Version not found.");
     };
-    let schema = registry.schemas[id as usize - 1].clone();
+    let schema = registry.schemas[id as usize - 1].1.clone();
     reply(
         StatusCode::OK,
         json!({"subject": subject, "version": index + 1, "id": id, "schema": schema}),
@@ -211,7 +212,7 @@ async fn schema_by_id(State(state): State<Shared>, Path(id): Path<u32>) -> Respo
         .checked_sub(1)
         .and_then(|i| registry.schemas.get(i as usize))
     {
-        Some(schema) => reply(StatusCode::OK, json!({"schema": schema})),
+        Some((_, schema)) => reply(StatusCode::OK, json!({"schema": schema})),
         None => error(StatusCode::NOT_FOUND, 40403, "Schema not found"),
     }
 }
