@@ -1,5 +1,10 @@
 use clap::Parser;
 
+// The per-record work allocates many small values (JSON, template output);
+// mimalloc is markedly faster than glibc malloc at that (docs/PERFORMANCE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // One rustls crypto provider for every HTTPS client (Schema Registry,
     // Slack, BigQuery); without it the first client build panics.

@@ -404,13 +404,36 @@ fn json_string_formatter(
     if value.is_safe() {
         return out.write_str(&value.to_string()).map_err(io_error);
     }
-    let text = match value.as_str() {
-        Some(s) => s.to_owned(),
-        None => value.to_string(),
-    };
-    let quoted = Json::String(text).to_string();
-    out.write_str(&quoted[1..quoted.len() - 1])
-        .map_err(io_error)
+    match value.as_str() {
+        Some(s) => write_json_string_content(out, s),
+        None => write_json_string_content(out, &value.to_string()),
+    }
+    .map_err(io_error)
+}
+
+/// Writes `text` escaped as the inside of a JSON string literal, copying
+/// unescaped runs as they are.
+fn write_json_string_content(out: &mut minijinja::Output, text: &str) -> std::fmt::Result {
+    let mut start = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.write_str(&text[start..i])?;
+        if escape.is_empty() {
+            out.write_str(&format!("\\u{byte:04x}"))?;
+        } else {
+            out.write_str(escape)?;
+        }
+        start = i + 1;
+    }
+    out.write_str(&text[start..])
 }
 
 #[cfg(test)]

@@ -170,3 +170,62 @@ fn wrong_value_type_names_the_key() {
         &["max_batch_records"],
     );
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn layers_apply_in_order_environment_file_then_overlay_then_env_vars() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&config_dir(), dir.path());
+    std::fs::write(
+        dir.path().join("production.toml"),
+        "[log]\nformat = \"json\"\n[enrich]\nmax_batch_records = 10\nmax_batch_wait = \"1s\"\n",
+    )
+    .unwrap();
+    let overlay = dir.path().join("overlay.toml");
+    std::fs::write(&overlay, "[enrich]\nmax_batch_records = 20\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_alertsvc"))
+        .arg("--config-dir")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&overlay)
+        .args(["config", "check"])
+        .env("ALERTSVC_ENV", "production")
+        .env("ALERTSVC__ENRICH__MAX_BATCH_WAIT", "250ms")
+        .env(
+            "ALERTSVC__KAFKA__BOOTSTRAP_SERVERS",
+            "broker-1:9092,broker-2:9092",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("format = \"json\""),
+        "environment file: {stdout}"
+    );
+    assert!(
+        stdout.contains("max_batch_records = 20"),
+        "overlay beats environment file"
+    );
+    assert!(
+        stdout.contains("max_batch_wait = \"250ms\""),
+        "env var beats every file"
+    );
+    assert!(stdout.contains("bootstrap_servers = \"broker-1:9092,broker-2:9092\""));
+}

@@ -8,3 +8,4 @@ mod enrich_dead_letters;
 mod enrich_tables;
 mod enrich_topology;
 mod enrich_transactions;
+mod telemetry;
