@@ -35,6 +35,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the stream processor: filter, join, render, write slack-messages.
     Enrich,
+    /// Deliver slack-messages to Slack; serve /slack/interactions.
+    Notify,
+    /// Apply migrations/ to the configured ledger database.
+    Migrate,
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -93,6 +97,17 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// A token cancelled on SIGTERM or SIGINT.
+fn on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        trigger.cancel();
+    });
+    shutdown
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Config {
@@ -107,15 +122,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enrich => {
             let settings = load_settings(&cli)?;
             crate::telemetry::init(settings.log.format, &settings.log.level);
-            let shutdown = CancellationToken::new();
-            let trigger = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                trigger.cancel();
-            });
-            crate::enrich::run(&settings, &cli.config_dir, shutdown)
+            crate::enrich::run(&settings, &cli.config_dir, on_signal())
                 .await
                 .context("enrich failed")
+        }
+        Command::Notify => {
+            let settings = load_settings(&cli)?;
+            crate::telemetry::init(settings.log.format, &settings.log.level);
+            crate::notify::run(&settings, &cli.config_dir, on_signal())
+                .await
+                .context("notify failed")
+        }
+        Command::Migrate => {
+            let settings = load_settings(&cli)?;
+            crate::telemetry::init(settings.log.format, &settings.log.level);
+            crate::notify::migrate(&settings)
+                .await
+                .context("migration failed")?;
+            eprintln!("ledger migrated");
+            Ok(())
         }
     }
 }

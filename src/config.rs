@@ -76,6 +76,8 @@ pub struct Settings {
     pub topics: BTreeMap<String, TopicSettings>,
     #[serde(default)]
     pub enrich: Option<EnrichSettings>,
+    #[serde(default)]
+    pub notify: Option<NotifySettings>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -296,6 +298,78 @@ fn default_true() -> bool {
     true
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSettings {
+    /// Base URL of Slack's Web API; a local server in tests and the demo.
+    pub api_url: String,
+    /// Bot token (`xoxb-…`); from `ALERTSVC__NOTIFY__SLACK__BOT_TOKEN`.
+    #[serde(default)]
+    pub bot_token: Option<Secret>,
+    /// Signing secret for interactivity requests.
+    #[serde(default)]
+    pub signing_secret: Option<Secret>,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacingSettings {
+    /// Messages per second to one channel (Slack allows about one).
+    pub per_channel_per_second: u32,
+    /// Short bursts allowed above that rate.
+    pub per_channel_burst: u32,
+    /// chat.postMessage calls per second for the whole workspace.
+    pub workspace_per_second: u32,
+    pub workspace_burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Attempts per message for transient failures (5xx, timeouts, 429).
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// `sqlite://path?mode=rwc` or `postgres://…`; a secret, since URLs
+    /// carry passwords. From `ALERTSVC__NOTIFY__LEDGER__DATABASE_URL`.
+    pub database_url: Secret,
+    /// Apply `migrations/` at start.
+    pub migrate_on_start: bool,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    pub group_id: String,
+    /// Topic ids.
+    pub input: String,
+    pub responses: String,
+    pub interactions: String,
+    pub http_addr: SocketAddr,
+    /// Alerts older than this (from `createdAt`) are not posted.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Messages read but not yet finished, across all channels.
+    pub max_in_flight: usize,
+    /// How long shutdown waits for in-flight posts.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub slack: SlackSettings,
+    pub pacing: PacingSettings,
+    pub retry: RetrySettings,
+    pub ledger: LedgerSettings,
+}
+
 /// Where the configuration comes from.
 #[derive(Debug, Clone)]
 pub struct Sources {
@@ -373,6 +447,62 @@ impl Settings {
         }
         if let Some(enrich) = &self.enrich {
             self.validate_enrich(enrich)?;
+        }
+        if let Some(notify) = &self.notify {
+            self.validate_notify(notify)?;
+        }
+        Ok(())
+    }
+
+    fn validate_notify(&self, notify: &NotifySettings) -> Result<(), ConfigError> {
+        for (key, id) in [
+            ("notify.input", &notify.input),
+            ("notify.responses", &notify.responses),
+            ("notify.interactions", &notify.interactions),
+        ] {
+            self.topic(id).map_err(|r| ConfigError::invalid(key, r))?;
+        }
+        let pacing = &notify.pacing;
+        for (key, value) in [
+            (
+                "notify.pacing.per_channel_per_second",
+                pacing.per_channel_per_second,
+            ),
+            ("notify.pacing.per_channel_burst", pacing.per_channel_burst),
+            (
+                "notify.pacing.workspace_per_second",
+                pacing.workspace_per_second,
+            ),
+            ("notify.pacing.workspace_burst", pacing.workspace_burst),
+            ("notify.retry.max_attempts", notify.retry.max_attempts),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if notify.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "notify.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        let url = notify.ledger.database_url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::invalid(
+                "notify.ledger.database_url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if !(notify.slack.api_url.starts_with("http://")
+            || notify.slack.api_url.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid(
+                "notify.slack.api_url",
+                "must be an http(s) URL",
+            ));
         }
         Ok(())
     }

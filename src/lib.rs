@@ -10,4 +10,6 @@ pub mod http;
 pub mod kafka;
 pub mod messages;
 pub mod metrics;
+pub mod notify;
+pub mod slack;
 pub mod telemetry;

@@ -127,3 +127,82 @@ pub fn render(registry: &Registry) -> String {
     }
     String::from_utf8(buffer).unwrap_or_default()
 }
+
+/// Metrics of `alertsvc notify`.
+#[derive(Clone)]
+pub struct NotifyMetrics {
+    pub deliveries: IntCounterVec,
+    pub slack_seconds: Histogram,
+    pub pacing_wait_seconds: Histogram,
+    pub rate_limited: prometheus::IntCounter,
+    pub retries: prometheus::IntCounter,
+    pub in_flight: prometheus::IntGauge,
+    pub dlq: prometheus::IntCounter,
+    pub interactions: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+}
+
+impl NotifyMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        let histogram =
+            |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, MetricsError> {
+                let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let int_counter =
+            |name: &str, help: &str| -> Result<prometheus::IntCounter, MetricsError> {
+                let c = prometheus::IntCounter::new(name, help)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let in_flight = prometheus::IntGauge::new(
+            "alertsvc_notify_in_flight",
+            "Messages read and not yet finished.",
+        )?;
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(NotifyMetrics {
+            deliveries: counter(
+                registry,
+                "alertsvc_slack_posts_total",
+                "Deliveries by outcome (posted, updated, duplicate, expired, failed).",
+                &["outcome"],
+            )?,
+            slack_seconds: histogram(
+                "alertsvc_slack_request_seconds",
+                "Latency of Slack Web API calls.",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )?,
+            pacing_wait_seconds: histogram(
+                "alertsvc_slack_pacing_wait_seconds",
+                "Time a message waited for its channel's or the workspace's rate limit.",
+                vec![0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0],
+            )?,
+            rate_limited: int_counter(
+                "alertsvc_slack_rate_limited_total",
+                "HTTP 429 answers from Slack (waited for Retry-After).",
+            )?,
+            retries: int_counter(
+                "alertsvc_slack_retries_total",
+                "Retried Slack calls after transient failures.",
+            )?,
+            in_flight,
+            dlq: int_counter(
+                "alertsvc_notify_dlq_total",
+                "Messages sent to the dead-letter topic.",
+            )?,
+            interactions: counter(
+                registry,
+                "alertsvc_slack_interactions_total",
+                "Interactivity requests by result (accepted, rejected).",
+                &["result"],
+            )?,
+            consumer_lag: gauge(
+                registry,
+                "alertsvc_consumer_lag",
+                "Records between the committed position and the high watermark.",
+                &["topic", "partition"],
+            )?,
+        })
+    }
+}

@@ -8,4 +8,6 @@ mod enrich_dead_letters;
 mod enrich_tables;
 mod enrich_topology;
 mod enrich_transactions;
+mod notify_delivery;
+mod notify_interactions;
 mod telemetry;

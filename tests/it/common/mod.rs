@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod registry;
+pub mod slack;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -81,6 +82,7 @@ pub struct TestEnv {
     pub suffix: String,
     pub overlay: PathBuf,
     pub http_addr: SocketAddr,
+    pub notify_http_addr: SocketAddr,
     pub settings: Settings,
     pub codecs: Codecs,
     producer: FutureProducer,
@@ -100,6 +102,7 @@ impl TestEnv {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let notify_http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let bootstrap = broker.bootstrap();
         let mut overlay: toml::Value = toml::from_str(&format!(
             r#"
@@ -115,6 +118,13 @@ impl TestEnv {
             transactional_id_prefix = "enrich-{suffix}"
             max_batch_wait = "20ms"
             http_addr = "{http_addr}"
+            [notify]
+            group_id = "notify-{suffix}"
+            http_addr = "{notify_http_addr}"
+            shutdown_grace = "5s"
+            [notify.retry]
+            initial_backoff = "50ms"
+            max_backoff = "2s"
             "#
         ))
         .unwrap();
@@ -168,6 +178,7 @@ impl TestEnv {
             suffix,
             overlay: overlay_path,
             http_addr,
+            notify_http_addr,
             settings,
             codecs,
             producer,
@@ -324,7 +335,77 @@ impl TestEnv {
         out
     }
 
-    pub fn start_enrich(&self) -> RunningEnrich {
+    pub fn start_notify(&self) -> RunningStage {
+        let settings = self.settings.clone();
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let handle = tokio::spawn(async move {
+            alertsvc::notify::run(&settings, &config_dir(), stop)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        });
+        RunningStage {
+            token,
+            handle,
+            http_addr: self.notify_http_addr,
+        }
+    }
+
+    /// `alertsvc notify` as a child process.
+    pub fn spawn_notify_process(&self, log_name: &str) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(log_name)).expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_alertsvc"))
+            .arg("--config-dir")
+            .arg(config_dir())
+            .arg("--config")
+            .arg(&self.overlay)
+            .arg("notify")
+            .env("RUST_LOG", "warn,alertsvc=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn alertsvc notify")
+    }
+
+    /// Writes a `SlackMessage` to `slack-messages`, keyed by its channel.
+    pub async fn produce_message(&self, message: &SlackMessage) -> (i32, i64) {
+        let payload = self.encode("slack_messages", &message.to_json()).await;
+        self.produce_raw(
+            &self.topic("slack_messages"),
+            Some(&message.channel_id),
+            Some(&payload),
+        )
+        .await
+    }
+
+    /// The `SlackResponse`s written so far, decoded.
+    pub async fn read_responses(
+        &self,
+        expected: usize,
+        timeout: Duration,
+    ) -> Vec<alertsvc::messages::SlackResponse> {
+        let records = self
+            .read(&self.topic("slack_responses"), expected, timeout)
+            .await;
+        let mut out = Vec::new();
+        for record in records {
+            let value = self.codecs["slack_responses"]
+                .decode(record.payload.as_deref().expect("payload"))
+                .await
+                .expect("decode response");
+            out.push(serde_json::from_value(value).expect("SlackResponse"));
+        }
+        out
+    }
+
+    pub async fn notify_metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.notify_http_addr))
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    pub fn start_enrich(&self) -> RunningStage {
         let settings = self.settings.clone();
         let token = CancellationToken::new();
         let stop = token.clone();
@@ -333,7 +414,7 @@ impl TestEnv {
                 .await
                 .map_err(|e| format!("{e:#}"))
         });
-        RunningEnrich {
+        RunningStage {
             token,
             handle,
             http_addr: self.http_addr,
@@ -425,14 +506,20 @@ impl TestEnv {
     }
 
     pub async fn wait_ready(&self, timeout: Duration) {
+        wait_ready_at(self.http_addr, timeout).await
+    }
+}
+
+pub async fn wait_ready_at(addr: SocketAddr, timeout: Duration) {
+    {
         let deadline = tokio::time::Instant::now() + timeout;
-        let url = format!("http://{}/readyz", self.http_addr);
+        let url = format!("http://{addr}/readyz");
         loop {
             if let Some((200, _)) = http_get(&url).await {
                 return;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("enrich not ready after {timeout:?}");
+                panic!("{addr} not ready after {timeout:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -455,13 +542,13 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
     Some((status, response.text().await.ok()?))
 }
 
-pub struct RunningEnrich {
+pub struct RunningStage {
     pub token: CancellationToken,
     pub handle: JoinHandle<Result<(), String>>,
     pub http_addr: SocketAddr,
 }
 
-impl RunningEnrich {
+impl RunningStage {
     pub async fn stop(self) -> Result<(), String> {
         self.token.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.handle)

@@ -1,0 +1,352 @@
+//! `POST /slack/interactions`: Slack's interactivity requests (button
+//! clicks). The `v0` signature (HMAC-SHA256 over `v0:{timestamp}:{body}`
+//! with the signing secret) is checked in constant time, the timestamp must
+//! be within five minutes, and a signature is accepted once. A verified
+//! click becomes a `SlackInteraction` record; "Acknowledge" also updates the
+//! message to say who acknowledged it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use hmac::{Hmac, Mac};
+use rdkafka::producer::FutureProducer;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::avro::Codec;
+use crate::config::Secret;
+use crate::kafka::{enqueue, OutRecord, StageContext};
+use crate::messages::{to_json, SlackInteraction};
+use crate::metrics::NotifyMetrics;
+use crate::slack::SlackApi;
+
+pub const ACKNOWLEDGE_ACTION: &str = "alertsvc_acknowledge";
+const ACTIONS_BLOCK_ID: &str = "alertsvc_actions";
+const MAX_SKEW_SECS: i64 = 300;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("missing X-Slack-Signature or X-Slack-Request-Timestamp")]
+    Missing,
+    #[error("timestamp is not a number")]
+    BadTimestamp,
+    #[error("timestamp is more than five minutes away")]
+    Stale,
+    #[error("signature does not match")]
+    Mismatch,
+    #[error("signature already used")]
+    Replayed,
+}
+
+/// `v0=` + hex HMAC-SHA256 of `v0:{timestamp}:{body}`, as Slack signs.
+pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(b"v0:");
+    mac.update(timestamp.as_bytes());
+    mac.update(b":");
+    mac.update(body);
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Checks a request's signature; `now_secs` is the current Unix time.
+pub fn verify(
+    secret: &str,
+    timestamp: &str,
+    signature: &str,
+    body: &[u8],
+    now_secs: i64,
+) -> Result<(), SignatureError> {
+    let ts: i64 = timestamp
+        .parse()
+        .map_err(|_| SignatureError::BadTimestamp)?;
+    if (now_secs - ts).abs() > MAX_SKEW_SECS {
+        return Err(SignatureError::Stale);
+    }
+    let expected = signature
+        .strip_prefix("v0=")
+        .and_then(|hex_sig| hex::decode(hex_sig).ok())
+        .ok_or(SignatureError::Mismatch)?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| SignatureError::Mismatch)?;
+    mac.update(b"v0:");
+    mac.update(timestamp.as_bytes());
+    mac.update(b":");
+    mac.update(body);
+    // verify_slice compares in constant time.
+    mac.verify_slice(&expected)
+        .map_err(|_| SignatureError::Mismatch)
+}
+
+/// Signatures seen within the timestamp window: a captured request cannot
+/// be replayed.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    seen: Mutex<HashMap<String, i64>>,
+}
+
+impl ReplayGuard {
+    pub fn first_use(&self, signature: &str, timestamp: i64, now_secs: i64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|_, ts| (now_secs - *ts).abs() <= MAX_SKEW_SECS);
+        seen.insert(signature.to_owned(), timestamp).is_none()
+    }
+}
+
+/// The click as a record, from a `block_actions` payload.
+pub fn interaction_from_payload(
+    payload: &Value,
+    raw: &str,
+    now_ms: i64,
+) -> Option<SlackInteraction> {
+    let action = payload["actions"].get(0)?;
+    let alert_id = payload["message"]["metadata"]["event_payload"]["alert_id"]
+        .as_str()
+        .or_else(|| action["value"].as_str())?;
+    Some(SlackInteraction {
+        alert_id: alert_id.to_owned(),
+        action_id: action["action_id"].as_str().unwrap_or_default().to_owned(),
+        value: action["value"].as_str().map(str::to_owned),
+        user_id: payload["user"]["id"].as_str()?.to_owned(),
+        user_name: payload["user"]["username"]
+            .as_str()
+            .or_else(|| payload["user"]["name"].as_str())
+            .map(str::to_owned),
+        channel_id: payload["channel"]["id"]
+            .as_str()
+            .or_else(|| payload["container"]["channel_id"].as_str())
+            .map(str::to_owned),
+        message_ts: payload["container"]["message_ts"]
+            .as_str()
+            .or_else(|| payload["message"]["ts"].as_str())
+            .map(str::to_owned),
+        received_at: now_ms,
+        payload: raw.to_owned(),
+    })
+}
+
+/// The message's blocks after an acknowledgement: the actions block gives
+/// way to a line saying who acknowledged it.
+pub fn acknowledged_blocks(blocks: &Value, user_id: &str) -> Value {
+    let mut kept: Vec<Value> = blocks
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .filter(|block| block["block_id"] != ACTIONS_BLOCK_ID && block["type"] != "actions")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    kept.push(json!({"type": "context", "elements": [
+        {"type": "mrkdwn", "text": format!(":white_check_mark: Acknowledged by <@{user_id}>")}
+    ]}));
+    Value::Array(kept)
+}
+
+pub struct InteractionState {
+    pub signing_secret: Option<Secret>,
+    pub producer: FutureProducer<StageContext>,
+    pub topic: String,
+    pub codec: Arc<Codec>,
+    pub slack: Option<Arc<SlackApi>>,
+    pub replay: ReplayGuard,
+    pub metrics: NotifyMetrics,
+}
+
+fn now() -> (i64, i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now.as_secs() as i64, now.as_millis() as i64)
+}
+
+pub async fn handle(
+    State(state): State<Arc<InteractionState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let reject = |reason: &str| {
+        state
+            .metrics
+            .interactions
+            .with_label_values(&["rejected"])
+            .inc();
+        tracing::warn!(reason, "interaction rejected");
+        (StatusCode::UNAUTHORIZED, "invalid request signature\n")
+    };
+    let Some(secret) = &state.signing_secret else {
+        return reject("no signing secret configured");
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(timestamp), Some(signature)) = (
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+    ) else {
+        return reject(&SignatureError::Missing.to_string());
+    };
+    let (now_secs, now_ms) = now();
+    if let Err(e) = verify(secret.expose(), timestamp, signature, &body, now_secs) {
+        return reject(&e.to_string());
+    }
+    if !state
+        .replay
+        .first_use(signature, timestamp.parse().unwrap_or_default(), now_secs)
+    {
+        return reject(&SignatureError::Replayed.to_string());
+    }
+    let raw = form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let Ok(payload) = serde_json::from_str::<Value>(&raw) else {
+        return (StatusCode::BAD_REQUEST, "payload is not JSON\n");
+    };
+    let Some(interaction) = interaction_from_payload(&payload, &raw, now_ms) else {
+        // Signed, but not a button click on an alert: acknowledge and ignore.
+        return (StatusCode::OK, "");
+    };
+    let encoded = match state.codec.encode(&to_json(&interaction)).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode interaction");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode\n");
+        }
+    };
+    let record = OutRecord {
+        topic: state.topic.clone(),
+        key: Some(interaction.alert_id.clone().into_bytes()),
+        payload: Some(encoded),
+        headers: None,
+    };
+    // Slack wants an answer within 3 s; it retries when it gets none.
+    let produced = tokio::time::timeout(std::time::Duration::from_millis(2500), async {
+        enqueue(&state.producer, &record)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|_| "cancelled".to_owned())?
+            .map_err(|(e, _)| e.to_string())
+    })
+    .await;
+    if !matches!(produced, Ok(Ok(_))) {
+        tracing::error!(?produced, "interaction not stored");
+        return (StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+    }
+    state
+        .metrics
+        .interactions
+        .with_label_values(&["accepted"])
+        .inc();
+    if interaction.action_id == ACKNOWLEDGE_ACTION {
+        if let (Some(slack), Some(channel), Some(ts)) = (
+            state.slack.clone(),
+            interaction.channel_id.clone(),
+            interaction.message_ts.clone(),
+        ) {
+            let blocks = acknowledged_blocks(&payload["message"]["blocks"], &interaction.user_id);
+            let text = payload["message"]["text"]
+                .as_str()
+                .unwrap_or("Alert")
+                .to_owned();
+            let alert_id = interaction.alert_id.clone();
+            let user = interaction.user_id.clone();
+            tokio::spawn(async move {
+                match slack
+                    .update(&channel, &ts, &text, &blocks.to_string(), Some(&alert_id))
+                    .await
+                {
+                    Ok(_) => tracing::info!(%alert_id, %user, "alert acknowledged"),
+                    Err(e) => {
+                        tracing::warn!(%alert_id, error = %e, "cannot mark the alert acknowledged")
+                    }
+                }
+            });
+        }
+    }
+    (StatusCode::OK, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_only_with_the_right_secret_body_and_time() {
+        let body = b"payload=%7B%7D";
+        let signature = sign("secret", "1700000000", body);
+        assert_eq!(
+            verify("secret", "1700000000", &signature, body, 1_700_000_100),
+            Ok(())
+        );
+        assert_eq!(
+            verify("other", "1700000000", &signature, body, 1_700_000_100),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(
+                "secret",
+                "1700000000",
+                &signature,
+                b"payload=x",
+                1_700_000_100
+            ),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify("secret", "1700000000", &signature, body, 1_700_000_301),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            verify("secret", "soon", &signature, body, 1_700_000_000),
+            Err(SignatureError::BadTimestamp)
+        );
+        assert_eq!(
+            verify("secret", "1700000000", "v0=zz", body, 1_700_000_000),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn a_signature_is_accepted_once() {
+        let guard = ReplayGuard::default();
+        assert!(guard.first_use("v0=ab", 100, 100));
+        assert!(!guard.first_use("v0=ab", 100, 150));
+        assert!(guard.first_use("v0=cd", 100, 150));
+    }
+
+    #[test]
+    fn acknowledgement_replaces_the_actions_block() {
+        let blocks = json!([{"type": "header", "text": {"type": "plain_text", "text": "h"}},
+                            {"type": "actions", "block_id": "alertsvc_actions", "elements": []}]);
+        let after = acknowledged_blocks(&blocks, "U1");
+        assert_eq!(after.as_array().map(Vec::len), Some(2));
+        assert_eq!(after[1]["type"], "context");
+        assert!(after[1]["elements"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("<@U1>"));
+    }
+
+    #[test]
+    fn block_actions_payload_becomes_an_interaction() {
+        let payload = json!({"type": "block_actions", "user": {"id": "U1", "username": "ada"},
+            "channel": {"id": "C1"}, "container": {"message_ts": "1.2"},
+            "message": {"ts": "1.2", "metadata": {"event_type": "alertsvc_alert", "event_payload": {"alert_id": "A-1"}}},
+            "actions": [{"action_id": "alertsvc_acknowledge", "value": "A-1"}]});
+        let i = interaction_from_payload(&payload, "{}", 5).unwrap();
+        assert_eq!(
+            (
+                i.alert_id.as_str(),
+                i.user_id.as_str(),
+                i.channel_id.as_deref(),
+                i.message_ts.as_deref()
+            ),
+            ("A-1", "U1", Some("C1"), Some("1.2"))
+        );
+        assert_eq!(i.action_id, ACKNOWLEDGE_ACTION);
+    }
+}

@@ -1,0 +1,318 @@
+//! Slack's Web API as notify uses it — post, update, find a message by its
+//! alert metadata — with every failure classified as transient (retry),
+//! permanent (dead-letter) or an auth failure (stop delivering).
+//!
+//! [`fake`] is a local Slack Web API for tests and the demo.
+
+pub mod fake;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use slack_morphism::errors::SlackClientError;
+use slack_morphism::prelude::*;
+
+/// Event type of the message metadata every alert carries.
+pub const ALERT_METADATA_EVENT: &str = "alertsvc_alert";
+const HISTORY_PAGES: usize = 5;
+
+/// Slack errors after which no message can be delivered with this token.
+const AUTH_ERRORS: &[&str] = &[
+    "invalid_auth",
+    "not_authed",
+    "token_revoked",
+    "token_expired",
+    "account_inactive",
+    "missing_scope",
+    "not_allowed_token_type",
+];
+
+/// Slack errors that a later attempt may not repeat.
+const TRANSIENT_ERRORS: &[&str] = &[
+    "ratelimited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+];
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SlackError {
+    #[error("rate limited by Slack (Retry-After {retry_after:?})")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("Slack answered ok=false: {code}")]
+    Api { code: String },
+    #[error("Slack answered HTTP {status}")]
+    Http { status: u16 },
+    #[error("cannot reach Slack: {0}")]
+    Transport(String),
+    #[error("Slack did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("blocks do not fit Slack's Block Kit model: {0}")]
+    InvalidBlocks(String),
+}
+
+/// What to do after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Retry after a backoff (or after `Retry-After`).
+    Transient { retry_after: Option<Duration> },
+    /// Retrying cannot help: dead-letter the message.
+    Permanent,
+    /// The token is bad: stop delivering anything.
+    Auth,
+}
+
+impl SlackError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SlackError::RateLimited { retry_after } => ErrorClass::Transient {
+                retry_after: *retry_after,
+            },
+            SlackError::Api { code } if AUTH_ERRORS.contains(&code.as_str()) => ErrorClass::Auth,
+            SlackError::Api { code } if TRANSIENT_ERRORS.contains(&code.as_str()) => {
+                ErrorClass::Transient { retry_after: None }
+            }
+            SlackError::Api { .. } | SlackError::InvalidBlocks(_) => ErrorClass::Permanent,
+            SlackError::Http { status } if *status >= 500 || *status == 408 => {
+                ErrorClass::Transient { retry_after: None }
+            }
+            SlackError::Http { status: 401 | 403 } => ErrorClass::Auth,
+            SlackError::Http { .. } => ErrorClass::Permanent,
+            SlackError::Transport(_) | SlackError::Timeout(_) => {
+                ErrorClass::Transient { retry_after: None }
+            }
+        }
+    }
+
+    /// The error as written to `SlackResponse.error`: Slack's own code
+    /// where there is one.
+    pub fn code(&self) -> String {
+        match self {
+            SlackError::RateLimited { .. } => "ratelimited".into(),
+            SlackError::Api { code } => code.clone(),
+            SlackError::Http { status } => format!("http_{status}"),
+            SlackError::Transport(_) => "connection_failed".into(),
+            SlackError::Timeout(_) => "timeout".into(),
+            SlackError::InvalidBlocks(_) => "invalid_blocks".into(),
+        }
+    }
+
+    pub fn http_status(&self) -> Option<i32> {
+        match self {
+            SlackError::RateLimited { .. } => Some(429),
+            SlackError::Http { status } => Some(i32::from(*status)),
+            SlackError::Api { .. } => Some(200),
+            _ => None,
+        }
+    }
+}
+
+impl From<SlackClientError> for SlackError {
+    fn from(e: SlackClientError) -> Self {
+        match e {
+            SlackClientError::ApiError(e) => SlackError::Api { code: e.code },
+            SlackClientError::RateLimitError(e) => SlackError::RateLimited {
+                retry_after: e.retry_after,
+            },
+            SlackClientError::HttpError(e) => SlackError::Http {
+                status: e.status_code.as_u16(),
+            },
+            other => SlackError::Transport(other.to_string()),
+        }
+    }
+}
+
+/// A message as Slack stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    pub channel: String,
+    pub ts: String,
+}
+
+type Connector = SlackClientHyperConnector<HttpsConnector<HttpConnector>>;
+
+pub struct SlackApi {
+    client: SlackClient<Connector>,
+    token: SlackApiToken,
+    timeout: Duration,
+}
+
+impl SlackApi {
+    /// `api_url` is Slack's (`https://slack.com/api`) or a local server's.
+    pub fn new(api_url: &str, token: &str, timeout: Duration) -> Self {
+        // https and plain http: the demo's and the tests' Slack is local.
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        // slack-morphism joins the base and the method with a '/'.
+        let api_url = api_url.trim_end_matches('/');
+        let connector =
+            SlackClientHyperConnector::with_connector(https).with_slack_api_url(api_url);
+        SlackApi {
+            client: SlackClient::new(connector),
+            token: SlackApiToken::new(SlackApiTokenValue(token.to_owned())),
+            timeout,
+        }
+    }
+
+    async fn call<T, F>(&self, request: F) -> Result<T, SlackError>
+    where
+        F: std::future::Future<Output = ClientResult<T>>,
+    {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(result) => result.map_err(SlackError::from),
+            Err(_) => Err(SlackError::Timeout(self.timeout)),
+        }
+    }
+
+    fn content(
+        text: &str,
+        blocks: &str,
+        alert_id: Option<&str>,
+    ) -> Result<SlackMessageContent, SlackError> {
+        let blocks: Vec<SlackBlock> =
+            serde_json::from_str(blocks).map_err(|e| SlackError::InvalidBlocks(e.to_string()))?;
+        let mut content = SlackMessageContent::new()
+            .with_text(text.to_owned())
+            .with_blocks(blocks);
+        if let Some(alert_id) = alert_id {
+            content = content.with_metadata(SlackMessageMetadata {
+                event_type: ALERT_METADATA_EVENT.to_owned(),
+                event_payload: Some(HashMap::from([(
+                    "alert_id".to_owned(),
+                    alert_id.to_owned(),
+                )])),
+            });
+        }
+        Ok(content)
+    }
+
+    /// `chat.postMessage` with the alert id in the message metadata.
+    pub async fn post(
+        &self,
+        channel: &str,
+        text: &str,
+        blocks: &str,
+        alert_id: &str,
+    ) -> Result<Posted, SlackError> {
+        let request = SlackApiChatPostMessageRequest::new(
+            SlackChannelId(channel.to_owned()),
+            Self::content(text, blocks, Some(alert_id))?,
+        );
+        let session = self.client.open_session(&self.token);
+        let response = self.call(session.chat_post_message(&request)).await?;
+        Ok(Posted {
+            channel: response.channel.0,
+            ts: response.ts.0,
+        })
+    }
+
+    /// `chat.update` of an earlier message.
+    pub async fn update(
+        &self,
+        channel: &str,
+        ts: &str,
+        text: &str,
+        blocks: &str,
+        alert_id: Option<&str>,
+    ) -> Result<Posted, SlackError> {
+        let request = SlackApiChatUpdateRequest::new(
+            SlackChannelId(channel.to_owned()),
+            Self::content(text, blocks, alert_id)?,
+            SlackTs(ts.to_owned()),
+        );
+        let session = self.client.open_session(&self.token);
+        let response = self.call(session.chat_update(&request)).await?;
+        Ok(Posted {
+            channel: response.channel.0,
+            ts: response.ts.0,
+        })
+    }
+
+    /// Looks for an alert already posted to `channel` (by its metadata) in
+    /// the channel's recent history: after a crash between Slack's answer
+    /// and the ledger write, this is how a second post is avoided.
+    pub async fn find_alert(
+        &self,
+        channel: &str,
+        alert_id: &str,
+    ) -> Result<Option<String>, SlackError> {
+        let session = self.client.open_session(&self.token);
+        let mut cursor = None;
+        for _ in 0..HISTORY_PAGES {
+            let mut request = SlackApiConversationsHistoryRequest::new()
+                .with_channel(SlackChannelId(channel.to_owned()))
+                .with_limit(200)
+                .with_include_all_metadata(true);
+            if let Some(cursor) = cursor.take() {
+                request = request.with_cursor(cursor);
+            }
+            let response = self.call(session.conversations_history(&request)).await?;
+            let found = response.messages.iter().find(|m| {
+                m.content.metadata.as_ref().is_some_and(|meta| {
+                    meta.event_type == ALERT_METADATA_EVENT
+                        && meta
+                            .event_payload
+                            .as_ref()
+                            .and_then(|p| p.get("alert_id"))
+                            .is_some_and(|id| id == alert_id)
+                })
+            });
+            if let Some(message) = found {
+                return Ok(Some(message.origin.ts.0.clone()));
+            }
+            match response.response_metadata.and_then(|m| m.next_cursor) {
+                Some(next) if !next.0.is_empty() && response.has_more.unwrap_or(false) => {
+                    cursor = Some(next)
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified() {
+        let api = |code: &str| SlackError::Api { code: code.into() };
+        assert_eq!(api("channel_not_found").class(), ErrorClass::Permanent);
+        assert_eq!(api("invalid_blocks").class(), ErrorClass::Permanent);
+        assert_eq!(api("invalid_auth").class(), ErrorClass::Auth);
+        assert_eq!(api("token_revoked").class(), ErrorClass::Auth);
+        assert_eq!(
+            api("internal_error").class(),
+            ErrorClass::Transient { retry_after: None }
+        );
+        assert_eq!(
+            SlackError::Http { status: 503 }.class(),
+            ErrorClass::Transient { retry_after: None }
+        );
+        assert_eq!(
+            SlackError::Http { status: 400 }.class(),
+            ErrorClass::Permanent
+        );
+        let limited = SlackError::RateLimited {
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        assert_eq!(
+            limited.class(),
+            ErrorClass::Transient {
+                retry_after: Some(Duration::from_secs(3))
+            }
+        );
+        assert_eq!(limited.code(), "ratelimited");
+        assert_eq!(
+            SlackError::Timeout(Duration::from_secs(1)).class(),
+            ErrorClass::Transient { retry_after: None }
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! Notify's test fixtures: the fake Slack, ledger databases (a SQLite file
+//! or a fresh PostgreSQL database per test) and message builders.
+
+use alertsvc::messages::SlackMessage;
+use alertsvc::slack::fake::{FakeSlack, FakeSlackConfig};
+use serde_json::json;
+use sqlx::Connection;
+
+pub const TOKEN: &str = "xoxb-test-token";
+pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+pub const POSTGRES_ENV: &str = "ALERTSVC_TEST_POSTGRES";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub async fn fake_slack(channels: &[&str], per_channel_per_second: Option<f64>) -> FakeSlack {
+    FakeSlack::start(FakeSlackConfig {
+        token: TOKEN.into(),
+        channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+        archived: vec!["C0ARCHIVED".into()],
+        not_in_channel: vec!["C0NOTIN".into()],
+        per_channel_per_second,
+        burst: 1,
+    })
+    .await
+    .expect("fake slack")
+}
+
+/// A ledger URL: a SQLite file in `dir`, or a new PostgreSQL database.
+pub async fn ledger_url(backend: Backend, dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("ledger.db").display()),
+        Backend::Postgres => {
+            let base = std::env::var(POSTGRES_ENV)
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+            let name = format!("alertsvc_test_{}_{}", std::process::id(), fastrand::u64(..));
+            let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432 (scripts/install-test-deps.sh starts one)");
+            // `name` is built here from digits and a fixed prefix.
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .expect("create database");
+            format!("{base}/{name}")
+        }
+    }
+}
+
+/// Notify settings for a test: the fake Slack, the ledger, fast pacing.
+pub fn notify_toml(slack: &FakeSlack, ledger: &str, per_channel_per_second: u32) -> String {
+    format!(
+        r#"
+        [notify]
+        max_age = "1h"
+        [notify.slack]
+        api_url = "{}"
+        bot_token = "{TOKEN}"
+        signing_secret = "{SIGNING_SECRET}"
+        request_timeout = "5s"
+        [notify.pacing]
+        per_channel_per_second = {per_channel_per_second}
+        per_channel_burst = 1
+        workspace_per_second = 1000
+        workspace_burst = 1000
+        [notify.ledger]
+        database_url = "{ledger}"
+        "#,
+        slack.url
+    )
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn message(alert_id: &str, channel: &str, text: &str) -> SlackMessage {
+    let blocks = json!([
+        {"type": "section", "text": {"type": "mrkdwn", "text": format!("*{text}*")}},
+        {"type": "actions", "block_id": "alertsvc_actions", "elements": [
+            {"type": "button", "action_id": "alertsvc_acknowledge",
+             "text": {"type": "plain_text", "text": "Acknowledge"}, "value": alert_id}]}
+    ]);
+    SlackMessage {
+        alert_id: alert_id.into(),
+        channel_id: channel.into(),
+        text: text.into(),
+        blocks: blocks.to_string(),
+        created_at: now_ms(),
+        pipeline: "test".into(),
+        source_topic: "t".into(),
+        source_partition: 0,
+        source_offset: 0,
+    }
+}

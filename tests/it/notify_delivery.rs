@@ -1,0 +1,423 @@
+//! notify against the fake Slack: delivery, pacing, idempotency, failures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use alertsvc::messages::{DeliveryOutcome, SlackResponse};
+use alertsvc::slack::fake::FakeMessage;
+
+use crate::common::slack::{fake_slack, ledger_url, message, notify_toml, now_ms, Backend};
+use crate::common::{http_get, metric_value, wait_ready_at, TestEnv};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn by_alert(responses: &[SlackResponse]) -> BTreeMap<String, Vec<&SlackResponse>> {
+    let mut map: BTreeMap<String, Vec<&SlackResponse>> = BTreeMap::new();
+    for r in responses {
+        map.entry(r.alert_id.clone()).or_default().push(r);
+    }
+    map
+}
+
+fn posts_per_alert(messages: &[FakeMessage]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for m in messages {
+        *counts
+            .entry(m.alert_id().unwrap_or("?").to_owned())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_posted_once_in_channel_order_with_responses() {
+    let channels = ["C1", "C2", "C3", "C4", "C5", "C6"];
+    let slack = fake_slack(&channels, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = TestEnv::new(&notify_toml(
+        &slack,
+        &ledger_url(Backend::Sqlite, dir.path()).await,
+        50,
+    ))
+    .await;
+    let mut expected_order: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for i in 0..36 {
+        let channel = channels[i % channels.len()];
+        let alert = format!("alert-{i}");
+        env.produce_message(&message(&alert, channel, &format!("Alert {i}")))
+            .await;
+        expected_order.entry(channel).or_default().push(alert);
+    }
+    let notify = env.start_notify();
+    let responses = env.read_responses(36, WAIT).await;
+    assert_eq!(responses.len(), 36, "one response per message");
+    let fake = slack.messages();
+    assert_eq!(fake.len(), 36);
+    assert!(
+        posts_per_alert(&fake).values().all(|n| *n == 1),
+        "each posted once"
+    );
+    for (channel, alerts) in &expected_order {
+        let posted: Vec<String> = fake
+            .iter()
+            .filter(|m| m.channel == *channel)
+            .map(|m| m.alert_id().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(&posted, alerts, "order in {channel}");
+    }
+    for response in &responses {
+        assert!(response.ok, "{response:?}");
+        assert_eq!(response.outcome, DeliveryOutcome::Posted);
+        let posted = fake
+            .iter()
+            .find(|m| m.alert_id() == Some(response.alert_id.as_str()))
+            .unwrap();
+        assert_eq!(response.ts.as_deref(), Some(posted.ts.as_str()));
+        assert_eq!(response.channel_id, posted.channel);
+        assert_eq!(response.attempts, 1);
+    }
+    let first = fake
+        .iter()
+        .find(|m| m.alert_id() == Some("alert-0"))
+        .unwrap();
+    assert_eq!(first.text, "Alert 0");
+    assert_eq!(
+        first.blocks[1]["elements"][0]["action_id"], "alertsvc_acknowledge",
+        "blocks as sent"
+    );
+    assert_eq!(
+        first.metadata.as_ref().unwrap()["event_type"],
+        "alertsvc_alert"
+    );
+    notify.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_channel_waits_without_holding_back_others() {
+    let slack = fake_slack(&["CBUSY", "CQUIET"], Some(1.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    // notify's own pacing is set too fast on purpose: Slack's 429s and
+    // Retry-After must do the pacing.
+    let env = TestEnv::new(&notify_toml(
+        &slack,
+        &ledger_url(Backend::Sqlite, dir.path()).await,
+        20,
+    ))
+    .await;
+    for i in 0..5 {
+        env.produce_message(&message(&format!("busy-{i}"), "CBUSY", "burst"))
+            .await;
+    }
+    for i in 0..3 {
+        env.produce_message(&message(&format!("quiet-{i}"), "CQUIET", "calm"))
+            .await;
+    }
+    let notify = env.start_notify();
+    let responses = env.read_responses(8, WAIT).await;
+    assert_eq!(responses.len(), 8);
+    assert!(
+        responses
+            .iter()
+            .all(|r| r.ok && r.outcome == DeliveryOutcome::Posted),
+        "{responses:?}"
+    );
+    let fake = slack.messages();
+    let busy: Vec<_> = fake
+        .iter()
+        .filter(|m| m.channel == "CBUSY")
+        .map(|m| m.alert_id().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        busy,
+        (0..5).map(|i| format!("busy-{i}")).collect::<Vec<_>>(),
+        "nothing lost, in order"
+    );
+    assert!(
+        slack.stats().rate_limited > 0,
+        "the fake enforced its limit"
+    );
+    let last_quiet = fake.iter().rposition(|m| m.channel == "CQUIET").unwrap();
+    let last_busy = fake.iter().rposition(|m| m.channel == "CBUSY").unwrap();
+    assert!(
+        last_quiet < last_busy,
+        "CQUIET was not delayed behind CBUSY: {fake:?}"
+    );
+    let metrics = env.notify_metrics().await;
+    assert!(metric_value(&metrics, "alertsvc_slack_rate_limited_total").unwrap_or(0.0) >= 1.0);
+    notify.stop().await.expect("clean stop");
+}
+
+async fn redelivery_is_not_posted_twice_and_changes_update(backend: Backend) {
+    let slack = fake_slack(&["C1"], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger_url(backend, dir.path()).await;
+    let env = TestEnv::new(&notify_toml(&slack, &ledger, 50)).await;
+    for i in 0..4 {
+        env.produce_message(&message(&format!("a-{i}"), "C1", "first"))
+            .await;
+    }
+    let notify = env.start_notify();
+    env.read_responses(4, WAIT).await;
+    notify.stop().await.expect("clean stop");
+
+    // The same records consumed again (a new group starts from the
+    // beginning), then a changed version of a-0.
+    let mut settings = env.settings.clone();
+    if let Some(n) = settings.notify.as_mut() {
+        n.group_id = format!("{}-again", n.group_id);
+    }
+    let rerun = {
+        let token = tokio_util::sync::CancellationToken::new();
+        let stop = token.clone();
+        let handle = tokio::spawn(async move {
+            alertsvc::notify::run(&settings, &crate::common::config_dir(), stop)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        });
+        crate::common::RunningStage {
+            token,
+            handle,
+            http_addr: env.notify_http_addr,
+        }
+    };
+    env.produce_message(&message("a-0", "C1", "second version"))
+        .await;
+    let responses = env.read_responses(4 + 5, WAIT).await;
+    rerun.stop().await.expect("clean stop");
+
+    let fake = slack.messages();
+    assert_eq!(fake.len(), 4, "no second post: {fake:?}");
+    let outcomes = by_alert(&responses);
+    for i in 1..4 {
+        let seen: Vec<_> = outcomes[&format!("a-{i}")]
+            .iter()
+            .map(|r| r.outcome)
+            .collect();
+        assert_eq!(seen, [DeliveryOutcome::Posted, DeliveryOutcome::Duplicate]);
+    }
+    let a0: Vec<_> = outcomes["a-0"].iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        a0,
+        [
+            DeliveryOutcome::Posted,
+            DeliveryOutcome::Duplicate,
+            DeliveryOutcome::Updated
+        ]
+    );
+    let updated = fake.iter().find(|m| m.alert_id() == Some("a-0")).unwrap();
+    assert_eq!(updated.text, "second version");
+    assert_eq!(updated.edits, 1);
+    assert_eq!(outcomes["a-0"][2].ts.as_deref(), Some(updated.ts.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_sqlite() {
+    redelivery_is_not_posted_twice_and_changes_update(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_postgres() {
+    redelivery_is_not_posted_twice_and_changes_update(Backend::Postgres).await;
+}
+
+async fn pending_entry_is_reconciled_before_any_repost(backend: Backend) {
+    let slack = fake_slack(&["C1"], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_db = ledger_url(backend, dir.path()).await;
+    let env = TestEnv::new(&notify_toml(&slack, &ledger_db, 50)).await;
+    // A crash right after Slack's answer: the ledger says pending, Slack
+    // has the message (found by its metadata).
+    let ledger = alertsvc::notify::ledger::Ledger::connect(&ledger_db, 1)
+        .await
+        .unwrap();
+    ledger.migrate().await.unwrap();
+    let crashed = message("crashed", "C1", "posted before the crash");
+    let hash = alertsvc::notify::delivery::content_hash(&crashed);
+    ledger
+        .mark_pending("crashed", "C1", &hash, now_ms())
+        .await
+        .unwrap();
+    slack.insert_message(FakeMessage {
+        channel: "C1".into(),
+        ts: "1699999999.000001".into(),
+        text: crashed.text.clone(),
+        blocks: serde_json::from_str(&crashed.blocks).unwrap(),
+        metadata: Some(serde_json::json!({"event_type": "alertsvc_alert", "event_payload": {"alert_id": "crashed"}})),
+        edits: 0,
+    });
+    // Pending but never reached Slack: posted now.
+    let lost = message("lost", "C1", "never reached Slack");
+    ledger
+        .mark_pending(
+            "lost",
+            "C1",
+            &alertsvc::notify::delivery::content_hash(&lost),
+            now_ms(),
+        )
+        .await
+        .unwrap();
+
+    env.produce_message(&crashed).await;
+    env.produce_message(&lost).await;
+    let notify = env.start_notify();
+    let responses = env.read_responses(2, WAIT).await;
+    notify.stop().await.expect("clean stop");
+    let outcomes = by_alert(&responses);
+    assert_eq!(outcomes["crashed"][0].outcome, DeliveryOutcome::Duplicate);
+    assert_eq!(
+        outcomes["crashed"][0].ts.as_deref(),
+        Some("1699999999.000001")
+    );
+    assert_eq!(outcomes["lost"][0].outcome, DeliveryOutcome::Posted);
+    assert_eq!(
+        posts_per_alert(&slack.messages()),
+        BTreeMap::from([("crashed".to_owned(), 1), ("lost".to_owned(), 1)])
+    );
+    assert!(slack.stats().history_calls >= 2);
+    let entry = ledger.get("crashed").await.unwrap().unwrap();
+    assert_eq!(entry.status, alertsvc::notify::ledger::Status::Posted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_reconciled_sqlite() {
+    pending_entry_is_reconciled_before_any_repost(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_reconciled_postgres() {
+    pending_entry_is_reconciled_before_any_repost(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_errors_are_dead_lettered_transient_ones_retried_and_stale_alerts_expire() {
+    let slack = fake_slack(&["C1"], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = TestEnv::new(&notify_toml(
+        &slack,
+        &ledger_url(Backend::Sqlite, dir.path()).await,
+        50,
+    ))
+    .await;
+    slack.fail_next(503, 2);
+    env.produce_message(&message("ok-1", "C1", "fine")).await;
+    env.produce_message(&message("gone", "C0NOPE", "no such channel"))
+        .await;
+    env.produce_message(&message("archived", "C0ARCHIVED", "archived"))
+        .await;
+    let mut bad_blocks = message("bad-blocks", "C1", "bad");
+    bad_blocks.blocks =
+        r#"[{"type": "header", "text": {"type": "plain_text", "text": "x"}, "block_id": ""}]"#
+            .replace("\"\"", &format!("\"{}\"", "b".repeat(300)));
+    env.produce_message(&bad_blocks).await;
+    let mut stale = message("stale", "C1", "too late");
+    stale.created_at = now_ms() - 2 * 3_600_000;
+    env.produce_message(&stale).await;
+    env.produce_message(&message("ok-2", "C1", "fine again"))
+        .await;
+
+    let notify = env.start_notify();
+    let responses = env.read_responses(6, WAIT).await;
+    let outcomes = by_alert(&responses);
+    let first = |id: &str| outcomes[id][0];
+    assert_eq!(
+        (first("ok-1").ok, first("ok-1").outcome),
+        (true, DeliveryOutcome::Posted)
+    );
+    // The two 503s hit whichever calls came first; those were retried.
+    assert_eq!(slack.stats().server_errors, 2);
+    assert_eq!(
+        responses.iter().map(|r| r.attempts).sum::<i32>(),
+        5 + 2,
+        "one call each, two retries"
+    );
+    assert_eq!(
+        (first("gone").ok, first("gone").error.as_deref()),
+        (false, Some("channel_not_found"))
+    );
+    assert_eq!(first("archived").error.as_deref(), Some("is_archived"));
+    assert_eq!(first("bad-blocks").error.as_deref(), Some("invalid_blocks"));
+    assert_eq!(
+        (
+            first("stale").ok,
+            first("stale").outcome,
+            first("stale").error.as_deref()
+        ),
+        (false, DeliveryOutcome::Expired, Some("expired"))
+    );
+    assert_eq!(first("ok-2").outcome, DeliveryOutcome::Posted);
+    let posted: BTreeSet<_> = slack
+        .messages()
+        .iter()
+        .map(|m| m.alert_id().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        posted,
+        BTreeSet::from(["ok-1".to_owned(), "ok-2".to_owned()])
+    );
+
+    let dead = env.read(&env.dlq("slack_messages"), 3, WAIT).await;
+    let reasons: BTreeSet<_> = dead
+        .iter()
+        .map(|r| r.headers["alertsvc.dlq.reason"].clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        BTreeSet::from([
+            "Slack error: channel_not_found".into(),
+            "Slack error: is_archived".into(),
+            "Slack error: invalid_blocks".into()
+        ])
+    );
+    assert!(dead
+        .iter()
+        .all(|r| r.headers["alertsvc.dlq.stage"] == "deliver"));
+    notify.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_token_stops_delivery_and_fails_readiness() {
+    let slack = fake_slack(&["C1"], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = TestEnv::new(&notify_toml(
+        &slack,
+        &ledger_url(Backend::Sqlite, dir.path()).await,
+        50,
+    ))
+    .await;
+    env.produce_message(&message("before", "C1", "delivered"))
+        .await;
+    let notify = env.start_notify();
+    env.read_responses(1, WAIT).await;
+    wait_ready_at(env.notify_http_addr, WAIT).await;
+
+    slack.revoke_token();
+    for i in 0..3 {
+        env.produce_message(&message(&format!("after-{i}"), "C1", "held"))
+            .await;
+    }
+    let ready_url = format!("http://{}/readyz", env.notify_http_addr);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while http_get(&ready_url).await.map(|(s, _)| s) != Some(503) {
+        assert!(tokio::time::Instant::now() < deadline, "readiness still OK");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let responses = env.read_responses(1, WAIT).await;
+    assert_eq!(
+        responses.len(),
+        1,
+        "no response, no dead letter for held messages"
+    );
+    assert_eq!(slack.messages().len(), 1);
+    assert_eq!(
+        env.read_until(
+            &env.dlq("slack_messages"),
+            |_| true,
+            Duration::from_millis(10)
+        )
+        .await
+        .len(),
+        0
+    );
+    notify.stop().await.expect("clean stop");
+}
