@@ -45,7 +45,7 @@ fn settings(extra: Option<PathBuf>) -> Settings {
 }
 
 fn event(i: usize) -> Value {
-    let status = if i % 3 == 0 {
+    let status = if i.is_multiple_of(3) {
         "Running"
     } else {
         "Provisioning"

