@@ -429,8 +429,10 @@ async fn raw_copy(bootstrap: String, events: usize) -> Duration {
 async fn bench_bootstrap(records: usize) {
     let cluster = MockCluster::new(1).expect("mock");
     let bootstrap = cluster.bootstrap_servers();
+    // The mock broker keeps at most 5 MB per partition: enough partitions
+    // to hold every record.
     cluster
-        .create_topic("data-csdr-assignment", 6, 1)
+        .create_topic("data-csdr-assignment", 128, 1)
         .expect("topic");
     let settings = settings(None);
     let codecs = build_codecs(&config_dir(), &settings).expect("codecs");
@@ -469,7 +471,7 @@ async fn bench_bootstrap(records: usize) {
         table: table.clone(),
         consumer,
         dlq,
-        metrics,
+        metrics: metrics.clone(),
     };
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let shutdown = CancellationToken::new();

@@ -15,11 +15,22 @@ pub struct Pacer {
     workspace: DefaultDirectRateLimiter,
 }
 
+/// A quota a little slower than the nominal rate: requests reach Slack
+/// with jitter, and one that arrives a few milliseconds early against
+/// Slack's own bucket is a 429 and a second's wait.
 fn quota(per_second: u32, burst: u32) -> Quota {
-    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let per_second = per_second.max(1);
     let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-    Quota::per_second(rate).allow_burst(burst)
+    let period = Duration::from_secs_f64(1.0 / f64::from(per_second)).mul_f64(1.02)
+        + Duration::from_micros(PACING_MARGIN_MICROS.min(1_000_000 / u64::from(per_second) / 50));
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
 }
+
+/// Extra spacing between two messages to one channel, at most 2% of the
+/// period.
+const PACING_MARGIN_MICROS: u64 = 15_000;
 
 impl Pacer {
     pub fn new(settings: &PacingSettings) -> Pacer {
