@@ -6,8 +6,8 @@ use std::time::Duration;
 use alertsvc::messages::{DeliveryOutcome, SlackResponse};
 use alertsvc::slack::fake::FakeMessage;
 
-use crate::common::slack::{fake_slack, ledger_url, message, notify_toml, now_ms, Backend};
-use crate::common::{http_get, metric_value, wait_ready_at, TestEnv};
+use crate::common::slack::{message, notify_env, now_ms, Backend, NotifyEnv};
+use crate::common::{http_get, metric_value, wait_ready_at};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -32,14 +32,12 @@ fn posts_per_alert(messages: &[FakeMessage]) -> BTreeMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_are_posted_once_in_channel_order_with_responses() {
     let channels = ["C1", "C2", "C3", "C4", "C5", "C6"];
-    let slack = fake_slack(&channels, None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = TestEnv::new(&notify_toml(
-        &slack,
-        &ledger_url(Backend::Sqlite, dir.path()).await,
-        50,
-    ))
-    .await;
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&channels, None, Backend::Sqlite, 50).await;
     let mut expected_order: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for i in 0..36 {
         let channel = channels[i % channels.len()];
@@ -94,16 +92,14 @@ async fn messages_are_posted_once_in_channel_order_with_responses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_channel_waits_without_holding_back_others() {
-    let slack = fake_slack(&["CBUSY", "CQUIET"], Some(1.0)).await;
-    let dir = tempfile::tempdir().unwrap();
     // notify's own pacing is set too fast on purpose: Slack's 429s and
     // Retry-After must do the pacing.
-    let env = TestEnv::new(&notify_toml(
-        &slack,
-        &ledger_url(Backend::Sqlite, dir.path()).await,
-        20,
-    ))
-    .await;
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["CBUSY", "CQUIET"], Some(1.0), Backend::Sqlite, 20).await;
     for i in 0..5 {
         env.produce_message(&message(&format!("busy-{i}"), "CBUSY", "burst"))
             .await;
@@ -148,10 +144,12 @@ async fn rate_limited_channel_waits_without_holding_back_others() {
 }
 
 async fn redelivery_is_not_posted_twice_and_changes_update(backend: Backend) {
-    let slack = fake_slack(&["C1"], None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = ledger_url(backend, dir.path()).await;
-    let env = TestEnv::new(&notify_toml(&slack, &ledger, 50)).await;
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, backend, 50).await;
     for i in 0..4 {
         env.produce_message(&message(&format!("a-{i}"), "C1", "first"))
             .await;
@@ -166,20 +164,7 @@ async fn redelivery_is_not_posted_twice_and_changes_update(backend: Backend) {
     if let Some(n) = settings.notify.as_mut() {
         n.group_id = format!("{}-again", n.group_id);
     }
-    let rerun = {
-        let token = tokio_util::sync::CancellationToken::new();
-        let stop = token.clone();
-        let handle = tokio::spawn(async move {
-            alertsvc::notify::run(&settings, &crate::common::config_dir(), stop)
-                .await
-                .map_err(|e| format!("{e:#}"))
-        });
-        crate::common::RunningStage {
-            token,
-            handle,
-            http_addr: env.notify_http_addr,
-        }
-    };
+    let rerun = env.start_notify_with(settings);
     env.produce_message(&message("a-0", "C1", "second version"))
         .await;
     let responses = env.read_responses(4 + 5, WAIT).await;
@@ -221,10 +206,13 @@ async fn redelivery_postgres() {
 }
 
 async fn pending_entry_is_reconciled_before_any_repost(backend: Backend) {
-    let slack = fake_slack(&["C1"], None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger_db = ledger_url(backend, dir.path()).await;
-    let env = TestEnv::new(&notify_toml(&slack, &ledger_db, 50)).await;
+    let NotifyEnv {
+        slack,
+        env,
+        ledger: ledger_db,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, backend, 50).await;
     // A crash right after Slack's answer: the ledger says pending, Slack
     // has the message (found by its metadata).
     let ledger = alertsvc::notify::ledger::Ledger::connect(&ledger_db, 1)
@@ -290,14 +278,12 @@ async fn pending_reconciled_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_errors_are_dead_lettered_transient_ones_retried_and_stale_alerts_expire() {
-    let slack = fake_slack(&["C1"], None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = TestEnv::new(&notify_toml(
-        &slack,
-        &ledger_url(Backend::Sqlite, dir.path()).await,
-        50,
-    ))
-    .await;
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
     slack.fail_next(503, 2);
     env.produce_message(&message("ok-1", "C1", "fine")).await;
     env.produce_message(&message("gone", "C0NOPE", "no such channel"))
@@ -376,14 +362,12 @@ async fn permanent_errors_are_dead_lettered_transient_ones_retried_and_stale_ale
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_stops_delivery_and_fails_readiness() {
-    let slack = fake_slack(&["C1"], None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = TestEnv::new(&notify_toml(
-        &slack,
-        &ledger_url(Backend::Sqlite, dir.path()).await,
-        50,
-    ))
-    .await;
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
     env.produce_message(&message("before", "C1", "delivered"))
         .await;
     let notify = env.start_notify();

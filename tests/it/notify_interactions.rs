@@ -7,8 +7,7 @@ use alertsvc::messages::SlackInteraction;
 use alertsvc::notify::interactions::sign;
 use serde_json::json;
 
-use crate::common::slack::{fake_slack, ledger_url, message, notify_toml, Backend, SIGNING_SECRET};
-use crate::common::TestEnv;
+use crate::common::slack::{message, notify_env, Backend, NotifyEnv, SIGNING_SECRET};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -28,14 +27,12 @@ async fn post(url: &str, body: &str, timestamp: Option<i64>, signature: Option<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_click_is_recorded_and_acknowledged_forgeries_are_refused() {
-    let slack = fake_slack(&["C1"], None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = TestEnv::new(&notify_toml(
-        &slack,
-        &ledger_url(Backend::Sqlite, dir.path()).await,
-        50,
-    ))
-    .await;
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
     env.produce_message(&message("ack-me", "C1", "Please acknowledge"))
         .await;
     let notify = env.start_notify();

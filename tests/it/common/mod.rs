@@ -336,35 +336,36 @@ impl TestEnv {
     }
 
     pub fn start_notify(&self) -> RunningStage {
-        let settings = self.settings.clone();
-        let token = CancellationToken::new();
-        let stop = token.clone();
-        let handle = tokio::spawn(async move {
-            alertsvc::notify::run(&settings, &config_dir(), stop)
-                .await
-                .map_err(|e| format!("{e:#}"))
-        });
-        RunningStage {
-            token,
-            handle,
-            http_addr: self.notify_http_addr,
-        }
+        self.start_notify_with(self.settings.clone())
+    }
+
+    /// notify in-process with settings of the test's choosing.
+    pub fn start_notify_with(&self, settings: Settings) -> RunningStage {
+        RunningStage::spawn(self.notify_http_addr, |stop| async move {
+            alertsvc::notify::run(&settings, &config_dir(), stop).await
+        })
     }
 
     /// `alertsvc notify` as a child process.
     pub fn spawn_notify_process(&self, log_name: &str) -> Child {
+        self.spawn_process("notify", log_name)
+    }
+
+    /// `alertsvc <stage>` as a child process (killable like a crashed pod).
+    fn spawn_process(&self, stage: &str, log_name: &str) -> Child {
         let log = std::fs::File::create(self.dir.path().join(log_name)).expect("log file");
         Command::new(env!("CARGO_BIN_EXE_alertsvc"))
             .arg("--config-dir")
             .arg(config_dir())
             .arg("--config")
             .arg(&self.overlay)
-            .arg("notify")
+            .arg(stage)
+            .env("ALERTSVC_INSTANCE_ID", "crash-test")
             .env("RUST_LOG", "warn,alertsvc=info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn alertsvc notify")
+            .expect("spawn alertsvc")
     }
 
     /// Writes a `SlackMessage` to `slack-messages`, keyed by its channel.
@@ -407,35 +408,14 @@ impl TestEnv {
 
     pub fn start_enrich(&self) -> RunningStage {
         let settings = self.settings.clone();
-        let token = CancellationToken::new();
-        let stop = token.clone();
-        let handle = tokio::spawn(async move {
-            alertsvc::enrich::run(&settings, &config_dir(), stop)
-                .await
-                .map_err(|e| format!("{e:#}"))
-        });
-        RunningStage {
-            token,
-            handle,
-            http_addr: self.http_addr,
-        }
+        RunningStage::spawn(self.http_addr, |stop| async move {
+            alertsvc::enrich::run(&settings, &config_dir(), stop).await
+        })
     }
 
     /// `alertsvc enrich` as a child process (killable like a crashed pod).
     pub fn spawn_enrich_process(&self, log_name: &str) -> Child {
-        let log = std::fs::File::create(self.dir.path().join(log_name)).expect("log file");
-        Command::new(env!("CARGO_BIN_EXE_alertsvc"))
-            .arg("--config-dir")
-            .arg(config_dir())
-            .arg("--config")
-            .arg(&self.overlay)
-            .arg("enrich")
-            .env("ALERTSVC_INSTANCE_ID", "crash-test")
-            .env("RUST_LOG", "warn,alertsvc=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn alertsvc")
+        self.spawn_process("enrich", log_name)
     }
 
     /// Offsets committed by `group` for every partition of `topic`.
@@ -549,6 +529,24 @@ pub struct RunningStage {
 }
 
 impl RunningStage {
+    fn spawn<E, F>(
+        http_addr: SocketAddr,
+        stage: impl FnOnce(CancellationToken) -> F,
+    ) -> RunningStage
+    where
+        E: std::fmt::Display + 'static,
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let token = CancellationToken::new();
+        let running = stage(token.clone());
+        let handle = tokio::spawn(async move { running.await.map_err(|e| format!("{e:#}")) });
+        RunningStage {
+            token,
+            handle,
+            http_addr,
+        }
+    }
+
     pub async fn stop(self) -> Result<(), String> {
         self.token.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.handle)

@@ -99,3 +99,30 @@ pub fn message(alert_id: &str, channel: &str, text: &str) -> SlackMessage {
         source_offset: 0,
     }
 }
+
+/// A test environment for notify: fake Slack, ledger, broker and topics.
+pub struct NotifyEnv {
+    pub slack: FakeSlack,
+    pub ledger: String,
+    pub env: super::TestEnv,
+    /// Holds the SQLite file; bind it for as long as the ledger is used.
+    pub ledger_dir: tempfile::TempDir,
+}
+
+pub async fn notify_env(
+    channels: &[&str],
+    fake_limit: Option<f64>,
+    backend: Backend,
+    per_channel_per_second: u32,
+) -> NotifyEnv {
+    let slack = fake_slack(channels, fake_limit).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger_url(backend, dir.path()).await;
+    let env = super::TestEnv::new(&notify_toml(&slack, &ledger, per_channel_per_second)).await;
+    NotifyEnv {
+        slack,
+        ledger,
+        env,
+        ledger_dir: dir,
+    }
+}
