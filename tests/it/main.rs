@@ -11,4 +11,5 @@ mod enrich_transactions;
 mod notify_crash;
 mod notify_delivery;
 mod notify_interactions;
+mod notify_ledger;
 mod telemetry;
