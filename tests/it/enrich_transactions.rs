@@ -35,6 +35,26 @@ fn committed_or_zero(env: &TestEnv, group: &str, topic: &str) -> Vec<i64> {
         .collect()
 }
 
+/// After a clean stop the group's offsets are the input's end offsets, and
+/// a restarted enrich processes only what came after.
+async fn offsets_committed_and_restart_resumes(env: &TestEnv, processed: usize) {
+    let input = env.topic("notifications");
+    let group = env.settings.enrich.as_ref().unwrap().group_id.clone();
+    assert_eq!(
+        committed_or_zero(env, &group, &input),
+        env.end_offsets(&input, 3)
+    );
+    let enrich = env.start_enrich();
+    env.produce_event(
+        "org-1",
+        &connector_event("late", "env", "late", "Provisioning"),
+    )
+    .await;
+    let messages = env.read_messages(processed + 1, WAIT).await;
+    assert_eq!(messages.len(), processed + 1, "no record processed twice");
+    enrich.stop().await.expect("clean stop");
+}
+
 fn alert_ids(
     messages: &[(crate::common::Record, alertsvc::messages::SlackMessage)],
 ) -> Vec<String> {
@@ -111,27 +131,7 @@ async fn at_least_once_commits_offsets_after_outputs_are_acknowledged() {
     assert_eq!(messages.len(), expected.len());
     enrich.stop().await.expect("clean stop");
 
-    let input = env.topic("notifications");
-    let group = env.settings.enrich.as_ref().unwrap().group_id.clone();
-    assert_eq!(
-        committed_or_zero(&env, &group, &input),
-        env.end_offsets(&input, 3)
-    );
-
-    // A restart resumes after the committed offsets: only the new event.
-    let enrich = env.start_enrich();
-    env.produce_event(
-        "org-1",
-        &connector_event("late", "env", "late", "Provisioning"),
-    )
-    .await;
-    let messages = env.read_messages(expected.len() + 1, WAIT).await;
-    assert_eq!(
-        messages.len(),
-        expected.len() + 1,
-        "no record processed twice"
-    );
-    enrich.stop().await.expect("clean stop");
+    offsets_committed_and_restart_resumes(&env, expected.len()).await;
 }
 
 /// Needs a broker that stores transactional offsets (the mock does not):
@@ -168,24 +168,5 @@ async fn eos_commits_outputs_and_offsets_in_one_transaction() {
     enrich.stop().await.expect("clean stop");
 
     // The offsets went in with the transaction (send_offsets_to_transaction).
-    let input = env.topic("notifications");
-    let group = env.settings.enrich.as_ref().unwrap().group_id.clone();
-    assert_eq!(
-        committed_or_zero(&env, &group, &input),
-        env.end_offsets(&input, 3)
-    );
-
-    let enrich = env.start_enrich();
-    env.produce_event(
-        "org-1",
-        &connector_event("late", "env", "late", "Provisioning"),
-    )
-    .await;
-    let messages = env.read_messages(expected.len() + 1, WAIT).await;
-    assert_eq!(
-        messages.len(),
-        expected.len() + 1,
-        "restart resumed from the transaction's offsets"
-    );
-    enrich.stop().await.expect("clean stop");
+    offsets_committed_and_restart_resumes(&env, expected.len()).await;
 }
