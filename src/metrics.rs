@@ -31,6 +31,16 @@ fn gauge(
     Ok(metric)
 }
 
+/// Fed by librdkafka's statistics (see `kafka::StageContext`).
+fn consumer_lag(registry: &Registry) -> Result<IntGaugeVec, MetricsError> {
+    gauge(
+        registry,
+        "alertsvc_consumer_lag",
+        "Records between the committed position and the high watermark.",
+        &["topic", "partition"],
+    )
+}
+
 /// Metrics of `alertsvc enrich`.
 #[derive(Clone)]
 pub struct EnrichMetrics {
@@ -107,12 +117,7 @@ impl EnrichMetrics {
                 "Batches committed or aborted.",
                 &["outcome"],
             )?,
-            consumer_lag: gauge(
-                registry,
-                "alertsvc_consumer_lag",
-                "Records between the committed position and the high watermark.",
-                &["topic", "partition"],
-            )?,
+            consumer_lag: consumer_lag(registry)?,
             batch_seconds,
         })
     }
@@ -197,12 +202,7 @@ impl NotifyMetrics {
                 "Interactivity requests by result (accepted, rejected).",
                 &["result"],
             )?,
-            consumer_lag: gauge(
-                registry,
-                "alertsvc_consumer_lag",
-                "Records between the committed position and the high watermark.",
-                &["topic", "partition"],
-            )?,
+            consumer_lag: consumer_lag(registry)?,
         })
     }
 }

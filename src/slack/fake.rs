@@ -295,6 +295,18 @@ fn check_content(text: Option<&str>, blocks: Option<&Value>) -> Result<(), &'sta
     Ok(())
 }
 
+/// What `chat.postMessage` and `chat.update` both check: the channel, then
+/// the content; a refusal is counted and named by Slack's error code.
+fn admit(s: &mut SlackState, channel: &str, request: &Value) -> Result<(), &'static str> {
+    let text = request["text"].as_str();
+    let blocks = request.get("blocks").filter(|b| !b.is_null());
+    let checked = check_channel(s, channel).and_then(|()| check_content(text, blocks));
+    if checked.is_err() {
+        s.stats.rejected += 1;
+    }
+    checked
+}
+
 fn message_json(m: &FakeMessage, with_metadata: bool) -> Value {
     let mut v = json!({"type": "message", "ts": m.ts, "text": m.text, "blocks": m.blocks,
                        "bot_id": "B0ALERTSVC", "channel": m.channel});
@@ -320,8 +332,7 @@ async fn post_message(
     let request = parse_body(&headers, &body);
     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
     let channel = request["channel"].as_str().unwrap_or_default().to_owned();
-    if let Err(code) = check_channel(&s, &channel) {
-        s.stats.rejected += 1;
+    if let Err(code) = admit(&mut s, &channel, &request) {
         return slack_error(code);
     }
     if let Err(seconds) = take_token(&mut s, &channel) {
@@ -335,10 +346,6 @@ async fn post_message(
     }
     let text = request["text"].as_str();
     let blocks = request.get("blocks").filter(|b| !b.is_null());
-    if let Err(code) = check_content(text, blocks) {
-        s.stats.rejected += 1;
-        return slack_error(code);
-    }
     let ts = format!("1700000000.{:06}", s.next_ts);
     s.next_ts += 1;
     let message = FakeMessage {
@@ -369,16 +376,11 @@ async fn update_message(
     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
     let channel = request["channel"].as_str().unwrap_or_default().to_owned();
     let ts = request["ts"].as_str().unwrap_or_default().to_owned();
-    if let Err(code) = check_channel(&s, &channel) {
-        s.stats.rejected += 1;
+    if let Err(code) = admit(&mut s, &channel, &request) {
         return slack_error(code);
     }
     let text = request["text"].as_str();
     let blocks = request.get("blocks").filter(|b| !b.is_null());
-    if let Err(code) = check_content(text, blocks) {
-        s.stats.rejected += 1;
-        return slack_error(code);
-    }
     let Some(index) = s
         .messages
         .iter()
