@@ -33,3 +33,18 @@ if ! postgres_up; then
   for _ in $(seq 1 30); do postgres_up && break; sleep 1; done
   postgres_up || { echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1; }
 fi
+
+# bqemulator: a BigQuery REST emulator (DuckDB-backed) for produce's
+# BigQuery tests, in its own venv. duckdb 2.x downloads its spatial
+# extension at start, which fails offline: pin 1.5.5 and install the
+# extension from PyPI's wheel (numpy is an undeclared runtime need).
+BQ_VENV="${ALERTSVC_BQ_VENV:-$HOME/.cache/alertsvc/bqemulator-venv}"
+if [ ! -x "$BQ_VENV/bin/bqemulator" ]; then
+  echo "installing bqemulator into $BQ_VENV" >&2
+  "$PYTHON" -m venv "$BQ_VENV"
+  "$BQ_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    'bqemulator==1.4.0' 'duckdb==1.5.5' 'duckdb-extension-spatial==1.5.5' \
+    'duckdb-extensions==1.5.5' numpy
+  "$BQ_VENV/bin/python" -c \
+    "from duckdb_extensions import import_extension; import_extension('spatial')"
+fi

@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
+# The BigQuery tests start this emulator (tests/it/common/warehouse.rs).
+export ALERTSVC_BQEMULATOR="${ALERTSVC_BQEMULATOR:-${ALERTSVC_BQ_VENV:-$HOME/.cache/alertsvc/bqemulator-venv}/bin/bqemulator}"
 
 echo "== tests on the in-process mock broker" >&2
 cargo test

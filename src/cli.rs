@@ -37,13 +37,32 @@ pub enum Command {
     Enrich,
     /// Deliver slack-messages to Slack; serve /slack/interactions.
     Notify,
-    /// Apply migrations/ to the configured ledger database.
+    /// Run warehouse queries; emit one event per row.
+    Produce(ProduceArgs),
+    /// Apply migrations/ to the configured state databases.
     Migrate,
     /// Configuration tools.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    /// Run only this job (repeatable). Default: every enabled job.
+    #[arg(long = "job", value_name = "NAME")]
+    pub jobs: Vec<String>,
+    /// Run once and exit: 0 only when every row was acknowledged by Kafka.
+    #[arg(long, conflicts_with = "schedule")]
+    pub once: bool,
+    /// Run in-process on this cron schedule (UTC), serving /healthz and
+    /// /metrics. Without --once or --schedule, each job's `schedule` is used.
+    #[arg(long, value_name = "CRON")]
+    pub schedule: Option<String>,
+    /// Print the events as JSON lines; produce and record nothing.
+    #[arg(long, conflicts_with = "schedule")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +88,9 @@ pub fn check_config(settings: &Settings, config_dir: &Path) -> anyhow::Result<()
         .map_err(|(topic, e)| anyhow::anyhow!("`topics.{topic}`: {e}"))?;
     if let Some(enrich) = &settings.enrich {
         crate::enrich::compile_pipelines(enrich, config_dir)?;
+    }
+    if settings.produce.is_some() {
+        crate::produce::compile_jobs(settings, config_dir, &[])?;
     }
     crate::kafka::check_client_properties(&settings.kafka).map_err(anyhow::Error::msg)?;
     Ok(())
@@ -108,6 +130,36 @@ fn on_signal() -> CancellationToken {
     shutdown
 }
 
+/// Applies `migrations/` to every configured state database (notify's
+/// ledger, produce's state; once when they are the same).
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let mut urls: Vec<(&str, &str)> = Vec::new();
+    if let Some(notify) = &settings.notify {
+        urls.push(("notify.ledger", notify.ledger.database_url.expose()));
+    }
+    if let Some(produce) = &settings.produce {
+        urls.push(("produce.state", produce.state.database_url.expose()));
+    }
+    if urls.is_empty() {
+        anyhow::bail!("no database configured ([notify.ledger] or [produce.state])");
+    }
+    let mut done: Vec<&str> = Vec::new();
+    for (key, url) in urls {
+        if done.contains(&url) {
+            continue;
+        }
+        let pool = crate::db::connect(url, 1)
+            .await
+            .with_context(|| format!("`{key}.database_url`"))?;
+        crate::db::migrate(&pool, crate::db::is_postgres(url))
+            .await
+            .with_context(|| format!("`{key}.database_url`"))?;
+        eprintln!("{key}: database migrated");
+        done.push(url);
+    }
+    Ok(())
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Config {
@@ -133,14 +185,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("notify failed")
         }
+        Command::Produce(args) => {
+            let settings = load_settings(&cli)?;
+            crate::telemetry::init(settings.log.format, &settings.log.level);
+            let options = crate::produce::Options {
+                jobs: args.jobs.clone(),
+                once: args.once,
+                schedule: args.schedule.clone(),
+                dry_run: args.dry_run,
+            };
+            crate::produce::run(&settings, &cli.config_dir, &options, on_signal())
+                .await
+                .context("produce failed")
+        }
         Command::Migrate => {
             let settings = load_settings(&cli)?;
             crate::telemetry::init(settings.log.format, &settings.log.level);
-            crate::notify::migrate(&settings)
-                .await
-                .context("migration failed")?;
-            eprintln!("ledger migrated");
-            Ok(())
+            migrate(&settings).await.context("migration failed")
         }
     }
 }

@@ -23,6 +23,10 @@ pub mod dlq_headers {
     pub const SOURCE_TOPIC: &str = "alertsvc.dlq.source.topic";
     pub const SOURCE_PARTITION: &str = "alertsvc.dlq.source.partition";
     pub const SOURCE_OFFSET: &str = "alertsvc.dlq.source.offset";
+    /// produce: the job, the row's 1-based number in its run, the column.
+    pub const JOB: &str = "alertsvc.dlq.job";
+    pub const ROW: &str = "alertsvc.dlq.row";
+    pub const COLUMN: &str = "alertsvc.dlq.column";
 }
 
 /// The base librdkafka configuration: bootstrap servers, SASL credentials,
@@ -124,7 +128,7 @@ impl DeadLetter<'_> {
     }
 }
 
-fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+pub fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
     Header {
         key,
         value: Some(value),

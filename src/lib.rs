@@ -5,11 +5,13 @@
 pub mod avro;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod enrich;
 pub mod http;
 pub mod kafka;
 pub mod messages;
 pub mod metrics;
 pub mod notify;
+pub mod produce;
 pub mod slack;
 pub mod telemetry;

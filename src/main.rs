@@ -25,7 +25,11 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "alertsvc failed");
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            let code = e
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<alertsvc::produce::ProduceError>())
+                .map_or(1, |p| p.exit_code());
+            std::process::ExitCode::from(code)
         }
     }
 }

@@ -206,3 +206,65 @@ impl NotifyMetrics {
         })
     }
 }
+
+/// Metrics of `alertsvc produce`, by job.
+#[derive(Clone)]
+pub struct ProduceMetrics {
+    pub rows_read: IntCounterVec,
+    pub events_produced: IntCounterVec,
+    pub events_skipped: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub runs: IntCounterVec,
+    pub last_success: IntGaugeVec,
+    pub run_seconds: prometheus::HistogramVec,
+}
+
+impl ProduceMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        let run_seconds = prometheus::HistogramVec::new(
+            HistogramOpts::new("alertsvc_produce_run_seconds", "Duration of one job run.")
+                .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+            &["job"],
+        )?;
+        registry.register(Box::new(run_seconds.clone()))?;
+        Ok(ProduceMetrics {
+            rows_read: counter(
+                registry,
+                "alertsvc_produce_rows_read_total",
+                "Rows read from a job's source.",
+                &["job"],
+            )?,
+            events_produced: counter(
+                registry,
+                "alertsvc_produce_events_produced_total",
+                "Events acknowledged by Kafka.",
+                &["job"],
+            )?,
+            events_skipped: counter(
+                registry,
+                "alertsvc_produce_events_skipped_total",
+                "Rows whose event id was already emitted.",
+                &["job"],
+            )?,
+            dead_letters: counter(
+                registry,
+                "alertsvc_produce_dead_letters_total",
+                "Rows that could not be mapped, sent to the dead-letter topic.",
+                &["job"],
+            )?,
+            runs: counter(
+                registry,
+                "alertsvc_produce_runs_total",
+                "Job runs by outcome (ok, dead_letters, failed).",
+                &["job", "outcome"],
+            )?,
+            last_success: gauge(
+                registry,
+                "alertsvc_produce_last_success_timestamp_seconds",
+                "When the job last finished a run with every event acknowledged.",
+                &["job"],
+            )?,
+            run_seconds,
+        })
+    }
+}

@@ -3,15 +3,15 @@
 //! written `pending` before the post and `posted` after it, so a crash in
 //! between is visible and reconciled against Slack before any re-post.
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("ledger migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
     #[error("ledger row for {alert_id} has unknown status {status:?}")]
     Status { alert_id: String, status: String },
 }
@@ -63,50 +63,15 @@ pub struct Ledger {
 
 impl Ledger {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Ledger, LedgerError> {
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite");
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL: readers never block the writer, and commits
-                        // survive a process crash without an fsync each
-                        // (a power loss may lose the last ones; the pending
-                        // → reconcile path covers that too).
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await?;
         Ok(Ledger {
-            pool,
-            postgres: url.starts_with("postgres"),
+            pool: crate::db::connect(url, max_connections).await?,
+            postgres: crate::db::is_postgres(url),
         })
     }
 
-    /// Applies `migrations/sqlite` or `migrations/postgres` (embedded).
+    /// Applies `migrations/` (the schema shared with produce).
     pub async fn migrate(&self) -> Result<(), LedgerError> {
-        if self.postgres {
-            sqlx::migrate!("./migrations/postgres")
-                .run(&self.pool)
-                .await?;
-        } else {
-            sqlx::migrate!("./migrations/sqlite")
-                .run(&self.pool)
-                .await?;
-        }
-        Ok(())
+        Ok(crate::db::migrate(&self.pool, self.postgres).await?)
     }
 
     pub async fn get(&self, alert_id: &str) -> Result<Option<Entry>, LedgerError> {

@@ -107,13 +107,6 @@ struct Shared {
 }
 
 /// Connects the ledger and applies migrations (`alertsvc migrate`).
-pub async fn migrate(settings: &Settings) -> Result<(), NotifyError> {
-    let notify = settings.notify.as_ref().ok_or(NotifyError::NotConfigured)?;
-    let ledger = Ledger::connect(notify.ledger.database_url.expose(), 1).await?;
-    ledger.migrate().await?;
-    Ok(())
-}
-
 pub async fn run(
     settings: &Settings,
     config_dir: &Path,

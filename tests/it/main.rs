@@ -12,4 +12,5 @@ mod notify_crash;
 mod notify_delivery;
 mod notify_interactions;
 mod notify_ledger;
+mod produce_sources;
 mod telemetry;

@@ -26,7 +26,7 @@ async fn migrate_twice_then_use(backend: Backend) {
         let output = migrate(&url);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "run {run}: {stderr}");
-        assert!(stderr.contains("ledger migrated"));
+        assert!(stderr.contains("notify.ledger: database migrated"));
     }
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();

@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod registry;
 pub mod slack;
+pub mod warehouse;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -52,6 +53,7 @@ pub fn free_port() -> u16 {
 /// Topic ids of the shipped configuration, with partition counts for tests.
 pub const TOPICS: &[(&str, i32)] = &[
     ("notifications", 3),
+    ("onboarding", 2),
     ("csdr_assignment", 2),
     ("slack_users", 2),
     ("slack_messages", 3),
@@ -366,6 +368,51 @@ impl TestEnv {
             .stderr(log)
             .spawn()
             .expect("spawn alertsvc")
+    }
+
+    /// `alertsvc produce ARGS` as a child process, ready to spawn or run.
+    pub fn produce_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_alertsvc"));
+        command
+            .arg("--config-dir")
+            .arg(config_dir())
+            .arg("--config")
+            .arg(&self.overlay)
+            .arg("produce")
+            .args(args)
+            .env("RUST_LOG", "warn,alertsvc=info")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `alertsvc produce ARGS` to its end: (exit code, stdout, stderr).
+    pub async fn run_produce(&self, args: &[&str]) -> (i32, String, String) {
+        let mut command = self.produce_command(args);
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .expect("join")
+            .expect("run alertsvc produce");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Every record of a topic, decoded with the topic's codec: (key, value).
+    pub async fn read_events(&self, topic_id: &str, expected: usize) -> Vec<(String, Value)> {
+        let records = self
+            .read(&self.topic(topic_id), expected, Duration::from_secs(30))
+            .await;
+        let mut events = Vec::new();
+        for record in records {
+            let value = self.codecs[topic_id]
+                .decode(record.payload.as_deref().expect("payload"))
+                .await
+                .expect("decode event");
+            events.push((record.key.clone().unwrap_or_default(), value));
+        }
+        events
     }
 
     /// Writes a `SlackMessage` to `slack-messages`, keyed by its channel.

@@ -11,6 +11,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod produce;
+
+pub use produce::*;
+
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -78,6 +82,8 @@ pub struct Settings {
     pub enrich: Option<EnrichSettings>,
     #[serde(default)]
     pub notify: Option<NotifySettings>,
+    #[serde(default)]
+    pub produce: Option<ProduceSettings>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -294,7 +300,7 @@ pub struct PipelineSettings {
     pub vars: BTreeMap<String, String>,
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 
@@ -338,7 +344,7 @@ pub struct RetrySettings {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct LedgerSettings {
+pub struct DatabaseSettings {
     /// `sqlite://path?mode=rwc` or `postgres://…`; a secret, since URLs
     /// carry passwords. From `ALERTSVC__NOTIFY__LEDGER__DATABASE_URL`.
     pub database_url: Secret,
@@ -367,7 +373,7 @@ pub struct NotifySettings {
     pub slack: SlackSettings,
     pub pacing: PacingSettings,
     pub retry: RetrySettings,
-    pub ledger: LedgerSettings,
+    pub ledger: DatabaseSettings,
 }
 
 /// Where the configuration comes from.
@@ -451,6 +457,9 @@ impl Settings {
         if let Some(notify) = &self.notify {
             self.validate_notify(notify)?;
         }
+        if let Some(produce) = &self.produce {
+            self.validate_produce(produce)?;
+        }
         Ok(())
     }
 
@@ -486,16 +495,7 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        let url = notify.ledger.database_url.expose();
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            return Err(ConfigError::invalid(
-                "notify.ledger.database_url",
-                "must start with sqlite: or postgres://",
-            ));
-        }
+        validate_database_url("notify.ledger.database_url", &notify.ledger.database_url)?;
         if !(notify.slack.api_url.starts_with("http://")
             || notify.slack.api_url.starts_with("https://"))
         {
@@ -548,6 +548,96 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_produce(&self, produce: &ProduceSettings) -> Result<(), ConfigError> {
+        validate_database_url("produce.state.database_url", &produce.state.database_url)?;
+        if produce.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "produce.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        for (name, source) in &produce.sources {
+            let key = |k: &str| format!("produce.sources.{name}.{k}");
+            match source {
+                SourceSettings::Sql(sql) => {
+                    validate_database_url(&key("url"), &sql.url)?;
+                    if sql.page_size == 0 {
+                        return Err(ConfigError::invalid(key("page_size"), "must be at least 1"));
+                    }
+                }
+                SourceSettings::Bigquery(bq) => {
+                    if bq.project_id.trim().is_empty() {
+                        return Err(ConfigError::invalid(key("project_id"), "must not be empty"));
+                    }
+                    if bq.page_size == 0 {
+                        return Err(ConfigError::invalid(key("page_size"), "must be at least 1"));
+                    }
+                    if bq.credentials == GcpCredentials::ServiceAccountKey && bq.key_file.is_none()
+                    {
+                        return Err(ConfigError::invalid(
+                            key("key_file"),
+                            "credentials = \"service-account-key\" needs a key file",
+                        ));
+                    }
+                    if let Some(endpoint) = &bq.endpoint {
+                        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                            return Err(ConfigError::invalid(
+                                key("endpoint"),
+                                "must be an http(s) URL",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for (name, job) in &produce.jobs {
+            let key = |k: &str| format!("produce.jobs.{name}.{k}");
+            if !produce.sources.contains_key(&job.source) {
+                return Err(ConfigError::invalid(
+                    key("source"),
+                    format!("no source {:?} in [produce.sources]", job.source),
+                ));
+            }
+            self.topic(&job.topic)
+                .map_err(|r| ConfigError::invalid(key("topic"), r))?;
+            if job.sql.is_some() == job.sql_file.is_some() {
+                return Err(ConfigError::invalid(
+                    key("sql"),
+                    "set exactly one of sql and sql_file",
+                ));
+            }
+            if job.event_id.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("event_id"),
+                    "name at least one column",
+                ));
+            }
+            if job.key_column.trim().is_empty() {
+                return Err(ConfigError::invalid(key("key_column"), "must not be empty"));
+            }
+            for (field, source) in &job.value {
+                if let FieldSource::Spec(spec) = source {
+                    let set = [
+                        spec.column.is_some(),
+                        spec.constant.is_some(),
+                        spec.meta.is_some(),
+                        spec.json.is_some(),
+                    ]
+                    .iter()
+                    .filter(|s| **s)
+                    .count();
+                    if set != 1 {
+                        return Err(ConfigError::invalid(
+                            key(&format!("value.{field}")),
+                            "set exactly one of column, const, meta and json",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn topic(&self, id: &str) -> Result<&TopicSettings, String> {
         self.topics
             .get(id)
@@ -561,6 +651,21 @@ impl Settings {
     /// The resolved configuration as TOML, secrets redacted.
     pub fn render_redacted(&self) -> Result<String, ConfigError> {
         Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+fn validate_database_url(key: &str, url: &Secret) -> Result<(), ConfigError> {
+    let url = url.expose();
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            "must start with sqlite: or postgres://",
+        ))
     }
 }
 

@@ -1,0 +1,202 @@
+//! `[produce]`: warehouse sources and the jobs that turn their rows into
+//! events (DESIGN §7).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{default_true, DatabaseSettings, Secret};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceSettings {
+    /// `/healthz` and `/metrics` while running on a schedule.
+    pub http_addr: SocketAddr,
+    /// How often a running job logs its progress.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
+    /// Events sent to Kafka and not yet acknowledged, per job.
+    pub max_in_flight: usize,
+    /// Checkpoints and emitted event ids (`migrations/`).
+    pub state: DatabaseSettings,
+    /// librdkafka properties for the producer, applied after `[kafka.client]`.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceSettings>,
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceSettings {
+    /// Google BigQuery through its REST API.
+    Bigquery(BigQuerySettings),
+    /// PostgreSQL or SQLite through sqlx.
+    Sql(SqlSourceSettings),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GcpCredentials {
+    /// `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's user credentials, or the
+    /// metadata server (GKE, GCE).
+    ApplicationDefault,
+    /// A service-account JSON key file (`key_file`).
+    ServiceAccountKey,
+    /// GKE workload identity through the metadata server.
+    WorkloadIdentity,
+    /// No token at all: only for local emulators.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigQuerySettings {
+    /// The project the query jobs run (and are billed) in.
+    pub project_id: String,
+    /// Where the datasets live (`US`, `EU`, `europe-west1`, …).
+    #[serde(default)]
+    pub location: Option<String>,
+    pub credentials: GcpCredentials,
+    /// The service-account key file for `credentials = "service-account-key"`.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// The BigQuery v2 REST base, e.g. `http://127.0.0.1:9050/bigquery/v2`
+    /// for an emulator. Default: Google's endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Rows per result page (`maxResults`).
+    #[serde(default = "default_bigquery_page_size")]
+    pub page_size: u32,
+    /// How long one API call may take.
+    #[serde(default = "default_query_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_bigquery_page_size() -> u32 {
+    10_000
+}
+
+fn default_query_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSourceSettings {
+    /// `postgres://…` or `sqlite://…`; a secret, since URLs carry passwords.
+    pub url: Secret,
+    /// Rows handed to the producer at a time.
+    #[serde(default = "default_sql_page_size")]
+    pub page_size: usize,
+}
+
+fn default_sql_page_size() -> usize {
+    1_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointKind {
+    #[default]
+    Timestamp,
+    Integer,
+    String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// The column whose greatest value is remembered, e.g. `updated_at`.
+    pub column: String,
+    #[serde(default)]
+    pub kind: CheckpointKind,
+    /// The value passed as `@checkpoint` on the very first run.
+    #[serde(default)]
+    pub initial: Option<String>,
+}
+
+/// What an event is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetaValue {
+    /// The event id built from `event_id` columns.
+    EventId,
+    /// The job's `event_type`.
+    EventType,
+    /// The job's name.
+    Job,
+    /// The record key.
+    Key,
+    /// The time the run started (epoch milliseconds for timestamp fields).
+    RunStartedAt,
+}
+
+/// How one field of the event schema is filled: a column name, or a table
+/// with exactly one of `column`, `const`, `meta`, `json`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum FieldSource {
+    Column(String),
+    Spec(FieldSpec),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    #[serde(default, rename = "const", skip_serializing_if = "Option::is_none")]
+    pub constant: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<MetaValue>,
+    /// Columns gathered into a JSON object (a JSON string for string
+    /// fields): `"env_id"` or `"labels.old_status = old_status"` (path =
+    /// column; dotted paths nest). `"*"` takes every column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSettings {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A key of `[produce.sources]`.
+    pub source: String,
+    /// A topic id of `[topics]`; its format and schema shape the events.
+    pub topic: String,
+    pub event_type: String,
+    /// The query, inline …
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// … or in a file under the config directory.
+    #[serde(default)]
+    pub sql_file: Option<String>,
+    /// Named parameters (`@name` in the SQL), bound, never spliced.
+    #[serde(default)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// The record key (the join key downstream).
+    pub key_column: String,
+    /// Columns whose values, joined with `:`, identify an event: an event
+    /// id is emitted once per job.
+    pub event_id: Vec<String>,
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointSettings>,
+    /// Schema field → where its value comes from.
+    pub value: BTreeMap<String, FieldSource>,
+    /// A cron expression (5 fields, or 6 with seconds), in UTC.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Jobs without a checkpoint remember emitted ids this long.
+    #[serde(default = "default_dedup_retention", with = "humantime_serde")]
+    pub dedup_retention: Duration,
+}
+
+fn default_dedup_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}

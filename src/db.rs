@@ -1,0 +1,60 @@
+//! The state database shared by notify's ledger and produce's checkpoints:
+//! SQLite by default, PostgreSQL when several replicas run. One schema,
+//! `migrations/{sqlite,postgres}`, embedded in the binary.
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("state database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("state database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A pool for `url` (`sqlite:…` or `postgres://…`).
+pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError> {
+    sqlx::any::install_default_drivers();
+    let sqlite = url.starts_with("sqlite");
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    // WAL: readers never block the writer, and commits
+                    // survive a process crash without an fsync each (a power
+                    // loss may lose the last ones; both users recover from
+                    // that: notify reconciles pending rows, produce reads
+                    // back what its unfinished run sent).
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?;
+    Ok(pool)
+}
+
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres")
+}
+
+/// Applies `migrations/sqlite` or `migrations/postgres`.
+pub async fn migrate(pool: &AnyPool, postgres: bool) -> Result<(), DbError> {
+    if postgres {
+        sqlx::migrate!("./migrations/postgres").run(pool).await?;
+    } else {
+        sqlx::migrate!("./migrations/sqlite").run(pool).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,605 @@
+//! One run of one job: recover what an unfinished run sent, query from the
+//! checkpoint, map and produce every row, and advance the checkpoint only
+//! when every event is acknowledged.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::avro::Codec;
+use crate::kafka::{dlq_headers, enqueue, header, OutRecord, StageContext};
+use crate::metrics::ProduceMetrics;
+
+use super::checkpoint::{CheckpointValue, Param};
+use super::mapping::{MappedEvent, Mapping, RowError};
+use super::row::Row;
+use super::source::Source;
+use super::state::{Prune, StateStore, UnfinishedRun};
+use super::ProduceError;
+
+/// Headers on every produced event; a re-run reads them back.
+pub mod event_headers {
+    pub const JOB: &str = "alertsvc.produce.job";
+    pub const EVENT_ID: &str = "alertsvc.produce.event_id";
+    pub const POSITION: &str = "alertsvc.produce.position";
+}
+
+/// Acknowledged ids written to the database at a time (jobs without a
+/// checkpoint remember every id).
+const MARK_BATCH: usize = 5_000;
+/// Bad rows quoted in a run's error.
+const QUOTED_BAD_ROWS: usize = 3;
+
+/// A job ready to run: its settings compiled and checked.
+pub struct CompiledJob {
+    pub name: String,
+    pub source: String,
+    pub sql: String,
+    pub params: BTreeMap<String, Param>,
+    pub mapping: Mapping,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub codec: Arc<Codec>,
+    pub checkpoint: Option<(crate::config::CheckpointKind, Option<String>)>,
+    pub schedule: Option<super::schedule::Schedule>,
+    pub dedup_retention: Duration,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub rows_read: u64,
+    pub events_produced: u64,
+    pub events_skipped: u64,
+    pub recovered: u64,
+    pub dead_letters: u64,
+    pub bad_rows: Vec<String>,
+    pub checkpoint: Option<String>,
+}
+
+/// What a run needs from the process.
+pub struct RunContext<'a> {
+    pub producer: Option<&'a FutureProducer<StageContext>>,
+    pub readback: &'a rdkafka::ClientConfig,
+    pub state: &'a StateStore,
+    pub source: &'a Source,
+    pub metrics: &'a ProduceMetrics,
+    pub max_in_flight: usize,
+    pub progress_interval: Duration,
+    pub shutdown: &'a CancellationToken,
+}
+
+type Delivery = (Result<(), String>, String, String);
+
+impl CompiledJob {
+    fn incremental(&self) -> bool {
+        self.checkpoint.is_some()
+    }
+
+    fn start_checkpoint(
+        &self,
+        stored: Option<String>,
+    ) -> Result<Option<CheckpointValue>, ProduceError> {
+        let Some((kind, initial)) = &self.checkpoint else {
+            return Ok(None);
+        };
+        let text = stored.or_else(|| initial.clone());
+        match text {
+            None => Ok(Some(CheckpointValue::initial(*kind))),
+            Some(text) => CheckpointValue::parse(*kind, &text)
+                .map(Some)
+                .ok_or_else(|| ProduceError::Job {
+                    job: self.name.clone(),
+                    reason: format!("checkpoint {text:?} is not a valid {kind:?} value"),
+                }),
+        }
+    }
+
+    /// Runs the job once. With no producer (dry run) events are printed as
+    /// JSON lines and nothing is written anywhere.
+    pub async fn run(&self, cx: &RunContext<'_>) -> Result<RunReport, ProduceError> {
+        let job = self.name.as_str();
+        let fail = |reason: String| ProduceError::Job {
+            job: job.to_owned(),
+            reason,
+        };
+        let mut report = RunReport::default();
+        let run_started = Instant::now();
+        let run_started_ms = now_ms();
+
+        if cx.producer.is_some() {
+            if let Some(unfinished) = cx.state.unfinished_run(job).await? {
+                let found = read_back(cx.readback, &unfinished, job)
+                    .await
+                    .map_err(fail)?;
+                tracing::info!(
+                    job,
+                    run_id = %unfinished.run_id,
+                    events = found.len(),
+                    "recovered the events an unfinished run sent"
+                );
+                report.recovered = found.len() as u64;
+                cx.state.mark_emitted(job, &found, now_ms()).await?;
+                cx.state.forget_run(job).await?;
+            }
+            let start_offsets = end_offsets(cx.readback, &self.topic).await.map_err(fail)?;
+            cx.state
+                .begin_run(
+                    job,
+                    &UnfinishedRun {
+                        run_id: format!("{job}-{run_started_ms}"),
+                        topic: self.topic.clone(),
+                        start_offsets,
+                        started_at_ms: run_started_ms,
+                    },
+                )
+                .await?;
+        }
+
+        let checkpoint = self.start_checkpoint(cx.state.checkpoint(job).await?)?;
+        let emitted: HashSet<String> = cx
+            .state
+            .emitted_ids(job, checkpoint.as_ref().map(|c| c.sort_key()).as_deref())
+            .await?;
+        let mut params = self.params.clone();
+        if let Some(checkpoint) = &checkpoint {
+            params.insert("checkpoint".into(), checkpoint.to_param());
+        }
+        tracing::info!(
+            job,
+            checkpoint = checkpoint.as_ref().map(|c| c.display()).unwrap_or_default(),
+            known_ids = emitted.len(),
+            "run started"
+        );
+
+        let mut pages = cx.source.query(&self.sql, &params)?;
+        let mut in_flight = FuturesUnordered::new();
+        let mut marks: Vec<(String, String)> = Vec::new();
+        let mut greatest = Greatest::default();
+        let mut failure: Option<String> = None;
+        let mut ticker = tokio::time::interval(cx.progress_interval);
+        ticker.tick().await;
+        let mut checked_columns: Option<super::row::Columns> = None;
+
+        'pages: loop {
+            let page = tokio::select! {
+                page = pages.recv() => page,
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.settle(done, &mut report, &mut marks, &mut failure, cx);
+                    continue;
+                }
+                _ = ticker.tick() => {
+                    log_progress(job, &report, run_started);
+                    continue;
+                }
+                _ = cx.shutdown.cancelled() => {
+                    failure.get_or_insert_with(|| "interrupted by shutdown".into());
+                    break;
+                }
+            };
+            let page = match page {
+                None => break,
+                Some(Ok(page)) => page,
+                Some(Err(e)) => {
+                    failure.get_or_insert(e.to_string());
+                    break;
+                }
+            };
+            for row in page {
+                report.rows_read += 1;
+                cx.metrics.rows_read.with_label_values(&[job]).inc();
+                if checked_columns
+                    .as_ref()
+                    .is_none_or(|c| !Arc::ptr_eq(c, &row.columns))
+                {
+                    if let Err(e) = self.mapping.check_columns(&row.columns) {
+                        failure.get_or_insert(e);
+                        break 'pages;
+                    }
+                    checked_columns = Some(row.columns.clone());
+                }
+                let row_number = report.rows_read;
+                let mapped = self.mapping.map(&row, row_number, run_started_ms);
+                let encoded = match mapped {
+                    Ok(event) => match self.codec.encode(&event.value).await {
+                        Ok(bytes) => Ok((event, bytes)),
+                        Err(e) => Err(RowError {
+                            row: row_number,
+                            column: None,
+                            reason: format!("the event does not fit the topic's schema: {e}"),
+                        }),
+                    },
+                    Err(e) => Err(e),
+                };
+                match encoded {
+                    Ok((event, bytes)) => {
+                        greatest.see(event.checkpoint.as_ref(), &event.event_id);
+                        if emitted.contains(&event.event_id) {
+                            report.events_skipped += 1;
+                            cx.metrics.events_skipped.with_label_values(&[job]).inc();
+                            continue;
+                        }
+                        let Some(producer) = cx.producer else {
+                            print_event(job, &self.topic, &event);
+                            report.events_produced += 1;
+                            continue;
+                        };
+                        let position = event
+                            .checkpoint
+                            .as_ref()
+                            .map(|c| c.sort_key())
+                            .unwrap_or_default();
+                        let record = OutRecord {
+                            topic: self.topic.clone(),
+                            key: Some(event.key.into_bytes()),
+                            payload: Some(bytes),
+                            headers: Some(
+                                OwnedHeaders::new()
+                                    .insert(header(event_headers::JOB, job))
+                                    .insert(header(event_headers::EVENT_ID, &event.event_id))
+                                    .insert(header(event_headers::POSITION, &position)),
+                            ),
+                        };
+                        let delivery = enqueue(producer, &record)
+                            .await
+                            .map_err(|e| fail(format!("cannot produce to {}: {e}", self.topic)))?;
+                        let event_id = event.event_id;
+                        in_flight.push(
+                            delivery
+                                .map(move |r| (ack_result(r), event_id, position))
+                                .boxed(),
+                        );
+                    }
+                    Err(row_error) => {
+                        greatest.see(self.mapping.checkpoint_of(&row).as_ref(), "");
+                        report.dead_letters += 1;
+                        cx.metrics.dead_letters.with_label_values(&[job]).inc();
+                        if report.bad_rows.len() < QUOTED_BAD_ROWS {
+                            report.bad_rows.push(row_error.to_string());
+                        }
+                        tracing::warn!(job, error = %row_error, "row dead-lettered");
+                        let Some(producer) = cx.producer else {
+                            eprintln!("job {job}: {row_error}");
+                            continue;
+                        };
+                        let record = self.dead_letter(&row, &row_error);
+                        let delivery = enqueue(producer, &record).await.map_err(|e| {
+                            fail(format!("cannot produce to {}: {e}", self.dlq_topic))
+                        })?;
+                        in_flight.push(
+                            delivery
+                                .map(|r| (ack_result(r), String::new(), String::new()))
+                                .boxed(),
+                        );
+                    }
+                }
+                while in_flight.len() >= cx.max_in_flight {
+                    if let Some(done) = in_flight.next().await {
+                        self.settle(done, &mut report, &mut marks, &mut failure, cx);
+                    }
+                }
+                if marks.len() >= MARK_BATCH {
+                    cx.state.mark_emitted(job, &marks, now_ms()).await?;
+                    marks.clear();
+                }
+            }
+            while let Some(Some(done)) = in_flight.next().now_or_never() {
+                self.settle(done, &mut report, &mut marks, &mut failure, cx);
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        drop(pages);
+
+        // Every record sent gets its answer, whatever happened above.
+        while let Some(done) = in_flight.next().await {
+            self.settle(done, &mut report, &mut marks, &mut failure, cx);
+        }
+        if cx.producer.is_none() {
+            return match failure {
+                Some(reason) => Err(fail(reason)),
+                None => Ok(report),
+            };
+        }
+        cx.state.mark_emitted(job, &marks, now_ms()).await?;
+        if let Some(reason) = failure {
+            // The run record stays: the next run reads back what this one sent.
+            return Err(fail(reason));
+        }
+
+        let new_checkpoint = match (checkpoint, greatest.value.clone()) {
+            (Some(old), Some(seen)) => Some(old.max(seen)),
+            (old, _) => old,
+        };
+        let prune = match &new_checkpoint {
+            Some(checkpoint) => {
+                let position = checkpoint.sort_key();
+                // Ids at the new checkpoint stay known, for queries that
+                // read `>= @checkpoint`.
+                if greatest.value.as_ref() == Some(checkpoint) {
+                    let boundary: Vec<(String, String)> = greatest
+                        .ids
+                        .iter()
+                        .filter(|id| !id.is_empty())
+                        .map(|id| (id.clone(), position.clone()))
+                        .collect();
+                    cx.state.mark_emitted(job, &boundary, now_ms()).await?;
+                }
+                Prune::BelowPosition(position)
+            }
+            None => Prune::EmittedBefore(
+                run_started_ms
+                    - i64::try_from(self.dedup_retention.as_millis()).unwrap_or(i64::MAX),
+            ),
+        };
+        report.checkpoint = new_checkpoint.as_ref().map(|c| c.display());
+        cx.state
+            .finish_run(job, report.checkpoint.as_deref(), prune, now_ms())
+            .await?;
+        log_progress(job, &report, run_started);
+        Ok(report)
+    }
+
+    fn settle(
+        &self,
+        (result, event_id, position): Delivery,
+        report: &mut RunReport,
+        marks: &mut Vec<(String, String)>,
+        failure: &mut Option<String>,
+        cx: &RunContext<'_>,
+    ) {
+        match result {
+            Ok(()) if event_id.is_empty() => {}
+            Ok(()) => {
+                report.events_produced += 1;
+                cx.metrics
+                    .events_produced
+                    .with_label_values(&[&self.name])
+                    .inc();
+                if !self.incremental() {
+                    marks.push((event_id, position));
+                }
+            }
+            Err(e) => {
+                failure.get_or_insert_with(|| format!("Kafka did not acknowledge an event: {e}"));
+            }
+        }
+    }
+
+    fn dead_letter(&self, row: &Row, error: &RowError) -> OutRecord {
+        let row_number = error.row.to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(header(dlq_headers::REASON, &error.to_string()))
+            .insert(header(dlq_headers::STAGE, "produce"))
+            .insert(header(dlq_headers::JOB, &self.name))
+            .insert(header(dlq_headers::ROW, &row_number));
+        if let Some(column) = &error.column {
+            headers = headers.insert(header(dlq_headers::COLUMN, column));
+        }
+        OutRecord {
+            topic: self.dlq_topic.clone(),
+            key: self.mapping.key_of(row).map(String::into_bytes),
+            payload: Some(row.to_json().to_string().into_bytes()),
+            headers: Some(headers),
+        }
+    }
+}
+
+/// The greatest checkpoint value seen and the event ids that carry it.
+#[derive(Default)]
+struct Greatest {
+    value: Option<CheckpointValue>,
+    ids: Vec<String>,
+}
+
+impl Greatest {
+    fn see(&mut self, value: Option<&CheckpointValue>, event_id: &str) {
+        let Some(value) = value else { return };
+        match self.value.as_ref().map(|v| value.cmp(v)) {
+            Some(std::cmp::Ordering::Less) => {}
+            Some(std::cmp::Ordering::Equal) => self.ids.push(event_id.to_owned()),
+            _ => {
+                self.value = Some(value.clone());
+                self.ids.clear();
+                self.ids.push(event_id.to_owned());
+            }
+        }
+    }
+}
+
+fn ack_result(
+    result: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+) -> Result<(), String> {
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e.to_string()),
+        Err(_) => Err("the producer went away".into()),
+    }
+}
+
+fn print_event(job: &str, topic: &str, event: &MappedEvent) {
+    let line = serde_json::json!({
+        "job": job,
+        "topic": topic,
+        "key": event.key,
+        "eventId": event.event_id,
+        "value": event.value,
+    });
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+fn log_progress(job: &str, report: &RunReport, started: Instant) {
+    let seconds = started.elapsed().as_secs_f64().max(1e-3);
+    tracing::info!(
+        job,
+        rows_read = report.rows_read,
+        events_produced = report.events_produced,
+        skipped = report.events_skipped,
+        dead_letters = report.dead_letters,
+        rows_per_second = (report.rows_read as f64 / seconds).round(),
+        "progress"
+    );
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The topic's end offset per partition.
+async fn end_offsets(
+    config: &rdkafka::ClientConfig,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, String> {
+    let client: BaseConsumer = readback_consumer(config)?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = client
+            .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+            .map_err(|e| format!("cannot read metadata of topic {topic}: {e}"))?;
+        let Some(info) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err(format!("topic {topic} does not exist"));
+        };
+        if let Some(error) = info.error() {
+            return Err(format!(
+                "topic {topic}: {}",
+                rdkafka::error::RDKafkaErrorCode::from(error)
+            ));
+        }
+        let mut offsets = BTreeMap::new();
+        for partition in info.partitions() {
+            let (_, high) = client
+                .fetch_watermarks(&topic, partition.id(), METADATA_TIMEOUT)
+                .map_err(|e| format!("cannot read offsets of {topic}: {e}"))?;
+            offsets.insert(partition.id(), high);
+        }
+        Ok(offsets)
+    })
+    .await
+    .map_err(|e| format!("offset lookup panicked: {e}"))?
+}
+
+/// A consumer that never joins a group or commits: it only looks.
+fn readback_consumer(config: &rdkafka::ClientConfig) -> Result<BaseConsumer, String> {
+    let mut config = config.clone();
+    config
+        .set("group.id", "alertsvc-produce-readback")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed");
+    config
+        .create()
+        .map_err(|e| format!("cannot create the read-back consumer: {e}"))
+}
+
+/// Reads the target topic from where an unfinished run began to its end and
+/// returns (event id, position) of every event that run's job sent.
+async fn read_back(
+    config: &rdkafka::ClientConfig,
+    run: &UnfinishedRun,
+    job: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let consumer = readback_consumer(config)?;
+    let (run, job) = (run.clone(), job.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let topic = run.topic.as_str();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(|e| format!("cannot read metadata of topic {topic}: {e}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
+        for partition in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+                .map_err(|e| format!("cannot read offsets of {topic}: {e}"))?;
+            let start = run
+                .start_offsets
+                .get(&partition)
+                .copied()
+                .unwrap_or(low)
+                .max(low);
+            if start < high {
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Offset(start))
+                    .map_err(|e| e.to_string())?;
+                remaining.insert(partition, high);
+            }
+        }
+        let mut found = Vec::new();
+        if remaining.is_empty() {
+            return Ok(found);
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| format!("cannot read back {topic}: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !remaining.is_empty() {
+            if Instant::now() > deadline {
+                return Err(format!("reading back {topic} took longer than 120 s"));
+            }
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                // Control records (other producers' transactions) are never
+                // delivered: the position tells when a partition is done.
+                let positions = consumer
+                    .position()
+                    .map_err(|e| format!("cannot read back {topic}: {e}"))?;
+                for element in positions.elements() {
+                    if let Offset::Offset(at) = element.offset() {
+                        if remaining
+                            .get(&element.partition())
+                            .is_some_and(|high| at >= *high)
+                        {
+                            remaining.remove(&element.partition());
+                        }
+                    }
+                }
+                continue;
+            };
+            let message = message.map_err(|e| format!("cannot read back {topic}: {e}"))?;
+            if let Some(headers) = message.headers() {
+                let value = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == name)
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                if value(event_headers::JOB).as_deref() == Some(job.as_str()) {
+                    if let Some(event_id) = value(event_headers::EVENT_ID) {
+                        found.push((event_id, value(event_headers::POSITION).unwrap_or_default()));
+                    }
+                }
+            }
+            let partition = message.partition();
+            if remaining
+                .get(&partition)
+                .is_some_and(|high| message.offset() + 1 >= *high)
+            {
+                remaining.remove(&partition);
+            }
+        }
+        Ok(found)
+    })
+    .await
+    .map_err(|e| format!("read-back panicked: {e}"))?
+}

@@ -1,0 +1,264 @@
+//! PostgreSQL and SQLite sources through sqlx. Rows are streamed from the
+//! database cursor, never collected.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use futures::{Stream, TryStreamExt};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqlitePoolOptions, SqliteRow};
+use sqlx::{Column, PgPool, Row as _, SqlitePool, TypeInfo, ValueRef};
+use tokio::sync::mpsc;
+
+use crate::config::SqlSourceSettings;
+use crate::produce::checkpoint::Param;
+use crate::produce::row::{format_sql_datetime, Cell, Columns, Row};
+use crate::produce::sql::{parse, Placeholder};
+
+use super::{ordered_params, page_channel, Page, PageStream, SourceError};
+
+#[derive(Clone)]
+enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+#[derive(Clone)]
+pub struct SqlSource {
+    name: String,
+    pool: Pool,
+    page_size: usize,
+}
+
+impl SqlSource {
+    pub async fn connect(
+        name: &str,
+        settings: &SqlSourceSettings,
+    ) -> Result<SqlSource, SourceError> {
+        let url = settings.url.expose();
+        // sqlx errors name the host or file, never the password.
+        let connect_error = |e: sqlx::Error| SourceError::Connect {
+            source_name: name.to_owned(),
+            reason: e.to_string(),
+        };
+        let pool = if url.starts_with("sqlite") {
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .connect(url)
+                    .await
+                    .map_err(connect_error)?,
+            )
+        } else {
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect(url)
+                    .await
+                    .map_err(connect_error)?,
+            )
+        };
+        Ok(SqlSource {
+            name: name.to_owned(),
+            pool,
+            page_size: settings.page_size,
+        })
+    }
+
+    pub fn placeholder(&self) -> Placeholder {
+        match self.pool {
+            Pool::Postgres(_) => Placeholder::Dollar,
+            Pool::Sqlite(_) => Placeholder::Question,
+        }
+    }
+
+    pub fn query(
+        &self,
+        sql: &str,
+        params: &BTreeMap<String, Param>,
+    ) -> Result<PageStream, SourceError> {
+        let parsed = parse(sql, self.placeholder());
+        let values = ordered_params(&parsed.names, params)?;
+        let (tx, rx) = page_channel();
+        let (name, page_size) = (self.name.clone(), self.page_size);
+        match self.pool.clone() {
+            Pool::Postgres(pool) => {
+                tokio::spawn(async move {
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(parsed.text));
+                    for value in values {
+                        query = match value {
+                            Param::Text(s) => query.bind(s),
+                            Param::Int(i) => query.bind(i),
+                            Param::Float(f) => query.bind(f),
+                            Param::Bool(b) => query.bind(b),
+                            Param::Timestamp(micros) => {
+                                query.bind(DateTime::<Utc>::from_timestamp_micros(micros))
+                            }
+                        };
+                    }
+                    pump(&name, query.fetch(&pool), decode_postgres, tx, page_size).await;
+                });
+            }
+            Pool::Sqlite(pool) => {
+                tokio::spawn(async move {
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(parsed.text));
+                    for value in values {
+                        query = match value {
+                            Param::Text(s) => query.bind(s),
+                            Param::Int(i) => query.bind(i),
+                            Param::Float(f) => query.bind(f),
+                            Param::Bool(b) => query.bind(b),
+                            Param::Timestamp(micros) => query.bind(format_sql_datetime(micros)),
+                        };
+                    }
+                    pump(&name, query.fetch(&pool), decode_sqlite, tx, page_size).await;
+                });
+            }
+        }
+        Ok(rx)
+    }
+}
+
+type Decoded = Result<Vec<Cell>, (String, String)>;
+
+/// Moves rows from the cursor into pages until the result ends, an error
+/// occurs, or the receiver goes away.
+async fn pump<R, S>(
+    source_name: &str,
+    rows: S,
+    decode: fn(&R) -> Decoded,
+    tx: mpsc::Sender<Result<Page, SourceError>>,
+    page_size: usize,
+) where
+    R: sqlx::Row,
+    S: Stream<Item = Result<R, sqlx::Error>>,
+{
+    futures::pin_mut!(rows);
+    let mut columns: Option<Columns> = None;
+    let mut page: Page = Vec::with_capacity(page_size);
+    loop {
+        let next = rows.try_next().await;
+        let row = match next {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(SourceError::Query {
+                        source_name: source_name.to_owned(),
+                        reason: e.to_string(),
+                    }))
+                    .await;
+                return;
+            }
+        };
+        let columns = columns
+            .get_or_insert_with(|| {
+                let names: Vec<String> =
+                    row.columns().iter().map(|c| c.name().to_owned()).collect();
+                Arc::from(names)
+            })
+            .clone();
+        match decode(&row) {
+            Ok(cells) => page.push(Row { columns, cells }),
+            Err((column, reason)) => {
+                let _ = tx
+                    .send(Err(SourceError::Decode {
+                        source_name: source_name.to_owned(),
+                        column,
+                        reason,
+                    }))
+                    .await;
+                return;
+            }
+        }
+        if page.len() >= page_size {
+            let full = std::mem::replace(&mut page, Vec::with_capacity(page_size));
+            if tx.send(Ok(full)).await.is_err() {
+                return;
+            }
+        }
+    }
+    if !page.is_empty() {
+        let _ = tx.send(Ok(page)).await;
+    }
+}
+
+fn decode_postgres(row: &PgRow) -> Decoded {
+    let mut cells = Vec::with_capacity(row.columns().len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let fail = |e: sqlx::Error| (column.name().to_owned(), e.to_string());
+        if row.try_get_raw(i).map_err(fail)?.is_null() {
+            cells.push(Cell::Null);
+            continue;
+        }
+        let cell = match column.type_info().name() {
+            "BOOL" => Cell::Bool(row.try_get(i).map_err(fail)?),
+            "INT2" => Cell::Int(row.try_get::<i16, _>(i).map_err(fail)?.into()),
+            "INT4" => Cell::Int(row.try_get::<i32, _>(i).map_err(fail)?.into()),
+            "INT8" => Cell::Int(row.try_get(i).map_err(fail)?),
+            "FLOAT4" => Cell::Float(row.try_get::<f32, _>(i).map_err(fail)?.into()),
+            "FLOAT8" => Cell::Float(row.try_get(i).map_err(fail)?),
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
+                Cell::Text(row.try_get(i).map_err(fail)?)
+            }
+            "TIMESTAMPTZ" => Cell::Timestamp(
+                row.try_get::<DateTime<Utc>, _>(i)
+                    .map_err(fail)?
+                    .timestamp_micros(),
+            ),
+            "TIMESTAMP" => Cell::Timestamp(
+                row.try_get::<NaiveDateTime, _>(i)
+                    .map_err(fail)?
+                    .and_utc()
+                    .timestamp_micros(),
+            ),
+            "DATE" => Cell::Text(row.try_get::<NaiveDate, _>(i).map_err(fail)?.to_string()),
+            "JSON" | "JSONB" => Cell::Json(
+                row.try_get::<sqlx::types::Json<serde_json::Value>, _>(i)
+                    .map_err(fail)?
+                    .0,
+            ),
+            other => {
+                return Err((
+                    column.name().to_owned(),
+                    format!(
+                        "PostgreSQL type {other} is not supported; cast it in the query \
+                         (::text, ::float8, ::bigint)"
+                    ),
+                ))
+            }
+        };
+        cells.push(cell);
+    }
+    Ok(cells)
+}
+
+fn decode_sqlite(row: &SqliteRow) -> Decoded {
+    let mut cells = Vec::with_capacity(row.columns().len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let fail = |e: sqlx::Error| (column.name().to_owned(), e.to_string());
+        let raw = row.try_get_raw(i).map_err(fail)?;
+        if raw.is_null() {
+            cells.push(Cell::Null);
+            continue;
+        }
+        // SQLite types values, not columns: decode by the value's own type.
+        let storage = raw.type_info().name().to_owned();
+        let declared = column.type_info().name().to_ascii_uppercase();
+        let cell = match storage.as_str() {
+            "INTEGER" if declared == "BOOLEAN" => Cell::Bool(row.try_get(i).map_err(fail)?),
+            "INTEGER" => Cell::Int(row.try_get(i).map_err(fail)?),
+            "REAL" => Cell::Float(row.try_get(i).map_err(fail)?),
+            "TEXT" => Cell::Text(row.try_get(i).map_err(fail)?),
+            other => {
+                return Err((
+                    column.name().to_owned(),
+                    format!("SQLite {other} values are not supported; select text or numbers"),
+                ))
+            }
+        };
+        cells.push(cell);
+    }
+    Ok(cells)
+}
