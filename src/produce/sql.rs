@@ -38,10 +38,24 @@ pub fn parse(sql: &str, placeholder: Placeholder) -> ParsedSql {
                 i = skip_quoted(bytes, i, quote);
             }
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                i = skip_until(bytes, i, b"\n");
+                let end = skip_until(bytes, i, b"\n");
+                if placeholder == Placeholder::Named {
+                    // Emulators count `@name` inside comments as parameters:
+                    // BigQuery gets the SQL without its comments.
+                    text.push_str(&sql[copied..i]);
+                    text.push('\n');
+                    copied = end;
+                }
+                i = end;
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = skip_until(bytes, i + 2, b"*/");
+                let end = skip_until(bytes, i + 2, b"*/");
+                if placeholder == Placeholder::Named {
+                    text.push_str(&sql[copied..i]);
+                    text.push(' ');
+                    copied = end;
+                }
+                i = end;
             }
             b'$' if placeholder == Placeholder::Dollar => {
                 i = skip_dollar_quoted(bytes, i);
@@ -158,6 +172,14 @@ mod tests {
         let bq = parse(sql, Placeholder::Named);
         assert_eq!(bq.text, sql);
         assert_eq!(bq.names, ["checkpoint", "org"]);
+    }
+
+    #[test]
+    fn bigquery_gets_the_sql_without_comments() {
+        let sql = "-- reads @checkpoint\nSELECT 1 /* @no */ FROM t WHERE a > @checkpoint -- end";
+        let bq = parse(sql, Placeholder::Named);
+        assert_eq!(bq.text, "\nSELECT 1   FROM t WHERE a > @checkpoint \n");
+        assert_eq!(bq.names, ["checkpoint"]);
     }
 
     #[test]

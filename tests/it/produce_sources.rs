@@ -46,7 +46,7 @@ pub async fn assert_events(env: &TestEnv, warehouse: &Warehouse, rows: &[Failure
 async fn rows_become_events(warehouse: Warehouse, dir: tempfile::TempDir, count: usize) {
     let rows: Vec<Failure> = (0..count).map(failure).collect();
     warehouse.insert(&rows).await;
-    let env = TestEnv::new(&produce_toml(dir.path(), &warehouse, "")).await;
+    let env = TestEnv::new(&produce_toml(dir.path(), &warehouse, "", "")).await;
     let (code, _, stderr) = env.run_produce(&["--once"]).await;
     assert_eq!(code, 0, "produce --once failed: {stderr}");
     assert_events(&env, &warehouse, &rows).await;
@@ -85,6 +85,7 @@ async fn parameters_are_bound(warehouse: Warehouse, dir: tempfile::TempDir) {
         &warehouse,
         "AND connector_type = @connector_type AND env_id != @quote_test \
          AND LENGTH(connector_id) = @id_length",
+        "",
     );
     toml.push_str(
         r#"

@@ -368,7 +368,13 @@ pub async fn emulator() -> &'static str {
 /// Test overlay for produce: state in `dir`, the warehouse as source, the
 /// shipped `connector-failures` job reading this warehouse's table (the
 /// shipped SQL with `extra_where` added), and the other shipped job off.
-pub fn produce_toml(dir: &std::path::Path, warehouse: &Warehouse, extra_where: &str) -> String {
+/// `produce_keys` go into `[produce]`.
+pub fn produce_toml(
+    dir: &std::path::Path,
+    warehouse: &Warehouse,
+    extra_where: &str,
+    produce_keys: &str,
+) -> String {
     let shipped =
         std::fs::read_to_string(super::config_dir().join("queries/connector_failures.sql"))
             .expect("shipped SQL");
@@ -384,6 +390,7 @@ pub fn produce_toml(dir: &std::path::Path, warehouse: &Warehouse, extra_where: &
         [produce]
         http_addr = "127.0.0.1:{port}"
         progress_interval = "1s"
+        {produce_keys}
         [produce.state]
         database_url = "sqlite://{state}?mode=rwc"
         [produce.jobs.onboarding-started]
