@@ -166,7 +166,9 @@ mod tests {
         let clock = Clock::starting_at(at(10, 0, 30));
         let schedule = Schedule::parse("* * * * *").unwrap();
         let shutdown = CancellationToken::new();
-        let runs: Arc<Mutex<Vec<(DateTime<Utc>, DateTime<Utc>)>>> = Arc::default();
+        // (fire time, start time) of each run.
+        type Runs = Arc<Mutex<Vec<(DateTime<Utc>, DateTime<Utc>)>>>;
+        let runs: Runs = Arc::default();
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let task = {
             let (runs, active, shutdown) = (runs.clone(), active.clone(), shutdown.clone());

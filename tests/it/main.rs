@@ -12,6 +12,7 @@ mod notify_crash;
 mod notify_delivery;
 mod notify_interactions;
 mod notify_ledger;
+mod produce_errors;
 mod produce_incremental;
 mod produce_sources;
 mod telemetry;

@@ -1,5 +1,5 @@
-//! `alertsvc migrate` creates the ledger on SQLite and PostgreSQL, and is
-//! safe to run again.
+//! `alertsvc migrate` creates the state schema (notify's ledger, produce's
+//! checkpoints) on SQLite and PostgreSQL, and is safe to run again.
 
 use std::process::Command;
 
@@ -14,6 +14,7 @@ fn migrate(url: &str) -> std::process::Output {
         .arg(config_dir())
         .arg("migrate")
         .env("ALERTSVC__NOTIFY__LEDGER__DATABASE_URL", url)
+        .env("ALERTSVC__PRODUCE__STATE__DATABASE_URL", url)
         .env_remove("ALERTSVC_ENV")
         .output()
         .expect("run alertsvc migrate")
@@ -27,6 +28,8 @@ async fn migrate_twice_then_use(backend: Backend) {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "run {run}: {stderr}");
         assert!(stderr.contains("notify.ledger: database migrated"));
+        // The same database serves both: migrated once.
+        assert!(!stderr.contains("produce.state"), "{stderr}");
     }
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
@@ -36,14 +39,23 @@ async fn migrate_twice_then_use(backend: Backend) {
         .unwrap()
         .try_get("n")
         .unwrap();
-    assert_eq!(applied, 1);
-    let rows: i64 = sqlx::query("SELECT COUNT(*) AS n FROM deliveries")
+    assert_eq!(applied, 2);
+    for table in [
+        "deliveries",
+        "produce_checkpoints",
+        "produce_emitted",
+        "produce_runs",
+    ] {
+        let rows: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) AS n FROM {table}"
+        )))
         .fetch_one(&mut conn)
         .await
         .unwrap()
         .try_get("n")
         .unwrap();
-    assert_eq!(rows, 0);
+        assert_eq!(rows, 0, "{table}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

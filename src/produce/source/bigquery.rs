@@ -29,7 +29,7 @@ use crate::produce::checkpoint::Param;
 use crate::produce::row::{Cell, Columns, Row};
 use crate::produce::sql::{parse, Placeholder};
 
-use super::{ordered_params, page_channel, Page, PageStream, SourceError};
+use super::{one_line, ordered_params, page_channel, Page, PageStream, SourceError};
 
 #[derive(Clone)]
 pub struct BigQuerySource {
@@ -127,7 +127,7 @@ impl BigQuerySource {
     fn error(&self, reason: String) -> SourceError {
         SourceError::Query {
             source_name: self.name.clone(),
-            reason,
+            reason: one_line(reason),
         }
     }
 

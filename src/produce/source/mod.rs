@@ -92,6 +92,16 @@ fn ordered_params(
         .collect()
 }
 
+/// Database messages may span lines (a caret under the bad token): the run's
+/// error stays one line.
+fn one_line(reason: impl std::fmt::Display) -> String {
+    reason
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn page_channel() -> (mpsc::Sender<Result<Page, SourceError>>, PageStream) {
     mpsc::channel(PAGES_AHEAD)
 }

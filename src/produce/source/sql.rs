@@ -16,7 +16,10 @@ use crate::produce::checkpoint::Param;
 use crate::produce::row::{format_sql_datetime, Cell, Columns, Row};
 use crate::produce::sql::{parse, Placeholder};
 
-use super::{ordered_params, page_channel, Page, PageStream, SourceError};
+use super::{one_line, ordered_params, page_channel, Page, PageStream, SourceError};
+
+/// How long connecting (or waiting for a connection) may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone)]
 enum Pool {
@@ -40,12 +43,13 @@ impl SqlSource {
         // sqlx errors name the host or file, never the password.
         let connect_error = |e: sqlx::Error| SourceError::Connect {
             source_name: name.to_owned(),
-            reason: e.to_string(),
+            reason: one_line(e),
         };
         let pool = if url.starts_with("sqlite") {
             Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(2)
+                    .acquire_timeout(CONNECT_TIMEOUT)
                     .connect(url)
                     .await
                     .map_err(connect_error)?,
@@ -54,6 +58,7 @@ impl SqlSource {
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(2)
+                    .acquire_timeout(CONNECT_TIMEOUT)
                     .connect(url)
                     .await
                     .map_err(connect_error)?,
@@ -146,7 +151,7 @@ async fn pump<R, S>(
                 let _ = tx
                     .send(Err(SourceError::Query {
                         source_name: source_name.to_owned(),
-                        reason: e.to_string(),
+                        reason: one_line(e),
                     }))
                     .await;
                 return;

@@ -45,8 +45,13 @@ pub fn failure(i: usize) -> Failure {
         org: Some(format!("org-{}", i % 7)),
         env: format!("env-{}", i % 3),
         connector: format!("lcc-{i:05}"),
-        connector_type: if i % 4 == 0 { "S3Sink" } else { "PostgresSink" }.into(),
-        old_status: if i % 5 == 0 {
+        connector_type: if i.is_multiple_of(4) {
+            "S3Sink"
+        } else {
+            "PostgresSink"
+        }
+        .into(),
+        old_status: if i.is_multiple_of(5) {
             "Running"
         } else {
             "Provisioning"
@@ -68,7 +73,7 @@ pub enum Warehouse {
     BigQuery {
         endpoint: String,
         dataset: String,
-        client: Client,
+        client: Box<Client>,
     },
 }
 
@@ -144,7 +149,7 @@ impl Warehouse {
         Warehouse::BigQuery {
             endpoint,
             dataset: dataset.to_owned(),
-            client,
+            client: Box::new(client),
         }
     }
 
