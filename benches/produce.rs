@@ -220,7 +220,10 @@ async fn start_emulator() -> (String, std::process::Child) {
     let endpoint = format!("http://127.0.0.1:{rest}");
     let probe = format!("{endpoint}/bigquery/v2/projects/{PROJECT}/datasets");
     for _ in 0..300 {
-        if reqwest::get(&probe).await.is_ok_and(|r| r.status().is_success()) {
+        if reqwest::get(&probe)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return (endpoint, child);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -234,10 +237,7 @@ async fn raw_paging(client: &Client, sql: &str, page_size: i32) -> f64 {
     let mut request = QueryRequest::new(sql);
     request.max_results = Some(page_size);
     let first = client.job().query(PROJECT, request).await.expect("query");
-    let job_id = first
-        .job_reference
-        .and_then(|r| r.job_id)
-        .expect("job id");
+    let job_id = first.job_reference.and_then(|r| r.job_id).expect("job id");
     let mut rows = first.rows.map_or(0, |r| r.len());
     let mut token = first.page_token;
     while let Some(page_token) = token {
@@ -286,7 +286,12 @@ async fn bench_bigquery(rows: usize) {
     ]);
     client
         .table()
-        .create(Table::new(PROJECT, "ops", "connector_status_changes", schema))
+        .create(Table::new(
+            PROJECT,
+            "ops",
+            "connector_status_changes",
+            schema,
+        ))
         .await
         .expect("table");
     let seeding = Instant::now();
@@ -318,7 +323,10 @@ async fn bench_bigquery(rows: usize) {
             .await
             .expect("insertAll");
     }
-    println!("seeded {rows} rows in {:.1} s", seeding.elapsed().as_secs_f64());
+    println!(
+        "seeded {rows} rows in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
 
     let page_size = 10_000;
     let sql = "SELECT * FROM ops.connector_status_changes WHERE new_status = 'Failed' \

@@ -253,3 +253,42 @@ async fn the_schedule_mode_runs_repeatedly_and_serves_metrics() {
         .unwrap();
     assert_events(&env, &warehouse, &rows).await;
 }
+
+/// A service-account key that cannot get a token: the run fails naming the
+/// source, and no part of the key file shows in the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_service_account_key_fails_without_leaking_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = Warehouse::bigquery("produce_bad_key").await;
+    let key_file = dir.path().join("key.json");
+    std::fs::write(
+        &key_file,
+        serde_json::json!({
+            "type": "service_account",
+            "project_id": "test-project",
+            "private_key_id": "KEYID-SECRET-MARKER",
+            "private_key": "-----BEGIN PRIVATE KEY-----\nPRIVATE-SECRET-MARKER\n-----END PRIVATE KEY-----\n",
+            "client_email": "produce@test-project.iam.gserviceaccount.com",
+            "client_id": "1",
+            "auth_uri": "http://127.0.0.1:1/auth",
+            "token_uri": "http://127.0.0.1:1/token",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let toml = produce_toml(dir.path(), &warehouse, "", "").replace(
+        "credentials = \"none\"",
+        &format!(
+            "credentials = \"service-account-key\"\nkey_file = \"{}\"",
+            key_file.display()
+        ),
+    );
+    let env = TestEnv::new(&toml).await;
+    let (code, stdout, stderr) = env.run_produce(&["--once"]).await;
+    assert_eq!(code, 1, "{stderr}");
+    let last_line = stderr.lines().last().unwrap_or_default();
+    assert!(last_line.contains("source test_warehouse"), "{last_line}");
+    for output in [&stdout, &stderr] {
+        assert!(!output.contains("SECRET-MARKER"), "{output}");
+    }
+}
