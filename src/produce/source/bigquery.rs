@@ -170,41 +170,29 @@ impl BigQuerySource {
         let mut rows = response.rows;
         let mut page_token = response.page_token;
         loop {
-            if !complete {
-                // The query outlived `timeoutMs`: wait for it, then page.
-                let results = self
-                    .call(
-                        "jobs.getQueryResults",
-                        jobs.get_query_results(
-                            &self.project_id,
-                            &job_id,
-                            self.page_request(location.clone(), None),
-                        ),
-                    )
-                    .await?;
-                check_errors(results.errors.as_deref()).map_err(|e| self.error(e))?;
-                complete = results.job_complete.unwrap_or(true);
-                schema = results.schema;
-                rows = results.rows;
-                page_token = results.page_token;
-                continue;
-            }
-            let fields = schema
-                .as_ref()
-                .and_then(|s: &TableSchema| s.fields.clone())
-                .unwrap_or_default();
-            let page = decode_page(&fields, rows.take().unwrap_or_default()).map_err(
-                |(column, reason)| SourceError::Decode {
-                    source_name: self.name.clone(),
-                    column,
-                    reason,
-                },
-            )?;
-            if !page.is_empty() && tx.send(Ok(page)).await.is_err() {
-                return Ok(());
-            }
-            let Some(token) = page_token.take() else {
-                return Ok(());
+            let next_token = if complete {
+                let fields = schema
+                    .as_ref()
+                    .and_then(|s: &TableSchema| s.fields.clone())
+                    .unwrap_or_default();
+                let page = decode_page(&fields, rows.take().unwrap_or_default()).map_err(
+                    |(column, reason)| SourceError::Decode {
+                        source_name: self.name.clone(),
+                        column,
+                        reason,
+                    },
+                )?;
+                if !page.is_empty() && tx.send(Ok(page)).await.is_err() {
+                    return Ok(());
+                }
+                match page_token.take() {
+                    Some(token) => Some(token),
+                    None => return Ok(()),
+                }
+            } else {
+                // The query outlived `timeoutMs`: ask again (no token) until
+                // it completes; its first page comes with that answer.
+                None
             };
             let results = self
                 .call(
@@ -212,7 +200,7 @@ impl BigQuerySource {
                     jobs.get_query_results(
                         &self.project_id,
                         &job_id,
-                        self.page_request(location.clone(), Some(token)),
+                        self.page_request(location.clone(), next_token),
                     ),
                 )
                 .await?;

@@ -90,39 +90,56 @@ impl SqlSource {
         match self.pool.clone() {
             Pool::Postgres(pool) => {
                 tokio::spawn(async move {
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(parsed.text));
-                    for value in values {
-                        query = match value {
-                            Param::Text(s) => query.bind(s),
-                            Param::Int(i) => query.bind(i),
-                            Param::Float(f) => query.bind(f),
-                            Param::Bool(b) => query.bind(b),
-                            Param::Timestamp(micros) => {
-                                query.bind(DateTime::<Utc>::from_timestamp_micros(micros))
-                            }
-                        };
-                    }
+                    let query = bind_params(
+                        sqlx::query(sqlx::AssertSqlSafe(parsed.text)),
+                        values,
+                        DateTime::<Utc>::from_timestamp_micros,
+                    );
                     pump(&name, query.fetch(&pool), decode_postgres, tx, page_size).await;
                 });
             }
             Pool::Sqlite(pool) => {
                 tokio::spawn(async move {
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(parsed.text));
-                    for value in values {
-                        query = match value {
-                            Param::Text(s) => query.bind(s),
-                            Param::Int(i) => query.bind(i),
-                            Param::Float(f) => query.bind(f),
-                            Param::Bool(b) => query.bind(b),
-                            Param::Timestamp(micros) => query.bind(format_sql_datetime(micros)),
-                        };
-                    }
+                    // SQLite's own datetime text, so `>` compares like time.
+                    let query = bind_params(
+                        sqlx::query(sqlx::AssertSqlSafe(parsed.text)),
+                        values,
+                        format_sql_datetime,
+                    );
                     pump(&name, query.fetch(&pool), decode_sqlite, tx, page_size).await;
                 });
             }
         }
         Ok(rx)
     }
+}
+
+type Query<DB> = sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>;
+
+/// Binds parameters in order; timestamps in the form `timestamp` makes.
+fn bind_params<DB, T>(
+    mut query: Query<DB>,
+    values: Vec<Param>,
+    timestamp: fn(i64) -> T,
+) -> Query<DB>
+where
+    DB: sqlx::Database,
+    String: for<'e> sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+    i64: for<'e> sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+    f64: for<'e> sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+    bool: for<'e> sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+    T: for<'e> sqlx::Encode<'e, DB> + sqlx::Type<DB> + Send + 'static,
+{
+    for value in values {
+        query = match value {
+            Param::Text(s) => query.bind(s),
+            Param::Int(i) => query.bind(i),
+            Param::Float(f) => query.bind(f),
+            Param::Bool(b) => query.bind(b),
+            Param::Timestamp(micros) => query.bind(timestamp(micros)),
+        };
+    }
+    query
 }
 
 type Decoded = Result<Vec<Cell>, (String, String)>;
