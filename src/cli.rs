@@ -41,6 +41,9 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Apply migrations/ to the configured state databases.
     Migrate,
+    /// The whole pipeline in one process: embedded broker, SQLite warehouse,
+    /// local Slack stand-in with a preview page.
+    Demo(DemoArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -63,6 +66,17 @@ pub struct ProduceArgs {
     /// Print the events as JSON lines; produce and record nothing.
     #[arg(long, conflicts_with = "schedule")]
     pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Write this many connector failures, exit 0 once every resulting alert
+    /// is delivered.
+    #[arg(long, value_name = "N")]
+    pub events: Option<usize>,
+    /// Exit after this long (e.g. `90s`); with --events, fail if unfinished.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub exit_after: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,6 +211,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::produce::run(&settings, &cli.config_dir, &options, on_signal())
                 .await
                 .context("produce failed")
+        }
+        Command::Demo(args) => {
+            let sources = Sources::from_process(cli.config_dir.clone(), cli.config.clone());
+            let settings =
+                Settings::load_with(&sources, &["demo/demo.toml"]).with_context(|| {
+                    format!(
+                        "invalid configuration (directory {}, with demo/demo.toml)",
+                        cli.config_dir.display()
+                    )
+                })?;
+            crate::telemetry::init(settings.log.format, &settings.log.level);
+            let options = crate::demo::Options {
+                events: args.events,
+                exit_after: args.exit_after,
+            };
+            crate::demo::run(settings, &cli.config_dir, options, on_signal())
+                .await
+                .context("demo failed")
         }
         Command::Migrate => {
             let settings = load_settings(&cli)?;

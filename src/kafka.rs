@@ -69,6 +69,19 @@ pub struct StageContext {
 }
 
 impl ClientContext for StageContext {
+    /// The table loader asks for end-of-partition events to know when a
+    /// table is bootstrapped; librdkafka also reports them as client
+    /// errors, which are not errors here.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => tracing::trace!(reason, "partition end reached"),
+            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!(reason, "partition end reached")
+            }
+            other => tracing::error!(error = %other, reason, "librdkafka error"),
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         let Some(lag) = &self.lag else { return };
         for (topic, stats) in &statistics.topics {

@@ -6,6 +6,7 @@ pub mod avro;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod enrich;
 pub mod http;
 pub mod kafka;

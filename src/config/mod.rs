@@ -11,8 +11,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod demo;
 mod produce;
 
+pub use demo::*;
 pub use produce::*;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -84,6 +86,8 @@ pub struct Settings {
     pub notify: Option<NotifySettings>,
     #[serde(default)]
     pub produce: Option<ProduceSettings>,
+    #[serde(default)]
+    pub demo: Option<DemoSettings>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -399,6 +403,13 @@ impl Sources {
 
 impl Settings {
     pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        Settings::load_with(sources, &[])
+    }
+
+    /// Like [`Settings::load`], with `layers` (files under the config
+    /// directory, e.g. `demo/demo.toml`) between the environment's file and
+    /// `--config`.
+    pub fn load_with(sources: &Sources, layers: &[&str]) -> Result<Settings, ConfigError> {
         let default = sources.dir.join("default.toml");
         if !default.is_file() {
             return Err(ConfigError::MissingDefault(sources.dir.clone()));
@@ -407,6 +418,10 @@ impl Settings {
         if let Some(env_name) = &sources.env_name {
             let path = sources.dir.join(format!("{env_name}.toml"));
             builder = builder.add_source(config::File::from(path).required(false));
+        }
+        for layer in layers {
+            builder =
+                builder.add_source(config::File::from(sources.dir.join(layer)).required(true));
         }
         if let Some(extra) = &sources.extra_file {
             builder = builder.add_source(config::File::from(extra.as_path()).required(true));

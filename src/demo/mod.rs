@@ -1,0 +1,588 @@
+//! `alertsvc demo`: the whole pipeline in one process (DESIGN §8). An
+//! embedded Kafka broker (librdkafka's mock cluster, reachable by any client
+//! at the printed address), a SQLite warehouse seeded from `config/demo`,
+//! the assignment and Slack-user tables, `produce`, `enrich` and `notify` on
+//! the shipped pipelines, and a local Slack stand-in whose messages show in
+//! the terminal and on a preview page. Each part can be the real thing
+//! instead (`[demo]` in `config/demo/demo.toml`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use serde_json::Value as Json;
+use sqlx::{Connection, Executor};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{
+    resolve_path, DemoBroker, DemoSettings, DemoSlack, DemoWarehouse, Secret, Settings,
+    SourceSettings,
+};
+use crate::produce::row::format_sql_datetime;
+use crate::slack::fake::{FakeMessage, FakeSlack, FakeSlackConfig};
+
+mod preview;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("no [demo] section: the demo layers config/demo/demo.toml over the config")]
+    NotConfigured,
+    #[error("demo file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("embedded broker: {0}")]
+    Broker(String),
+    #[error("demo warehouse: {0}")]
+    Warehouse(String),
+    #[error("local Slack stand-in: {0}")]
+    Slack(String),
+    #[error("{stage} stopped: {reason}")]
+    Stage { stage: &'static str, reason: String },
+    #[error("the demo did not finish within {limit:?}: {progress}")]
+    Unfinished { limit: Duration, progress: String },
+}
+
+/// How the demo ends by itself (for scripts); by default it runs until
+/// Ctrl-C.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Write this many connector failures, wait until every resulting alert
+    /// is delivered, then exit.
+    pub events: Option<usize>,
+    /// Exit after this long (with `events`: fail if not finished by then).
+    pub exit_after: Option<Duration>,
+}
+
+/// One row of `failures.csv`: a connector failure template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureTemplate {
+    pub org_id: String,
+    pub env_id: String,
+    pub connector_name: String,
+    pub connector_type: String,
+    pub old_status: String,
+    pub failure_reason: String,
+}
+
+/// Reads `failures.csv` (a header, then comma-separated fields; the last
+/// field may contain commas).
+pub fn parse_failures(text: &str) -> Result<Vec<FailureTemplate>, String> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header = lines.next().ok_or("empty file")?;
+    if header.trim() != "org_id,env_id,connector_name,connector_type,old_status,failure_reason" {
+        return Err(format!("unexpected header {header:?}"));
+    }
+    let templates: Vec<FailureTemplate> = lines
+        .enumerate()
+        .map(|(i, line)| {
+            let fields: Vec<&str> = line.splitn(6, ',').map(str::trim).collect();
+            match fields.as_slice() {
+                [org, env, name, kind, old, reason] => Ok(FailureTemplate {
+                    org_id: (*org).into(),
+                    env_id: (*env).into(),
+                    connector_name: (*name).into(),
+                    connector_type: (*kind).into(),
+                    old_status: (*old).into(),
+                    failure_reason: (*reason).into(),
+                }),
+                _ => Err(format!("line {}: expected 6 fields", i + 2)),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    if templates.is_empty() {
+        return Err("no rows".into());
+    }
+    Ok(templates)
+}
+
+/// The n-th failure the demo writes: template `n % len`, connector id
+/// `lcc-demo-<n>`.
+pub fn nth_failure(templates: &[FailureTemplate], n: usize) -> (FailureTemplate, String) {
+    (
+        templates[n % templates.len()].clone(),
+        format!("lcc-demo-{n:04}"),
+    )
+}
+
+fn read_file(dir: &Path, relative: &str) -> Result<String, DemoError> {
+    let path = resolve_path(dir, relative);
+    std::fs::read_to_string(&path).map_err(|e| DemoError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn read_json_list(dir: &Path, relative: &str) -> Result<Vec<Json>, DemoError> {
+    let text = read_file(dir, relative)?;
+    serde_json::from_str(&text).map_err(|e| DemoError::File {
+        path: relative.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A scratch directory for the demo's files, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, DemoError> {
+        let path = std::env::temp_dir().join(format!(
+            "alertsvc-demo-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&path).map_err(|e| DemoError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Scratch(path))
+    }
+
+    fn sqlite_url(&self, name: &str) -> String {
+        format!("sqlite://{}?mode=rwc", self.0.join(name).display())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn random_secret(prefix: &str) -> String {
+    let bytes: Vec<u8> = (0..16).map(|_| fastrand::u8(..)).collect();
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+pub async fn run(
+    mut settings: Settings,
+    config_dir: &Path,
+    options: Options,
+    shutdown: CancellationToken,
+) -> Result<(), DemoError> {
+    let demo = settings.demo.clone().ok_or(DemoError::NotConfigured)?;
+    let scratch = Scratch::new()?;
+    let templates = parse_failures(&read_file(config_dir, &demo.failures)?).map_err(|reason| {
+        DemoError::File {
+            path: demo.failures.clone(),
+            reason,
+        }
+    })?;
+
+    // The broker.
+    let _cluster: Option<MockCluster<'static, DefaultProducerContext>> =
+        if demo.broker == DemoBroker::Embedded {
+            let cluster = MockCluster::new(1).map_err(|e| DemoError::Broker(e.to_string()))?;
+            settings.kafka.bootstrap_servers = cluster.bootstrap_servers();
+            for topic in settings.topics.values() {
+                for name in [topic.name.clone(), settings.dlq_topic(&topic.name)] {
+                    cluster
+                        .create_topic(&name, demo.partitions, 1)
+                        .map_err(|e| DemoError::Broker(format!("topic {name}: {e}")))?;
+                }
+            }
+            Some(cluster)
+        } else {
+            None
+        };
+    let bootstrap = settings.kafka.bootstrap_servers.clone();
+    println!("Kafka broker: {bootstrap}   (watch: kcat -b {bootstrap} -C -t slack-messages)");
+
+    // State databases in the scratch directory.
+    if let Some(notify) = settings.notify.as_mut() {
+        notify.ledger.database_url = Secret::new(scratch.sqlite_url("ledger.db"));
+    }
+    if let Some(produce) = settings.produce.as_mut() {
+        produce.state.database_url = Secret::new(scratch.sqlite_url("produce-state.db"));
+    }
+
+    // Slack.
+    let signing_secret = random_secret("");
+    let slack = if demo.slack == DemoSlack::Local {
+        let token = random_secret("xoxb-demo-");
+        let mut channels: Vec<String> = read_json_list(config_dir, &demo.slack_users)?
+            .iter()
+            .filter_map(|u| u["slack_user_id"].as_str().map(str::to_owned))
+            .collect();
+        for pipeline in settings.enrich.iter().flat_map(|e| e.pipelines.values()) {
+            channels.extend(pipeline.vars.get("fallback_channel").cloned());
+        }
+        let fake = FakeSlack::start(FakeSlackConfig {
+            token: token.clone(),
+            channels,
+            per_channel_per_second: None,
+            burst: 3,
+            ..FakeSlackConfig::default()
+        })
+        .await
+        .map_err(|e| DemoError::Slack(e.to_string()))?;
+        if let Some(notify) = settings.notify.as_mut() {
+            notify.slack.api_url = fake.url.clone();
+            notify.slack.bot_token = Some(Secret::new(token));
+            notify.slack.signing_secret = Some(Secret::new(signing_secret.clone()));
+        }
+        Some(Arc::new(fake))
+    } else {
+        None
+    };
+
+    // The warehouse.
+    let warehouse_url = scratch.sqlite_url("warehouse.db");
+    if demo.warehouse == DemoWarehouse::Embedded {
+        let seed = read_file(config_dir, &demo.seed_sql)?;
+        let mut conn = sqlx::SqliteConnection::connect(&warehouse_url)
+            .await
+            .map_err(|e| DemoError::Warehouse(e.to_string()))?;
+        // The seed is a file of ours, next to the config.
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(seed)))
+            .await
+            .map_err(|e| DemoError::Warehouse(format!("{}: {e}", demo.seed_sql)))?;
+        if let Some(produce) = settings.produce.as_mut() {
+            for source in produce.sources.values_mut() {
+                if let SourceSettings::Sql(sql) = source {
+                    sql.url = Secret::new(warehouse_url.clone());
+                }
+            }
+        }
+    }
+
+    seed_tables(&settings, config_dir, &demo).await?;
+
+    // The stages.
+    let stages = shutdown.child_token();
+    let mut tasks: JoinSet<Result<(), DemoError>> = JoinSet::new();
+    {
+        let (settings, dir, token) = (settings.clone(), config_dir.to_owned(), stages.clone());
+        tasks.spawn(async move {
+            crate::enrich::run(&settings, &dir, token)
+                .await
+                .map_err(|e| DemoError::Stage {
+                    stage: "enrich",
+                    reason: e.to_string(),
+                })
+        });
+    }
+    {
+        let (settings, dir, token) = (settings.clone(), config_dir.to_owned(), stages.clone());
+        tasks.spawn(async move {
+            crate::notify::run(&settings, &dir, token)
+                .await
+                .map_err(|e| DemoError::Stage {
+                    stage: "notify",
+                    reason: e.to_string(),
+                })
+        });
+    }
+    {
+        let (settings, dir, token) = (settings.clone(), config_dir.to_owned(), stages.clone());
+        tasks.spawn(async move {
+            crate::produce::run(&settings, &dir, &crate::produce::Options::default(), token)
+                .await
+                .map_err(|e| DemoError::Stage {
+                    stage: "produce",
+                    reason: e.to_string(),
+                })
+        });
+    }
+
+    // The terminal and the preview page.
+    if let Some(slack) = &slack {
+        let mut messages = slack.subscribe();
+        tokio::spawn(async move {
+            while let Some(message) = messages.recv().await {
+                println!("{}", terminal_line(&message));
+            }
+        });
+        let notify_addr =
+            settings
+                .notify
+                .as_ref()
+                .map(|n| n.http_addr)
+                .ok_or(DemoError::Stage {
+                    stage: "notify",
+                    reason: "no [notify] section".into(),
+                })?;
+        let addr = preview::serve(
+            demo.http_addr,
+            slack.clone(),
+            notify_addr,
+            signing_secret.clone(),
+            stages.clone(),
+        )
+        .await
+        .map_err(|e| DemoError::Slack(format!("preview page on {}: {e}", demo.http_addr)))?;
+        println!("Slack stand-in: every delivered alert prints here; preview page: http://{addr}/");
+    }
+
+    // Traffic, and the end.
+    let writer = FailureWriter::new(warehouse_url, templates);
+    let outcome = drive(&settings, &demo, &options, writer, &shutdown, &mut tasks).await;
+    stages.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Err(e)) = joined {
+            tracing::warn!(error = %e, "stage ended with an error");
+        }
+    }
+    if let Some(slack) = &slack {
+        let delivered = slack.messages();
+        println!(
+            "demo: {} alerts delivered to the Slack stand-in",
+            delivered.len()
+        );
+    }
+    outcome
+}
+
+/// What the terminal shows for a stored or updated message.
+fn terminal_line(message: &FakeMessage) -> String {
+    let alert = message.alert_id().unwrap_or("-");
+    let text: String = message.text.chars().take(100).collect();
+    if message.edits > 0 {
+        format!("slack  {:<10} {alert}  (updated) {text}", message.channel)
+    } else {
+        format!("slack  {:<10} {alert}  {text}", message.channel)
+    }
+}
+
+/// Writes the assignment and Slack-user tables' records.
+async fn seed_tables(
+    settings: &Settings,
+    config_dir: &Path,
+    demo: &DemoSettings,
+) -> Result<(), DemoError> {
+    let codecs = crate::avro::build_codecs(config_dir, settings)
+        .map_err(|(topic, e)| DemoError::Broker(format!("topic {topic}: {e}")))?;
+    let producer: FutureProducer = crate::kafka::client_config(&settings.kafka)
+        .create()
+        .map_err(|e| DemoError::Broker(e.to_string()))?;
+    let tables: [(&str, &str, &str); 2] = [
+        ("csdr_assignment", demo.assignments.as_str(), "org_id"),
+        ("slack_users", demo.slack_users.as_str(), "email"),
+    ];
+    for (topic_id, file, key_field) in tables {
+        let topic = settings
+            .topic(topic_id)
+            .map_err(DemoError::Broker)?
+            .name
+            .clone();
+        let codec = codecs
+            .get(topic_id)
+            .ok_or_else(|| DemoError::Broker(format!("no codec for {topic_id}")))?;
+        for record in read_json_list(config_dir, file)? {
+            let key = record[key_field].as_str().unwrap_or_default().to_owned();
+            let payload = codec.encode(&record).await.map_err(|e| DemoError::File {
+                path: file.to_owned(),
+                reason: e.to_string(),
+            })?;
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| DemoError::Broker(format!("{topic}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes connector failures into the demo warehouse, one after another.
+struct FailureWriter {
+    url: String,
+    templates: Vec<FailureTemplate>,
+    written: usize,
+    last_micros: i64,
+}
+
+impl FailureWriter {
+    fn new(url: String, templates: Vec<FailureTemplate>) -> FailureWriter {
+        FailureWriter {
+            url,
+            templates,
+            written: 0,
+            last_micros: 0,
+        }
+    }
+
+    async fn write(&mut self, count: usize) -> Result<(), DemoError> {
+        let mut conn = sqlx::SqliteConnection::connect(&self.url)
+            .await
+            .map_err(|e| DemoError::Warehouse(e.to_string()))?;
+        for _ in 0..count {
+            let (template, connector_id) = nth_failure(&self.templates, self.written);
+            // Strictly increasing times: the job's checkpoint is `failed_at`.
+            let now = chrono::Utc::now().timestamp_micros();
+            self.last_micros = now.max(self.last_micros + 1);
+            sqlx::query(
+                "INSERT INTO connector_status_changes VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'Failed', ?7, ?8)",
+            )
+            .bind(&template.org_id)
+            .bind(&template.env_id)
+            .bind(&connector_id)
+            .bind(&template.connector_name)
+            .bind(&template.connector_type)
+            .bind(&template.old_status)
+            .bind(&template.failure_reason)
+            .bind(format_sql_datetime(self.last_micros))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| DemoError::Warehouse(e.to_string()))?;
+            self.written += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The stage counters the end condition reads.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Progress {
+    enrich_in: f64,
+    enrich_done: f64,
+    enrich_out: f64,
+    notify_done: f64,
+}
+
+impl Progress {
+    fn describe(&self, events: usize) -> String {
+        format!(
+            "{} of {events} events through enrich, {} of {} alerts answered by Slack",
+            self.enrich_done, self.notify_done, self.enrich_out
+        )
+    }
+
+    fn finished(&self, events: usize) -> bool {
+        let events = events as f64;
+        self.enrich_in >= events
+            && self.enrich_done >= events
+            && self.notify_done >= self.enrich_out
+    }
+}
+
+fn sum_series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn read_progress(settings: &Settings) -> Progress {
+    let get = |addr: Option<std::net::SocketAddr>| async move {
+        let url = format!("http://{}/metrics", addr?);
+        reqwest::get(url).await.ok()?.text().await.ok()
+    };
+    let enrich = get(settings.enrich.as_ref().map(|e| e.http_addr))
+        .await
+        .unwrap_or_default();
+    let notify = get(settings.notify.as_ref().map(|n| n.http_addr))
+        .await
+        .unwrap_or_default();
+    let out = sum_series(&enrich, "alertsvc_enrich_records_out_total");
+    Progress {
+        enrich_in: sum_series(&enrich, "alertsvc_enrich_records_in_total"),
+        enrich_done: out
+            + sum_series(&enrich, "alertsvc_enrich_records_dropped_total")
+            + sum_series(&enrich, "alertsvc_enrich_records_dlq_total"),
+        enrich_out: out,
+        notify_done: sum_series(&notify, "alertsvc_slack_posts_total"),
+    }
+}
+
+/// Writes traffic and decides when the demo ends.
+async fn drive(
+    settings: &Settings,
+    demo: &DemoSettings,
+    options: &Options,
+    mut writer: FailureWriter,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<Result<(), DemoError>>,
+) -> Result<(), DemoError> {
+    let deadline = options
+        .exit_after
+        .map(|limit| (tokio::time::Instant::now() + limit, limit));
+    let live = demo.warehouse == DemoWarehouse::Embedded;
+    if let (Some(events), true) = (options.events, live) {
+        writer.write(events).await?;
+    }
+    let mut traffic = tokio::time::interval(demo.event_interval);
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = async {
+                match deadline {
+                    Some((at, _)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                return match (options.events, deadline) {
+                    (Some(events), Some((_, limit))) => Err(DemoError::Unfinished {
+                        limit,
+                        progress: read_progress(settings).await.describe(events),
+                    }),
+                    _ => Ok(()),
+                };
+            }
+            Some(joined) = tasks.join_next() => {
+                let (stage, reason) = match joined {
+                    Ok(Err(DemoError::Stage { stage, reason })) => (stage, reason),
+                    Ok(Err(other)) => ("a stage", other.to_string()),
+                    Ok(Ok(())) => ("a stage", "it returned early".to_owned()),
+                    Err(e) => ("a stage", e.to_string()),
+                };
+                return Err(DemoError::Stage { stage, reason });
+            }
+            _ = traffic.tick(), if options.events.is_none() && live => {
+                writer.write(1).await?;
+            }
+            _ = check.tick(), if options.events.is_some() => {
+                let events = options.events.unwrap_or_default();
+                let progress = read_progress(settings).await;
+                if progress.finished(events) {
+                    // Let the last answers reach the terminal.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_csv_parses_and_cycles() {
+        let text = "org_id,env_id,connector_name,connector_type,old_status,failure_reason\n\
+                    org-a,env-1,c1,S3Sink,Provisioning,Denied, twice\n\
+                    org-b,env-2,c2,S3Sink,Running,Gone\n";
+        let templates = parse_failures(text).unwrap();
+        assert_eq!(templates[0].failure_reason, "Denied, twice");
+        let (third, id) = nth_failure(&templates, 2);
+        assert_eq!(third.org_id, "org-a");
+        assert_eq!(id, "lcc-demo-0002");
+        assert!(parse_failures("a,b\n").is_err());
+    }
+
+    #[test]
+    fn progress_is_finished_when_every_alert_is_answered() {
+        let mut p = Progress {
+            enrich_in: 6.0,
+            enrich_done: 6.0,
+            enrich_out: 4.0,
+            notify_done: 3.0,
+        };
+        assert!(!p.finished(6));
+        p.notify_done = 4.0;
+        assert!(p.finished(6));
+        assert!(!p.finished(7));
+    }
+
+    #[test]
+    fn metric_series_are_summed_across_labels() {
+        let text = "# HELP x\nalertsvc_slack_posts_total{outcome=\"posted\"} 3\n\
+                    alertsvc_slack_posts_total{outcome=\"failed\"} 1\nother 9\n";
+        assert_eq!(sum_series(text, "alertsvc_slack_posts_total"), 4.0);
+    }
+}
