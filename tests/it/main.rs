@@ -2,6 +2,7 @@
 
 mod common;
 mod config_check;
+mod demo;
 mod enrich_confluent;
 mod enrich_crash;
 mod enrich_dead_letters;

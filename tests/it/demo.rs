@@ -1,0 +1,261 @@
+//! `alertsvc demo`, as a newcomer runs it: it finishes by itself with
+//! exactly the alerts its sample data should make, and its preview page,
+//! in a real headless Chromium, shows them and acknowledges one through
+//! notify's signed interactions endpoint.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{config_dir, free_port, http_get};
+
+/// The demo's ports, all free ones (never the shipped 8090/818x).
+struct Ports {
+    env: Vec<(String, String)>,
+    preview: u16,
+}
+
+fn ports() -> Ports {
+    let preview = free_port();
+    let env = [
+        ("ALERTSVC__DEMO__HTTP_ADDR", preview),
+        ("ALERTSVC__ENRICH__HTTP_ADDR", free_port()),
+        ("ALERTSVC__NOTIFY__HTTP_ADDR", free_port()),
+        ("ALERTSVC__PRODUCE__HTTP_ADDR", free_port()),
+    ]
+    .into_iter()
+    .map(|(k, port)| (k.to_owned(), format!("127.0.0.1:{port}")))
+    .collect();
+    Ports { env, preview }
+}
+
+fn demo_command(args: &[&str], ports: &Ports) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_alertsvc"));
+    command
+        .arg("--config-dir")
+        .arg(config_dir())
+        .arg("demo")
+        .args(args)
+        .envs(ports.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("ALERTSVC_ENV")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// What the shipped pipeline must make of the demo's first `events`
+/// failures, worked out from the demo's files alone: alert id → channel.
+fn expected_alerts(events: usize) -> BTreeMap<String, String> {
+    let dir = config_dir().join("demo");
+    let csv = std::fs::read_to_string(dir.join("failures.csv")).unwrap();
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.splitn(6, ',').map(str::to_owned).collect())
+        .collect();
+    let read = |file: &str| -> Vec<Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap()
+    };
+    let assignments = read("assignments.json");
+    let users = read("slack_users.json");
+    let mut alerts = BTreeMap::new();
+    for n in 0..events {
+        let row = &rows[n % rows.len()];
+        let (org, env, old_status) = (&row[0], &row[1], &row[4]);
+        if old_status != "Provisioning" {
+            continue;
+        }
+        let Some(assignment) = assignments.iter().find(|a| a["org_id"] == org.as_str()) else {
+            continue;
+        };
+        let channel = users
+            .iter()
+            .find(|u| u["email"] == assignment["csdr_email"])
+            .and_then(|u| u["slack_user_id"].as_str())
+            .unwrap_or("C0ALERTS");
+        alerts.insert(
+            format!("{org}-{env}-lcc-demo-{n:04}-connector-failure"),
+            channel.to_owned(),
+        );
+    }
+    alerts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_delivers_exactly_the_expected_alerts_and_exits() {
+    let events = 14;
+    let expected = expected_alerts(events);
+    assert_eq!(
+        expected.len(),
+        10,
+        "the sample data makes alerts and non-alerts"
+    );
+    let ports = ports();
+    let mut command = demo_command(
+        &["--events", &events.to_string(), "--exit-after", "120s"],
+        &ports,
+    );
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("run alertsvc demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("Kafka broker: 127.0.0.1:"), "{stdout}");
+    let delivered: BTreeMap<String, String> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("slack  "))
+        .map(|rest| {
+            let mut parts = rest.split_whitespace();
+            let channel = parts.next().unwrap_or_default().to_owned();
+            let alert = parts.next().unwrap_or_default().to_owned();
+            (alert, channel)
+        })
+        .collect();
+    assert_eq!(delivered, expected, "{stdout}");
+    let lines = stdout.lines().filter(|l| l.starts_with("slack  ")).count();
+    assert_eq!(lines, expected.len(), "each alert once: {stdout}");
+    assert!(
+        stdout.contains(&format!("demo: {} alerts delivered", expected.len())),
+        "{stdout}"
+    );
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromium() -> (Killed, u16) {
+    let driver = std::env::var("ALERTSVC_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+    let port = free_port();
+    let child = Command::new(&driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{driver}: {e} (scripts/install-test-deps.sh installs chromium-driver)")
+        });
+    (Killed(child), port)
+}
+
+/// The preview page in headless Chromium: the alert's header and fields
+/// are in the rendered DOM, and a click on Acknowledge goes through
+/// notify's signed `/slack/interactions` to an updated message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_page_renders_alerts_and_acknowledges_in_a_browser() {
+    crate::common::init();
+    let ports = ports();
+    // Live mode writes its first failure at once (an acme one, which
+    // alerts); the next would come in an hour.
+    let demo = demo_command(&["--exit-after", "180s"], &ports)
+        .env("ALERTSVC__DEMO__EVENT_INTERVAL", "1h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let _demo = Killed(demo);
+    let base = format!("http://127.0.0.1:{}", ports.preview);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let messages = http_get(&format!("{base}/api/messages")).await;
+        if let Some((200, body)) = messages {
+            let list: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
+            if list.len() == 1 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no alerts on {base}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let (_driver, driver_port) = chromium();
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    let mut client = None;
+    for _ in 0..50 {
+        match fantoccini::ClientBuilder::new(
+            hyper_util::client::legacy::connect::HttpConnector::new(),
+        )
+        .capabilities(capabilities.clone())
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        {
+            Ok(c) => {
+                client = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let browser = client.expect("chromedriver session");
+    browser.goto(&format!("{base}/")).await.expect("open page");
+    let alert = "org-acme-env-prod1-lcc-demo-0000-connector-failure";
+    let card = browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(fantoccini::Locator::Css(&format!(
+            "article[data-alert='{alert}']"
+        )))
+        .await
+        .expect("the alert is rendered");
+    let header = card
+        .find(fantoccini::Locator::Css(".block-header"))
+        .await
+        .expect("header block")
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        header.contains("Connector failed while provisioning"),
+        "{header}"
+    );
+    let text = card.text().await.unwrap();
+    for field in [
+        "Organization",
+        "Acme Corp",
+        "Environment",
+        "env-prod1",
+        "SnowflakeSink",
+    ] {
+        assert!(text.contains(field), "{field} missing from:\n{text}");
+    }
+    let button = card
+        .find(fantoccini::Locator::XPath(
+            ".//button[normalize-space()='Acknowledge']",
+        ))
+        .await
+        .expect("Acknowledge button");
+    button.click().await.expect("click");
+    let updated = browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(fantoccini::Locator::XPath(&format!(
+            "//article[@data-alert='{alert}'][.//span[@class='updated']]"
+        )))
+        .await
+        .expect("the message is updated");
+    let text = updated.text().await.unwrap();
+    assert!(text.contains("Acknowledged by @U0DEMO"), "{text}");
+    assert!(
+        !text.contains("Open in Confluent Cloud"),
+        "the buttons are gone: {text}"
+    );
+    let cards = browser
+        .find_all(fantoccini::Locator::Css("article"))
+        .await
+        .unwrap();
+    assert_eq!(cards.len(), 1, "one message, updated in place");
+    browser.close().await.ok();
+}
