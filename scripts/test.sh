@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command (README, CI): installs test dependencies, then runs the
-# whole suite twice — on librdkafka's in-process mock broker, and against a
-# tansu broker, which also stores transactional offsets (the mock does not),
-# so the exactly-once commit test runs there.
+# The test command (README, CI): installs test dependencies, runs the whole
+# suite on librdkafka's in-process mock broker, checks deploy/ and the
+# Dockerfile offline, then runs the integration suite again against a tansu
+# broker, which also stores transactional offsets (the mock does not), so the
+# exactly-once commit test runs there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,9 @@ export ALERTSVC_BQEMULATOR="${ALERTSVC_BQEMULATOR:-${ALERTSVC_BQ_VENV:-$HOME/.ca
 
 echo "== tests on the in-process mock broker" >&2
 cargo test
+
+echo "== deployment: kustomize render, Kubernetes schemas, Dockerfile lint" >&2
+scripts/check-deploy.sh
 
 echo "== integration tests against tansu (transactions included)" >&2
 export TANSU_DIR="${TANSU_DIR:-$(mktemp -d /tmp/alertsvc-tansu.XXXXXX)}"

@@ -2,13 +2,15 @@
 //! database cursor, never collected.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use futures::{Stream, TryStreamExt};
-use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::sqlite::{SqlitePoolOptions, SqliteRow};
-use sqlx::{Column, PgPool, Row as _, SqlitePool, TypeInfo, ValueRef};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
+use sqlx::{Column, ConnectOptions, PgPool, Row as _, SqlitePool, TypeInfo, ValueRef};
 use tokio::sync::mpsc;
 
 use crate::config::SqlSourceSettings;
@@ -19,7 +21,7 @@ use crate::produce::sql::{parse, Placeholder};
 use super::{one_line, ordered_params, page_channel, Page, PageStream, SourceError};
 
 /// How long connecting (or waiting for a connection) may take.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 enum Pool {
@@ -45,21 +47,29 @@ impl SqlSource {
             source_name: name.to_owned(),
             reason: one_line(e),
         };
+        // A job's query is one long cursor: sqlx's slow-statement warning
+        // would fire on every large run.
         let pool = if url.starts_with("sqlite") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(connect_error)?
+                .log_slow_statements(log::LevelFilter::Off, Duration::MAX);
             Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect(url)
+                    .connect_with(options)
                     .await
                     .map_err(connect_error)?,
             )
         } else {
+            let options = PgConnectOptions::from_str(url)
+                .map_err(connect_error)?
+                .log_slow_statements(log::LevelFilter::Off, Duration::MAX);
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect(url)
+                    .connect_with(options)
                     .await
                     .map_err(connect_error)?,
             )
