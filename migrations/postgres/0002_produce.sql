@@ -23,5 +23,8 @@ CREATE TABLE IF NOT EXISTS produce_runs (
     topic          TEXT NOT NULL,
     -- JSON object: partition → end offset when the run began.
     start_offsets  TEXT NOT NULL,
-    started_at     BIGINT NOT NULL
+    started_at     BIGINT NOT NULL,
+    -- Refreshed while the run is alive: a re-run lets the records a dead
+    -- run had in flight settle before reading the topic back.
+    last_active_at BIGINT NOT NULL
 );

@@ -19,6 +19,11 @@ pub struct ProduceSettings {
     pub progress_interval: Duration,
     /// Events sent to Kafka and not yet acknowledged, per job.
     pub max_in_flight: usize,
+    /// After a run died, how long since its last sign of life the next run
+    /// waits before reading the topic back (records the dead run had in
+    /// flight land and replicate meanwhile).
+    #[serde(default = "default_recovery_settle", with = "humantime_serde")]
+    pub recovery_settle: Duration,
     /// Checkpoints and emitted event ids (`migrations/`).
     pub state: DatabaseSettings,
     /// librdkafka properties for the producer, applied after `[kafka.client]`.
@@ -28,6 +33,10 @@ pub struct ProduceSettings {
     pub sources: BTreeMap<String, SourceSettings>,
     #[serde(default)]
     pub jobs: BTreeMap<String, JobSettings>,
+}
+
+fn default_recovery_settle() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

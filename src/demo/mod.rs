@@ -40,6 +40,8 @@ pub enum DemoError {
     Slack(String),
     #[error("{stage} stopped: {reason}")]
     Stage { stage: &'static str, reason: String },
+    #[error("--events counts the failures the demo writes into its own warehouse: it needs demo.warehouse = \"embedded\"")]
+    EventsNeedWarehouse,
     #[error("the demo did not finish within {limit:?}: {progress}")]
     Unfinished { limit: Duration, progress: String },
 }
@@ -162,6 +164,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DemoError> {
     let demo = settings.demo.clone().ok_or(DemoError::NotConfigured)?;
+    if options.events.is_some() && demo.warehouse != DemoWarehouse::Embedded {
+        return Err(DemoError::EventsNeedWarehouse);
+    }
     let scratch = Scratch::new()?;
     let templates = parse_failures(&read_file(config_dir, &demo.failures)?).map_err(|reason| {
         DemoError::File {

@@ -36,6 +36,8 @@ pub mod event_headers {
 /// Acknowledged ids written to the database at a time (jobs without a
 /// checkpoint remember every id).
 const MARK_BATCH: usize = 5_000;
+/// How often a running job records that it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Bad rows quoted in a run's error.
 const QUOTED_BAD_ROWS: usize = 3;
 
@@ -75,6 +77,7 @@ pub struct RunContext<'a> {
     pub metrics: &'a ProduceMetrics,
     pub max_in_flight: usize,
     pub progress_interval: Duration,
+    pub recovery_settle: Duration,
     pub shutdown: &'a CancellationToken,
 }
 
@@ -118,6 +121,20 @@ impl CompiledJob {
 
         if cx.producer.is_some() {
             if let Some(unfinished) = cx.state.unfinished_run(job).await? {
+                // Records the dead run had in flight may still be landing
+                // (and replicating): let them settle, or the read-back
+                // misses them and they are emitted twice.
+                let quiet_ms = now_ms() - unfinished.last_active_ms;
+                let settle_ms = i64::try_from(cx.recovery_settle.as_millis()).unwrap_or(i64::MAX);
+                if quiet_ms < settle_ms {
+                    let wait = Duration::from_millis((settle_ms - quiet_ms) as u64);
+                    tracing::info!(
+                        job,
+                        ?wait,
+                        "an unfinished run was active moments ago; waiting before reading back"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
                 let found = read_back(cx.readback, &unfinished, job)
                     .await
                     .map_err(fail)?;
@@ -140,6 +157,7 @@ impl CompiledJob {
                         topic: self.topic.clone(),
                         start_offsets,
                         started_at_ms: run_started_ms,
+                        last_active_ms: run_started_ms,
                     },
                 )
                 .await?;
@@ -168,6 +186,9 @@ impl CompiledJob {
         let mut failure: Option<String> = None;
         let mut ticker = tokio::time::interval(cx.progress_interval);
         ticker.tick().await;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.tick().await;
+        let mut last_beat = Instant::now();
         let mut checked_columns: Option<super::row::Columns> = None;
 
         'pages: loop {
@@ -179,6 +200,11 @@ impl CompiledJob {
                 }
                 _ = ticker.tick() => {
                     log_progress(job, &report, run_started);
+                    continue;
+                }
+                _ = heartbeat.tick(), if cx.producer.is_some() => {
+                    cx.state.touch_run(job, now_ms()).await?;
+                    last_beat = Instant::now();
                     continue;
                 }
                 _ = cx.shutdown.cancelled() => {
@@ -294,6 +320,10 @@ impl CompiledJob {
             }
             while let Some(Some(done)) = in_flight.next().now_or_never() {
                 self.settle(done, &mut report, &mut marks, &mut failure, cx);
+            }
+            if cx.producer.is_some() && last_beat.elapsed() >= HEARTBEAT {
+                cx.state.touch_run(job, now_ms()).await?;
+                last_beat = Instant::now();
             }
             if failure.is_some() {
                 break;
@@ -465,7 +495,7 @@ async fn end_offsets(
     config: &rdkafka::ClientConfig,
     topic: &str,
 ) -> Result<BTreeMap<i32, i64>, String> {
-    let client: BaseConsumer = readback_consumer(config)?;
+    let client = readback_consumer(config)?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let metadata = client
@@ -493,16 +523,18 @@ async fn end_offsets(
     .map_err(|e| format!("offset lookup panicked: {e}"))?
 }
 
-/// A consumer that never joins a group or commits: it only looks.
-fn readback_consumer(config: &rdkafka::ClientConfig) -> Result<BaseConsumer, String> {
+/// A consumer that never joins a group or commits: it only looks. It asks
+/// for end-of-partition events: the read-back ends where fetches end, not
+/// at a watermark listed earlier (a broker may list a stale one).
+fn readback_consumer(config: &rdkafka::ClientConfig) -> Result<BaseConsumer<StageContext>, String> {
     let mut config = config.clone();
     config
         .set("group.id", "alertsvc-produce-readback")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed");
     config
-        .create()
+        .create_with_context(StageContext::default())
         .map_err(|e| format!("cannot create the read-back consumer: {e}"))
 }
 
@@ -520,30 +552,23 @@ async fn read_back(
         let metadata = consumer
             .fetch_metadata(Some(topic), METADATA_TIMEOUT)
             .map_err(|e| format!("cannot read metadata of topic {topic}: {e}"))?;
-        let partitions: Vec<i32> = metadata
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining: HashSet<i32> = HashSet::new();
+        for partition in metadata
             .topics()
             .iter()
             .filter(|t| t.name() == topic)
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        let mut assignment = TopicPartitionList::new();
-        let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
-        for partition in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-                .map_err(|e| format!("cannot read offsets of {topic}: {e}"))?;
-            let start = run
-                .start_offsets
-                .get(&partition)
-                .copied()
-                .unwrap_or(low)
-                .max(low);
-            if start < high {
-                assignment
-                    .add_partition_offset(topic, partition, Offset::Offset(start))
-                    .map_err(|e| e.to_string())?;
-                remaining.insert(partition, high);
-            }
+        {
+            // Partitions added since the run began are read from their start.
+            let start = match run.start_offsets.get(&partition) {
+                Some(offset) => Offset::Offset(*offset),
+                None => Offset::Beginning,
+            };
+            assignment
+                .add_partition_offset(topic, partition, start)
+                .map_err(|e| e.to_string())?;
+            remaining.insert(partition);
         }
         let mut found = Vec::new();
         if remaining.is_empty() {
@@ -557,45 +582,29 @@ async fn read_back(
             if Instant::now() > deadline {
                 return Err(format!("reading back {topic} took longer than 120 s"));
             }
-            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-                // Control records (other producers' transactions) are never
-                // delivered: the position tells when a partition is done.
-                let positions = consumer
-                    .position()
-                    .map_err(|e| format!("cannot read back {topic}: {e}"))?;
-                for element in positions.elements() {
-                    if let Offset::Offset(at) = element.offset() {
-                        if remaining
-                            .get(&element.partition())
-                            .is_some_and(|high| at >= *high)
-                        {
-                            remaining.remove(&element.partition());
-                        }
-                    }
+            let message = match consumer.poll(Duration::from_millis(200)) {
+                None => continue,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                    remaining.remove(&partition);
+                    continue;
                 }
+                Some(Err(e)) => return Err(format!("cannot read back {topic}: {e}")),
+                Some(Ok(message)) => message,
+            };
+            let Some(headers) = message.headers() else {
                 continue;
             };
-            let message = message.map_err(|e| format!("cannot read back {topic}: {e}"))?;
-            if let Some(headers) = message.headers() {
-                let value = |name: &str| {
-                    headers
-                        .iter()
-                        .find(|h| h.key == name)
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                };
-                if value(event_headers::JOB).as_deref() == Some(job.as_str()) {
-                    if let Some(event_id) = value(event_headers::EVENT_ID) {
-                        found.push((event_id, value(event_headers::POSITION).unwrap_or_default()));
-                    }
+            let value = |name: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            if value(event_headers::JOB).as_deref() == Some(job.as_str()) {
+                if let Some(event_id) = value(event_headers::EVENT_ID) {
+                    found.push((event_id, value(event_headers::POSITION).unwrap_or_default()));
                 }
-            }
-            let partition = message.partition();
-            if remaining
-                .get(&partition)
-                .is_some_and(|high| message.offset() + 1 >= *high)
-            {
-                remaining.remove(&partition);
             }
         }
         Ok(found)

@@ -210,6 +210,7 @@ struct Runtime {
     metrics: ProduceMetrics,
     max_in_flight: usize,
     progress_interval: std::time::Duration,
+    recovery_settle: std::time::Duration,
 }
 
 impl Runtime {
@@ -267,6 +268,7 @@ impl Runtime {
                 .map_err(|e| ProduceError::Setup(e.to_string()))?,
             max_in_flight: produce.max_in_flight,
             progress_interval: produce.progress_interval,
+            recovery_settle: produce.recovery_settle,
         })
     }
 
@@ -287,6 +289,7 @@ impl Runtime {
             metrics: &self.metrics,
             max_in_flight: self.max_in_flight,
             progress_interval: self.progress_interval,
+            recovery_settle: self.recovery_settle,
             shutdown,
         };
         let timer = self

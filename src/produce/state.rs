@@ -27,6 +27,8 @@ pub struct UnfinishedRun {
     pub topic: String,
     pub start_offsets: BTreeMap<i32, i64>,
     pub started_at_ms: i64,
+    /// When the run last showed it was alive.
+    pub last_active_ms: i64,
 }
 
 /// How a finished run trims the emitted ids.
@@ -70,7 +72,8 @@ impl StateStore {
 
     pub async fn unfinished_run(&self, job: &str) -> Result<Option<UnfinishedRun>, StateError> {
         let row: Option<AnyRow> = sqlx::query(
-            "SELECT run_id, topic, start_offsets, started_at FROM produce_runs WHERE job = $1",
+            "SELECT run_id, topic, start_offsets, started_at, last_active_at FROM produce_runs \
+             WHERE job = $1",
         )
         .bind(job)
         .fetch_optional(&self.pool)
@@ -87,6 +90,7 @@ impl StateStore {
             topic: row.try_get("topic")?,
             start_offsets,
             started_at_ms: row.try_get("started_at")?,
+            last_active_ms: row.try_get("last_active_at")?,
         }))
     }
 
@@ -95,16 +99,27 @@ impl StateStore {
     pub async fn begin_run(&self, job: &str, run: &UnfinishedRun) -> Result<(), StateError> {
         let offsets = serde_json::to_string(&run.start_offsets).unwrap_or_else(|_| "{}".into());
         sqlx::query(
-            "INSERT INTO produce_runs (job, run_id, topic, start_offsets, started_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO produce_runs (job, run_id, topic, start_offsets, started_at, \
+             last_active_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(job)
         .bind(&run.run_id)
         .bind(&run.topic)
         .bind(offsets)
         .bind(run.started_at_ms)
+        .bind(run.last_active_ms)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// The run is alive at `now_ms`.
+    pub async fn touch_run(&self, job: &str, now_ms: i64) -> Result<(), StateError> {
+        sqlx::query("UPDATE produce_runs SET last_active_at = $1 WHERE job = $2")
+            .bind(now_ms)
+            .bind(job)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -90,7 +90,12 @@ async fn a_killed_run_is_finished_without_duplicates_or_gaps() {
     let rows: Vec<Failure> = (0..8_000).map(failure).collect();
     warehouse.insert(&rows).await;
     // Slow the run down so that the kill lands in the middle of it.
-    let mut toml = produce_toml(dir.path(), &warehouse, "", "max_in_flight = 50");
+    let mut toml = produce_toml(
+        dir.path(),
+        &warehouse,
+        "",
+        "max_in_flight = 50\nrecovery_settle = \"5s\"",
+    );
     toml.push_str("\n[produce.producer]\n\"linger.ms\" = \"100\"\n");
     let env = TestEnv::new(&toml).await;
     let mut child = env
