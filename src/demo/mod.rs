@@ -257,39 +257,19 @@ pub async fn run(
     // The stages.
     let stages = shutdown.child_token();
     let mut tasks: JoinSet<Result<(), DemoError>> = JoinSet::new();
-    {
-        let (settings, dir, token) = (settings.clone(), config_dir.to_owned(), stages.clone());
-        tasks.spawn(async move {
-            crate::enrich::run(&settings, &dir, token)
-                .await
-                .map_err(|e| DemoError::Stage {
-                    stage: "enrich",
-                    reason: e.to_string(),
-                })
-        });
-    }
-    {
-        let (settings, dir, token) = (settings.clone(), config_dir.to_owned(), stages.clone());
-        tasks.spawn(async move {
-            crate::notify::run(&settings, &dir, token)
-                .await
-                .map_err(|e| DemoError::Stage {
-                    stage: "notify",
-                    reason: e.to_string(),
-                })
-        });
-    }
-    {
-        let (settings, dir, token) = (settings.clone(), config_dir.to_owned(), stages.clone());
-        tasks.spawn(async move {
-            crate::produce::run(&settings, &dir, &crate::produce::Options::default(), token)
-                .await
-                .map_err(|e| DemoError::Stage {
-                    stage: "produce",
-                    reason: e.to_string(),
-                })
-        });
-    }
+    let dir = config_dir.to_owned();
+    let (s, d, t) = (settings.clone(), dir.clone(), stages.clone());
+    spawn_stage(&mut tasks, "enrich", async move {
+        crate::enrich::run(&s, &d, t).await
+    });
+    let (s, d, t) = (settings.clone(), dir.clone(), stages.clone());
+    spawn_stage(&mut tasks, "notify", async move {
+        crate::notify::run(&s, &d, t).await
+    });
+    let (s, d, t) = (settings.clone(), dir, stages.clone());
+    spawn_stage(&mut tasks, "produce", async move {
+        crate::produce::run(&s, &d, &crate::produce::Options::default(), t).await
+    });
 
     // The terminal and the preview page.
     if let Some(slack) = &slack {
@@ -337,6 +317,20 @@ pub async fn run(
         );
     }
     outcome
+}
+
+/// Runs a stage in the demo's task set; its error names the stage.
+fn spawn_stage<E: std::fmt::Display>(
+    tasks: &mut JoinSet<Result<(), DemoError>>,
+    stage: &'static str,
+    run: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) {
+    tasks.spawn(async move {
+        run.await.map_err(|e| DemoError::Stage {
+            stage,
+            reason: e.to_string(),
+        })
+    });
 }
 
 /// What the terminal shows for a stored or updated message.
