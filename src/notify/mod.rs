@@ -229,9 +229,13 @@ pub async fn run(
     let codec = codecs[&notify.input].clone();
     let result = dispatch(&consumer, codec, shared, finished_rx, notify, &shutdown).await;
     health.set_ready(false);
-    if let Err(e) = tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync))
-    {
-        tracing::warn!(error = %e, "final offset commit failed");
+    match tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync)) {
+        Ok(()) => {}
+        // Everything finished was committed already: nothing to do.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::error::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
     }
     http_stop.cancel();
     let _ = http_task.await;
