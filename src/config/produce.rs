@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{default_true, DatabaseSettings, Secret};
+use super::{default_true, validate_database_url, ConfigError, DatabaseSettings, Secret, Settings};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -208,4 +208,97 @@ pub struct JobSettings {
 
 fn default_dedup_retention() -> Duration {
     Duration::from_secs(30 * 24 * 3600)
+}
+
+/// `[produce]`'s cross-field checks (sources exist, one SQL, mapping specs).
+impl Settings {
+    pub(super) fn validate_produce(&self, produce: &ProduceSettings) -> Result<(), ConfigError> {
+        validate_database_url("produce.state.database_url", &produce.state.database_url)?;
+        if produce.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "produce.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        for (name, source) in &produce.sources {
+            let key = |k: &str| format!("produce.sources.{name}.{k}");
+            match source {
+                SourceSettings::Sql(sql) => {
+                    validate_database_url(&key("url"), &sql.url)?;
+                    if sql.page_size == 0 {
+                        return Err(ConfigError::invalid(key("page_size"), "must be at least 1"));
+                    }
+                }
+                SourceSettings::Bigquery(bq) => {
+                    if bq.project_id.trim().is_empty() {
+                        return Err(ConfigError::invalid(key("project_id"), "must not be empty"));
+                    }
+                    if bq.page_size == 0 {
+                        return Err(ConfigError::invalid(key("page_size"), "must be at least 1"));
+                    }
+                    if bq.credentials == GcpCredentials::ServiceAccountKey && bq.key_file.is_none()
+                    {
+                        return Err(ConfigError::invalid(
+                            key("key_file"),
+                            "credentials = \"service-account-key\" needs a key file",
+                        ));
+                    }
+                    if let Some(endpoint) = &bq.endpoint {
+                        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                            return Err(ConfigError::invalid(
+                                key("endpoint"),
+                                "must be an http(s) URL",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for (name, job) in &produce.jobs {
+            let key = |k: &str| format!("produce.jobs.{name}.{k}");
+            if !produce.sources.contains_key(&job.source) {
+                return Err(ConfigError::invalid(
+                    key("source"),
+                    format!("no source {:?} in [produce.sources]", job.source),
+                ));
+            }
+            self.topic(&job.topic)
+                .map_err(|r| ConfigError::invalid(key("topic"), r))?;
+            if job.sql.is_some() == job.sql_file.is_some() {
+                return Err(ConfigError::invalid(
+                    key("sql"),
+                    "set exactly one of sql and sql_file",
+                ));
+            }
+            if job.event_id.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("event_id"),
+                    "name at least one column",
+                ));
+            }
+            if job.key_column.trim().is_empty() {
+                return Err(ConfigError::invalid(key("key_column"), "must not be empty"));
+            }
+            for (field, source) in &job.value {
+                if let FieldSource::Spec(spec) = source {
+                    let set = [
+                        spec.column.is_some(),
+                        spec.constant.is_some(),
+                        spec.meta.is_some(),
+                        spec.json.is_some(),
+                    ]
+                    .iter()
+                    .filter(|s| **s)
+                    .count();
+                    if set != 1 {
+                        return Err(ConfigError::invalid(
+                            key(&format!("value.{field}")),
+                            "set exactly one of column, const, meta and json",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
