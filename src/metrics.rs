@@ -145,6 +145,13 @@ pub struct NotifyMetrics {
     pub dlq: prometheus::IntCounter,
     pub interactions: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
+    pub claim_waits: prometheus::IntCounter,
+    pub reconciliations: IntCounterVec,
+    pub ambiguous: prometheus::IntCounter,
+    pub slack_unreachable: prometheus::IntGauge,
+    pub paused_partitions: prometheus::IntGauge,
+    pub ledger_pruned: prometheus::IntCounter,
+    pub dropped_on_revoke: prometheus::IntCounter,
 }
 
 impl NotifyMetrics {
@@ -166,7 +173,42 @@ impl NotifyMetrics {
             "Messages read and not yet finished.",
         )?;
         registry.register(Box::new(in_flight.clone()))?;
+        let int_gauge = |name: &str, help: &str| -> Result<prometheus::IntGauge, MetricsError> {
+            let g = prometheus::IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
         Ok(NotifyMetrics {
+            claim_waits: int_counter(
+                "alertsvc_notify_claim_waits_total",
+                "Times an alert was held by a peer replica and waited for.",
+            )?,
+            reconciliations: counter(
+                registry,
+                "alertsvc_notify_reconciliations_total",
+                "Looks in a conversation for a post that may have landed, by result (found, absent).",
+                &["result"],
+            )?,
+            ambiguous: int_counter(
+                "alertsvc_slack_ambiguous_total",
+                "Posts whose answer was unknown (timeout, reset, 5xx): looked up before any re-post.",
+            )?,
+            slack_unreachable: int_gauge(
+                "alertsvc_slack_unreachable",
+                "1 while Slack cannot be reached (consumption paused), else 0.",
+            )?,
+            paused_partitions: int_gauge(
+                "alertsvc_notify_paused_partitions",
+                "Input partitions paused (a channel backlog, max_in_flight, or a Slack outage).",
+            )?,
+            ledger_pruned: int_counter(
+                "alertsvc_notify_ledger_pruned_total",
+                "Ledger rows deleted after notify.ledger.retention.",
+            )?,
+            dropped_on_revoke: int_counter(
+                "alertsvc_notify_dropped_on_revoke_total",
+                "Queued messages dropped because their partition was revoked (the new owner delivers them).",
+            )?,
             deliveries: counter(
                 registry,
                 "alertsvc_slack_posts_total",

@@ -1,32 +1,40 @@
-//! Delivering one message, exactly once: consult the ledger, reconcile a
-//! `pending` entry against the channel's history, skip stale alerts, post
-//! (or update changed content), retry transient failures, record the
-//! result. Auth failures and ledger outages are not outcomes: the message
+//! Delivering one message: claim the alert in the ledger, ask
+//! [`decision::decide`] what to do, and do it — post, edit, look for an
+//! earlier post, or answer without touching Slack. Transient failures are
+//! retried for as long as the alert is young enough; an ambiguous answer
+//! is reconciled against the conversation before any second post. Auth
+//! failures, ledger outages and cancellation are not outcomes: the message
 //! stays unfinished and is not committed.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::ledger::{Ledger, LedgerError, Status};
+use super::decision::{self, classify, ClaimView, Failure, Incoming, Plan, Rules};
+use super::ledger::{Claim, Entry, Ledger, LedgerError, Owner, Status, Version};
 use super::pacing::{retry_delay, Pacer};
 use crate::config::RetrySettings;
 use crate::messages::{DeliveryOutcome, SlackMessage};
 use crate::metrics::NotifyMetrics;
-use crate::slack::{ErrorClass, SlackApi, SlackError};
+use crate::slack::{is_user_id, AlertRef, SlackApi, SlackError};
 
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub outcome: DeliveryOutcome,
+    pub ok: bool,
     pub channel: String,
     pub ts: Option<String>,
     pub error: Option<String>,
+    /// `chat.postMessage` / `chat.update` calls made for it.
     pub attempts: i32,
     pub http_status: Option<i32>,
-    /// The message also goes to the dead-letter topic.
+    /// The message also goes to the dead-letter topic: Slack refused it
+    /// for good and it was never posted.
     pub dead_letter: bool,
 }
 
@@ -36,7 +44,7 @@ pub enum DeliverError {
     Auth(SlackError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    #[error("shutting down")]
+    #[error("stopped (shutdown or partition revoked)")]
     Cancelled,
 }
 
@@ -50,309 +58,745 @@ pub fn content_hash(message: &SlackMessage) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Whether an alert created at `created_at_ms` is too old at `now_ms`.
-pub fn is_expired(created_at_ms: i64, now_ms: i64, max_age: Duration) -> bool {
-    now_ms.saturating_sub(created_at_ms) > max_age.as_millis() as i64
+pub fn version_of(message: &SlackMessage) -> Version {
+    Version {
+        source: format!("{}/{}", message.source_topic, message.source_partition),
+        offset: message.source_offset,
+        created_at: message.created_at,
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether Slack can be reached, from the outcome of every call: after
+/// `threshold` calls in a row that could not reach it (or got no answer),
+/// it is unreachable until a call gets an answer. The dispatcher pauses
+/// consumption meanwhile.
+pub struct SlackHealth {
+    threshold: u32,
+    failures_in_a_row: AtomicU32,
+    unreachable: AtomicBool,
+    gauge: prometheus::IntGauge,
+}
+
+impl SlackHealth {
+    pub fn new(threshold: u32, gauge: prometheus::IntGauge) -> SlackHealth {
+        SlackHealth {
+            threshold: threshold.max(1),
+            failures_in_a_row: AtomicU32::new(0),
+            unreachable: AtomicBool::new(false),
+            gauge,
+        }
+    }
+
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable.load(Ordering::SeqCst)
+    }
+
+    fn answered(&self) {
+        self.failures_in_a_row.store(0, Ordering::SeqCst);
+        if self.unreachable.swap(false, Ordering::SeqCst) {
+            self.gauge.set(0);
+            tracing::warn!("Slack answers again: consumption resumes");
+        }
+    }
+
+    fn no_answer(&self, error: &SlackError) {
+        let failures = self.failures_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
+        if failures >= self.threshold && !self.unreachable.swap(true, Ordering::SeqCst) {
+            self.gauge.set(1);
+            tracing::warn!(%error, failures, "Slack is unreachable: consumption paused, alerts wait (up to max_age)");
+        }
+    }
+}
+
+/// Alerts being delivered by this process: one at a time per alert id, so
+/// the ledger claim (per instance) only has to arbitrate between replicas.
+#[derive(Default)]
+struct InProcess {
+    busy: Mutex<HashSet<String>>,
+}
+
+struct InProcessGuard<'a> {
+    owner: &'a InProcess,
+    alert_id: String,
+}
+
+impl InProcess {
+    async fn enter(&self, alert_id: &str) -> InProcessGuard<'_> {
+        loop {
+            {
+                let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+                if busy.insert(alert_id.to_owned()) {
+                    return InProcessGuard {
+                        owner: self,
+                        alert_id: alert_id.to_owned(),
+                    };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for InProcessGuard<'_> {
+    fn drop(&mut self) {
+        self.owner
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.alert_id);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub retry: RetrySettings,
+    pub rules: Rules,
+    pub claim_lease: Duration,
+    pub reconcile_delay: Duration,
 }
 
 pub struct Deliverer {
-    pub slack: Arc<SlackApi>,
-    pub ledger: Ledger,
-    pub pacer: Arc<Pacer>,
-    pub retry: RetrySettings,
-    pub max_age: Duration,
-    pub metrics: NotifyMetrics,
+    slack: Arc<SlackApi>,
+    ledger: Ledger,
+    pacer: Arc<Pacer>,
+    settings: DeliverySettings,
+    owner: Owner,
+    metrics: NotifyMetrics,
+    health: Arc<SlackHealth>,
+    /// User id → DM conversation id.
+    dms: Mutex<HashMap<String, String>>,
+    in_process: InProcess,
 }
 
-enum Attempted<T> {
+/// How one Slack call ended, for the caller's loop.
+enum Called<T> {
     Done(T),
-    Failed(SlackError),
+    /// Refused for good (or an unknown error too many times).
+    Refused(SlackError),
+    /// Slack may have done it.
+    Uncertain(SlackError),
+    /// Not done; try again later (after Slack's `Retry-After` if given).
+    Later(Option<Duration>),
+    /// The token is bad.
+    Auth(SlackError),
+}
+
+/// One delivery in progress: the claimed entry and the counters.
+struct Attempt<'a> {
+    message: &'a SlackMessage,
+    hash: String,
+    version: Version,
+    entry: Entry,
+    sends: i32,
+    failures: u32,
+    unknown_errors: u32,
 }
 
 impl Deliverer {
+    pub fn new(
+        slack: Arc<SlackApi>,
+        ledger: Ledger,
+        pacer: Arc<Pacer>,
+        settings: DeliverySettings,
+        owner: Owner,
+        metrics: NotifyMetrics,
+        health: Arc<SlackHealth>,
+    ) -> Deliverer {
+        Deliverer {
+            slack,
+            ledger,
+            pacer,
+            settings,
+            owner,
+            metrics,
+            health,
+            dms: Mutex::new(HashMap::new()),
+            in_process: InProcess::default(),
+        }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn slack_health(&self) -> &Arc<SlackHealth> {
+        &self.health
+    }
+
     pub async fn deliver(
         &self,
         message: &SlackMessage,
-        now_ms: i64,
         stop: &CancellationToken,
     ) -> Result<Delivery, DeliverError> {
-        let hash = content_hash(message);
-        let mut attempts = 0i32;
-        if let Some(entry) = self.ledger.get(&message.alert_id).await? {
-            let known_ts = match (entry.status, entry.ts.clone()) {
-                (Status::Posted, Some(ts)) => Some(ts),
-                // A crash may have come between Slack's answer and the
-                // ledger write: look before posting again.
-                (Status::Pending, _) => {
-                    match self
-                        .retrying(&entry.channel_id, &mut attempts, stop, false, || {
-                            self.slack.find_alert(&entry.channel_id, &message.alert_id)
-                        })
-                        .await?
-                    {
-                        Attempted::Done(found) => found,
-                        Attempted::Failed(e) => {
-                            return self.failed(message, &hash, e, attempts, now_ms).await
-                        }
-                    }
+        let _alone = self.in_process.enter(&message.alert_id).await;
+        loop {
+            match self.deliver_claimed(message, stop).await {
+                // A peer took the alert over while we were stalled: start
+                // again from the ledger; it decides what is left to do.
+                Err(DeliverError::Ledger(LedgerError::ClaimLost { alert_id })) => {
+                    tracing::warn!(alert_id, "claim lost to a peer; deciding again");
                 }
-                _ => None,
-            };
-            if let Some(ts) = known_ts {
-                if entry.content_hash == hash {
-                    self.ledger
-                        .mark_posted(&message.alert_id, &entry.channel_id, &ts, &hash, now_ms)
-                        .await?;
-                    return Ok(self.done(
-                        DeliveryOutcome::Duplicate,
-                        &entry.channel_id,
-                        Some(ts),
-                        attempts,
-                    ));
-                }
-                return self
-                    .update(
-                        message,
-                        &entry.channel_id,
-                        &ts,
-                        &hash,
-                        attempts,
-                        now_ms,
-                        stop,
-                    )
-                    .await;
+                other => return other,
             }
-        }
-        if is_expired(message.created_at, now_ms, self.max_age) {
-            self.ledger
-                .mark_final(
-                    &message.alert_id,
-                    &message.channel_id,
-                    &hash,
-                    Status::Expired,
-                    "expired",
-                    now_ms,
-                )
-                .await?;
-            return Ok(Delivery {
-                outcome: DeliveryOutcome::Expired,
-                channel: message.channel_id.clone(),
-                ts: None,
-                error: Some("expired".into()),
-                attempts,
-                http_status: None,
-                dead_letter: false,
-            });
-        }
-        self.ledger
-            .mark_pending(&message.alert_id, &message.channel_id, &hash, now_ms)
-            .await?;
-        let posted = self
-            .retrying(&message.channel_id, &mut attempts, stop, true, || {
-                self.slack.post(
-                    &message.channel_id,
-                    &message.text,
-                    &message.blocks,
-                    &message.alert_id,
-                )
-            })
-            .await?;
-        match posted {
-            Attempted::Done(posted) => {
-                self.ledger
-                    .mark_posted(
-                        &message.alert_id,
-                        &posted.channel,
-                        &posted.ts,
-                        &hash,
-                        now_ms,
-                    )
-                    .await?;
-                Ok(self.done(
-                    DeliveryOutcome::Posted,
-                    &posted.channel,
-                    Some(posted.ts),
-                    attempts,
-                ))
-            }
-            Attempted::Failed(e) => self.failed(message, &hash, e, attempts, now_ms).await,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn update(
+    /// Waits until this instance holds the alert's claim.
+    async fn claim(
         &self,
         message: &SlackMessage,
-        channel: &str,
-        ts: &str,
-        hash: &str,
-        mut attempts: i32,
-        now_ms: i64,
         stop: &CancellationToken,
-    ) -> Result<Delivery, DeliverError> {
-        let updated = self
-            .retrying(channel, &mut attempts, stop, true, || {
-                self.slack.update(
-                    channel,
-                    ts,
-                    &message.text,
-                    &message.blocks,
-                    Some(&message.alert_id),
+    ) -> Result<Entry, DeliverError> {
+        loop {
+            let now = now_ms();
+            let lease_until = now + millis(self.settings.claim_lease);
+            match self
+                .ledger
+                .claim(
+                    &message.alert_id,
+                    &message.channel_id,
+                    &self.owner,
+                    now,
+                    lease_until,
                 )
-            })
-            .await?;
-        match updated {
-            Attempted::Done(posted) => {
-                self.ledger
-                    .mark_posted(&message.alert_id, &posted.channel, &posted.ts, hash, now_ms)
-                    .await?;
-                Ok(self.done(
-                    DeliveryOutcome::Updated,
-                    &posted.channel,
-                    Some(posted.ts),
-                    attempts,
-                ))
+                .await?
+            {
+                Claim::Held(entry) => return Ok(*entry),
+                Claim::Busy { owner, lease_until } => {
+                    let plan = decision::decide(
+                        &ClaimView::Busy { lease_until },
+                        &Incoming {
+                            content_hash: "",
+                            version: &Version::default(),
+                        },
+                        now,
+                        &self.settings.rules,
+                    );
+                    let Plan::WaitForPeer { until } = plan else {
+                        continue;
+                    };
+                    self.metrics.claim_waits.inc();
+                    tracing::debug!(alert_id = %message.alert_id, owner, until, "a peer holds the alert; waiting");
+                    let wait = Duration::from_millis(
+                        u64::try_from((until - now).clamp(50, 1_000)).unwrap_or(1_000),
+                    );
+                    sleep_or_stop(wait.mul_f64(0.5 + fastrand::f64() / 2.0), stop).await?;
+                }
             }
-            Attempted::Failed(e) => self.failed(message, hash, e, attempts, now_ms).await,
         }
     }
 
-    fn done(
+    async fn deliver_claimed(
         &self,
-        outcome: DeliveryOutcome,
-        channel: &str,
-        ts: Option<String>,
-        attempts: i32,
-    ) -> Delivery {
+        message: &SlackMessage,
+        stop: &CancellationToken,
+    ) -> Result<Delivery, DeliverError> {
+        let entry = self.claim(message, stop).await?;
+        let mut attempt = Attempt {
+            message,
+            hash: content_hash(message),
+            version: version_of(message),
+            entry,
+            sends: 0,
+            failures: 0,
+            unknown_errors: 0,
+        };
+        loop {
+            if stop.is_cancelled() {
+                self.release(&attempt.entry).await;
+                return Err(DeliverError::Cancelled);
+            }
+            let plan = decision::decide(
+                &ClaimView::Held(Some(attempt.entry.shown())),
+                &Incoming {
+                    content_hash: &attempt.hash,
+                    version: &attempt.version,
+                },
+                now_ms(),
+                &self.settings.rules,
+            );
+            match plan {
+                Plan::WaitForPeer { .. } => {
+                    attempt.entry = self.claim(message, stop).await?;
+                }
+                Plan::Duplicate { newer } => return self.duplicate(&mut attempt, newer).await,
+                Plan::Expire => return self.expire(&mut attempt).await,
+                Plan::Reconcile => self.reconcile(&mut attempt, stop).await?,
+                Plan::Post { occurrence } => {
+                    if let Some(delivery) = self.post(&mut attempt, occurrence, stop).await? {
+                        return Ok(delivery);
+                    }
+                }
+                Plan::Update => {
+                    if let Some(delivery) = self.update(&mut attempt, stop).await? {
+                        return Ok(delivery);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn release(&self, entry: &Entry) {
+        if let Err(e) = self.ledger.release(&entry.alert_id, &self.owner).await {
+            // The lease runs out by itself.
+            tracing::warn!(alert_id = %entry.alert_id, error = %e, "cannot release the claim");
+        }
+    }
+
+    async fn save(&self, entry: &Entry, release: bool) -> Result<(), DeliverError> {
+        Ok(self
+            .ledger
+            .save(entry, &self.owner, now_ms(), release)
+            .await?)
+    }
+
+    async fn renew(&self, entry: &Entry) -> Result<(), DeliverError> {
+        let until = now_ms() + millis(self.settings.claim_lease);
+        Ok(self
+            .ledger
+            .renew(&entry.alert_id, &self.owner, until)
+            .await?)
+    }
+
+    /// Sleeps `delay`, renewing the claim so that a long backoff (a Slack
+    /// outage) does not hand the alert to a peer.
+    async fn wait_holding(
+        &self,
+        entry: &Entry,
+        delay: Duration,
+        stop: &CancellationToken,
+    ) -> Result<(), DeliverError> {
+        let step = self.settings.claim_lease / 3;
+        let mut left = delay;
+        while !left.is_zero() {
+            let now = left.min(step);
+            sleep_or_stop(now, stop).await?;
+            left -= now;
+            self.renew(entry).await?;
+        }
+        Ok(())
+    }
+
+    fn answer(&self, attempt: &Attempt<'_>, outcome: DeliveryOutcome) -> Delivery {
+        let entry = &attempt.entry;
+        // A duplicate of a refused or expired alert repeats that answer.
+        let never_shown = matches!(entry.status, Status::Failed | Status::Expired);
+        let ok = match outcome {
+            DeliveryOutcome::Failed | DeliveryOutcome::Expired => false,
+            DeliveryOutcome::Duplicate => !never_shown,
+            DeliveryOutcome::Posted | DeliveryOutcome::Updated => true,
+        };
         Delivery {
             outcome,
-            channel: channel.to_owned(),
-            ts,
-            error: None,
-            attempts,
-            http_status: Some(200),
+            ok,
+            channel: entry.channel_id.clone(),
+            ts: entry.ts.clone(),
+            error: if ok { None } else { entry.error.clone() },
+            attempts: attempt.sends,
+            http_status: None,
             dead_letter: false,
         }
     }
 
-    async fn failed(
+    async fn duplicate(
         &self,
-        message: &SlackMessage,
-        hash: &str,
-        error: SlackError,
-        attempts: i32,
-        now_ms: i64,
+        attempt: &mut Attempt<'_>,
+        newer: bool,
     ) -> Result<Delivery, DeliverError> {
-        let code = error.code();
-        self.ledger
-            .mark_final(
-                &message.alert_id,
-                &message.channel_id,
-                hash,
-                Status::Failed,
-                &code,
-                now_ms,
-            )
-            .await?;
-        Ok(Delivery {
-            outcome: DeliveryOutcome::Failed,
-            channel: message.channel_id.clone(),
-            ts: None,
-            error: Some(code),
-            attempts,
-            http_status: error.http_status(),
-            dead_letter: true,
+        if newer {
+            // Same content, newer record: the alert was seen again, which
+            // keeps it inside its dedup window.
+            attempt.entry.version = attempt.version.clone();
+            self.save(&attempt.entry, true).await?;
+        } else {
+            self.release(&attempt.entry).await;
+        }
+        Ok(self.answer(attempt, DeliveryOutcome::Duplicate))
+    }
+
+    async fn expire(&self, attempt: &mut Attempt<'_>) -> Result<Delivery, DeliverError> {
+        let entry = &mut attempt.entry;
+        if entry.ts.is_none() {
+            entry.status = Status::Expired;
+            entry.content_hash = attempt.hash.clone();
+            entry.version = attempt.version.clone();
+        }
+        entry.error = Some("expired".into());
+        self.save(entry, true).await?;
+        let mut delivery = self.answer(attempt, DeliveryOutcome::Expired);
+        delivery.channel = attempt.message.channel_id.clone();
+        delivery.ts = None;
+        Ok(delivery)
+    }
+
+    /// Looks for the post a `pending` entry stands for; records what it
+    /// found (posted, or nothing: free to post).
+    async fn reconcile(
+        &self,
+        attempt: &mut Attempt<'_>,
+        stop: &CancellationToken,
+    ) -> Result<(), DeliverError> {
+        let alert = AlertRef {
+            alert_id: &attempt.message.alert_id,
+            occurrence: attempt.entry.occurrence,
+        };
+        // Messages from a little before the pending attempt on: enough to
+        // find it, few pages even in a busy channel.
+        let oldest = attempt.entry.updated_at - 5 * 60 * 1000;
+        let channel = attempt.entry.channel_id.clone();
+        loop {
+            self.pacer.history_ready().await;
+            let result = self.slack.find_alert(&channel, &alert, Some(oldest)).await;
+            let found = match self.called(result, &mut attempt.unknown_errors) {
+                Called::Done(found) => found,
+                Called::Auth(e) => return Err(DeliverError::Auth(e)),
+                // Not knowing is not a reason to post: keep looking (the
+                // alert's age does not matter until we know).
+                Called::Later(after) => {
+                    attempt.failures += 1;
+                    let delay = self.backoff(attempt.failures, after);
+                    self.wait_holding(&attempt.entry, delay, stop).await?;
+                    continue;
+                }
+                Called::Uncertain(_) => {
+                    attempt.failures += 1;
+                    let delay = self.backoff(attempt.failures, None);
+                    self.wait_holding(&attempt.entry, delay, stop).await?;
+                    continue;
+                }
+                Called::Refused(e) => {
+                    // The conversation cannot be read (gone, or a user id
+                    // from an older ledger): nothing can be proven posted
+                    // there, and a post would be refused the same way.
+                    tracing::warn!(alert_id = %attempt.message.alert_id, channel, error = %e, "cannot look for an earlier post");
+                    None
+                }
+            };
+            self.metrics
+                .reconciliations
+                .with_label_values(&[if found.is_some() { "found" } else { "absent" }])
+                .inc();
+            match found {
+                Some(ts) => {
+                    tracing::info!(alert_id = %attempt.message.alert_id, ts, "found the earlier post; not posting again");
+                    attempt.entry.status = Status::Posted;
+                    attempt.entry.ts = Some(ts);
+                }
+                None => attempt.entry.status = Status::New,
+            }
+            self.save(&attempt.entry, false).await?;
+            return Ok(());
+        }
+    }
+
+    /// The conversation to post into: a user id's DM, opened (and cached)
+    /// first.
+    async fn conversation(&self, target: &str) -> Result<Called<String>, DeliverError> {
+        if !is_user_id(target) {
+            return Ok(Called::Done(target.to_owned()));
+        }
+        if let Some(dm) = self
+            .dms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(target)
+        {
+            return Ok(Called::Done(dm.clone()));
+        }
+        let mut unknown = 0;
+        let opened = self.slack.open_dm(target).await;
+        let called = self.called(opened, &mut unknown);
+        if let Called::Done(dm) = &called {
+            self.dms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(target.to_owned(), dm.clone());
+        }
+        Ok(match called {
+            // Opening a DM twice is harmless.
+            Called::Uncertain(_) => Called::Later(None),
+            other => other,
         })
     }
 
-    /// Runs a Slack call until it succeeds, fails for good, or attempts
-    /// run out; paced calls wait for the channel's and workspace's limits.
-    async fn retrying<T, F, Fut>(
+    /// Posts the message; `None` when the loop must decide again (after an
+    /// uncertain answer or a wait).
+    async fn post(
         &self,
-        channel: &str,
-        attempts: &mut i32,
+        attempt: &mut Attempt<'_>,
+        occurrence: i64,
         stop: &CancellationToken,
-        paced: bool,
-        call: F,
-    ) -> Result<Attempted<T>, DeliverError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, SlackError>>,
-    {
-        loop {
-            if paced {
-                let waited = self.pacer.ready(channel).await;
-                if waited > Duration::from_millis(1) {
-                    self.metrics
-                        .pacing_wait_seconds
-                        .observe(waited.as_secs_f64());
+    ) -> Result<Option<Delivery>, DeliverError> {
+        let message = attempt.message;
+        let conversation = match self.conversation(&message.channel_id).await? {
+            Called::Done(conversation) => conversation,
+            Called::Refused(e) => return self.refused(attempt, e).await.map(Some),
+            Called::Auth(e) => return Err(DeliverError::Auth(e)),
+            Called::Later(after)
+            | Called::Uncertain(SlackError::RateLimited { retry_after: after }) => {
+                attempt.failures += 1;
+                let delay = self.backoff(attempt.failures, after);
+                self.wait_holding(&attempt.entry, delay, stop).await?;
+                return Ok(None);
+            }
+            Called::Uncertain(_) => return Ok(None),
+        };
+        {
+            let entry = &mut attempt.entry;
+            if entry.occurrence != occurrence {
+                entry.ts = None;
+            }
+            entry.status = Status::Pending;
+            entry.channel_id = conversation.clone();
+            entry.content_hash = attempt.hash.clone();
+            entry.version = attempt.version.clone();
+            entry.occurrence = occurrence;
+            entry.attempts += 1;
+            entry.error = None;
+        }
+        // `pending` is durable before Slack sees anything: whoever finds it
+        // later looks before posting again.
+        self.save(&attempt.entry, false).await?;
+        self.paced(&conversation).await;
+        // The lease must outlast the call: renewed after the pacing wait.
+        self.renew(&attempt.entry).await?;
+        if stop.is_cancelled() {
+            attempt.entry.status = Status::New;
+            self.save(&attempt.entry, true).await?;
+            return Err(DeliverError::Cancelled);
+        }
+        attempt.sends += 1;
+        let alert = AlertRef {
+            alert_id: &message.alert_id,
+            occurrence,
+        };
+        let started = tokio::time::Instant::now();
+        let result = self
+            .slack
+            .post(&conversation, &message.text, &message.blocks, &alert)
+            .await;
+        self.metrics
+            .slack_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match self.called(result, &mut attempt.unknown_errors) {
+            Called::Done(posted) => {
+                let entry = &mut attempt.entry;
+                entry.status = Status::Posted;
+                entry.channel_id = posted.channel;
+                entry.ts = Some(posted.ts);
+                self.save(entry, true).await?;
+                let mut delivery = self.answer(attempt, DeliveryOutcome::Posted);
+                delivery.http_status = Some(200);
+                Ok(Some(delivery))
+            }
+            Called::Refused(e) => self.refused(attempt, e).await.map(Some),
+            Called::Auth(e) => {
+                // Nothing was posted; the next run decides afresh.
+                attempt.entry.status = Status::New;
+                self.save(&attempt.entry, true).await?;
+                Err(DeliverError::Auth(e))
+            }
+            Called::Uncertain(e) => {
+                self.metrics.ambiguous.inc();
+                tracing::warn!(alert_id = %message.alert_id, error = %e, "Slack's answer is unknown; looking before posting again");
+                // The entry stays pending: the next decision reconciles.
+                attempt.failures += 1;
+                let delay = self.settings.reconcile_delay;
+                self.wait_holding(&attempt.entry, delay, stop).await?;
+                Ok(None)
+            }
+            Called::Later(after) => {
+                // Certainly not posted: the next attempt need not look.
+                attempt.failures += 1;
+                attempt.entry.status = Status::New;
+                let delay = self.backoff(attempt.failures, after);
+                self.wait_holding(&attempt.entry, delay, stop).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Slack refused the post for good: the alert is not posted and goes to
+    /// the dead-letter topic.
+    async fn refused(
+        &self,
+        attempt: &mut Attempt<'_>,
+        error: SlackError,
+    ) -> Result<Delivery, DeliverError> {
+        let entry = &mut attempt.entry;
+        entry.status = Status::Failed;
+        entry.ts = None;
+        entry.content_hash = attempt.hash.clone();
+        entry.version = attempt.version.clone();
+        entry.error = Some(error.code());
+        if entry.channel_id.is_empty() {
+            entry.channel_id = attempt.message.channel_id.clone();
+        }
+        self.save(entry, true).await?;
+        let mut delivery = self.answer(attempt, DeliveryOutcome::Failed);
+        delivery.http_status = error.http_status();
+        delivery.dead_letter = true;
+        Ok(delivery)
+    }
+
+    /// Edits the posted message; chat.update is idempotent, so an unknown
+    /// answer is simply tried again.
+    async fn update(
+        &self,
+        attempt: &mut Attempt<'_>,
+        stop: &CancellationToken,
+    ) -> Result<Option<Delivery>, DeliverError> {
+        let message = attempt.message;
+        let (channel, ts) = match (&attempt.entry.channel_id, &attempt.entry.ts) {
+            (channel, Some(ts)) => (channel.clone(), ts.clone()),
+            // Nothing to edit: decide again as if never posted.
+            (_, None) => {
+                attempt.entry.status = Status::New;
+                return Ok(None);
+            }
+        };
+        if decision::is_expired(message.created_at, now_ms(), self.settings.rules.max_age)
+            && attempt.failures > 0
+        {
+            // Retried past max_age: the message keeps what it shows.
+            self.release(&attempt.entry).await;
+            let mut delivery = self.answer(attempt, DeliveryOutcome::Expired);
+            delivery.error = Some("expired".into());
+            return Ok(Some(delivery));
+        }
+        self.paced(&channel).await;
+        self.renew(&attempt.entry).await?;
+        if stop.is_cancelled() {
+            self.release(&attempt.entry).await;
+            return Err(DeliverError::Cancelled);
+        }
+        attempt.sends += 1;
+        let alert = AlertRef {
+            alert_id: &message.alert_id,
+            occurrence: attempt.entry.occurrence,
+        };
+        let started = tokio::time::Instant::now();
+        let result = self
+            .slack
+            .update(&channel, &ts, &message.text, &message.blocks, Some(&alert))
+            .await;
+        self.metrics
+            .slack_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match self.called(result, &mut attempt.unknown_errors) {
+            Called::Done(_) => {
+                let entry = &mut attempt.entry;
+                entry.content_hash = attempt.hash.clone();
+                entry.version = attempt.version.clone();
+                entry.error = None;
+                self.save(entry, true).await?;
+                let mut delivery = self.answer(attempt, DeliveryOutcome::Updated);
+                delivery.http_status = Some(200);
+                Ok(Some(delivery))
+            }
+            Called::Auth(e) => {
+                self.release(&attempt.entry).await;
+                Err(DeliverError::Auth(e))
+            }
+            Called::Refused(e) => {
+                // The alert stays posted (ts, content) whatever the edit
+                // did: no dead letter for a message that is in Slack.
+                attempt.entry.error = Some(e.code());
+                self.save(&attempt.entry, true).await?;
+                let mut delivery = self.answer(attempt, DeliveryOutcome::Failed);
+                delivery.error = Some(e.code());
+                delivery.http_status = e.http_status();
+                Ok(Some(delivery))
+            }
+            Called::Uncertain(e) => {
+                attempt.failures += 1;
+                let delay = self.backoff(attempt.failures, None);
+                tracing::warn!(alert_id = %message.alert_id, error = %e, ?delay, "chat.update unanswered; retrying");
+                self.wait_holding(&attempt.entry, delay, stop).await?;
+                Ok(None)
+            }
+            Called::Later(after) => {
+                attempt.failures += 1;
+                let delay = self.backoff(attempt.failures, after);
+                self.wait_holding(&attempt.entry, delay, stop).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn paced(&self, channel: &str) {
+        let waited = self.pacer.ready(channel).await;
+        if waited > Duration::from_millis(1) {
+            self.metrics
+                .pacing_wait_seconds
+                .observe(waited.as_secs_f64());
+        }
+    }
+
+    fn backoff(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        retry_delay(&self.settings.retry, failures, retry_after, fastrand::f64())
+    }
+
+    /// Sorts a call's result into what the loops do next, and keeps the
+    /// Slack-reachability detector and the metrics up to date.
+    fn called<T>(&self, result: Result<T, SlackError>, unknown_errors: &mut u32) -> Called<T> {
+        let error = match result {
+            Ok(value) => {
+                self.health.answered();
+                return Called::Done(value);
+            }
+            Err(e) => e,
+        };
+        let failure = classify(&error);
+        match failure {
+            Failure::Unreachable | Failure::Ambiguous => self.health.no_answer(&error),
+            _ => self.health.answered(),
+        }
+        match failure {
+            Failure::Permanent => Called::Refused(error),
+            Failure::Auth => Called::Auth(error),
+            Failure::Unknown => {
+                *unknown_errors += 1;
+                if *unknown_errors >= self.settings.retry.max_attempts {
+                    Called::Refused(error)
+                } else {
+                    self.metrics.retries.inc();
+                    Called::Later(None)
                 }
             }
-            *attempts += 1;
-            let started = tokio::time::Instant::now();
-            let result = call().await;
-            self.metrics
-                .slack_seconds
-                .observe(started.elapsed().as_secs_f64());
-            let error = match result {
-                Ok(value) => return Ok(Attempted::Done(value)),
-                Err(e) => e,
-            };
-            match error.class() {
-                ErrorClass::Auth => return Err(DeliverError::Auth(error)),
-                ErrorClass::Permanent => return Ok(Attempted::Failed(error)),
-                ErrorClass::Transient { retry_after } => {
-                    if *attempts as u32 >= self.retry.max_attempts {
-                        return Ok(Attempted::Failed(error));
-                    }
-                    if retry_after.is_some() {
-                        self.metrics.rate_limited.inc();
-                    }
-                    self.metrics.retries.inc();
-                    let delay =
-                        retry_delay(&self.retry, *attempts as u32, retry_after, fastrand::f64());
-                    tracing::warn!(channel, error = %error, ?delay, attempt = *attempts, "transient Slack failure; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.cancelled() => return Err(DeliverError::Cancelled),
-                    }
+            Failure::Retry { after } => {
+                self.metrics.retries.inc();
+                if after.is_some() {
+                    self.metrics.rate_limited.inc();
                 }
+                Called::Later(after)
+            }
+            Failure::Unreachable => {
+                self.metrics.retries.inc();
+                Called::Later(None)
+            }
+            Failure::Ambiguous => {
+                self.metrics.retries.inc();
+                Called::Uncertain(error)
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(text: &str) -> SlackMessage {
-        SlackMessage {
-            alert_id: "a".into(),
-            channel_id: "C1".into(),
-            text: text.into(),
-            blocks: "[]".into(),
-            created_at: 0,
-            pipeline: "p".into(),
-            source_topic: "t".into(),
-            source_partition: 0,
-            source_offset: 0,
-        }
-    }
-
-    #[test]
-    fn content_hash_ignores_provenance_but_not_content() {
-        let mut moved = message("x");
-        moved.source_offset = 99;
-        moved.created_at = 5;
-        assert_eq!(content_hash(&message("x")), content_hash(&moved));
-        assert_ne!(content_hash(&message("x")), content_hash(&message("y")));
-    }
-
-    #[test]
-    fn expiry_uses_created_at() {
-        let hour = Duration::from_secs(3600);
-        assert!(!is_expired(1_000, 1_000 + 3_600_000, hour));
-        assert!(is_expired(1_000, 1_001 + 3_600_000, hour));
+async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> Result<(), DeliverError> {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = stop.cancelled() => Err(DeliverError::Cancelled),
     }
 }

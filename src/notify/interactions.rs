@@ -22,7 +22,7 @@ use crate::config::Secret;
 use crate::kafka::{enqueue, OutRecord, StageContext};
 use crate::messages::{to_json, SlackInteraction};
 use crate::metrics::NotifyMetrics;
-use crate::slack::SlackApi;
+use crate::slack::{AlertRef, SlackApi};
 
 pub const ACKNOWLEDGE_ACTION: &str = "alertsvc_acknowledge";
 const ACTIONS_BLOCK_ID: &str = "alertsvc_actions";
@@ -253,10 +253,20 @@ pub async fn handle(
                 .unwrap_or("Alert")
                 .to_owned();
             let alert_id = interaction.alert_id.clone();
+            // The edit keeps the message's metadata, occurrence included,
+            // so a later reconciliation still finds it.
+            let occurrence = payload["message"]["metadata"]["event_payload"]["occurrence"]
+                .as_str()
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(1);
             let user = interaction.user_id.clone();
             tokio::spawn(async move {
+                let alert = AlertRef {
+                    alert_id: &alert_id,
+                    occurrence,
+                };
                 match slack
-                    .update(&channel, &ts, &text, &blocks.to_string(), Some(&alert_id))
+                    .update(&channel, &ts, &text, &blocks.to_string(), Some(&alert))
                     .await
                 {
                     Ok(_) => tracing::info!(%alert_id, %user, "alert acknowledged"),

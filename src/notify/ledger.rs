@@ -1,10 +1,18 @@
 //! The idempotency ledger (SQLite by default, PostgreSQL for several
-//! replicas): one row per alert id with where and what was posted. A row is
-//! written `pending` before the post and `posted` after it, so a crash in
-//! between is visible and reconciled against Slack before any re-post.
+//! replicas): one row per alert id with where it was posted, what it shows
+//! and who is working on it.
+//!
+//! Every change to Slack happens under a claim: a conditional upsert sets
+//! the row's owner and lease only when nobody live holds it, and every
+//! later write is fenced by the claimant's run id, so two replicas (or a
+//! replica and its restarted self) never both act on one alert. A row is
+//! `pending` while a post may be in flight, so a crash in between is visible
+//! and reconciled against Slack before any re-post.
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
+
+pub use super::decision::{Shown, Status, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -14,19 +22,14 @@ pub enum LedgerError {
     Db(#[from] crate::db::DbError),
     #[error("ledger row for {alert_id} has unknown status {status:?}")]
     Status { alert_id: String, status: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Posted,
-    Failed,
-    Expired,
+    #[error("the claim on {alert_id} was taken over (our lease ran out)")]
+    ClaimLost { alert_id: String },
 }
 
 impl Status {
     fn as_str(self) -> &'static str {
         match self {
+            Status::New => "new",
             Status::Pending => "pending",
             Status::Posted => "posted",
             Status::Failed => "failed",
@@ -36,6 +39,7 @@ impl Status {
 
     fn parse(s: &str) -> Option<Status> {
         Some(match s {
+            "new" => Status::New,
             "pending" => Status::Pending,
             "posted" => Status::Posted,
             "failed" => Status::Failed,
@@ -45,20 +49,105 @@ impl Status {
     }
 }
 
+/// Who holds a claim: the instance (unique among live replicas, stable
+/// across its restarts: the pod name) and this process's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub instance: String,
+    pub run: String,
+}
+
+impl Owner {
+    /// A new run of `instance`.
+    pub fn new(instance: &str) -> Owner {
+        Owner {
+            instance: instance.to_owned(),
+            run: format!("{:016x}", fastrand::u64(..)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub alert_id: String,
+    /// The conversation the message lives in (a DM's `D…` id).
     pub channel_id: String,
     pub ts: Option<String>,
     pub content_hash: String,
     pub status: Status,
     pub attempts: i64,
+    pub error: Option<String>,
+    pub version: Version,
+    pub occurrence: i64,
+    pub updated_at: i64,
+    pub owner: Option<String>,
+    pub owner_run: Option<String>,
+    pub lease_until: Option<i64>,
+}
+
+impl Entry {
+    /// What the decision core reads; `None` for a row nothing was sent for.
+    pub fn shown(&self) -> Shown {
+        Shown {
+            status: self.status,
+            ts: self.ts.clone(),
+            content_hash: self.content_hash.clone(),
+            version: self.version.clone(),
+            occurrence: self.occurrence,
+        }
+    }
+}
+
+/// What a claim attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// We hold the alert (a new row has status `new`).
+    Held(Box<Entry>),
+    /// A live peer holds it.
+    Busy { owner: String, lease_until: i64 },
 }
 
 #[derive(Clone)]
 pub struct Ledger {
     pool: AnyPool,
     postgres: bool,
+}
+
+const COLUMNS: &str =
+    "alert_id, channel_id, ts, content_hash, status, attempts, error, updated_at, \
+     version_source, version_offset, version_created_at, occurrence, owner, owner_run, lease_until";
+
+fn int(row: &AnyRow, column: &str) -> Result<i64, sqlx::Error> {
+    row.try_get::<i64, _>(column)
+        .or_else(|_| row.try_get::<i32, _>(column).map(i64::from))
+}
+
+fn entry_from_row(row: &AnyRow) -> Result<Entry, LedgerError> {
+    let status: String = row.try_get("status")?;
+    let alert_id: String = row.try_get("alert_id")?;
+    let parsed = Status::parse(&status).ok_or_else(|| LedgerError::Status {
+        alert_id: alert_id.clone(),
+        status,
+    })?;
+    Ok(Entry {
+        alert_id,
+        channel_id: row.try_get("channel_id")?,
+        ts: row.try_get("ts")?,
+        content_hash: row.try_get("content_hash")?,
+        status: parsed,
+        attempts: int(row, "attempts")?,
+        error: row.try_get("error")?,
+        version: Version {
+            source: row.try_get("version_source")?,
+            offset: int(row, "version_offset")?,
+            created_at: int(row, "version_created_at")?,
+        },
+        occurrence: int(row, "occurrence")?,
+        updated_at: int(row, "updated_at")?,
+        owner: row.try_get("owner")?,
+        owner_run: row.try_get("owner_run")?,
+        lease_until: row.try_get::<Option<i64>, _>("lease_until")?,
+    })
 }
 
 impl Ledger {
@@ -75,109 +164,153 @@ impl Ledger {
     }
 
     pub async fn get(&self, alert_id: &str) -> Result<Option<Entry>, LedgerError> {
-        let row: Option<AnyRow> = sqlx::query(
-            "SELECT alert_id, channel_id, ts, content_hash, status, attempts FROM deliveries WHERE alert_id = $1",
-        )
+        let row: Option<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM deliveries WHERE alert_id = $1"
+        )))
         .bind(alert_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            let status: String = row.try_get("status")?;
-            let alert_id: String = row.try_get("alert_id")?;
-            let parsed = Status::parse(&status).ok_or_else(|| LedgerError::Status {
-                alert_id: alert_id.clone(),
-                status,
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    /// Takes the alert for `owner` until `lease_until`, atomically: only a
+    /// row nobody holds, whose lease ran out, or that this instance held
+    /// before a restart (instance ids are unique among live replicas) is
+    /// taken.
+    pub async fn claim(
+        &self,
+        alert_id: &str,
+        channel_id: &str,
+        owner: &Owner,
+        now_ms: i64,
+        lease_until: i64,
+    ) -> Result<Claim, LedgerError> {
+        sqlx::query(
+            "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
+             created_at, updated_at, owner, owner_run, lease_until) \
+             VALUES ($1, $2, NULL, '', 'new', 0, NULL, $3, $3, $4, $5, $6) \
+             ON CONFLICT (alert_id) DO UPDATE SET owner = $4, owner_run = $5, lease_until = $6 \
+             WHERE deliveries.owner IS NULL OR deliveries.lease_until IS NULL \
+             OR deliveries.lease_until < $3 OR deliveries.owner = $4",
+        )
+        .bind(alert_id)
+        .bind(channel_id)
+        .bind(now_ms)
+        .bind(&owner.instance)
+        .bind(&owner.run)
+        .bind(lease_until)
+        .execute(&self.pool)
+        .await?;
+        let entry = self
+            .get(alert_id)
+            .await?
+            .ok_or_else(|| LedgerError::ClaimLost {
+                alert_id: alert_id.to_owned(),
             })?;
-            Ok(Entry {
-                alert_id,
-                channel_id: row.try_get("channel_id")?,
-                ts: row.try_get("ts")?,
-                content_hash: row.try_get("content_hash")?,
-                status: parsed,
-                attempts: row
-                    .try_get::<i64, _>("attempts")
-                    .or_else(|_| row.try_get::<i32, _>("attempts").map(i64::from))?,
+        if entry.owner_run.as_deref() == Some(owner.run.as_str()) {
+            Ok(Claim::Held(Box::new(entry)))
+        } else {
+            Ok(Claim::Busy {
+                owner: entry.owner.unwrap_or_default(),
+                lease_until: entry.lease_until.unwrap_or(now_ms),
             })
-        })
-        .transpose()
+        }
     }
 
-    /// Records an attempt about to start; keeps an earlier `ts`.
-    pub async fn mark_pending(
+    /// Extends our claim; fails if a peer took it over.
+    pub async fn renew(
         &self,
         alert_id: &str,
-        channel_id: &str,
-        content_hash: &str,
-        now_ms: i64,
+        owner: &Owner,
+        lease_until: i64,
     ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, created_at, updated_at) \
-             VALUES ($1, $2, NULL, $3, 'pending', 1, NULL, $4, $4) \
-             ON CONFLICT (alert_id) DO UPDATE SET channel_id = $2, content_hash = $3, status = 'pending', \
-             attempts = deliveries.attempts + 1, error = NULL, updated_at = $4",
+        let done = sqlx::query(
+            "UPDATE deliveries SET lease_until = $3 WHERE alert_id = $1 AND owner_run = $2",
         )
         .bind(alert_id)
-        .bind(channel_id)
-        .bind(content_hash)
+        .bind(&owner.run)
+        .bind(lease_until)
+        .execute(&self.pool)
+        .await?;
+        fenced(done.rows_affected(), alert_id)
+    }
+
+    /// Writes `entry` under our claim; `release` gives the claim up in the
+    /// same statement.
+    pub async fn save(
+        &self,
+        entry: &Entry,
+        owner: &Owner,
+        now_ms: i64,
+        release: bool,
+    ) -> Result<(), LedgerError> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET channel_id = $3, ts = $4, content_hash = $5, status = $6, \
+             attempts = $7, error = $8, updated_at = $9, version_source = $10, version_offset = $11, \
+             version_created_at = $12, occurrence = $13, \
+             owner = CASE WHEN $14 = 1 THEN NULL ELSE owner END, \
+             owner_run = CASE WHEN $14 = 1 THEN NULL ELSE owner_run END, \
+             lease_until = CASE WHEN $14 = 1 THEN NULL ELSE lease_until END \
+             WHERE alert_id = $1 AND owner_run = $2",
+        )
+        .bind(&entry.alert_id)
+        .bind(&owner.run)
+        .bind(&entry.channel_id)
+        .bind(&entry.ts)
+        .bind(&entry.content_hash)
+        .bind(entry.status.as_str())
+        .bind(entry.attempts)
+        .bind(&entry.error)
         .bind(now_ms)
+        .bind(&entry.version.source)
+        .bind(entry.version.offset)
+        .bind(entry.version.created_at)
+        .bind(entry.occurrence)
+        .bind(i32::from(release))
+        .execute(&self.pool)
+        .await?;
+        fenced(done.rows_affected(), &entry.alert_id)
+    }
+
+    /// Gives a claim up without changing the row.
+    pub async fn release(&self, alert_id: &str, owner: &Owner) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE deliveries SET owner = NULL, owner_run = NULL, lease_until = NULL \
+             WHERE alert_id = $1 AND owner_run = $2",
+        )
+        .bind(alert_id)
+        .bind(&owner.run)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Records where the alert now is, with the content it shows.
-    pub async fn mark_posted(
-        &self,
-        alert_id: &str,
-        channel_id: &str,
-        ts: &str,
-        content_hash: &str,
-        now_ms: i64,
-    ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'posted', 1, NULL, $5, $5) \
-             ON CONFLICT (alert_id) DO UPDATE SET channel_id = $2, ts = $3, content_hash = $4, status = 'posted', \
-             error = NULL, updated_at = $5",
+    /// Deletes rows untouched since `before` that nobody holds; returns how
+    /// many.
+    pub async fn prune(&self, before_ms: i64, now_ms: i64) -> Result<u64, LedgerError> {
+        let done = sqlx::query(
+            "DELETE FROM deliveries WHERE updated_at < $1 \
+             AND (owner IS NULL OR lease_until IS NULL OR lease_until < $2)",
         )
-        .bind(alert_id)
-        .bind(channel_id)
-        .bind(ts)
-        .bind(content_hash)
+        .bind(before_ms)
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
-        Ok(())
-    }
-
-    /// Records a final failure (`failed`) or an expiry (`expired`).
-    pub async fn mark_final(
-        &self,
-        alert_id: &str,
-        channel_id: &str,
-        content_hash: &str,
-        status: Status,
-        error: &str,
-        now_ms: i64,
-    ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, created_at, updated_at) \
-             VALUES ($1, $2, NULL, $3, $4, 0, $5, $6, $6) \
-             ON CONFLICT (alert_id) DO UPDATE SET status = $4, error = $5, updated_at = $6",
-        )
-        .bind(alert_id)
-        .bind(channel_id)
-        .bind(content_hash)
-        .bind(status.as_str())
-        .bind(error)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Ok(done.rows_affected())
     }
 
     pub async fn ping(&self) -> Result<(), LedgerError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+fn fenced(rows: u64, alert_id: &str) -> Result<(), LedgerError> {
+    if rows == 0 {
+        Err(LedgerError::ClaimLost {
+            alert_id: alert_id.to_owned(),
+        })
+    } else {
         Ok(())
     }
 }

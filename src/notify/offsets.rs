@@ -41,6 +41,10 @@ impl OffsetTracker {
         self.partitions.values().map(|p| p.unfinished.len()).sum()
     }
 
+    pub fn partitions(&self) -> Vec<i32> {
+        self.partitions.keys().copied().collect()
+    }
+
     /// Forgets partitions this consumer no longer owns.
     pub fn forget(&mut self, partition: i32) {
         self.partitions.remove(&partition);

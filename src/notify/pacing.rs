@@ -13,6 +13,7 @@ use crate::config::{PacingSettings, RetrySettings};
 pub struct Pacer {
     per_channel: DefaultKeyedRateLimiter<String>,
     workspace: DefaultDirectRateLimiter,
+    history: DefaultDirectRateLimiter,
 }
 
 /// A quota a little slower than the nominal rate: requests reach Slack
@@ -43,7 +44,20 @@ impl Pacer {
                 settings.workspace_per_second,
                 settings.workspace_burst,
             )),
+            history: RateLimiter::direct(
+                Quota::with_period(Duration::from_secs(60) / settings.history_per_minute.max(1))
+                    .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
+                    .allow_burst(
+                        NonZeroU32::new(settings.history_per_minute.clamp(1, 10))
+                            .unwrap_or(NonZeroU32::MIN),
+                    ),
+            ),
         }
+    }
+
+    /// Waits until a `conversations.history` call may go.
+    pub async fn history_ready(&self) {
+        self.history.until_ready().await;
     }
 
     /// Waits until a message may go to `channel`; returns how long it waited.
@@ -125,6 +139,7 @@ mod tests {
             per_channel_burst: 1,
             workspace_per_second: 1000,
             workspace_burst: 1000,
+            history_per_minute: 50,
         });
         assert!(pacer.ready("A").await < Duration::from_millis(50));
         let other = pacer.ready("B").await;

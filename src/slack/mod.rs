@@ -46,7 +46,11 @@ pub enum SlackError {
     Api { code: String },
     #[error("Slack answered HTTP {status}")]
     Http { status: u16 },
-    #[error("cannot reach Slack: {0}")]
+    /// The connection was never made: nothing reached Slack.
+    #[error("cannot connect to Slack: {0}")]
+    Unreachable(String),
+    /// The request may have reached Slack (reset, closed, bad answer).
+    #[error("lost the connection to Slack: {0}")]
     Transport(String),
     #[error("Slack did not answer within {0:?}")]
     Timeout(Duration),
@@ -81,7 +85,7 @@ impl SlackError {
             }
             SlackError::Http { status: 401 | 403 } => ErrorClass::Auth,
             SlackError::Http { .. } => ErrorClass::Permanent,
-            SlackError::Transport(_) | SlackError::Timeout(_) => {
+            SlackError::Unreachable(_) | SlackError::Transport(_) | SlackError::Timeout(_) => {
                 ErrorClass::Transient { retry_after: None }
             }
         }
@@ -94,6 +98,7 @@ impl SlackError {
             SlackError::RateLimited { .. } => "ratelimited".into(),
             SlackError::Api { code } => code.clone(),
             SlackError::Http { status } => format!("http_{status}"),
+            SlackError::Unreachable(_) => "unreachable".into(),
             SlackError::Transport(_) => "connection_failed".into(),
             SlackError::Timeout(_) => "timeout".into(),
             SlackError::InvalidBlocks(_) => "invalid_blocks".into(),
@@ -120,6 +125,24 @@ impl From<SlackClientError> for SlackError {
             SlackClientError::HttpError(e) => SlackError::Http {
                 status: e.status_code.as_u16(),
             },
+            SlackClientError::HttpProtocolError(e) => {
+                // A connect error means the request never left: safe to
+                // send again without looking.
+                let connect = e.cause.as_ref().is_some_and(|cause| {
+                    cause
+                        .downcast_ref::<hyper_util::client::legacy::Error>()
+                        .is_some_and(hyper_util::client::legacy::Error::is_connect)
+                });
+                let detail = e
+                    .cause
+                    .as_ref()
+                    .map_or_else(|| "no detail".to_owned(), |c| format!("{c:?}"));
+                if connect {
+                    SlackError::Unreachable(detail)
+                } else {
+                    SlackError::Transport(detail)
+                }
+            }
             other => SlackError::Transport(other.to_string()),
         }
     }
@@ -173,36 +196,37 @@ impl SlackApi {
     fn content(
         text: &str,
         blocks: &str,
-        alert_id: Option<&str>,
+        alert: Option<&AlertRef<'_>>,
     ) -> Result<SlackMessageContent, SlackError> {
         let blocks: Vec<SlackBlock> =
             serde_json::from_str(blocks).map_err(|e| SlackError::InvalidBlocks(e.to_string()))?;
         let mut content = SlackMessageContent::new()
             .with_text(text.to_owned())
             .with_blocks(blocks);
-        if let Some(alert_id) = alert_id {
+        if let Some(alert) = alert {
             content = content.with_metadata(SlackMessageMetadata {
                 event_type: ALERT_METADATA_EVENT.to_owned(),
-                event_payload: Some(HashMap::from([(
-                    "alert_id".to_owned(),
-                    alert_id.to_owned(),
-                )])),
+                event_payload: Some(HashMap::from([
+                    ("alert_id".to_owned(), alert.alert_id.to_owned()),
+                    ("occurrence".to_owned(), alert.occurrence.to_string()),
+                ])),
             });
         }
         Ok(content)
     }
 
-    /// `chat.postMessage` with the alert id in the message metadata.
+    /// `chat.postMessage` with the alert id and occurrence in the
+    /// message metadata.
     pub async fn post(
         &self,
         channel: &str,
         text: &str,
         blocks: &str,
-        alert_id: &str,
+        alert: &AlertRef<'_>,
     ) -> Result<Posted, SlackError> {
         let request = SlackApiChatPostMessageRequest::new(
             SlackChannelId(channel.to_owned()),
-            Self::content(text, blocks, Some(alert_id))?,
+            Self::content(text, blocks, Some(alert))?,
         );
         let session = self.client.open_session(&self.token);
         let response = self.call(session.chat_post_message(&request)).await?;
@@ -219,11 +243,11 @@ impl SlackApi {
         ts: &str,
         text: &str,
         blocks: &str,
-        alert_id: Option<&str>,
+        alert: Option<&AlertRef<'_>>,
     ) -> Result<Posted, SlackError> {
         let request = SlackApiChatUpdateRequest::new(
             SlackChannelId(channel.to_owned()),
-            Self::content(text, blocks, alert_id)?,
+            Self::content(text, blocks, alert)?,
             SlackTs(ts.to_owned()),
         );
         let session = self.client.open_session(&self.token);
@@ -234,13 +258,26 @@ impl SlackApi {
         })
     }
 
-    /// Looks for an alert already posted to `channel` (by its metadata) in
-    /// the channel's recent history: after a crash between Slack's answer
-    /// and the ledger write, this is how a second post is avoided.
+    /// The DM conversation (`D…`) with a user (`U…`/`W…`):
+    /// `conversations.open`. History, updates and the ledger need it; a
+    /// user id is not a conversation.
+    pub async fn open_dm(&self, user: &str) -> Result<String, SlackError> {
+        let request =
+            SlackApiConversationsOpenRequest::new().with_users(vec![SlackUserId(user.to_owned())]);
+        let session = self.client.open_session(&self.token);
+        let response = self.call(session.conversations_open(&request)).await?;
+        Ok(response.channel.id.0)
+    }
+
+    /// Looks for an alert's occurrence already posted to `channel` (by its
+    /// metadata) among messages since `oldest_ms`: after an ambiguous answer
+    /// or a crash between Slack's answer and the ledger write, this is how
+    /// a second post is avoided.
     pub async fn find_alert(
         &self,
         channel: &str,
-        alert_id: &str,
+        alert: &AlertRef<'_>,
+        oldest_ms: Option<i64>,
     ) -> Result<Option<String>, SlackError> {
         let session = self.client.open_session(&self.token);
         let mut cursor = None;
@@ -249,19 +286,23 @@ impl SlackApi {
                 .with_channel(SlackChannelId(channel.to_owned()))
                 .with_limit(200)
                 .with_include_all_metadata(true);
+            if let Some(oldest_ms) = oldest_ms {
+                let oldest = oldest_ms.max(0);
+                request = request.with_oldest(SlackTs(format!(
+                    "{}.{:06}",
+                    oldest / 1000,
+                    (oldest % 1000) * 1000
+                )));
+            }
             if let Some(cursor) = cursor.take() {
                 request = request.with_cursor(cursor);
             }
             let response = self.call(session.conversations_history(&request)).await?;
             let found = response.messages.iter().find(|m| {
-                m.content.metadata.as_ref().is_some_and(|meta| {
-                    meta.event_type == ALERT_METADATA_EVENT
-                        && meta
-                            .event_payload
-                            .as_ref()
-                            .and_then(|p| p.get("alert_id"))
-                            .is_some_and(|id| id == alert_id)
-                })
+                m.content
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|meta| alert.matches(meta))
             });
             if let Some(message) = found {
                 return Ok(Some(message.origin.ts.0.clone()));
@@ -274,6 +315,40 @@ impl SlackApi {
             }
         }
         Ok(None)
+    }
+}
+
+/// Whether a target is a user (posted to as a DM) rather than a
+/// conversation.
+pub fn is_user_id(target: &str) -> bool {
+    target.len() > 1
+        && (target.starts_with('U') || target.starts_with('W'))
+        && target[1..].chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// Which alert, and which occurrence of it, a message is: carried in every
+/// message's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertRef<'a> {
+    pub alert_id: &'a str,
+    pub occurrence: i64,
+}
+
+impl AlertRef<'_> {
+    fn matches(&self, meta: &SlackMessageMetadata) -> bool {
+        let Some(payload) = meta.event_payload.as_ref() else {
+            return false;
+        };
+        // Messages posted before occurrences existed are occurrence 1.
+        let occurrence = payload
+            .get("occurrence")
+            .and_then(|o| o.parse::<i64>().ok())
+            .unwrap_or(1);
+        meta.event_type == ALERT_METADATA_EVENT
+            && payload
+                .get("alert_id")
+                .is_some_and(|id| id == self.alert_id)
+            && occurrence == self.occurrence
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use alertsvc::messages::{DeliveryOutcome, SlackResponse};
 use alertsvc::slack::fake::FakeMessage;
 
-use crate::common::slack::{message, notify_env, now_ms, Backend, NotifyEnv};
+use crate::common::slack::{leave_pending, message, notify_env, now_ms, Backend, NotifyEnv};
 use crate::common::{http_get, metric_value, wait_ready_at};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -220,30 +220,18 @@ async fn pending_entry_is_reconciled_before_any_repost(backend: Backend) {
         .unwrap();
     ledger.migrate().await.unwrap();
     let crashed = message("crashed", "C1", "posted before the crash");
-    let hash = alertsvc::notify::delivery::content_hash(&crashed);
-    ledger
-        .mark_pending("crashed", "C1", &hash, now_ms())
-        .await
-        .unwrap();
+    leave_pending(&ledger, &crashed, "C1").await;
     slack.insert_message(FakeMessage {
         channel: "C1".into(),
         ts: "1699999999.000001".into(),
         text: crashed.text.clone(),
         blocks: serde_json::from_str(&crashed.blocks).unwrap(),
-        metadata: Some(serde_json::json!({"event_type": "alertsvc_alert", "event_payload": {"alert_id": "crashed"}})),
+        metadata: Some(serde_json::json!({"event_type": "alertsvc_alert", "event_payload": {"alert_id": "crashed", "occurrence": "1"}})),
         edits: 0,
     });
     // Pending but never reached Slack: posted now.
     let lost = message("lost", "C1", "never reached Slack");
-    ledger
-        .mark_pending(
-            "lost",
-            "C1",
-            &alertsvc::notify::delivery::content_hash(&lost),
-            now_ms(),
-        )
-        .await
-        .unwrap();
+    leave_pending(&ledger, &lost, "C1").await;
 
     env.produce_message(&crashed).await;
     env.produce_message(&lost).await;

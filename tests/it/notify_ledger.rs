@@ -39,7 +39,7 @@ async fn migrate_twice_then_use(backend: Backend) {
         .unwrap()
         .try_get("n")
         .unwrap();
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
     for table in [
         "deliveries",
         "produce_checkpoints",

@@ -2,6 +2,8 @@
 //! or a fresh PostgreSQL database per test) and message builders.
 
 use alertsvc::messages::SlackMessage;
+use alertsvc::notify::delivery::{content_hash, version_of};
+use alertsvc::notify::ledger::{Claim, Ledger, Owner, Status};
 use alertsvc::slack::fake::{FakeSlack, FakeSlackConfig};
 use serde_json::json;
 use sqlx::Connection;
@@ -56,6 +58,7 @@ pub fn notify_toml(slack: &FakeSlack, ledger: &str, per_channel_per_second: u32)
         r#"
         [notify]
         max_age = "1h"
+        reconcile_delay = "100ms"
         [notify.slack]
         api_url = "{}"
         bot_token = "{TOKEN}"
@@ -68,6 +71,7 @@ pub fn notify_toml(slack: &FakeSlack, ledger: &str, per_channel_per_second: u32)
         workspace_burst = 1000
         [notify.ledger]
         database_url = "{ledger}"
+        claim_lease = "10s"
         "#,
         slack.url
     )
@@ -125,4 +129,29 @@ pub async fn notify_env(
         env,
         ledger_dir: dir,
     }
+}
+
+/// What a replica that died mid-post leaves in the ledger: the alert
+/// `pending` (a post may or may not have reached Slack) under a claim whose
+/// lease has run out.
+pub async fn leave_pending(ledger: &Ledger, message: &SlackMessage, channel: &str) {
+    let dead = Owner::new("replica-that-died");
+    let now = now_ms();
+    let Claim::Held(entry) = ledger
+        .claim(&message.alert_id, channel, &dead, now, now - 1)
+        .await
+        .expect("claim")
+    else {
+        panic!("{} is held by a live replica", message.alert_id);
+    };
+    let mut entry = *entry;
+    entry.status = Status::Pending;
+    entry.channel_id = channel.to_owned();
+    entry.content_hash = content_hash(message);
+    entry.version = version_of(message);
+    entry.attempts = 1;
+    ledger
+        .save(&entry, &dead, now, false)
+        .await
+        .expect("save pending");
 }

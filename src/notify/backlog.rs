@@ -1,0 +1,141 @@
+//! Which input partitions to pause: notify never waits on one channel;
+//! instead, a channel whose queue grows past its bound pauses the
+//! partitions that feed it, too many unfinished messages pause everything,
+//! and so does a Slack outage. Resuming waits until the queue is half
+//! drained, so partitions do not flap.
+
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Debug, Default)]
+struct ChannelLoad {
+    queued: usize,
+    /// Queued messages per partition they came from.
+    from: HashMap<i32, usize>,
+    overloaded: bool,
+}
+
+#[derive(Debug)]
+pub struct Backlog {
+    max_per_channel: usize,
+    max_total: usize,
+    channels: HashMap<String, ChannelLoad>,
+    total: usize,
+    over_total: bool,
+}
+
+impl Backlog {
+    pub fn new(max_per_channel: usize, max_total: usize) -> Backlog {
+        Backlog {
+            max_per_channel: max_per_channel.max(1),
+            max_total: max_total.max(1),
+            channels: HashMap::new(),
+            total: 0,
+            over_total: false,
+        }
+    }
+
+    pub fn added(&mut self, channel: &str, partition: i32) {
+        let load = self.channels.entry(channel.to_owned()).or_default();
+        load.queued += 1;
+        *load.from.entry(partition).or_default() += 1;
+        if load.queued >= self.max_per_channel {
+            load.overloaded = true;
+        }
+        self.total += 1;
+        if self.total >= self.max_total {
+            self.over_total = true;
+        }
+    }
+
+    pub fn removed(&mut self, channel: &str, partition: i32) {
+        if let Some(load) = self.channels.get_mut(channel) {
+            load.queued = load.queued.saturating_sub(1);
+            if let Some(n) = load.from.get_mut(&partition) {
+                *n -= 1;
+                if *n == 0 {
+                    load.from.remove(&partition);
+                }
+            }
+            if load.queued <= self.max_per_channel / 2 {
+                load.overloaded = false;
+            }
+            if load.queued == 0 {
+                self.channels.remove(channel);
+            }
+        }
+        self.total = self.total.saturating_sub(1);
+        if self.total <= self.max_total / 2 {
+            self.over_total = false;
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    pub fn queued(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, |l| l.queued)
+    }
+
+    /// The partitions of `assigned` to keep paused now.
+    pub fn to_pause(&self, assigned: &BTreeSet<i32>, slack_unreachable: bool) -> BTreeSet<i32> {
+        if slack_unreachable || self.over_total {
+            return assigned.clone();
+        }
+        self.channels
+            .values()
+            .filter(|load| load.overloaded)
+            .flat_map(|load| load.from.keys().copied())
+            .filter(|p| assigned.contains(p))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assigned(ps: &[i32]) -> BTreeSet<i32> {
+        ps.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_full_channel_pauses_only_its_partitions_until_half_drained() {
+        let mut b = Backlog::new(4, 100);
+        let all = assigned(&[0, 1, 2]);
+        for _ in 0..3 {
+            b.added("busy", 0);
+        }
+        b.added("quiet", 1);
+        assert!(b.to_pause(&all, false).is_empty());
+        b.added("busy", 0);
+        assert_eq!(b.to_pause(&all, false), assigned(&[0]));
+        b.removed("busy", 0);
+        assert_eq!(b.to_pause(&all, false), assigned(&[0]), "not yet half");
+        b.removed("busy", 0);
+        assert!(b.to_pause(&all, false).is_empty(), "half drained: resume");
+        assert_eq!(b.queued("busy"), 2);
+        assert_eq!(b.total(), 3);
+    }
+
+    #[test]
+    fn too_much_in_flight_or_a_slack_outage_pauses_everything() {
+        let mut b = Backlog::new(100, 4);
+        let all = assigned(&[0, 1]);
+        assert_eq!(b.to_pause(&all, true), all, "outage");
+        for c in ["a", "b", "c", "d"] {
+            b.added(c, 0);
+        }
+        assert_eq!(b.to_pause(&all, false), all);
+        b.removed("a", 0);
+        b.removed("b", 0);
+        assert!(b.to_pause(&all, false).is_empty());
+    }
+
+    #[test]
+    fn revoked_partitions_are_not_paused() {
+        let mut b = Backlog::new(1, 100);
+        b.added("busy", 3);
+        assert!(b.to_pause(&assigned(&[0]), false).is_empty());
+    }
+}

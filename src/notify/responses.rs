@@ -1,0 +1,110 @@
+//! Every delivery's outcome goes to `slack-responses` (and a refused alert
+//! to the dead-letter topic) and is acknowledged by Kafka before the input
+//! offset may be committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::{now_ms, Delivery};
+use super::worker::Job;
+use crate::avro::Codec;
+use crate::kafka::{enqueue, DeadLetter, OutRecord, StageContext};
+use crate::messages::{to_json, SlackResponse};
+use crate::metrics::NotifyMetrics;
+
+pub struct Responses {
+    pub producer: FutureProducer<StageContext>,
+    pub topic: String,
+    pub codec: Arc<Codec>,
+    pub input_topic: String,
+    pub dlq_topic: String,
+    pub metrics: NotifyMetrics,
+}
+
+impl Responses {
+    /// Writes the response (and the dead letter) and waits for Kafka's
+    /// ack; false if `stop` came first (the message then stays unfinished).
+    pub async fn record(&self, job: &Job, delivery: &Delivery, stop: &CancellationToken) -> bool {
+        let response = SlackResponse {
+            alert_id: job.message.alert_id.clone(),
+            channel_id: delivery.channel.clone(),
+            ok: delivery.ok,
+            outcome: delivery.outcome,
+            ts: delivery.ts.clone(),
+            error: delivery.error.clone(),
+            posted_at: now_ms(),
+            attempts: delivery.attempts,
+            http_status: delivery.http_status,
+            source_partition: job.partition,
+            source_offset: job.offset,
+        };
+        let payload = match self.codec.encode(&to_json(&response)).await {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode SlackResponse");
+                return false;
+            }
+        };
+        let mut records = vec![OutRecord {
+            topic: self.topic.clone(),
+            key: Some(job.message.alert_id.clone().into_bytes()),
+            payload: Some(payload),
+            headers: None,
+        }];
+        if delivery.dead_letter {
+            let reason = format!(
+                "Slack error: {}",
+                delivery.error.as_deref().unwrap_or("unknown")
+            );
+            tracing::warn!(
+                alert_id = %job.message.alert_id,
+                partition = job.partition,
+                offset = job.offset,
+                reason,
+                "alert sent to the dead-letter topic"
+            );
+            self.metrics.dlq.inc();
+            let letter = DeadLetter {
+                source_topic: &self.input_topic,
+                partition: job.partition,
+                offset: job.offset,
+                stage: "deliver",
+                reason,
+                pipeline: None,
+            };
+            records.push(OutRecord {
+                topic: self.dlq_topic.clone(),
+                key: job.key.clone(),
+                payload: Some(job.payload.clone()),
+                headers: Some(letter.headers()),
+            });
+        }
+        for record in &records {
+            if !self.produce_until_acked(record, stop).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub async fn produce_until_acked(&self, record: &OutRecord, stop: &CancellationToken) -> bool {
+        loop {
+            let result = match enqueue(&self.producer, record).await {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => return true,
+                    Ok(Err((e, _))) => e.to_string(),
+                    Err(_) => "delivery cancelled".to_owned(),
+                },
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(topic = %record.topic, error = %result, "produce failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.cancelled() => return false,
+            }
+        }
+    }
+}
