@@ -206,16 +206,21 @@ pub async fn run(
     let signing_secret = random_secret("");
     let slack = if demo.slack == DemoSlack::Local {
         let token = random_secret("xoxb-demo-");
-        let mut channels: Vec<String> = read_json_list(config_dir, &demo.slack_users)?
+        // Alerts go to users by DM, or else to the fallback channels.
+        let users: Vec<String> = read_json_list(config_dir, &demo.slack_users)?
             .iter()
             .filter_map(|u| u["slack_user_id"].as_str().map(str::to_owned))
             .collect();
-        for pipeline in settings.enrich.iter().flat_map(|e| e.pipelines.values()) {
-            channels.extend(pipeline.vars.get("fallback_channel").cloned());
-        }
+        let channels: Vec<String> = settings
+            .enrich
+            .iter()
+            .flat_map(|e| e.pipelines.values())
+            .filter_map(|p| p.vars.get("fallback_channel").cloned())
+            .collect();
         let fake = FakeSlack::start(FakeSlackConfig {
             token: token.clone(),
             channels,
+            users,
             per_channel_per_second: None,
             burst: 3,
             ..FakeSlackConfig::default()
@@ -274,9 +279,11 @@ pub async fn run(
     // The terminal and the preview page.
     if let Some(slack) = &slack {
         let mut messages = slack.subscribe();
+        let fake = slack.clone();
         tokio::spawn(async move {
             while let Some(message) = messages.recv().await {
-                println!("{}", terminal_line(&message));
+                let dm_user = fake.dm_user(&message.channel);
+                println!("{}", terminal_line(&message, dm_user.as_deref()));
             }
         });
         let notify_addr =
@@ -333,14 +340,17 @@ fn spawn_stage<E: std::fmt::Display>(
     });
 }
 
-/// What the terminal shows for a stored or updated message.
-fn terminal_line(message: &FakeMessage) -> String {
+/// What the terminal shows for a stored or updated message. A DM is
+/// named by its user, the id the alert was addressed to: its `D…`
+/// conversation id means nothing to a reader.
+fn terminal_line(message: &FakeMessage, dm_user: Option<&str>) -> String {
+    let to = dm_user.unwrap_or(&message.channel);
     let alert = message.alert_id().unwrap_or("-");
     let text: String = message.text.chars().take(100).collect();
     if message.edits > 0 {
-        format!("slack  {:<10} {alert}  (updated) {text}", message.channel)
+        format!("slack  {to:<10} {alert}  (updated) {text}")
     } else {
-        format!("slack  {:<10} {alert}  {text}", message.channel)
+        format!("slack  {to:<10} {alert}  {text}")
     }
 }
 

@@ -68,6 +68,7 @@ async fn messages(State(preview): State<Preview>) -> Json<Value> {
             .map(|m| {
                 json!({
                     "channel": m.channel,
+                    "dmUser": preview.slack.dm_user(&m.channel),
                     "ts": m.ts,
                     "text": m.text,
                     "blocks": m.blocks,

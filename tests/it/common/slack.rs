@@ -18,14 +18,23 @@ pub enum Backend {
     Postgres,
 }
 
+/// The fake Slack with these conversations. Names that are user ids
+/// (`U…`, `W…`) become users, reached by DM as in Slack: a post to
+/// `U0ADA` lands in `D0ADA` (see `alertsvc::slack::fake::dm_channel`).
 pub async fn fake_slack(channels: &[&str], per_channel_per_second: Option<f64>) -> FakeSlack {
+    let (users, channels): (Vec<String>, Vec<String>) = channels
+        .iter()
+        .map(|c| (*c).to_owned())
+        .partition(|c| c.starts_with('U') || c.starts_with('W'));
     FakeSlack::start(FakeSlackConfig {
         token: TOKEN.into(),
-        channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+        channels,
+        users,
         archived: vec!["C0ARCHIVED".into()],
         not_in_channel: vec!["C0NOTIN".into()],
         per_channel_per_second,
         burst: 1,
+        ..FakeSlackConfig::default()
     })
     .await
     .expect("fake slack")
