@@ -201,6 +201,9 @@ struct Attempt<'a> {
     sends: i32,
     failures: u32,
     unknown_errors: u32,
+    /// A post nobody reported yet was found by reconciliation (ours after
+    /// an ambiguous answer, or a crashed run's): this delivery reports it.
+    found_unreported: bool,
 }
 
 impl Deliverer {
@@ -311,6 +314,7 @@ impl Deliverer {
             sends: 0,
             failures: 0,
             unknown_errors: 0,
+            found_unreported: false,
         };
         loop {
             if stop.is_cancelled() {
@@ -419,10 +423,18 @@ impl Deliverer {
             // keeps it inside its dedup window.
             attempt.entry.version = attempt.version.clone();
             self.save(&attempt.entry, true).await?;
+        } else if attempt.found_unreported {
+            // The reconciled row becomes `posted` for good.
+            self.save(&attempt.entry, true).await?;
         } else {
             self.release(&attempt.entry).await;
         }
-        Ok(self.answer(attempt, DeliveryOutcome::Duplicate))
+        let outcome = if attempt.found_unreported {
+            DeliveryOutcome::Posted
+        } else {
+            DeliveryOutcome::Duplicate
+        };
+        Ok(self.answer(attempt, outcome))
     }
 
     async fn expire(&self, attempt: &mut Attempt<'_>) -> Result<Delivery, DeliverError> {
@@ -492,6 +504,9 @@ impl Deliverer {
                     tracing::info!(alert_id = %attempt.message.alert_id, ts, "found the earlier post; not posting again");
                     attempt.entry.status = Status::Posted;
                     attempt.entry.ts = Some(ts);
+                    // A pending row was never answered for: whoever left
+                    // it wrote no response.
+                    attempt.found_unreported = true;
                 }
                 None => attempt.entry.status = Status::New,
             }

@@ -11,6 +11,7 @@ mod enrich_topology;
 mod enrich_transactions;
 mod notify_crash;
 mod notify_delivery;
+mod notify_faults;
 mod notify_interactions;
 mod notify_ledger;
 mod produce_errors;

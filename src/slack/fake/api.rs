@@ -291,8 +291,15 @@ fn store_post(
         return Err(Refusal::RateLimited { retry_after_secs });
     }
     let text = request["text"].as_str().unwrap_or_default().to_owned();
-    let ts = format!("1700000000.{:06}", s.next_ts);
-    s.next_ts += 1;
+    // Slack's ts: the post's epoch time in microseconds, unique per
+    // channel (here: unique overall).
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let micros = now_micros.max(s.next_ts);
+    s.next_ts = micros + 1;
+    let ts = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
     let message = FakeMessage {
         channel: channel.clone(),
         ts: ts.clone(),
@@ -417,11 +424,16 @@ fn history_page(state: &Shared, request: Result<Value, &'static str>) -> Result<
         .as_str()
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
+    // `oldest`: only messages after this ts (a decimal string, as Slack's).
+    let oldest: f64 = string_arg(&request, "oldest")?
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0.0);
     let newest_first: Vec<&FakeMessage> = s
         .messages
         .iter()
         .rev()
         .filter(|m| m.channel == channel)
+        .filter(|m| m.ts.parse::<f64>().is_ok_and(|ts| ts > oldest))
         .collect();
     let page: Vec<Value> = newest_first
         .iter()

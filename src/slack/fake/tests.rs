@@ -66,13 +66,22 @@ fn api_error(code: &str) -> SlackError {
 async fn a_post_to_a_user_lands_in_the_dm_and_only_the_dm_id_works_after() {
     let slack = fake(FakeSlackConfig::default()).await;
     let api = api(&slack, Duration::from_secs(5));
-    let posted = api.post("U0ADA", "hi", BLOCKS, &alert_ref("a1")).await.unwrap();
+    let posted = api
+        .post("U0ADA", "hi", BLOCKS, &alert_ref("a1"))
+        .await
+        .unwrap();
     assert_eq!(posted.channel, "D0ADA");
     assert_eq!(slack.messages()[0].channel, "D0ADA");
     assert_eq!(slack.dm_user("D0ADA").as_deref(), Some("U0ADA"));
-    let grace = api.post("W0GRACE", "hi", BLOCKS, &alert_ref("a2")).await.unwrap();
+    let grace = api
+        .post("W0GRACE", "hi", BLOCKS, &alert_ref("a2"))
+        .await
+        .unwrap();
     assert_eq!(grace.channel, "D0GRACE");
-    let direct = api.post("D0ADA", "again", BLOCKS, &alert_ref("a3")).await.unwrap();
+    let direct = api
+        .post("D0ADA", "again", BLOCKS, &alert_ref("a3"))
+        .await
+        .unwrap();
     assert_eq!(direct.channel, "D0ADA");
 
     assert_eq!(
@@ -84,8 +93,14 @@ async fn a_post_to_a_user_lands_in_the_dm_and_only_the_dm_id_works_after() {
         Err(api_error("channel_not_found"))
     );
     assert_eq!(
-        api.update("U0ADA", &posted.ts, "edited", BLOCKS, Some(&alert_ref("a1")))
-            .await,
+        api.update(
+            "U0ADA",
+            &posted.ts,
+            "edited",
+            BLOCKS,
+            Some(&alert_ref("a1"))
+        )
+        .await,
         Err(api_error("channel_not_found"))
     );
     assert_eq!(
@@ -93,12 +108,21 @@ async fn a_post_to_a_user_lands_in_the_dm_and_only_the_dm_id_works_after() {
         Ok(Some(posted.ts.clone()))
     );
     let updated = api
-        .update("D0ADA", &posted.ts, "edited", BLOCKS, Some(&alert_ref("a1")))
+        .update(
+            "D0ADA",
+            &posted.ts,
+            "edited",
+            BLOCKS,
+            Some(&alert_ref("a1")),
+        )
         .await
         .unwrap();
     assert_eq!(updated.channel, "D0ADA");
     // A DM nobody posted to yet exists all the same.
-    assert_eq!(api.find_alert("D0GRACE", &alert_ref("a1"), None).await, Ok(None));
+    assert_eq!(
+        api.find_alert("D0GRACE", &alert_ref("a1"), None).await,
+        Ok(None)
+    );
 }
 
 #[tokio::test]
@@ -180,7 +204,9 @@ async fn a_refusing_outage_is_a_transport_error_and_stores_nothing() {
     let slack = fake(FakeSlackConfig::default()).await;
     let api = api(&slack, Duration::from_secs(5));
     // Opens a connection the client keeps: the outage must drop it too.
-    api.post("C1", "before", BLOCKS, &alert_ref("a0")).await.unwrap();
+    api.post("C1", "before", BLOCKS, &alert_ref("a0"))
+        .await
+        .unwrap();
     slack.set_outage(Some(OutageMode::Refuse));
     for alert in ["a1", "a2"] {
         match api.post("C1", "during", BLOCKS, &alert_ref(alert)).await {
@@ -191,7 +217,9 @@ async fn a_refusing_outage_is_a_transport_error_and_stores_nothing() {
     assert_eq!(slack.messages().len(), 1);
     assert_eq!(slack.stats().outage_rejections, 2);
     slack.set_outage(None);
-    api.post("C1", "after", BLOCKS, &alert_ref("a3")).await.unwrap();
+    api.post("C1", "after", BLOCKS, &alert_ref("a3"))
+        .await
+        .unwrap();
     assert_eq!(slack.messages().len(), 2);
 }
 
@@ -225,14 +253,19 @@ async fn ambiguous_posts_are_stored_but_answered_500_or_too_late() {
         Err(SlackError::Http { status: 500 })
     );
     assert_eq!(
-        impatient.post("U0ADA", "second", BLOCKS, &alert_ref("a2")).await,
+        impatient
+            .post("U0ADA", "second", BLOCKS, &alert_ref("a2"))
+            .await,
         Err(SlackError::Timeout(Duration::from_millis(50)))
     );
     assert_eq!(slack.messages()[1].channel, "D0ADA");
     slack.set_ambiguous(0.0, Duration::ZERO);
     let ts = api.find_alert("C1", &alert_ref("a1"), None).await.unwrap();
     assert!(ts.is_some(), "the 500'd post is in the history");
-    let retried = api.post("C1", "first", BLOCKS, &alert_ref("a1")).await.unwrap();
+    let retried = api
+        .post("C1", "first", BLOCKS, &alert_ref("a1"))
+        .await
+        .unwrap();
     assert_ne!(Some(retried.ts), ts);
     let stats = slack.stats();
     assert_eq!((stats.posts, stats.ambiguous), (3, 2));
@@ -314,11 +347,20 @@ async fn history_beyond_its_tier_limit_is_429() {
 async fn messages_keep_every_text_they_showed() {
     let slack = fake(FakeSlackConfig::default()).await;
     let api = api(&slack, Duration::from_secs(5));
-    let posted = api.post("U0ADA", "firing", BLOCKS, &alert_ref("a1")).await.unwrap();
+    let posted = api
+        .post("U0ADA", "firing", BLOCKS, &alert_ref("a1"))
+        .await
+        .unwrap();
     for text in ["acknowledged", "resolved"] {
-        api.update(&posted.channel, &posted.ts, text, BLOCKS, Some(&alert_ref("a1")))
-            .await
-            .unwrap();
+        api.update(
+            &posted.channel,
+            &posted.ts,
+            text,
+            BLOCKS,
+            Some(&alert_ref("a1")),
+        )
+        .await
+        .unwrap();
     }
     let message = &slack.messages()[0];
     assert_eq!(message.revisions, ["firing", "acknowledged", "resolved"]);

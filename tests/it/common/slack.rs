@@ -1,10 +1,12 @@
 //! Notify's test fixtures: the fake Slack, ledger databases (a SQLite file
 //! or a fresh PostgreSQL database per test) and message builders.
 
-use alertsvc::messages::SlackMessage;
+use std::collections::BTreeMap;
+
+use alertsvc::messages::{SlackMessage, SlackResponse};
 use alertsvc::notify::delivery::{content_hash, version_of};
 use alertsvc::notify::ledger::{Claim, Ledger, Owner, Status};
-use alertsvc::slack::fake::{FakeSlack, FakeSlackConfig};
+use alertsvc::slack::fake::{FakeMessage, FakeSlack, FakeSlackConfig};
 use serde_json::json;
 use sqlx::Connection;
 
@@ -163,4 +165,72 @@ pub async fn leave_pending(ledger: &Ledger, message: &SlackMessage, channel: &st
         .save(&entry, &dead, now, false)
         .await
         .expect("save pending");
+}
+
+/// Responses by alert id, in the order written.
+pub fn by_alert(responses: &[SlackResponse]) -> BTreeMap<String, Vec<&SlackResponse>> {
+    let mut map: BTreeMap<String, Vec<&SlackResponse>> = BTreeMap::new();
+    for r in responses {
+        map.entry(r.alert_id.clone()).or_default().push(r);
+    }
+    map
+}
+
+/// Top-level posts per alert id, as the fake Slack stored them.
+pub fn posts_per_alert(messages: &[FakeMessage]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for m in messages {
+        *counts
+            .entry(m.alert_id().unwrap_or("?").to_owned())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A version of an alert: rendered from source record `offset` created at
+/// `created_at`.
+pub fn version(
+    alert_id: &str,
+    channel: &str,
+    text: &str,
+    offset: i64,
+    created_at: i64,
+) -> SlackMessage {
+    let mut m = message(alert_id, channel, text);
+    m.source_offset = offset;
+    m.created_at = created_at;
+    m
+}
+
+/// The test's settings with notify's changed by `change`.
+pub fn notify_settings(
+    env: &super::TestEnv,
+    change: impl FnOnce(&mut alertsvc::config::NotifySettings),
+) -> alertsvc::config::Settings {
+    let mut settings = env.settings.clone();
+    if let Some(notify) = settings.notify.as_mut() {
+        change(notify);
+    }
+    settings
+}
+
+/// Polls notify's `/metrics` until `series` satisfies `check`.
+pub async fn wait_notify_metric(
+    env: &super::TestEnv,
+    series: &str,
+    check: impl Fn(f64) -> bool,
+    timeout: std::time::Duration,
+) -> f64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let value = super::metric_value(&env.notify_metrics().await, series);
+        if let Some(v) = value.filter(|v| check(*v)) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notify metric {series} stayed {value:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
