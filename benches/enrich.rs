@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use alertsvc::avro::{build_codecs, Codec, Codecs};
 use alertsvc::config::{Settings, Sources};
 use alertsvc::enrich::pipeline::{Pipeline, Source, TableLookup, Verdict};
+use alertsvc::enrich::readiness::Readiness;
 use alertsvc::enrich::table::{TableLoader, Tables};
+use alertsvc::http::Health;
 use alertsvc::kafka::StageContext;
 use alertsvc::metrics::EnrichMetrics;
 use futures::executor::block_on;
@@ -471,6 +473,10 @@ async fn bench_bootstrap(records: usize) {
         table: table.clone(),
         consumer,
         dlq,
+        readiness: Arc::new(Readiness::new(
+            Arc::new(Health::default()),
+            metrics.registry_unavailable.clone(),
+        )),
         metrics: metrics.clone(),
     };
     let (tx, mut rx) = tokio::sync::watch::channel(false);

@@ -16,6 +16,7 @@ use apache_avro::types::Value as AvroValue;
 use apache_avro::Schema;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
@@ -45,12 +46,27 @@ pub enum AvroError {
     Decode(Box<apache_avro::Error>),
     #[error("not single-object encoded: {0}")]
     SingleObjectHeader(String),
+    /// The registry answered about the record: an unknown schema id or
+    /// subject (404), a schema it refused. Retrying cannot help.
     #[error("schema registry: {0}")]
     Registry(String),
+    /// The registry could not answer: unreachable, timed out, 5xx, rate
+    /// limited or refusing our credentials. Nothing is wrong with the
+    /// record; the same call can succeed later.
+    #[error("schema registry unavailable: {0}")]
+    RegistryUnavailable(String),
     #[error("topic {topic} uses avro-confluent but [schema_registry] is not configured")]
     NoRegistry { topic: String },
     #[error("trailing {0} bytes after the Avro datum")]
     TrailingBytes(usize),
+}
+
+impl AvroError {
+    /// Whether the error is the registry's, not the record's: the caller
+    /// waits and retries instead of dead-lettering the record.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AvroError::RegistryUnavailable(_))
+    }
 }
 
 pub fn load_schema(dir: &Path, relative: &str) -> Result<Schema, AvroError> {
@@ -395,7 +411,15 @@ impl Confluent {
         self.encoder
             .encode_value(value, &strategy)
             .await
-            .map_err(|e| AvroError::Registry(registry_error(&e)))
+            .map_err(|e| {
+                let error = registry_error(&e, String::new());
+                if error.is_transient() {
+                    // The converter caches some failures (a 500, a 504) as
+                    // if they were final; the next attempt must ask again.
+                    self.encoder.remove_errors_from_cache();
+                }
+                error
+            })
     }
 
     pub async fn decode(&self, bytes: &[u8]) -> Result<Json, AvroError> {
@@ -406,17 +430,64 @@ impl Confluent {
                 }
                 _ => String::new(),
             };
-            AvroError::Registry(format!("{id}{}", registry_error(&e)))
+            let error = registry_error(&e, id);
+            if error.is_transient() {
+                // As in `encode`: a cached 500 would otherwise outlive the
+                // outage.
+                self.decoder.remove_errors_from_cache();
+            }
+            error
         })?;
         Ok(avro_to_json(decoded.value))
     }
 }
 
-fn registry_error(e: &schema_registry_converter::error::SRCError) -> String {
-    match &e.cause {
-        Some(cause) => format!("{}: {cause}", e.error),
-        None => e.error.clone(),
+/// Sorts a converter error into "the registry cannot answer now"
+/// ([`AvroError::RegistryUnavailable`]) and "the answer is no"
+/// ([`AvroError::Registry`]). `prefix` names the schema id, if any.
+fn registry_error(e: &SRCError, prefix: String) -> AvroError {
+    let text = match &e.cause {
+        Some(cause) => format!("{prefix}{}: {cause}", e.error),
+        None => format!("{prefix}{}", e.error),
+    };
+    if registry_unavailable(e) {
+        AvroError::RegistryUnavailable(text)
+    } else {
+        AvroError::Registry(text)
     }
+}
+
+fn registry_unavailable(e: &SRCError) -> bool {
+    // The converter marks failed HTTP calls and 502/503 as retriable.
+    if e.retriable {
+        return true;
+    }
+    // Other statuses are only in its message ("... failed with status 500
+    // Internal Server Error"). 5xx, 408 and 429 are the registry's trouble;
+    // 401/403 are too (rotated or revoked credentials): dead-lettering
+    // every record until someone fixes them would be worse than waiting.
+    // 404 (unknown id or subject), 409 and 422 are answers about the
+    // schema: final.
+    if let Some(status) = http_status(&e.error) {
+        return matches!(status, 401 | 403 | 408 | 429 | 500..=599);
+    }
+    // A response cut off or timed out while its body was read is reported
+    // as non-retriable "could not parse"; the reqwest error underneath
+    // tells the truth.
+    let mut source = std::error::Error::source(e);
+    while let Some(error) = source {
+        if let Some(http) = error.downcast_ref::<reqwest::Error>() {
+            return http.is_timeout() || http.is_connect() || http.is_request() || http.is_body();
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// The status in the converter's "failed with status NNN ..." message.
+fn http_status(message: &str) -> Option<u16> {
+    let (_, rest) = message.split_once("failed with status ")?;
+    rest.get(..3)?.parse().ok()
 }
 
 /// A topic's wire format.
@@ -524,6 +595,37 @@ mod tests {
         other[5] ^= 0xff;
         let err = codec.decode(&other).unwrap_err();
         assert!(err.to_string().contains("fingerprint"), "{err}");
+    }
+
+    #[test]
+    fn registry_errors_are_sorted_by_who_is_at_fault() {
+        let unavailable = |e: SRCError| registry_error(&e, String::new()).is_transient();
+        let status = |code: &str| {
+            SRCError::non_retryable_with_cause(
+                "{\"error_code\":0}",
+                &format!("HTTP request to schema registry failed with status {code}"),
+            )
+        };
+        assert!(unavailable(SRCError::new(
+            "http call to schema registry failed",
+            None,
+            true
+        )));
+        assert!(unavailable(status("500 Internal Server Error")));
+        assert!(unavailable(status("504 Gateway Timeout")));
+        assert!(unavailable(status("429 Too Many Requests")));
+        assert!(unavailable(status("401 Unauthorized")));
+        assert!(!unavailable(status("404 Not Found")));
+        assert!(!unavailable(status("422 Unprocessable Entity")));
+        assert!(!unavailable(SRCError::non_retryable_without_cause(
+            "Could not transform bytes using schema"
+        )));
+        let cached = status("503 Service Unavailable").into_cache();
+        assert!(unavailable(cached));
+        assert_eq!(
+            registry_error(&status("404 Not Found"), "schema id 7: ".into()).to_string(),
+            "schema registry: schema id 7: HTTP request to schema registry failed with status 404 Not Found: {\"error_code\":0}"
+        );
     }
 
     #[test]

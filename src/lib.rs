@@ -3,6 +3,7 @@
 //! them so that tests and benchmarks drive the same code.
 
 pub mod avro;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -2,7 +2,8 @@
 //! registry that its `/metrics` endpoint serves.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,7 @@ pub struct EnrichMetrics {
     pub transactions: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub batch_seconds: Histogram,
+    pub registry_unavailable: IntGauge,
 }
 
 impl EnrichMetrics {
@@ -68,6 +70,11 @@ impl EnrichMetrics {
             ]),
         )?;
         registry.register(Box::new(batch_seconds.clone()))?;
+        let registry_unavailable = IntGauge::new(
+            "alertsvc_enrich_registry_unavailable",
+            "1 while records wait for the Schema Registry to answer again, else 0.",
+        )?;
+        registry.register(Box::new(registry_unavailable.clone()))?;
         Ok(EnrichMetrics {
             records_in: counter(
                 registry,
@@ -119,6 +126,7 @@ impl EnrichMetrics {
             )?,
             consumer_lag: consumer_lag(registry)?,
             batch_seconds,
+            registry_unavailable,
         })
     }
 }

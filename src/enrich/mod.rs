@@ -8,6 +8,7 @@
 pub mod blockkit;
 pub mod pipeline;
 pub mod processor;
+pub mod readiness;
 pub mod table;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use crate::kafka::{client_config, StageContext};
 use crate::metrics::{EnrichMetrics, MetricsError};
 use pipeline::Pipeline;
 use processor::{BatchError, InputTopic, Processor, Route};
+use readiness::Readiness;
 use table::{TableError, TableLoader, Tables};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,10 @@ pub async fn run(
     // loader dies (the tables would go stale).
     let stop = shutdown.child_token();
     let health = Arc::new(Health::default());
+    let readiness = Arc::new(Readiness::new(
+        health.clone(),
+        metrics.registry_unavailable.clone(),
+    ));
     let router = http::ops_router(AppState {
         health: health.clone(),
         registry: registry.clone(),
@@ -152,6 +158,7 @@ pub async fn run(
             consumer,
             dlq: dlq_producer.clone(),
             metrics: metrics.clone(),
+            readiness: readiness.clone(),
         });
     }
     let tables = Arc::new(tables);
@@ -188,7 +195,15 @@ pub async fn run(
             .push(route);
     }
 
-    let processor = build_processor(settings, enrich, inputs, tables, metrics, context)?;
+    let processor = build_processor(
+        settings,
+        enrich,
+        inputs,
+        tables,
+        metrics,
+        readiness.clone(),
+        context,
+    )?;
 
     // No stream record before every table is complete.
     let all_bootstrapped = async {
@@ -207,7 +222,7 @@ pub async fn run(
     if stop.is_cancelled() {
         return Ok(());
     }
-    health.set_ready(true);
+    readiness.bootstrapped();
     tracing::info!("all tables bootstrapped; enrich is ready");
 
     let processing = processor.run(stop.clone());
@@ -231,7 +246,7 @@ pub async fn run(
     if result.is_err() {
         health.set_failed();
     }
-    health.set_ready(false);
+    readiness.stopping();
     stop.cancel();
     while table_tasks.join_next().await.is_some() {}
     let _ = http_task.await;
@@ -252,6 +267,7 @@ fn build_processor(
     inputs: HashMap<String, InputTopic>,
     tables: Arc<Tables>,
     metrics: EnrichMetrics,
+    readiness: Arc<Readiness>,
     context: StageContext,
 ) -> Result<Processor, EnrichError> {
     let exactly_once = enrich.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
@@ -300,6 +316,7 @@ fn build_processor(
         tables,
         dlq_suffix: settings.kafka.dlq_suffix.clone(),
         metrics,
+        readiness,
         max_batch_records: enrich.max_batch_records,
         max_batch_wait: enrich.max_batch_wait,
         kafka_timeout: Duration::from_secs(30),

@@ -1,9 +1,14 @@
 //! The consume → transform → produce loop. Records are taken in batches; each
-//! batch's outputs, dead letters and input offsets commit together in one
-//! Kafka transaction (exactly-once), or, with `at_least_once`, outputs are
+//! batch is processed whole before anything is written, then its outputs,
+//! dead letters and input offsets commit together in one Kafka transaction
+//! (exactly-once), or, with `at_least_once`, outputs and dead letters are
 //! acknowledged before the offsets are committed. A failed batch is aborted
 //! and the consumer rewound to the batch's first offsets, so every record is
-//! processed again from a clean state.
+//! processed again from a clean state; a rewind that fails stops the
+//! processor, which then resumes from the committed offsets after a restart.
+//! A batch that meets a Schema Registry outage is retried the same way,
+//! with backoff, until the registry answers: no record is dead-lettered for
+//! the registry's trouble.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,13 +24,22 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::pipeline::{Pipeline, Source, Verdict};
+use super::readiness::Readiness;
 use super::table::Tables;
-use crate::avro::Codec;
+use crate::avro::{AvroError, Codec};
+use crate::backoff::Backoff;
 use crate::config::ProcessingGuarantee;
-use crate::kafka::{enqueue, DeadLetter, OutRecord, StageContext};
+use crate::kafka::{
+    enqueue, send_dead_letter, DeadLetterCancelled, DeadLetterRecord, OutRecord, SourcePosition,
+    StageContext,
+};
 use crate::metrics::EnrichMetrics;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First and longest wait before a failed batch is tried again.
+const BATCH_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// How the stream processor names itself to [`Readiness`].
+const READER: &str = "stream";
 
 /// A pipeline with its output resolved.
 pub struct Route {
@@ -48,9 +62,17 @@ pub struct Processor {
     pub tables: Arc<Tables>,
     pub dlq_suffix: String,
     pub metrics: EnrichMetrics,
+    pub readiness: Arc<Readiness>,
     pub max_batch_records: usize,
     pub max_batch_wait: Duration,
     pub kafka_timeout: Duration,
+}
+
+/// What processing one record asks to write.
+#[derive(Debug)]
+enum Output {
+    Record(OutRecord),
+    DeadLetter(DeadLetterRecord),
 }
 
 /// Why a batch could not be committed.
@@ -63,6 +85,23 @@ pub enum BatchError {
     },
     #[error("the consumer has no group metadata (not in a group)")]
     NoGroupMetadata,
+    #[error("record {position}: {source}")]
+    RegistryUnavailable {
+        position: SourcePosition,
+        source: AvroError,
+    },
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterCancelled),
+    #[error(
+        "cannot rewind {topic} [{partition}] to offset {offset} after a failed batch ({reason}); \
+         stopping, so that the batch is read again from the committed offsets after a restart"
+    )]
+    Rewind {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
 }
 
 impl BatchError {
@@ -70,10 +109,25 @@ impl BatchError {
         move |source| BatchError::Kafka { stage, source }
     }
 
-    /// Errors after which this producer can never commit again (fenced by a
-    /// newer instance, or a fatal idempotence error): the process must stop.
+    /// Errors after which the processor must stop: the producer can never
+    /// commit again (fenced by a newer instance, or a fatal idempotence
+    /// error), or the consumer's position is past records that were not
+    /// committed (a failed rewind), so the next commit would skip them.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, BatchError::Kafka { source: KafkaError::Transaction(e), .. } if e.is_fatal())
+        match self {
+            BatchError::Kafka {
+                source: KafkaError::Transaction(e),
+                ..
+            } => e.is_fatal(),
+            BatchError::Rewind { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a transaction may have begun: only then is there one to abort.
+    fn may_have_opened_a_transaction(&self) -> bool {
+        // Batches are processed whole before the transaction begins.
+        !matches!(self, BatchError::RegistryUnavailable { .. })
     }
 }
 
@@ -89,14 +143,24 @@ impl Processor {
             .map_err(BatchError::kafka("subscribe"))?;
         tracing::info!(?topics, guarantee = ?self.guarantee, "processing");
 
-        let mut failures = 0u32;
+        let hard_stop = self.hard_stop(&shutdown);
+        let _stop_timer = hard_stop.clone().drop_guard();
+        let mut backoff = Backoff::new(BATCH_BACKOFF.0, BATCH_BACKOFF.1);
+        let mut waiting_for_registry = false;
         loop {
             let batch = self.next_batch(&shutdown).await;
             if !batch.is_empty() {
                 let started = Instant::now();
-                match self.commit_batch(&batch).await {
+                let result = self.run_batch(&batch, &hard_stop).await;
+                let registry_down = matches!(result, Err(BatchError::RegistryUnavailable { .. }));
+                if waiting_for_registry && !registry_down {
+                    // The whole batch got past the registry.
+                    waiting_for_registry = false;
+                    self.readiness.registry_available(READER);
+                }
+                match result {
                     Ok(()) => {
-                        failures = 0;
+                        backoff.reset();
                         self.metrics
                             .transactions
                             .with_label_values(&["committed"])
@@ -107,16 +171,23 @@ impl Processor {
                     }
                     Err(e) if e.is_fatal() => return Err(e),
                     Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, records = batch.len(), "batch failed; aborting and rewinding");
-                        self.abandon_batch(&batch);
-                        self.metrics
-                            .transactions
-                            .with_label_values(&["aborted"])
-                            .inc();
-                        let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                        if registry_down {
+                            // Logged once per outage by `Readiness`.
+                            if !waiting_for_registry {
+                                waiting_for_registry = true;
+                                self.readiness.registry_unavailable(READER, &e);
+                            }
+                            tracing::debug!(error = %e, records = batch.len(), "batch waits for the Schema Registry; rewinding");
+                        } else {
+                            tracing::warn!(error = %e, records = batch.len(), "batch failed; aborting and rewinding");
+                            self.metrics
+                                .transactions
+                                .with_label_values(&["aborted"])
+                                .inc();
+                        }
+                        self.abandon_batch(&batch, e.may_have_opened_a_transaction(), &shutdown)?;
                         tokio::select! {
-                            _ = tokio::time::sleep(backoff.min(MAX_BACKOFF)) => {}
+                            _ = tokio::time::sleep(backoff.next_delay()) => {}
                             _ = shutdown.cancelled() => {}
                         }
                     }
@@ -127,6 +198,20 @@ impl Processor {
                 return Ok(());
             }
         }
+    }
+
+    /// Fires `kafka_timeout` after `shutdown`: how long the batch open at
+    /// shutdown may wait for its dead letters to be acknowledged.
+    fn hard_stop(&self, shutdown: &CancellationToken) -> CancellationToken {
+        let hard_stop = CancellationToken::new();
+        let (soft, hard, grace) = (shutdown.clone(), hard_stop.clone(), self.kafka_timeout);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = async { soft.cancelled().await; tokio::time::sleep(grace).await } => hard.cancel(),
+                _ = hard.cancelled() => {}
+            }
+        });
+        hard_stop
     }
 
     /// Waits for a first record, then collects until the batch is full, the
@@ -163,23 +248,44 @@ impl Processor {
         batch
     }
 
-    async fn commit_batch(&self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
+    /// Processes every record of the batch, then writes and commits. Nothing
+    /// is written before the whole batch is processed, so a batch that has
+    /// to wait for the registry leaves no output and no transaction behind.
+    async fn run_batch(
+        &self,
+        batch: &[OwnedMessage],
+        hard_stop: &CancellationToken,
+    ) -> Result<(), BatchError> {
+        let mut outputs = Vec::new();
+        for message in batch {
+            outputs.extend(self.process(message).await?);
+        }
         match self.guarantee {
-            ProcessingGuarantee::ExactlyOnce => self.commit_transactional(batch).await,
-            ProcessingGuarantee::AtLeastOnce => self.commit_at_least_once(batch).await,
+            ProcessingGuarantee::ExactlyOnce => self.commit_transactional(batch, outputs).await,
+            ProcessingGuarantee::AtLeastOnce => {
+                self.commit_at_least_once(batch, outputs, hard_stop).await
+            }
         }
     }
 
-    async fn commit_transactional(&self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
+    async fn commit_transactional(
+        &self,
+        batch: &[OwnedMessage],
+        outputs: Vec<Output>,
+    ) -> Result<(), BatchError> {
         tokio::task::block_in_place(|| self.producer.begin_transaction())
             .map_err(BatchError::kafka("begin_transaction"))?;
-        for message in batch {
-            for record in self.process(message).await {
-                // Delivery is confirmed by commit_transaction as a whole.
-                enqueue(&self.producer, &record)
-                    .await
-                    .map_err(BatchError::kafka("produce"))?;
-            }
+        for output in outputs {
+            // Dead letters go into the transaction like outputs: they are
+            // written exactly when the offsets past their records commit.
+            let record = match output {
+                Output::Record(record) => record,
+                Output::DeadLetter(letter) => letter.into_record(),
+            };
+            // Delivery is confirmed by commit_transaction as a whole.
+            enqueue(&self.producer, &record)
+                .await
+                .map_err(BatchError::kafka("produce"))?;
         }
         let offsets = next_offsets(batch).map_err(BatchError::kafka("offsets"))?;
         let group = self
@@ -195,69 +301,110 @@ impl Processor {
             .map_err(BatchError::kafka("commit_transaction"))
     }
 
-    async fn commit_at_least_once(&self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
+    /// Outputs and dead letters are acknowledged before the offsets commit.
+    /// Dead letters are retried until acknowledged (or `hard_stop`), so a
+    /// failed dead-letter write does not send the batch's outputs again.
+    async fn commit_at_least_once(
+        &self,
+        batch: &[OwnedMessage],
+        outputs: Vec<Output>,
+        hard_stop: &CancellationToken,
+    ) -> Result<(), BatchError> {
         let mut deliveries = Vec::new();
-        for message in batch {
-            for record in self.process(message).await {
-                deliveries.push(
+        let mut dead_letters = Vec::new();
+        for output in outputs {
+            match output {
+                Output::Record(record) => deliveries.push(
                     enqueue(&self.producer, &record)
                         .await
                         .map_err(BatchError::kafka("produce"))?,
-                );
+                ),
+                Output::DeadLetter(letter) => {
+                    dead_letters.push(send_dead_letter(&self.producer, letter, hard_stop))
+                }
             }
         }
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(BatchError::Kafka {
-                        stage: "produce",
-                        source: e,
-                    })
-                }
-                Err(_) => {
-                    return Err(BatchError::Kafka {
-                        stage: "produce",
-                        source: KafkaError::Canceled,
-                    })
+        let outputs_acked = async {
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => {
+                        return Err(BatchError::Kafka {
+                            stage: "produce",
+                            source: e,
+                        })
+                    }
+                    Err(_) => {
+                        return Err(BatchError::Kafka {
+                            stage: "produce",
+                            source: KafkaError::Canceled,
+                        })
+                    }
                 }
             }
+            Ok(())
+        };
+        let (outputs_acked, dead_letters_acked) =
+            tokio::join!(outputs_acked, futures::future::join_all(dead_letters));
+        outputs_acked?;
+        for acked in dead_letters_acked {
+            acked?;
         }
         let offsets = next_offsets(batch).map_err(BatchError::kafka("offsets"))?;
         tokio::task::block_in_place(|| self.consumer.commit(&offsets, CommitMode::Sync))
             .map_err(BatchError::kafka("commit"))
     }
 
-    /// Aborts the open transaction (if any) and seeks back to the batch's
-    /// first offsets so its records are consumed again.
-    fn abandon_batch(&self, batch: &[OwnedMessage]) {
-        if self.guarantee == ProcessingGuarantee::ExactlyOnce {
-            if let Err(e) =
+    /// Aborts the open transaction (if one may be open) and seeks back to
+    /// the batch's first offsets so its records are consumed again. An error
+    /// here is fatal (see [`rewind`]).
+    fn abandon_batch(
+        &self,
+        batch: &[OwnedMessage],
+        abort: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BatchError> {
+        if abort && self.guarantee == ProcessingGuarantee::ExactlyOnce {
+            if let Err(source) =
                 tokio::task::block_in_place(|| self.producer.abort_transaction(self.kafka_timeout))
             {
-                tracing::warn!(error = %e, "abort_transaction failed");
+                let error = BatchError::Kafka {
+                    stage: "abort_transaction",
+                    source,
+                };
+                if error.is_fatal() {
+                    return Err(error);
+                }
+                // The next batch's begin_transaction fails until an abort
+                // goes through, and that batch's failure aborts again.
+                tracing::warn!(%error, "abort_transaction failed");
             }
         }
-        for ((topic, partition), offset) in first_offsets(batch) {
-            let seek = tokio::task::block_in_place(|| {
-                self.consumer.seek(
-                    &topic,
-                    partition,
-                    Offset::Offset(offset),
-                    self.kafka_timeout,
-                )
-            });
-            if let Err(e) = seek {
-                // A partition revoked meanwhile restarts from its committed
-                // offset at its new owner: nothing is lost.
-                tracing::warn!(%topic, partition, offset, error = %e, "rewind failed");
-            }
+        if shutdown.is_cancelled() {
+            // The processor commits nothing more before it exits; the next
+            // start reads the batch again from the committed offsets.
+            return Ok(());
         }
+        rewind(
+            first_offsets(batch),
+            |topic, partition, offset| {
+                tokio::task::block_in_place(|| {
+                    self.consumer
+                        .seek(topic, partition, Offset::Offset(offset), self.kafka_timeout)
+                })
+            },
+            |topic, partition| {
+                let assignment = self.consumer.assignment()?;
+                let assigned = assignment.find_partition(topic, partition).is_some();
+                Ok(assigned)
+            },
+        )
     }
 
     /// Applies every pipeline reading this record's topic; returns the
-    /// records to write (outputs and dead letters).
-    async fn process(&self, message: &OwnedMessage) -> Vec<OutRecord> {
+    /// records to write (outputs and dead letters), or that the Schema
+    /// Registry could not be reached (the batch is then tried again).
+    async fn process(&self, message: &OwnedMessage) -> Result<Vec<Output>, BatchError> {
         let span = tracing::debug_span!(
             "record",
             topic = message.topic(),
@@ -267,27 +414,23 @@ impl Processor {
         self.process_record(message).instrument(span).await
     }
 
-    async fn process_record(&self, message: &OwnedMessage) -> Vec<OutRecord> {
+    async fn process_record(&self, message: &OwnedMessage) -> Result<Vec<Output>, BatchError> {
         let topic = message.topic();
         let Some(input) = self.inputs.get(topic) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let dead = |stage: &'static str, reason: String, pipeline: Option<&str>| {
-            let letter = DeadLetter {
-                source_topic: topic,
-                partition: message.partition(),
-                offset: message.offset(),
-                stage,
-                reason,
-                pipeline,
-            };
-            tracing::warn!(stage, reason = %letter.reason, pipeline, "record sent to the dead-letter topic");
-            OutRecord {
-                topic: format!("{topic}{}", self.dlq_suffix),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                headers: Some(letter.headers()),
-            }
+            let dlq_topic = format!("{topic}{}", self.dlq_suffix);
+            let letter = DeadLetterRecord::from_message(dlq_topic, message, stage, reason);
+            Output::DeadLetter(match pipeline {
+                Some(pipeline) => letter.with_pipeline(pipeline),
+                None => letter,
+            })
+        };
+        // Not the record's fault: the batch waits for the registry instead.
+        let unavailable = |source: AvroError| BatchError::RegistryUnavailable {
+            position: SourcePosition::of(message),
+            source,
         };
         let all_pipelines_dlq = |stage: &'static str| {
             for route in &input.routes {
@@ -306,22 +449,27 @@ impl Processor {
             Ok(key) => key,
             Err(_) => {
                 all_pipelines_dlq("decode");
-                return vec![dead("decode", "record key is not UTF-8".into(), None)];
+                return Ok(vec![dead("decode", "record key is not UTF-8".into(), None)]);
             }
         };
         let Some(payload) = message.payload() else {
             all_pipelines_dlq("decode");
-            return vec![dead(
+            return Ok(vec![dead(
                 "decode",
                 "record has no value (tombstone on a stream)".into(),
                 None,
-            )];
+            )]);
         };
         let event = match input.codec.decode(payload).await {
             Ok(event) => event,
+            Err(e) if e.is_transient() => return Err(unavailable(e)),
             Err(e) => {
                 all_pipelines_dlq("decode");
-                return vec![dead("decode", format!("cannot decode value: {e}"), None)];
+                return Ok(vec![dead(
+                    "decode",
+                    format!("cannot decode value: {e}"),
+                    None,
+                )]);
             }
         };
         let source = Source {
@@ -342,13 +490,14 @@ impl Processor {
                         Ok(payload) => {
                             tracing::debug!(alert_id = %slack_message.alert_id, channel = %slack_message.channel_id, "alert");
                             self.metrics.records_out.with_label_values(&[name]).inc();
-                            out.push(OutRecord {
+                            out.push(Output::Record(OutRecord {
                                 topic: route.output_topic.clone(),
                                 key: Some(slack_message.channel_id.into_bytes()),
                                 payload: Some(payload),
                                 headers: None,
-                            });
+                            }));
                         }
+                        Err(e) if e.is_transient() => return Err(unavailable(e)),
                         Err(e) => {
                             self.metrics
                                 .records_dlq
@@ -388,7 +537,7 @@ impl Processor {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -425,4 +574,138 @@ fn first_offsets(batch: &[OwnedMessage]) -> BTreeMap<(String, i32), i64> {
         *entry = (*entry).min(message.offset());
     }
     first
+}
+
+/// Seeks every partition of a failed batch back to the batch's first offset
+/// there. When a seek fails the consumer's position stays past records that
+/// were not committed, and the next batch's commit would skip them: that is
+/// a fatal [`BatchError::Rewind`], and the processor stops (it resumes from
+/// the committed offsets after a restart). The one exception is a partition
+/// no longer assigned to this consumer (a rebalance took it meanwhile): this
+/// consumer reads nothing more from it, and its next owner starts from its
+/// committed offset.
+fn rewind(
+    first_offsets: BTreeMap<(String, i32), i64>,
+    mut seek: impl FnMut(&str, i32, i64) -> Result<(), KafkaError>,
+    mut assigned: impl FnMut(&str, i32) -> Result<bool, KafkaError>,
+) -> Result<(), BatchError> {
+    for ((topic, partition), offset) in first_offsets {
+        let Err(seek_error) = seek(&topic, partition, offset) else {
+            continue;
+        };
+        let reason = match assigned(&topic, partition) {
+            Ok(false) => {
+                tracing::info!(%topic, partition, offset, error = %seek_error,
+                    "rewind failed on a partition no longer assigned; its next owner starts from the committed offset");
+                continue;
+            }
+            Ok(true) => seek_error.to_string(),
+            Err(e) => format!("{seek_error}; the assignment cannot be read either: {e}"),
+        };
+        return Err(BatchError::Rewind {
+            topic,
+            partition,
+            offset,
+            reason,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::RDKafkaErrorCode;
+
+    fn offsets() -> BTreeMap<(String, i32), i64> {
+        BTreeMap::from([(("in".to_owned(), 0), 10), (("in".to_owned(), 1), 20)])
+    }
+
+    fn seek_error() -> KafkaError {
+        KafkaError::Seek("Local: Erroneous state".into())
+    }
+
+    #[test]
+    fn a_rewind_seeks_every_partition_to_its_first_offset() {
+        let mut seeks = Vec::new();
+        rewind(
+            offsets(),
+            |t, p, o| {
+                seeks.push((t.to_owned(), p, o));
+                Ok(())
+            },
+            |_, _| panic!("not asked when every seek succeeds"),
+        )
+        .expect("rewound");
+        assert_eq!(seeks, [("in".to_owned(), 0, 10), ("in".to_owned(), 1, 20)]);
+    }
+
+    #[test]
+    fn a_failed_seek_on_an_assigned_partition_is_fatal() {
+        let error = rewind(
+            offsets(),
+            |_, p, _| if p == 1 { Err(seek_error()) } else { Ok(()) },
+            |_, _| Ok(true),
+        )
+        .unwrap_err();
+        assert!(error.is_fatal(), "{error}");
+        assert!(
+            matches!(&error, BatchError::Rewind { topic, partition: 1, offset: 20, .. } if topic == "in"),
+            "{error:?}"
+        );
+        assert!(error.to_string().starts_with(
+            "cannot rewind in [1] to offset 20 after a failed batch (Seek error: Local: Erroneous state)"
+        ));
+    }
+
+    #[test]
+    fn a_failed_seek_with_an_unknown_assignment_is_fatal() {
+        let error = rewind(
+            offsets(),
+            |_, _, _| Err(seek_error()),
+            |_, _| {
+                Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::BrokerTransportFailure,
+                ))
+            },
+        )
+        .unwrap_err();
+        assert!(error.is_fatal(), "{error}");
+        assert!(matches!(error, BatchError::Rewind { partition: 0, .. }));
+    }
+
+    #[test]
+    fn a_failed_seek_on_a_revoked_partition_is_not_needed() {
+        let mut asked = Vec::new();
+        rewind(
+            offsets(),
+            |_, p, _| if p == 0 { Err(seek_error()) } else { Ok(()) },
+            |t, p| {
+                asked.push((t.to_owned(), p));
+                Ok(false)
+            },
+        )
+        .expect("the revoked partition restarts from its committed offset elsewhere");
+        assert_eq!(asked, [("in".to_owned(), 0)]);
+    }
+
+    #[test]
+    fn only_broken_producers_and_failed_rewinds_are_fatal() {
+        assert!(!BatchError::NoGroupMetadata.is_fatal());
+        assert!(!BatchError::Kafka {
+            stage: "produce",
+            source: KafkaError::Canceled
+        }
+        .is_fatal());
+        let registry = BatchError::RegistryUnavailable {
+            position: SourcePosition {
+                topic: "in".into(),
+                partition: 0,
+                offset: 1,
+            },
+            source: AvroError::RegistryUnavailable("503".into()),
+        };
+        assert!(!registry.is_fatal());
+        assert!(!registry.may_have_opened_a_transaction());
+    }
 }

@@ -2,6 +2,11 @@
 //! topic is read from the beginning; the table is *bootstrapped* once each
 //! partition reached the high watermark it had at start; updates keep being
 //! applied afterwards; a tombstone deletes its key.
+//!
+//! A record that can never be applied goes to the dead-letter topic, and the
+//! loader takes the next record only once the broker acknowledged it; a
+//! Schema Registry outage is waited out on the record it hit. Either way no
+//! record is skipped, and the bootstrap (hence readiness) waits for both.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -10,14 +15,17 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value as Json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::pipeline::TableLookup;
-use crate::avro::Codec;
-use crate::kafka::{enqueue, DeadLetter, OutRecord, StageContext};
+use super::readiness::Readiness;
+use crate::avro::{AvroError, Codec};
+use crate::backoff::Backoff;
+use crate::kafka::{send_dead_letter, DeadLetterRecord, StageContext};
 use crate::metrics::EnrichMetrics;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -134,6 +142,21 @@ impl BootstrapProgress {
     }
 }
 
+/// First and longest wait between two tries of a record whose schema the
+/// registry could not serve.
+const REGISTRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+
+/// What became of one table record.
+#[derive(Debug)]
+enum Applied {
+    /// Upserted or deleted; the table's size afterwards.
+    Done(usize),
+    /// It can never be applied: it goes to the dead-letter topic.
+    Invalid(String),
+    /// The Schema Registry could not answer; the same record is tried again.
+    RegistryUnavailable(AvroError),
+}
+
 /// Keeps one table current from its topic.
 pub struct TableLoader {
     pub id: String,
@@ -142,13 +165,18 @@ pub struct TableLoader {
     pub codec: Arc<Codec>,
     pub table: Arc<Table>,
     pub consumer: StreamConsumer<StageContext>,
-    pub dlq: rdkafka::producer::FutureProducer<StageContext>,
+    pub dlq: FutureProducer<StageContext>,
     pub metrics: EnrichMetrics,
+    pub readiness: Arc<Readiness>,
 }
 
 impl TableLoader {
     /// Reads the table until `shutdown`; `bootstrapped` turns true once the
     /// start-time high watermarks are reached.
+    ///
+    /// A record counts as read (for the bootstrap, and before the next one
+    /// is taken) only once it is applied or its dead letter is acknowledged:
+    /// a record is never skipped because the registry or the broker is down.
     pub async fn run(
         self,
         bootstrapped: watch::Sender<bool>,
@@ -167,6 +195,9 @@ impl TableLoader {
         let mut progress = BootstrapProgress::new(&watermarks);
         let mut announced = false;
         let size = self.metrics.table_size.with_label_values(&[&self.id]);
+        let reader = format!("table {}", self.id);
+        let mut registry_backoff = Backoff::new(REGISTRY_BACKOFF.0, REGISTRY_BACKOFF.1);
+        let mut waiting_for_registry = false;
         tracing::info!(table = %self.id, topic = %self.topic, partitions = watermarks.len(), "bootstrapping table");
         loop {
             if !announced && progress.is_done() {
@@ -178,20 +209,59 @@ impl TableLoader {
                 _ = shutdown.cancelled() => return Ok(()),
                 message = self.consumer.recv() => message,
             };
-            match message {
-                Ok(message) => {
-                    let partition = message.partition();
-                    let offset = message.offset();
-                    let len = self.apply(&message).await;
-                    size.set(len as i64);
-                    progress.record_consumed(partition, offset);
+            let message = match message {
+                Ok(message) => message,
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    progress.partition_eof(partition);
+                    continue;
                 }
-                Err(KafkaError::PartitionEOF(partition)) => progress.partition_eof(partition),
                 Err(e) => {
                     tracing::warn!(table = %self.id, error = %e, "table consumer error; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
                 }
+            };
+            let len = loop {
+                match self.apply(&message).await {
+                    Applied::Done(len) => break len,
+                    Applied::Invalid(reason) => {
+                        self.metrics
+                            .table_updates
+                            .with_label_values(&[&self.id, "invalid"])
+                            .inc();
+                        let letter = DeadLetterRecord::from_message(
+                            &self.dlq_topic,
+                            &message,
+                            "decode",
+                            reason,
+                        );
+                        if send_dead_letter(&self.dlq, letter, &shutdown)
+                            .await
+                            .is_err()
+                        {
+                            return Ok(()); // shutdown; the record is read again at start
+                        }
+                        break self.table.len();
+                    }
+                    Applied::RegistryUnavailable(error) => {
+                        if !waiting_for_registry {
+                            waiting_for_registry = true;
+                            self.readiness.registry_unavailable(&reader, &error);
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(registry_backoff.next_delay()) => {}
+                            _ = shutdown.cancelled() => return Ok(()),
+                        }
+                    }
+                }
+            };
+            if waiting_for_registry {
+                waiting_for_registry = false;
+                registry_backoff.reset();
+                self.readiness.registry_available(&reader);
             }
+            size.set(len as i64);
+            progress.record_consumed(message.partition(), message.offset());
         }
     }
 
@@ -236,63 +306,28 @@ impl TableLoader {
             .collect()
     }
 
-    /// Applies one table record; returns the table's size afterwards.
-    async fn apply(&self, message: &BorrowedMessage<'_>) -> usize {
+    /// Applies one table record, or says why it cannot be applied.
+    async fn apply(&self, message: &BorrowedMessage<'_>) -> Applied {
         let updates = &self.metrics.table_updates;
         let key = match message.key().map(std::str::from_utf8) {
             Some(Ok(key)) => key,
-            Some(Err(_)) => return self.reject(message, "record key is not UTF-8".into()).await,
-            None => return self.reject(message, "table record has no key".into()).await,
+            Some(Err(_)) => return Applied::Invalid("record key is not UTF-8".into()),
+            None => return Applied::Invalid("table record has no key".into()),
         };
         match message.payload() {
             None => {
                 updates.with_label_values(&[&self.id, "delete"]).inc();
-                self.table.delete(key)
+                Applied::Done(self.table.delete(key))
             }
             Some(payload) => match self.codec.decode(payload).await {
                 Ok(value) => {
                     updates.with_label_values(&[&self.id, "upsert"]).inc();
-                    self.table.upsert(key.to_owned(), value)
+                    Applied::Done(self.table.upsert(key.to_owned(), value))
                 }
-                Err(e) => {
-                    self.reject(message, format!("cannot decode table record: {e}"))
-                        .await
-                }
+                Err(e) if e.is_transient() => Applied::RegistryUnavailable(e),
+                Err(e) => Applied::Invalid(format!("cannot decode table record: {e}")),
             },
         }
-    }
-
-    /// A table record that cannot be applied leaves the table unchanged and
-    /// goes to the table topic's dead-letter topic.
-    async fn reject(&self, message: &BorrowedMessage<'_>, reason: String) -> usize {
-        self.metrics
-            .table_updates
-            .with_label_values(&[&self.id, "invalid"])
-            .inc();
-        tracing::warn!(table = %self.id, partition = message.partition(), offset = message.offset(), %reason, "invalid table record");
-        let dead = DeadLetter {
-            source_topic: &self.topic,
-            partition: message.partition(),
-            offset: message.offset(),
-            stage: "decode",
-            reason,
-            pipeline: None,
-        };
-        let record = OutRecord {
-            topic: self.dlq_topic.clone(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers: Some(dead.headers()),
-        };
-        match enqueue(&self.dlq, &record).await {
-            Ok(delivery) => match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => tracing::error!(error = %e, "dead-letter write failed"),
-                Err(_) => tracing::error!("dead-letter write cancelled"),
-            },
-            Err(e) => tracing::error!(error = %e, "dead-letter write failed"),
-        }
-        self.table.len()
     }
 }
 

@@ -16,7 +16,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::avro::Codec;
-use crate::kafka::{dlq_headers, enqueue, header, OutRecord, StageContext};
+use crate::kafka::{
+    dlq_headers, enqueue, header, send_dead_letter, DeadLetterRecord, OutRecord, StageContext,
+};
 use crate::metrics::ProduceMetrics;
 
 use super::checkpoint::{CheckpointValue, Param};
@@ -292,19 +294,24 @@ impl CompiledJob {
                         if report.bad_rows.len() < QUOTED_BAD_ROWS {
                             report.bad_rows.push(row_error.to_string());
                         }
-                        tracing::warn!(job, error = %row_error, "row dead-lettered");
                         let Some(producer) = cx.producer else {
+                            tracing::warn!(job, error = %row_error, "row cannot be mapped (dry run: not dead-lettered)");
                             eprintln!("job {job}: {row_error}");
                             continue;
                         };
-                        let record = self.dead_letter(&row, &row_error);
-                        let delivery = enqueue(producer, &record).await.map_err(|e| {
-                            fail(format!("cannot produce to {}: {e}", self.dlq_topic))
-                        })?;
+                        // Retried until acknowledged: the run (and its
+                        // checkpoint) finishes only after every dead letter
+                        // is written, or fails if shutdown comes first.
+                        let letter = self.dead_letter(&row, &row_error);
+                        let shutdown = cx.shutdown;
                         in_flight.push(
-                            delivery
-                                .map(|r| (ack_result(r), String::new(), String::new()))
-                                .boxed(),
+                            async move {
+                                let acked = send_dead_letter(producer, letter, shutdown)
+                                    .await
+                                    .map_err(|e| e.to_string());
+                                (acked, String::new(), String::new())
+                            }
+                            .boxed(),
                         );
                     }
                 }
@@ -389,7 +396,11 @@ impl CompiledJob {
         cx: &RunContext<'_>,
     ) {
         match result {
+            // A dead letter (no event id).
             Ok(()) if event_id.is_empty() => {}
+            Err(e) if event_id.is_empty() => {
+                failure.get_or_insert(e);
+            }
             Ok(()) => {
                 report.events_produced += 1;
                 cx.metrics
@@ -406,22 +417,23 @@ impl CompiledJob {
         }
     }
 
-    fn dead_letter(&self, row: &Row, error: &RowError) -> OutRecord {
-        let row_number = error.row.to_string();
-        let mut headers = OwnedHeaders::new()
-            .insert(header(dlq_headers::REASON, &error.to_string()))
-            .insert(header(dlq_headers::STAGE, "produce"))
-            .insert(header(dlq_headers::JOB, &self.name))
-            .insert(header(dlq_headers::ROW, &row_number));
-        if let Some(column) = &error.column {
-            headers = headers.insert(header(dlq_headers::COLUMN, column));
-        }
-        OutRecord {
-            topic: self.dlq_topic.clone(),
+    fn dead_letter(&self, row: &Row, error: &RowError) -> DeadLetterRecord {
+        let mut letter = DeadLetterRecord {
+            dlq_topic: self.dlq_topic.clone(),
+            source: None,
             key: self.mapping.key_of(row).map(String::into_bytes),
             payload: Some(row.to_json().to_string().into_bytes()),
-            headers: Some(headers),
+            stage: "produce".into(),
+            reason: error.to_string(),
+            pipeline: None,
+            extra_headers: Vec::new(),
         }
+        .with_header(dlq_headers::JOB, self.name.clone())
+        .with_header(dlq_headers::ROW, error.row.to_string());
+        if let Some(column) = &error.column {
+            letter = letter.with_header(dlq_headers::COLUMN, column.clone());
+        }
+        letter
     }
 }
 

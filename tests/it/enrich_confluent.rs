@@ -1,10 +1,14 @@
 //! Confluent Cloud wire formats: Schema Registry framed Avro on the stream
-//! and output topics (TopicNameStrategy, ids cached), JSON on a table topic.
+//! and output topics (TopicNameStrategy, ids cached), JSON on a table topic;
+//! a registry outage waited out without dead letters.
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
+use serde_json::json;
+
 use crate::common::registry::FakeRegistry;
-use crate::common::{connector_event, TestEnv};
+use crate::common::{connector_event, http_get, metric_value, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -78,6 +82,146 @@ async fn registry_framed_avro_in_and_out_with_a_json_table() {
     assert!(
         subjects.contains(&format!("{}-value", env.topic("slack_messages"))),
         "{subjects:?}"
+    );
+    enrich.stop().await.expect("clean stop");
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `WAIT`.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Schema Registry outage is not the records' fault: nothing is
+/// dead-lettered, enrich reports not ready (and the gauge) while it waits,
+/// and after the outage every record comes out exactly once — on the stream
+/// and on a table. The outage answers 503 (which the converter calls
+/// retriable) and then 500 (which it caches as final: enrich must ask again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_pauses_enrich_and_loses_nothing() {
+    const EVENTS: usize = 6;
+    const GAUGE: &str = "alertsvc_enrich_registry_unavailable";
+    let registry = FakeRegistry::start().await;
+    let env = TestEnv::new(&format!(
+        r#"
+        [schema_registry]
+        url = "{}"
+        [topics.notifications]
+        format = "avro-confluent"
+        [topics.slack_messages]
+        format = "avro-confluent"
+        [topics.slack_users]
+        format = "avro-confluent"
+        [topics.csdr_assignment]
+        format = "json"
+        "#,
+        registry.url
+    ))
+    .await;
+    env.put_assignment("org-1", "a@example.com", "One").await;
+    // Encoded while the registry answers (the test's codecs keep the ids);
+    // produced during the outage, so enrich meets them with nothing cached.
+    let mut events = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..EVENTS {
+        let event = connector_event(&format!("e{i}"), "env", &format!("c{i}"), "Provisioning");
+        events.push(env.encode("notifications", &event).await);
+        expected.push(format!("org-1-env-c{i}-connector-failure"));
+    }
+    // A user nobody's assignment names: the table update changes no alert,
+    // whichever of stream and table gets through first.
+    let user = env
+        .encode(
+            "slack_users",
+            &json!({"email": "late@example.com", "slack_user_id": "U0LATE", "display_name": "Late"}),
+        )
+        .await;
+
+    registry.start_outage(StatusCode::SERVICE_UNAVAILABLE);
+    let enrich = env.start_enrich();
+    // Both tables bootstrap without the registry (JSON, and empty).
+    env.wait_ready(WAIT).await;
+    let input = env.topic("notifications");
+    for payload in &events {
+        env.produce_raw(&input, Some("org-1"), Some(payload)).await;
+    }
+    let schema_path = |payload: &[u8]| {
+        let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+        format!("/schemas/ids/{id}")
+    };
+    let (stream_schema, table_schema) = (schema_path(&events[0]), schema_path(&user));
+    eventually("the stream asks for its writer schema", async || {
+        registry.refused(&stream_schema) >= 1
+    })
+    .await;
+    env.wait_metric(GAUGE, 1.0, WAIT).await;
+    let readyz = format!("http://{}/readyz", env.http_addr);
+    assert_eq!(http_get(&readyz).await.map(|r| r.0), Some(503));
+    // Only now, so that the table's backoff starts fresh too.
+    env.produce_raw(
+        &env.topic("slack_users"),
+        Some("late@example.com"),
+        Some(&user),
+    )
+    .await;
+    // Retried, not given up on: stream and table both keep asking.
+    eventually("stream and table retry during the 503 outage", async || {
+        registry.refused(&stream_schema) >= 3 && registry.refused(&table_schema) >= 3
+    })
+    .await;
+    // A 500 the converter keeps in its cache as a final answer; only if
+    // enrich clears it does the next try reach the registry again.
+    registry.start_outage(StatusCode::INTERNAL_SERVER_ERROR);
+    let asked = (
+        registry.refused(&stream_schema),
+        registry.refused(&table_schema),
+    );
+    eventually("stream and table retry during the 500 outage", async || {
+        registry.refused(&stream_schema) > asked.0 && registry.refused(&table_schema) > asked.1
+    })
+    .await;
+    assert_eq!(http_get(&readyz).await.map(|r| r.0), Some(503));
+    assert_eq!(env.end_offsets(&env.dlq("notifications"), 1), [0]);
+    assert_eq!(env.end_offsets(&env.dlq("slack_users"), 1), [0]);
+    assert_eq!(
+        env.end_offsets(&env.topic("slack_messages"), 3)
+            .iter()
+            .sum::<i64>(),
+        0,
+        "nothing is written while the registry is out"
+    );
+
+    registry.end_outage();
+    let messages = env.read_messages(EVENTS, WAIT).await;
+    let mut alert_ids: Vec<String> = messages.iter().map(|(_, m)| m.alert_id.clone()).collect();
+    alert_ids.sort();
+    assert_eq!(alert_ids, expected, "every event exactly once");
+    for (record, message) in &messages {
+        assert_eq!(record.payload.as_deref().map(|p| p[0]), Some(0), "framed");
+        assert_eq!(message.channel_id, "C0ALERTS");
+    }
+    env.wait_metric(
+        "alertsvc_table_updates_total{kind=\"upsert\",table=\"slack_users\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
+    env.wait_ready(WAIT).await;
+    eventually("the gauge back at 0", async || {
+        metric_value(&env.metrics().await, GAUGE) == Some(0.0)
+    })
+    .await;
+    assert_eq!(env.end_offsets(&env.dlq("notifications"), 1), [0]);
+    assert_eq!(env.end_offsets(&env.dlq("slack_users"), 1), [0]);
+    assert_eq!(
+        metric_value(
+            &env.metrics().await,
+            "alertsvc_table_updates_total{kind=\"invalid\",table=\"slack_users\"}"
+        ),
+        None
     );
     enrich.stop().await.expect("clean stop");
 }

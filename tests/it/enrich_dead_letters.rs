@@ -1,9 +1,16 @@
 //! Bad input ends in the dead-letter topic with a readable reason, and the
-//! records around it still flow.
+//! records around it still flow; the dead-letter sender outlasts failed
+//! writes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use alertsvc::kafka::{
+    client_config, send_dead_letter, DeadLetterRecord, SourcePosition, StageContext,
+};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::common::{connector_event, TestEnv};
 
@@ -143,4 +150,146 @@ async fn bad_records_are_dead_lettered_and_the_rest_flows() {
         Some(1.0)
     );
     enrich.stop().await.expect("clean stop");
+}
+
+/// The one dead-letter sender: failed writes (injected into the mock
+/// broker) are retried until the broker acknowledges, and the record lands
+/// once with every header; with the writes failing for good it returns
+/// only when cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_sender_retries_until_acknowledged_or_cancelled() {
+    let env = TestEnv::new("").await;
+    let Some(cluster) = env.broker.mock() else {
+        return; // needs the mock broker's error injection
+    };
+    // Configured as enrich's dead-letter producer.
+    let mut config = client_config(&env.settings.kafka);
+    config.set("enable.idempotence", "true");
+    let producer: FutureProducer<StageContext> = config
+        .create_with_context(StageContext::default())
+        .expect("producer");
+    let dlq = env.dlq("notifications");
+    let letter = DeadLetterRecord {
+        dlq_topic: dlq.clone(),
+        source: Some(SourcePosition {
+            topic: env.topic("notifications"),
+            partition: 2,
+            offset: 41,
+        }),
+        key: Some(b"org-a".to_vec()),
+        payload: Some(b"\x00bytes".to_vec()),
+        stage: "decode".into(),
+        reason: "cannot decode value".into(),
+        pipeline: Some("p1".into()),
+        extra_headers: vec![("alertsvc.dlq.job", "j".into())],
+    };
+
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 3],
+    );
+    let started = Instant::now();
+    send_dead_letter(&producer, letter.clone(), &CancellationToken::new())
+        .await
+        .expect("acknowledged");
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "three failures and their backoff (≥ 50+100+200 ms) come first: {:?}",
+        started.elapsed()
+    );
+    let dead = env.read(&dlq, 1, WAIT).await;
+    assert_eq!(dead.len(), 1, "written once");
+    assert_eq!(dead[0].key.as_deref(), Some("org-a"));
+    assert_eq!(dead[0].payload.as_deref(), Some(&b"\x00bytes"[..]));
+    let headers: Vec<(&str, &str)> = dead[0]
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let topic = env.topic("notifications");
+    assert_eq!(
+        headers,
+        [
+            ("alertsvc.dlq.job", "j"),
+            ("alertsvc.dlq.pipeline", "p1"),
+            ("alertsvc.dlq.reason", "cannot decode value"),
+            ("alertsvc.dlq.source.offset", "41"),
+            ("alertsvc.dlq.source.partition", "2"),
+            ("alertsvc.dlq.source.topic", topic.as_str()),
+            ("alertsvc.dlq.stage", "decode"),
+        ]
+    );
+
+    // Every write fails: the sender keeps trying until cancelled.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 1000],
+    );
+    let cancel = CancellationToken::new();
+    let sending = send_dead_letter(&producer, letter, &cancel);
+    tokio::pin!(sending);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), &mut sending)
+            .await
+            .is_err(),
+        "no acknowledgement, no return"
+    );
+    cancel.cancel();
+    let cancelled = tokio::time::timeout(Duration::from_secs(1), sending)
+        .await
+        .expect("returns promptly when cancelled")
+        .unwrap_err();
+    assert_eq!(
+        cancelled.to_string(),
+        format!("stopped before {dlq} acknowledged the dead letter of {topic}[2]@41")
+    );
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    assert_eq!(env.end_offsets(&dlq, 1), [1], "nothing more was written");
+}
+
+/// at_least_once writes dead letters outside any transaction: a failed
+/// write is retried by the sender until acknowledged, and only then are the
+/// offsets committed; the batch itself does not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_retries_a_failed_dead_letter_before_committing() {
+    let env = TestEnv::new("[enrich]\nprocessing_guarantee = \"at_least_once\"\n").await;
+    let Some(cluster) = env.broker.mock() else {
+        return; // needs the mock broker's error injection
+    };
+    let topic = env.topic("notifications");
+    let (partition, offset) = env
+        .produce_raw(&topic, Some("org-a"), Some(b"\x00not avro"))
+        .await;
+    // The batch holds only the bad record, so these hit its dead letter.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 3],
+    );
+    let enrich = env.start_enrich();
+    let dead = env.read(&env.dlq("notifications"), 1, WAIT).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].headers["alertsvc.dlq.source.offset"],
+        offset.to_string()
+    );
+    env.wait_metric(
+        "alertsvc_enrich_commits_total{outcome=\"committed\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        crate::common::metric_value(
+            &env.metrics().await,
+            "alertsvc_enrich_commits_total{outcome=\"aborted\"}"
+        ),
+        None,
+        "the dead letter was retried, not the batch"
+    );
+    enrich.stop().await.expect("clean stop");
+    let group = env.settings.enrich.as_ref().unwrap().group_id.clone();
+    assert_eq!(
+        env.committed(&group, &topic, 3)[partition as usize],
+        offset + 1
+    );
 }

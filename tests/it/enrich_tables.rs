@@ -1,8 +1,10 @@
 //! GlobalKTable semantics of join tables.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::common::{connector_event, TestEnv};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+use crate::common::{connector_event, http_get, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(30);
 const ORGS: usize = 60;
@@ -109,8 +111,13 @@ async fn tables_bootstrap_then_follow_updates_and_tombstones() {
     enrich.stop().await.expect("clean stop");
 }
 
+/// An undecodable table record goes to the dead-letter topic, and the
+/// loader does not move past it before the broker acknowledged it: the
+/// first dead-letter writes fail (injected into the mock broker), and
+/// enrich becomes ready only after the retried write went through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_table_records_are_dead_lettered_and_leave_the_table_intact() {
+    const FAILED_WRITES: usize = 5;
     let env = TestEnv::new("").await;
     env.put_assignment("org-1", "a@example.com", "One").await;
     let (partition, offset) = env
@@ -120,10 +127,42 @@ async fn bad_table_records_are_dead_lettered_and_leave_the_table_intact() {
             Some(b"garbage"),
         )
         .await;
+    let dlq = env.dlq("csdr_assignment");
+    // The next produce requests (the dead letter's: enrich writes nothing
+    // else before it is ready) fail for good.
+    if let Some(cluster) = env.broker.mock() {
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; FAILED_WRITES],
+        );
+    }
+    let started = Instant::now();
     let enrich = env.start_enrich();
-    env.wait_ready(WAIT).await;
-    let dead = env.read(&env.dlq("csdr_assignment"), 1, WAIT).await;
-    assert_eq!(dead.len(), 1);
+    let readyz = format!("http://{}/readyz", env.http_addr);
+    loop {
+        let ready = http_get(&readyz).await.map(|r| r.0) == Some(200);
+        if ready {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "not ready after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        env.end_offsets(&dlq, 1),
+        [1],
+        "ready only once the dead letter is acknowledged"
+    );
+    if env.broker.mock().is_some() {
+        // Five failed writes and their backoff (at least 50+100+200+400+800
+        // ms) came first.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1550),
+            "ready after {:?}: the failed writes were not waited out",
+            started.elapsed()
+        );
+    }
+    let dead = env.read(&dlq, 1, WAIT).await;
+    assert_eq!(dead.len(), 1, "one dead letter, however many tries");
     assert_eq!(dead[0].payload.as_deref(), Some(&b"garbage"[..]));
     assert_eq!(dead[0].key.as_deref(), Some("org-bad"));
     assert_eq!(

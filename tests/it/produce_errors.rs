@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use alertsvc::config::{Settings, Sources};
 use alertsvc::produce::Options;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::common::warehouse::{failure, produce_toml, Failure, Warehouse};
 use crate::common::{config_dir, http_get, metric_value, TestEnv};
@@ -68,6 +69,65 @@ async fn unmappable_rows_go_to_the_dead_letter_topic_and_fail_the_run() {
     let (code, _, stderr) = env.run_produce(&["--once"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert_events(&env, &warehouse, &good).await;
+}
+
+/// Dead letters go through the retrying sender: their first writes fail
+/// (injected into the mock broker) and are retried, the run still ends
+/// with exit 2 and each dead letter written once, logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_retried_until_the_broker_acknowledges_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = Warehouse::sqlite(dir.path()).await;
+    // Every row lacks its key: the run writes dead letters and no event,
+    // so the injected errors can only hit dead letters.
+    let rows: Vec<Failure> = (0..2)
+        .map(|i| Failure {
+            org: None,
+            ..failure(i)
+        })
+        .collect();
+    warehouse.insert(&rows).await;
+    let env = TestEnv::new(&produce_toml(dir.path(), &warehouse, "", "")).await;
+    let Some(cluster) = env.broker.mock() else {
+        return; // needs the mock broker's error injection
+    };
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 3],
+    );
+
+    let (code, _, stderr) = env.run_produce(&["--once"]).await;
+    assert_eq!(code, 2, "dead letters, all acknowledged: {stderr}");
+    assert!(
+        stderr.contains("dead-letter write failed; retrying"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("record sent to the dead-letter topic")
+            .count(),
+        2,
+        "each dead letter is logged once: {stderr}"
+    );
+    let dead = env
+        .read(&env.dlq("notifications"), 2, Duration::from_secs(20))
+        .await;
+    // Retried one by one, they may land in any order.
+    let mut rows: Vec<(&str, &str)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d.headers["alertsvc.dlq.row"].as_str(),
+                d.headers["alertsvc.dlq.column"].as_str(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [("1", "org_id"), ("2", "org_id")],
+        "each written once"
+    );
 }
 
 /// A query that names a column the table lacks: exit 1, one line naming

@@ -25,6 +25,15 @@ impl Broker {
         }
     }
 
+    /// The mock cluster, to inject request errors; `None` against an
+    /// external broker.
+    pub fn mock(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
+        match self {
+            Broker::Mock(cluster) => Some(cluster),
+            Broker::External(_) => None,
+        }
+    }
+
     pub fn is_external(&self) -> bool {
         matches!(self, Broker::External(_))
     }

@@ -2,14 +2,16 @@
 //! ids (one id per distinct schema, shared across subjects), the real error
 //! bodies (40401 subject not found, 40403 schema not found, 42201 invalid
 //! schema, 409 incompatible) and BACKWARD compatibility for records (a field
-//! added without a default is refused).
+//! added without a default is refused). An outage switch makes it answer
+//! every request with an error status (503, 500, …) until switched back.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,6 +25,10 @@ struct Registry {
     /// subject → schema ids by version (version = index + 1).
     subjects: BTreeMap<String, Vec<u32>>,
     requests: usize,
+    /// While set, every request is answered with this status.
+    outage: Option<StatusCode>,
+    /// Requests answered with the outage status, by path.
+    refused: BTreeMap<String, usize>,
 }
 
 type Shared = Arc<Mutex<Registry>>;
@@ -40,6 +46,7 @@ impl FakeRegistry {
             .route("/subjects/{subject}/versions", post(register))
             .route("/subjects/{subject}/versions/{version}", get(version))
             .route("/schemas/ids/{id}", get(schema_by_id))
+            .layer(middleware::from_fn_with_state(state.clone(), outage))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -66,6 +73,44 @@ impl FakeRegistry {
 
     pub fn requests(&self) -> usize {
         self.state.lock().unwrap().requests
+    }
+
+    /// From now on every request is answered with `status` (with a
+    /// Confluent error body), as by a registry behind a failing proxy.
+    pub fn start_outage(&self, status: StatusCode) {
+        self.state.lock().unwrap().outage = Some(status);
+    }
+
+    pub fn end_outage(&self) {
+        self.state.lock().unwrap().outage = None;
+    }
+
+    /// Requests for `path` (e.g. `/schemas/ids/1`) answered with an outage
+    /// status so far.
+    pub fn refused(&self, path: &str) -> usize {
+        let registry = self.state.lock().unwrap();
+        registry.refused.get(path).copied().unwrap_or(0)
+    }
+}
+
+async fn outage(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let status = {
+        let mut registry = state.lock().unwrap();
+        if registry.outage.is_some() {
+            *registry
+                .refused
+                .entry(request.uri().path().to_owned())
+                .or_default() += 1;
+        }
+        registry.outage
+    };
+    match status {
+        Some(status) => error(
+            status,
+            u32::from(status.as_u16()) * 100 + 1,
+            status.canonical_reason().unwrap_or("outage"),
+        ),
+        None => next.run(request).await,
     }
 }
 
