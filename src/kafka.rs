@@ -337,31 +337,6 @@ fn dead_letter_headers(
     headers
 }
 
-/// Where a dead letter came from and why it died: the headers only.
-///
-/// Superseded by [`DeadLetterRecord`] and [`send_dead_letter`]; kept while
-/// notify still builds its dead letters itself.
-#[derive(Debug, Clone)]
-pub struct DeadLetter<'a> {
-    pub source_topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub stage: &'a str,
-    pub reason: String,
-    pub pipeline: Option<&'a str>,
-}
-
-impl DeadLetter<'_> {
-    pub fn headers(&self) -> OwnedHeaders {
-        let source = SourcePosition {
-            topic: self.source_topic.to_owned(),
-            partition: self.partition,
-            offset: self.offset,
-        };
-        dead_letter_headers(Some(&source), self.stage, &self.reason, self.pipeline, &[])
-    }
-}
-
 pub fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
     Header {
         key,
@@ -457,16 +432,6 @@ mod tests {
             (dlq_headers::PIPELINE, "p"),
         ]);
         assert_eq!(pairs(record.headers.as_ref().unwrap()), expected);
-        // The older header-only API writes the same headers.
-        let old = DeadLetter {
-            source_topic: "in",
-            partition: 2,
-            offset: 7,
-            stage: "render",
-            reason: "template failed".into(),
-            pipeline: Some("p"),
-        };
-        assert_eq!(pairs(&old.headers()), expected);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::offsets::OffsetTracker;
 use super::worker::{self, Done, Job, Shared};
 use crate::avro::Codec;
 use crate::config::NotifySettings;
-use crate::kafka::{DeadLetter, OutRecord, StageContext};
+use crate::kafka::{send_dead_letter, DeadLetterRecord, StageContext};
 use crate::messages::SlackMessage;
 
 /// The partitions this consumer owns, each with the token that stops its
@@ -396,31 +396,16 @@ impl Dispatcher<'_> {
         reason: &str,
         stop: &CancellationToken,
     ) -> bool {
-        tracing::warn!(
-            partition = message.partition(),
-            offset = message.offset(),
-            reason,
-            "undecodable message sent to the dead-letter topic"
-        );
         self.shared.metrics.dlq.inc();
-        let letter = DeadLetter {
-            source_topic: &self.input_topic,
-            partition: message.partition(),
-            offset: message.offset(),
-            stage: "decode",
-            reason: reason.to_owned(),
-            pipeline: None,
-        };
-        let record = OutRecord {
-            topic: self.shared.responses.dlq_topic.clone(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers: Some(letter.headers()),
-        };
-        self.shared
-            .responses
-            .produce_until_acked(&record, stop)
+        let letter = DeadLetterRecord::from_message(
+            self.shared.responses.dlq_topic.clone(),
+            message,
+            "decode",
+            reason,
+        );
+        send_dead_letter(&self.shared.responses.producer, letter, stop)
             .await
+            .is_ok()
     }
 }
 

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use super::delivery::{now_ms, Delivery};
 use super::worker::Job;
 use crate::avro::Codec;
-use crate::kafka::{enqueue, DeadLetter, OutRecord, StageContext};
+use crate::kafka::{
+    enqueue, send_dead_letter, DeadLetterRecord, OutRecord, SourcePosition, StageContext,
+};
 use crate::messages::{to_json, SlackResponse};
 use crate::metrics::NotifyMetrics;
 
@@ -48,12 +50,14 @@ impl Responses {
                 return false;
             }
         };
-        let mut records = vec![OutRecord {
+        // The dead letter first: a response is never written for an alert
+        // whose dead letter is not stored.
+        let record = OutRecord {
             topic: self.topic.clone(),
             key: Some(job.message.alert_id.clone().into_bytes()),
             payload: Some(payload),
             headers: None,
-        }];
+        };
         if delivery.dead_letter {
             let reason = format!(
                 "Slack error: {}",
@@ -61,33 +65,32 @@ impl Responses {
             );
             tracing::warn!(
                 alert_id = %job.message.alert_id,
-                partition = job.partition,
-                offset = job.offset,
                 reason,
-                "alert sent to the dead-letter topic"
+                "Slack refused the alert for good: dead-lettering it"
             );
             self.metrics.dlq.inc();
-            let letter = DeadLetter {
-                source_topic: &self.input_topic,
-                partition: job.partition,
-                offset: job.offset,
-                stage: "deliver",
-                reason,
-                pipeline: None,
-            };
-            records.push(OutRecord {
-                topic: self.dlq_topic.clone(),
+            let letter = DeadLetterRecord {
+                dlq_topic: self.dlq_topic.clone(),
+                source: Some(SourcePosition {
+                    topic: self.input_topic.clone(),
+                    partition: job.partition,
+                    offset: job.offset,
+                }),
                 key: job.key.clone(),
                 payload: Some(job.payload.clone()),
-                headers: Some(letter.headers()),
-            });
-        }
-        for record in &records {
-            if !self.produce_until_acked(record, stop).await {
+                stage: "deliver".into(),
+                reason,
+                pipeline: None,
+                extra_headers: vec![("alertsvc.dlq.alert_id", job.message.alert_id.clone())],
+            };
+            if send_dead_letter(&self.producer, letter, stop)
+                .await
+                .is_err()
+            {
                 return false;
             }
         }
-        true
+        self.produce_until_acked(&record, stop).await
     }
 
     pub async fn produce_until_acked(&self, record: &OutRecord, stop: &CancellationToken) -> bool {
