@@ -97,6 +97,11 @@ impl TestEnv {
     }
 
     pub async fn with_broker(broker: Broker, extra: &str) -> TestEnv {
+        Self::with_layers(broker, &[extra]).await
+    }
+
+    /// Like [`TestEnv::new`] with several TOML overlays, later ones winning.
+    pub async fn with_layers(broker: Broker, layers: &[&str]) -> TestEnv {
         init();
         let suffix = format!(
             "{}-{}",
@@ -155,7 +160,9 @@ impl TestEnv {
                 toml::Value::Table(topics),
             )])),
         );
-        merge(&mut overlay, toml::from_str(extra).expect("extra TOML"));
+        for layer in layers {
+            merge(&mut overlay, toml::from_str(layer).expect("extra TOML"));
+        }
 
         let dir = tempfile::tempdir().expect("tempdir");
         let overlay_path = dir.path().join("test.toml");
@@ -353,21 +360,44 @@ impl TestEnv {
         self.spawn_process("notify", log_name)
     }
 
+    /// One of several `alertsvc notify` replicas: its own instance id
+    /// (kept across its restarts, as a pod's name is) and HTTP port.
+    pub fn spawn_notify_replica(&self, instance: &str, log_name: &str) -> Child {
+        let mut command = self.process_command("notify", log_name, instance);
+        command.env("ALERTSVC__NOTIFY__HTTP_ADDR", "127.0.0.1:0");
+        command.spawn().expect("spawn alertsvc notify")
+    }
+
     /// `alertsvc <stage>` as a child process (killable like a crashed pod).
     fn spawn_process(&self, stage: &str, log_name: &str) -> Child {
-        let log = std::fs::File::create(self.dir.path().join(log_name)).expect("log file");
-        Command::new(env!("CARGO_BIN_EXE_alertsvc"))
+        self.process_command(stage, log_name, "crash-test")
+            .spawn()
+            .expect("spawn alertsvc")
+    }
+
+    fn process_command(&self, stage: &str, log_name: &str, instance: &str) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log_name))
+            .expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_alertsvc"));
+        command
             .arg("--config-dir")
             .arg(config_dir())
             .arg("--config")
             .arg(&self.overlay)
             .arg(stage)
-            .env("ALERTSVC_INSTANCE_ID", "crash-test")
+            .env("ALERTSVC_INSTANCE_ID", instance)
             .env("RUST_LOG", "warn,alertsvc=info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn alertsvc")
+            .stderr(log);
+        command
+    }
+
+    /// The log a child process wrote (for a failing test's message).
+    pub fn process_log(&self, log_name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(log_name)).unwrap_or_default()
     }
 
     /// `alertsvc produce ARGS` as a child process, ready to spawn or run.

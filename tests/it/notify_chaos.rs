@@ -1,0 +1,327 @@
+//! Three notify replicas on one PostgreSQL ledger, one consumer group,
+//! against a Slack that goes away for a while, answers some posts
+//! ambiguously (stored, then a 500 or an answer after the client gave up)
+//! and rate-limits others; replicas are killed with SIGKILL and restarted
+//! (each kill is a rebalance), and a second version of some alerts arrives
+//! mid-run. Every alert must be posted exactly once, no message may ever
+//! show an older version than it showed before, and nothing transient may
+//! reach the dead-letter topic.
+//!
+//! `ALERTSVC_CHAOS_ALERTS=3000 cargo test --release --test it notify_chaos
+//! -- --nocapture` is the longer run whose figures are in
+//! `docs/RELIABILITY.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use alertsvc::messages::{DeliveryOutcome, SlackResponse};
+use alertsvc::slack::fake::{dm_channel, FakeSlack, OutageMode};
+
+use crate::common::slack::{fake_slack, ledger_url, notify_toml, version, Backend};
+use crate::common::{Broker, TestEnv};
+
+const CHANNELS: usize = 30;
+const USERS: usize = 10;
+
+fn targets() -> Vec<String> {
+    (0..CHANNELS)
+        .map(|i| format!("C{i:03}"))
+        .chain((0..USERS).map(|i| format!("U{i:03}")))
+        .collect()
+}
+
+/// The version number a text shows ("… v2" → 2).
+fn version_of_text(text: &str) -> u32 {
+    text.rsplit_once(" v")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Replica {
+    name: String,
+    child: Child,
+    starts: u32,
+}
+
+impl Replica {
+    fn start(env: &TestEnv, name: &str) -> Replica {
+        Replica {
+            name: name.to_owned(),
+            child: env.spawn_notify_replica(name, &format!("{name}.log")),
+            starts: 1,
+        }
+    }
+
+    fn kill_and_restart(&mut self, env: &TestEnv) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+        self.child = env.spawn_notify_replica(&self.name, &format!("{}.log", self.name));
+        self.starts += 1;
+    }
+
+    fn check_alive(&mut self, env: &TestEnv) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited: {status}\n{}",
+                self.name,
+                env.process_log(&format!("{}.log", self.name))
+            );
+        }
+    }
+}
+
+async fn wait_for(
+    what: &str,
+    deadline: Instant,
+    replicas: &mut [Replica],
+    env: &TestEnv,
+    done: impl Fn() -> bool,
+) {
+    while !done() {
+        for replica in replicas.iter_mut() {
+            replica.check_alive(env);
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
+    let alerts: usize = std::env::var("ALERTSVC_CHAOS_ALERTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(240);
+    let targets = targets();
+    let target_refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let slack: FakeSlack = fake_slack(&target_refs, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger_url(Backend::Postgres, dir.path()).await;
+    let env = TestEnv::with_layers(
+        Broker::start(),
+        &[
+            &notify_toml(&slack, &ledger, 20),
+            r#"
+            [kafka.client]
+            "session.timeout.ms" = "6000"
+            [notify]
+            reconcile_delay = "200ms"
+            unreachable_after = 3
+            shutdown_grace = "5s"
+            [notify.slack]
+            request_timeout = "1s"
+            [notify.ledger]
+            claim_lease = "4s"
+            [notify.retry]
+            initial_backoff = "50ms"
+            max_backoff = "1s"
+            "#,
+        ],
+    )
+    .await;
+    slack.set_ambiguous(0.05, Duration::from_millis(1_500));
+    slack.set_rate_limit_injection(0.05, 1);
+
+    let started = now_ms();
+    let mut expected: BTreeMap<String, (String, u32)> = BTreeMap::new();
+    for i in 0..alerts {
+        let alert = format!("chaos-{i}");
+        let target = &targets[i % targets.len()];
+        let m = version(&alert, target, &format!("{alert} v1"), 1, started);
+        env.produce_message(&m).await;
+        expected.insert(alert, (target.clone(), 1));
+    }
+
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|i| Replica::start(&env, &format!("replica-{i}")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let posted = |n: usize| {
+        let slack = slack.clone();
+        move || slack.posts_by_alert().len() >= n
+    };
+
+    wait_for(
+        "first posts",
+        deadline,
+        &mut replicas,
+        &env,
+        posted(alerts / 5),
+    )
+    .await;
+    let victim = rng.usize(..replicas.len());
+    replicas[victim].kill_and_restart(&env);
+
+    // A second version of every fourth alert, mid-run.
+    for i in (0..alerts).step_by(4) {
+        let alert = format!("chaos-{i}");
+        let target = &targets[i % targets.len()];
+        let m = version(&alert, target, &format!("{alert} v2"), 2, started + 1_000);
+        env.produce_message(&m).await;
+        expected.insert(alert, (target.clone(), 2));
+    }
+
+    wait_for(
+        "posts before the outage",
+        deadline,
+        &mut replicas,
+        &env,
+        posted(alerts * 2 / 5),
+    )
+    .await;
+    slack.set_outage(Some(OutageMode::Refuse));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let victim = rng.usize(..replicas.len());
+    replicas[victim].kill_and_restart(&env);
+    slack.set_outage(None);
+
+    wait_for(
+        "posts after the outage",
+        deadline,
+        &mut replicas,
+        &env,
+        posted(alerts * 7 / 10),
+    )
+    .await;
+    let victim = rng.usize(..replicas.len());
+    replicas[victim].kill_and_restart(&env);
+
+    // Done when every alert shows its latest version.
+    let shows_latest = || {
+        let messages = slack.messages();
+        let shown: BTreeMap<String, u32> = messages
+            .iter()
+            .filter_map(|m| Some((m.alert_id()?.to_owned(), version_of_text(&m.text))))
+            .collect();
+        expected
+            .iter()
+            .all(|(alert, (_, v))| shown.get(alert) == Some(v))
+    };
+    wait_for(
+        "every alert's latest version",
+        deadline,
+        &mut replicas,
+        &env,
+        shows_latest,
+    )
+    .await;
+    let elapsed_ms = now_ms() - started;
+
+    // Every alert answered ok with its ts, read from slack-responses.
+    let codec = env.codecs["slack_responses"].clone();
+    let decode = |payload: &[u8]| -> Option<SlackResponse> {
+        let value = futures::executor::block_on(codec.decode(payload)).ok()?;
+        serde_json::from_value(value).ok()
+    };
+    let records = env
+        .read_until(
+            &env.topic("slack_responses"),
+            |records| {
+                let answered: BTreeSet<String> = records
+                    .iter()
+                    .filter_map(|r| decode(r.payload.as_deref()?))
+                    .filter(|r| r.ok)
+                    .map(|r| r.alert_id)
+                    .collect();
+                answered.len() >= alerts
+            },
+            Duration::from_secs(60),
+        )
+        .await;
+    for replica in &mut replicas {
+        let pid = replica.child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+    }
+    for replica in &mut replicas {
+        let status = replica.child.wait().expect("wait");
+        assert!(
+            status.success(),
+            "{} exit on SIGTERM: {status}",
+            replica.name
+        );
+    }
+
+    let messages = slack.messages();
+    let posts = slack.posts_by_alert();
+    let twice: Vec<_> = posts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "posted more than once: {twice:?}");
+    assert_eq!(
+        posts.keys().cloned().collect::<BTreeSet<_>>(),
+        expected.keys().cloned().collect::<BTreeSet<_>>(),
+        "every alert posted"
+    );
+    for m in &messages {
+        let versions: Vec<u32> = m.revisions.iter().map(|t| version_of_text(t)).collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "{:?} went backwards: {:?}",
+            m.alert_id(),
+            m.revisions
+        );
+        let (target, _) = &expected[m.alert_id().unwrap_or_default()];
+        let conversation = if target.starts_with('U') {
+            dm_channel(target)
+        } else {
+            target.clone()
+        };
+        assert_eq!(&m.channel, &conversation, "{:?}", m.alert_id());
+    }
+
+    let responses: Vec<SlackResponse> = records
+        .iter()
+        .filter_map(|r| decode(r.payload.as_deref()?))
+        .collect();
+    let mut posted_answers: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &responses {
+        assert!(r.ok, "only ok answers: {r:?}");
+        let shown = messages
+            .iter()
+            .find(|m| m.alert_id() == Some(r.alert_id.as_str()))
+            .expect("posted");
+        assert_eq!(r.ts.as_deref(), Some(shown.ts.as_str()), "{r:?}");
+        if r.outcome == DeliveryOutcome::Posted {
+            *posted_answers.entry(r.alert_id.as_str()).or_default() += 1;
+        }
+    }
+    let answered: BTreeSet<&str> = responses.iter().map(|r| r.alert_id.as_str()).collect();
+    assert_eq!(answered.len(), alerts, "every alert answered");
+    let reported_twice: Vec<_> = posted_answers.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        reported_twice.is_empty(),
+        "`posted` answered twice: {reported_twice:?}"
+    );
+    let dead = env
+        .read_until(
+            &env.dlq("slack_messages"),
+            |_| false,
+            Duration::from_millis(500),
+        )
+        .await;
+    assert!(dead.is_empty(), "{} dead letters", dead.len());
+
+    let stats = slack.stats();
+    let restarts: u32 = replicas.iter().map(|r| r.starts - 1).sum();
+    println!(
+        "chaos: {alerts} alerts to {} targets ({USERS} DMs), 3 replicas, {restarts} SIGKILLs, \
+         a 5 s outage; {} posts, {} updates, {} ambiguous answers, {} injected or paced 429s, \
+         {} outage rejections; lost 0, duplicates 0; {} responses, {} alerts answered `posted` \
+         (the rest `duplicate` after a kill between ledger and response); all shown in {:.1} s",
+        targets.len(),
+        stats.posts,
+        stats.updates,
+        stats.ambiguous,
+        stats.rate_limited,
+        stats.outage_rejections,
+        responses.len(),
+        posted_answers.len(),
+        elapsed_ms as f64 / 1000.0
+    );
+}
+
+fn now_ms() -> i64 {
+    crate::common::slack::now_ms()
+}
