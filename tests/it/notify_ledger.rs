@@ -76,3 +76,94 @@ fn a_bad_database_url_is_refused_without_echoing_it() {
     assert!(stderr.contains("notify.ledger.database_url"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// The claim is atomic: of many concurrent claimants exactly one holds the
+/// alert; a live lease is respected, a lapsed one taken over, and a writer
+/// whose claim was taken over is refused. Pruning spares held rows.
+async fn claims_are_exclusive_and_pruning_spares_held_rows(backend: Backend) {
+    use alertsvc::notify::ledger::{Claim, Ledger, LedgerError, Owner, Status};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = ledger_url(backend, dir.path()).await;
+    let ledger = Ledger::connect(&url, 8).await.unwrap();
+    ledger.migrate().await.unwrap();
+    let now = 1_800_000_000_000i64;
+    let owners: Vec<Owner> = (0..8)
+        .map(|i| Owner::new(&format!("replica-{i}")))
+        .collect();
+    let attempts = owners
+        .iter()
+        .map(|owner| ledger.claim("a1", "C1", owner, now, now + 10_000));
+    let results = futures::future::join_all(attempts).await;
+    let held: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Ok(Claim::Held(_))))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(held.len(), 1, "{results:?}");
+    let holder = &owners[held[0]];
+    let other = &owners[(held[0] + 1) % owners.len()];
+
+    // A live lease is waited for…
+    match ledger
+        .claim("a1", "C1", other, now + 5_000, now + 15_000)
+        .await
+        .unwrap()
+    {
+        Claim::Busy { owner, lease_until } => {
+            assert_eq!(
+                (owner.as_str(), lease_until),
+                (holder.instance.as_str(), now + 10_000)
+            );
+        }
+        held => panic!("a live claim was taken over: {held:?}"),
+    }
+    // …a lapsed one is taken over, and its former holder is fenced off.
+    let Claim::Held(entry) = ledger
+        .claim("a1", "C1", other, now + 10_001, now + 20_000)
+        .await
+        .unwrap()
+    else {
+        panic!("a lapsed claim was not taken over");
+    };
+    let mut entry = *entry;
+    entry.status = Status::Pending;
+    assert!(matches!(
+        ledger.save(&entry, holder, now + 10_002, false).await,
+        Err(LedgerError::ClaimLost { .. })
+    ));
+    ledger
+        .save(&entry, other, now + 10_002, true)
+        .await
+        .unwrap();
+    // The same instance after a restart (a new run) takes its claim back.
+    let restarted = Owner::new(&other.instance);
+    ledger
+        .claim("a2", "C1", other, now, now + 60_000)
+        .await
+        .unwrap();
+    assert!(matches!(
+        ledger
+            .claim("a2", "C1", &restarted, now + 1, now + 60_000)
+            .await
+            .unwrap(),
+        Claim::Held(_)
+    ));
+
+    // Pruning: a1 (released, old) goes; a2 (held) stays.
+    let pruned = ledger.prune(now + 1_000_000, now + 20_000).await.unwrap();
+    assert_eq!(pruned, 1);
+    assert!(ledger.get("a1").await.unwrap().is_none());
+    assert!(ledger.get("a2").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_sqlite() {
+    claims_are_exclusive_and_pruning_spares_held_rows(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_postgres() {
+    claims_are_exclusive_and_pruning_spares_held_rows(Backend::Postgres).await;
+}
