@@ -102,6 +102,32 @@ impl SlackHealth {
         self.unreachable.load(Ordering::SeqCst)
     }
 
+    /// While Slack is unreachable, asks it (`auth.test`) every `every`:
+    /// with every partition paused there may be no delivery left to find
+    /// out that it is back.
+    pub async fn probe(&self, slack: &SlackApi, every: Duration, stop: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            if !self.is_unreachable() {
+                continue;
+            }
+            match slack.auth_test().await {
+                Ok(()) => self.answered(),
+                Err(e) => match classify(&e) {
+                    Failure::Unreachable | Failure::Ambiguous => {
+                        tracing::debug!(error = %e, "Slack still unreachable")
+                    }
+                    // Any answer means Slack is there; what it said is for
+                    // the deliveries to find out.
+                    _ => self.answered(),
+                },
+            }
+        }
+    }
+
     fn answered(&self) {
         self.failures_in_a_row.store(0, Ordering::SeqCst);
         if self.unreachable.swap(false, Ordering::SeqCst) {

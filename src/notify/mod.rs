@@ -193,6 +193,11 @@ pub async fn run(
         notify.unreachable_after,
         metrics.slack_unreachable.clone(),
     ));
+    let probing = {
+        let (health, slack, stop) = (slack_health.clone(), slack.clone(), shutdown.clone());
+        let every = notify.retry.initial_backoff.max(Duration::from_secs(1));
+        tokio::spawn(async move { health.probe(&slack, every, &stop).await })
+    };
     let deliverer = Deliverer::new(
         slack,
         ledger.clone(),
@@ -250,6 +255,7 @@ pub async fn run(
     .run(&shutdown)
     .await;
     pruning.abort();
+    probing.abort();
     health.set_ready(false);
     match tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync)) {
         Ok(()) => {}

@@ -258,6 +258,13 @@ impl SlackApi {
         })
     }
 
+    /// `auth.test`: a cheap call that tells whether Slack answers (and the
+    /// token is good).
+    pub async fn auth_test(&self) -> Result<(), SlackError> {
+        let session = self.client.open_session(&self.token);
+        self.call(session.auth_test()).await.map(drop)
+    }
+
     /// The DM conversation (`D…`) with a user (`U…`/`W…`):
     /// `conversations.open`. History, updates and the ledger need it; a
     /// user id is not a conversation.

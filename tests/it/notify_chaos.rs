@@ -71,6 +71,14 @@ impl Replica {
     }
 }
 
+/// A failing test must not leave replicas running.
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn wait_for(
     what: &str,
     deadline: Instant,
@@ -123,20 +131,60 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
     slack.set_ambiguous(0.05, Duration::from_millis(1_500));
     slack.set_rate_limit_injection(0.05, 1);
 
-    let started = now_ms();
-    let mut expected: BTreeMap<String, (String, u32)> = BTreeMap::new();
-    for i in 0..alerts {
-        let alert = format!("chaos-{i}");
-        let target = &targets[i % targets.len()];
-        let m = version(&alert, target, &format!("{alert} v1"), 1, started);
-        env.produce_message(&m).await;
-        expected.insert(alert, (target.clone(), 1));
-    }
-
     let mut replicas: Vec<Replica> = (0..3)
         .map(|i| Replica::start(&env, &format!("replica-{i}")))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(240);
+    // Alerts arrive while the replicas run: at `ALERTSVC_CHAOS_RATE` per
+    // second (default: all at once), each created when it is produced.
+    let rate: f64 = std::env::var("ALERTSVC_CHAOS_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0.0);
+    let created = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<String, i64>::new()));
+    let mut expected: BTreeMap<String, (String, u32)> = BTreeMap::new();
+    for i in 0..alerts {
+        expected.insert(
+            format!("chaos-{i}"),
+            (targets[i % targets.len()].clone(), 1),
+        );
+    }
+    let producing = {
+        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", env.broker.bootstrap())
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        let codec = env.codecs["slack_messages"].clone();
+        let topic = env.topic("slack_messages");
+        let targets = targets.clone();
+        let created = created.clone();
+        tokio::spawn(async move {
+            let began = Instant::now();
+            for i in 0..alerts {
+                if rate > 0.0 {
+                    let due = began + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let alert = format!("chaos-{i}");
+                let target = &targets[i % targets.len()];
+                let at = now_ms();
+                let m = version(&alert, target, &format!("{alert} v1"), 1, at);
+                created.lock().unwrap().insert(alert, at);
+                let payload = codec.encode(&m.to_json()).await.expect("encode");
+                producer
+                    .send(
+                        rdkafka::producer::FutureRecord::to(&topic)
+                            .key(target.as_str())
+                            .payload(&payload),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .expect("produce");
+            }
+        })
+    };
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs(600);
     let mut rng = fastrand::Rng::with_seed(7);
     let posted = |n: usize| {
         let slack = slack.clone();
@@ -154,13 +202,18 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
     let victim = rng.usize(..replicas.len());
     replicas[victim].kill_and_restart(&env);
 
-    // A second version of every fourth alert, mid-run.
-    for i in (0..alerts).step_by(4) {
-        let alert = format!("chaos-{i}");
-        let target = &targets[i % targets.len()];
-        let m = version(&alert, target, &format!("{alert} v2"), 2, started + 1_000);
+    // A second version of every fourth alert posted so far, mid-run.
+    let first_versions: Vec<(String, i64)> = created
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(a, t)| (a.clone(), *t))
+        .collect();
+    for (alert, at) in first_versions.iter().step_by(4) {
+        let target = expected[alert].0.clone();
+        let m = version(alert, &target, &format!("{alert} v2"), 2, at + 1);
         env.produce_message(&m).await;
-        expected.insert(alert, (target.clone(), 2));
+        expected.insert(alert.clone(), (target, 2));
     }
 
     wait_for(
@@ -172,6 +225,7 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
     )
     .await;
     slack.set_outage(Some(OutageMode::Refuse));
+    let outage = (now_ms(), now_ms() + 5_000);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let victim = rng.usize(..replicas.len());
     replicas[victim].kill_and_restart(&env);
@@ -207,7 +261,8 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
         shows_latest,
     )
     .await;
-    let elapsed_ms = now_ms() - started;
+    producing.await.expect("producer task");
+    let elapsed = began.elapsed();
 
     // Every alert answered ok with its ts, read from slack-responses.
     let codec = env.codecs["slack_responses"].clone();
@@ -303,13 +358,40 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
         .await;
     assert!(dead.is_empty(), "{} dead letters", dead.len());
 
+    // Latency from createdAt to Slack's ts, for alerts created outside the
+    // outage and the five seconds after it (their channels were not
+    // backlogged by it).
+    let created = created.lock().unwrap().clone();
+    let mut latencies = Vec::new();
+    let mut calm = Vec::new();
+    for m in &messages {
+        let Some(at) = m.alert_id().and_then(|a| created.get(a)) else {
+            continue;
+        };
+        let ts_ms =
+            m.ts.parse::<f64>()
+                .map(|t| (t * 1000.0) as i64)
+                .unwrap_or(0);
+        latencies.push(ts_ms - at);
+        if *at < outage.0 || *at > outage.1 + 5_000 {
+            calm.push(ts_ms - at);
+        }
+    }
+    let percentile = |values: &mut Vec<i64>, p: f64| -> i64 {
+        values.sort_unstable();
+        values
+            .get(((values.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     let stats = slack.stats();
     let restarts: u32 = replicas.iter().map(|r| r.starts - 1).sum();
     println!(
         "chaos: {alerts} alerts to {} targets ({USERS} DMs), 3 replicas, {restarts} SIGKILLs, \
          a 5 s outage; {} posts, {} updates, {} ambiguous answers, {} injected or paced 429s, \
          {} outage rejections; lost 0, duplicates 0; {} responses, {} alerts answered `posted` \
-         (the rest `duplicate` after a kill between ledger and response); all shown in {:.1} s",
+         (the rest `duplicate` after a kill between ledger and response); all shown in {:.1} s; \
+         createdAt→Slack p50 {} ms, p95 {} ms (all), p95 {} ms (created outside the outage)",
         targets.len(),
         stats.posts,
         stats.updates,
@@ -318,7 +400,10 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
         stats.outage_rejections,
         responses.len(),
         posted_answers.len(),
-        elapsed_ms as f64 / 1000.0
+        elapsed.as_secs_f64(),
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.95),
+        percentile(&mut calm, 0.95),
     );
 }
 

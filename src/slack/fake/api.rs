@@ -26,6 +26,7 @@ pub(super) fn router(state: Shared) -> Router {
             get(history_get).post(history_post),
         )
         .route("/api/conversations.open", post(open_conversation))
+        .route("/api/auth.test", get(auth_test).post(auth_test))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             super::server::outage,
@@ -449,6 +450,18 @@ fn history_page(state: &Shared, request: Result<Value, &'static str>) -> Result<
     };
     Ok(json!({"ok": true, "messages": page, "has_more": has_more,
               "response_metadata": {"next_cursor": next_cursor}}))
+}
+
+/// `auth.test`: who the token is; notify's probe while Slack seems away.
+async fn auth_test(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(response) = gate(&state, &headers).await {
+        return response;
+    }
+    slack_ok(
+        json!({"ok": true, "url": "https://alertsvc-fake.slack.com/", "team": "alertsvc",
+                    "user": "alertsvc", "team_id": "T0ALERTSVC", "user_id": "U0ALERTSVC",
+                    "bot_id": "B0ALERTSVC"}),
+    )
 }
 
 async fn open_conversation(
