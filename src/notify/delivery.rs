@@ -584,14 +584,9 @@ impl Deliverer {
             Called::Done(conversation) => conversation,
             Called::Refused(e) => return self.refused(attempt, e).await.map(Some),
             Called::Auth(e) => return Err(DeliverError::Auth(e)),
-            Called::Later(after)
-            | Called::Uncertain(SlackError::RateLimited { retry_after: after }) => {
-                attempt.failures += 1;
-                let delay = self.backoff(attempt.failures, after);
-                self.wait_holding(&attempt.entry, delay, stop).await?;
-                return Ok(None);
-            }
-            Called::Uncertain(_) => return Ok(None),
+            Called::Later(after) => return self.retry_later(attempt, after, stop).await,
+            // Opening a DM twice is harmless: an unknown answer is retried.
+            Called::Uncertain(_) => return self.retry_later(attempt, None, stop).await,
         };
         {
             let entry = &mut attempt.entry;
@@ -659,11 +654,8 @@ impl Deliverer {
             }
             Called::Later(after) => {
                 // Certainly not posted: the next attempt need not look.
-                attempt.failures += 1;
                 attempt.entry.status = Status::New;
-                let delay = self.backoff(attempt.failures, after);
-                self.wait_holding(&attempt.entry, delay, stop).await?;
-                Ok(None)
+                self.retry_later(attempt, after, stop).await
             }
         }
     }
@@ -767,13 +759,22 @@ impl Deliverer {
                 self.wait_holding(&attempt.entry, delay, stop).await?;
                 Ok(None)
             }
-            Called::Later(after) => {
-                attempt.failures += 1;
-                let delay = self.backoff(attempt.failures, after);
-                self.wait_holding(&attempt.entry, delay, stop).await?;
-                Ok(None)
-            }
+            Called::Later(after) => self.retry_later(attempt, after, stop).await,
         }
+    }
+
+    /// Backs off (Slack's `Retry-After` if it sent one) holding the claim;
+    /// the loop then decides again.
+    async fn retry_later(
+        &self,
+        attempt: &mut Attempt<'_>,
+        after: Option<Duration>,
+        stop: &CancellationToken,
+    ) -> Result<Option<Delivery>, DeliverError> {
+        attempt.failures += 1;
+        let delay = self.backoff(attempt.failures, after);
+        self.wait_holding(&attempt.entry, delay, stop).await?;
+        Ok(None)
     }
 
     async fn paced(&self, channel: &str) {
