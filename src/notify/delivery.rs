@@ -7,7 +7,6 @@
 //! stays unfinished and is not committed.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::decision::{self, classify, ClaimView, Failure, Incoming, Plan, Rules};
 use super::ledger::{Claim, Entry, Ledger, LedgerError, Owner, Status, Version};
 use super::pacing::{retry_delay, Pacer};
+use super::slack_health::SlackHealth;
 use crate::config::RetrySettings;
 use crate::messages::{DeliveryOutcome, SlackMessage};
 use crate::metrics::NotifyMetrics;
@@ -75,74 +75,6 @@ pub fn now_ms() -> i64 {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Whether Slack can be reached, from the outcome of every call: after
-/// `threshold` calls in a row that could not reach it (or got no answer),
-/// it is unreachable until a call gets an answer. The dispatcher pauses
-/// consumption meanwhile.
-pub struct SlackHealth {
-    threshold: u32,
-    failures_in_a_row: AtomicU32,
-    unreachable: AtomicBool,
-    gauge: prometheus::IntGauge,
-}
-
-impl SlackHealth {
-    pub fn new(threshold: u32, gauge: prometheus::IntGauge) -> SlackHealth {
-        SlackHealth {
-            threshold: threshold.max(1),
-            failures_in_a_row: AtomicU32::new(0),
-            unreachable: AtomicBool::new(false),
-            gauge,
-        }
-    }
-
-    pub fn is_unreachable(&self) -> bool {
-        self.unreachable.load(Ordering::SeqCst)
-    }
-
-    /// While Slack is unreachable, asks it (`auth.test`) every `every`:
-    /// with every partition paused there may be no delivery left to find
-    /// out that it is back.
-    pub async fn probe(&self, slack: &SlackApi, every: Duration, stop: &CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.cancelled() => return,
-            }
-            if !self.is_unreachable() {
-                continue;
-            }
-            match slack.auth_test().await {
-                Ok(()) => self.answered(),
-                Err(e) => match classify(&e) {
-                    Failure::Unreachable | Failure::Ambiguous => {
-                        tracing::debug!(error = %e, "Slack still unreachable")
-                    }
-                    // Any answer means Slack is there; what it said is for
-                    // the deliveries to find out.
-                    _ => self.answered(),
-                },
-            }
-        }
-    }
-
-    fn answered(&self) {
-        self.failures_in_a_row.store(0, Ordering::SeqCst);
-        if self.unreachable.swap(false, Ordering::SeqCst) {
-            self.gauge.set(0);
-            tracing::warn!("Slack answers again: consumption resumes");
-        }
-    }
-
-    fn no_answer(&self, error: &SlackError) {
-        let failures = self.failures_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
-        if failures >= self.threshold && !self.unreachable.swap(true, Ordering::SeqCst) {
-            self.gauge.set(1);
-            tracing::warn!(%error, failures, "Slack is unreachable: consumption paused, alerts wait (up to max_age)");
-        }
-    }
 }
 
 /// Alerts being delivered by this process: one at a time per alert id, so

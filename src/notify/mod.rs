@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod offsets;
 pub mod pacing;
 pub mod responses;
+pub mod slack_health;
 pub mod worker;
 
 use std::path::Path;
@@ -38,11 +39,12 @@ use crate::kafka::{client_config, StageContext};
 use crate::metrics::{MetricsError, NotifyMetrics};
 use crate::slack::SlackApi;
 use decision::Rules;
-use delivery::{now_ms, Deliverer, DeliverySettings, SlackHealth};
+use delivery::{now_ms, Deliverer, DeliverySettings};
 use dispatch::{Assignment, Dispatcher, NotifyContext};
 use ledger::{Ledger, LedgerError, Owner};
 use pacing::Pacer;
 use responses::Responses;
+use slack_health::SlackHealth;
 use worker::Shared;
 
 #[derive(Debug, thiserror::Error)]
