@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use alertsvc::messages::{DeliveryOutcome, SlackResponse};
 use alertsvc::slack::fake::{dm_channel, FakeSlack, OutageMode};
 
-use crate::common::slack::{fake_slack, ledger_url, notify_toml, version, Backend};
+use crate::common::slack::{
+    fake_slack, ledger_url, no_dead_letters, notify_toml, version, Backend,
+};
 use crate::common::{Broker, TestEnv};
 
 const CHANNELS: usize = 30;
@@ -349,14 +351,7 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
         reported_twice.is_empty(),
         "`posted` answered twice: {reported_twice:?}"
     );
-    let dead = env
-        .read_until(
-            &env.dlq("slack_messages"),
-            |_| false,
-            Duration::from_millis(500),
-        )
-        .await;
-    assert!(dead.is_empty(), "{} dead letters", dead.len());
+    no_dead_letters(&env).await;
 
     // Latency from createdAt to Slack's ts, for alerts created outside the
     // outage and the five seconds after it (their channels were not

@@ -11,26 +11,15 @@ use alertsvc::notify::ledger::Ledger;
 use alertsvc::slack::fake::{FakeMessage, OutageMode};
 
 use crate::common::slack::{
-    by_alert, leave_pending, message, notify_env, notify_settings, now_ms, posts_per_alert,
-    version, wait_notify_metric, Backend, NotifyEnv,
+    by_alert, leave_pending, message, no_dead_letters, notify_env, notify_settings, now_ms,
+    posts_per_alert, version, wait_notify_metric, Backend, NotifyEnv,
 };
 use crate::common::{http_get, RunningStage};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn no_dead_letters(env: &crate::common::TestEnv) {
-    let dead = env
-        .read_until(
-            &env.dlq("slack_messages"),
-            |_| false,
-            Duration::from_millis(500),
-        )
-        .await;
-    assert!(
-        dead.is_empty(),
-        "dead letters: {:?}",
-        dead.iter().map(|r| &r.headers).collect::<Vec<_>>()
-    );
+async fn some_partition_paused(env: &crate::common::TestEnv) {
+    wait_notify_metric(env, "alertsvc_notify_paused_partitions", |v| v >= 1.0, WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,13 +50,7 @@ async fn a_slack_outage_pauses_consumption_and_loses_nothing() {
     env.produce_message(&aging).await;
 
     wait_notify_metric(&env, "alertsvc_slack_unreachable", |v| v == 1.0, WAIT).await;
-    wait_notify_metric(
-        &env,
-        "alertsvc_notify_paused_partitions",
-        |v| v >= 1.0,
-        WAIT,
-    )
-    .await;
+    some_partition_paused(&env).await;
     let ready = http_get(&format!("http://{}/readyz", env.notify_http_addr)).await;
     assert_eq!(
         ready.map(|(s, _)| s),
@@ -259,13 +242,7 @@ async fn a_backlogged_channel_holds_back_no_other_and_shutdown_is_prompt() {
         "the quiet channels waited {behind:?} behind CBUSY"
     );
     // The busy channel's partition is paused rather than read into memory.
-    wait_notify_metric(
-        &env,
-        "alertsvc_notify_paused_partitions",
-        |v| v >= 1.0,
-        WAIT,
-    )
-    .await;
+    some_partition_paused(&env).await;
     let in_flight =
         crate::common::metric_value(&env.notify_metrics().await, "alertsvc_notify_in_flight")
             .unwrap_or(f64::MAX);

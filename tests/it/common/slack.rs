@@ -234,3 +234,19 @@ pub async fn wait_notify_metric(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Asserts that nothing reached `slack-messages.dlq`.
+pub async fn no_dead_letters(env: &super::TestEnv) {
+    let dead = env
+        .read_until(
+            &env.dlq("slack_messages"),
+            |_| false,
+            std::time::Duration::from_millis(500),
+        )
+        .await;
+    assert!(
+        dead.is_empty(),
+        "dead letters: {:?}",
+        dead.iter().map(|r| &r.headers).collect::<Vec<_>>()
+    );
+}
