@@ -6,6 +6,7 @@
 //! tables, [`processor`] moves records between Kafka and the pipelines.
 
 pub mod blockkit;
+pub mod markup;
 pub mod pipeline;
 pub mod processor;
 pub mod readiness;

@@ -12,14 +12,23 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value as JinjaValue}
 use serde_json::Value as Json;
 
 use super::blockkit::{self, BlockKitError};
+use super::markup;
 use crate::config::{resolve_path, ConfigError, JoinKind, PipelineSettings};
 use crate::messages::SlackMessage;
 
-/// Escape mode for Block Kit templates: interpolated values are escaped as
-/// JSON string content, so `"text": "*Org* {{ key }}"` stays valid JSON
-/// whatever the value holds. `|safe` opts out.
-const JSON_STRING_ESCAPE: AutoEscape = AutoEscape::Custom("json-string");
+/// Escape mode for Block Kit templates: an interpolated value is first
+/// escaped as Slack text (`&amp;`, `&lt;`, `&gt;`), then as JSON string
+/// content, so `"text": "*Org* {{ key }}"` stays valid JSON and shows the
+/// value literally whatever it holds. The order matters: the JSON layer is
+/// the outer one (Slack decodes it first, then reads the Slack entities), and
+/// Slack escaping never produces a character JSON needs to escape.
+/// `|markup` (and the helpers in [`super::markup`]) skip the Slack layer
+/// only; `|safe` (and `tojson`) skip both and insert raw JSON.
+const SLACK_JSON_ESCAPE: AutoEscape = AutoEscape::Custom("slack-json");
+/// Escape mode for the fallback `text`: Slack escaping only.
+const SLACK_TEXT_ESCAPE: AutoEscape = AutoEscape::Custom("slack-text");
 const BLOCKS_TEMPLATE: &str = "blocks";
+const TEXT_TEMPLATE: &str = "text";
 
 /// Where a record came from; part of the template context and of errors.
 #[derive(Debug, Clone, Copy)]
@@ -147,15 +156,16 @@ impl Pipeline {
 
         let mut templates = Environment::new();
         templates.set_undefined_behavior(UndefinedBehavior::Strict);
-        templates.set_auto_escape_callback(|name| {
-            if name == BLOCKS_TEMPLATE {
-                JSON_STRING_ESCAPE
-            } else {
-                AutoEscape::None
-            }
+        // `alert_id` and `channel` are ids, not text Slack reads as mrkdwn:
+        // escaping would only change them.
+        templates.set_auto_escape_callback(|name| match name {
+            BLOCKS_TEMPLATE => SLACK_JSON_ESCAPE,
+            TEXT_TEMPLATE => SLACK_TEXT_ESCAPE,
+            _ => AutoEscape::None,
         });
-        templates.set_formatter(json_string_formatter);
+        templates.set_formatter(slack_formatter);
         templates.add_filter("truncate", truncate_chars);
+        markup::register(&mut templates);
         let message = &settings.message;
         let blocks_source = match (&message.blocks_file, &message.blocks) {
             (Some(file), _) => {
@@ -178,7 +188,7 @@ impl Pipeline {
         for (template, source) in [
             ("alert_id", message.alert_id.clone()),
             ("channel", message.channel.clone()),
-            ("text", message.text.clone()),
+            (TEXT_TEMPLATE, message.text.clone()),
             (BLOCKS_TEMPLATE, blocks_source),
         ] {
             let config_key = if template == BLOCKS_TEMPLATE && message.blocks_file.is_some() {
@@ -340,7 +350,7 @@ impl Pipeline {
 
         let alert_id = self.render_one("alert_id", &context)?;
         let channel_id = self.render_one("channel", &context)?;
-        let text = self.render_one("text", &context)?;
+        let text = self.render_one(TEXT_TEMPLATE, &context)?;
         let blocks_text = self.render_template(BLOCKS_TEMPLATE, &context)?;
         let blocks: Json = serde_json::from_str(&blocks_text)
             .map_err(|e| RecordError::BlocksJson(e.to_string()))?;
@@ -382,33 +392,61 @@ impl Pipeline {
 }
 
 /// `truncate(n)`: at most `n` characters, ending in `…` when cut, so long
-/// free-text fields cannot push a block over Slack's limits.
-fn truncate_chars(text: String, max: usize) -> String {
-    if text.chars().count() <= max {
+/// free-text fields cannot push a block over Slack's limits. Where the value
+/// will be Slack-escaped, characters count as escaped (`<` is `&lt;`, four),
+/// because Slack's limits apply to the text it receives.
+fn truncate_chars(state: &minijinja::State, text: String, max: usize) -> String {
+    let escaped =
+        state.auto_escape() == SLACK_JSON_ESCAPE || state.auto_escape() == SLACK_TEXT_ESCAPE;
+    let width = |c: char| if escaped { markup::escaped_width(c) } else { 1 };
+    let total: usize = text.chars().map(width).sum();
+    if total <= max {
         return text;
     }
-    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    let budget = max.saturating_sub(1);
+    let mut used = 0;
+    let mut cut: String = text
+        .chars()
+        .take_while(|&c| {
+            used += width(c);
+            used <= budget
+        })
+        .collect();
     cut.push('…');
     cut
 }
 
-fn json_string_formatter(
+/// Writes interpolated values according to the template's escape mode (see
+/// [`SLACK_JSON_ESCAPE`]): `|safe` values verbatim, `Markup` without Slack
+/// escaping, anything else Slack-escaped.
+fn slack_formatter(
     out: &mut minijinja::Output,
     state: &minijinja::State,
     value: &JinjaValue,
 ) -> Result<(), minijinja::Error> {
-    if state.auto_escape() != JSON_STRING_ESCAPE {
+    let mode = state.auto_escape();
+    if mode != SLACK_JSON_ESCAPE && mode != SLACK_TEXT_ESCAPE {
         return minijinja::escape_formatter(out, state, value);
     }
     let io_error = |_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed");
     if value.is_safe() {
         return out.write_str(&value.to_string()).map_err(io_error);
     }
-    match value.as_str() {
-        Some(s) => write_json_string_content(out, s),
-        None => write_json_string_content(out, &value.to_string()),
+    let owned;
+    let slack_text = match markup::as_markup(value) {
+        Some(trusted) => std::borrow::Cow::Borrowed(trusted),
+        None => match value.as_str() {
+            Some(text) => markup::escape(text),
+            None => {
+                owned = value.to_string();
+                markup::escape(&owned)
+            }
+        },
+    };
+    if mode == SLACK_TEXT_ESCAPE {
+        return out.write_str(&slack_text).map_err(io_error);
     }
-    .map_err(io_error)
+    write_json_string_content(out, &slack_text).map_err(io_error)
 }
 
 /// Writes `text` escaped as the inside of a JSON string literal, copying

@@ -97,12 +97,31 @@ impl ReplayGuard {
     }
 }
 
+/// The payload as stored in `SlackInteraction.payload`: Slack's own JSON
+/// minus every `token` field. That is Slack's deprecated verification token,
+/// a shared secret of the app that requests are no longer checked against
+/// (the signature is) and that nobody reading the topic needs. What stays
+/// (`response_url`, `trigger_id`, user and team ids) is described in the
+/// README.
+pub fn stored_payload(payload: &Value) -> String {
+    let mut payload = payload.clone();
+    drop_tokens(&mut payload);
+    payload.to_string()
+}
+
+fn drop_tokens(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.remove("token");
+            map.values_mut().for_each(drop_tokens);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_tokens),
+        _ => {}
+    }
+}
+
 /// The click as a record, from a `block_actions` payload.
-pub fn interaction_from_payload(
-    payload: &Value,
-    raw: &str,
-    now_ms: i64,
-) -> Option<SlackInteraction> {
+pub fn interaction_from_payload(payload: &Value, now_ms: i64) -> Option<SlackInteraction> {
     let action = payload["actions"].get(0)?;
     let alert_id = payload["message"]["metadata"]["event_payload"]["alert_id"]
         .as_str()
@@ -125,7 +144,7 @@ pub fn interaction_from_payload(
             .or_else(|| payload["message"]["ts"].as_str())
             .map(str::to_owned),
         received_at: now_ms,
-        payload: raw.to_owned(),
+        payload: stored_payload(payload),
     })
 }
 
@@ -205,7 +224,7 @@ pub async fn handle(
     let Ok(payload) = serde_json::from_str::<Value>(&raw) else {
         return (StatusCode::BAD_REQUEST, "payload is not JSON\n");
     };
-    let Some(interaction) = interaction_from_payload(&payload, &raw, now_ms) else {
+    let Some(interaction) = interaction_from_payload(&payload, now_ms) else {
         // Signed, but not a button click on an alert: acknowledge and ignore.
         return (StatusCode::OK, "");
     };
@@ -347,7 +366,7 @@ mod tests {
             "channel": {"id": "C1"}, "container": {"message_ts": "1.2"},
             "message": {"ts": "1.2", "metadata": {"event_type": "alertsvc_alert", "event_payload": {"alert_id": "A-1"}}},
             "actions": [{"action_id": "alertsvc_acknowledge", "value": "A-1"}]});
-        let i = interaction_from_payload(&payload, "{}", 5).unwrap();
+        let i = interaction_from_payload(&payload, 5).unwrap();
         assert_eq!(
             (
                 i.alert_id.as_str(),
@@ -358,5 +377,29 @@ mod tests {
             ("A-1", "U1", Some("C1"), Some("1.2"))
         );
         assert_eq!(i.action_id, ACKNOWLEDGE_ACTION);
+    }
+
+    #[test]
+    fn stored_payload_keeps_everything_but_the_verification_token() {
+        let payload = json!({"type": "block_actions", "token": "legacy-secret",
+            "team": {"id": "T1", "domain": "acme"}, "user": {"id": "U1", "team_id": "T1"},
+            "trigger_id": "1.2.abc", "response_url": "https://hooks.slack.test/actions/x",
+            "container": {"message_ts": "1.2"},
+            "message": {"ts": "1.2", "metadata": {"event_payload": {"alert_id": "A-1"}}},
+            "actions": [{"action_id": "alertsvc_acknowledge", "value": "A-1",
+                         "token": "nested-secret"}]});
+        let i = interaction_from_payload(&payload, 5).unwrap();
+        assert!(!i.payload.contains("secret"), "{}", i.payload);
+        let stored: Value = serde_json::from_str(&i.payload).unwrap();
+        assert!(stored.get("token").is_none());
+        assert!(stored["actions"][0].get("token").is_none());
+        let mut expected = payload.clone();
+        expected.as_object_mut().map(|m| m.remove("token"));
+        expected["actions"][0]
+            .as_object_mut()
+            .map(|m| m.remove("token"));
+        assert_eq!(stored, expected, "nothing else is dropped");
+        assert_eq!(stored["response_url"], "https://hooks.slack.test/actions/x");
+        assert_eq!(stored["trigger_id"], "1.2.abc");
     }
 }

@@ -232,3 +232,103 @@ fn compile_errors_name_the_config_key() {
         "{err}"
     );
 }
+
+#[test]
+fn data_renders_as_escaped_text_and_helpers_as_markup() {
+    let p = reference_pipeline();
+    let key = "org-3<!here>";
+    let mut tables = tables();
+    tables.0.insert(
+        ("csdr_assignment".into(), key.into()),
+        Arc::new(
+            json!({"org_id": key, "org_name": "<!channel> & <@U1>", "csdr_name": "Ada",
+                        "csdr_email": "ada@example.com", "account_name": null, "updated_at": 0}),
+        ),
+    );
+    let data = json!({"env_id": "env-9", "connector_id": "lcc-42",
+                      "failure_reason": "see <https://evil|click> \"now\"",
+                      "labels": {"connector_old_status": "Provisioning"}});
+    let ev = json!({"eventId": "e1", "eventType": "x", "source": "t", "time": 7,
+                    "data": data.to_string()});
+    let msg = emitted(p.apply(&source(key), &ev, &tables));
+
+    // The fallback text is Slack-escaped; ids are not Slack text.
+    assert_eq!(msg.text, "Connector Failure for Org org-3&lt;!here&gt;!");
+    assert_eq!(msg.alert_id, "org-3<!here>-env-9-lcc-42-connector-failure");
+    assert_eq!(msg.channel_id, "U0ADA");
+
+    let blocks: Json = serde_json::from_str(&msg.blocks).expect("blocks stay valid JSON");
+    blockkit::validate_message(&msg.text, &blocks).expect("still valid Block Kit");
+    let intro = blocks[1]["text"]["text"].as_str().unwrap();
+    assert!(
+        intro.starts_with("<@U0ADA>, a connector for *&lt;!channel&gt; &amp; &lt;@U1&gt;*"),
+        "{intro}"
+    );
+    assert_eq!(
+        blocks[2]["fields"][0]["text"],
+        "*Organization*\n&lt;!channel&gt; &amp; &lt;@U1&gt; (`org-3&lt;!here&gt;`)"
+    );
+    assert_eq!(
+        blocks[3]["text"]["text"],
+        "*Failure reason*\n```see &lt;https://evil|click&gt; \"now\"```"
+    );
+    assert!(blocks[4]["text"]["text"].as_str().unwrap().ends_with(
+        "<https://docs.confluent.io/cloud/current/connectors/|Confluent Cloud connectors>"
+    ));
+    // Nothing anywhere in the message can notify anyone but the CSDR.
+    let all = msg.blocks.clone() + &msg.text;
+    for live in ["<!channel>", "<!here>", "<@U1>", "<https://evil"] {
+        assert!(!all.contains(live), "{live} is live markup in {all}");
+    }
+    assert_eq!(all.matches("<@").count(), 1, "only the CSDR mention: {all}");
+}
+
+#[test]
+fn a_malformed_user_id_is_not_a_mention() {
+    let p = reference_pipeline();
+    let mut tables = tables();
+    tables.0.insert(
+        ("slack_users".into(), "ada@example.com".into()),
+        Arc::new(
+            json!({"email": "ada@example.com", "slack_user_id": "U1> <!channel",
+                        "display_name": "Ada", "team_id": null}),
+        ),
+    );
+    let msg = emitted(p.apply(&source("org-1"), &event("Provisioning"), &tables));
+    let blocks: Json = serde_json::from_str(&msg.blocks).unwrap();
+    let intro = blocks[1]["text"]["text"].as_str().unwrap();
+    assert!(
+        intro.starts_with("U1&gt; &lt;!channel, a connector"),
+        "{intro}"
+    );
+}
+
+#[test]
+fn truncate_counts_escaped_characters_and_markup_opts_out() {
+    let p = inline_pipeline(
+        r#"[{"type": "section", "text": {"type": "mrkdwn", "text": "{{ ("<" * 1000) | truncate(3000) }}"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": "{{ "<!here>"|markup }} {{ "<b>" }}"}}]"#,
+        None,
+    )
+    .unwrap();
+    let msg = emitted(p.apply(&source("k"), &json!({}), &tables()));
+    let blocks: Json = serde_json::from_str(&msg.blocks).unwrap();
+    let cut = blocks[0]["text"]["text"].as_str().unwrap();
+    assert_eq!(cut.chars().count(), 749 * 4 + 1, "{cut}");
+    assert!(cut.ends_with("&lt;…"));
+    assert_eq!(blocks[1]["text"]["text"], "<!here> &lt;b&gt;");
+}
+
+#[test]
+fn safe_inserts_raw_json() {
+    let p = inline_pipeline(
+        r#"[{"type": "section", "text": {"type": "mrkdwn", "text": {{ "a<b"|tojson }}}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": "{{ '<q>'|safe }}"}}]"#,
+        None,
+    )
+    .unwrap();
+    let msg = emitted(p.apply(&source("k"), &json!({}), &tables()));
+    let blocks: Json = serde_json::from_str(&msg.blocks).unwrap();
+    assert_eq!(blocks[0]["text"]["text"], "a<b");
+    assert_eq!(blocks[1]["text"]["text"], "<q>");
+}
