@@ -162,8 +162,6 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
         let created = created.clone();
         tokio::spawn(async move {
             let began = Instant::now();
-            // When a replica was killed or Slack went away: (start, end) in ms.
-            let mut disruptions: Vec<(i64, i64)> = Vec::new();
             for i in 0..alerts {
                 if rate > 0.0 {
                     let due = began + Duration::from_secs_f64(i as f64 / rate);
