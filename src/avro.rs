@@ -59,6 +59,25 @@ pub enum AvroError {
     NoRegistry { topic: String },
     #[error("trailing {0} bytes after the Avro datum")]
     TrailingBytes(usize),
+    /// The schema JSON has no Parsing Canonical Form (the parser accepted
+    /// something the specification does not define, e.g. an unknown name).
+    #[error("no parsing canonical form for {path}: {reason}")]
+    Canonical { path: String, reason: String },
+    /// A single-object record whose schema is neither the topic's nor one of
+    /// its `writer_schemas`.
+    #[error(
+        "unknown schema fingerprint {fingerprint}: not the topic's schema ({known}) \
+         nor one of its writer_schemas; add the writer's .avsc to topics.<id>.writer_schemas"
+    )]
+    UnknownFingerprint { fingerprint: String, known: String },
+    #[error("writer schema {path} cannot be resolved to the reader schema {reader}: {reason}")]
+    Incompatible {
+        path: String,
+        reader: String,
+        reason: String,
+    },
+    #[error("topic {topic}: writer_schemas are only for avro-single-object topics")]
+    WriterSchemasUnused { topic: String },
 }
 
 impl AvroError {
@@ -70,15 +89,247 @@ impl AvroError {
 }
 
 pub fn load_schema(dir: &Path, relative: &str) -> Result<Schema, AvroError> {
+    load_schema_file(dir, relative).map(|file| file.schema)
+}
+
+/// A schema file as written and as parsed. The spec's fingerprint is
+/// computed from the JSON as written: apache-avro's parsed [`Schema`] no
+/// longer tells `"long"` from `{"type":"long","logicalType":...}` the way
+/// the canonical form needs.
+#[derive(Debug, Clone)]
+pub struct SchemaFile {
+    /// Where it came from, for error messages.
+    pub path: String,
+    pub json: Json,
+    pub schema: Schema,
+}
+
+impl SchemaFile {
+    pub fn parse(path: impl Into<String>, text: &str) -> Result<SchemaFile, AvroError> {
+        let path = path.into();
+        let schema = Schema::parse_str(text).map_err(|source| AvroError::ParseSchema {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        let json = serde_json::from_str(text)?;
+        Ok(SchemaFile { path, json, schema })
+    }
+}
+
+pub fn load_schema_file(dir: &Path, relative: &str) -> Result<SchemaFile, AvroError> {
     let path = resolve_path(dir, relative);
     let text = std::fs::read_to_string(&path).map_err(|source| AvroError::ReadSchema {
         path: path.display().to_string(),
         source,
     })?;
-    Schema::parse_str(&text).map_err(|source| AvroError::ParseSchema {
-        path: path.display().to_string(),
-        source: Box::new(source),
+    SchemaFile::parse(path.display().to_string(), &text)
+}
+
+/// The Avro specification's Parsing Canonical Form of a schema given as
+/// JSON: the rules [PRIMITIVES], [FULLNAMES], [STRIP], [ORDER], [STRINGS],
+/// [INTEGERS] and [WHITESPACE], written the way Java's `SchemaNormalization`
+/// writes them (names and symbols unescaped; valid Avro names need no
+/// escaping). A logical type is dropped with the other attributes, so
+/// `{"type":"long","logicalType":"timestamp-millis"}` becomes `"long"`.
+pub fn parsing_canonical_form(schema: &Json) -> Result<String, String> {
+    let mut out = String::new();
+    let mut defined = std::collections::HashSet::new();
+    canonical(schema, "", &mut defined, &mut out)?;
+    Ok(out)
+}
+
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
+
+/// The fullname of a named type: a dotted name is already full; otherwise
+/// the type's own `namespace`, else the enclosing one ([FULLNAMES]).
+fn full_name(name: &str, namespace: Option<&str>, enclosing: &str) -> String {
+    if name.contains('.') {
+        return name.to_owned();
+    }
+    match namespace.unwrap_or(enclosing) {
+        "" => name.to_owned(),
+        ns => format!("{ns}.{name}"),
+    }
+}
+
+fn canonical(
+    schema: &Json,
+    enclosing: &str,
+    defined: &mut std::collections::HashSet<String>,
+    out: &mut String,
+) -> Result<(), String> {
+    use std::fmt::Write;
+    match schema {
+        Json::String(name) if PRIMITIVES.contains(&name.as_str()) => {
+            write!(out, "\"{name}\"").map_err(|e| e.to_string())
+        }
+        Json::String(name) => {
+            // A reference to a named type defined earlier: its fullname.
+            // A short name is looked up in the enclosing namespace first,
+            // then in the null namespace (as Java's parser does).
+            let candidates = [full_name(name, None, enclosing), name.clone()];
+            let found = candidates
+                .into_iter()
+                .find(|c| defined.contains(c))
+                .ok_or_else(|| format!("unknown type {name:?}"))?;
+            write!(out, "\"{found}\"").map_err(|e| e.to_string())
+        }
+        Json::Array(branches) => {
+            out.push('[');
+            for (i, branch) in branches.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(branch, enclosing, defined, out)?;
+            }
+            out.push(']');
+            Ok(())
+        }
+        Json::Object(attrs) => {
+            let kind = match attrs.get("type") {
+                Some(Json::String(kind)) => kind.as_str(),
+                // `{"type": {...}}` or `{"type": [...]}` wraps a schema.
+                Some(inner @ (Json::Object(_) | Json::Array(_))) => {
+                    return canonical(inner, enclosing, defined, out)
+                }
+                _ => return Err("a schema object needs a \"type\"".into()),
+            };
+            match kind {
+                // [PRIMITIVES]: every other attribute, logicalType
+                // included, is stripped.
+                k if PRIMITIVES.contains(&k) => write!(out, "\"{k}\"").map_err(|e| e.to_string()),
+                "array" | "map" => {
+                    let key = if kind == "array" { "items" } else { "values" };
+                    let inner = attrs
+                        .get(key)
+                        .ok_or_else(|| format!("{kind} without \"{key}\""))?;
+                    write!(out, "{{\"type\":\"{kind}\",\"{key}\":").map_err(|e| e.to_string())?;
+                    canonical(inner, enclosing, defined, out)?;
+                    out.push('}');
+                    Ok(())
+                }
+                "record" | "error" | "enum" | "fixed" => {
+                    let name = attrs
+                        .get("name")
+                        .and_then(Json::as_str)
+                        .ok_or_else(|| format!("{kind} without a name"))?;
+                    let namespace = attrs.get("namespace").and_then(Json::as_str);
+                    let full = full_name(name, namespace, enclosing);
+                    // Nested types inherit the namespace of the fullname.
+                    let inner_ns = full.rsplit_once('.').map_or("", |(ns, _)| ns).to_owned();
+                    defined.insert(full.clone());
+                    // Java's parser reads a protocol's "error" as a record.
+                    let written = if kind == "error" { "record" } else { kind };
+                    write!(out, "{{\"name\":\"{full}\",\"type\":\"{written}\"")
+                        .map_err(|e| e.to_string())?;
+                    match kind {
+                        "enum" => {
+                            let symbols = attrs
+                                .get("symbols")
+                                .and_then(Json::as_array)
+                                .ok_or_else(|| format!("enum {full} without symbols"))?;
+                            out.push_str(",\"symbols\":[");
+                            for (i, symbol) in symbols.iter().enumerate() {
+                                let symbol = symbol
+                                    .as_str()
+                                    .ok_or_else(|| format!("enum {full}: symbols are strings"))?;
+                                if i > 0 {
+                                    out.push(',');
+                                }
+                                write!(out, "\"{symbol}\"").map_err(|e| e.to_string())?;
+                            }
+                            out.push(']');
+                        }
+                        "fixed" => {
+                            // [INTEGERS]: a plain decimal integer.
+                            let size = match attrs.get("size") {
+                                Some(Json::Number(n)) => n.as_u64(),
+                                Some(Json::String(s)) => s.trim().parse().ok(),
+                                _ => None,
+                            }
+                            .ok_or_else(|| format!("fixed {full} without an integer size"))?;
+                            write!(out, ",\"size\":{size}").map_err(|e| e.to_string())?;
+                        }
+                        _ => {
+                            let fields = attrs
+                                .get("fields")
+                                .and_then(Json::as_array)
+                                .ok_or_else(|| format!("record {full} without fields"))?;
+                            out.push_str(",\"fields\":[");
+                            for (i, field) in fields.iter().enumerate() {
+                                let field_name =
+                                    field.get("name").and_then(Json::as_str).ok_or_else(|| {
+                                        format!("record {full}: a field without a name")
+                                    })?;
+                                let field_type = field.get("type").ok_or_else(|| {
+                                    format!("record {full}: field {field_name} without a type")
+                                })?;
+                                if i > 0 {
+                                    out.push(',');
+                                }
+                                write!(out, "{{\"name\":\"{field_name}\",\"type\":")
+                                    .map_err(|e| e.to_string())?;
+                                canonical(field_type, &inner_ns, defined, out)?;
+                                out.push('}');
+                            }
+                            out.push(']');
+                        }
+                    }
+                    out.push('}');
+                    Ok(())
+                }
+                // A named type referenced as {"type": "Name"}.
+                other => canonical(&Json::String(other.to_owned()), enclosing, defined, out),
+            }
+        }
+        other => Err(format!("not a schema: {other}")),
+    }
+}
+
+/// CRC-64-AVRO, the specification's 64-bit Rabin fingerprint.
+pub fn crc64_avro(bytes: &[u8]) -> u64 {
+    const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+    static TABLE: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table = [0u64; 256];
+        for (i, slot) in table.iter_mut().enumerate() {
+            let mut fp = i as u64;
+            for _ in 0..8 {
+                fp = (fp >> 1) ^ (EMPTY & (fp & 1).wrapping_neg());
+            }
+            *slot = fp;
+        }
+        table
+    });
+    bytes.iter().fold(EMPTY, |fp, b| {
+        (fp >> 8) ^ table[((fp ^ u64::from(*b)) & 0xff) as usize]
     })
+}
+
+/// The 8 bytes a single-object record carries after `C3 01`: CRC-64-AVRO of
+/// the Parsing Canonical Form, little-endian.
+pub fn spec_fingerprint(file: &SchemaFile) -> Result<[u8; 8], AvroError> {
+    let form = parsing_canonical_form(&file.json).map_err(|reason| AvroError::Canonical {
+        path: file.path.clone(),
+        reason,
+    })?;
+    Ok(crc64_avro(form.as_bytes()).to_le_bytes())
+}
+
+/// apache-avro 0.22's own fingerprint, which differs from the spec's for
+/// every schema with a logical type (it keeps `{"type":"long"}`). What
+/// alertsvc wrote before it computed the spec's.
+fn legacy_fingerprint(schema: &Schema) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (slot, byte) in out
+        .iter_mut()
+        .zip(schema.fingerprint::<Rabin>().bytes.iter())
+    {
+        *slot = *byte;
+    }
+    out
 }
 
 /// Named types of a schema, so `Ref`s can be followed.
@@ -155,6 +406,13 @@ impl TypedSchema {
             (Schema::String, Json::String(s)) => AvroValue::String(s.clone()),
             (Schema::Uuid(_), Json::String(s)) => AvroValue::String(s.clone()),
             (Schema::Bytes, Json::String(s)) => AvroValue::Bytes(s.as_bytes().to_vec()),
+            // Like bytes: the string's UTF-8 bytes, which must fill the size.
+            (Schema::Fixed(f), Json::String(s)) if s.len() == f.size => {
+                AvroValue::Fixed(f.size, s.as_bytes().to_vec())
+            }
+            (Schema::Fixed(f), _) => {
+                return Err(mismatch(&format!("a string of {} bytes", f.size)))
+            }
             (Schema::Enum(e), Json::String(s)) => {
                 let index = e
                     .symbols
@@ -301,27 +559,76 @@ pub fn avro_to_json(value: AvroValue) -> Json {
     }
 }
 
-/// Avro single-object encoding: `C3 01`, the schema's 8-byte Rabin
-/// fingerprint, then the datum.
+/// Avro single-object encoding: `C3 01`, the CRC-64-AVRO fingerprint of the
+/// schema's Parsing Canonical Form (little-endian), then the datum.
+///
+/// Decoding looks the record's fingerprint up among the topic's schema and
+/// its writer schemas, decodes with the writer's schema and resolves the
+/// value to the topic's (reader) schema by Avro's rules.
 #[derive(Debug, Clone)]
 pub struct SingleObject {
     schema: TypedSchema,
     header: [u8; 10],
+    /// Fingerprint → the writer's schema; `None` is the reader schema
+    /// itself, decoded without resolution.
+    writers: HashMap<[u8; 8], Option<Schema>>,
 }
 
 impl SingleObject {
-    pub fn new(schema: Schema) -> Self {
-        let fingerprint = schema.fingerprint::<Rabin>();
+    /// `reader` is the topic's schema; `writers` are older (or other)
+    /// schemas records on the topic may have been written with. Each must
+    /// resolve to `reader`, or this is an error naming its file.
+    pub fn new(reader: &SchemaFile, writers: &[SchemaFile]) -> Result<Self, AvroError> {
+        let fingerprint = spec_fingerprint(reader)?;
         let mut header = [0u8; 10];
         header[0] = 0xC3;
         header[1] = 0x01;
-        for (slot, byte) in header[2..].iter_mut().zip(fingerprint.bytes.iter()) {
-            *slot = *byte;
+        header[2..].copy_from_slice(&fingerprint);
+        let mut keys = HashMap::new();
+        keys.insert(fingerprint, None);
+        let mut legacy = vec![(legacy_fingerprint(&reader.schema), None)];
+        for writer in writers {
+            match apache_avro::schema_compatibility::SchemaCompatibility::can_read(
+                &writer.schema,
+                &reader.schema,
+            ) {
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(AvroError::Incompatible {
+                        path: writer.path.clone(),
+                        reader: reader.path.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+            keys.entry(spec_fingerprint(writer)?)
+                .or_insert_with(|| Some(writer.schema.clone()));
+            legacy.push((
+                legacy_fingerprint(&writer.schema),
+                Some(writer.schema.clone()),
+            ));
         }
-        SingleObject {
-            schema: TypedSchema::new(schema),
+        // TRANSITIONAL, for one release: alertsvc up to 0.1 wrote
+        // apache-avro 0.22's fingerprint (which keeps a logical type's base
+        // as `{"type":"long"}`), so records already on the topics carry it.
+        // Accept it as another key for the same schema until those records
+        // have aged out of retention; remove `legacy_fingerprint` and this
+        // loop in the release after next (issue 10). Spec keys win a clash.
+        for (key, schema) in legacy {
+            keys.entry(key).or_insert(schema);
+        }
+        Ok(SingleObject {
+            schema: TypedSchema::new(reader.schema.clone()),
             header,
-        }
+            writers: keys,
+        })
+    }
+
+    /// The fingerprint written after `C3 01` (little-endian, as on the wire).
+    pub fn fingerprint(&self) -> [u8; 8] {
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&self.header[2..]);
+        out
     }
 
     // The datum helpers are deprecated for builder types that borrow the
@@ -339,21 +646,30 @@ impl SingleObject {
 
     #[allow(deprecated)]
     pub fn decode(&self, bytes: &[u8]) -> Result<Json, AvroError> {
-        if bytes.len() < self.header.len() || bytes[..2] != self.header[..2] {
-            return Err(AvroError::SingleObjectHeader(
-                "missing the C3 01 marker".into(),
-            ));
+        let (fingerprint, mut body) = match bytes {
+            [0xC3, 0x01, rest @ ..] if rest.len() >= 8 => rest.split_at(8),
+            _ => {
+                return Err(AvroError::SingleObjectHeader(
+                    "missing the C3 01 marker".into(),
+                ))
+            }
+        };
+        let mut key = [0u8; 8];
+        key.copy_from_slice(fingerprint);
+        let writer = self
+            .writers
+            .get(&key)
+            .ok_or_else(|| AvroError::UnknownFingerprint {
+                fingerprint: hex(fingerprint),
+                known: hex(&self.header[2..]),
+            })?;
+        let value = match writer {
+            None => apache_avro::from_avro_datum(&self.schema.schema, &mut body, None),
+            Some(writer) => {
+                apache_avro::from_avro_datum(writer, &mut body, Some(&self.schema.schema))
+            }
         }
-        if bytes[2..10] != self.header[2..10] {
-            return Err(AvroError::SingleObjectHeader(format!(
-                "schema fingerprint {} is not the topic's schema {}",
-                hex(&bytes[2..10]),
-                hex(&self.header[2..10])
-            )));
-        }
-        let mut body = &bytes[10..];
-        let value = apache_avro::from_avro_datum(&self.schema.schema, &mut body, None)
-            .map_err(|e| AvroError::Decode(Box::new(e)))?;
+        .map_err(|e| AvroError::Decode(Box::new(e)))?;
         if !body.is_empty() {
             return Err(AvroError::TrailingBytes(body.len()));
         }
@@ -506,14 +822,26 @@ impl Codec {
         let schema = topic
             .schema
             .as_deref()
-            .map(|s| load_schema(dir, s))
+            .map(|s| load_schema_file(dir, s))
             .transpose()?;
+        if topic.format != WireFormat::AvroSingleObject && !topic.writer_schemas.is_empty() {
+            // The registry names a Confluent record's writer schema, and
+            // JSON has none: a list here would be silently ignored.
+            return Err(AvroError::WriterSchemasUnused {
+                topic: topic.name.clone(),
+            });
+        }
         Ok(match (topic.format, schema) {
             (WireFormat::Json, _) => Codec::Json,
             (WireFormat::AvroSingleObject, Some(schema)) => {
-                Codec::SingleObject(Box::new(SingleObject::new(schema)))
+                let writers = topic
+                    .writer_schemas
+                    .iter()
+                    .map(|s| load_schema_file(dir, s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Codec::SingleObject(Box::new(SingleObject::new(&schema, &writers)?))
             }
-            (WireFormat::AvroConfluent, Some(schema)) => {
+            (WireFormat::AvroConfluent, Some(SchemaFile { schema, .. })) => {
                 let registry = registry.ok_or_else(|| AvroError::NoRegistry {
                     topic: topic.name.clone(),
                 })?;
@@ -565,36 +893,211 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn message_schema() -> Schema {
-        Schema::parse_str(
-            r#"{"type":"record","name":"M","namespace":"t","fields":[
+    const MESSAGE_SCHEMA: &str = r#"{"type":"record","name":"M","namespace":"t","fields":[
                 {"name":"id","type":"string"},
                 {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}},
                 {"name":"note","type":["null","string"],"default":null},
                 {"name":"tags","type":{"type":"map","values":"string"},"default":{}}
-            ]}"#,
-        )
-        .unwrap()
+            ]}"#;
+
+    fn message_schema() -> Schema {
+        Schema::parse_str(MESSAGE_SCHEMA).unwrap()
+    }
+
+    fn file(name: &str, text: &str) -> SchemaFile {
+        SchemaFile::parse(name, text).unwrap()
+    }
+
+    fn codec(text: &str) -> SingleObject {
+        SingleObject::new(&file("reader.avsc", text), &[]).unwrap()
+    }
+
+    fn fingerprint_hex(text: &str) -> String {
+        hex(&spec_fingerprint(&file("s.avsc", text)).unwrap())
+    }
+
+    #[test]
+    fn crc64_avro_matches_the_specification() {
+        // The empty input is the table's seed, EMPTY.
+        assert_eq!(crc64_avro(b""), 0xc15d_213a_a4d7_a795);
+        // Java's SchemaNormalization.parsingFingerprint64("int"), as a
+        // signed long: 8247732601305521295 (the spec's test data).
+        assert_eq!(crc64_avro(b"\"int\"") as i64, 8247732601305521295);
+    }
+
+    #[test]
+    fn fingerprints_are_the_specifications() {
+        // Little-endian hex as on the wire, computed by Java's Apache Avro
+        // 1.8.2 (SchemaNormalization.parsingFingerprint64) and fastavro 1.13.
+        for (text, expected) in [
+            (
+                include_str!("../config/schemas/slack_message.avsc"),
+                "c948d99891b15dc8",
+            ),
+            (
+                include_str!("../config/schemas/slack_response.avsc"),
+                "ac78933e9ba82821",
+            ),
+            (
+                include_str!("../config/schemas/slack_user.avsc"),
+                "8e0e1fb9291aed41",
+            ),
+            (
+                include_str!("../tests/fixtures/avro/interop_kitchen_sink.avsc"),
+                "cc84fdfc3ae55b5f",
+            ),
+            (
+                include_str!("../tests/fixtures/avro/canonical_edge_cases.avsc"),
+                "3bd969950a18772f",
+            ),
+        ] {
+            assert_eq!(fingerprint_hex(text), expected, "{text}");
+        }
+        // What alertsvc wrote with apache-avro 0.22's fingerprint.
+        let legacy = Schema::parse_str(include_str!("../config/schemas/slack_message.avsc"));
+        assert_eq!(
+            hex(&legacy_fingerprint(&legacy.unwrap())),
+            "39b1b5249868a03e"
+        );
+    }
+
+    #[test]
+    fn canonical_form_follows_the_rules() {
+        let json: Json =
+            serde_json::from_str(include_str!("../config/schemas/slack_message.avsc")).unwrap();
+        // fastavro's to_parsing_canonical_form of the same file.
+        assert_eq!(
+            parsing_canonical_form(&json).unwrap(),
+            r#"{"name":"io.alertsvc.SlackMessage","type":"record","fields":[{"name":"alertId","type":"string"},{"name":"channelId","type":"string"},{"name":"text","type":"string"},{"name":"blocks","type":"string"},{"name":"createdAt","type":"long"},{"name":"pipeline","type":"string"},{"name":"sourceTopic","type":"string"},{"name":"sourcePartition","type":"int"},{"name":"sourceOffset","type":"long"}]}"#
+        );
+        // An explicit empty namespace puts a type, and the types nested in
+        // it, in the null namespace (as the spec and fastavro say; Java
+        // 1.8.2 wrongly keeps the outer namespace for `Mood`).
+        let json = serde_json::json!({"type": "record", "name": "Outer", "namespace": "a.b",
+            "fields": [{"name": "r", "type": {"type": "record", "name": "Rootless", "namespace": "",
+                "fields": [{"name": "m", "type": {"type": "enum", "name": "Mood", "symbols": ["X"]}}]}},
+                {"name": "again", "type": "Mood"},
+                {"name": "size", "type": {"type": "fixed", "name": "F", "size": "016"}}]});
+        assert_eq!(
+            parsing_canonical_form(&json).unwrap(),
+            r#"{"name":"a.b.Outer","type":"record","fields":[{"name":"r","type":{"name":"Rootless","type":"record","fields":[{"name":"m","type":{"name":"Mood","type":"enum","symbols":["X"]}}]}},{"name":"again","type":"Mood"},{"name":"size","type":{"name":"a.b.F","type":"fixed","size":16}}]}"#
+        );
+        let err = parsing_canonical_form(&serde_json::json!({"type": "record", "name": "R",
+            "fields": [{"name": "x", "type": "Nowhere"}]}))
+        .unwrap_err();
+        assert!(err.contains("Nowhere"), "{err}");
     }
 
     #[test]
     fn single_object_round_trip_fills_defaults() {
-        let codec = SingleObject::new(message_schema());
+        let codec = codec(MESSAGE_SCHEMA);
         let bytes = codec.encode(&json!({"id": "a", "at": 5})).unwrap();
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        assert_eq!(&bytes[2..10], &codec.fingerprint());
+        assert_eq!(
+            bytes[2..10],
+            spec_fingerprint(&file("m", MESSAGE_SCHEMA)).unwrap()
+        );
         let back = codec.decode(&bytes).unwrap();
         assert_eq!(back, json!({"id": "a", "at": 5, "note": null, "tags": {}}));
     }
 
     #[test]
     fn single_object_rejects_foreign_bytes() {
-        let codec = SingleObject::new(message_schema());
+        let codec = codec(MESSAGE_SCHEMA);
         let err = codec.decode(b"not avro at all").unwrap_err();
         assert!(err.to_string().contains("C3 01"), "{err}");
         let mut other = codec.encode(&json!({"id": "a", "at": 5})).unwrap();
         other[5] ^= 0xff;
         let err = codec.decode(&other).unwrap_err();
-        assert!(err.to_string().contains("fingerprint"), "{err}");
+        assert!(matches!(err, AvroError::UnknownFingerprint { .. }), "{err}");
+        // The record's fingerprint in hex, as on the wire.
+        assert!(err.to_string().contains(&hex(&other[2..10])), "{err}");
+    }
+
+    /// The old schema of `MESSAGE_SCHEMA`: no `note`, no `tags`, and a field
+    /// the new one dropped.
+    const OLD_MESSAGE_SCHEMA: &str = r#"{"type":"record","name":"M","namespace":"t","fields":[
+                {"name":"id","type":"string"},
+                {"name":"legacy","type":"int"},
+                {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}}
+            ]}"#;
+
+    #[test]
+    fn records_of_writer_schemas_resolve_to_the_reader_schema() {
+        let old = codec(OLD_MESSAGE_SCHEMA);
+        let bytes = old
+            .encode(&json!({"id": "a", "legacy": 7, "at": 5}))
+            .unwrap();
+        let reader = file("reader.avsc", MESSAGE_SCHEMA);
+        let writers = [file("old.avsc", OLD_MESSAGE_SCHEMA)];
+        // Without the writer schema: an unknown fingerprint, named.
+        let err = SingleObject::new(&reader, &[])
+            .unwrap()
+            .decode(&bytes)
+            .unwrap_err();
+        assert!(err.to_string().contains(&hex(&old.fingerprint())), "{err}");
+        let new = SingleObject::new(&reader, &writers).unwrap();
+        assert_eq!(
+            new.decode(&bytes).unwrap(),
+            json!({"id": "a", "at": 5, "note": null, "tags": {}})
+        );
+        // The reader's own records still decode without resolution.
+        let current = new
+            .encode(&json!({"id": "b", "at": 6, "note": "n"}))
+            .unwrap();
+        assert_eq!(
+            new.decode(&current).unwrap(),
+            json!({"id": "b", "at": 6, "note": "n", "tags": {}})
+        );
+    }
+
+    #[test]
+    fn unresolvable_writer_schemas_are_refused_by_name() {
+        let reader = file("reader.avsc", MESSAGE_SCHEMA);
+        // `id` became a long and `at` has no default in the reader.
+        let writer = file(
+            "schemas/broken.avsc",
+            r#"{"type":"record","name":"M","namespace":"t","fields":[{"name":"id","type":"long"}]}"#,
+        );
+        let err = SingleObject::new(&reader, &[writer]).unwrap_err();
+        assert!(matches!(err, AvroError::Incompatible { .. }), "{err}");
+        assert!(err.to_string().contains("schemas/broken.avsc"), "{err}");
+    }
+
+    #[test]
+    fn legacy_fingerprints_are_still_read() {
+        let reader = file("reader.avsc", MESSAGE_SCHEMA);
+        let codec = SingleObject::new(&reader, &[file("old.avsc", OLD_MESSAGE_SCHEMA)]).unwrap();
+        let mut bytes = codec.encode(&json!({"id": "a", "at": 5})).unwrap();
+        // As alertsvc 0.1 wrote it: apache-avro's fingerprint.
+        let legacy = legacy_fingerprint(&reader.schema);
+        assert_ne!(legacy, codec.fingerprint(), "the schema has a logical type");
+        bytes[2..10].copy_from_slice(&legacy);
+        assert_eq!(codec.decode(&bytes).unwrap()["id"], "a");
+        // And an old writer schema's legacy fingerprint resolves too.
+        let old = file("old.avsc", OLD_MESSAGE_SCHEMA);
+        let mut bytes = SingleObject::new(&old, &[])
+            .unwrap()
+            .encode(&json!({"id": "c", "legacy": 1, "at": 2}))
+            .unwrap();
+        bytes[2..10].copy_from_slice(&legacy_fingerprint(&old.schema));
+        assert_eq!(
+            codec.decode(&bytes).unwrap(),
+            json!({"id": "c", "at": 2, "note": null, "tags": {}})
+        );
+    }
+
+    #[test]
+    fn fixed_maps_from_strings_of_its_size() {
+        let schema =
+            TypedSchema::new(Schema::parse_str(r#"{"type":"fixed","name":"H","size":2}"#).unwrap());
+        assert_eq!(
+            schema.json_to_avro(&json!("ab")).unwrap(),
+            AvroValue::Fixed(2, b"ab".to_vec())
+        );
+        let err = schema.json_to_avro(&json!("abc")).unwrap_err();
+        assert!(err.to_string().contains("2 bytes"), "{err}");
     }
 
     #[test]

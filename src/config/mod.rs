@@ -209,6 +209,12 @@ pub struct TopicSettings {
     /// the Avro formats; optional for `json`.
     #[serde(default)]
     pub schema: Option<String>,
+    /// `avro-single-object` only: older (or other producers') `.avsc` files,
+    /// relative to the configuration directory, that records on the topic
+    /// may have been written with. They are found by fingerprint and
+    /// resolved to `schema` by Avro's schema resolution.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writer_schemas: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -229,3 +229,49 @@ fn layers_apply_in_order_environment_file_then_overlay_then_env_vars() {
     );
     assert!(stdout.contains("bootstrap_servers = \"broker-1:9092,broker-2:9092\""));
 }
+
+#[test]
+fn writer_schemas_must_resolve_to_the_topic_schema() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/avro");
+    let old = fixtures.join("slack_message_v0.avsc");
+    let outcome = check(&format!(
+        "[topics.slack_messages]\nwriter_schemas = [{:?}]\n",
+        old.display().to_string()
+    ));
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert!(
+        outcome.stdout.contains("slack_message_v0.avsc"),
+        "{}",
+        outcome.stdout
+    );
+
+    // `createdAt` a string: no Avro rule reads it as the reader's long.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("slack_message_broken.avsc");
+    std::fs::write(
+        &broken,
+        r#"{"type":"record","name":"SlackMessage","namespace":"io.alertsvc","fields":[
+            {"name":"alertId","type":"string"},{"name":"channelId","type":"string"},
+            {"name":"text","type":"string"},{"name":"blocks","type":"string"},
+            {"name":"createdAt","type":"string"}]}"#,
+    )
+    .unwrap();
+    assert_refused(
+        &format!(
+            "[topics.slack_messages]\nwriter_schemas = [{:?}]\n",
+            broken.display().to_string()
+        ),
+        &[
+            "topics.slack_messages",
+            "slack_message_broken.avsc",
+            "cannot be resolved",
+        ],
+    );
+    assert_refused(
+        &format!(
+            "[topics.slack_users]\nformat = \"json\"\nwriter_schemas = [{:?}]\n",
+            old.display().to_string()
+        ),
+        &["topics.slack_users", "only for avro-single-object"],
+    );
+}

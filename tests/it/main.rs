@@ -1,5 +1,6 @@
 //! Integration tests: every stage against a real Kafka-protocol broker.
 
+mod avro_interop;
 mod common;
 mod config_check;
 mod demo;
