@@ -316,10 +316,13 @@ impl Deliverer {
         }
     }
 
+    /// Writes the entry; keeping the claim also extends its lease.
     async fn save(&self, entry: &Entry, release: bool) -> Result<(), DeliverError> {
+        let now = now_ms();
+        let lease_until = (!release).then(|| now + millis(self.settings.claim_lease));
         Ok(self
             .ledger
-            .save(entry, &self.owner, now_ms(), release)
+            .save(entry, &self.owner, now, lease_until)
             .await?)
     }
 
@@ -536,9 +539,7 @@ impl Deliverer {
         // `pending` is durable before Slack sees anything: whoever finds it
         // later looks before posting again.
         self.save(&attempt.entry, false).await?;
-        self.paced(&conversation).await;
-        // The lease must outlast the call: renewed after the pacing wait.
-        self.renew(&attempt.entry).await?;
+        self.paced(&attempt.entry, &conversation).await?;
         if stop.is_cancelled() {
             attempt.entry.status = Status::New;
             self.save(&attempt.entry, true).await?;
@@ -640,8 +641,8 @@ impl Deliverer {
             delivery.error = Some("expired".into());
             return Ok(Some(delivery));
         }
-        self.paced(&channel).await;
         self.renew(&attempt.entry).await?;
+        self.paced(&attempt.entry, &channel).await?;
         if stop.is_cancelled() {
             self.release(&attempt.entry).await;
             return Err(DeliverError::Cancelled);
@@ -709,13 +710,21 @@ impl Deliverer {
         Ok(None)
     }
 
-    async fn paced(&self, channel: &str) {
+    /// Waits for the channel's and workspace's pace with a freshly renewed
+    /// claim. Nothing else may come between the pacer and the call: a
+    /// database write there would bunch requests up at Slack (429s).
+    async fn paced(&self, entry: &Entry, channel: &str) -> Result<(), DeliverError> {
         let waited = self.pacer.ready(channel).await;
         if waited > Duration::from_millis(1) {
             self.metrics
                 .pacing_wait_seconds
                 .observe(waited.as_secs_f64());
         }
+        // The lease must outlast the call: a long wait renews it again.
+        if waited > self.settings.claim_lease / 4 {
+            self.renew(entry).await?;
+        }
+        Ok(())
     }
 
     fn backoff(&self, failures: u32, retry_after: Option<Duration>) -> Duration {

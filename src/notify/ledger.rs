@@ -235,14 +235,14 @@ impl Ledger {
         fenced(done.rows_affected(), alert_id)
     }
 
-    /// Writes `entry` under our claim; `release` gives the claim up in the
-    /// same statement.
+    /// Writes `entry` under our claim, and either extends the claim to
+    /// `lease_until` or (`None`) gives it up, in the same statement.
     pub async fn save(
         &self,
         entry: &Entry,
         owner: &Owner,
         now_ms: i64,
-        release: bool,
+        lease_until: Option<i64>,
     ) -> Result<(), LedgerError> {
         let done = sqlx::query(
             "UPDATE deliveries SET channel_id = $3, ts = $4, content_hash = $5, status = $6, \
@@ -250,7 +250,7 @@ impl Ledger {
              version_created_at = $12, occurrence = $13, \
              owner = CASE WHEN $14 = 1 THEN NULL ELSE owner END, \
              owner_run = CASE WHEN $14 = 1 THEN NULL ELSE owner_run END, \
-             lease_until = CASE WHEN $14 = 1 THEN NULL ELSE lease_until END \
+             lease_until = $15 \
              WHERE alert_id = $1 AND owner_run = $2",
         )
         .bind(&entry.alert_id)
@@ -266,7 +266,8 @@ impl Ledger {
         .bind(entry.version.offset)
         .bind(entry.version.created_at)
         .bind(entry.occurrence)
-        .bind(i32::from(release))
+        .bind(i32::from(lease_until.is_none()))
+        .bind(lease_until)
         .execute(&self.pool)
         .await?;
         fenced(done.rows_affected(), &entry.alert_id)

@@ -130,11 +130,13 @@ async fn claims_are_exclusive_and_pruning_spares_held_rows(backend: Backend) {
     let mut entry = *entry;
     entry.status = Status::Pending;
     assert!(matches!(
-        ledger.save(&entry, holder, now + 10_002, false).await,
+        ledger
+            .save(&entry, holder, now + 10_002, Some(now + 30_000))
+            .await,
         Err(LedgerError::ClaimLost { .. })
     ));
     ledger
-        .save(&entry, other, now + 10_002, true)
+        .save(&entry, other, now + 10_002, None)
         .await
         .unwrap();
     // The same instance after a restart (a new run) takes its claim back.

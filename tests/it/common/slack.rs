@@ -162,7 +162,7 @@ pub async fn leave_pending(ledger: &Ledger, message: &SlackMessage, channel: &st
     entry.version = version_of(message);
     entry.attempts = 1;
     ledger
-        .save(&entry, &dead, now, false)
+        .save(&entry, &dead, now, Some(now - 1))
         .await
         .expect("save pending");
 }
