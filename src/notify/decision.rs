@@ -61,6 +61,10 @@ pub struct Shown {
 pub struct Incoming<'a> {
     pub content_hash: &'a str,
     pub version: &'a Version,
+    /// Re-injected from the dead-letter topic by `alertsvc dlq replay`
+    /// (header `alertsvc.replayed.from`): an operator fixed the cause, so a
+    /// refusal is tried again rather than repeated.
+    pub replayed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,8 +158,12 @@ pub fn decide(claim: &ClaimView, message: &Incoming<'_>, now_ms: i64, rules: &Ru
         (Status::Posted, Some(_)) => Plan::Update,
         // Never shown (refused or expired): a newer record, or other
         // content (a fixed channel, a new template), is a new attempt; the
-        // same record again gets the same answer.
-        _ if order == Ordering::Equal && message.content_hash == shown.content_hash => {
+        // same record again gets the same answer (unless an operator
+        // replayed it after fixing the cause).
+        _ if order == Ordering::Equal
+            && message.content_hash == shown.content_hash
+            && !(message.replayed && shown.status == Status::Failed) =>
+        {
             Plan::Duplicate { newer: false }
         }
         _ => post(shown.occurrence.max(1)),
@@ -278,6 +286,7 @@ mod tests {
             &Incoming {
                 content_hash: hash,
                 version: v,
+                replayed: false,
             },
             NOW,
             &RULES,
@@ -410,6 +419,26 @@ mod tests {
         for (name, claim, hash, v, expected) in cases {
             assert_eq!(decide_for(&claim, hash, v), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_replayed_dead_letter_is_tried_again_other_redeliveries_are_not() {
+        let v = version(10, NOW - 1_000);
+        let replay = |status| {
+            decide(
+                &shown(status, "h", v.clone()),
+                &Incoming {
+                    content_hash: "h",
+                    version: &v,
+                    replayed: true,
+                },
+                NOW,
+                &RULES,
+            )
+        };
+        assert_eq!(replay(Status::Failed), Plan::Post { occurrence: 1 });
+        assert_eq!(replay(Status::Posted), Plan::Duplicate { newer: false });
+        assert_eq!(replay(Status::Expired), Plan::Duplicate { newer: false });
     }
 
     #[test]

@@ -195,14 +195,17 @@ impl Deliverer {
         &self.health
     }
 
+    /// Delivers `message`; `replayed` when it was re-injected from the
+    /// dead-letter topic (`alertsvc dlq replay`).
     pub async fn deliver(
         &self,
         message: &SlackMessage,
+        replayed: bool,
         stop: &CancellationToken,
     ) -> Result<Delivery, DeliverError> {
         let _alone = self.in_process.enter(&message.alert_id).await;
         loop {
-            match self.deliver_claimed(message, stop).await {
+            match self.deliver_claimed(message, replayed, stop).await {
                 // A peer took the alert over while we were stalled: start
                 // again from the ledger; it decides what is left to do.
                 Err(DeliverError::Ledger(LedgerError::ClaimLost { alert_id })) => {
@@ -240,6 +243,7 @@ impl Deliverer {
                         &Incoming {
                             content_hash: "",
                             version: &Version::default(),
+                            replayed: false,
                         },
                         now,
                         &self.settings.rules,
@@ -261,6 +265,7 @@ impl Deliverer {
     async fn deliver_claimed(
         &self,
         message: &SlackMessage,
+        replayed: bool,
         stop: &CancellationToken,
     ) -> Result<Delivery, DeliverError> {
         let entry = self.claim(message, stop).await?;
@@ -284,6 +289,7 @@ impl Deliverer {
                 &Incoming {
                     content_hash: &attempt.hash,
                     version: &attempt.version,
+                    replayed,
                 },
                 now_ms(),
                 &self.settings.rules,

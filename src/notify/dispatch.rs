@@ -12,7 +12,7 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
@@ -234,7 +234,11 @@ impl Dispatcher<'_> {
                 let channel = slack_message.channel_id.clone();
                 state.backlog.added(&channel, partition);
                 self.shared.metrics.in_flight.inc();
+                let replayed = message
+                    .headers()
+                    .is_some_and(|headers| headers.iter().any(|h| h.key == REPLAYED_FROM_HEADER));
                 let job = Job {
+                    replayed,
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                     partition,
@@ -408,6 +412,9 @@ impl Dispatcher<'_> {
             .is_ok()
     }
 }
+
+/// Set by `alertsvc dlq replay` on every record it re-injects.
+pub const REPLAYED_FROM_HEADER: &str = "alertsvc.replayed.from";
 
 async fn decode(codec: &Codec, message: &OwnedMessage) -> Result<SlackMessage, String> {
     let payload = message.payload().ok_or("record has no value")?;

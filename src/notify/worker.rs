@@ -26,6 +26,8 @@ pub struct Job {
     pub offset: i64,
     /// Which assignment of the partition the message was read under.
     pub generation: u64,
+    /// Re-injected by `alertsvc dlq replay` (header `alertsvc.replayed.from`).
+    pub replayed: bool,
     /// Cancelled when the partition is revoked (or at the hard stop):
     /// nothing more is posted for it.
     pub stop: CancellationToken,
@@ -116,7 +118,11 @@ async fn process(shared: &Shared, job: &Job) -> bool {
         if shared.halted.is_cancelled() {
             return false; // redelivered once the token is fixed
         }
-        match shared.deliverer.deliver(&job.message, &job.stop).await {
+        match shared
+            .deliverer
+            .deliver(&job.message, job.replayed, &job.stop)
+            .await
+        {
             Ok(delivery) => {
                 if !shared.responses.record(job, &delivery, &job.stop).await {
                     return false;

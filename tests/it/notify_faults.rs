@@ -365,3 +365,39 @@ async fn versions_never_go_backwards_and_a_late_recurrence_is_posted_anew() {
     );
     assert_ne!(responses[3].ts, responses[0].ts);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_is_posted_once_the_cause_is_fixed() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
+    let refused = message("was-refused", "C0LATER", "the channel did not exist yet");
+    env.produce_message(&refused).await;
+    let notify = env.start_notify();
+    env.read_responses(1, WAIT).await;
+    // The operator creates the channel, then replays the dead letter; a
+    // plain redelivery of the same record is not a replay.
+    slack.add_channel("C0LATER");
+    env.produce_message(&refused).await;
+    env.produce_message_with_headers(
+        &refused,
+        &[("alertsvc.replayed.from", "slack-messages.dlq/0/0")],
+    )
+    .await;
+    let responses = env.read_responses(3, WAIT).await;
+    notify.stop().await.expect("clean stop");
+    let seen: Vec<_> = responses.iter().map(|r| (r.outcome, r.ok)).collect();
+    assert_eq!(
+        seen,
+        [
+            (DeliveryOutcome::Failed, false),
+            (DeliveryOutcome::Duplicate, false),
+            (DeliveryOutcome::Posted, true)
+        ]
+    );
+    assert_eq!(responses[1].error.as_deref(), Some("channel_not_found"));
+    assert_eq!(posts_per_alert(&slack.messages())["was-refused"], 1);
+}

@@ -445,6 +445,33 @@ impl TestEnv {
         events
     }
 
+    /// Writes a `SlackMessage` with record headers.
+    pub async fn produce_message_with_headers(
+        &self,
+        message: &SlackMessage,
+        headers: &[(&str, &str)],
+    ) -> (i32, i64) {
+        let payload = self.encode("slack_messages", &message.to_json()).await;
+        let topic = self.topic("slack_messages");
+        let mut owned = rdkafka::message::OwnedHeaders::new();
+        for (key, value) in headers {
+            owned = owned.insert(rdkafka::message::Header {
+                key,
+                value: Some(*value),
+            });
+        }
+        let record = FutureRecord::<str, [u8]>::to(&topic)
+            .key(&message.channel_id)
+            .payload(&payload)
+            .headers(owned);
+        let delivery = self
+            .producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+        (delivery.partition, delivery.offset)
+    }
+
     /// Writes a `SlackMessage` to `slack-messages`, keyed by its channel.
     pub async fn produce_message(&self, message: &SlackMessage) -> (i32, i64) {
         let payload = self.encode("slack_messages", &message.to_json()).await;
