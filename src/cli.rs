@@ -44,6 +44,11 @@ pub enum Command {
     /// The whole pipeline in one process: embedded broker, SQLite warehouse,
     /// local Slack stand-in with a preview page.
     Demo(DemoArgs),
+    /// Dead-letter tools.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -77,6 +82,31 @@ pub struct DemoArgs {
     /// Exit after this long (e.g. `90s`); with --events, fail if unfinished.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub exit_after: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Re-produce dead letters of a topic to their source topic (original
+    /// key and bytes, header alertsvc.replayed.from); one replayed and
+    /// recorded is not sent again.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Topic id from [topics] (e.g. notifications); reads its `<name><dlq_suffix>`.
+    #[arg(long, value_name = "ID")]
+    pub topic: String,
+    /// Only dead letters written at or after this: RFC 3339 time or a
+    /// duration back from now (e.g. 24h).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only dead letters whose alertsvc.dlq.reason contains this text.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Print one JSON line per record that would be replayed; replay nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +259,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::demo::run(settings, &cli.config_dir, options, on_signal())
                 .await
                 .context("demo failed")
+        }
+        Command::Dlq {
+            command: DlqCommand::Replay(args),
+        } => {
+            let settings = load_settings(&cli)?;
+            crate::telemetry::init(settings.log.format, &settings.log.level);
+            let since = args
+                .since
+                .as_deref()
+                .map(|text| crate::dlq::Since::parse(text, chrono::Utc::now().timestamp_millis()))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+            let options = crate::dlq::Options {
+                topic: args.topic.clone(),
+                since,
+                reason: args.reason.clone(),
+                dry_run: args.dry_run,
+            };
+            crate::dlq::run(&settings, &options)
+                .await
+                .map(drop)
+                .context("dlq replay failed")
         }
         Command::Migrate => {
             let settings = load_settings(&cli)?;

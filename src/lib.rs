@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod dlq;
 pub mod enrich;
 pub mod http;
 pub mod kafka;

@@ -4,6 +4,7 @@ mod avro_interop;
 mod common;
 mod config_check;
 mod demo;
+mod dlq_replay;
 mod enrich_confluent;
 mod enrich_crash;
 mod enrich_dead_letters;

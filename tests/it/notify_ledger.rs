@@ -39,12 +39,13 @@ async fn migrate_twice_then_use(backend: Backend) {
         .unwrap()
         .try_get("n")
         .unwrap();
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     for table in [
         "deliveries",
         "produce_checkpoints",
         "produce_emitted",
         "produce_runs",
+        "dlq_replays",
     ] {
         let rows: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) AS n FROM {table}"
