@@ -9,13 +9,21 @@ use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{now_ms, Delivery};
-use super::worker::Job;
 use crate::avro::Codec;
 use crate::kafka::{
     enqueue, send_dead_letter, DeadLetterRecord, OutRecord, SourcePosition, StageContext,
 };
 use crate::messages::{to_json, SlackResponse};
 use crate::metrics::NotifyMetrics;
+
+/// The input record a delivery answers for.
+pub struct Origin<'a> {
+    pub message: &'a crate::messages::SlackMessage,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
 
 pub struct Responses {
     pub producer: FutureProducer<StageContext>,
@@ -29,7 +37,12 @@ pub struct Responses {
 impl Responses {
     /// Writes the response (and the dead letter) and waits for Kafka's
     /// ack; false if `stop` came first (the message then stays unfinished).
-    pub async fn record(&self, job: &Job, delivery: &Delivery, stop: &CancellationToken) -> bool {
+    pub async fn record(
+        &self,
+        job: &Origin<'_>,
+        delivery: &Delivery,
+        stop: &CancellationToken,
+    ) -> bool {
         let response = SlackResponse {
             alert_id: job.message.alert_id.clone(),
             channel_id: delivery.channel.clone(),
@@ -76,8 +89,8 @@ impl Responses {
                     partition: job.partition,
                     offset: job.offset,
                 }),
-                key: job.key.clone(),
-                payload: Some(job.payload.clone()),
+                key: job.key.map(<[u8]>::to_vec),
+                payload: Some(job.payload.to_vec()),
                 stage: "deliver".into(),
                 reason,
                 pipeline: None,

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::delivery::{DeliverError, Deliverer};
-use super::responses::Responses;
+use super::responses::{Origin, Responses};
 use crate::http::Health;
 use crate::messages::{DeliveryOutcome, SlackMessage};
 use crate::metrics::NotifyMetrics;
@@ -124,7 +124,14 @@ async fn process(shared: &Shared, job: &Job) -> bool {
             .await
         {
             Ok(delivery) => {
-                if !shared.responses.record(job, &delivery, &job.stop).await {
+                let origin = Origin {
+                    message: &job.message,
+                    partition: job.partition,
+                    offset: job.offset,
+                    key: job.key.as_deref(),
+                    payload: &job.payload,
+                };
+                if !shared.responses.record(&origin, &delivery, &job.stop).await {
                     return false;
                 }
                 shared
