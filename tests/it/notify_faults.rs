@@ -401,3 +401,45 @@ async fn a_replayed_dead_letter_is_posted_once_the_cause_is_fixed() {
     assert_eq!(responses[1].error.as_deref(), Some("channel_not_found"));
     assert_eq!(posts_per_alert(&slack.messages())["was-refused"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_edit_keeps_the_alert_posted_and_is_not_dead_lettered() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
+    let now = now_ms();
+    env.produce_message(&version("edited", "C1", "v1", 1, now - 2_000))
+        .await;
+    let notify = env.start_notify();
+    env.read_responses(1, WAIT).await;
+    slack.archive_channel("C1");
+    env.produce_message(&version("edited", "C1", "v2", 2, now - 1_000))
+        .await;
+    let responses = env.read_responses(2, WAIT).await;
+    // The same v1 again: still posted, so a duplicate, never a new post.
+    env.produce_message(&version("edited", "C1", "v1", 1, now - 2_000))
+        .await;
+    let responses_after = env.read_responses(3, WAIT).await;
+    notify.stop().await.expect("clean stop");
+    assert_eq!(
+        (
+            responses[1].outcome,
+            responses[1].ok,
+            responses[1].error.as_deref()
+        ),
+        (DeliveryOutcome::Failed, false, Some("is_archived"))
+    );
+    assert_eq!(
+        responses[1].ts, responses[0].ts,
+        "the alert is still where it was"
+    );
+    assert_eq!(responses_after[2].outcome, DeliveryOutcome::Duplicate);
+    assert_eq!(responses_after[2].ts, responses[0].ts);
+    let fake = slack.messages();
+    assert_eq!(fake.len(), 1);
+    assert_eq!(fake[0].revisions, ["v1"]);
+    no_dead_letters(&env).await;
+}

@@ -247,6 +247,12 @@ impl FakeSlack {
         self.lock().config.channels.push(channel.to_owned());
     }
 
+    /// Archives a channel: posts and edits to it answer `is_archived`
+    /// from now on, its messages stay.
+    pub fn archive_channel(&self, channel: &str) {
+        self.lock().config.archived.push(channel.to_owned());
+    }
+
     pub fn add_user(&self, user: &str) {
         self.lock().config.users.push(user.to_owned());
     }
