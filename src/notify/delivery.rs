@@ -164,6 +164,17 @@ struct Attempt<'a> {
     found_unreported: bool,
 }
 
+impl Attempt<'_> {
+    /// The entry records this message's content as refused or expired:
+    /// nothing of it is in Slack.
+    fn never_shown(&mut self, status: Status) {
+        self.entry.status = status;
+        self.entry.ts = None;
+        self.entry.content_hash = self.hash.clone();
+        self.entry.version = self.version.clone();
+    }
+}
+
 impl Deliverer {
     pub fn new(
         slack: Arc<SlackApi>,
@@ -405,14 +416,11 @@ impl Deliverer {
     }
 
     async fn expire(&self, attempt: &mut Attempt<'_>) -> Result<Delivery, DeliverError> {
-        let entry = &mut attempt.entry;
-        if entry.ts.is_none() {
-            entry.status = Status::Expired;
-            entry.content_hash = attempt.hash.clone();
-            entry.version = attempt.version.clone();
+        if attempt.entry.ts.is_none() {
+            attempt.never_shown(Status::Expired);
         }
-        entry.error = Some("expired".into());
-        self.save(entry, true).await?;
+        attempt.entry.error = Some("expired".into());
+        self.save(&attempt.entry, true).await?;
         let mut delivery = self.answer(attempt, DeliveryOutcome::Expired);
         delivery.channel = attempt.message.channel_id.clone();
         delivery.ts = None;
@@ -556,14 +564,12 @@ impl Deliverer {
             alert_id: &message.alert_id,
             occurrence,
         };
-        let started = tokio::time::Instant::now();
         let result = self
-            .slack
-            .post(&conversation, &message.text, &message.blocks, &alert)
+            .timed(
+                self.slack
+                    .post(&conversation, &message.text, &message.blocks, &alert),
+            )
             .await;
-        self.metrics
-            .slack_seconds
-            .observe(started.elapsed().as_secs_f64());
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(posted) => {
                 let entry = &mut attempt.entry;
@@ -606,11 +612,8 @@ impl Deliverer {
         attempt: &mut Attempt<'_>,
         error: SlackError,
     ) -> Result<Delivery, DeliverError> {
+        attempt.never_shown(Status::Failed);
         let entry = &mut attempt.entry;
-        entry.status = Status::Failed;
-        entry.ts = None;
-        entry.content_hash = attempt.hash.clone();
-        entry.version = attempt.version.clone();
         entry.error = Some(error.code());
         if entry.channel_id.is_empty() {
             entry.channel_id = attempt.message.channel_id.clone();
@@ -658,14 +661,12 @@ impl Deliverer {
             alert_id: &message.alert_id,
             occurrence: attempt.entry.occurrence,
         };
-        let started = tokio::time::Instant::now();
         let result = self
-            .slack
-            .update(&channel, &ts, &message.text, &message.blocks, Some(&alert))
+            .timed(
+                self.slack
+                    .update(&channel, &ts, &message.text, &message.blocks, Some(&alert)),
+            )
             .await;
-        self.metrics
-            .slack_seconds
-            .observe(started.elapsed().as_secs_f64());
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(_) => {
                 let entry = &mut attempt.entry;
@@ -700,6 +701,19 @@ impl Deliverer {
             }
             Called::Later(after) => self.retry_later(attempt, after, stop).await,
         }
+    }
+
+    /// A post or edit, its latency recorded.
+    async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, SlackError>>,
+    ) -> Result<T, SlackError> {
+        let started = tokio::time::Instant::now();
+        let result = call.await;
+        self.metrics
+            .slack_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Backs off (Slack's `Retry-After` if it sent one) holding the claim;

@@ -443,3 +443,50 @@ async fn a_refused_edit_keeps_the_alert_posted_and_is_not_dead_lettered() {
     assert_eq!(fake[0].revisions, ["v1"]);
     no_dead_letters(&env).await;
 }
+
+/// tansu can hold a rebalance for a while (DEPENDENCY-FACTS).
+const REBALANCE_WAIT: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partitions_queued_messages_are_dropped_and_posted_once_by_the_owner() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["CBUSY"], None, Backend::Postgres, 5).await;
+    for i in 0..60 {
+        env.produce_message(&message(&format!("q-{i}"), "CBUSY", "queued"))
+            .await;
+    }
+    let first = env.start_notify_with(notify_settings(&env, |n| {
+        n.instance_id = Some("replica-a".into());
+    }));
+    let mut stored = slack.subscribe();
+    tokio::time::timeout(REBALANCE_WAIT, stored.recv())
+        .await
+        .expect("first post")
+        .expect("fake Slack");
+    // A second replica joins the group: the eager rebalance revokes every
+    // partition of the first, whose queue for CBUSY (at 5/s) is still long.
+    let second = env.start_notify_with(notify_settings(&env, |n| {
+        n.instance_id = Some("replica-b".into());
+        n.http_addr.set_port(0);
+    }));
+    wait_notify_metric(
+        &env,
+        "alertsvc_notify_dropped_on_revoke_total",
+        |v| v >= 1.0,
+        REBALANCE_WAIT,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + REBALANCE_WAIT;
+    while slack.posts_by_alert().len() < 60 {
+        assert!(tokio::time::Instant::now() < deadline, "not all posted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.stop().await.expect("clean stop");
+    second.stop().await.expect("clean stop");
+    let posts = slack.posts_by_alert();
+    assert!(posts.values().all(|n| *n == 1), "{posts:?}");
+}

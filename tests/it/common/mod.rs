@@ -216,6 +216,11 @@ impl TestEnv {
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
+        self.send(record).await
+    }
+
+    async fn send(&self, record: FutureRecord<'_, str, [u8]>) -> (i32, i64) {
+        let topic = record.topic.to_owned();
         let delivery = self
             .producer
             .send(record, Duration::from_secs(10))
@@ -464,12 +469,7 @@ impl TestEnv {
             .key(&message.channel_id)
             .payload(&payload)
             .headers(owned);
-        let delivery = self
-            .producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
-        (delivery.partition, delivery.offset)
+        self.send(record).await
     }
 
     /// Writes a `SlackMessage` to `slack-messages`, keyed by its channel.
