@@ -11,6 +11,7 @@ mod enrich_dead_letters;
 mod enrich_tables;
 mod enrich_topology;
 mod enrich_transactions;
+mod kafka_interop;
 mod notify_chaos;
 mod notify_crash;
 mod notify_delivery;

@@ -667,6 +667,8 @@ pub struct Record {
     pub key: Option<String>,
     pub payload: Option<Vec<u8>>,
     pub headers: BTreeMap<String, String>,
+    /// The record's timestamp in epoch milliseconds, if it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl Record {
@@ -690,6 +692,7 @@ impl Record {
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             payload: m.payload().map(<[u8]>::to_vec),
             headers,
+            timestamp: m.timestamp().to_millis(),
         }
     }
 }
