@@ -3,7 +3,9 @@
 what the alertsvc binary really has: subcommands and their options, HTTP
 ports and probe paths, config keys behind ALERTSVC__* variables, the config
 files the pods mount, secrets taken only from Secrets, a security context
-the image can run under, and a Grafana dashboard over the real metrics.
+the image can run under, enrich's stable identity, notify's ledger, a
+PrometheusRule over real metrics and README runbook sections, and a
+Grafana dashboard over the real metrics.
 
     scripts/check_deploy.py --bin target/debug/alertsvc \
         base=/tmp/base.yaml dev=/tmp/dev.yaml prod=/tmp/prod.yaml
@@ -658,15 +660,18 @@ class Rendering:
                     f"env ALERTSVC_REPLICAS is {literal.get('ALERTSVC_REPLICAS')!r}, but spec.replicas is {replicas}: set it to \"{replicas}\" (config check warns from it about a SQLite ledger shared by replicas)",
                 )
                 if ledger.startswith("sqlite:"):
-                    # A relative SQLite path lives in the working directory.
+                    # A relative SQLite path is relative to the working directory.
                     path = ledger.split("://", 1)[-1].split("?", 1)[0]
-                    directory = str(Path(path).parent) if path.startswith("/") else workdir
-                    claims = {
-                        m["mountPath"].rstrip("/"): volumes[m["name"]]["persistentVolumeClaim"]["claimName"]
-                        for m in container.get("volumeMounts") or []
-                        if "persistentVolumeClaim" in volumes.get(m["name"], {})
-                    }
-                    claim = claims.get(directory)
+                    directory = str((Path(workdir) / path).parent)
+                    claim = next(
+                        (
+                            volumes[m["name"]]["persistentVolumeClaim"]["claimName"]
+                            for m in container.get("volumeMounts") or []
+                            if "persistentVolumeClaim" in volumes.get(m["name"], {})
+                            and (directory + "/").startswith(m["mountPath"].rstrip("/") + "/")
+                        ),
+                        None,
+                    )
                     if C.check(
                         claim is not None, where,
                         f"the SQLite ledger ({ledger}) is in {directory}, which is no PersistentVolumeClaim: a new pod would forget what was posted and post redelivered alerts again",
