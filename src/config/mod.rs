@@ -13,9 +13,11 @@ use std::time::Duration;
 
 mod demo;
 mod produce;
+mod replicas;
 
 pub use demo::*;
 pub use produce::*;
+pub use replicas::*;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};

@@ -298,7 +298,13 @@ impl Processor {
         })
         .map_err(BatchError::kafka("send_offsets_to_transaction"))?;
         tokio::task::block_in_place(|| self.producer.commit_transaction(self.kafka_timeout))
-            .map_err(BatchError::kafka("commit_transaction"))
+            .map_err(BatchError::kafka("commit_transaction"))?;
+        // Only for the lag metric (see `kafka::StageContext`): with
+        // enable.auto.commit off, a stored offset is never committed.
+        if let Err(e) = self.consumer.store_offsets(&offsets) {
+            tracing::debug!(error = %e, "storing committed offsets for the lag metric failed");
+        }
+        Ok(())
     }
 
     /// Outputs and dead letters are acknowledged before the offsets commit.

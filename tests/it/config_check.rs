@@ -7,6 +7,7 @@ use crate::common::config_dir;
 
 const SASL_SECRET: &str = "s3cr3t-sasl-VALUE";
 const PEM_SECRET: &str = "pem-pass-Q7x";
+const LEDGER_SECRET: &str = "ledger-pw-K9z";
 
 struct Outcome {
     success: bool,
@@ -15,6 +16,11 @@ struct Outcome {
 }
 
 fn check(overlay: &str) -> Outcome {
+    check_with_env(overlay, &[])
+}
+
+/// `config check` with these variables set over a clean environment.
+fn check_with_env(overlay: &str, env: &[(&str, &str)]) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("overlay.toml");
     std::fs::write(&path, overlay).unwrap();
@@ -27,6 +33,8 @@ fn check(overlay: &str) -> Outcome {
         .env("ALERTSVC__KAFKA__SASL_USERNAME", "API-KEY-1")
         .env("ALERTSVC__KAFKA__SASL_PASSWORD", SASL_SECRET)
         .env_remove("ALERTSVC_ENV")
+        .env_remove("ALERTSVC_REPLICAS")
+        .envs(env.iter().copied())
         .output()
         .expect("run alertsvc");
     let outcome = Outcome {
@@ -34,7 +42,7 @@ fn check(overlay: &str) -> Outcome {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     };
-    for secret in [SASL_SECRET, PEM_SECRET] {
+    for secret in [SASL_SECRET, PEM_SECRET, LEDGER_SECRET] {
         assert!(
             !outcome.stdout.contains(secret),
             "secret in stdout: {}",
@@ -273,5 +281,116 @@ fn writer_schemas_must_resolve_to_the_topic_schema() {
             old.display().to_string()
         ),
         &["topics.slack_users", "only for avro-single-object"],
+    );
+}
+
+const SQLITE_REPLICAS_WARNING: &str = "warning: ALERTSVC_REPLICAS=2 with a SQLite ledger \
+(notify.ledger.database_url): each replica keeps its own ledger file, so an alert can be \
+posted twice when its partition moves to another replica; use PostgreSQL (postgres://…) \
+for more than one notify replica\n";
+
+/// The lines of stderr that are warnings.
+fn warnings(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|line| line.starts_with("warning:"))
+        .collect()
+}
+
+#[test]
+fn sqlite_ledger_with_several_replicas_is_a_warning_not_an_error() {
+    let sqlite = "sqlite:///var/lib/alertsvc/alertsvc-ledger.db?mode=rwc";
+    let outcome = check_with_env(
+        "",
+        &[
+            ("ALERTSVC_REPLICAS", "2"),
+            ("ALERTSVC__NOTIFY__LEDGER__DATABASE_URL", sqlite),
+        ],
+    );
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert_eq!(
+        warnings(&outcome.stderr),
+        vec![SQLITE_REPLICAS_WARNING.trim_end()],
+        "{}",
+        outcome.stderr
+    );
+    // The warning comes before the verdict, which is still OK.
+    assert!(
+        outcome
+            .stderr
+            .ends_with(&format!("{SQLITE_REPLICAS_WARNING}configuration OK\n")),
+        "{}",
+        outcome.stderr
+    );
+    // The default ledger (a relative SQLite file) warns the same way.
+    let outcome = check_with_env("", &[("ALERTSVC_REPLICAS", "2")]);
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert_eq!(
+        warnings(&outcome.stderr),
+        vec![SQLITE_REPLICAS_WARNING.trim_end()]
+    );
+}
+
+#[test]
+fn no_replica_warning_for_one_replica_postgres_or_an_unknown_count() {
+    let postgres = format!("postgres://alertsvc:{LEDGER_SECRET}@postgres.invalid:5432/alertsvc");
+    for env in [
+        vec![],
+        vec![("ALERTSVC_REPLICAS", "1")],
+        vec![("ALERTSVC_REPLICAS", "0")],
+        vec![
+            ("ALERTSVC_REPLICAS", "3"),
+            ("ALERTSVC__NOTIFY__LEDGER__DATABASE_URL", postgres.as_str()),
+        ],
+    ] {
+        let outcome = check_with_env("", &env);
+        assert!(outcome.success, "{env:?}: {}", outcome.stderr);
+        assert_eq!(
+            warnings(&outcome.stderr),
+            Vec::<&str>::new(),
+            "{env:?}: {}",
+            outcome.stderr
+        );
+        assert!(outcome.stderr.ends_with("configuration OK\n"));
+    }
+    // Without [notify] there is no ledger to warn about.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&config_dir(), dir.path());
+    let default = dir.path().join("default.toml");
+    let text = std::fs::read_to_string(&default).unwrap();
+    let start = text.find("[notify]").expect("[notify] in default.toml");
+    let end = text[start..]
+        .find("\n[produce")
+        .map(|i| start + i)
+        .expect("[produce] after [notify]");
+    let without_notify: String = text[..start]
+        .lines()
+        .chain(text[end..].lines())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&default, without_notify).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_alertsvc"))
+        .arg("--config-dir")
+        .arg(dir.path())
+        .args(["config", "check"])
+        .env_remove("ALERTSVC_ENV")
+        .env("ALERTSVC_REPLICAS", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(warnings(&stderr), Vec::<&str>::new(), "{stderr}");
+}
+
+#[test]
+fn replica_count_that_is_not_a_number_is_refused() {
+    let outcome = check_with_env("", &[("ALERTSVC_REPLICAS", "two")]);
+    assert!(!outcome.success);
+    assert!(
+        outcome.stderr.contains(
+            "`ALERTSVC_REPLICAS`: `two` is not a replica count (a whole number, 0 or more)"
+        ),
+        "{}",
+        outcome.stderr
     );
 }

@@ -170,3 +170,74 @@ async fn eos_commits_outputs_and_offsets_in_one_transaction() {
     // The offsets went in with the transaction (send_offsets_to_transaction).
     offsets_committed_and_restart_resumes(&env, expected.len()).await;
 }
+
+/// `alertsvc_consumer_lag` of `topic`, by partition.
+fn consumer_lags(metrics: &str, topic: &str) -> std::collections::BTreeMap<i32, f64> {
+    let topic_label = format!("topic=\"{topic}\"");
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("alertsvc_consumer_lag{"))
+        .filter(|rest| rest.contains(&topic_label))
+        .filter_map(|rest| {
+            let (labels, value) = rest.split_once("} ")?;
+            let partition = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("partition=\""))?
+                .trim_end_matches('"')
+                .parse()
+                .ok()?;
+            Some((partition, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Under exactly-once the offsets commit in the transaction, which
+/// librdkafka's own lag figure never learns of (it would stay at its value
+/// from the assignment, or never appear on a new group): the gauge must come
+/// down to 0 once every record is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_consumer_lag_comes_down_to_zero() {
+    let env = TestEnv::new("").await;
+    let mut partitions = BTreeSet::new();
+    let mut expected = BTreeSet::new();
+    for org in ["org-a", "org-b", "org-c", "org-d"] {
+        env.put_assignment(org, "a@example.com", org).await;
+        for i in 0..3 {
+            let (partition, _) = env
+                .produce_event(
+                    org,
+                    &connector_event(&format!("e{i}"), "env", &format!("c{i}"), "Provisioning"),
+                )
+                .await;
+            partitions.insert(partition);
+            expected.insert(format!("{org}-env-c{i}-connector-failure"));
+        }
+    }
+    env.put_slack_user("a@example.com", "U1").await;
+    let enrich = env.start_enrich();
+    let messages = env.read_messages(expected.len(), WAIT).await;
+    assert_eq!(
+        alert_ids(&messages).into_iter().collect::<BTreeSet<_>>(),
+        expected
+    );
+
+    // librdkafka reports statistics every 15 s (statistics.interval.ms).
+    let input = env.topic("notifications");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lags = consumer_lags(&env.metrics().await, &input);
+        let processed = lags
+            .iter()
+            .filter(|(p, lag)| partitions.contains(p) && **lag == 0.0)
+            .count();
+        if processed == partitions.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alertsvc_consumer_lag of {input} is {lags:?}; expected 0 on partitions {partitions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    enrich.stop().await.expect("clean stop");
+}
