@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alertsvc::avro::{build_codecs, Codec, Codecs};
+use alertsvc::avro::{build_codecs, Codec, Codecs, KeyCodec};
 use alertsvc::config::{Settings, Sources};
 use alertsvc::enrich::pipeline::{Pipeline, Source, TableLookup, Verdict};
 use alertsvc::enrich::readiness::Readiness;
@@ -109,13 +109,18 @@ fn bench_core() {
             )
         })
         .collect();
+    // Decoded keys, as the processor hands them to the pipeline.
+    let keys: Vec<Value> = records
+        .iter()
+        .map(|(key, _)| Value::String(key.clone()))
+        .collect();
 
     let run = |rounds: usize| {
         let mut emitted = 0usize;
         let mut bytes = 0usize;
         let started = Instant::now();
         for _ in 0..rounds {
-            for (i, (key, payload)) in records.iter().enumerate() {
+            for (i, (key, (_, payload))) in keys.iter().zip(&records).enumerate() {
                 let value = block_on(input.decode(payload)).expect("decode");
                 let source = Source {
                     topic: "in",
@@ -148,7 +153,7 @@ fn bench_core() {
     );
 
     // Cost of each step alone, to show where the time goes.
-    let (key, payload) = &records[1];
+    let (key, payload) = (&keys[1], &records[1].1);
     let value = block_on(input.decode(payload)).expect("decode");
     let source = Source {
         topic: "in",
@@ -470,6 +475,7 @@ async fn bench_bootstrap(records: usize) {
         topic: "data-csdr-assignment".into(),
         dlq_topic: "data-csdr-assignment.dlq".into(),
         codec,
+        key_codec: Arc::new(KeyCodec::Text),
         table: table.clone(),
         consumer,
         dlq,

@@ -130,6 +130,8 @@ pub fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 pub fn check_config(settings: &Settings, config_dir: &Path) -> anyhow::Result<()> {
     crate::avro::build_codecs(config_dir, settings)
         .map_err(|(topic, e)| anyhow::anyhow!("`topics.{topic}`: {e}"))?;
+    crate::avro::build_key_codecs(config_dir, settings)
+        .map_err(|(topic, e)| anyhow::anyhow!("`topics.{topic}.key_schema`: {e}"))?;
     if let Some(enrich) = &settings.enrich {
         crate::enrich::compile_pipelines(enrich, config_dir)?;
     }

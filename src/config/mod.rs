@@ -202,6 +202,57 @@ pub enum WireFormat {
     Json,
 }
 
+/// How a topic's record keys are encoded. Keys are decoded to a JSON value
+/// like records are; `string` (what Kafka's `StringSerializer` writes) is
+/// the default, so a key stays the text it always was.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", try_from = "String")]
+pub enum KeyFormat {
+    #[default]
+    String,
+    Json,
+    AvroConfluent,
+    AvroSingleObject,
+}
+
+impl TryFrom<String> for KeyFormat {
+    type Error = String;
+
+    /// By hand, so that a typo is answered with the formats there are.
+    fn try_from(name: String) -> Result<Self, String> {
+        const ALL: [KeyFormat; 4] = [
+            KeyFormat::String,
+            KeyFormat::Json,
+            KeyFormat::AvroConfluent,
+            KeyFormat::AvroSingleObject,
+        ];
+        ALL.into_iter()
+            .find(|format| format.name() == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown key_format {name:?}; expected one of {}",
+                    ALL.map(|f| format!("{:?}", f.name())).join(", ")
+                )
+            })
+    }
+}
+
+impl KeyFormat {
+    pub fn is_avro(self) -> bool {
+        matches!(self, KeyFormat::AvroConfluent | KeyFormat::AvroSingleObject)
+    }
+
+    /// As written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyFormat::String => "string",
+            KeyFormat::Json => "json",
+            KeyFormat::AvroConfluent => "avro-confluent",
+            KeyFormat::AvroSingleObject => "avro-single-object",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSettings {
@@ -217,6 +268,13 @@ pub struct TopicSettings {
     /// resolved to `schema` by Avro's schema resolution.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub writer_schemas: Vec<String>,
+    #[serde(default)]
+    pub key_format: KeyFormat,
+    /// `.avsc` file of the key, relative to the configuration directory;
+    /// required for the Avro key formats, refused for the others. For
+    /// `avro-confluent` keys the subject is `<topic>-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_schema: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -556,6 +614,36 @@ impl Settings {
                     "Avro formats need a schema file",
                 ));
             }
+            match (topic.key_format.is_avro(), &topic.key_schema) {
+                (true, None) => {
+                    return Err(ConfigError::invalid(
+                        format!("topics.{id}.key_schema"),
+                        format!(
+                            "key_format = \"{}\" needs a key schema file (.avsc)",
+                            topic.key_format.name()
+                        ),
+                    ))
+                }
+                (false, Some(_)) => {
+                    // Silently ignoring it would hide a key_format typo'd
+                    // away or forgotten.
+                    return Err(ConfigError::invalid(
+                        format!("topics.{id}.key_schema"),
+                        format!(
+                            "only used with key_format \"avro-confluent\" or \"avro-single-object\" \
+                             (key_format is \"{}\")",
+                            topic.key_format.name()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            if topic.key_format == KeyFormat::AvroConfluent && self.schema_registry.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("topics.{id}.key_format"),
+                    "avro-confluent keys need [schema_registry]",
+                ));
+            }
         }
         if let Some(enrich) = &self.enrich {
             self.validate_enrich(enrich)?;
@@ -685,6 +773,39 @@ impl Settings {
         self.topics
             .get(id)
             .ok_or_else(|| format!("no topic {id:?} in [topics]"))
+    }
+
+    /// Topic id → what in alertsvc writes record keys to it (config key
+    /// paths). Those keys are always text (a key column, a channel id, an
+    /// alert id), so the topic's key format must be able to hold text.
+    /// Dead-letter topics are not here: they keep the original key bytes.
+    pub fn key_writers(&self) -> BTreeMap<&str, Vec<String>> {
+        let mut writers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        if let Some(produce) = &self.produce {
+            for (name, job) in &produce.jobs {
+                writers
+                    .entry(job.topic.as_str())
+                    .or_default()
+                    .push(format!("produce.jobs.{name}"));
+            }
+        }
+        if let Some(enrich) = &self.enrich {
+            for (name, pipeline) in &enrich.pipelines {
+                writers
+                    .entry(pipeline.output.as_str())
+                    .or_default()
+                    .push(format!("enrich.pipelines.{name}.output"));
+            }
+        }
+        if let Some(notify) = &self.notify {
+            for (key, id) in [
+                ("notify.responses", &notify.responses),
+                ("notify.interactions", &notify.interactions),
+            ] {
+                writers.entry(id.as_str()).or_default().push(key.to_owned());
+            }
+        }
+        writers
     }
 
     pub fn dlq_topic(&self, topic_name: &str) -> String {

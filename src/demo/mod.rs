@@ -362,6 +362,8 @@ async fn seed_tables(
 ) -> Result<(), DemoError> {
     let codecs = crate::avro::build_codecs(config_dir, settings)
         .map_err(|(topic, e)| DemoError::Broker(format!("topic {topic}: {e}")))?;
+    let key_codecs = crate::avro::build_key_codecs(config_dir, settings)
+        .map_err(|(topic, e)| DemoError::Broker(format!("topic {topic}: {e}")))?;
     let producer: FutureProducer = crate::kafka::client_config(&settings.kafka)
         .create()
         .map_err(|e| DemoError::Broker(e.to_string()))?;
@@ -375,15 +377,17 @@ async fn seed_tables(
             .map_err(DemoError::Broker)?
             .name
             .clone();
-        let codec = codecs
-            .get(topic_id)
-            .ok_or_else(|| DemoError::Broker(format!("no codec for {topic_id}")))?;
+        let (Some(codec), Some(key_codec)) = (codecs.get(topic_id), key_codecs.get(topic_id))
+        else {
+            return Err(DemoError::Broker(format!("no codec for {topic_id}")));
+        };
         for record in read_json_list(config_dir, file)? {
-            let key = record[key_field].as_str().unwrap_or_default().to_owned();
-            let payload = codec.encode(&record).await.map_err(|e| DemoError::File {
+            let failed = |e: crate::avro::AvroError| DemoError::File {
                 path: file.to_owned(),
                 reason: e.to_string(),
-            })?;
+            };
+            let key = key_codec.encode(&record[key_field]).await.map_err(failed)?;
+            let payload = codec.encode(&record).await.map_err(failed)?;
             producer
                 .send(
                     FutureRecord::to(&topic).key(&key).payload(&payload),

@@ -24,7 +24,7 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::avro::{build_codecs, AvroError};
+use crate::avro::{build_codecs, build_key_codecs, AvroError};
 use crate::config::{ConfigError, EnrichSettings, ProcessingGuarantee, Settings};
 use crate::http::{self, AppState, Health};
 use crate::kafka::{client_config, StageContext};
@@ -98,6 +98,8 @@ pub async fn run(
     let metrics = EnrichMetrics::register(&registry)?;
     let codecs = build_codecs(config_dir, settings)
         .map_err(|(topic, source)| EnrichError::Codec { topic, source })?;
+    let key_codecs = build_key_codecs(config_dir, settings)
+        .map_err(|(topic, source)| EnrichError::Codec { topic, source })?;
     let pipelines = compile_pipelines(enrich, config_dir)?;
 
     // Everything below stops with `stop`: on shutdown, or when a table
@@ -155,6 +157,7 @@ pub async fn run(
             topic: topic.name.clone(),
             dlq_topic: settings.dlq_topic(&topic.name),
             codec: codecs[&table_settings.topic].clone(),
+            key_codec: key_codecs[&table_settings.topic].clone(),
             table: tables.insert(id),
             consumer,
             dlq: dlq_producer.clone(),
@@ -184,12 +187,14 @@ pub async fn run(
         let route = Route {
             output_topic: output.name.clone(),
             output_codec: codecs[&pipeline.output].clone(),
+            output_key_codec: key_codecs[&pipeline.output].clone(),
             pipeline: pipeline.clone(),
         };
         inputs
             .entry(input.name.clone())
             .or_insert_with(|| InputTopic {
                 codec: codecs[&pipeline.input].clone(),
+                key_codec: key_codecs[&pipeline.input].clone(),
                 routes: Vec::new(),
             })
             .routes

@@ -3,6 +3,7 @@
 //! CEL expressions), render (minijinja), Block Kit checks. No Kafka here, so
 //! every rule is unit-tested directly and benchmarked without a broker.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,13 +37,69 @@ pub struct Source<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<&'a str>,
+    /// The decoded record key (a JSON string for `key_format = "string"`).
+    pub key: Option<&'a Json>,
     pub timestamp_ms: i64,
 }
 
-/// Read access to the GlobalKTables.
+/// Read access to the GlobalKTables, by [`key_text`].
 pub trait TableLookup {
     fn lookup(&self, table: &str, key: &str) -> Option<Arc<Json>>;
+}
+
+/// The text a table is keyed by, for a decoded key: a string is itself (so
+/// string keys are what they always were); anything else is compact JSON
+/// with object members sorted by name, at every depth. A join key
+/// expression's value goes through the same function, so a CEL map
+/// `{'org': event.org_id}` finds the record keyed `{"org": "..."}` however
+/// either side ordered its fields.
+pub fn key_text(key: &Json) -> Cow<'_, str> {
+    match key {
+        Json::String(text) => Cow::Borrowed(text),
+        other => {
+            let mut out = String::new();
+            write_canonical(other, &mut out);
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// [`key_text`] of an owned key, without copying a string.
+pub fn into_key_text(key: Json) -> String {
+    match key {
+        Json::String(text) => text,
+        other => key_text(&other).into_owned(),
+    }
+}
+
+fn write_canonical(value: &Json, out: &mut String) {
+    match value {
+        Json::Object(members) => {
+            let mut sorted: Vec<(&String, &Json)> = members.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (name, member)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Json::from(name.as_str()).to_string());
+                out.push(':');
+                write_canonical(member, out);
+            }
+            out.push('}');
+        }
+        Json::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 /// Why a record was sent to the dead-letter topic.
@@ -245,7 +302,14 @@ impl Pipeline {
 
         let mut cel = CelContext::with_env(self.cel_env.clone());
         if self.filter.is_some() || !self.joins.is_empty() {
-            cel.add_variable_from_value("key", source.key.map(str::to_owned));
+            let key = match source.key {
+                None => CelValue::Null,
+                Some(Json::String(text)) => CelValue::from(text.clone()),
+                Some(other) => {
+                    cel::to_value(other).map_err(|e| RecordError::Filter(e.to_string()))?
+                }
+            };
+            cel.add_variable_from_value("key", key);
             cel.add_variable_from_value("topic", source.topic.to_owned());
             let event_value =
                 cel::to_value(event).map_err(|e| RecordError::Filter(e.to_string()))?;
@@ -271,12 +335,17 @@ impl Pipeline {
                 Ok(CelValue::Int(i)) => Some(i.to_string()),
                 Ok(CelValue::UInt(i)) => Some(i.to_string()),
                 Ok(CelValue::Null) => None,
-                Ok(other) => {
-                    return Err(RecordError::JoinKey {
-                        join: join.name.clone(),
-                        reason: format!("returned {other:?}, not a string"),
-                    })
-                }
+                // A map or list (e.g. `{'org': event.org_id}`) matches a
+                // table keyed by a JSON or Avro record with those fields.
+                Ok(other) => match other.json() {
+                    Ok(json) => Some(into_key_text(json)),
+                    Err(e) => {
+                        return Err(RecordError::JoinKey {
+                            join: join.name.clone(),
+                            reason: format!("returned {other:?}, which is not a table key: {e}"),
+                        })
+                    }
+                },
                 Err(e) => {
                     return Err(RecordError::JoinKey {
                         join: join.name.clone(),
@@ -331,7 +400,12 @@ impl Pipeline {
         joined: &[(&str, Option<Arc<Json>>)],
     ) -> Result<SlackMessage, RecordError> {
         let mut context: BTreeMap<&str, JinjaValue> = BTreeMap::new();
-        context.insert("key", JinjaValue::from(source.key));
+        let key = match source.key {
+            None => JinjaValue::from(()),
+            Some(Json::String(text)) => JinjaValue::from(text.as_str()),
+            Some(other) => JinjaValue::from_serialize(other),
+        };
+        context.insert("key", key);
         context.insert("event", JinjaValue::from_serialize(event));
         context.insert("topic", JinjaValue::from(source.topic));
         context.insert("partition", JinjaValue::from(source.partition));

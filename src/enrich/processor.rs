@@ -26,7 +26,7 @@ use tracing::Instrument;
 use super::pipeline::{Pipeline, Source, Verdict};
 use super::readiness::Readiness;
 use super::table::Tables;
-use crate::avro::{AvroError, Codec};
+use crate::avro::{AvroError, Codec, KeyCodec};
 use crate::backoff::Backoff;
 use crate::config::ProcessingGuarantee;
 use crate::kafka::{
@@ -46,11 +46,14 @@ pub struct Route {
     pub pipeline: Arc<Pipeline>,
     pub output_topic: String,
     pub output_codec: Arc<Codec>,
+    /// Writes the channel id as the output record's key.
+    pub output_key_codec: Arc<KeyCodec>,
 }
 
 /// Everything that reads one input topic.
 pub struct InputTopic {
     pub codec: Arc<Codec>,
+    pub key_codec: Arc<KeyCodec>,
     pub routes: Vec<Route>,
 }
 
@@ -451,12 +454,20 @@ impl Processor {
             }
         };
 
-        let key = match message.key().map(std::str::from_utf8).transpose() {
-            Ok(key) => key,
-            Err(_) => {
-                all_pipelines_dlq("decode");
-                return Ok(vec![dead("decode", "record key is not UTF-8".into(), None)]);
-            }
+        let key = match message.key() {
+            None => None,
+            Some(bytes) => match input.key_codec.decode(bytes).await {
+                Ok(key) => Some(key),
+                Err(e) if e.is_transient() => return Err(unavailable(e)),
+                Err(e) => {
+                    all_pipelines_dlq("decode");
+                    return Ok(vec![dead(
+                        "decode",
+                        format!("cannot decode key: {e}"),
+                        None,
+                    )]);
+                }
+            },
         };
         let Some(payload) = message.payload() else {
             all_pipelines_dlq("decode");
@@ -482,7 +493,7 @@ impl Processor {
             topic,
             partition: message.partition(),
             offset: message.offset(),
-            key,
+            key: key.as_ref(),
             timestamp_ms: message.timestamp().to_millis().unwrap_or_else(now_millis),
         };
 
@@ -492,26 +503,35 @@ impl Processor {
             self.metrics.records_in.with_label_values(&[name]).inc();
             match route.pipeline.apply(&source, &event, self.tables.as_ref()) {
                 Verdict::Emit(slack_message) => {
-                    match route.output_codec.encode(&slack_message.to_json()).await {
-                        Ok(payload) => {
+                    let encoded = match route.output_codec.encode(&slack_message.to_json()).await {
+                        Ok(payload) => route
+                            .output_key_codec
+                            .encode_str(&slack_message.channel_id)
+                            .await
+                            .map(|key| (key, payload))
+                            .map_err(|e| (e, "the Slack message's key (its channel id)")),
+                        Err(e) => Err((e, "the Slack message")),
+                    };
+                    match encoded {
+                        Ok((key, payload)) => {
                             tracing::debug!(alert_id = %slack_message.alert_id, channel = %slack_message.channel_id, "alert");
                             self.metrics.records_out.with_label_values(&[name]).inc();
                             out.push(Output::Record(OutRecord {
                                 topic: route.output_topic.clone(),
-                                key: Some(slack_message.channel_id.into_bytes()),
+                                key: Some(key),
                                 payload: Some(payload),
                                 headers: None,
                             }));
                         }
-                        Err(e) if e.is_transient() => return Err(unavailable(e)),
-                        Err(e) => {
+                        Err((e, _)) if e.is_transient() => return Err(unavailable(e)),
+                        Err((e, what)) => {
                             self.metrics
                                 .records_dlq
                                 .with_label_values(&[name, "encode"])
                                 .inc();
                             out.push(dead(
                                 "encode",
-                                format!("cannot encode the Slack message: {e}"),
+                                format!("cannot encode {what}: {e}"),
                                 Some(name),
                             ));
                         }

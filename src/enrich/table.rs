@@ -21,9 +21,9 @@ use serde_json::Value as Json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::pipeline::TableLookup;
+use super::pipeline::{into_key_text, TableLookup};
 use super::readiness::Readiness;
-use crate::avro::{AvroError, Codec};
+use crate::avro::{AvroError, Codec, KeyCodec};
 use crate::backoff::Backoff;
 use crate::kafka::{send_dead_letter, DeadLetterRecord, StageContext};
 use crate::metrics::EnrichMetrics;
@@ -163,6 +163,7 @@ pub struct TableLoader {
     pub topic: String,
     pub dlq_topic: String,
     pub codec: Arc<Codec>,
+    pub key_codec: Arc<KeyCodec>,
     pub table: Arc<Table>,
     pub consumer: StreamConsumer<StageContext>,
     pub dlq: FutureProducer<StageContext>,
@@ -306,23 +307,28 @@ impl TableLoader {
             .collect()
     }
 
-    /// Applies one table record, or says why it cannot be applied.
+    /// Applies one table record, or says why it cannot be applied. The
+    /// table is keyed by the decoded key's [`key_text`](super::pipeline::key_text).
     async fn apply(&self, message: &BorrowedMessage<'_>) -> Applied {
         let updates = &self.metrics.table_updates;
-        let key = match message.key().map(std::str::from_utf8) {
-            Some(Ok(key)) => key,
-            Some(Err(_)) => return Applied::Invalid("record key is not UTF-8".into()),
+        let key = match message.key() {
             None => return Applied::Invalid("table record has no key".into()),
+            Some(bytes) => match self.key_codec.decode(bytes).await {
+                Ok(Json::Null) => return Applied::Invalid("table record key is null".into()),
+                Ok(key) => into_key_text(key),
+                Err(e) if e.is_transient() => return Applied::RegistryUnavailable(e),
+                Err(e) => return Applied::Invalid(format!("cannot decode key: {e}")),
+            },
         };
         match message.payload() {
             None => {
                 updates.with_label_values(&[&self.id, "delete"]).inc();
-                Applied::Done(self.table.delete(key))
+                Applied::Done(self.table.delete(&key))
             }
             Some(payload) => match self.codec.decode(payload).await {
                 Ok(value) => {
                     updates.with_label_values(&[&self.id, "upsert"]).inc();
-                    Applied::Done(self.table.upsert(key.to_owned(), value))
+                    Applied::Done(self.table.upsert(key, value))
                 }
                 Err(e) if e.is_transient() => Applied::RegistryUnavailable(e),
                 Err(e) => Applied::Invalid(format!("cannot decode table record: {e}")),

@@ -17,7 +17,7 @@ use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::avro::Codec;
+use crate::avro::{Codec, KeyCodec};
 use crate::config::Secret;
 use crate::kafka::{enqueue, OutRecord, StageContext};
 use crate::messages::{to_json, SlackInteraction};
@@ -171,6 +171,8 @@ pub struct InteractionState {
     pub producer: FutureProducer<StageContext>,
     pub topic: String,
     pub codec: Arc<Codec>,
+    /// Writes the alert id as the record key.
+    pub key_codec: Arc<KeyCodec>,
     pub slack: Option<Arc<SlackApi>>,
     pub replay: ReplayGuard,
     pub metrics: NotifyMetrics,
@@ -235,9 +237,16 @@ pub async fn handle(
             return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode\n");
         }
     };
+    let key = match state.key_codec.encode_str(&interaction.alert_id).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the interaction's key (its alert id)");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode\n");
+        }
+    };
     let record = OutRecord {
         topic: state.topic.clone(),
-        key: Some(interaction.alert_id.clone().into_bytes()),
+        key: Some(key),
         payload: Some(encoded),
         headers: None,
     };

@@ -32,7 +32,7 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::avro::{build_codecs, AvroError};
+use crate::avro::{build_codecs, build_key_codecs, AvroError};
 use crate::config::Settings;
 use crate::http::{self, AppState, Health};
 use crate::kafka::{client_config, StageContext};
@@ -105,6 +105,8 @@ pub async fn run(
     let metrics = NotifyMetrics::register(&registry)?;
     let codecs = build_codecs(config_dir, settings)
         .map_err(|(topic, source)| NotifyError::Codec { topic, source })?;
+    let key_codecs = build_key_codecs(config_dir, settings)
+        .map_err(|(topic, source)| NotifyError::Codec { topic, source })?;
     let topic_name = |id: &str| {
         settings
             .topics
@@ -145,6 +147,7 @@ pub async fn run(
         producer: producer.clone(),
         topic: topic_name(&notify.interactions),
         codec: codecs[&notify.interactions].clone(),
+        key_codec: key_codecs[&notify.interactions].clone(),
         slack: Some(slack.clone()),
         replay: interactions::ReplayGuard::default(),
         metrics: metrics.clone(),
@@ -224,6 +227,7 @@ pub async fn run(
             producer,
             topic: topic_name(&notify.responses),
             codec: codecs[&notify.responses].clone(),
+            key_codec: key_codecs[&notify.responses].clone(),
             input_topic: input_topic.clone(),
             dlq_topic: settings.dlq_topic(&input_topic),
             metrics: metrics.clone(),

@@ -9,7 +9,7 @@ use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{now_ms, Delivery};
-use crate::avro::Codec;
+use crate::avro::{Codec, KeyCodec};
 use crate::kafka::{
     enqueue, send_dead_letter, DeadLetterRecord, OutRecord, SourcePosition, StageContext,
 };
@@ -29,6 +29,8 @@ pub struct Responses {
     pub producer: FutureProducer<StageContext>,
     pub topic: String,
     pub codec: Arc<Codec>,
+    /// Writes the alert id as the record key.
+    pub key_codec: Arc<KeyCodec>,
     pub input_topic: String,
     pub dlq_topic: String,
     pub metrics: NotifyMetrics,
@@ -63,11 +65,18 @@ impl Responses {
                 return false;
             }
         };
+        let key = match self.key_codec.encode_str(&job.message.alert_id).await {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the SlackResponse's key (its alert id)");
+                return false;
+            }
+        };
         // The dead letter first: a response is never written for an alert
         // whose dead letter is not stored.
         let record = OutRecord {
             topic: self.topic.clone(),
-            key: Some(job.message.alert_id.clone().into_bytes()),
+            key: Some(key),
             payload: Some(payload),
             headers: None,
         };

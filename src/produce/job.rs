@@ -15,7 +15,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::avro::Codec;
+use crate::avro::{Codec, KeyCodec};
 use crate::kafka::{
     dlq_headers, enqueue, header, send_dead_letter, DeadLetterRecord, OutRecord, StageContext,
 };
@@ -53,6 +53,8 @@ pub struct CompiledJob {
     pub topic: String,
     pub dlq_topic: String,
     pub codec: Arc<Codec>,
+    /// Writes the key column's text in the topic's key format.
+    pub key_codec: Arc<KeyCodec>,
     pub checkpoint: Option<(crate::config::CheckpointKind, Option<String>)>,
     pub schedule: Option<super::schedule::Schedule>,
     pub dedup_retention: Duration,
@@ -238,18 +240,14 @@ impl CompiledJob {
                 let row_number = report.rows_read;
                 let mapped = self.mapping.map(&row, row_number, run_started_ms);
                 let encoded = match mapped {
-                    Ok(event) => match self.codec.encode(&event.value).await {
-                        Ok(bytes) => Ok((event, bytes)),
-                        Err(e) => Err(RowError {
-                            row: row_number,
-                            column: None,
-                            reason: format!("the event does not fit the topic's schema: {e}"),
-                        }),
+                    Ok(event) => match self.encode(&event, row_number).await {
+                        Ok((key, bytes)) => Ok((event, key, bytes)),
+                        Err(e) => Err(e),
                     },
                     Err(e) => Err(e),
                 };
                 match encoded {
-                    Ok((event, bytes)) => {
+                    Ok((event, key, bytes)) => {
                         greatest.see(event.checkpoint.as_ref(), &event.event_id);
                         if emitted.contains(&event.event_id) {
                             report.events_skipped += 1;
@@ -268,7 +266,7 @@ impl CompiledJob {
                             .unwrap_or_default();
                         let record = OutRecord {
                             topic: self.topic.clone(),
-                            key: Some(event.key.into_bytes()),
+                            key: Some(key),
                             payload: Some(bytes),
                             headers: Some(
                                 OwnedHeaders::new()
@@ -385,6 +383,29 @@ impl CompiledJob {
             .await?;
         log_progress(job, &report, run_started);
         Ok(report)
+    }
+
+    /// The record's key and value bytes, or why the row cannot be one.
+    async fn encode(&self, event: &MappedEvent, row: u64) -> Result<(Vec<u8>, Vec<u8>), RowError> {
+        let value = self
+            .codec
+            .encode(&event.value)
+            .await
+            .map_err(|e| RowError {
+                row,
+                column: None,
+                reason: format!("the event does not fit the topic's schema: {e}"),
+            })?;
+        let key = self
+            .key_codec
+            .encode_str(&event.key)
+            .await
+            .map_err(|e| RowError {
+                row,
+                column: Some(self.mapping.key_column().to_owned()),
+                reason: format!("the key does not fit the topic's key format: {e}"),
+            })?;
+        Ok((key, value))
     }
 
     fn settle(

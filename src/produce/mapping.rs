@@ -183,6 +183,10 @@ impl Mapping {
         CheckpointValue::from_cell(*kind, cell(row, column))
     }
 
+    pub fn key_column(&self) -> &str {
+        &self.key_column
+    }
+
     /// The row's key, if it has one.
     pub fn key_of(&self, row: &Row) -> Option<String> {
         cell(row, &self.key_column)

@@ -19,7 +19,7 @@ use prometheus::Registry;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
-use crate::avro::{load_schema, Codec};
+use crate::avro::{load_schema, Codec, KeyCodec};
 use crate::config::{resolve_path, ProduceSettings, Settings};
 use crate::http::{AppState, Health};
 use crate::kafka::{client_config, StageContext};
@@ -126,6 +126,12 @@ pub fn compile_jobs(
         let topic = settings.topic(&job.topic).map_err(&invalid)?;
         let codec = Codec::build(dir, topic, settings.schema_registry.as_ref())
             .map_err(|e| invalid(format!("topic {}: {e}", job.topic)))?;
+        let key_codec = KeyCodec::build(dir, topic, settings.schema_registry.as_ref())
+            .and_then(|codec| {
+                codec.check_string_keys(topic, &format!("produce.jobs.{name}"))?;
+                Ok(codec)
+            })
+            .map_err(|e| invalid(format!("topic {}: {e}", job.topic)))?;
         let schema = topic
             .schema
             .as_deref()
@@ -188,6 +194,7 @@ pub fn compile_jobs(
             topic: topic.name.clone(),
             dlq_topic: settings.dlq_topic(&topic.name),
             codec: Arc::new(codec),
+            key_codec: Arc::new(key_codec),
             checkpoint: job.checkpoint.as_ref().map(|c| (c.kind, c.initial.clone())),
             schedule,
             dedup_retention: job.dedup_retention,

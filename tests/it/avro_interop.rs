@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use alertsvc::avro::{load_schema_file, spec_fingerprint, Codec};
-use alertsvc::config::{TopicSettings, WireFormat};
+use alertsvc::config::{KeyFormat, TopicSettings, WireFormat};
 use serde_json::{json, Value};
 
 const INSTALL: &str = "run scripts/install-test-deps.sh";
@@ -150,6 +150,8 @@ fn codec(schema: &Path, writer_schemas: &[&Path]) -> Codec {
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
+        key_format: KeyFormat::String,
+        key_schema: None,
     };
     Codec::build(&repo(), &topic, None).expect("codec")
 }

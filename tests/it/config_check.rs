@@ -394,3 +394,95 @@ fn replica_count_that_is_not_a_number_is_refused() {
         outcome.stderr
     );
 }
+
+fn key_fixture(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/keys")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn key_formats_are_checked() {
+    let record_key = key_fixture("org_region_key.avsc");
+    // A record key on a table alertsvc only reads is fine.
+    let outcome = check(&format!(
+        "[topics.csdr_assignment]\nkey_format = \"avro-single-object\"\nkey_schema = {record_key:?}\n"
+    ));
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert!(
+        outcome
+            .stdout
+            .contains("key_format = \"avro-single-object\""),
+        "{}",
+        outcome.stdout
+    );
+    assert!(outcome.stdout.contains("key_format = \"string\""));
+
+    assert_refused(
+        "[topics.notifications]\nkey_format = \"avro\"\n",
+        &[
+            "topics.notifications.key_format",
+            "unknown key_format \"avro\"; expected one of \"string\", \"json\", \"avro-confluent\", \"avro-single-object\"",
+        ],
+    );
+    assert_refused(
+        "[topics.notifications]\nkey_format = \"avro-single-object\"\n",
+        &[
+            "topics.notifications.key_schema",
+            "key_format = \"avro-single-object\" needs a key schema file",
+        ],
+    );
+    assert_refused(
+        &format!("[topics.notifications]\nkey_schema = {record_key:?}\n"),
+        &[
+            "topics.notifications.key_schema",
+            "only used with key_format",
+            "(key_format is \"string\")",
+        ],
+    );
+    assert_refused(
+        &format!(
+            "[topics.notifications]\nkey_format = \"avro-confluent\"\nkey_schema = {record_key:?}\n"
+        ),
+        &[
+            "topics.notifications.key_format",
+            "avro-confluent keys need [schema_registry]",
+        ],
+    );
+    assert_refused(
+        "[topics.notifications]\nkey_format = \"avro-single-object\"\nkey_schema = \"schemas/nope.avsc\"\n",
+        &["topics.notifications.key_schema", "nope.avsc"],
+    );
+}
+
+/// enrich writes channel ids as keys of slack-messages, and produce writes
+/// its key column: a record-typed key schema cannot hold them.
+#[test]
+fn topics_alertsvc_writes_need_string_key_schemas() {
+    let record_key = key_fixture("org_region_key.avsc");
+    assert_refused(
+        &format!(
+            "[topics.slack_messages]\nkey_format = \"avro-single-object\"\nkey_schema = {record_key:?}\n"
+        ),
+        &[
+            "`topics.slack_messages.key_schema`",
+            "org_region_key.avsc is of type record",
+            "alertsvc writes string keys to this topic \
+             (enrich.pipelines.connector-provisioning-failure.output)",
+            "needs an Avro key schema of type \"string\"",
+        ],
+    );
+    assert_refused(
+        &format!(
+            "[topics.notifications]\nkey_format = \"avro-single-object\"\nkey_schema = {record_key:?}\n"
+        ),
+        &["`topics.notifications.key_schema`", "produce.jobs.connector-failures"],
+    );
+    let outcome = check(&format!(
+        "[topics.slack_messages]\nkey_format = \"avro-single-object\"\nkey_schema = {:?}\n",
+        key_fixture("string_key.avsc")
+    ));
+    assert!(outcome.success, "{}", outcome.stderr);
+}

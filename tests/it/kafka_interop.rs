@@ -576,11 +576,13 @@ impl Scenario {
         let mut expected = Vec::new();
         let mut rejected = Vec::new();
         for record in &topics.events {
+            // The topic's keys are strings (key_format "string").
+            let key = record.key.clone().map(Value::String);
             let source = Source {
                 topic: &topic,
                 partition: record.partition,
                 offset: record.offset,
-                key: record.key.as_deref(),
+                key: key.as_ref(),
                 timestamp_ms: record.timestamp.expect("events have timestamps"),
             };
             let event = self.decode("notifications", record).await;

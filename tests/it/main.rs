@@ -22,3 +22,4 @@ mod produce_errors;
 mod produce_incremental;
 mod produce_sources;
 mod telemetry;
+mod topic_keys;

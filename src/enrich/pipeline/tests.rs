@@ -63,7 +63,7 @@ fn event(old_status: &str) -> Json {
            "data": data.to_string()})
 }
 
-fn source(key: &str) -> Source<'_> {
+fn source(key: &Json) -> Source<'_> {
     Source {
         topic: "data-notifications-pipeline",
         partition: 0,
@@ -83,7 +83,7 @@ fn emitted(verdict: Verdict) -> SlackMessage {
 #[test]
 fn provisioning_failure_becomes_a_direct_message() {
     let p = reference_pipeline();
-    let msg = emitted(p.apply(&source("org-1"), &event("Provisioning"), &tables()));
+    let msg = emitted(p.apply(&source(&json!("org-1")), &event("Provisioning"), &tables()));
     assert_eq!(msg.alert_id, "org-1-env-9-lcc-42-connector-failure");
     assert_eq!(msg.channel_id, "U0ADA");
     assert_eq!(msg.text, "Connector Failure for Org org-1!");
@@ -104,13 +104,13 @@ fn provisioning_failure_becomes_a_direct_message() {
 fn other_statuses_are_filtered() {
     let p = reference_pipeline();
     assert_eq!(
-        p.apply(&source("org-1"), &event("Running"), &tables()),
+        p.apply(&source(&json!("org-1")), &event("Running"), &tables()),
         Verdict::Filtered
     );
     let no_labels = json!({"eventId": "e", "eventType": "x", "source": "", "time": 1,
                            "data": "{\"env_id\": \"e\"}"});
     assert_eq!(
-        p.apply(&source("org-1"), &no_labels, &tables()),
+        p.apply(&source(&json!("org-1")), &no_labels, &tables()),
         Verdict::Filtered
     );
 }
@@ -119,7 +119,11 @@ fn other_statuses_are_filtered() {
 fn org_without_assignment_is_a_join_miss() {
     let p = reference_pipeline();
     assert_eq!(
-        p.apply(&source("org-404"), &event("Provisioning"), &tables()),
+        p.apply(
+            &source(&json!("org-404")),
+            &event("Provisioning"),
+            &tables()
+        ),
         Verdict::JoinMiss {
             join: "assignment".into(),
             table: "csdr_assignment".into()
@@ -130,7 +134,7 @@ fn org_without_assignment_is_a_join_miss() {
 #[test]
 fn assignee_without_slack_user_goes_to_the_fallback_channel() {
     let p = reference_pipeline();
-    let msg = emitted(p.apply(&source("org-2"), &event("Provisioning"), &tables()));
+    let msg = emitted(p.apply(&source(&json!("org-2")), &event("Provisioning"), &tables()));
     assert_eq!(msg.channel_id, "C0ALERTS");
     assert!(msg.blocks.contains("no Slack user for nobody@example.com"));
 }
@@ -139,7 +143,7 @@ fn assignee_without_slack_user_goes_to_the_fallback_channel() {
 fn data_that_is_not_json_is_rejected() {
     let p = reference_pipeline();
     let bad = json!({"eventId": "e", "eventType": "x", "source": "", "time": 1, "data": "{oops"});
-    match p.apply(&source("org-1"), &bad, &tables()) {
+    match p.apply(&source(&json!("org-1")), &bad, &tables()) {
         Verdict::Reject(e) => {
             assert_eq!(e.stage(), "decode");
             assert!(e.to_string().contains("\"data\""), "{e}");
@@ -153,7 +157,7 @@ fn missing_template_field_is_a_render_error() {
     let p = reference_pipeline();
     let data = json!({"connector_id": "c", "labels": {"connector_old_status": "Provisioning"}});
     let ev = json!({"eventId": "e", "eventType": "x", "source": "", "time": 1, "data": data.to_string()});
-    match p.apply(&source("org-1"), &ev, &tables()) {
+    match p.apply(&source(&json!("org-1")), &ev, &tables()) {
         Verdict::Reject(e) => {
             assert_eq!(e.stage(), "render");
             assert!(e.to_string().contains("alert_id"), "{e}");
@@ -189,7 +193,7 @@ fn block_kit_violation_is_rejected() {
         None,
     )
     .unwrap();
-    match p.apply(&source("k"), &json!({}), &tables()) {
+    match p.apply(&source(&json!("k")), &json!({}), &tables()) {
         Verdict::Reject(RecordError::BlockKit(e)) => assert_eq!(e.path, "blocks[0].text.text"),
         other => panic!("{other:?}"),
     }
@@ -198,7 +202,7 @@ fn block_kit_violation_is_rejected() {
 #[test]
 fn template_that_is_not_json_is_rejected() {
     let p = inline_pipeline("[{{ key }}", None).unwrap();
-    match p.apply(&source("k"), &json!({}), &tables()) {
+    match p.apply(&source(&json!("k")), &json!({}), &tables()) {
         Verdict::Reject(e @ RecordError::BlocksJson(_)) => assert_eq!(e.stage(), "render"),
         other => panic!("{other:?}"),
     }
@@ -208,12 +212,12 @@ fn template_that_is_not_json_is_rejected() {
 fn filter_errors_and_non_boolean_results_are_rejected() {
     let p = inline_pipeline("[]", Some("event.missing.field == 1")).unwrap();
     assert!(matches!(
-        p.apply(&source("k"), &json!({}), &tables()),
+        p.apply(&source(&json!("k")), &json!({}), &tables()),
         Verdict::Reject(RecordError::Filter(_))
     ));
     let p = inline_pipeline("[]", Some("\"yes\"")).unwrap();
     assert!(matches!(
-        p.apply(&source("k"), &json!({}), &tables()),
+        p.apply(&source(&json!("k")), &json!({}), &tables()),
         Verdict::Reject(RecordError::Filter(_))
     ));
 }
@@ -250,7 +254,7 @@ fn data_renders_as_escaped_text_and_helpers_as_markup() {
                       "labels": {"connector_old_status": "Provisioning"}});
     let ev = json!({"eventId": "e1", "eventType": "x", "source": "t", "time": 7,
                     "data": data.to_string()});
-    let msg = emitted(p.apply(&source(key), &ev, &tables));
+    let msg = emitted(p.apply(&source(&json!(key)), &ev, &tables));
 
     // The fallback text is Slack-escaped; ids are not Slack text.
     assert_eq!(msg.text, "Connector Failure for Org org-3&lt;!here&gt;!");
@@ -294,7 +298,7 @@ fn a_malformed_user_id_is_not_a_mention() {
                         "display_name": "Ada", "team_id": null}),
         ),
     );
-    let msg = emitted(p.apply(&source("org-1"), &event("Provisioning"), &tables));
+    let msg = emitted(p.apply(&source(&json!("org-1")), &event("Provisioning"), &tables));
     let blocks: Json = serde_json::from_str(&msg.blocks).unwrap();
     let intro = blocks[1]["text"]["text"].as_str().unwrap();
     assert!(
@@ -311,7 +315,7 @@ fn truncate_counts_escaped_characters_and_markup_opts_out() {
         None,
     )
     .unwrap();
-    let msg = emitted(p.apply(&source("k"), &json!({}), &tables()));
+    let msg = emitted(p.apply(&source(&json!("k")), &json!({}), &tables()));
     let blocks: Json = serde_json::from_str(&msg.blocks).unwrap();
     let cut = blocks[0]["text"]["text"].as_str().unwrap();
     assert_eq!(cut.chars().count(), 749 * 4 + 1, "{cut}");
@@ -327,8 +331,101 @@ fn safe_inserts_raw_json() {
         None,
     )
     .unwrap();
-    let msg = emitted(p.apply(&source("k"), &json!({}), &tables()));
+    let msg = emitted(p.apply(&source(&json!("k")), &json!({}), &tables()));
     let blocks: Json = serde_json::from_str(&msg.blocks).unwrap();
     assert_eq!(blocks[0]["text"]["text"], "a<b");
     assert_eq!(blocks[1]["text"]["text"], "<q>");
+}
+
+#[test]
+fn key_text_is_the_string_or_sorted_compact_json() {
+    assert_eq!(key_text(&json!("org-1")), "org-1");
+    assert_eq!(key_text(&json!("")), "");
+    assert_eq!(key_text(&json!(42)), "42");
+    assert_eq!(key_text(&json!(true)), "true");
+    assert_eq!(
+        key_text(&json!({"z": [1, {"b": null, "a": "x\"y"}], "a": 1.5})),
+        r#"{"a":1.5,"z":[1,{"a":"x\"y","b":null}]}"#
+    );
+    assert_eq!(into_key_text(json!("org-1")), "org-1");
+    assert_eq!(into_key_text(json!(["a", 1])), r#"["a",1]"#);
+}
+
+/// A pipeline over record keys: the filter and templates read the key's
+/// fields, the join builds the table's key as a CEL map.
+fn keyed_pipeline(join_key: &str) -> Pipeline {
+    let settings: PipelineSettings = toml::from_str(&format!(
+        r#"
+        input = "in"
+        output = "out"
+        filter = 'key.region == "eu"'
+        joins = [{{ name = "assignment", table = "csdr_assignment", key = "{join_key}", kind = "inner" }}]
+        [message]
+        alert_id = "{{{{ key.org }}}}-{{{{ key.region }}}}"
+        channel = "C1"
+        text = "{{{{ assignment.org_name }}}} {{{{ key }}}}"
+        blocks = '[]'
+        "#
+    ))
+    .unwrap();
+    Pipeline::compile("p", &settings, &config_dir()).unwrap()
+}
+
+#[test]
+fn decoded_keys_reach_filters_joins_and_templates() {
+    let mut tables = tables();
+    tables.0.insert(
+        (
+            "csdr_assignment".into(),
+            r#"{"org_id":"org-7","region":"eu"}"#.into(),
+        ),
+        Arc::new(json!({"org_name": "Seven"})),
+    );
+    let p = keyed_pipeline("{'region': key.region, 'org_id': key.org}");
+    let key = json!({"org": "org-7", "region": "eu"});
+    let msg = emitted(p.apply(&source(&key), &json!({}), &tables));
+    assert_eq!(msg.alert_id, "org-7-eu");
+    // A map key prints as a map (and is Slack-escaped like any value).
+    assert_eq!(msg.text, r#"Seven {"org": "org-7", "region": "eu"}"#);
+    assert_eq!(
+        p.apply(
+            &source(&json!({"org": "org-7", "region": "us"})),
+            &json!({}),
+            &tables
+        ),
+        Verdict::Filtered
+    );
+    assert_eq!(
+        p.apply(
+            &source(&json!({"org": "org-8", "region": "eu"})),
+            &json!({}),
+            &tables
+        ),
+        Verdict::JoinMiss {
+            join: "assignment".into(),
+            table: "csdr_assignment".into()
+        }
+    );
+    // A list works the same way.
+    tables.0.insert(
+        ("csdr_assignment".into(), r#"["org-7","eu"]"#.into()),
+        Arc::new(json!({"org_name": "Seven again"})),
+    );
+    let p = keyed_pipeline("[key.org, key.region]");
+    let msg = emitted(p.apply(&source(&key), &json!({}), &tables));
+    assert!(msg.text.starts_with("Seven again "), "{}", msg.text);
+}
+
+#[test]
+fn a_missing_key_is_null() {
+    let p = keyed_pipeline("key");
+    let unused = json!("unused");
+    let no_key = Source {
+        key: None,
+        ..source(&unused)
+    };
+    assert!(matches!(
+        p.apply(&no_key, &json!({}), &tables()),
+        Verdict::Reject(RecordError::Filter(_))
+    ));
 }

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use alertsvc::avro::{build_codecs, Codecs};
+use alertsvc::avro::{build_codecs, build_key_codecs, Codecs, KeyCodecs};
 use alertsvc::config::{Settings, Sources};
 use alertsvc::messages::SlackMessage;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -87,6 +87,7 @@ pub struct TestEnv {
     pub notify_http_addr: SocketAddr,
     pub settings: Settings,
     pub codecs: Codecs,
+    pub key_codecs: KeyCodecs,
     producer: FutureProducer,
 }
 
@@ -176,6 +177,8 @@ impl TestEnv {
         .expect("test config loads");
         let codecs = build_codecs(&config_dir(), &settings)
             .unwrap_or_else(|(t, e)| panic!("codec {t}: {e}"));
+        let key_codecs = build_key_codecs(&config_dir(), &settings)
+            .unwrap_or_else(|(t, e)| panic!("key codec {t}: {e}"));
         let producer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
             .set("linger.ms", "0")
@@ -190,6 +193,7 @@ impl TestEnv {
             notify_http_addr,
             settings,
             codecs,
+            key_codecs,
             producer,
         }
     }
@@ -217,6 +221,51 @@ impl TestEnv {
             record = record.payload(payload);
         }
         self.send(record).await
+    }
+
+    /// Like [`TestEnv::produce_raw`], with a key of any bytes.
+    pub async fn produce_raw_key(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> (i32, i64) {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        let delivery = self
+            .producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+        (delivery.partition, delivery.offset)
+    }
+
+    /// A key in the topic's key format (`topics.<id>.key_format`).
+    pub async fn encode_key(&self, topic_id: &str, key: &Value) -> Vec<u8> {
+        self.key_codecs[topic_id]
+            .encode(key)
+            .await
+            .expect("encode key")
+    }
+
+    pub async fn decode_key(&self, topic_id: &str, key: &[u8]) -> Value {
+        self.key_codecs[topic_id]
+            .decode(key)
+            .await
+            .expect("decode key")
+    }
+
+    /// Produces `value` keyed by `key`, both in the topic's formats.
+    pub async fn produce_keyed(&self, topic_id: &str, key: &Value, value: &Value) -> (i32, i64) {
+        let key = self.encode_key(topic_id, key).await;
+        let payload = self.encode(topic_id, value).await;
+        self.produce_raw_key(&self.topic(topic_id), Some(&key), Some(&payload))
+            .await
     }
 
     async fn send(&self, record: FutureRecord<'_, str, [u8]>) -> (i32, i64) {
@@ -664,7 +713,9 @@ impl RunningStage {
 pub struct Record {
     pub partition: i32,
     pub offset: i64,
+    /// The key as text (lossy); `key_bytes` holds it as written.
     pub key: Option<String>,
+    pub key_bytes: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: BTreeMap<String, String>,
     /// The record's timestamp in epoch milliseconds, if it has one.
@@ -690,6 +741,7 @@ impl Record {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key_bytes: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
             headers,
             timestamp: m.timestamp().to_millis(),
