@@ -150,6 +150,8 @@ fn codec(schema: &Path, writer_schemas: &[&Path]) -> Codec {
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
+        auto_register: None,
+        use_latest_version: None,
     };
     Codec::build(&repo(), &topic, None).expect("codec")
 }
