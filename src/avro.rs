@@ -14,16 +14,15 @@ use apache_avro::rabin::Rabin;
 use apache_avro::schema::{Name, RecordSchema};
 use apache_avro::types::Value as AvroValue;
 use apache_avro::Schema;
-use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::async_impl::schema_registry::{perform_sr_call, SrSettings};
 use schema_registry_converter::error::SRCError;
-use schema_registry_converter::schema_registry_common::{
-    SchemaType, SubjectNameStrategy, SuppliedSchema,
-};
+use schema_registry_converter::schema_registry_common::SrCall;
 use serde_json::{Map, Number, Value as Json};
 
 use crate::config::{
-    resolve_path, KeyFormat, SchemaRegistrySettings, Settings, TopicSettings, WireFormat,
+    resolve_path, KeyFormat, RegistryMode, SchemaRegistrySettings, Settings, TopicSettings,
+    WireFormat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +56,40 @@ pub enum AvroError {
     /// record; the same call can succeed later.
     #[error("schema registry unavailable: {0}")]
     RegistryUnavailable(String),
+    /// The registry answered 403 to registering the topic's schema. Waited
+    /// out like [`AvroError::RegistryUnavailable`] (keys get rotated), but
+    /// named, because a read-only key is the usual cause.
+    #[error(
+        "the registry refused to register schema {schema} under subject {subject} \
+         (auto_register = true): {detail}; set schema_registry.auto_register = false \
+         if schemas are registered by your pipeline"
+    )]
+    RegistrationRefused {
+        subject: String,
+        schema: String,
+        detail: String,
+    },
+    /// `auto_register = false` and the subject does not have our schema.
+    #[error(
+        "schema {schema} is not registered under subject {subject} ({detail}); with \
+         auto_register = false alertsvc only looks it up: register it under that subject \
+         (as the pipeline that owns the subject does), or set auto_register = true"
+    )]
+    NotRegistered {
+        subject: String,
+        schema: String,
+        detail: String,
+    },
+    /// `use_latest_version` and the latest schema cannot take our records.
+    #[error(
+        "{latest} cannot be written with records of schema {schema}: {reason} \
+         (use_latest_version = true writes our records as the latest version)"
+    )]
+    LatestIncompatible {
+        latest: String,
+        schema: String,
+        reason: String,
+    },
     #[error("topic {topic} uses avro-confluent but [schema_registry] is not configured")]
     NoRegistry { topic: String },
     #[error("trailing {0} bytes after the Avro datum")]
@@ -100,7 +133,10 @@ impl AvroError {
     /// Whether the error is the registry's, not the record's: the caller
     /// waits and retries instead of dead-lettering the record.
     pub fn is_transient(&self) -> bool {
-        matches!(self, AvroError::RegistryUnavailable(_))
+        matches!(
+            self,
+            AvroError::RegistryUnavailable(_) | AvroError::RegistrationRefused { .. }
+        )
     }
 }
 
@@ -698,15 +734,54 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Confluent Schema Registry framing (magic 0, schema id, datum), subjects by
-/// TopicNameStrategy (`<topic>-value`, or `<topic>-key` for keys). The
-/// converter caches ids both ways.
+/// TopicNameStrategy (`<topic>-value`, or `<topic>-key` for keys).
+///
+/// Decoding asks the registry for the writer's schema by the record's id
+/// (the converter caches it). Encoding writes with one id per topic, found
+/// once by the topic's [`RegistryMode`] and kept for the life of the
+/// process: registered (`auto_register`), looked up (`auto_register =
+/// false`), or the subject's latest version (`use_latest_version`).
 pub struct Confluent {
-    topic: String,
-    is_key: bool,
+    subject: String,
+    mode: RegistryMode,
+    /// The topic schema's full name, for messages.
+    name: String,
     schema: TypedSchema,
     schema_text: String,
-    encoder: AvroEncoder,
+    sr: SrSettings,
     decoder: AvroDecoder,
+    /// Errors are not kept: a failed resolution is tried again next time.
+    writer: tokio::sync::OnceCell<Writer>,
+}
+
+/// What a Confluent topic's records are written with.
+#[derive(Debug, Clone)]
+struct Writer {
+    id: u32,
+    version: Option<u32>,
+    /// The subject's latest schema when it is not the topic's own
+    /// (`use_latest_version`): records are resolved into it.
+    schema: Option<Schema>,
+}
+
+/// Which subject a topic writes under, how, and with which schema id and
+/// version (as far as the registry said).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectUse {
+    pub subject: String,
+    pub mode: RegistryMode,
+    /// `None`: not registered yet (`auto_register` registers it at the
+    /// first write).
+    pub id: Option<u32>,
+    /// The registry's answer to a registration carries no version.
+    pub version: Option<u32>,
+}
+
+/// The registry's answer to "is this schema registered under the subject?".
+enum LookUp {
+    Found(Writer),
+    /// 404: the subject (40401) or the schema under it (40403) is missing.
+    Missing(String),
 }
 
 impl Confluent {
@@ -716,6 +791,7 @@ impl Confluent {
         registry: &SchemaRegistrySettings,
         topic: &str,
         schema: Schema,
+        mode: RegistryMode,
         is_key: bool,
     ) -> Result<Self, AvroError> {
         let mut builder = SrSettings::new_builder(registry.url.clone());
@@ -727,37 +803,53 @@ impl Confluent {
         let sr = builder
             .build()
             .map_err(|e| AvroError::Registry(e.error.clone()))?;
+        let name = schema
+            .name()
+            .map_or_else(|| "(unnamed)".to_owned(), |n| n.fullname(None));
         Ok(Confluent {
-            topic: topic.to_owned(),
-            is_key,
+            subject: format!("{topic}-{}", if is_key { "key" } else { "value" }),
+            mode,
+            name,
             // The full schema, not the canonical form: that would drop
             // logical types, defaults and docs from the registered schema.
             schema_text: serde_json::to_string(&schema)?,
             schema: TypedSchema::new(schema),
-            encoder: AvroEncoder::new(sr.clone()),
-            decoder: AvroDecoder::new(sr),
+            decoder: AvroDecoder::new(sr.clone()),
+            sr,
+            writer: tokio::sync::OnceCell::new(),
         })
     }
 
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    pub fn mode(&self) -> RegistryMode {
+        self.mode
+    }
+
+    // The datum helpers are deprecated for builder types that borrow the
+    // schema; they do the same work (see `SingleObject::encode`).
+    #[allow(deprecated)]
     pub async fn encode(&self, json: &Json) -> Result<Vec<u8>, AvroError> {
+        // The record is checked against the topic's schema first, so a
+        // record's own mistake is named as such whatever the registry says.
         let value = self.schema.json_to_avro(json)?;
-        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
-            self.topic.clone(),
-            self.is_key,
-            SuppliedSchema::new(None, SchemaType::Avro, self.schema_text.clone()),
-        );
-        self.encoder
-            .encode_value(value, &strategy)
-            .await
-            .map_err(|e| {
-                let error = registry_error(&e, String::new());
-                if error.is_transient() {
-                    // The converter caches some failures (a 500, a 504) as
-                    // if they were final; the next attempt must ask again.
-                    self.encoder.remove_errors_from_cache();
-                }
-                error
-            })
+        let writer = self.writer().await?;
+        let encode = |e| AvroError::Encode(Box::new(e));
+        let mut datum = apache_avro::to_avro_datum(&self.schema.schema, value).map_err(encode)?;
+        if let Some(latest) = &writer.schema {
+            // Avro's own resolution (writer = ours, reader = latest): fields
+            // the latest schema added take their defaults.
+            let resolved = apache_avro::from_avro_datum(
+                &self.schema.schema,
+                &mut datum.as_slice(),
+                Some(latest),
+            )
+            .map_err(encode)?;
+            datum = apache_avro::to_avro_datum(latest, resolved).map_err(encode)?;
+        }
+        Ok(confluent_frame(writer.id, &datum))
     }
 
     pub async fn decode(&self, bytes: &[u8]) -> Result<Json, AvroError> {
@@ -770,13 +862,246 @@ impl Confluent {
             };
             let error = registry_error(&e, id);
             if error.is_transient() {
-                // As in `encode`: a cached 500 would otherwise outlive the
-                // outage.
+                // A cached 500 would otherwise outlive the outage.
                 self.decoder.remove_errors_from_cache();
             }
             error
         })?;
         Ok(avro_to_json(decoded.value))
+    }
+
+    /// Finds (and keeps) the schema id writes use, so that a stage can
+    /// learn at startup what its first record would: a schema missing from
+    /// a read-only subject, or a latest version ours cannot be written as.
+    pub async fn prepare(&self) -> Result<SubjectUse, AvroError> {
+        let writer = self.writer().await?;
+        Ok(self.subject_use(Some(writer)))
+    }
+
+    /// What [`Confluent::prepare`] would find, without registering anything
+    /// and without keeping the answer: `config check`'s view.
+    pub async fn probe(&self) -> Result<SubjectUse, AvroError> {
+        let writer = match self.mode {
+            RegistryMode::AutoRegister => match self.look_up().await? {
+                LookUp::Found(writer) => Some(writer),
+                LookUp::Missing(_) => None,
+            },
+            RegistryMode::LookUp => match self.look_up().await? {
+                LookUp::Found(writer) => Some(writer),
+                LookUp::Missing(detail) => return Err(self.not_registered(detail)),
+            },
+            RegistryMode::UseLatest => Some(self.latest().await?),
+        };
+        Ok(self.subject_use(writer.as_ref()))
+    }
+
+    fn subject_use(&self, writer: Option<&Writer>) -> SubjectUse {
+        SubjectUse {
+            subject: self.subject.clone(),
+            mode: self.mode,
+            id: writer.map(|w| w.id),
+            version: writer.and_then(|w| w.version),
+        }
+    }
+
+    async fn writer(&self) -> Result<&Writer, AvroError> {
+        self.writer
+            .get_or_try_init(|| async {
+                match self.mode {
+                    RegistryMode::AutoRegister => self.register().await,
+                    RegistryMode::LookUp => match self.look_up().await? {
+                        LookUp::Found(writer) => Ok(writer),
+                        LookUp::Missing(detail) => Err(self.not_registered(detail)),
+                    },
+                    RegistryMode::UseLatest => self.latest().await,
+                }
+            })
+            .await
+    }
+
+    /// The request body of registration and lookup.
+    fn schema_body(&self) -> String {
+        serde_json::json!({"schema": self.schema_text, "schemaType": "AVRO"}).to_string()
+    }
+
+    /// `POST /subjects/<subject>/versions`: the id of our schema, registered
+    /// now if it was not.
+    async fn register(&self) -> Result<Writer, AvroError> {
+        let body = self.schema_body();
+        let answer = perform_sr_call(&self.sr, SrCall::PostNew(&self.subject, &body))
+            .await
+            .map_err(|e| match http_status(&e.error) {
+                // A key that may read but not write: waiting is right when
+                // credentials are being rotated, but the usual cause is a
+                // read-only key, so the fix goes into the message.
+                Some(403) => AvroError::RegistrationRefused {
+                    subject: self.subject.clone(),
+                    schema: self.name.clone(),
+                    detail: registry_detail(&e),
+                },
+                _ => registry_error(&e, format!("registering under subject {}: ", self.subject)),
+            })?;
+        Ok(Writer {
+            id: self.answered_id(answer.id)?,
+            version: answer.version,
+            schema: None,
+        })
+    }
+
+    /// `POST /subjects/<subject>`: the id and version of our schema under
+    /// the subject, if it is registered there. A read: read-only keys may.
+    async fn look_up(&self) -> Result<LookUp, AvroError> {
+        let body = self.schema_body();
+        match perform_sr_call(&self.sr, SrCall::PostForVersion(&self.subject, &body)).await {
+            Ok(answer) => Ok(LookUp::Found(Writer {
+                id: self.answered_id(answer.id)?,
+                version: answer.version,
+                schema: None,
+            })),
+            Err(e) if http_status(&e.error) == Some(404) => {
+                Ok(LookUp::Missing(registry_detail(&e)))
+            }
+            Err(e) => Err(registry_error(
+                &e,
+                format!("looking up the schema under subject {}: ", self.subject),
+            )),
+        }
+    }
+
+    /// `GET /subjects/<subject>/versions/latest`, checked to take our
+    /// records.
+    async fn latest(&self) -> Result<Writer, AvroError> {
+        let answer = perform_sr_call(&self.sr, SrCall::GetLatest(&self.subject))
+            .await
+            .map_err(|e| match http_status(&e.error) {
+                Some(404) => AvroError::Registry(format!(
+                    "subject {} has no registered version to write with \
+                     (use_latest_version = true): {}",
+                    self.subject,
+                    registry_detail(&e)
+                )),
+                _ => registry_error(&e, format!("latest version of subject {}: ", self.subject)),
+            })?;
+        let id = self.answered_id(answer.id)?;
+        let describe = format!(
+            "the latest version of subject {} ({}id {id})",
+            self.subject,
+            answer
+                .version
+                .map(|v| format!("version {v}, "))
+                .unwrap_or_default()
+        );
+        match answer.schema_type.as_deref() {
+            None | Some("AVRO") => {}
+            Some(other) => {
+                return Err(AvroError::Registry(format!(
+                    "{describe} is a {other} schema, not Avro"
+                )))
+            }
+        }
+        if answer.references.as_ref().is_some_and(|r| !r.is_empty()) {
+            return Err(AvroError::Registry(format!(
+                "{describe} references other schemas, which alertsvc does not resolve"
+            )));
+        }
+        let text = answer
+            .schema
+            .ok_or_else(|| AvroError::Registry(format!("{describe}: the answer has no schema")))?;
+        let latest = Schema::parse_str(&text).map_err(|e| {
+            AvroError::Registry(format!("{describe} is not a valid Avro schema: {e}"))
+        })?;
+        let schema = writable_as(&self.schema.schema, &latest).map_err(|reason| {
+            AvroError::LatestIncompatible {
+                latest: describe.clone(),
+                schema: self.name.clone(),
+                reason,
+            }
+        })?;
+        Ok(Writer {
+            id,
+            version: answer.version,
+            schema,
+        })
+    }
+
+    fn answered_id(&self, id: Option<u32>) -> Result<u32, AvroError> {
+        id.ok_or_else(|| {
+            AvroError::Registry(format!(
+                "subject {}: the registry's answer has no schema id",
+                self.subject
+            ))
+        })
+    }
+
+    fn not_registered(&self, detail: String) -> AvroError {
+        AvroError::NotRegistered {
+            subject: self.subject.clone(),
+            schema: self.name.clone(),
+            detail,
+        }
+    }
+}
+
+/// Magic byte 0, the schema id big-endian, the datum.
+fn confluent_frame(id: u32, datum: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + datum.len());
+    out.push(0);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(datum);
+    out
+}
+
+/// Whether records of `ours` can be written as `latest`: `None` when they
+/// are the same schema, `Some(latest)` when Avro's resolution turns ours
+/// into it, or why not. Like Confluent's `latest.compatibility.strict`,
+/// `latest` must read what `ours` writes; unlike it, a field of ours that
+/// `latest` dropped is refused too, since its values would be lost on the
+/// way (and alertsvc's own readers need every field it writes).
+pub fn writable_as(ours: &Schema, latest: &Schema) -> Result<Option<Schema>, String> {
+    if ours.canonical_form() == latest.canonical_form() {
+        return Ok(None);
+    }
+    let mut dropped = Vec::new();
+    dropped_fields(ours, latest, "", &mut dropped);
+    if !dropped.is_empty() {
+        return Err(format!(
+            "it has no field {} (fields alertsvc writes)",
+            dropped.join(", ")
+        ));
+    }
+    apache_avro::schema_compatibility::SchemaCompatibility::can_read(ours, latest)
+        .map_err(|e| format!("it cannot read records of ours: {e}"))?;
+    Ok(Some(latest.clone()))
+}
+
+/// Paths of record fields in `ours` that `latest` has under neither their
+/// name nor an alias; nested records are compared where both have one.
+fn dropped_fields(ours: &Schema, latest: &Schema, path: &str, out: &mut Vec<String>) {
+    let (Schema::Record(ours), Schema::Record(latest)) = (ours, latest) else {
+        return;
+    };
+    for field in &ours.fields {
+        let field_path = if path.is_empty() {
+            field.name.clone()
+        } else {
+            format!("{path}.{}", field.name)
+        };
+        let found = latest
+            .fields
+            .iter()
+            .find(|f| f.name == field.name || f.aliases.contains(&field.name));
+        match found {
+            Some(other) => dropped_fields(&field.schema, &other.schema, &field_path, out),
+            None => out.push(field_path),
+        }
+    }
+}
+
+/// The converter's error and the registry's answer, as one text.
+fn registry_detail(e: &SRCError) -> String {
+    match &e.cause {
+        Some(cause) => format!("{}: {cause}", e.error),
+        None => e.error.clone(),
     }
 }
 
@@ -784,10 +1109,7 @@ impl Confluent {
 /// ([`AvroError::RegistryUnavailable`]) and "the answer is no"
 /// ([`AvroError::Registry`]). `prefix` names the schema id, if any.
 fn registry_error(e: &SRCError, prefix: String) -> AvroError {
-    let text = match &e.cause {
-        Some(cause) => format!("{prefix}{}: {cause}", e.error),
-        None => format!("{prefix}{}", e.error),
-    };
+    let text = format!("{prefix}{}", registry_detail(e));
     if registry_unavailable(e) {
         AvroError::RegistryUnavailable(text)
     } else {
@@ -864,6 +1186,7 @@ impl Codec {
                 Codec::SingleObject(Box::new(SingleObject::new(&schema, &writers)?))
             }
             (WireFormat::AvroConfluent, Some(SchemaFile { schema, .. })) => {
+                let mode = RegistryMode::of(registry, topic);
                 let registry = registry.ok_or_else(|| AvroError::NoRegistry {
                     topic: topic.name.clone(),
                 })?;
@@ -871,6 +1194,7 @@ impl Codec {
                     registry,
                     &topic.name,
                     schema,
+                    mode,
                     false,
                 )?))
             }
@@ -888,6 +1212,22 @@ impl Codec {
             Codec::Json => Ok(serde_json::from_slice(bytes)?),
             Codec::SingleObject(c) => c.decode(bytes),
             Codec::Confluent(c) => c.decode(bytes).await,
+        }
+    }
+
+    /// For `avro-confluent`: finds and keeps the schema id writes use (see
+    /// [`Confluent::prepare`]). Other formats need nothing.
+    pub async fn prepare_writes(&self) -> Result<Option<SubjectUse>, AvroError> {
+        match self {
+            Codec::Confluent(c) => c.prepare().await.map(Some),
+            Codec::Json | Codec::SingleObject(_) => Ok(None),
+        }
+    }
+
+    pub fn confluent(&self) -> Option<&Confluent> {
+        match self {
+            Codec::Confluent(c) => Some(c),
+            Codec::Json | Codec::SingleObject(_) => None,
         }
     }
 
@@ -940,6 +1280,8 @@ impl KeyCodec {
                 Box::new(SingleObject::new(&schema, &[])?),
             )),
             (KeyFormat::AvroConfluent, Some(SchemaFile { schema, .. })) => {
+                // The topic's registry mode covers its key subject too.
+                let mode = RegistryMode::of(registry, topic);
                 let registry = registry.ok_or_else(|| AvroError::NoRegistry {
                     topic: topic.name.clone(),
                 })?;
@@ -947,6 +1289,7 @@ impl KeyCodec {
                     registry,
                     &topic.name,
                     schema,
+                    mode,
                     true,
                 )?)))
             }
@@ -1023,6 +1366,29 @@ impl KeyCodec {
             Err(format!("of type {}", kind.to_lowercase()))
         }
     }
+}
+
+/// Finds, at a stage's start, the schema ids the codecs of the topics it
+/// writes (`(label, codec)`) will use. A final answer — our schema not
+/// registered under a subject alertsvc may only read, a latest version our
+/// records cannot be written as — is returned, so the stage stops with it
+/// instead of failing every record. A registry that cannot answer now is
+/// logged and left to the first write, which asks again.
+pub async fn check_writes(codecs: &[(&str, &Codec)]) -> Result<(), (String, AvroError)> {
+    for &(label, codec) in codecs {
+        match codec.prepare_writes().await {
+            Ok(Some(used)) => {
+                tracing::info!(topic = label, subject = %used.subject, mode = %used.mode,
+                    id = ?used.id, version = ?used.version, "output schema");
+            }
+            Ok(None) => {}
+            Err(error) if error.is_transient() => {
+                tracing::warn!(topic = label, %error, "cannot find the output's schema id yet; the first write asks again");
+            }
+            Err(error) => return Err((label.to_owned(), error)),
+        }
+    }
+    Ok(())
 }
 
 /// Codecs for every topic of the configuration, by logical topic id.
@@ -1315,6 +1681,8 @@ mod tests {
             writer_schemas: Vec::new(),
             key_format: format,
             key_schema: key_schema.map(|s| format!("tests/fixtures/keys/{s}")),
+            auto_register: None,
+            use_latest_version: None,
         }
     }
 
@@ -1392,6 +1760,103 @@ mod tests {
              writes string keys to this topic (produce.jobs.j, notify.responses): it needs an \
              Avro key schema of type \"string\""
         );
+    }
+
+    #[test]
+    fn confluent_frames_carry_the_id_big_endian() {
+        assert_eq!(confluent_frame(0x0102_0304, &[9, 8]), [0, 1, 2, 3, 4, 9, 8]);
+    }
+
+    #[test]
+    fn the_latest_version_must_take_our_records() {
+        let ours = message_schema();
+        assert!(
+            writable_as(&ours, &ours).unwrap().is_none(),
+            "the same schema: no resolution"
+        );
+        // A field added with a default: resolved into, the default filled.
+        let newer = Schema::parse_str(
+            r#"{"type":"record","name":"M","namespace":"t","fields":[
+                {"name":"id","type":"string"},
+                {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}},
+                {"name":"note","type":["null","string"],"default":null},
+                {"name":"tags","type":{"type":"map","values":"string"},"default":{}},
+                {"name":"level","type":"int","default":3}]}"#,
+        )
+        .unwrap();
+        assert_eq!(writable_as(&ours, &newer).unwrap(), Some(newer.clone()));
+        // A field renamed with an alias still takes ours.
+        let renamed = Schema::parse_str(
+            r#"{"type":"record","name":"M","namespace":"t","fields":[
+                {"name":"ident","aliases":["id"],"type":"string"},
+                {"name":"at","type":"long"},
+                {"name":"note","type":["null","string"],"default":null},
+                {"name":"tags","type":{"type":"map","values":"string"},"default":{}}]}"#,
+        )
+        .unwrap();
+        let mut dropped = Vec::new();
+        dropped_fields(&ours, &renamed, "", &mut dropped);
+        assert!(dropped.is_empty(), "{dropped:?}");
+        // Dropped fields are named.
+        let fewer = Schema::parse_str(
+            r#"{"type":"record","name":"M","namespace":"t","fields":[
+                {"name":"id","type":"string"},{"name":"at","type":"long"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            writable_as(&ours, &fewer).unwrap_err(),
+            "it has no field note, tags (fields alertsvc writes)"
+        );
+        // A new field without a default cannot be filled from ours.
+        let required = Schema::parse_str(
+            r#"{"type":"record","name":"M","namespace":"t","fields":[
+                {"name":"id","type":"string"},
+                {"name":"at","type":"long"},
+                {"name":"note","type":["null","string"],"default":null},
+                {"name":"tags","type":{"type":"map","values":"string"},"default":{}},
+                {"name":"owner","type":"string"}]}"#,
+        )
+        .unwrap();
+        let err = writable_as(&ours, &required).unwrap_err();
+        assert!(err.starts_with("it cannot read records of ours: "), "{err}");
+    }
+
+    #[test]
+    fn nested_dropped_fields_are_named_by_path() {
+        let nested = |inner: &str| {
+            Schema::parse_str(&format!(
+                r#"{{"type":"record","name":"O","fields":[{{"name":"inner","type":
+                    {{"type":"record","name":"I","fields":[{inner}]}}}}]}}"#
+            ))
+            .unwrap()
+        };
+        let ours = nested(r#"{"name":"a","type":"int"},{"name":"b","type":"int"}"#);
+        let latest = nested(r#"{"name":"a","type":"int"}"#);
+        let mut dropped = Vec::new();
+        dropped_fields(&ours, &latest, "", &mut dropped);
+        assert_eq!(dropped, ["inner.b"]);
+    }
+
+    #[test]
+    fn a_refused_registration_waits_and_names_the_fix() {
+        let refused = AvroError::RegistrationRefused {
+            subject: "s-value".into(),
+            schema: "t.M".into(),
+            detail: "HTTP 403".into(),
+        };
+        assert!(refused.is_transient(), "keys get rotated");
+        assert_eq!(
+            refused.to_string(),
+            "the registry refused to register schema t.M under subject s-value \
+             (auto_register = true): HTTP 403; set schema_registry.auto_register = false \
+             if schemas are registered by your pipeline"
+        );
+        let missing = AvroError::NotRegistered {
+            subject: "s-value".into(),
+            schema: "t.M".into(),
+            detail: "40401".into(),
+        };
+        assert!(!missing.is_transient(), "a configuration error, final");
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! lives here and in `main`, at the binary's edge.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Settings, Sources};
+use crate::config::{RegistryMode, Settings, Sources};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,7 +112,9 @@ pub struct ReplayArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Load and validate everything; print the resolved config, secrets redacted.
+    /// Load and validate everything; print the resolved config, secrets
+    /// redacted, and the Schema Registry subjects and ids avro-confluent
+    /// topics would write with.
     Check,
 }
 
@@ -147,6 +150,79 @@ fn deployment_warnings(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let replicas = std::env::var(crate::config::REPLICAS_ENV).ok();
     let replicas = crate::config::parse_replicas(replicas.as_deref())?;
     Ok(settings.deployment_warnings(replicas))
+}
+
+/// How long `config check` waits for the Schema Registry's answers.
+const REGISTRY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `config check`'s view of the Schema Registry: for every `avro-confluent`
+/// topic the subject, the mode and the schema id and version a stage would
+/// write with, asked of the registry without registering anything. An
+/// unreachable registry is reported and skipped (the check also runs where
+/// the registry is out of reach); an answer that a stage would refuse at
+/// startup (our schema not registered under a subject alertsvc may only
+/// read, a latest version our records cannot be written as) fails it.
+async fn check_registry(settings: &Settings, config_dir: &Path) -> anyhow::Result<()> {
+    let Some(registry) = &settings.schema_registry else {
+        return Ok(());
+    };
+    let codecs = crate::avro::build_codecs(config_dir, settings)
+        .map_err(|(topic, e)| anyhow::anyhow!("`topics.{topic}`: {e}"))?;
+    let topics: Vec<(&String, &crate::avro::Confluent)> = settings
+        .topics
+        .keys()
+        .filter_map(|id| Some((id, codecs.get(id)?.confluent()?)))
+        .collect();
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let timeout = REGISTRY_CHECK_TIMEOUT.min(registry.timeout);
+    let probes = futures::future::join_all(
+        topics
+            .iter()
+            .map(|(_, codec)| tokio::time::timeout(timeout, codec.probe())),
+    )
+    .await;
+    eprintln!("Schema Registry subjects of avro-confluent topics:");
+    let mut refused = Vec::new();
+    for ((id, codec), probe) in topics.iter().zip(probes) {
+        let outcome = match probe {
+            Ok(Ok(used)) => describe_subject_use(&used),
+            Err(_) => format!(
+                "not checked: no answer from the registry within {}",
+                humantime::format_duration(timeout)
+            ),
+            Ok(Err(e)) if e.is_transient() => format!("not checked: {e}"),
+            Ok(Err(e)) => {
+                refused.push(format!("`topics.{id}`: {e}"));
+                format!("ERROR: {e}")
+            }
+        };
+        eprintln!(
+            "  topics.{id}: subject {}, {}: {outcome}",
+            codec.subject(),
+            codec.mode()
+        );
+    }
+    if !refused.is_empty() {
+        anyhow::bail!("{}", refused.join("\n"));
+    }
+    Ok(())
+}
+
+fn describe_subject_use(used: &crate::avro::SubjectUse) -> String {
+    let version = used
+        .version
+        .map(|v| format!(", version {v}"))
+        .unwrap_or_default();
+    match (used.mode, used.id) {
+        (RegistryMode::AutoRegister, None) => {
+            "not registered yet (the first write registers it)".to_owned()
+        }
+        (RegistryMode::UseLatest, Some(id)) => format!("latest is schema id {id}{version}"),
+        (_, Some(id)) => format!("schema id {id}{version}"),
+        (_, None) => "no schema id".to_owned(),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -220,6 +296,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let settings = load_settings(&cli)?;
             check_config(&settings, &cli.config_dir)?;
+            check_registry(&settings, &cli.config_dir).await?;
             for warning in deployment_warnings(&settings)? {
                 eprintln!("warning: {warning}");
             }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -19,11 +19,25 @@ use tokio_util::sync::CancellationToken;
 pub struct Health {
     ready: AtomicBool,
     failed: AtomicBool,
+    /// Why the stage is not ready, shown by `/readyz` so that an operator
+    /// looking at a failing probe sees the cause (and its fix) at once.
+    reason: Mutex<Option<String>>,
 }
 
 impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn set_not_ready_reason(&self, reason: Option<String>) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    pub fn not_ready_reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -66,9 +80,13 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.health.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        let body = match state.health.not_ready_reason() {
+            Some(reason) => format!("not ready: {reason}\n"),
+            None => "not ready\n".to_owned(),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, body)
     }
 }
 

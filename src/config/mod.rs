@@ -188,6 +188,74 @@ pub struct SchemaRegistrySettings {
     pub password: Option<Secret>,
     #[serde(default = "default_registry_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Register a topic's schema under its subject when it is missing, as
+    /// Confluent's serializers do (`auto.register.schemas`). Unset means
+    /// true, unless `use_latest_version` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_register: Option<bool>,
+    /// Write with the subject's latest registered schema instead of the
+    /// topic's own (`use.latest.version`); never registers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_latest_version: Option<bool>,
+}
+
+/// How an `avro-confluent` topic finds the schema id it writes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryMode {
+    /// Registers the topic's schema under the subject (a no-op when it is
+    /// there already) and writes with the id the registry answers.
+    AutoRegister,
+    /// Looks the topic's schema up under the subject (`POST
+    /// /subjects/<subject>`, a read) and writes with its id; never
+    /// registers.
+    LookUp,
+    /// Writes with the subject's latest version, our records resolved into
+    /// it; never registers.
+    UseLatest,
+}
+
+impl RegistryMode {
+    /// The topic's settings replace the global ones key by key;
+    /// `use_latest_version = true` implies `auto_register = false`.
+    pub fn of(global: Option<&SchemaRegistrySettings>, topic: &TopicSettings) -> RegistryMode {
+        let auto_register = topic.auto_register.or(global.and_then(|g| g.auto_register));
+        let use_latest = topic
+            .use_latest_version
+            .or(global.and_then(|g| g.use_latest_version));
+        match (use_latest, auto_register) {
+            (Some(true), _) => RegistryMode::UseLatest,
+            (_, Some(false)) => RegistryMode::LookUp,
+            _ => RegistryMode::AutoRegister,
+        }
+    }
+}
+
+impl fmt::Display for RegistryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RegistryMode::AutoRegister => "auto_register = true",
+            RegistryMode::LookUp => "auto_register = false",
+            RegistryMode::UseLatest => "use_latest_version = true",
+        })
+    }
+}
+
+/// `auto_register = true` next to `use_latest_version = true` in one table
+/// asks for two things at once: registering our schema and writing with
+/// whatever is latest.
+fn validate_registry_modes(
+    key: &str,
+    auto_register: Option<bool>,
+    use_latest_version: Option<bool>,
+) -> Result<(), ConfigError> {
+    if auto_register == Some(true) && use_latest_version == Some(true) {
+        return Err(ConfigError::invalid(
+            format!("{key}.use_latest_version"),
+            "use_latest_version = true never registers a schema; \
+             it cannot be combined with auto_register = true (remove auto_register or set it to false)",
+        ));
+    }
+    Ok(())
 }
 
 fn default_registry_timeout() -> Duration {
@@ -275,6 +343,13 @@ pub struct TopicSettings {
     /// `avro-confluent` keys the subject is `<topic>-key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_schema: Option<String>,
+    /// `avro-confluent` only: this topic's `schema_registry.auto_register`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_register: Option<bool>,
+    /// `avro-confluent` only: this topic's
+    /// `schema_registry.use_latest_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_latest_version: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -644,6 +719,29 @@ impl Settings {
                     "avro-confluent keys need [schema_registry]",
                 ));
             }
+            for (name, set) in [
+                ("auto_register", topic.auto_register.is_some()),
+                ("use_latest_version", topic.use_latest_version.is_some()),
+            ] {
+                if set && topic.format != WireFormat::AvroConfluent {
+                    return Err(ConfigError::invalid(
+                        format!("topics.{id}.{name}"),
+                        "only for avro-confluent topics (the Schema Registry's modes)",
+                    ));
+                }
+            }
+            validate_registry_modes(
+                &format!("topics.{id}"),
+                topic.auto_register,
+                topic.use_latest_version,
+            )?;
+        }
+        if let Some(registry) = &self.schema_registry {
+            validate_registry_modes(
+                "schema_registry",
+                registry.auto_register,
+                registry.use_latest_version,
+            )?;
         }
         if let Some(enrich) = &self.enrich {
             self.validate_enrich(enrich)?;
@@ -901,6 +999,88 @@ mod tests {
             format!("\"{REDACTED}\"")
         );
         assert_eq!(secret.expose(), "hunter2");
+    }
+
+    fn registry(
+        auto_register: Option<bool>,
+        use_latest_version: Option<bool>,
+    ) -> SchemaRegistrySettings {
+        SchemaRegistrySettings {
+            url: "http://registry".into(),
+            username: None,
+            password: None,
+            timeout: default_registry_timeout(),
+            auto_register,
+            use_latest_version,
+        }
+    }
+
+    fn topic(auto_register: Option<bool>, use_latest_version: Option<bool>) -> TopicSettings {
+        TopicSettings {
+            name: "t".into(),
+            format: WireFormat::AvroConfluent,
+            schema: Some("s.avsc".into()),
+            writer_schemas: Vec::new(),
+            key_format: KeyFormat::String,
+            key_schema: None,
+            auto_register,
+            use_latest_version,
+        }
+    }
+
+    #[test]
+    fn registry_modes_resolve_topic_over_global() {
+        use RegistryMode::*;
+        let mode = |g: &SchemaRegistrySettings, t: &TopicSettings| RegistryMode::of(Some(g), t);
+        // Confluent's defaults: register.
+        assert_eq!(RegistryMode::of(None, &topic(None, None)), AutoRegister);
+        assert_eq!(
+            mode(&registry(None, None), &topic(None, None)),
+            AutoRegister
+        );
+        assert_eq!(
+            mode(&registry(Some(false), None), &topic(None, None)),
+            LookUp
+        );
+        // use_latest_version implies no registration.
+        assert_eq!(
+            mode(&registry(None, Some(true)), &topic(None, None)),
+            UseLatest
+        );
+        // A topic's key replaces the global one of the same name.
+        assert_eq!(
+            mode(&registry(Some(false), None), &topic(Some(true), None)),
+            AutoRegister
+        );
+        assert_eq!(
+            mode(&registry(None, Some(true)), &topic(None, Some(false))),
+            AutoRegister
+        );
+        assert_eq!(
+            mode(
+                &registry(Some(false), Some(true)),
+                &topic(None, Some(false))
+            ),
+            LookUp
+        );
+        assert_eq!(
+            mode(&registry(Some(true), None), &topic(None, Some(true))),
+            UseLatest
+        );
+        assert_eq!(UseLatest.to_string(), "use_latest_version = true");
+    }
+
+    #[test]
+    fn registering_and_using_the_latest_version_at_once_is_refused() {
+        let err = validate_registry_modes("topics.t", Some(true), Some(true)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`topics.t.use_latest_version`: use_latest_version = true never registers a schema; \
+             it cannot be combined with auto_register = true (remove auto_register or set it to false)"
+        );
+        assert!(validate_registry_modes("schema_registry", None, Some(true)).is_ok());
+        assert!(validate_registry_modes("schema_registry", Some(false), Some(true)).is_ok());
+        assert!(validate_registry_modes("schema_registry", Some(true), Some(false)).is_ok());
     }
 
     #[test]

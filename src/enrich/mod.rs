@@ -12,7 +12,7 @@ pub mod processor;
 pub mod readiness;
 pub mod table;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,8 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::avro::{build_codecs, build_key_codecs, AvroError};
+use crate::avro::{build_codecs, build_key_codecs, AvroError, Codec};
+use crate::backoff::Backoff;
 use crate::config::{ConfigError, EnrichSettings, ProcessingGuarantee, Settings};
 use crate::http::{self, AppState, Health};
 use crate::kafka::{client_config, StageContext};
@@ -201,6 +202,12 @@ pub async fn run(
             .push(route);
     }
 
+    let outputs: BTreeMap<String, Arc<Codec>> = inputs
+        .values()
+        .flat_map(|input| &input.routes)
+        .map(|route| (route.pipeline.output.clone(), route.output_codec.clone()))
+        .collect();
+
     let processor = build_processor(
         settings,
         enrich,
@@ -211,14 +218,27 @@ pub async fn run(
         context,
     )?;
 
-    // No stream record before every table is complete.
+    // No stream record before every table is complete and every output
+    // knows its schema id.
     let all_bootstrapped = async {
         for mut rx in bootstrapped {
             let _ = rx.wait_for(|done| *done).await;
         }
+        Ok(())
+    };
+    let started = async {
+        tokio::try_join!(
+            all_bootstrapped,
+            prepare_outputs(&outputs, &readiness, &stop)
+        )
     };
     tokio::select! {
-        _ = all_bootstrapped => {}
+        started = started => {
+            if let Err(error) = started {
+                stop.cancel();
+                return Err(error);
+            }
+        }
         _ = stop.cancelled() => {}
         Some(joined) = table_tasks.join_next() => {
             stop.cancel();
@@ -257,6 +277,63 @@ pub async fn run(
     while table_tasks.join_next().await.is_some() {}
     let _ = http_task.await;
     result
+}
+
+/// First and longest wait between tries to find an output's schema id.
+const PREPARE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
+
+/// Finds the schema id every output topic writes with before the first
+/// record is read. A schema missing from a subject alertsvc may not
+/// register in, or a latest version our records cannot be written as, is a
+/// configuration error: enrich stops with it at startup instead of
+/// dead-lettering every record. A registry that cannot answer (or refuses
+/// our key) is waited for, not ready meanwhile, with the reason on
+/// `/readyz`.
+async fn prepare_outputs(
+    outputs: &BTreeMap<String, Arc<Codec>>,
+    readiness: &Readiness,
+    stop: &CancellationToken,
+) -> Result<(), EnrichError> {
+    for (topic, codec) in outputs {
+        let reader = format!("output topic {topic}");
+        let mut backoff = Backoff::new(PREPARE_BACKOFF.0, PREPARE_BACKOFF.1);
+        let mut waited = false;
+        loop {
+            match codec.prepare_writes().await {
+                Ok(used) => {
+                    if let Some(used) = used {
+                        tracing::info!(topic, subject = %used.subject, mode = %used.mode,
+                            id = ?used.id, version = ?used.version, "output schema");
+                    }
+                    if waited {
+                        readiness.registry_available(&reader);
+                    }
+                    break;
+                }
+                Err(error) if error.is_transient() => {
+                    if !waited {
+                        // Logged here too: `Readiness` logs only the first
+                        // reader of an outage, and this error may carry the
+                        // fix.
+                        tracing::warn!(topic, %error, "cannot find the output's schema id yet; waiting (not ready)");
+                        waited = true;
+                    }
+                    readiness.registry_unavailable(&reader, &error);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = stop.cancelled() => return Ok(()),
+                    }
+                }
+                Err(source) => {
+                    return Err(EnrichError::Codec {
+                        topic: topic.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn table_task_error(joined: Result<Result<(), TableError>, tokio::task::JoinError>) -> EnrichError {

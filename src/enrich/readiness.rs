@@ -1,11 +1,12 @@
 //! enrich is ready when every table is bootstrapped and no reader is waiting
 //! for the Schema Registry. The readers (the stream processor, each table
-//! loader) report registry trouble here; while any of them waits, `/readyz`
-//! answers 503 and `alertsvc_enrich_registry_unavailable` is 1. The outage
-//! is logged once when it starts and once when it ends, however many
-//! readers and retries it spans.
+//! loader, the output topics finding their schema ids) report registry
+//! trouble here; while any of them waits, `/readyz` answers 503 with the
+//! first waiting reader's error and `alertsvc_enrich_registry_unavailable`
+//! is 1. The outage is logged once when it starts and once when it ends,
+//! however many readers and retries it spans.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus::IntGauge;
@@ -22,8 +23,8 @@ pub struct Readiness {
 struct State {
     bootstrapped: bool,
     stopping: bool,
-    /// Readers waiting for the registry.
-    waiting: BTreeSet<String>,
+    /// Readers waiting for the registry, with their last error.
+    waiting: BTreeMap<String, String>,
 }
 
 impl State {
@@ -58,7 +59,11 @@ impl Readiness {
             if state.waiting.is_empty() {
                 tracing::warn!(reader, %error, "Schema Registry unavailable; records wait for it (not ready)");
             }
-            if state.waiting.insert(reader.to_owned()) {
+            if state
+                .waiting
+                .insert(reader.to_owned(), error.to_string())
+                .is_none()
+            {
                 tracing::debug!(reader, "waiting for the Schema Registry");
             }
         });
@@ -67,7 +72,7 @@ impl Readiness {
     /// `reader` got through to the registry again (or no longer needs it).
     pub fn registry_available(&self, reader: &str) {
         self.update(|state| {
-            if state.waiting.remove(reader) && state.waiting.is_empty() {
+            if state.waiting.remove(reader).is_some() && state.waiting.is_empty() {
                 tracing::info!(
                     reader,
                     "Schema Registry available again; processing resumes"
@@ -83,6 +88,13 @@ impl Readiness {
         change(&mut state);
         self.registry_unavailable
             .set(i64::from(!state.waiting.is_empty()));
+        self.health.set_not_ready_reason(
+            state
+                .waiting
+                .iter()
+                .next()
+                .map(|(reader, error)| format!("{reader} waits for the Schema Registry: {error}")),
+        );
         self.health.set_ready(state.ready());
     }
 }
@@ -104,9 +116,14 @@ mod tests {
         readiness.registry_available("table a");
         assert!(!health.is_ready());
         assert_eq!(gauge.get(), 1);
+        assert_eq!(
+            health.not_ready_reason().as_deref(),
+            Some("stream waits for the Schema Registry: 503")
+        );
         readiness.registry_available("stream");
         assert!(health.is_ready());
         assert_eq!(gauge.get(), 0);
+        assert_eq!(health.not_ready_reason(), None);
         readiness.registry_available("stream");
         assert!(health.is_ready(), "reporting twice changes nothing");
         readiness.stopping();

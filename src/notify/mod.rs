@@ -115,6 +115,13 @@ pub async fn run(
             .unwrap_or_default()
     };
     let input_topic = topic_name(&notify.input);
+    let written: Vec<(&str, &crate::avro::Codec)> = [&notify.responses, &notify.interactions]
+        .into_iter()
+        .map(|id| (id.as_str(), codecs[id].as_ref()))
+        .collect();
+    crate::avro::check_writes(&written)
+        .await
+        .map_err(|(topic, source)| NotifyError::Codec { topic, source })?;
 
     let ledger = Ledger::connect(
         notify.ledger.database_url.expose(),

@@ -381,6 +381,13 @@ pub async fn run(
             )));
         }
     }
+    let written: Vec<(&str, &Codec)> = jobs
+        .iter()
+        .map(|job| (job.topic.as_str(), job.codec.as_ref()))
+        .collect();
+    crate::avro::check_writes(&written)
+        .await
+        .map_err(|(topic, e)| ProduceError::Setup(format!("topic {topic}: {e}")))?;
     let registry = Registry::new();
     let runtime = Runtime::start(settings, &jobs, options.dry_run, &registry).await?;
 

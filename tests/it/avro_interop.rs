@@ -152,6 +152,8 @@ fn codec(schema: &Path, writer_schemas: &[&Path]) -> Codec {
             .collect(),
         key_format: KeyFormat::String,
         key_schema: None,
+        auto_register: None,
+        use_latest_version: None,
     };
     Codec::build(&repo(), &topic, None).expect("codec")
 }

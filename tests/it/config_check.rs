@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use crate::common::config_dir;
+use crate::common::registry::{shipped_schema, with_field, Access, FakeRegistry};
 
 const SASL_SECRET: &str = "s3cr3t-sasl-VALUE";
 const PEM_SECRET: &str = "pem-pass-Q7x";
@@ -485,4 +486,187 @@ fn topics_alertsvc_writes_need_string_key_schemas() {
         key_fixture("string_key.avsc")
     ));
     assert!(outcome.success, "{}", outcome.stderr);
+}
+
+/// `check` off the async runtime, which serves the fake registry meanwhile.
+async fn check_async(overlay: String) -> Outcome {
+    tokio::task::spawn_blocking(move || check(&overlay))
+        .await
+        .expect("config check")
+}
+
+const REGISTRY_SECRET: &str = "sr-secret-Z81";
+
+/// The registry section of an overlay, with a read-only key's credentials.
+fn registry_overlay(url: &str) -> String {
+    format!(
+        "[schema_registry]\nurl = \"{url}\"\nusername = \"SRKEY\"\npassword = \"{REGISTRY_SECRET}\"\n"
+    )
+}
+
+fn assert_no_registry_secret(outcome: &Outcome) {
+    assert!(
+        !outcome.stdout.contains(REGISTRY_SECRET),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        !outcome.stderr.contains(REGISTRY_SECRET),
+        "{}",
+        outcome.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_subjects_modes_and_ids_are_listed_without_registering() {
+    let registry = FakeRegistry::start().await;
+    registry.add_key("SRKEY", REGISTRY_SECRET, Access::ReadOnly);
+    let message_id = registry.register(
+        "slack-messages-value",
+        &shipped_schema("slack_message.avsc"),
+    );
+    let user_schema = shipped_schema("slack_user.avsc");
+    registry.register("data-slack-users-value", &user_schema);
+    let latest_user_id = registry.register(
+        "data-slack-users-value",
+        &with_field(
+            &user_schema,
+            serde_json::json!({"name": "timezone", "type": "string", "default": "UTC"}),
+        ),
+    );
+    let overlay = format!(
+        "{}\
+         [topics.slack_messages]\nformat = \"avro-confluent\"\nauto_register = false\n\
+         [topics.slack_responses]\nformat = \"avro-confluent\"\n\
+         [topics.slack_users]\nformat = \"avro-confluent\"\nuse_latest_version = true\n",
+        registry_overlay(&registry.url)
+    );
+    let outcome = check_async(overlay).await;
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert_no_registry_secret(&outcome);
+    assert!(
+        outcome.stderr.contains(&format!(
+            "Schema Registry subjects of avro-confluent topics:\n\
+             \x20 topics.slack_messages: subject slack-messages-value, auto_register = false: \
+             schema id {message_id}, version 1\n\
+             \x20 topics.slack_responses: subject slack-responses-value, auto_register = true: \
+             not registered yet (the first write registers it)\n\
+             \x20 topics.slack_users: subject data-slack-users-value, use_latest_version = true: \
+             latest is schema id {latest_user_id}, version 2\n\
+             configuration OK\n"
+        )),
+        "{}",
+        outcome.stderr
+    );
+    // The topic's own keys are shown in the resolved configuration.
+    assert!(
+        outcome.stdout.contains("use_latest_version = true"),
+        "{}",
+        outcome.stdout
+    );
+    let registrations: Vec<_> = registry
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("/versions"))
+        .collect();
+    assert!(
+        registrations.is_empty(),
+        "config check registers nothing: {registrations:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_answers_a_stage_would_refuse_fail_the_check() {
+    let registry = FakeRegistry::start().await;
+    registry.add_key("SRKEY", REGISTRY_SECRET, Access::ReadOnly);
+    // The subject has a schema, but not ours.
+    registry.register(
+        "slack-messages-value",
+        &shipped_schema("slack_response.avsc"),
+    );
+    let outcome = check_async(format!(
+        "{}[topics.slack_messages]\nformat = \"avro-confluent\"\nauto_register = false\n",
+        registry_overlay(&registry.url)
+    ))
+    .await;
+    assert!(!outcome.success, "accepted: {}", outcome.stderr);
+    assert_no_registry_secret(&outcome);
+    let refusal = "schema io.alertsvc.SlackMessage is not registered under subject \
+                   slack-messages-value (HTTP request to schema registry failed with status \
+                   404 Not Found: error_code: 40403, message: Schema not found)";
+    assert!(
+        outcome.stderr.contains(&format!(
+            "  topics.slack_messages: subject slack-messages-value, auto_register = false: ERROR: {refusal}"
+        )),
+        "{}",
+        outcome.stderr
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains(&format!("`topics.slack_messages`: {refusal}")),
+        "{}",
+        outcome.stderr
+    );
+
+    // A latest version that dropped a field alertsvc writes.
+    registry.register(
+        "data-slack-users-value",
+        r#"{"type":"record","name":"SlackUser","namespace":"io.alertsvc","fields":[
+            {"name":"email","type":"string"},{"name":"slack_user_id","type":"string"}]}"#,
+    );
+    let outcome = check_async(format!(
+        "{}[topics.slack_users]\nformat = \"avro-confluent\"\nuse_latest_version = true\n",
+        registry_overlay(&registry.url)
+    ))
+    .await;
+    assert!(!outcome.success, "accepted: {}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains(
+            "`topics.slack_users`: the latest version of subject data-slack-users-value \
+             (version 1, id 2) cannot be written with records of schema io.alertsvc.SlackUser: \
+             it has no field display_name, team_id (fields alertsvc writes)"
+        ),
+        "{}",
+        outcome.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_registry_is_reported_not_fatal() {
+    let url = format!("http://127.0.0.1:{}", crate::common::free_port());
+    let outcome = check_async(format!(
+        "{}[topics.slack_messages]\nformat = \"avro-confluent\"\nauto_register = false\n",
+        registry_overlay(&url)
+    ))
+    .await;
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert_no_registry_secret(&outcome);
+    assert!(
+        outcome.stderr.contains(
+            "  topics.slack_messages: subject slack-messages-value, auto_register = false: \
+             not checked: schema registry unavailable: looking up the schema under subject \
+             slack-messages-value: http call to schema registry failed"
+        ),
+        "{}",
+        outcome.stderr
+    );
+}
+
+#[test]
+fn registry_modes_are_checked_against_the_topic_format() {
+    assert_refused(
+        "[topics.slack_messages]\nauto_register = false\n",
+        &[
+            "topics.slack_messages.auto_register",
+            "only for avro-confluent topics",
+        ],
+    );
+    assert_refused(
+        "[schema_registry]\nurl = \"http://127.0.0.1:1\"\nauto_register = true\nuse_latest_version = true\n",
+        &[
+            "schema_registry.use_latest_version",
+            "cannot be combined with auto_register = true",
+        ],
+    );
 }

@@ -100,6 +100,8 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 /// and after the outage every record comes out exactly once — on the stream
 /// and on a table. The outage answers 503 (which the converter calls
 /// retriable) and then 500 (which it caches as final: enrich must ask again).
+/// An outage at startup keeps enrich from reading at all until its output
+/// topic's schema id is known.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_outage_pauses_enrich_and_loses_nothing() {
     const EVENTS: usize = 6;
@@ -142,8 +144,34 @@ async fn a_registry_outage_pauses_enrich_and_loses_nothing() {
 
     registry.start_outage(StatusCode::SERVICE_UNAVAILABLE);
     let enrich = env.start_enrich();
-    // Both tables bootstrap without the registry (JSON, and empty).
+    // Both tables bootstrap without the registry (JSON, and empty), but the
+    // output's schema id needs it: not ready, and `/readyz` says why.
+    let output_subject = format!("{}-value", env.topic("slack_messages"));
+    eventually(
+        "readyz names the output waiting for the registry",
+        async || {
+            http_get(&format!("http://{}/readyz", env.http_addr))
+                .await
+                .is_some_and(|(status, body)| {
+                    status == 503
+                        && body.starts_with(&format!(
+                        "not ready: output topic slack_messages waits for the Schema Registry: \
+                         schema registry unavailable: registering under subject {output_subject}: \
+                         HTTP request to schema registry failed with status 503 Service Unavailable"
+                    ))
+                })
+        },
+    )
+    .await;
+    env.wait_metric(GAUGE, 1.0, WAIT).await;
+    registry.end_outage();
     env.wait_ready(WAIT).await;
+    eventually("the gauge at 0 once the output's id is known", async || {
+        metric_value(&env.metrics().await, GAUGE) == Some(0.0)
+    })
+    .await;
+
+    registry.start_outage(StatusCode::SERVICE_UNAVAILABLE);
     let input = env.topic("notifications");
     for payload in &events {
         env.produce_raw(&input, Some("org-1"), Some(payload)).await;

@@ -21,5 +21,6 @@ mod notify_ledger;
 mod produce_errors;
 mod produce_incremental;
 mod produce_sources;
+mod registry_modes;
 mod telemetry;
 mod topic_keys;
