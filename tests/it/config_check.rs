@@ -8,13 +8,13 @@ use crate::common::config_dir;
 const SASL_SECRET: &str = "s3cr3t-sasl-VALUE";
 const PEM_SECRET: &str = "pem-pass-Q7x";
 
-struct Outcome {
-    success: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Outcome {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn check(overlay: &str) -> Outcome {
+pub(crate) fn check(overlay: &str) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("overlay.toml");
     std::fs::write(&path, overlay).unwrap();
@@ -49,7 +49,7 @@ fn check(overlay: &str) -> Outcome {
     outcome
 }
 
-fn assert_refused(overlay: &str, expected: &[&str]) {
+pub(crate) fn assert_refused(overlay: &str, expected: &[&str]) {
     let outcome = check(overlay);
     assert!(!outcome.success, "accepted: {overlay}");
     for fragment in expected {
