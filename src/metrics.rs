@@ -267,6 +267,8 @@ pub struct ProduceMetrics {
     pub runs: IntCounterVec,
     pub last_success: IntGaugeVec,
     pub run_seconds: prometheus::HistogramVec,
+    pub bytes_processed: IntCounterVec,
+    pub bytes_billed: IntCounterVec,
 }
 
 impl ProduceMetrics {
@@ -305,7 +307,7 @@ impl ProduceMetrics {
             runs: counter(
                 registry,
                 "alertsvc_produce_runs_total",
-                "Job runs by outcome (ok, dead_letters, failed).",
+                "Job runs by outcome (ok, dead_letters, bytes_limit_exceeded, failed).",
                 &["job", "outcome"],
             )?,
             last_success: gauge(
@@ -315,6 +317,18 @@ impl ProduceMetrics {
                 &["job"],
             )?,
             run_seconds,
+            bytes_processed: counter(
+                registry,
+                "alertsvc_produce_bytes_processed_total",
+                "Bytes BigQuery processed for a job's queries (its statistics, once a query completed).",
+                &["job"],
+            )?,
+            bytes_billed: counter(
+                registry,
+                "alertsvc_produce_bytes_billed_total",
+                "Bytes BigQuery billed for a job's queries (0 for cached results).",
+                &["job"],
+            )?,
         })
     }
 }

@@ -84,6 +84,14 @@ pub struct BigQuerySettings {
     /// How long one API call may take.
     #[serde(default = "default_query_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// `maximumBytesBilled` for the queries of jobs that set none of their
+    /// own. Unset: the project's default (usually no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum_bytes_billed: Option<ByteSize>,
+    /// Labels on every query job of this source, over the defaults
+    /// (`app = "alertsvc"`, `job = <job name>`); a job's own labels win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn default_bigquery_page_size() -> u32 {
@@ -204,10 +212,226 @@ pub struct JobSettings {
     /// Jobs without a checkpoint remember emitted ids this long.
     #[serde(default = "default_dedup_retention", with = "humantime_serde")]
     pub dedup_retention: Duration,
+    /// BigQuery only: the most one run's query may bill. Over it BigQuery
+    /// refuses the query without charge and the run fails (exit code 4).
+    /// Default: the source's `maximum_bytes_billed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum_bytes_billed: Option<ByteSize>,
+    /// BigQuery only: labels on the job's query jobs, over the source's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn default_dedup_retention() -> Duration {
     Duration::from_secs(30 * 24 * 3600)
+}
+
+/// A number of bytes: an integer, or a string with a unit (`"10 GiB"`,
+/// `"500MB"`; KB, MB, GB, TB, PB are powers of 1000, KiB … PiB of 1024).
+/// Parsed values are at most 2^63 - 1, BigQuery's int64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(u64);
+
+impl ByteSize {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
+        let (number, unit) = (&text[..split], text[split..].trim());
+        let not_a_number =
+            || format!("{text:?} is not a byte size (e.g. 10737418240 or \"10 GiB\")");
+        if number.is_empty() {
+            return Err(not_a_number());
+        }
+        let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            "pb" => 1_000_000_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "tib" => 1 << 40,
+            "pib" => 1 << 50,
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a byte size: the unit must be B, KB, MB, GB, TB, PB, \
+                     KiB, MiB, GiB, TiB or PiB"
+                ))
+            }
+        };
+        let bytes = if number.contains('.') {
+            let value: f64 = number.parse().map_err(|_| not_a_number())?;
+            let bytes = (value * multiplier as f64).round();
+            if bytes > i64::MAX as f64 {
+                None
+            } else {
+                Some(bytes as u64)
+            }
+        } else {
+            let value: u64 = number.parse().map_err(|_| not_a_number())?;
+            value.checked_mul(multiplier)
+        };
+        match bytes {
+            Some(bytes) if i64::try_from(bytes).is_ok() => Ok(ByteSize(bytes)),
+            _ => Err(format!("{text:?} is more than 2^63 - 1 bytes")),
+        }
+    }
+}
+
+impl From<u64> for ByteSize {
+    fn from(bytes: u64) -> ByteSize {
+        ByteSize(bytes)
+    }
+}
+
+/// `117.74 MiB`, `10 GiB`, `512 B`: binary units, two decimals at most.
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+        if self.0 < 1024 {
+            return write!(f, "{} B", self.0);
+        }
+        let mut value = self.0 as f64;
+        let mut unit = "B";
+        for next in UNITS {
+            if value < 1024.0 {
+                break;
+            }
+            value /= 1024.0;
+            unit = next;
+        }
+        let text = format!("{value:.2}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        write!(f, "{text} {unit}")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of bytes, or a string such as \"10 GiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                ByteSize::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{v} is negative: a byte size is at least 0")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// BigQuery accepts at most this many labels on a job.
+pub const MAX_QUERY_LABELS: usize = 64;
+/// … and keys and values of at most this many characters.
+const MAX_LABEL_CHARS: usize = 63;
+
+/// Lowercase letters (international ones too), digits, `_` and `-`:
+/// BigQuery's label alphabet.
+fn label_char(c: char) -> bool {
+    c.is_ascii_lowercase()
+        || c.is_ascii_digit()
+        || c == '_'
+        || c == '-'
+        || (!c.is_ascii() && c.is_alphanumeric() && !c.is_uppercase())
+}
+
+/// Checks one label against BigQuery's rules; the error says which rule.
+pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
+    let rules = "lowercase letters, digits, `_` and `-`";
+    if key.is_empty() {
+        return Err("a label key must not be empty".into());
+    }
+    if key.chars().count() > MAX_LABEL_CHARS {
+        return Err(format!(
+            "label key {key:?} is longer than {MAX_LABEL_CHARS} characters"
+        ));
+    }
+    if !key
+        .chars()
+        .next()
+        .is_some_and(|c| label_char(c) && !c.is_ascii_digit() && c != '_' && c != '-')
+    {
+        return Err(format!(
+            "label key {key:?} must start with a lowercase letter"
+        ));
+    }
+    if let Some(bad) = key.chars().find(|c| !label_char(*c)) {
+        return Err(format!(
+            "label key {key:?} has {bad:?}: keys may hold only {rules}"
+        ));
+    }
+    if value.chars().count() > MAX_LABEL_CHARS {
+        return Err(format!(
+            "label {key:?}: value {value:?} is longer than {MAX_LABEL_CHARS} characters"
+        ));
+    }
+    if let Some(bad) = value.chars().find(|c| !label_char(*c)) {
+        return Err(format!(
+            "label {key:?}: value {value:?} has {bad:?}: values may hold only {rules}"
+        ));
+    }
+    Ok(())
+}
+
+/// `text` as a valid label value: lowercased, other characters as `_`,
+/// cut to 63 characters.
+pub fn label_value(text: &str) -> String {
+    text.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if label_char(c) { c } else { '_' })
+        .take(MAX_LABEL_CHARS)
+        .collect()
+}
+
+/// The labels a job's BigQuery query jobs carry: `app = "alertsvc"` and
+/// `job = <job name>` (made a valid value), then the source's labels, then
+/// the job's, later ones winning.
+pub fn query_labels(
+    job_name: &str,
+    source: &BigQuerySettings,
+    job: &JobSettings,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        ("app".to_owned(), "alertsvc".to_owned()),
+        ("job".to_owned(), label_value(job_name)),
+    ]);
+    labels.extend(source.labels.clone());
+    labels.extend(job.labels.clone());
+    labels
+}
+
+fn validate_labels(
+    key: impl Fn(&str) -> String,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (name, value) in labels {
+        validate_label(name, value).map_err(|reason| ConfigError::invalid(key(name), reason))?;
+    }
+    Ok(())
 }
 
 /// `[produce]`'s cross-field checks (sources exist, one SQL, mapping specs).
@@ -243,6 +467,13 @@ impl Settings {
                             "credentials = \"service-account-key\" needs a key file",
                         ));
                     }
+                    if bq.maximum_bytes_billed.is_some_and(|b| b.bytes() == 0) {
+                        return Err(ConfigError::invalid(
+                            key("maximum_bytes_billed"),
+                            "must be at least 1 byte (leave it out for no limit)",
+                        ));
+                    }
+                    validate_labels(|l| key(&format!("labels.{l}")), &bq.labels)?;
                     if let Some(endpoint) = &bq.endpoint {
                         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                             return Err(ConfigError::invalid(
@@ -256,12 +487,13 @@ impl Settings {
         }
         for (name, job) in &produce.jobs {
             let key = |k: &str| format!("produce.jobs.{name}.{k}");
-            if !produce.sources.contains_key(&job.source) {
+            let Some(source) = produce.sources.get(&job.source) else {
                 return Err(ConfigError::invalid(
                     key("source"),
                     format!("no source {:?} in [produce.sources]", job.source),
                 ));
-            }
+            };
+            self.validate_job_cost(name, job, source)?;
             self.topic(&job.topic)
                 .map_err(|r| ConfigError::invalid(key("topic"), r))?;
             if job.sql.is_some() == job.sql_file.is_some() {
@@ -300,5 +532,125 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// `maximum_bytes_billed` and `labels` of a job: BigQuery's rules, and
+    /// only on BigQuery sources.
+    fn validate_job_cost(
+        &self,
+        name: &str,
+        job: &JobSettings,
+        source: &SourceSettings,
+    ) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("produce.jobs.{name}.{k}");
+        let SourceSettings::Bigquery(bq) = source else {
+            let not_bigquery = format!(
+                "applies only to BigQuery sources (source {:?} is kind = \"sql\")",
+                job.source
+            );
+            if job.maximum_bytes_billed.is_some() {
+                return Err(ConfigError::invalid(
+                    key("maximum_bytes_billed"),
+                    not_bigquery,
+                ));
+            }
+            if !job.labels.is_empty() {
+                return Err(ConfigError::invalid(key("labels"), not_bigquery));
+            }
+            return Ok(());
+        };
+        if job.maximum_bytes_billed.is_some_and(|b| b.bytes() == 0) {
+            return Err(ConfigError::invalid(
+                key("maximum_bytes_billed"),
+                "must be at least 1 byte (leave it out for the source's limit)",
+            ));
+        }
+        validate_labels(|l| key(&format!("labels.{l}")), &job.labels)?;
+        let count = query_labels(name, bq, job).len();
+        if count > MAX_QUERY_LABELS {
+            return Err(ConfigError::invalid(
+                key("labels"),
+                format!(
+                    "{count} labels with the defaults (app, job) and source {:?}'s; \
+                     BigQuery allows at most {MAX_QUERY_LABELS}",
+                    job.source
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_and_without_units() {
+        let parse = |t: &str| ByteSize::parse(t).map(ByteSize::bytes);
+        assert_eq!(parse("10737418240"), Ok(10_737_418_240));
+        assert_eq!(parse("10 GiB"), Ok(10 << 30));
+        assert_eq!(parse("10GiB"), Ok(10 << 30));
+        assert_eq!(parse("500 MB"), Ok(500_000_000));
+        assert_eq!(parse("1.5 tib"), Ok(3 << 39));
+        assert_eq!(parse("0"), Ok(0));
+        assert!(parse("10 GB/s").unwrap_err().contains("the unit must be"));
+        assert!(parse("ten GiB").unwrap_err().contains("is not a byte size"));
+        assert!(parse("").is_err());
+        assert!(parse("9000 PiB")
+            .unwrap_err()
+            .contains("more than 2^63 - 1"));
+        assert!(parse("9223372036854775808").is_err());
+        assert_eq!(parse("9223372036854775807"), Ok(i64::MAX as u64));
+    }
+
+    #[test]
+    fn byte_sizes_display_in_binary_units() {
+        let show = |b: u64| ByteSize::from(b).to_string();
+        assert_eq!(show(512), "512 B");
+        assert_eq!(show(10 << 30), "10 GiB");
+        assert_eq!(show(123_456_789), "117.74 MiB");
+        assert_eq!(show(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn labels_follow_bigquery_rules() {
+        assert_eq!(validate_label("team", "data-platform_2"), Ok(()));
+        assert_eq!(validate_label("cost_center", ""), Ok(()));
+        assert_eq!(validate_label("équipe", "données"), Ok(()));
+        assert!(validate_label("Team", "x")
+            .unwrap_err()
+            .contains("must start with a lowercase letter"));
+        assert!(validate_label("1team", "x")
+            .unwrap_err()
+            .contains("must start with a lowercase letter"));
+        assert!(validate_label("", "x")
+            .unwrap_err()
+            .contains("must not be empty"));
+        assert!(validate_label("team.name", "x")
+            .unwrap_err()
+            .contains("'.'"));
+        assert!(validate_label("team", "Data")
+            .unwrap_err()
+            .contains("values may hold only"));
+        assert!(validate_label(&"k".repeat(64), "x")
+            .unwrap_err()
+            .contains("longer than 63"));
+        assert_eq!(validate_label(&"k".repeat(63), &"v".repeat(63)), Ok(()));
+        assert!(validate_label("team", &"v".repeat(64))
+            .unwrap_err()
+            .contains("longer than 63"));
+    }
+
+    #[test]
+    fn job_names_become_valid_label_values() {
+        assert_eq!(label_value("connector-failures"), "connector-failures");
+        assert_eq!(label_value("Nightly Export.v2"), "nightly_export_v2");
+        assert_eq!(label_value(&"j".repeat(80)).chars().count(), 63);
+        for name in ["Nightly Export.v2", "a/b:c", "ÉTÉ"] {
+            assert_eq!(validate_label("job", &label_value(name)), Ok(()), "{name}");
+        }
     }
 }

@@ -24,7 +24,7 @@ use crate::metrics::ProduceMetrics;
 use super::checkpoint::{CheckpointValue, Param};
 use super::mapping::{MappedEvent, Mapping, RowError};
 use super::row::Row;
-use super::source::Source;
+use super::source::{QueryCost, QueryOptions, Source, SourceError};
 use super::state::{Prune, StateStore, UnfinishedRun};
 use super::ProduceError;
 
@@ -58,6 +58,11 @@ pub struct CompiledJob {
     pub checkpoint: Option<(crate::config::CheckpointKind, Option<String>)>,
     pub schedule: Option<super::schedule::Schedule>,
     pub dedup_retention: Duration,
+    /// BigQuery's cost controls for this job's queries.
+    pub query_options: QueryOptions,
+    /// The configuration key `query_options.maximum_bytes_billed` came
+    /// from, named when a query is refused for it.
+    pub bytes_limit_key: Option<String>,
 }
 
 /// What a run did.
@@ -70,6 +75,11 @@ pub struct RunReport {
     pub dead_letters: u64,
     pub bad_rows: Vec<String>,
     pub checkpoint: Option<String>,
+    /// What the run's query scanned and billed (BigQuery).
+    pub bytes_processed: Option<u64>,
+    pub bytes_billed: Option<u64>,
+    /// Dry runs on BigQuery: its estimate of the bytes the query processes.
+    pub estimated_bytes: Option<u64>,
 }
 
 /// What a run needs from the process.
@@ -183,7 +193,15 @@ impl CompiledJob {
             "run started"
         );
 
-        let mut pages = cx.source.query(&self.sql, &params)?;
+        if cx.producer.is_none() {
+            report.estimated_bytes = self.estimate(cx.source, &params).await?;
+        }
+        let mut pages = cx.source.query(&self.sql, &params, &self.query_options)?;
+        // The query refused for its byte limit: the run fails with its own error.
+        let mut refused: Option<SourceError> = None;
+        // What the query cost is counted as soon as it is known (with the
+        // first page), so a run that fails later still accounts for it.
+        let mut accounted = false;
         let mut in_flight = FuturesUnordered::new();
         let mut marks: Vec<(String, String)> = Vec::new();
         let mut greatest = Greatest::default();
@@ -218,9 +236,20 @@ impl CompiledJob {
             };
             let page = match page {
                 None => break,
-                Some(Ok(page)) => page,
+                Some(Ok(page)) => {
+                    if !accounted {
+                        if let Some(cost) = pages.cost() {
+                            self.account(&cost, &mut report, cx);
+                            accounted = true;
+                        }
+                    }
+                    page
+                }
                 Some(Err(e)) => {
                     failure.get_or_insert(e.to_string());
+                    if matches!(e, SourceError::BytesBilledLimitExceeded { .. }) {
+                        refused = Some(e);
+                    }
                     break;
                 }
             };
@@ -334,6 +363,9 @@ impl CompiledJob {
                 break;
             }
         }
+        if let Some(cost) = pages.cost().filter(|_| !accounted) {
+            self.account(&cost, &mut report, cx);
+        }
         drop(pages);
 
         // Every record sent gets its answer, whatever happened above.
@@ -342,14 +374,17 @@ impl CompiledJob {
         }
         if cx.producer.is_none() {
             return match failure {
-                Some(reason) => Err(fail(reason)),
-                None => Ok(report),
+                Some(reason) => Err(refused.map_or_else(|| fail(reason), |e| self.over_limit(e))),
+                None => {
+                    print_dry_run_summary(job, cx.source, &report);
+                    Ok(report)
+                }
             };
         }
         cx.state.mark_emitted(job, &marks, now_ms()).await?;
         if let Some(reason) = failure {
             // The run record stays: the next run reads back what this one sent.
-            return Err(fail(reason));
+            return Err(refused.map_or_else(|| fail(reason), |e| self.over_limit(e)));
         }
 
         let new_checkpoint = match (checkpoint, greatest.value.clone()) {
@@ -406,6 +441,77 @@ impl CompiledJob {
                 reason: format!("the key does not fit the topic's key format: {e}"),
             })?;
         Ok((key, value))
+    }
+
+    /// A dry run asks BigQuery what the query would process (a dry-run
+    /// query, free); over the job's byte limit it stops there, as the real
+    /// query would be refused.
+    async fn estimate(
+        &self,
+        source: &Source,
+        params: &BTreeMap<String, Param>,
+    ) -> Result<Option<u64>, ProduceError> {
+        let estimate = source
+            .estimate(&self.sql, params, &self.query_options)
+            .await
+            .map_err(|e| match e {
+                SourceError::BytesBilledLimitExceeded { .. } => self.over_limit(e),
+                other => ProduceError::Source(other),
+            })?;
+        if let (Some(bytes), Some(limit)) = (estimate, self.query_options.maximum_bytes_billed) {
+            if bytes > limit {
+                return Err(self.over_limit(SourceError::BytesBilledLimitExceeded {
+                    source_name: self.source.clone(),
+                    limit: Some(limit),
+                    reason: format!(
+                        "its dry run estimates {} ({bytes} bytes) processed",
+                        crate::config::ByteSize::from(bytes)
+                    ),
+                }));
+            }
+        }
+        if let Some(bytes) = estimate {
+            tracing::info!(job = %self.name, estimated_bytes = bytes, "BigQuery dry-run estimate");
+        }
+        Ok(estimate)
+    }
+
+    fn over_limit(&self, error: SourceError) -> ProduceError {
+        ProduceError::OverBytesLimit {
+            job: self.name.clone(),
+            limit_key: self
+                .bytes_limit_key
+                .clone()
+                .unwrap_or_else(|| format!("produce.jobs.{}.maximum_bytes_billed", self.name)),
+            error,
+        }
+    }
+
+    /// Counts what the query cost, whatever becomes of the run.
+    fn account(&self, cost: &QueryCost, report: &mut RunReport, cx: &RunContext<'_>) {
+        let job = self.name.as_str();
+        report.bytes_processed = cost.bytes_processed;
+        report.bytes_billed = cost.bytes_billed;
+        if let Some(bytes) = cost.bytes_processed {
+            cx.metrics
+                .bytes_processed
+                .with_label_values(&[job])
+                .inc_by(bytes);
+        }
+        if let Some(bytes) = cost.bytes_billed {
+            cx.metrics
+                .bytes_billed
+                .with_label_values(&[job])
+                .inc_by(bytes);
+        }
+        tracing::info!(
+            job,
+            bigquery_job_id = %cost.query_id,
+            bytes_processed = cost.bytes_processed,
+            bytes_billed = cost.bytes_billed,
+            cache_hit = cost.cache_hit,
+            "BigQuery query cost"
+        );
     }
 
     fn settle(
@@ -502,6 +608,26 @@ fn print_event(job: &str, topic: &str, event: &MappedEvent) {
         "value": event.value,
     });
     let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// The dry run's totals on stderr (stdout holds only events): rows and
+/// events, and on BigQuery its estimate of the bytes processed.
+fn print_dry_run_summary(job: &str, source: &Source, report: &RunReport) {
+    let bytes = |b: u64| format!("{} ({b} bytes)", crate::config::ByteSize::from(b));
+    let estimate = match (source, report.estimated_bytes) {
+        (_, Some(estimated)) => format!("; BigQuery estimates {} processed", bytes(estimated)),
+        (Source::BigQuery(_), None) => "; BigQuery gave no estimate".into(),
+        (Source::Sql(_), None) => String::new(),
+    };
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "dry run of job {job}: {} rows read, {} events would be produced, {} already emitted, \
+         {} rows cannot be mapped{estimate}",
+        report.rows_read,
+        report.events_produced,
+        report.events_skipped,
+        report.dead_letters,
+    );
 }
 
 fn log_progress(job: &str, report: &RunReport, started: Instant) {

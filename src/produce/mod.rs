@@ -20,7 +20,7 @@ use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::avro::{load_schema, Codec, KeyCodec};
-use crate::config::{resolve_path, ProduceSettings, Settings};
+use crate::config::{query_labels, resolve_path, ProduceSettings, Settings, SourceSettings};
 use crate::http::{AppState, Health};
 use crate::kafka::{client_config, StageContext};
 use crate::metrics::ProduceMetrics;
@@ -36,7 +36,7 @@ pub mod state;
 
 use job::{CompiledJob, RunContext, RunReport};
 use schedule::{Clock, Schedule};
-use source::{Source, SourceError};
+use source::{QueryOptions, Source, SourceError};
 use state::{StateError, StateStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,17 +62,41 @@ pub enum ProduceError {
         dlq_topic: String,
         first: String,
     },
+    #[error(
+        "job {job}: {error}; narrow the query (`alertsvc produce --dry-run --job {job}` \
+         shows BigQuery's estimate) or raise `{limit_key}`"
+    )]
+    OverBytesLimit {
+        job: String,
+        limit_key: String,
+        error: SourceError,
+    },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Several(Vec<ProduceError>),
 }
 
+/// `--once`: rows went to the dead-letter topic, the run itself completed.
+pub const EXIT_DEAD_LETTERS: u8 = 2;
+/// `--once`: a query would have billed more than its `maximum_bytes_billed`
+/// and did not run; nothing was emitted.
+pub const EXIT_OVER_BYTES_LIMIT: u8 = 4;
+
 impl ProduceError {
-    /// 2 when the only trouble is rows sent to the dead-letter topic (the
-    /// run itself completed), 1 for everything else.
+    /// [`EXIT_DEAD_LETTERS`] when the only trouble is rows sent to the
+    /// dead-letter topic, [`EXIT_OVER_BYTES_LIMIT`] when it is queries over
+    /// their byte limit, 1 for everything else (and for a mix).
     pub fn exit_code(&self) -> u8 {
         match self {
-            ProduceError::BadRows { .. } => 2,
-            ProduceError::Several(all) if all.iter().all(|e| e.exit_code() == 2) => 2,
+            ProduceError::BadRows { .. } => EXIT_DEAD_LETTERS,
+            ProduceError::OverBytesLimit { .. } => EXIT_OVER_BYTES_LIMIT,
+            ProduceError::Several(all) => {
+                let first = all.first().map_or(1, ProduceError::exit_code);
+                if all.iter().all(|e| e.exit_code() == first) {
+                    first
+                } else {
+                    1
+                }
+            }
             _ => 1,
         }
     }
@@ -185,6 +209,30 @@ pub fn compile_jobs(
             .map(Schedule::parse)
             .transpose()
             .map_err(&invalid)?;
+        let (query_options, bytes_limit_key) = match produce.sources.get(&job.source) {
+            Some(SourceSettings::Bigquery(bq)) => {
+                let (limit, key) = match (job.maximum_bytes_billed, bq.maximum_bytes_billed) {
+                    (Some(limit), _) => (
+                        Some(limit),
+                        Some(format!("produce.jobs.{name}.maximum_bytes_billed")),
+                    ),
+                    (None, Some(limit)) => (
+                        Some(limit),
+                        Some(format!(
+                            "produce.sources.{}.maximum_bytes_billed",
+                            job.source
+                        )),
+                    ),
+                    (None, None) => (None, None),
+                };
+                let options = QueryOptions {
+                    maximum_bytes_billed: limit.map(|l| l.bytes()),
+                    labels: query_labels(name, bq, job),
+                };
+                (options, key)
+            }
+            _ => (QueryOptions::default(), None),
+        };
         jobs.push(CompiledJob {
             name: name.clone(),
             source: job.source.clone(),
@@ -198,6 +246,8 @@ pub fn compile_jobs(
             checkpoint: job.checkpoint.as_ref().map(|c| (c.kind, c.initial.clone())),
             schedule,
             dedup_retention: job.dedup_retention,
+            query_options,
+            bytes_limit_key,
         });
     }
     if jobs.is_empty() {
@@ -325,9 +375,15 @@ impl Runtime {
                     skipped = report.events_skipped,
                     recovered = report.recovered,
                     checkpoint = report.checkpoint.as_deref().unwrap_or(""),
+                    bytes_processed = report.bytes_processed,
+                    bytes_billed = report.bytes_billed,
                     "run finished"
                 );
                 "ok"
+            }
+            Err(e @ ProduceError::OverBytesLimit { .. }) => {
+                tracing::error!(job = %job.name, error = %e, "run refused: over its byte limit");
+                "bytes_limit_exceeded"
             }
             Err(e @ ProduceError::BadRows { .. }) => {
                 tracing::warn!(job = %job.name, error = %e, "run finished with dead letters");
@@ -338,7 +394,7 @@ impl Runtime {
                 "failed"
             }
         };
-        if outcome != "failed" && self.producer.is_some() {
+        if matches!(outcome, "ok" | "dead_letters") && self.producer.is_some() {
             self.metrics
                 .last_success
                 .with_label_values(&[&job.name])

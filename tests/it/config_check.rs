@@ -10,13 +10,13 @@ const SASL_SECRET: &str = "s3cr3t-sasl-VALUE";
 const PEM_SECRET: &str = "pem-pass-Q7x";
 const LEDGER_SECRET: &str = "ledger-pw-K9z";
 
-struct Outcome {
-    success: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Outcome {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn check(overlay: &str) -> Outcome {
+pub(crate) fn check(overlay: &str) -> Outcome {
     check_with_env(overlay, &[])
 }
 
@@ -58,7 +58,7 @@ fn check_with_env(overlay: &str, env: &[(&str, &str)]) -> Outcome {
     outcome
 }
 
-fn assert_refused(overlay: &str, expected: &[&str]) {
+pub(crate) fn assert_refused(overlay: &str, expected: &[&str]) {
     let outcome = check(overlay);
     assert!(!outcome.success, "accepted: {overlay}");
     for fragment in expected {

@@ -18,6 +18,7 @@ mod notify_delivery;
 mod notify_faults;
 mod notify_interactions;
 mod notify_ledger;
+mod produce_cost;
 mod produce_errors;
 mod produce_incremental;
 mod produce_sources;

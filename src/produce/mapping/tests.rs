@@ -51,6 +51,8 @@ fn job() -> JobSettings {
             .collect(),
         schedule: None,
         dedup_retention: std::time::Duration::from_secs(60),
+        maximum_bytes_billed: None,
+        labels: Default::default(),
     }
 }
 

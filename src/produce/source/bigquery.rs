@@ -1,9 +1,14 @@
 //! Google BigQuery through `gcp-bigquery-client`: `jobs.query` with named
 //! parameters, then `getQueryResults` page by page. The next page is
 //! requested while the previous one is being produced.
+//!
+//! Every query carries the job's cost controls (`maximumBytesBilled`,
+//! labels). Once the query job is complete its statistics (`jobs.get`) give
+//! the bytes processed and billed, before the first page is handed over, so
+//! a run that fails later still accounts for what its query cost.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use gcp_bigquery_client::auth::Authenticator;
@@ -29,7 +34,12 @@ use crate::produce::checkpoint::Param;
 use crate::produce::row::{Cell, Columns, Row};
 use crate::produce::sql::{parse, Placeholder};
 
-use super::{one_line, ordered_params, page_channel, Page, PageStream, SourceError};
+use super::{
+    one_line, ordered_params, page_channel, Page, PageStream, QueryCost, QueryOptions, SourceError,
+};
+
+/// The error reason of a query refused for `maximumBytesBilled`.
+const BYTES_BILLED_LIMIT_EXCEEDED: &str = "bytesBilledLimitExceeded";
 
 #[derive(Clone)]
 pub struct BigQuerySource {
@@ -90,11 +100,12 @@ impl BigQuerySource {
         })
     }
 
-    pub fn query(
+    fn request(
         &self,
         sql: &str,
         params: &BTreeMap<String, Param>,
-    ) -> Result<PageStream, SourceError> {
+        options: &QueryOptions,
+    ) -> Result<QueryRequest, SourceError> {
         let parsed = parse(sql, Placeholder::Named);
         let values = ordered_params(&parsed.names, params)?;
         let mut request = QueryRequest::new(parsed.text);
@@ -114,14 +125,55 @@ impl BigQuerySource {
         request.format_options = Some(DataFormatOptions {
             use_int64_timestamp: Some(true),
         });
+        request.maximum_bytes_billed = options.maximum_bytes_billed.map(|b| b.to_string());
+        if !options.labels.is_empty() {
+            request.labels = Some(options.labels.clone().into_iter().collect());
+        }
+        Ok(request)
+    }
+
+    pub fn query(
+        &self,
+        sql: &str,
+        params: &BTreeMap<String, Param>,
+        options: &QueryOptions,
+    ) -> Result<PageStream, SourceError> {
+        let request = self.request(sql, params, options)?;
         let (tx, rx) = page_channel();
-        let source = self.clone();
+        let (source, cost) = (self.clone(), rx.cost_cell());
+        let limit = options.maximum_bytes_billed;
         tokio::spawn(async move {
-            if let Err(e) = source.pump(request, &tx).await {
+            if let Err(e) = source.pump(request, limit, &cost, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
         Ok(rx)
+    }
+
+    /// BigQuery's estimate of the bytes the query would process: the same
+    /// request as a dry run, which reads and bills nothing.
+    pub async fn estimate(
+        &self,
+        sql: &str,
+        params: &BTreeMap<String, Param>,
+        options: &QueryOptions,
+    ) -> Result<u64, SourceError> {
+        let mut request = self.request(sql, params, options)?;
+        request.dry_run = Some(true);
+        let limit = options.maximum_bytes_billed;
+        let response = self
+            .call(
+                "jobs.query (dry run)",
+                limit,
+                self.client.job().query(&self.project_id, request),
+            )
+            .await?;
+        self.check(response.errors.as_deref(), limit)?;
+        response
+            .total_bytes_processed
+            .as_deref()
+            .and_then(parse_bytes)
+            .ok_or_else(|| self.error("the dry run answered without totalBytesProcessed".into()))
     }
 
     fn error(&self, reason: String) -> SourceError {
@@ -134,13 +186,94 @@ impl BigQuerySource {
     async fn call<T>(
         &self,
         what: &str,
+        limit: Option<u64>,
         call: impl std::future::Future<Output = Result<T, BQError>>,
     ) -> Result<T, SourceError> {
         match tokio::time::timeout(self.timeout + Duration::from_secs(5), call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(self.error(format!("{what}: {}", describe_bq_error(&e)))),
+            Ok(Err(e)) => Err(match bytes_limit_message(&response_reasons(&e)) {
+                Some(message) => self.over_limit(limit, message),
+                None => self.error(format!("{what}: {}", describe_bq_error(&e))),
+            }),
             Err(_) => Err(self.error(format!("{what}: no answer within {:?}", self.timeout))),
         }
+    }
+
+    /// Errors in a 200 answer (BigQuery and its emulators do that).
+    fn check(&self, errors: Option<&[ErrorProto]>, limit: Option<u64>) -> Result<(), SourceError> {
+        let Err(text) = check_errors(errors) else {
+            return Ok(());
+        };
+        let reasons: Vec<(String, String)> = errors
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                (
+                    e.reason.clone().unwrap_or_default(),
+                    e.message.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        Err(match bytes_limit_message(&reasons) {
+            Some(message) => self.over_limit(limit, message),
+            None => self.error(text),
+        })
+    }
+
+    fn over_limit(&self, limit: Option<u64>, message: String) -> SourceError {
+        SourceError::BytesBilledLimitExceeded {
+            source_name: self.name.clone(),
+            limit,
+            // BigQuery's message ends in a full stop; ours goes on.
+            reason: one_line(format!("{BYTES_BILLED_LIMIT_EXCEEDED}: {message}"))
+                .trim_end_matches('.')
+                .to_owned(),
+        }
+    }
+
+    /// The finished query job's bytes processed and billed (`jobs.get`).
+    /// Without an answer the run goes on: the rows matter more than the
+    /// figure, which then falls back to what `jobs.query` said.
+    async fn cost(
+        &self,
+        job_id: &str,
+        location: Option<&str>,
+        processed: Option<&str>,
+    ) -> QueryCost {
+        let mut cost = QueryCost {
+            query_id: job_id.to_owned(),
+            bytes_processed: processed.and_then(parse_bytes),
+            ..QueryCost::default()
+        };
+        let job = self
+            .call(
+                "jobs.get",
+                None,
+                self.client
+                    .job()
+                    .get_job(&self.project_id, job_id, location),
+            )
+            .await;
+        match job {
+            Ok(job) => {
+                if let Some(query) = job.statistics.and_then(|s| s.query) {
+                    if let Some(bytes) =
+                        query.total_bytes_processed.as_deref().and_then(parse_bytes)
+                    {
+                        cost.bytes_processed = Some(bytes);
+                    }
+                    cost.bytes_billed = query.total_bytes_billed.as_deref().and_then(parse_bytes);
+                    cost.cache_hit = query.cache_hit;
+                }
+            }
+            Err(e) => tracing::warn!(
+                source = %self.name,
+                bigquery_job_id = job_id,
+                error = %e,
+                "cannot read the query job's statistics: bytes billed unknown for this run"
+            ),
+        }
+        cost
     }
 
     /// Runs the query and sends its pages until the last one or until the
@@ -148,13 +281,15 @@ impl BigQuerySource {
     async fn pump(
         &self,
         request: QueryRequest,
+        limit: Option<u64>,
+        cost: &OnceLock<QueryCost>,
         tx: &mpsc::Sender<Result<Page, SourceError>>,
     ) -> Result<(), SourceError> {
         let jobs = self.client.job();
         let response = self
-            .call("jobs.query", jobs.query(&self.project_id, request))
+            .call("jobs.query", limit, jobs.query(&self.project_id, request))
             .await?;
-        check_errors(response.errors.as_deref()).map_err(|e| self.error(e))?;
+        self.check(response.errors.as_deref(), limit)?;
         let job_id = response
             .job_reference
             .as_ref()
@@ -166,10 +301,17 @@ impl BigQuerySource {
             .and_then(|r| r.location.clone())
             .or_else(|| self.location.clone());
         let mut complete = response.job_complete.unwrap_or(true);
+        let mut processed = response.total_bytes_processed;
         let mut schema = response.schema;
         let mut rows = response.rows;
         let mut page_token = response.page_token;
         loop {
+            if complete && cost.get().is_none() {
+                let found = self
+                    .cost(&job_id, location.as_deref(), processed.as_deref())
+                    .await;
+                let _ = cost.set(found);
+            }
             let next_token = if complete {
                 let fields = schema
                     .as_ref()
@@ -197,6 +339,7 @@ impl BigQuerySource {
             let results = self
                 .call(
                     "jobs.getQueryResults",
+                    limit,
                     jobs.get_query_results(
                         &self.project_id,
                         &job_id,
@@ -204,8 +347,11 @@ impl BigQuerySource {
                     ),
                 )
                 .await?;
-            check_errors(results.errors.as_deref()).map_err(|e| self.error(e))?;
+            self.check(results.errors.as_deref(), limit)?;
             complete = results.job_complete.unwrap_or(true);
+            if results.total_bytes_processed.is_some() {
+                processed = results.total_bytes_processed;
+            }
             if results.schema.is_some() {
                 schema = results.schema;
             }
@@ -254,6 +400,35 @@ fn check_errors(errors: Option<&[ErrorProto]>) -> Result<(), String> {
             .join("; ")),
         _ => Ok(()),
     }
+}
+
+/// BigQuery's int64 figures come as decimal strings.
+fn parse_bytes(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// (reason, message) of each error in a non-2xx answer.
+fn response_reasons(error: &BQError) -> Vec<(String, String)> {
+    let BQError::ResponseError { error } = error else {
+        return Vec::new();
+    };
+    error
+        .error
+        .errors
+        .iter()
+        .map(|e| {
+            let field = |name: &str| e.get(name).cloned().unwrap_or_default();
+            (field("reason"), field("message"))
+        })
+        .collect()
+}
+
+/// The message of a `bytesBilledLimitExceeded` error among `reasons`.
+fn bytes_limit_message(reasons: &[(String, String)]) -> Option<String> {
+    reasons
+        .iter()
+        .find(|(reason, _)| reason == BYTES_BILLED_LIMIT_EXCEEDED)
+        .map(|(_, message)| message.clone())
 }
 
 fn describe_bq_error(error: &BQError) -> String {
@@ -462,6 +637,34 @@ mod tests {
             timestamp_parameter(1_763_719_200_250_000),
             "2025-11-21 10:00:00.250000+00:00"
         );
+    }
+
+    /// The body BigQuery answers (HTTP 400) for a query over
+    /// `maximumBytesBilled`.
+    #[test]
+    fn a_bytes_billed_limit_error_is_recognised() {
+        let message = "Query exceeded limit for bytes billed: 1000. 10485760 or higher required.";
+        let body = json!({"error": {
+            "code": 400,
+            "message": message,
+            "errors": [{"message": message, "domain": "global", "reason": "bytesBilledLimitExceeded"}],
+            "status": "INVALID_ARGUMENT",
+        }});
+        let error = BQError::ResponseError {
+            error: serde_json::from_value(body).unwrap(),
+        };
+        assert_eq!(
+            bytes_limit_message(&response_reasons(&error)),
+            Some(message.to_owned())
+        );
+        let other = json!({"error": {
+            "code": 400, "message": "Syntax error", "status": "INVALID_ARGUMENT",
+            "errors": [{"message": "Syntax error", "domain": "global", "reason": "invalidQuery"}],
+        }});
+        let error = BQError::ResponseError {
+            error: serde_json::from_value(other).unwrap(),
+        };
+        assert_eq!(bytes_limit_message(&response_reasons(&error)), None);
     }
 
     #[test]

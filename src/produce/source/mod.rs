@@ -4,6 +4,7 @@
 //! memory stays flat however many rows there are.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
 
@@ -32,13 +33,73 @@ pub enum SourceError {
     },
     #[error("the SQL uses @{0}, which is neither in `params` nor set by alertsvc")]
     MissingParam(String),
+    /// BigQuery's `bytesBilledLimitExceeded` (refused before running, so
+    /// nothing was read or billed), or a dry run's estimate over the limit.
+    #[error(
+        "source {source_name}: the query would bill more than maximum_bytes_billed = {}, \
+         so it did not run (nothing read, nothing billed): {reason}",
+        describe_limit(*limit)
+    )]
+    BytesBilledLimitExceeded {
+        source_name: String,
+        limit: Option<u64>,
+        reason: String,
+    },
+}
+
+fn describe_limit(limit: Option<u64>) -> String {
+    match limit {
+        Some(bytes) => format!("{} ({bytes} bytes)", crate::config::ByteSize::from(bytes)),
+        None => "the project's default".into(),
+    }
+}
+
+/// What a job asks of its source besides SQL and parameters: BigQuery's
+/// cost controls (`config check` refuses them on other sources).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryOptions {
+    /// `maximumBytesBilled`: BigQuery refuses a query that would bill more.
+    pub maximum_bytes_billed: Option<u64>,
+    /// Labels on the query job, for cost attribution.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a query scanned and billed, as the warehouse reported it once the
+/// query finished.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryCost {
+    /// The warehouse's id of the query (a BigQuery job id).
+    pub query_id: String,
+    pub bytes_processed: Option<u64>,
+    pub bytes_billed: Option<u64>,
+    pub cache_hit: Option<bool>,
 }
 
 /// One page of a result.
 pub type Page = Vec<Row>;
 
-/// The receiving end of a running query; `None` after the last page.
-pub type PageStream = mpsc::Receiver<Result<Page, SourceError>>;
+/// The receiving end of a running query.
+pub struct PageStream {
+    pages: mpsc::Receiver<Result<Page, SourceError>>,
+    cost: Arc<OnceLock<QueryCost>>,
+}
+
+impl PageStream {
+    /// The next page; `None` after the last one.
+    pub async fn recv(&mut self) -> Option<Result<Page, SourceError>> {
+        self.pages.recv().await
+    }
+
+    /// What the query scanned and billed, once the warehouse told (BigQuery
+    /// reports it before the first page; SQL sources never do).
+    pub fn cost(&self) -> Option<QueryCost> {
+        self.cost.get().cloned()
+    }
+
+    fn cost_cell(&self) -> Arc<OnceLock<QueryCost>> {
+        self.cost.clone()
+    }
+}
 
 pub enum Source {
     Sql(sql::SqlSource),
@@ -60,10 +121,26 @@ impl Source {
         &self,
         sql: &str,
         params: &BTreeMap<String, Param>,
+        options: &QueryOptions,
     ) -> Result<PageStream, SourceError> {
         match self {
             Source::Sql(s) => s.query(sql, params),
-            Source::BigQuery(s) => s.query(sql, params),
+            Source::BigQuery(s) => s.query(sql, params, options),
+        }
+    }
+
+    /// The warehouse's own estimate of the bytes `sql` would process,
+    /// without running it (a BigQuery dry-run query); `None` from sources
+    /// that have no such estimate.
+    pub async fn estimate(
+        &self,
+        sql: &str,
+        params: &BTreeMap<String, Param>,
+        options: &QueryOptions,
+    ) -> Result<Option<u64>, SourceError> {
+        match self {
+            Source::Sql(_) => Ok(None),
+            Source::BigQuery(s) => s.estimate(sql, params, options).await.map(Some),
         }
     }
 
@@ -103,5 +180,7 @@ fn one_line(reason: impl std::fmt::Display) -> String {
 }
 
 fn page_channel() -> (mpsc::Sender<Result<Page, SourceError>>, PageStream) {
-    mpsc::channel(PAGES_AHEAD)
+    let (tx, pages) = mpsc::channel(PAGES_AHEAD);
+    let cost = Arc::new(OnceLock::new());
+    (tx, PageStream { pages, cost })
 }

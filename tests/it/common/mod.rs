@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod bigquery_proxy;
 pub mod broker;
 pub mod registry;
 pub mod slack;

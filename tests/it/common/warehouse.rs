@@ -153,6 +153,21 @@ impl Warehouse {
         }
     }
 
+    /// The same warehouse, with produce reaching BigQuery at `endpoint` (a
+    /// proxy in front of the emulator) instead.
+    pub fn through(self, endpoint: &str) -> Warehouse {
+        match self {
+            Warehouse::BigQuery {
+                dataset, client, ..
+            } => Warehouse::BigQuery {
+                endpoint: endpoint.to_owned(),
+                dataset,
+                client,
+            },
+            other => other,
+        }
+    }
+
     /// The table's name as the job's SQL writes it.
     pub fn table(&self) -> String {
         match self {
