@@ -19,5 +19,6 @@ mod notify_interactions;
 mod notify_ledger;
 mod produce_errors;
 mod produce_incremental;
+mod produce_leases;
 mod produce_sources;
 mod telemetry;
