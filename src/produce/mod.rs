@@ -88,7 +88,7 @@ impl ProduceError {
     /// 2 when the only trouble is rows sent to the dead-letter topic (the
     /// run itself completed), [`EXIT_LEASE_HELD`] when another run holds
     /// the job, 1 for everything else. Several jobs: 1 if any failed, else
-    /// 2 if any had dead letters.
+    /// 2 if any had dead letters, else 75.
     pub fn exit_code(&self) -> u8 {
         match self {
             ProduceError::BadRows { .. } => 2,
