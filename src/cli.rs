@@ -72,6 +72,10 @@ pub struct ProduceArgs {
     /// Print the events as JSON lines; produce and record nothing.
     #[arg(long, conflicts_with = "schedule")]
     pub dry_run: bool,
+    /// When another run holds a job, wait up to this long (e.g. `90s`) for
+    /// it instead of giving up at once (exit code 75).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait_for_lease: Option<std::time::Duration>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -329,6 +333,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 once: args.once,
                 schedule: args.schedule.clone(),
                 dry_run: args.dry_run,
+                wait_for_lease: args.wait_for_lease.unwrap_or_default(),
             };
             crate::produce::run(&settings, &cli.config_dir, &options, on_signal())
                 .await

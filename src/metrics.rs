@@ -265,6 +265,7 @@ pub struct ProduceMetrics {
     pub events_skipped: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub runs: IntCounterVec,
+    pub lease_conflicts: IntCounterVec,
     pub last_success: IntGaugeVec,
     pub run_seconds: prometheus::HistogramVec,
     pub bytes_processed: IntCounterVec,
@@ -309,6 +310,12 @@ impl ProduceMetrics {
                 "alertsvc_produce_runs_total",
                 "Job runs by outcome (ok, dead_letters, bytes_limit_exceeded, failed).",
                 &["job", "outcome"],
+            )?,
+            lease_conflicts: counter(
+                registry,
+                "alertsvc_produce_lease_conflicts_total",
+                "Runs that did not start because another run held the job's lease.",
+                &["job"],
             )?,
             last_success: gauge(
                 registry,

@@ -24,6 +24,11 @@ pub struct ProduceSettings {
     /// flight land and replicate meanwhile).
     #[serde(default = "default_recovery_settle", with = "humantime_serde")]
     pub recovery_settle: Duration,
+    /// How long a run's hold on its job lasts without renewal: a second run
+    /// of the job is refused while it holds, and a run that died is taken
+    /// over (and its events read back) only after it lapsed.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
     /// Checkpoints and emitted event ids (`migrations/`).
     pub state: DatabaseSettings,
     /// librdkafka properties for the producer, applied after `[kafka.client]`.
@@ -37,6 +42,10 @@ pub struct ProduceSettings {
 
 fn default_recovery_settle() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -135,6 +144,62 @@ pub struct CheckpointSettings {
     /// The value passed as `@checkpoint` on the very first run.
     #[serde(default)]
     pub initial: Option<String>,
+    /// How far below the checkpoint each run reads again, for rows that
+    /// land late: a duration (`"15m"`) for timestamp checkpoints, a count of
+    /// values (`1000`) for integer ones. Unset: no lookback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookback: Option<LookbackSetting>,
+}
+
+/// `checkpoint.lookback` as written: TOML gives integers as numbers and
+/// durations as strings; environment variables give both as strings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum LookbackSetting {
+    Count(i64),
+    Text(String),
+}
+
+impl CheckpointSettings {
+    /// The lookback in the checkpoint's own units: microseconds for
+    /// timestamps, values for integers; 0 when unset.
+    pub fn lookback_units(&self) -> Result<i64, String> {
+        let Some(lookback) = &self.lookback else {
+            return Ok(0);
+        };
+        match (self.kind, lookback) {
+            (CheckpointKind::String, _) => Err(
+                "a string checkpoint has no distance to look back by: remove lookback, or use a \
+                 timestamp or integer checkpoint"
+                    .into(),
+            ),
+            (CheckpointKind::Timestamp, LookbackSetting::Count(n)) => Err(format!(
+                "a timestamp checkpoint looks back by a duration such as \"15m\", not the number {n}"
+            )),
+            (CheckpointKind::Timestamp, LookbackSetting::Text(text)) => {
+                let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+                    format!("{text:?} is not a duration ({e}); write e.g. \"15m\" or \"2h\"")
+                })?;
+                i64::try_from(duration.as_micros())
+                    .map_err(|_| format!("{text:?} is too long a lookback"))
+            }
+            (CheckpointKind::Integer, lookback) => {
+                let count = match lookback {
+                    LookbackSetting::Count(n) => *n,
+                    LookbackSetting::Text(text) => text.trim().parse().map_err(|_| {
+                        format!(
+                            "an integer checkpoint looks back by a count of values such as 1000, \
+                             not {text:?}"
+                        )
+                    })?,
+                };
+                if count < 0 {
+                    return Err(format!("must not be negative, not {count}"));
+                }
+                Ok(count)
+            }
+        }
+    }
 }
 
 /// What an event is made of.
@@ -438,6 +503,12 @@ fn validate_labels(
 impl Settings {
     pub(super) fn validate_produce(&self, produce: &ProduceSettings) -> Result<(), ConfigError> {
         validate_database_url("produce.state.database_url", &produce.state.database_url)?;
+        if produce.lease < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "produce.lease",
+                "must be at least 1s (it is renewed every third of it)",
+            ));
+        }
         if produce.max_in_flight == 0 {
             return Err(ConfigError::invalid(
                 "produce.max_in_flight",
@@ -510,6 +581,14 @@ impl Settings {
             }
             if job.key_column.trim().is_empty() {
                 return Err(ConfigError::invalid(key("key_column"), "must not be empty"));
+            }
+            if let Some(checkpoint) = &job.checkpoint {
+                // The emitted-event ledger keeps ids from (checkpoint -
+                // lookback) up, so its retention is the lookback itself and
+                // needs no check of its own; only the lookback's unit does.
+                checkpoint
+                    .lookback_units()
+                    .map_err(|reason| ConfigError::invalid(key("checkpoint.lookback"), reason))?;
             }
             for (field, source) in &job.value {
                 if let FieldSource::Spec(spec) = source {

@@ -1,5 +1,8 @@
 //! Checkpoint values: the greatest value of a job's checkpoint column seen
-//! in a fully acknowledged run, passed to the next run as `@checkpoint`.
+//! in a fully acknowledged run. The next run gets it as `@checkpoint`,
+//! lowered by the job's lookback so that rows landing late (at or below the
+//! checkpoint) are still read; the emitted-event ledger drops those already
+//! emitted. [`window_start`] decides how far down a run may safely read.
 
 use crate::config::CheckpointKind;
 
@@ -97,12 +100,53 @@ impl CheckpointValue {
         }
     }
 
+    /// The value `units` below this one (microseconds for timestamps,
+    /// values for integers), saturating; strings have no distance.
+    pub fn minus(&self, units: i64) -> CheckpointValue {
+        match self {
+            CheckpointValue::Timestamp(v) => CheckpointValue::Timestamp(v.saturating_sub(units)),
+            CheckpointValue::Integer(v) => CheckpointValue::Integer(v.saturating_sub(units)),
+            CheckpointValue::Text(s) => CheckpointValue::Text(s.clone()),
+        }
+    }
+
     pub fn to_param(&self) -> Param {
         match self {
             CheckpointValue::Timestamp(micros) => Param::Timestamp(*micros),
             CheckpointValue::Integer(i) => Param::Int(*i),
             CheckpointValue::Text(s) => Param::Text(s.clone()),
         }
+    }
+}
+
+/// Where a run's window starts, the value bound as `@checkpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub start: CheckpointValue,
+    /// The full lookback would reach below what the ledger is known to
+    /// hold, so the window starts higher (right after the lookback was
+    /// raised, or after an upgrade from a version without lookback).
+    pub narrowed: bool,
+}
+
+/// The window of a run: `lookback` below the checkpoint, but never below
+/// `ledger_from`, the position from which the ledger holds every event
+/// emitted (below it, ids were pruned and a row read again would be
+/// emitted twice), and never above the checkpoint itself (an operator who
+/// lowered the checkpoint asks for those rows).
+pub fn window_start(
+    checkpoint: &CheckpointValue,
+    lookback: i64,
+    ledger_from: &CheckpointValue,
+) -> Window {
+    let wanted = checkpoint.minus(lookback);
+    let start = wanted
+        .clone()
+        .max(ledger_from.clone())
+        .min(checkpoint.clone());
+    Window {
+        narrowed: start > wanted,
+        start,
     }
 }
 
@@ -151,6 +195,64 @@ mod tests {
             None
         );
         assert_eq!(CheckpointValue::from_cell(kind, &Cell::Null), None);
+    }
+
+    #[test]
+    fn the_window_reaches_the_lookback_only_where_the_ledger_is_complete() {
+        let t = CheckpointValue::Timestamp;
+        let minute = 60_000_000;
+        let cp = t(100 * minute);
+        // The ledger holds the whole lookback: the window is the lookback.
+        assert_eq!(
+            window_start(&cp, 15 * minute, &t(80 * minute)),
+            Window {
+                start: t(85 * minute),
+                narrowed: false
+            }
+        );
+        // Lookback raised from 5 to 15 minutes: ids 85..95 were pruned, so
+        // reading them again would emit them twice.
+        assert_eq!(
+            window_start(&cp, 15 * minute, &t(95 * minute)),
+            Window {
+                start: t(95 * minute),
+                narrowed: true
+            }
+        );
+        // An upgraded job's ledger is complete from its checkpoint only.
+        assert_eq!(
+            window_start(&cp, 15 * minute, &cp),
+            Window {
+                start: cp.clone(),
+                narrowed: true
+            }
+        );
+        // No lookback: the checkpoint itself, as before.
+        assert_eq!(
+            window_start(&cp, 0, &t(0)),
+            Window {
+                start: cp.clone(),
+                narrowed: false
+            }
+        );
+        // An operator lowered the checkpoint below the ledger: the window
+        // still starts there.
+        assert_eq!(
+            window_start(&t(50 * minute), minute, &cp).start,
+            t(50 * minute)
+        );
+    }
+
+    #[test]
+    fn integer_lookbacks_count_values_and_saturate() {
+        let i = CheckpointValue::Integer;
+        assert_eq!(window_start(&i(1_000), 100, &i(0)).start, i(900));
+        assert_eq!(window_start(&i(1_000), 100, &i(950)).start, i(950));
+        assert_eq!(
+            window_start(&i(i64::MIN + 5), 100, &i(i64::MIN)).start,
+            i(i64::MIN)
+        );
+        assert!(i(7).minus(3).sort_key() < i(7).sort_key());
     }
 
     #[test]

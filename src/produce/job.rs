@@ -1,5 +1,6 @@
-//! One run of one job: recover what an unfinished run sent, query from the
-//! checkpoint, map and produce every row, and advance the checkpoint only
+//! One run of one job: take the job's lease (recovering what a dead run
+//! sent), query from the checkpoint minus the lookback, map and produce
+//! every row the ledger does not know yet, and advance the checkpoint only
 //! when every event is acknowledged.
 
 use std::collections::{BTreeMap, HashSet};
@@ -21,11 +22,12 @@ use crate::kafka::{
 };
 use crate::metrics::ProduceMetrics;
 
-use super::checkpoint::{CheckpointValue, Param};
+use super::checkpoint::{window_start, CheckpointValue, Param};
+use super::lease::{self, Lease, LeaseError};
 use super::mapping::{MappedEvent, Mapping, RowError};
 use super::row::Row;
 use super::source::{QueryCost, QueryOptions, Source, SourceError};
-use super::state::{Prune, StateStore, UnfinishedRun};
+use super::state::{Prune, StateStore, StoredCheckpoint, UnfinishedRun};
 use super::ProduceError;
 
 /// Headers on every produced event; a re-run reads them back.
@@ -35,11 +37,11 @@ pub mod event_headers {
     pub const POSITION: &str = "alertsvc.produce.position";
 }
 
-/// Acknowledged ids written to the database at a time (jobs without a
-/// checkpoint remember every id).
+/// Acknowledged ids written to the database at a time.
 const MARK_BATCH: usize = 5_000;
-/// How often a running job records that it is alive.
-const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Ledger ids of rows sent to the dead-letter topic start with this (then
+/// a hash of the row): a bad row read again is not dead-lettered again.
+const DEAD_LETTER_ID: &str = "dead-letter:";
 /// Bad rows quoted in a run's error.
 const QUOTED_BAD_ROWS: usize = 3;
 
@@ -56,6 +58,9 @@ pub struct CompiledJob {
     /// Writes the key column's text in the topic's key format.
     pub key_codec: Arc<KeyCodec>,
     pub checkpoint: Option<(crate::config::CheckpointKind, Option<String>)>,
+    /// How far below the checkpoint a run reads again, in the checkpoint's
+    /// units (microseconds or values); 0 without a lookback.
+    pub lookback: i64,
     pub schedule: Option<super::schedule::Schedule>,
     pub dedup_retention: Duration,
     /// BigQuery's cost controls for this job's queries.
@@ -92,103 +97,254 @@ pub struct RunContext<'a> {
     pub max_in_flight: usize,
     pub progress_interval: Duration,
     pub recovery_settle: Duration,
+    /// `produce.lease`, and how long to wait for a lease another run holds.
+    pub lease: Duration,
+    pub wait_for_lease: Duration,
+    /// The name this process holds leases under.
+    pub owner: &'a str,
     pub shutdown: &'a CancellationToken,
 }
 
 type Delivery = (Result<(), String>, String, String);
 
 impl CompiledJob {
-    fn incremental(&self) -> bool {
-        self.checkpoint.is_some()
-    }
-
+    /// The stored checkpoint (or the initial one) and the value from which
+    /// the ledger holds every emitted event.
     fn start_checkpoint(
         &self,
-        stored: Option<String>,
-    ) -> Result<Option<CheckpointValue>, ProduceError> {
+        stored: Option<StoredCheckpoint>,
+    ) -> Result<Option<(CheckpointValue, CheckpointValue)>, ProduceError> {
         let Some((kind, initial)) = &self.checkpoint else {
             return Ok(None);
         };
-        let text = stored.or_else(|| initial.clone());
-        match text {
-            None => Ok(Some(CheckpointValue::initial(*kind))),
-            Some(text) => CheckpointValue::parse(*kind, &text)
-                .map(Some)
-                .ok_or_else(|| ProduceError::Job {
-                    job: self.name.clone(),
-                    reason: format!("checkpoint {text:?} is not a valid {kind:?} value"),
-                }),
-        }
+        let parse = |text: &str, what: &str| {
+            CheckpointValue::parse(*kind, text).ok_or_else(|| ProduceError::Job {
+                job: self.name.clone(),
+                reason: format!("{what} {text:?} is not a valid {kind:?} value"),
+            })
+        };
+        let Some(stored) = stored else {
+            // Nothing was emitted below the first checkpoint: the ledger is
+            // complete from there.
+            let first = match initial {
+                Some(text) => parse(text, "checkpoint")?,
+                None => CheckpointValue::initial(*kind),
+            };
+            return Ok(Some((first.clone(), first)));
+        };
+        let checkpoint = parse(&stored.checkpoint, "checkpoint")?;
+        let ledger_from = match &stored.ledger_from {
+            Some(text) => parse(text, "ledger_from")?,
+            // Checkpointed by a version that kept only the ids at the
+            // checkpoint.
+            None => checkpoint.clone(),
+        };
+        Ok(Some((checkpoint, ledger_from)))
     }
 
     /// Runs the job once. With no producer (dry run) events are printed as
-    /// JSON lines and nothing is written anywhere.
+    /// JSON lines and nothing is written anywhere, and no lease is taken.
     pub async fn run(&self, cx: &RunContext<'_>) -> Result<RunReport, ProduceError> {
+        let run_started = Instant::now();
+        let run_started_ms = now_ms();
+        let mut report = RunReport::default();
+        if cx.producer.is_none() {
+            return self
+                .run_leased(cx, None, report, run_started, run_started_ms)
+                .await;
+        }
+        let lease = self.take_lease(cx, &mut report, run_started_ms).await?;
+        let result = self
+            .run_leased(cx, Some(&lease), report, run_started, run_started_ms)
+            .await;
+        if result.is_err() {
+            lease.release(cx.state).await;
+        }
+        result
+    }
+
+    /// Takes the job's lease. A run that died holding it is finished first:
+    /// what it sent is read back into the ledger.
+    async fn take_lease(
+        &self,
+        cx: &RunContext<'_>,
+        report: &mut RunReport,
+        run_started_ms: i64,
+    ) -> Result<Lease, ProduceError> {
         let job = self.name.as_str();
         let fail = |reason: String| ProduceError::Job {
             job: job.to_owned(),
             reason,
         };
-        let mut report = RunReport::default();
-        let run_started = Instant::now();
-        let run_started_ms = now_ms();
-
-        if cx.producer.is_some() {
-            if let Some(unfinished) = cx.state.unfinished_run(job).await? {
-                // Records the dead run had in flight may still be landing
-                // (and replicating): let them settle, or the read-back
-                // misses them and they are emitted twice.
-                let quiet_ms = now_ms() - unfinished.last_active_ms;
-                let settle_ms = i64::try_from(cx.recovery_settle.as_millis()).unwrap_or(i64::MAX);
-                if quiet_ms < settle_ms {
-                    let wait = Duration::from_millis((settle_ms - quiet_ms) as u64);
-                    tracing::info!(
-                        job,
-                        ?wait,
-                        "an unfinished run was active moments ago; waiting before reading back"
-                    );
-                    tokio::time::sleep(wait).await;
+        let record = UnfinishedRun {
+            run_id: lease::run_id(job, run_started_ms),
+            owner: cx.owner.to_owned(),
+            topic: self.topic.clone(),
+            start_offsets: end_offsets(cx.readback, &self.topic).await.map_err(fail)?,
+            started_at_ms: run_started_ms,
+            last_active_ms: run_started_ms,
+            lease_until_ms: run_started_ms,
+        };
+        let acquired = lease::acquire(
+            cx.state,
+            job,
+            &record,
+            cx.lease,
+            cx.wait_for_lease,
+            cx.shutdown,
+        )
+        .await
+        .map_err(|e| match e {
+            LeaseError::Held(holder) => ProduceError::LeaseHeld {
+                job: job.to_owned(),
+                run_id: holder.run_id,
+                owner: holder.owner,
+                alive_ago_s: (now_ms() - holder.last_active_ms).max(0) / 1000,
+                lease_until: super::row::format_rfc3339(holder.lease_until_ms * 1000),
+            },
+            LeaseError::Interrupted => {
+                fail("interrupted by shutdown while waiting for the lease".into())
+            }
+            LeaseError::State(e) => e.into(),
+        })?;
+        let lease = acquired.lease;
+        let recovered = match &acquired.dead {
+            Some(dead) => self.recover(cx, dead).await,
+            None => Ok(0),
+        };
+        let refreshed = match recovered {
+            Ok(count) => {
+                report.recovered = count;
+                if acquired.dead.is_some() || acquired.waited {
+                    self.refresh_start(cx, &lease, run_started_ms).await
+                } else {
+                    Ok(())
                 }
-                let found = read_back(cx.readback, &unfinished, job)
-                    .await
-                    .map_err(fail)?;
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = refreshed {
+            lease.release(cx.state).await;
+            return Err(e);
+        }
+        Ok(lease)
+    }
+
+    /// Reads back what a dead run sent and records it in the ledger.
+    async fn recover(
+        &self,
+        cx: &RunContext<'_>,
+        dead: &UnfinishedRun,
+    ) -> Result<u64, ProduceError> {
+        let job = self.name.as_str();
+        // Records the dead run had in flight may still be landing (and
+        // replicating): let them settle, or the read-back misses them and
+        // they are emitted twice. A lapsed lease usually means this has
+        // long passed; a run that failed and let go is another matter.
+        let quiet_ms = now_ms() - dead.last_active_ms;
+        let settle_ms = i64::try_from(cx.recovery_settle.as_millis()).unwrap_or(i64::MAX);
+        if quiet_ms < settle_ms {
+            let wait = Duration::from_millis((settle_ms - quiet_ms) as u64);
+            tracing::info!(
+                job,
+                ?wait,
+                "the run this one takes over was active moments ago; waiting before reading back"
+            );
+            tokio::time::sleep(wait).await;
+        }
+        let found =
+            read_back(cx.readback, dead, job)
+                .await
+                .map_err(|reason| ProduceError::Job {
+                    job: job.to_owned(),
+                    reason,
+                })?;
+        tracing::info!(
+            job,
+            run_id = %dead.run_id,
+            events = found.len(),
+            "recovered the events an unfinished run sent"
+        );
+        cx.state.mark_emitted(job, &found, now_ms()).await?;
+        Ok(found.len() as u64)
+    }
+
+    /// This run's own start offsets, read now: after a read-back or a wait,
+    /// those read before are stale.
+    async fn refresh_start(
+        &self,
+        cx: &RunContext<'_>,
+        lease: &Lease,
+        run_started_ms: i64,
+    ) -> Result<(), ProduceError> {
+        let job = self.name.as_str();
+        let offsets = end_offsets(cx.readback, &self.topic)
+            .await
+            .map_err(|reason| ProduceError::Job {
+                job: job.to_owned(),
+                reason,
+            })?;
+        let ours = cx
+            .state
+            .restart_run(job, lease.run_id(), &self.topic, &offsets, run_started_ms)
+            .await?;
+        if !ours {
+            return Err(ProduceError::Job {
+                job: job.to_owned(),
+                reason: lease.lost_reason(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn run_leased(
+        &self,
+        cx: &RunContext<'_>,
+        lease: Option<&Lease>,
+        mut report: RunReport,
+        run_started: Instant,
+        run_started_ms: i64,
+    ) -> Result<RunReport, ProduceError> {
+        let job = self.name.as_str();
+        let fail = |reason: String| ProduceError::Job {
+            job: job.to_owned(),
+            reason,
+        };
+        let never = CancellationToken::new();
+        let lease_lost = lease.map_or(&never, |l| l.lost());
+
+        let start = self.start_checkpoint(cx.state.checkpoint(job).await?)?;
+        let (checkpoint, ledger_from) = match start {
+            Some((checkpoint, ledger_from)) => (Some(checkpoint), Some(ledger_from)),
+            None => (None, None),
+        };
+        let window = match (&checkpoint, &ledger_from) {
+            (Some(checkpoint), Some(ledger_from)) => {
+                Some(window_start(checkpoint, self.lookback, ledger_from))
+            }
+            _ => None,
+        };
+        let mut emitted: HashSet<String> = cx.state.emitted_ids(job).await?;
+        let mut params = self.params.clone();
+        if let Some(window) = &window {
+            params.insert("checkpoint".into(), window.start.to_param());
+            if window.narrowed {
                 tracing::info!(
                     job,
-                    run_id = %unfinished.run_id,
-                    events = found.len(),
-                    "recovered the events an unfinished run sent"
+                    from = window.start.display(),
+                    "the lookback reaches only as far down as the ledger is complete \
+                     (it was raised, or the job ran without one): the window grows back \
+                     as the checkpoint advances"
                 );
-                report.recovered = found.len() as u64;
-                cx.state.mark_emitted(job, &found, now_ms()).await?;
-                cx.state.forget_run(job).await?;
             }
-            let start_offsets = end_offsets(cx.readback, &self.topic).await.map_err(fail)?;
-            cx.state
-                .begin_run(
-                    job,
-                    &UnfinishedRun {
-                        run_id: format!("{job}-{run_started_ms}"),
-                        topic: self.topic.clone(),
-                        start_offsets,
-                        started_at_ms: run_started_ms,
-                        last_active_ms: run_started_ms,
-                    },
-                )
-                .await?;
-        }
-
-        let checkpoint = self.start_checkpoint(cx.state.checkpoint(job).await?)?;
-        let emitted: HashSet<String> = cx
-            .state
-            .emitted_ids(job, checkpoint.as_ref().map(|c| c.sort_key()).as_deref())
-            .await?;
-        let mut params = self.params.clone();
-        if let Some(checkpoint) = &checkpoint {
-            params.insert("checkpoint".into(), checkpoint.to_param());
         }
         tracing::info!(
             job,
             checkpoint = checkpoint.as_ref().map(|c| c.display()).unwrap_or_default(),
+            from = window
+                .as_ref()
+                .map(|w| w.start.display())
+                .unwrap_or_default(),
             known_ids = emitted.len(),
             "run started"
         );
@@ -208,9 +364,6 @@ impl CompiledJob {
         let mut failure: Option<String> = None;
         let mut ticker = tokio::time::interval(cx.progress_interval);
         ticker.tick().await;
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        heartbeat.tick().await;
-        let mut last_beat = Instant::now();
         let mut checked_columns: Option<super::row::Columns> = None;
 
         'pages: loop {
@@ -224,10 +377,9 @@ impl CompiledJob {
                     log_progress(job, &report, run_started);
                     continue;
                 }
-                _ = heartbeat.tick(), if cx.producer.is_some() => {
-                    cx.state.touch_run(job, now_ms()).await?;
-                    last_beat = Instant::now();
-                    continue;
+                _ = lease_lost.cancelled() => {
+                    failure.get_or_insert_with(|| lease.map(|l| l.lost_reason()).unwrap_or_default());
+                    break;
                 }
                 _ = cx.shutdown.cancelled() => {
                     failure.get_or_insert_with(|| "interrupted by shutdown".into());
@@ -254,6 +406,11 @@ impl CompiledJob {
                 }
             };
             for row in page {
+                if lease_lost.is_cancelled() {
+                    // Whoever took the job over reads back what this run
+                    // sent up to now; nothing more may go out.
+                    break 'pages;
+                }
                 report.rows_read += 1;
                 cx.metrics.rows_read.with_label_values(&[job]).inc();
                 if checked_columns
@@ -277,8 +434,12 @@ impl CompiledJob {
                 };
                 match encoded {
                     Ok((event, key, bytes)) => {
-                        greatest.see(event.checkpoint.as_ref(), &event.event_id);
-                        if emitted.contains(&event.event_id) {
+                        greatest.see(event.checkpoint.as_ref());
+                        // The ledger holds every event of the lookback
+                        // window, so a row read again is dropped here and a
+                        // late row (a new id) goes out; a result with one id
+                        // twice sends it once.
+                        if !emitted.insert(event.event_id.clone()) {
                             report.events_skipped += 1;
                             cx.metrics.events_skipped.with_label_values(&[job]).inc();
                             continue;
@@ -315,7 +476,23 @@ impl CompiledJob {
                         );
                     }
                     Err(row_error) => {
-                        greatest.see(self.mapping.checkpoint_of(&row).as_ref(), "");
+                        let row_checkpoint = self.mapping.checkpoint_of(&row);
+                        greatest.see(row_checkpoint.as_ref());
+                        // A bad row the lookback reads again went to the
+                        // dead-letter topic in an earlier run: once is
+                        // enough. Fixed, it is another row (and event).
+                        let letter_id = dead_letter_id(&row);
+                        if !emitted.insert(letter_id.clone()) {
+                            report.events_skipped += 1;
+                            cx.metrics.events_skipped.with_label_values(&[job]).inc();
+                            continue;
+                        }
+                        // Without a valid value of its own, the row is
+                        // placed at the checkpoint the run finishes with.
+                        let position = row_checkpoint
+                            .as_ref()
+                            .map(|c| c.sort_key())
+                            .unwrap_or_default();
                         report.dead_letters += 1;
                         cx.metrics.dead_letters.with_label_values(&[job]).inc();
                         if report.bad_rows.len() < QUOTED_BAD_ROWS {
@@ -336,7 +513,7 @@ impl CompiledJob {
                                 let acked = send_dead_letter(producer, letter, shutdown)
                                     .await
                                     .map_err(|e| e.to_string());
-                                (acked, String::new(), String::new())
+                                (acked, letter_id, position)
                             }
                             .boxed(),
                         );
@@ -348,16 +525,13 @@ impl CompiledJob {
                     }
                 }
                 if marks.len() >= MARK_BATCH {
+                    greatest.drop_unreachable(&mut marks, self.lookback);
                     cx.state.mark_emitted(job, &marks, now_ms()).await?;
                     marks.clear();
                 }
             }
             while let Some(Some(done)) = in_flight.next().now_or_never() {
                 self.settle(done, &mut report, &mut marks, &mut failure, cx);
-            }
-            if cx.producer.is_some() && last_beat.elapsed() >= HEARTBEAT {
-                cx.state.touch_run(job, now_ms()).await?;
-                last_beat = Instant::now();
             }
             if failure.is_some() {
                 break;
@@ -381,41 +555,54 @@ impl CompiledJob {
                 }
             };
         }
+        greatest.drop_unreachable(&mut marks, self.lookback);
         cx.state.mark_emitted(job, &marks, now_ms()).await?;
         if let Some(reason) = failure {
             // The run record stays: the next run reads back what this one sent.
             return Err(refused.map_or_else(|| fail(reason), |e| self.over_limit(e)));
         }
 
+        let Some(lease) = lease else {
+            return Err(fail("a run that produces holds a lease".into()));
+        };
+        // The checkpoint is the greatest value seen, never lower: a window
+        // reaching below it finds older values too.
         let new_checkpoint = match (checkpoint, greatest.value.clone()) {
             (Some(old), Some(seen)) => Some(old.max(seen)),
             (old, _) => old,
         };
-        let prune = match &new_checkpoint {
-            Some(checkpoint) => {
-                let position = checkpoint.sort_key();
-                // Ids at the new checkpoint stay known, for queries that
-                // read `>= @checkpoint`.
-                if greatest.value.as_ref() == Some(checkpoint) {
-                    let boundary: Vec<(String, String)> = greatest
-                        .ids
-                        .iter()
-                        .filter(|id| !id.is_empty())
-                        .map(|id| (id.clone(), position.clone()))
-                        .collect();
-                    cx.state.mark_emitted(job, &boundary, now_ms()).await?;
-                }
-                Prune::BelowPosition(position)
+        let (stored, prune) = match (&new_checkpoint, ledger_from) {
+            (Some(checkpoint), Some(ledger_from)) => {
+                // The next run reads down to here at most: ids below can
+                // never come back, and the ledger is complete from here
+                // (or from where it already was, if that is higher).
+                let floor = checkpoint.minus(self.lookback);
+                let stored = StoredCheckpoint {
+                    checkpoint: checkpoint.display(),
+                    ledger_from: Some(floor.clone().max(ledger_from).display()),
+                };
+                let prune = Prune::BelowPosition {
+                    floor: floor.sort_key(),
+                    checkpoint: checkpoint.sort_key(),
+                };
+                (Some(stored), prune)
             }
-            None => Prune::EmittedBefore(
-                run_started_ms
-                    - i64::try_from(self.dedup_retention.as_millis()).unwrap_or(i64::MAX),
+            _ => (
+                None,
+                Prune::EmittedBefore(
+                    run_started_ms
+                        - i64::try_from(self.dedup_retention.as_millis()).unwrap_or(i64::MAX),
+                ),
             ),
         };
         report.checkpoint = new_checkpoint.as_ref().map(|c| c.display());
-        cx.state
-            .finish_run(job, report.checkpoint.as_deref(), prune, now_ms())
+        let finished = cx
+            .state
+            .finish_run(job, lease.run_id(), stored.as_ref(), prune, now_ms())
             .await?;
+        if !finished {
+            return Err(fail(lease.lost_reason()));
+        }
         log_progress(job, &report, run_started);
         Ok(report)
     }
@@ -523,9 +710,8 @@ impl CompiledJob {
         cx: &RunContext<'_>,
     ) {
         match result {
-            // A dead letter (no event id).
-            Ok(()) if event_id.is_empty() => {}
-            Err(e) if event_id.is_empty() => {
+            Ok(()) if event_id.starts_with(DEAD_LETTER_ID) => marks.push((event_id, position)),
+            Err(e) if event_id.starts_with(DEAD_LETTER_ID) => {
                 failure.get_or_insert(e);
             }
             Ok(()) => {
@@ -534,9 +720,7 @@ impl CompiledJob {
                     .events_produced
                     .with_label_values(&[&self.name])
                     .inc();
-                if !self.incremental() {
-                    marks.push((event_id, position));
-                }
+                marks.push((event_id, position));
             }
             Err(e) => {
                 failure.get_or_insert_with(|| format!("Kafka did not acknowledge an event: {e}"));
@@ -564,26 +748,53 @@ impl CompiledJob {
     }
 }
 
-/// The greatest checkpoint value seen and the event ids that carry it.
+/// The greatest checkpoint value seen.
 #[derive(Default)]
 struct Greatest {
     value: Option<CheckpointValue>,
-    ids: Vec<String>,
 }
 
 impl Greatest {
-    fn see(&mut self, value: Option<&CheckpointValue>, event_id: &str) {
+    fn see(&mut self, value: Option<&CheckpointValue>) {
         let Some(value) = value else { return };
-        match self.value.as_ref().map(|v| value.cmp(v)) {
-            Some(std::cmp::Ordering::Less) => {}
-            Some(std::cmp::Ordering::Equal) => self.ids.push(event_id.to_owned()),
-            _ => {
-                self.value = Some(value.clone());
-                self.ids.clear();
-                self.ids.push(event_id.to_owned());
-            }
+        if self.value.as_ref().is_none_or(|v| value > v) {
+            self.value = Some(value.clone());
         }
     }
+
+    /// Leaves out of `marks` the events no later run can read again: below
+    /// the greatest value so far minus the lookback (the new checkpoint is
+    /// at least that), the finished run's pruning would delete them at
+    /// once. A backfill of months thus writes only its last window to the
+    /// ledger. If this run fails instead, the next one reads back every
+    /// event it sent anyway.
+    fn drop_unreachable(&self, marks: &mut Vec<(String, String)>, lookback: i64) {
+        let Some(greatest) = &self.value else { return };
+        let floor = greatest.minus(lookback).sort_key();
+        // An empty position (no value of its own) is placed at the
+        // checkpoint when the run finishes: kept.
+        marks.retain(|(_, position)| position.is_empty() || *position >= floor);
+    }
+}
+
+/// The same row gets the same id whatever order its columns come in.
+fn dead_letter_id(row: &Row) -> String {
+    use sha2::Digest;
+    let mut cells: Vec<(&String, String)> = row
+        .columns
+        .iter()
+        .zip(&row.cells)
+        .map(|(name, cell)| (name, cell.to_json().to_string()))
+        .collect();
+    cells.sort_unstable();
+    let mut hash = sha2::Sha256::new();
+    for (name, value) in cells {
+        hash.update(serde_json::to_string(name).unwrap_or_default());
+        hash.update(b"=");
+        hash.update(value);
+        hash.update(b"\n");
+    }
+    format!("{DEAD_LETTER_ID}{}", hex::encode(hash.finalize()))
 }
 
 fn ack_result(

@@ -4,12 +4,14 @@
 //! event on the job's topic, produced idempotently and keyed by the key
 //! column; the checkpoint advances once Kafka has acknowledged every event.
 //!
-//! Exactly-once emission per job and event id rests on two records in the
-//! state database: the ids already emitted (kept for rows at or after the
-//! checkpoint, or for `dedup_retention` without one), and the run in
-//! progress with the topic's end offsets when it began. A run that dies
-//! leaves that record behind; the next run reads the topic back from those
-//! offsets, learns which events made it, and emits only the rest.
+//! Exactly-once emission per job and event id rests on records in the
+//! state database: the ids already emitted (the ledger: kept from the
+//! checkpoint minus the job's lookback up, or for `dedup_retention` without
+//! a checkpoint), and the job's run record: the lease of the one run that
+//! may work on the job, with the topic's end offsets when it began. A run
+//! that dies leaves that record behind; once its lease lapsed, the next run
+//! reads the topic back from those offsets, learns which events made it,
+//! and emits only the rest.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +29,7 @@ use crate::metrics::ProduceMetrics;
 
 pub mod checkpoint;
 pub mod job;
+pub mod lease;
 pub mod mapping;
 pub mod row;
 pub mod schedule;
@@ -71,6 +74,17 @@ pub enum ProduceError {
         limit_key: String,
         error: SourceError,
     },
+    #[error(
+        "job {job} is already running: {owner} holds it (run {run_id}, alive {alive_ago_s}s ago, \
+         lease until {lease_until}); this run did nothing"
+    )]
+    LeaseHeld {
+        job: String,
+        run_id: String,
+        owner: String,
+        alive_ago_s: i64,
+        lease_until: String,
+    },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Several(Vec<ProduceError>),
 }
@@ -80,22 +94,28 @@ pub const EXIT_DEAD_LETTERS: u8 = 2;
 /// `--once`: a query would have billed more than its `maximum_bytes_billed`
 /// and did not run; nothing was emitted.
 pub const EXIT_OVER_BYTES_LIMIT: u8 = 4;
+/// `--once` exit status when another run holds the job (EX_TEMPFAIL: try
+/// again later); distinct from 1 so a CronJob can tell it from a failure.
+pub const EXIT_LEASE_HELD: u8 = 75;
 
 impl ProduceError {
     /// [`EXIT_DEAD_LETTERS`] when the only trouble is rows sent to the
-    /// dead-letter topic, [`EXIT_OVER_BYTES_LIMIT`] when it is queries over
-    /// their byte limit, 1 for everything else (and for a mix).
+    /// dead-letter topic (the run itself completed),
+    /// [`EXIT_OVER_BYTES_LIMIT`] for a query over its byte limit,
+    /// [`EXIT_LEASE_HELD`] when another run holds the job, 1 for everything
+    /// else. Several jobs: 1 if any failed otherwise, else 4 if any query
+    /// was over its limit, else 2 if any had dead letters, else 75.
     pub fn exit_code(&self) -> u8 {
         match self {
             ProduceError::BadRows { .. } => EXIT_DEAD_LETTERS,
             ProduceError::OverBytesLimit { .. } => EXIT_OVER_BYTES_LIMIT,
+            ProduceError::LeaseHeld { .. } => EXIT_LEASE_HELD,
             ProduceError::Several(all) => {
-                let first = all.first().map_or(1, ProduceError::exit_code);
-                if all.iter().all(|e| e.exit_code() == first) {
-                    first
-                } else {
-                    1
-                }
+                let codes: Vec<u8> = all.iter().map(ProduceError::exit_code).collect();
+                [1, EXIT_OVER_BYTES_LIMIT, EXIT_DEAD_LETTERS, EXIT_LEASE_HELD]
+                    .into_iter()
+                    .find(|code| codes.contains(code))
+                    .unwrap_or(1)
             }
             _ => 1,
         }
@@ -113,6 +133,9 @@ pub struct Options {
     pub schedule: Option<String>,
     /// Print events as JSON lines; produce and record nothing.
     pub dry_run: bool,
+    /// How long a run waits for its job while another run holds it (0:
+    /// give up at once).
+    pub wait_for_lease: std::time::Duration,
 }
 
 fn settings_of(settings: &Settings) -> Result<&ProduceSettings, ProduceError> {
@@ -193,6 +216,12 @@ pub fn compile_jobs(
                 "a checkpoint is configured but the SQL never reads @checkpoint".into(),
             ));
         }
+        let lookback = match &job.checkpoint {
+            Some(cp) => cp
+                .lookback_units()
+                .map_err(|reason| invalid(format!("checkpoint.lookback: {reason}")))?,
+            None => 0,
+        };
         if let Some(cp) = &job.checkpoint {
             if let Some(initial) = &cp.initial {
                 if checkpoint::CheckpointValue::parse(cp.kind, initial).is_none() {
@@ -244,6 +273,7 @@ pub fn compile_jobs(
             codec: Arc::new(codec),
             key_codec: Arc::new(key_codec),
             checkpoint: job.checkpoint.as_ref().map(|c| (c.kind, c.initial.clone())),
+            lookback,
             schedule,
             dedup_retention: job.dedup_retention,
             query_options,
@@ -268,15 +298,19 @@ struct Runtime {
     max_in_flight: usize,
     progress_interval: std::time::Duration,
     recovery_settle: std::time::Duration,
+    lease: std::time::Duration,
+    wait_for_lease: std::time::Duration,
+    owner: String,
 }
 
 impl Runtime {
     async fn start(
         settings: &Settings,
         jobs: &[CompiledJob],
-        dry_run: bool,
+        options: &Options,
         registry: &Registry,
     ) -> Result<Runtime, ProduceError> {
+        let dry_run = options.dry_run;
         let produce = settings_of(settings)?;
         let state = StateStore::connect(
             produce.state.database_url.expose(),
@@ -326,6 +360,9 @@ impl Runtime {
             max_in_flight: produce.max_in_flight,
             progress_interval: produce.progress_interval,
             recovery_settle: produce.recovery_settle,
+            lease: produce.lease,
+            wait_for_lease: options.wait_for_lease,
+            owner: lease::owner(),
         })
     }
 
@@ -347,6 +384,9 @@ impl Runtime {
             max_in_flight: self.max_in_flight,
             progress_interval: self.progress_interval,
             recovery_settle: self.recovery_settle,
+            lease: self.lease,
+            wait_for_lease: self.wait_for_lease,
+            owner: &self.owner,
             shutdown,
         };
         let timer = self
@@ -365,6 +405,17 @@ impl Runtime {
             }
             Ok(report)
         });
+        if let Err(e @ ProduceError::LeaseHeld { .. }) = &result {
+            // Not a failed run: the job is being run. Counted apart, and
+            // left out of the run metrics.
+            timer.stop_and_discard();
+            tracing::warn!(job = %job.name, error = %e, "run skipped");
+            self.metrics
+                .lease_conflicts
+                .with_label_values(&[&job.name])
+                .inc();
+            return result;
+        }
         timer.observe_duration();
         let outcome = match &result {
             Ok(report) => {
@@ -445,7 +496,7 @@ pub async fn run(
         .await
         .map_err(|(topic, e)| ProduceError::Setup(format!("topic {topic}: {e}")))?;
     let registry = Registry::new();
-    let runtime = Runtime::start(settings, &jobs, options.dry_run, &registry).await?;
+    let runtime = Runtime::start(settings, &jobs, options, &registry).await?;
 
     if once {
         let results =

@@ -1,7 +1,9 @@
 //! produce's state in the database: per-job checkpoints, the ids of events
-//! already emitted, and the run in progress with the target topic's end
-//! offsets when it began (a re-run reads back from there to learn what an
-//! unfinished run sent).
+//! already emitted (the ledger), and each job's run record. The run record
+//! is both the run's lease on its job (one run per job at a time; renewed
+//! while it runs) and, when a run dies, what the next run recovers from:
+//! the target topic's end offsets when the dead run began, from which the
+//! topic is read back to learn what the dead run sent.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -20,24 +22,52 @@ pub enum StateError {
     Corrupt { job: String, reason: String },
 }
 
-/// A run that began and never finished.
+/// A job's run record: the run holding the job, or one that died.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnfinishedRun {
     pub run_id: String,
+    /// The process (host name and pid) that holds or held the lease.
+    pub owner: String,
     pub topic: String,
     pub start_offsets: BTreeMap<i32, i64>,
     pub started_at_ms: i64,
     /// When the run last showed it was alive.
     pub last_active_ms: i64,
+    /// Nobody else may start the job before this (epoch ms).
+    pub lease_until_ms: i64,
+}
+
+/// What a run found when it asked for its job's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    /// No other record: the lease is this run's.
+    Started,
+    /// Another run holds a lease that has not lapsed.
+    Held(UnfinishedRun),
+    /// A run whose lease lapsed (it died, or failed and let go): it may be
+    /// taken over, and what it sent must be read back first.
+    Lapsed(UnfinishedRun),
 }
 
 /// How a finished run trims the emitted ids.
 #[derive(Debug, Clone)]
 pub enum Prune {
-    /// Incremental jobs: ids below the new checkpoint can never come back.
-    BelowPosition(String),
+    /// Incremental jobs: ids below `floor`, the next run's lowest reachable
+    /// position (the new checkpoint minus the lookback), can never come
+    /// back. Ids without a position of their own (rows whose checkpoint
+    /// column was empty or unreadable) are placed at `checkpoint` first, so
+    /// they are kept while the window still reaches where they were seen.
+    BelowPosition { floor: String, checkpoint: String },
     /// Other jobs: ids older than this (epoch ms) are forgotten.
     EmittedBefore(i64),
+}
+
+/// A job's stored checkpoint (display form) and the value from which its
+/// ledger is complete (None: from the checkpoint itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub checkpoint: String,
+    pub ledger_from: Option<String>,
 }
 
 #[derive(Clone)]
@@ -61,19 +91,23 @@ impl StateStore {
         Ok(crate::db::migrate(&self.pool, self.postgres).await?)
     }
 
-    pub async fn checkpoint(&self, job: &str) -> Result<Option<String>, StateError> {
+    pub async fn checkpoint(&self, job: &str) -> Result<Option<StoredCheckpoint>, StateError> {
         let row: Option<AnyRow> =
-            sqlx::query("SELECT checkpoint FROM produce_checkpoints WHERE job = $1")
+            sqlx::query("SELECT checkpoint, ledger_from FROM produce_checkpoints WHERE job = $1")
                 .bind(job)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|r| r.try_get("checkpoint")).transpose()?)
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(StoredCheckpoint {
+            checkpoint: row.try_get("checkpoint")?,
+            ledger_from: row.try_get("ledger_from")?,
+        }))
     }
 
-    pub async fn unfinished_run(&self, job: &str) -> Result<Option<UnfinishedRun>, StateError> {
+    pub async fn run_record(&self, job: &str) -> Result<Option<UnfinishedRun>, StateError> {
         let row: Option<AnyRow> = sqlx::query(
-            "SELECT run_id, topic, start_offsets, started_at, last_active_at FROM produce_runs \
-             WHERE job = $1",
+            "SELECT run_id, owner, topic, start_offsets, started_at, last_active_at, lease_until \
+             FROM produce_runs WHERE job = $1",
         )
         .bind(job)
         .fetch_optional(&self.pool)
@@ -87,73 +121,155 @@ impl StateStore {
             })?;
         Ok(Some(UnfinishedRun {
             run_id: row.try_get("run_id")?,
+            owner: row.try_get("owner")?,
             topic: row.try_get("topic")?,
             start_offsets,
             started_at_ms: row.try_get("started_at")?,
             last_active_ms: row.try_get("last_active_at")?,
+            lease_until_ms: row.try_get("lease_until")?,
         }))
     }
 
-    /// Records that a run begins. Fails if another run of the job is
-    /// recorded (the caller recovers that one first).
-    pub async fn begin_run(&self, job: &str, run: &UnfinishedRun) -> Result<(), StateError> {
-        let offsets = serde_json::to_string(&run.start_offsets).unwrap_or_else(|_| "{}".into());
-        sqlx::query(
-            "INSERT INTO produce_runs (job, run_id, topic, start_offsets, started_at, \
-             last_active_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(job)
-        .bind(&run.run_id)
-        .bind(&run.topic)
-        .bind(offsets)
-        .bind(run.started_at_ms)
-        .bind(run.last_active_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// The run is alive at `now_ms`.
-    pub async fn touch_run(&self, job: &str, now_ms: i64) -> Result<(), StateError> {
-        sqlx::query("UPDATE produce_runs SET last_active_at = $1 WHERE job = $2")
-            .bind(now_ms)
-            .bind(job)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn forget_run(&self, job: &str) -> Result<(), StateError> {
-        sqlx::query("DELETE FROM produce_runs WHERE job = $1")
-            .bind(job)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Ids emitted by the job at or after `from_position` (all when None).
-    pub async fn emitted_ids(
+    /// Asks for the job's lease with `run` as the new record. Two runs
+    /// asking at once both try the same insert; the database lets exactly
+    /// one of them in, and the other is told who holds the job.
+    pub async fn acquire(
         &self,
         job: &str,
-        from_position: Option<&str>,
-    ) -> Result<HashSet<String>, StateError> {
-        let rows: Vec<AnyRow> = match from_position {
-            Some(position) => {
-                sqlx::query(
-                    "SELECT event_id FROM produce_emitted WHERE job = $1 AND position >= $2",
-                )
-                .bind(job)
-                .bind(position)
-                .fetch_all(&self.pool)
-                .await?
+        run: &UnfinishedRun,
+        now_ms: i64,
+    ) -> Result<Acquire, StateError> {
+        let offsets = serde_json::to_string(&run.start_offsets).unwrap_or_else(|_| "{}".into());
+        // A record may vanish between the insert and the read (its run
+        // finished): then the insert is simply tried again.
+        loop {
+            let inserted = sqlx::query(
+                "INSERT INTO produce_runs (job, run_id, owner, topic, start_offsets, started_at, \
+                 last_active_at, lease_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (job) DO NOTHING",
+            )
+            .bind(job)
+            .bind(&run.run_id)
+            .bind(&run.owner)
+            .bind(&run.topic)
+            .bind(&offsets)
+            .bind(run.started_at_ms)
+            .bind(run.last_active_ms)
+            .bind(run.lease_until_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                return Ok(Acquire::Started);
             }
-            None => {
-                sqlx::query("SELECT event_id FROM produce_emitted WHERE job = $1")
-                    .bind(job)
-                    .fetch_all(&self.pool)
-                    .await?
+            match self.run_record(job).await? {
+                None => continue,
+                Some(other) if other.lease_until_ms > now_ms => return Ok(Acquire::Held(other)),
+                Some(other) => return Ok(Acquire::Lapsed(other)),
             }
-        };
+        }
+    }
+
+    /// Takes over the record of a run whose lease lapsed, keeping its start
+    /// offsets (if this run dies too, the next one still reads back from
+    /// there). False when another run took it first or the dead run came
+    /// back to life and renewed it.
+    pub async fn take_over(
+        &self,
+        job: &str,
+        dead: &UnfinishedRun,
+        run_id: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<bool, StateError> {
+        let updated = sqlx::query(
+            "UPDATE produce_runs SET run_id = $1, owner = $2, lease_until = $3 \
+             WHERE job = $4 AND run_id = $5 AND lease_until <= $6",
+        )
+        .bind(run_id)
+        .bind(owner)
+        .bind(lease_until_ms)
+        .bind(job)
+        .bind(&dead.run_id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    /// After recovering a dead run's events: this run's own start offsets.
+    /// False when the lease is no longer this run's.
+    pub async fn restart_run(
+        &self,
+        job: &str,
+        run_id: &str,
+        topic: &str,
+        start_offsets: &BTreeMap<i32, i64>,
+        started_at_ms: i64,
+    ) -> Result<bool, StateError> {
+        let offsets = serde_json::to_string(start_offsets).unwrap_or_else(|_| "{}".into());
+        let updated = sqlx::query(
+            "UPDATE produce_runs SET topic = $1, start_offsets = $2, started_at = $3 \
+             WHERE job = $4 AND run_id = $5",
+        )
+        .bind(topic)
+        .bind(offsets)
+        .bind(started_at_ms)
+        .bind(job)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    /// The run is alive at `now_ms` and holds the job until `lease_until_ms`.
+    /// False when the record is no longer this run's (its lease lapsed and
+    /// another run took over): it must stop at once.
+    pub async fn renew(
+        &self,
+        job: &str,
+        run_id: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<bool, StateError> {
+        let updated = sqlx::query(
+            "UPDATE produce_runs SET last_active_at = $1, lease_until = $2 \
+             WHERE job = $3 AND run_id = $4",
+        )
+        .bind(now_ms)
+        .bind(lease_until_ms)
+        .bind(job)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    /// A failed run lets go of its lease at once but leaves its record: the
+    /// next run need not wait for the lease to lapse, and still reads back
+    /// what this one sent.
+    pub async fn release(&self, job: &str, run_id: &str, now_ms: i64) -> Result<(), StateError> {
+        sqlx::query("UPDATE produce_runs SET lease_until = $1 WHERE job = $2 AND run_id = $3")
+            .bind(now_ms)
+            .bind(job)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every id the ledger holds for the job. Pruning keeps only what a
+    /// run can read again, so this is the set a run must not repeat,
+    /// whatever position a row has now.
+    pub async fn emitted_ids(&self, job: &str) -> Result<HashSet<String>, StateError> {
+        let rows: Vec<AnyRow> = sqlx::query("SELECT event_id FROM produce_emitted WHERE job = $1")
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>("event_id").map_err(StateError::from))
             .collect()
@@ -197,37 +313,55 @@ impl StateStore {
         Ok(())
     }
 
-    /// Ends a fully acknowledged run in one transaction: the new checkpoint
-    /// (display form), the run record gone, old emitted ids pruned.
+    /// Ends a fully acknowledged run in one transaction: its record gone,
+    /// the new checkpoint (display form) with the value its ledger is
+    /// complete from, old emitted ids pruned. Nothing changes, and false is
+    /// returned, when the record is no longer this run's.
     pub async fn finish_run(
         &self,
         job: &str,
-        checkpoint: Option<&str>,
+        run_id: &str,
+        checkpoint: Option<&StoredCheckpoint>,
         prune: Prune,
         now_ms: i64,
-    ) -> Result<(), StateError> {
+    ) -> Result<bool, StateError> {
         let mut tx = self.pool.begin().await?;
+        let ours = sqlx::query("DELETE FROM produce_runs WHERE job = $1 AND run_id = $2")
+            .bind(job)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if ours != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         if let Some(checkpoint) = checkpoint {
             sqlx::query(
-                "INSERT INTO produce_checkpoints (job, checkpoint, updated_at) VALUES ($1, $2, $3) \
+                "INSERT INTO produce_checkpoints (job, checkpoint, ledger_from, updated_at) \
+                 VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (job) DO UPDATE SET checkpoint = excluded.checkpoint, \
-                 updated_at = excluded.updated_at",
+                 ledger_from = excluded.ledger_from, updated_at = excluded.updated_at",
             )
             .bind(job)
-            .bind(checkpoint)
+            .bind(&checkpoint.checkpoint)
+            .bind(checkpoint.ledger_from.as_deref())
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("DELETE FROM produce_runs WHERE job = $1")
-            .bind(job)
-            .execute(&mut *tx)
-            .await?;
         match prune {
-            Prune::BelowPosition(position) => {
+            Prune::BelowPosition { floor, checkpoint } => {
+                sqlx::query(
+                    "UPDATE produce_emitted SET position = $1 WHERE job = $2 AND position = ''",
+                )
+                .bind(checkpoint)
+                .bind(job)
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query("DELETE FROM produce_emitted WHERE job = $1 AND position < $2")
                     .bind(job)
-                    .bind(position)
+                    .bind(floor)
                     .execute(&mut *tx)
                     .await?
             }
@@ -240,6 +374,175 @@ impl StateStore {
             }
         };
         tx.commit().await?;
-        Ok(())
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, StateStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("state.db").display()
+        );
+        let store = StateStore::connect(&url, 2).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        (dir, store)
+    }
+
+    fn record(run_id: &str, now: i64, until: i64) -> UnfinishedRun {
+        UnfinishedRun {
+            run_id: run_id.into(),
+            owner: format!("host-{run_id}"),
+            topic: "events".into(),
+            start_offsets: BTreeMap::from([(0, 10 * now), (1, 20)]),
+            started_at_ms: now,
+            last_active_ms: now,
+            lease_until_ms: until,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_run_holds_a_job_until_its_lease_lapses() {
+        let (_dir, state) = store().await;
+        let a = record("a", 1_000, 2_000);
+        assert_eq!(
+            state.acquire("job", &a, 1_000).await.unwrap(),
+            Acquire::Started
+        );
+        // Another run, while a holds: told who, and nothing changes.
+        let b = record("b", 1_500, 2_500);
+        assert_eq!(
+            state.acquire("job", &b, 1_500).await.unwrap(),
+            Acquire::Held(a.clone())
+        );
+        assert!(!state.renew("job", "b", 1_500, 2_500).await.unwrap());
+        // a renews: still held past its first lease.
+        assert!(state.renew("job", "a", 1_800, 2_800).await.unwrap());
+        let renewed = UnfinishedRun {
+            last_active_ms: 1_800,
+            lease_until_ms: 2_800,
+            ..a.clone()
+        };
+        assert_eq!(
+            state.acquire("job", &b, 2_500).await.unwrap(),
+            Acquire::Held(renewed.clone())
+        );
+        // a stops renewing: its lease lapses and one run takes over.
+        assert_eq!(
+            state.acquire("job", &b, 2_800).await.unwrap(),
+            Acquire::Lapsed(renewed.clone())
+        );
+        assert!(state
+            .take_over("job", &renewed, "b", "host-b", 2_800, 3_800)
+            .await
+            .unwrap());
+        assert!(!state
+            .take_over("job", &renewed, "c", "host-c", 2_800, 3_800)
+            .await
+            .unwrap());
+        // The taken-over record keeps the dead run's offsets.
+        let taken = state.run_record("job").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                taken.run_id.as_str(),
+                taken.owner.as_str(),
+                &taken.start_offsets
+            ),
+            ("b", "host-b", &a.start_offsets)
+        );
+        // a, back to life, can neither renew nor finish.
+        assert!(!state.renew("job", "a", 2_900, 3_900).await.unwrap());
+        let checkpoint = StoredCheckpoint {
+            checkpoint: "7".into(),
+            ledger_from: Some("2".into()),
+        };
+        let prune = || Prune::BelowPosition {
+            floor: String::new(),
+            checkpoint: String::new(),
+        };
+        assert!(!state
+            .finish_run("job", "a", Some(&checkpoint), prune(), 2_900)
+            .await
+            .unwrap());
+        assert_eq!(state.checkpoint("job").await.unwrap(), None);
+        assert!(state
+            .restart_run("job", "b", "events", &BTreeMap::from([(0, 99)]), 2_900)
+            .await
+            .unwrap());
+        assert!(state
+            .finish_run("job", "b", Some(&checkpoint), prune(), 3_000)
+            .await
+            .unwrap());
+        assert_eq!(state.checkpoint("job").await.unwrap(), Some(checkpoint));
+        assert_eq!(state.run_record("job").await.unwrap(), None);
+        let c = record("c", 3_000, 4_000);
+        assert_eq!(
+            state.acquire("job", &c, 3_000).await.unwrap(),
+            Acquire::Started
+        );
+        // Jobs do not share leases.
+        assert_eq!(
+            state.acquire("other", &b, 3_000).await.unwrap(),
+            Acquire::Started
+        );
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_is_taken_over_at_once() {
+        let (_dir, state) = store().await;
+        let a = record("a", 1_000, 31_000);
+        assert_eq!(
+            state.acquire("job", &a, 1_000).await.unwrap(),
+            Acquire::Started
+        );
+        state.release("job", "a", 5_000).await.unwrap();
+        let released = UnfinishedRun {
+            lease_until_ms: 5_000,
+            ..a
+        };
+        assert_eq!(
+            state
+                .acquire("job", &record("b", 5_001, 35_000), 5_001)
+                .await
+                .unwrap(),
+            Acquire::Lapsed(released)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_ledger_is_pruned_below_the_next_window_only() {
+        let (_dir, state) = store().await;
+        let marks: Vec<(String, String)> = [
+            ("early", "10"),
+            ("edge", "20"),
+            ("late", "30"),
+            ("no position", ""),
+        ]
+        .iter()
+        .map(|(id, position)| (id.to_string(), position.to_string()))
+        .collect();
+        state.mark_emitted("job", &marks, 1).await.unwrap();
+        state.acquire("job", &record("a", 1, 100), 1).await.unwrap();
+        let prune = Prune::BelowPosition {
+            floor: "20".into(),
+            checkpoint: "35".into(),
+        };
+        assert!(state.finish_run("job", "a", None, prune, 2).await.unwrap());
+        assert_eq!(
+            state.emitted_ids("job").await.unwrap(),
+            HashSet::from(["edge", "late", "no position"].map(str::to_owned))
+        );
+        // Placed at that run's checkpoint, it goes once the window passes it.
+        state.acquire("job", &record("b", 3, 100), 3).await.unwrap();
+        let prune = Prune::BelowPosition {
+            floor: "36".into(),
+            checkpoint: "50".into(),
+        };
+        assert!(state.finish_run("job", "b", None, prune, 4).await.unwrap());
+        assert_eq!(state.emitted_ids("job").await.unwrap(), HashSet::new());
     }
 }

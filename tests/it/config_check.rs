@@ -180,6 +180,51 @@ fn wrong_value_type_names_the_key() {
     );
 }
 
+/// `checkpoint.lookback` in the checkpoint's own unit: a duration for
+/// timestamps, a count for integers, nothing for strings.
+#[test]
+fn a_lookback_in_the_wrong_unit_is_refused() {
+    let key = "produce.jobs.connector-failures.checkpoint.lookback";
+    let job = "[produce.jobs.connector-failures.checkpoint]\n";
+    assert_refused(
+        &format!("{job}lookback = 900\n"),
+        &[
+            key,
+            "a timestamp checkpoint looks back by a duration such as \"15m\", not the number 900",
+        ],
+    );
+    assert_refused(
+        &format!("{job}lookback = \"15 parsecs\"\n"),
+        &[key, "\"15 parsecs\" is not a duration"],
+    );
+    assert_refused(
+        &format!("{job}kind = \"integer\"\nlookback = \"15m\"\n"),
+        &[
+            key,
+            "an integer checkpoint looks back by a count of values such as 1000, not \"15m\"",
+        ],
+    );
+    assert_refused(
+        &format!("{job}kind = \"integer\"\nlookback = -3\n"),
+        &[key, "must not be negative"],
+    );
+    assert_refused(
+        &format!("{job}kind = \"string\"\n"),
+        &[key, "a string checkpoint has no distance to look back by"],
+    );
+    assert_refused(
+        "[produce]\nlease = \"200ms\"\n",
+        &["produce.lease", "at least 1s"],
+    );
+    let outcome = check(&format!("{job}kind = \"integer\"\nlookback = 1000\n"));
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert!(
+        outcome.stdout.contains("lookback = 1000"),
+        "{}",
+        outcome.stdout
+    );
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

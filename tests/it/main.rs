@@ -21,6 +21,7 @@ mod notify_ledger;
 mod produce_cost;
 mod produce_errors;
 mod produce_incremental;
+mod produce_leases;
 mod produce_sources;
 mod registry_modes;
 mod telemetry;

@@ -65,10 +65,15 @@ async fn unmappable_rows_go_to_the_dead_letter_topic_and_fail_the_run() {
         bad_time.headers
     );
 
-    // The dead letters hold the rows; the checkpoint moved past them.
+    // The dead letters hold the rows; the checkpoint moved past them. The
+    // lookback reads them again, but they are not dead-lettered again.
     let (code, _, stderr) = env.run_produce(&["--once"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert_events(&env, &warehouse, &good).await;
+    let dead = env
+        .read(&env.dlq("notifications"), 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(dead.len(), 2);
 }
 
 /// Dead letters go through the retrying sender: their first writes fail

@@ -44,6 +44,7 @@ fn job() -> JobSettings {
             column: "failed_at".into(),
             kind: CheckpointKind::Timestamp,
             initial: None,
+            lookback: None,
         }),
         value: value
             .into_iter()

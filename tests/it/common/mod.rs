@@ -450,6 +450,25 @@ impl TestEnv {
         command
     }
 
+    /// Sets one key of the configuration overlay the child processes read
+    /// (`path` as TOML table names, e.g. `["produce", "lease"]`), as an
+    /// operator edits config between runs.
+    pub fn set_overlay_key(&self, path: &[&str], value: toml::Value) {
+        let text = std::fs::read_to_string(&self.overlay).expect("read overlay");
+        let mut overlay: toml::Value = toml::from_str(&text).expect("overlay TOML");
+        let (last, tables) = path.split_last().expect("a key path");
+        let mut table = overlay.as_table_mut().expect("overlay table");
+        for name in tables {
+            table = table
+                .entry(*name)
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .expect("a table on the path");
+        }
+        table.insert((*last).to_owned(), value);
+        std::fs::write(&self.overlay, toml::to_string(&overlay).expect("TOML")).expect("write");
+    }
+
     /// The log a child process wrote (for a failing test's message).
     pub fn process_log(&self, log_name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(log_name)).unwrap_or_default()
