@@ -103,6 +103,10 @@ async fn run(
                 source_topic: "bench".into(),
                 source_partition: 0,
                 source_offset: 0,
+                status: Default::default(),
+                updates: Default::default(),
+                recurrence: Default::default(),
+                resolved_unposted: Default::default(),
             };
             let payload =
                 block_on(codecs["slack_messages"].encode(&message.to_json())).expect("encode");

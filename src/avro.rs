@@ -1474,10 +1474,18 @@ mod tests {
         for (text, expected) in [
             (
                 include_str!("../config/schemas/slack_message.avsc"),
+                "09ea0f340cdcc90e",
+            ),
+            (
+                include_str!("../config/schemas/slack_message_v1.avsc"),
                 "c948d99891b15dc8",
             ),
             (
                 include_str!("../config/schemas/slack_response.avsc"),
+                "8c28ce6ad921c449",
+            ),
+            (
+                include_str!("../config/schemas/slack_response_v1.avsc"),
                 "ac78933e9ba82821",
             ),
             (
@@ -1496,7 +1504,7 @@ mod tests {
             assert_eq!(fingerprint_hex(text), expected, "{text}");
         }
         // What alertsvc wrote with apache-avro 0.22's fingerprint.
-        let legacy = Schema::parse_str(include_str!("../config/schemas/slack_message.avsc"));
+        let legacy = Schema::parse_str(include_str!("../config/schemas/slack_message_v1.avsc"));
         assert_eq!(
             hex(&legacy_fingerprint(&legacy.unwrap())),
             "39b1b5249868a03e"
@@ -1506,7 +1514,7 @@ mod tests {
     #[test]
     fn canonical_form_follows_the_rules() {
         let json: Json =
-            serde_json::from_str(include_str!("../config/schemas/slack_message.avsc")).unwrap();
+            serde_json::from_str(include_str!("../config/schemas/slack_message_v1.avsc")).unwrap();
         // fastavro's to_parsing_canonical_form of the same file.
         assert_eq!(
             parsing_canonical_form(&json).unwrap(),

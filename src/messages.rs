@@ -21,6 +21,88 @@ pub struct SlackMessage {
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
+    /// What the alert says now: `resolved` edits its message to the
+    /// resolved content and replies in its thread; it never posts anew.
+    #[serde(default)]
+    pub status: AlertStatus,
+    /// How a change of content reaches Slack.
+    #[serde(default)]
+    pub updates: UpdateMode,
+    /// Where a new occurrence of a known alert goes.
+    #[serde(default)]
+    pub recurrence: RecurrenceMode,
+    /// What a `resolved` record of an alert never posted does.
+    #[serde(default)]
+    pub resolved_unposted: ResolvedUnposted,
+}
+
+/// An alert's lifecycle status as the event tells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    #[default]
+    Firing,
+    Resolved,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AlertStatus> {
+        match s {
+            "firing" => Some(AlertStatus::Firing),
+            "resolved" => Some(AlertStatus::Resolved),
+            _ => None,
+        }
+    }
+}
+
+/// How a posted alert's new content (same status) reaches Slack: an edit
+/// of its message, a reply in its thread, or both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateMode {
+    #[default]
+    Edit,
+    Thread,
+    EditAndThread,
+}
+
+impl UpdateMode {
+    pub fn edits(self) -> bool {
+        matches!(self, UpdateMode::Edit | UpdateMode::EditAndThread)
+    }
+
+    pub fn replies(self) -> bool {
+        matches!(self, UpdateMode::Thread | UpdateMode::EditAndThread)
+    }
+}
+
+/// Where a new occurrence of a known alert goes: a new top-level message,
+/// or a reply in the previous occurrence's thread, also sent to the
+/// channel (`reply_broadcast`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecurrenceMode {
+    #[default]
+    New,
+    Thread,
+}
+
+/// What a `resolved` record of an alert that was never posted does:
+/// nothing (answered `resolved_unposted`), or a post of the resolved
+/// message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolvedUnposted {
+    #[default]
+    Skip,
+    Post,
 }
 
 impl SlackMessage {
@@ -42,6 +124,10 @@ pub enum DeliveryOutcome {
     Duplicate,
     Expired,
     Failed,
+    /// A `resolved` record for an alert that was never posted: nothing
+    /// was sent.
+    #[serde(rename = "resolved_unposted")]
+    ResolvedUnposted,
 }
 
 /// The outcome of one delivery; the value of `slack-responses`, keyed by
@@ -60,6 +146,13 @@ pub struct SlackResponse {
     pub http_status: Option<i32>,
     pub source_partition: i32,
     pub source_offset: i64,
+    /// The thread the alert's replies go to: its first message's ts (the
+    /// alert's own message, or the earlier occurrence it recurred under).
+    #[serde(default)]
+    pub thread_ts: Option<String>,
+    /// The reply this record added to the thread, if it added one.
+    #[serde(default)]
+    pub reply_ts: Option<String>,
 }
 
 /// A button click on an alert; the value of `slack-interactions`.

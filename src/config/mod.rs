@@ -419,6 +419,10 @@ pub struct MessageTemplates {
     /// Inline Block Kit template, used when `blocks_file` is not set.
     #[serde(default)]
     pub blocks: Option<String>,
+    /// Renders the alert's status, `firing` or `resolved`; unset, every
+    /// message is `firing`. The other templates see it as `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -443,6 +447,17 @@ pub struct PipelineSettings {
     /// Constants available to templates as `vars.NAME`.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// How new content of a posted alert reaches Slack (`edit`, `thread`,
+    /// `edit_and_thread`); carried to notify in each message.
+    #[serde(default)]
+    pub updates: crate::messages::UpdateMode,
+    /// Where a new occurrence of a known alert goes (`new`, `thread`).
+    #[serde(default)]
+    pub recurrence: crate::messages::RecurrenceMode,
+    /// A `resolved` message for an alert never posted: `skip` (answered
+    /// `resolved_unposted`) or `post`.
+    #[serde(default)]
+    pub resolved_unposted: crate::messages::ResolvedUnposted,
 }
 
 pub(crate) fn default_true() -> bool {
@@ -941,6 +956,7 @@ pub const RESERVED_NAMES: &[&str] = &[
     "timestamp",
     "vars",
     "pipeline",
+    "status",
 ];
 
 /// Kafka's own rules for topic names.

@@ -59,12 +59,20 @@ pub async fn serve(
     Ok(bound)
 }
 
-/// Every message, newest first.
+/// Every message the channel shows (top-level and broadcast replies),
+/// newest first, each with the replies in its thread, oldest first.
 async fn messages(State(preview): State<Preview>) -> Json<Value> {
-    let mut all = preview.slack.messages();
-    all.reverse();
+    let all = preview.slack.messages();
+    let replies = |m: &crate::slack::fake::FakeMessage| -> Vec<Value> {
+        all.iter()
+            .filter(|r| r.channel == m.channel && r.thread_ts.as_deref() == Some(m.ts.as_str()))
+            .map(|r| json!({"ts": r.ts, "text": r.text, "broadcast": r.reply_broadcast}))
+            .collect()
+    };
     Json(Value::Array(
-        all.into_iter()
+        all.iter()
+            .rev()
+            .filter(|m| m.in_channel())
             .map(|m| {
                 json!({
                     "channel": m.channel,
@@ -74,6 +82,8 @@ async fn messages(State(preview): State<Preview>) -> Json<Value> {
                     "blocks": m.blocks,
                     "alertId": m.alert_id(),
                     "edits": m.edits,
+                    "threadTs": m.thread_ts,
+                    "replies": replies(m),
                 })
             })
             .collect(),

@@ -83,12 +83,32 @@ pub fn escaped_width(c: char) -> usize {
     }
 }
 
-/// Registers `markup`, `mention`, `channel_mention` and `link`.
+/// Registers `markup`, `mention`, `channel_mention`, `slack_date` and
+/// `link`.
 pub fn register(env: &mut Environment<'_>) {
     env.add_filter("markup", markup);
     env.add_filter("mention", mention);
     env.add_filter("channel_mention", channel_mention);
+    env.add_filter("slack_date", slack_date);
     env.add_function("link", link);
+}
+
+/// `{{ epoch_millis|slack_date }}` → `<!date^SECS^{date_short_pretty} at
+/// {time}|2026-11-26 14:02 UTC>`: Slack shows the time in each reader's own
+/// time zone ("Yesterday at 3:02 PM"), other clients the UTC fallback.
+/// Anything but an integer in range is returned unchanged (escaped text).
+fn slack_date(value: Value) -> Value {
+    let Some(millis) = i64::try_from(value.clone()).ok() else {
+        return value;
+    };
+    match chrono::DateTime::from_timestamp_millis(millis) {
+        Some(at) => Markup::value(format!(
+            "<!date^{}^{{date_short_pretty}} at {{time}}|{}>",
+            at.timestamp(),
+            at.format("%Y-%m-%d %H:%M UTC")
+        )),
+        None => value,
+    }
 }
 
 /// `{{ value|markup }}`: the template vouches that `value` is Slack markup.
@@ -247,6 +267,22 @@ mod tests {
             as_markup(&l("https://x.test", Some(bold))),
             Some("<https://x.test|*Docs*>")
         );
+    }
+
+    #[test]
+    fn slack_date_formats_epoch_millis_and_leaves_anything_else_as_text() {
+        assert_eq!(
+            as_markup(&slack_date(Value::from(1_764_166_920_000_i64))),
+            Some("<!date^1764166920^{date_short_pretty} at {time}|2025-11-26 14:22 UTC>")
+        );
+        for other in [
+            Value::from("soon <!here>"),
+            Value::from(()),
+            Value::from(1.5),
+        ] {
+            let out = slack_date(other.clone());
+            assert!(as_markup(&out).is_none(), "{other:?} became markup");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use super::blockkit::{self, BlockKitError};
 use super::markup;
 use crate::config::{resolve_path, ConfigError, JoinKind, PipelineSettings};
-use crate::messages::SlackMessage;
+use crate::messages::{AlertStatus, RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
 
 /// Escape mode for Block Kit templates: an interpolated value is first
 /// escaped as Slack text (`&amp;`, `&lt;`, `&gt;`), then as JSON string
@@ -30,6 +30,7 @@ const SLACK_JSON_ESCAPE: AutoEscape = AutoEscape::Custom("slack-json");
 const SLACK_TEXT_ESCAPE: AutoEscape = AutoEscape::Custom("slack-text");
 const BLOCKS_TEMPLATE: &str = "blocks";
 const TEXT_TEMPLATE: &str = "text";
+const STATUS_TEMPLATE: &str = "status";
 
 /// Where a record came from; part of the template context and of errors.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +120,8 @@ pub enum RecordError {
     BlocksJson(String),
     #[error("Block Kit limit: {0}")]
     BlockKit(#[from] BlockKitError),
+    #[error("template \"status\" rendered {0:?}: a status is \"firing\" or \"resolved\"")]
+    Status(String),
 }
 
 impl RecordError {
@@ -128,9 +131,10 @@ impl RecordError {
             RecordError::JsonField { .. } => "decode",
             RecordError::Filter(_) => "filter",
             RecordError::JoinKey { .. } => "join",
-            RecordError::Render { .. } | RecordError::Empty(_) | RecordError::BlocksJson(_) => {
-                "render"
-            }
+            RecordError::Render { .. }
+            | RecordError::Empty(_)
+            | RecordError::BlocksJson(_)
+            | RecordError::Status(_) => "render",
             RecordError::BlockKit(_) => "validate",
         }
     }
@@ -165,6 +169,11 @@ pub struct Pipeline {
     joins: Vec<CompiledJoin>,
     templates: Environment<'static>,
     vars: JinjaValue,
+    /// Whether `message.status` is set; without it every message fires.
+    has_status: bool,
+    updates: UpdateMode,
+    recurrence: RecurrenceMode,
+    resolved_unposted: ResolvedUnposted,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -242,12 +251,16 @@ impl Pipeline {
                 ))
             }
         };
-        for (template, source) in [
+        let mut sources = vec![
             ("alert_id", message.alert_id.clone()),
             ("channel", message.channel.clone()),
             (TEXT_TEMPLATE, message.text.clone()),
             (BLOCKS_TEMPLATE, blocks_source),
-        ] {
+        ];
+        if let Some(status) = &message.status {
+            sources.push((STATUS_TEMPLATE, status.clone()));
+        }
+        for (template, source) in sources {
             let config_key = if template == BLOCKS_TEMPLATE && message.blocks_file.is_some() {
                 key("message.blocks_file")
             } else {
@@ -270,6 +283,10 @@ impl Pipeline {
             joins,
             templates,
             vars: JinjaValue::from_serialize(&settings.vars),
+            has_status: message.status.is_some(),
+            updates: settings.updates,
+            recurrence: settings.recurrence,
+            resolved_unposted: settings.resolved_unposted,
         })
     }
 
@@ -420,6 +437,16 @@ impl Pipeline {
             };
             context.insert(name, value);
         }
+        // The status comes first: every other template may read it (a
+        // green header once resolved), and none may change it.
+        let status = if self.has_status {
+            let rendered =
+                self.render_one(STATUS_TEMPLATE, &JinjaValue::from_serialize(&context))?;
+            AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))?
+        } else {
+            AlertStatus::Firing
+        };
+        context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
         let context = JinjaValue::from_serialize(&context);
 
         let alert_id = self.render_one("alert_id", &context)?;
@@ -439,6 +466,10 @@ impl Pipeline {
             source_topic: source.topic.to_owned(),
             source_partition: source.partition,
             source_offset: source.offset,
+            status,
+            updates: self.updates,
+            recurrence: self.recurrence,
+            resolved_unposted: self.resolved_unposted,
         })
     }
 

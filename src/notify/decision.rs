@@ -3,11 +3,28 @@
 //! settings. [`super::delivery`] only executes the plan, so every rule that
 //! keeps an alert from being posted twice, lost, or shown older than before
 //! is here and tested in a table below.
+//!
+//! A delivery may take several steps — a resolved alert gets a reply in its
+//! thread, then its message is edited — and each step is recorded in the
+//! ledger before the next is decided, so a crash between two steps leaves
+//! an entry from which the same decision picks up the rest: never a second
+//! post, never a second reply.
 
 use std::cmp::Ordering;
 use std::time::Duration;
 
+use crate::messages::{AlertStatus, RecurrenceMode, ResolvedUnposted, UpdateMode};
 use crate::slack::{ErrorClass, SlackError};
+
+/// Key of the reply that says an alert resolved (one per occurrence).
+pub const RESOLVED_REPLY: &str = "resolved";
+
+/// Key of the reply carrying new content: one per content, so the same
+/// content is never replied twice.
+pub fn update_reply_key(content_hash: &str) -> String {
+    let short = content_hash.get(..16).unwrap_or(content_hash);
+    format!("update:{short}")
+}
 
 /// Where a message's content comes from: later records of one source
 /// partition supersede earlier ones; across sources, the later `createdAt`
@@ -54,6 +71,22 @@ pub struct Shown {
     pub content_hash: String,
     pub version: Version,
     pub occurrence: i64,
+    /// What the message shows, firing or resolved (never shown: what the
+    /// last record said).
+    pub alert: AlertStatus,
+    /// The thread this occurrence was posted into; `None`: its own ts.
+    pub thread_ts: Option<String>,
+    /// The last reply made for this occurrence.
+    pub reply_key: Option<String>,
+    /// A reply that may have reached Slack.
+    pub reply_pending: Option<String>,
+}
+
+impl Shown {
+    /// The thread replies about this occurrence go to.
+    fn thread(&self) -> Option<String> {
+        self.thread_ts.clone().or_else(|| self.ts.clone())
+    }
 }
 
 /// The message at hand.
@@ -65,6 +98,25 @@ pub struct Incoming<'a> {
     /// (header `alertsvc.replayed.from`): an operator fixed the cause, so a
     /// refusal is tried again rather than repeated.
     pub replayed: bool,
+    pub status: AlertStatus,
+    pub updates: UpdateMode,
+    pub recurrence: RecurrenceMode,
+    pub resolved_unposted: ResolvedUnposted,
+}
+
+impl<'a> Incoming<'a> {
+    /// A firing message with the default lifecycle settings.
+    pub fn firing(content_hash: &'a str, version: &'a Version) -> Incoming<'a> {
+        Incoming {
+            content_hash,
+            version,
+            replayed: false,
+            status: AlertStatus::Firing,
+            updates: UpdateMode::Edit,
+            recurrence: RecurrenceMode::New,
+            resolved_unposted: ResolvedUnposted::Skip,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,21 +137,47 @@ pub enum ClaimView {
     Busy { lease_until: i64 },
 }
 
+/// What a thread reply says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// The alert resolved: a short notice (the message's text).
+    Resolved,
+    /// The alert's new content (text and blocks).
+    Update,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// A peer is working on this alert: ask again later.
     WaitForPeer { until: i64 },
-    /// Post it (`occurrence` goes into the message metadata).
-    Post { occurrence: i64 },
+    /// Post it (`occurrence` goes into the message metadata): top-level,
+    /// or into the thread of `thread` and to the channel (a recurrence).
+    Post {
+        occurrence: i64,
+        thread: Option<String>,
+    },
     /// A post may have landed: look in the conversation first.
     Reconcile,
     /// Edit the posted message to show the new content.
     Update,
+    /// Reply in the thread of `thread`; `key` names the reply, so it is
+    /// made once per occurrence.
+    Reply {
+        thread: String,
+        key: String,
+        kind: ReplyKind,
+    },
+    /// The reply `key` may have landed: look in the thread first.
+    ReconcileReply { thread: String, key: String },
+    /// The new content went to the thread only: record it as delivered.
+    Settle,
     /// Nothing to show. `newer` when the record is newer than the shown
     /// version with the same content (the ledger notes it was seen).
     Duplicate { newer: bool },
     /// Too old to post.
     Expire,
+    /// A resolved record for an alert never posted: nothing is sent.
+    ResolvedUnposted,
 }
 
 pub fn is_expired(created_at_ms: i64, now_ms: i64, max_age: Duration) -> bool {
@@ -112,11 +190,15 @@ fn duration_ms(d: Duration) -> i64 {
 
 pub fn decide(claim: &ClaimView, message: &Incoming<'_>, now_ms: i64, rules: &Rules) -> Plan {
     let expired = is_expired(message.version.created_at, now_ms, rules.max_age);
-    let post = |occurrence| {
-        if expired {
+    let resolved = message.status == AlertStatus::Resolved;
+    // The first message of an alert (or of an occurrence never shown).
+    let first = |occurrence, thread: Option<String>| {
+        if resolved && message.resolved_unposted == ResolvedUnposted::Skip {
+            Plan::ResolvedUnposted
+        } else if expired {
             Plan::Expire
         } else {
-            Plan::Post { occurrence }
+            Plan::Post { occurrence, thread }
         }
     };
     let shown = match claim {
@@ -125,48 +207,110 @@ pub fn decide(claim: &ClaimView, message: &Incoming<'_>, now_ms: i64, rules: &Ru
                 until: *lease_until,
             }
         }
-        ClaimView::Held(None) => return post(1),
+        ClaimView::Held(None) => return first(1, None),
         ClaimView::Held(Some(shown)) => shown,
     };
-    if shown.status == Status::New {
-        return post(shown.occurrence.max(1));
-    }
-    // Whatever the state, a crash may have left a post behind: find it
-    // before anything else is decided.
+    // Whatever the state, a crash may have left a post or a reply behind:
+    // find it before anything else is decided.
     if shown.status == Status::Pending {
         return Plan::Reconcile;
     }
+    if let (Some(key), Some(thread)) = (&shown.reply_pending, shown.thread()) {
+        return Plan::ReconcileReply {
+            thread,
+            key: key.clone(),
+        };
+    }
     let order = message.version.compare(&shown.version);
-    let new_occurrence = message
-        .version
-        .created_at
-        .saturating_sub(shown.version.created_at)
-        > duration_ms(rules.dedup_window);
-    if new_occurrence {
-        return post(shown.occurrence + 1);
+    // Known to be resolved (a skipped resolved record): an older or the
+    // same firing record does not bring it back.
+    let known_resolved =
+        shown.alert == AlertStatus::Resolved && !resolved && order != Ordering::Greater;
+    if shown.status == Status::New {
+        if known_resolved {
+            return Plan::ResolvedUnposted;
+        }
+        // A thread an earlier attempt chose stays chosen.
+        return first(shown.occurrence.max(1), shown.thread_ts.clone());
+    }
+    let posted = shown.status == Status::Posted && shown.ts.is_some();
+    // Firing again after the window, or after it resolved, is a new
+    // occurrence; a resolved record always speaks for the current one.
+    let recurs = !resolved
+        && (message
+            .version
+            .created_at
+            .saturating_sub(shown.version.created_at)
+            > duration_ms(rules.dedup_window)
+            || (posted && shown.alert == AlertStatus::Resolved && order == Ordering::Greater));
+    if recurs {
+        if expired {
+            return Plan::Expire;
+        }
+        let thread = match message.recurrence {
+            RecurrenceMode::Thread if posted => shown.thread(),
+            _ => None,
+        };
+        return Plan::Post {
+            occurrence: shown.occurrence + 1,
+            thread,
+        };
     }
     if order == Ordering::Less {
         // A redelivered older version: the message never goes backwards.
         return Plan::Duplicate { newer: false };
     }
-    match (shown.status, &shown.ts) {
-        (Status::Posted, Some(_)) if message.content_hash == shown.content_hash => {
-            Plan::Duplicate {
-                newer: order == Ordering::Greater,
-            }
-        }
-        (Status::Posted, Some(_)) => Plan::Update,
+    let Some(thread) = shown.thread().filter(|_| posted) else {
         // Never shown (refused or expired): a newer record, or other
         // content (a fixed channel, a new template), is a new attempt; the
         // same record again gets the same answer (unless an operator
         // replayed it after fixing the cause).
-        _ if order == Ordering::Equal
-            && message.content_hash == shown.content_hash
-            && !(message.replayed && shown.status == Status::Failed) =>
-        {
-            Plan::Duplicate { newer: false }
+        if resolved && message.resolved_unposted == ResolvedUnposted::Skip {
+            return Plan::ResolvedUnposted;
         }
-        _ => post(shown.occurrence.max(1)),
+        if order == Ordering::Equal
+            && message.content_hash == shown.content_hash
+            && !(message.replayed && shown.status == Status::Failed)
+        {
+            return Plan::Duplicate { newer: false };
+        }
+        return first(shown.occurrence.max(1), shown.thread_ts.clone());
+    };
+    if resolved && shown.alert == AlertStatus::Firing {
+        // Resolved: a short reply in the thread (not for old news), then
+        // the message in place, whatever `updates` says.
+        if !expired && shown.reply_key.as_deref() != Some(RESOLVED_REPLY) {
+            return Plan::Reply {
+                thread,
+                key: RESOLVED_REPLY.to_owned(),
+                kind: ReplyKind::Resolved,
+            };
+        }
+        return Plan::Update;
+    }
+    if message.content_hash == shown.content_hash {
+        return Plan::Duplicate {
+            newer: order == Ordering::Greater,
+        };
+    }
+    let key = update_reply_key(message.content_hash);
+    let replied = shown.reply_key.as_deref() == Some(key.as_str());
+    if message.updates.replies() && !replied {
+        if !expired {
+            return Plan::Reply {
+                thread,
+                key,
+                kind: ReplyKind::Update,
+            };
+        }
+        if !message.updates.edits() {
+            return Plan::Expire;
+        }
+    }
+    if message.updates.edits() {
+        Plan::Update
+    } else {
+        Plan::Settle
     }
 }
 
@@ -207,6 +351,7 @@ const PERMANENT_CODES: &[&str] = &[
     "restricted_action_thread_only_channel",
     "restricted_action_non_threadable_channel",
     "cannot_reply_to_message",
+    "thread_not_found",
     "message_not_found",
     "cant_update_message",
     "edit_window_closed",
@@ -270,27 +415,26 @@ mod tests {
         }
     }
 
-    fn shown(status: Status, hash: &str, v: Version) -> ClaimView {
-        ClaimView::Held(Some(Shown {
+    fn entry(status: Status, hash: &str, v: Version) -> Shown {
+        Shown {
             status,
             ts: matches!(status, Status::Posted).then(|| "1.0001".to_owned()),
             content_hash: hash.into(),
             version: v,
             occurrence: 1,
-        }))
+            alert: AlertStatus::Firing,
+            thread_ts: None,
+            reply_key: None,
+            reply_pending: None,
+        }
+    }
+
+    fn shown(status: Status, hash: &str, v: Version) -> ClaimView {
+        ClaimView::Held(Some(entry(status, hash, v)))
     }
 
     fn decide_for(claim: &ClaimView, hash: &str, v: &Version) -> Plan {
-        decide(
-            claim,
-            &Incoming {
-                content_hash: hash,
-                version: v,
-                replayed: false,
-            },
-            NOW,
-            &RULES,
-        )
+        decide(claim, &Incoming::firing(hash, v), NOW, &RULES)
     }
 
     #[test]
@@ -306,7 +450,10 @@ mod tests {
                 ClaimView::Held(None),
                 "h",
                 &fresh,
-                Plan::Post { occurrence: 1 },
+                Plan::Post {
+                    occurrence: 1,
+                    thread: None,
+                },
             ),
             (
                 "never seen, too old: expire",
@@ -320,7 +467,10 @@ mod tests {
                 shown(Status::New, "", Version::default()),
                 "h",
                 &fresh,
-                Plan::Post { occurrence: 1 },
+                Plan::Post {
+                    occurrence: 1,
+                    thread: None,
+                },
             ),
             (
                 "a live peer holds it: wait",
@@ -385,7 +535,10 @@ mod tests {
                 shown(Status::Posted, "h", fresh.clone()),
                 "h",
                 &next_month,
-                Plan::Post { occurrence: 2 },
+                Plan::Post {
+                    occurrence: 2,
+                    thread: None,
+                },
             ),
             (
                 "failed, same content: the same answer, no new post",
@@ -399,14 +552,20 @@ mod tests {
                 shown(Status::Failed, "h", fresh.clone()),
                 "h2",
                 &newer,
-                Plan::Post { occurrence: 1 },
+                Plan::Post {
+                    occurrence: 1,
+                    thread: None,
+                },
             ),
             (
                 "failed, the same content in a newer record: try again",
                 shown(Status::Failed, "h", fresh.clone()),
                 "h",
                 &newer,
-                Plan::Post { occurrence: 1 },
+                Plan::Post {
+                    occurrence: 1,
+                    thread: None,
+                },
             ),
             (
                 "expired, redelivered: duplicate",
@@ -428,17 +587,326 @@ mod tests {
             decide(
                 &shown(status, "h", v.clone()),
                 &Incoming {
-                    content_hash: "h",
-                    version: &v,
                     replayed: true,
+                    ..Incoming::firing("h", &v)
                 },
                 NOW,
                 &RULES,
             )
         };
-        assert_eq!(replay(Status::Failed), Plan::Post { occurrence: 1 });
+        assert_eq!(
+            replay(Status::Failed),
+            Plan::Post {
+                occurrence: 1,
+                thread: None
+            }
+        );
         assert_eq!(replay(Status::Posted), Plan::Duplicate { newer: false });
         assert_eq!(replay(Status::Expired), Plan::Duplicate { newer: false });
+    }
+
+    /// Resolve, threads and recurrence: each case is the entry as the
+    /// ledger holds it, the message, and the one step that comes next.
+    #[test]
+    fn lifecycle_decisions() {
+        let v10 = version(10, NOW - 2_000);
+        let v11 = version(11, NOW - 1_000);
+        let v12 = version(12, NOW - 500);
+        let next_month = version(500, NOW + 30 * 24 * 3_600_000);
+        // Both older than max_age: news too old for a reply.
+        let old_shown = version(10, NOW - 3 * 3_600_000);
+        let old_news = version(11, NOW - 2 * 3_600_000);
+        let firing = entry(Status::Posted, "h", v10.clone());
+        let resolved = Shown {
+            alert: AlertStatus::Resolved,
+            content_hash: "hr".into(),
+            version: v11.clone(),
+            reply_key: Some(RESOLVED_REPLY.into()),
+            ..firing.clone()
+        };
+        fn incoming<'a>(hash: &'a str, v: &'a Version, status: AlertStatus) -> Incoming<'a> {
+            Incoming {
+                status,
+                ..Incoming::firing(hash, v)
+            }
+        }
+        let reply = |key: &str, kind| Plan::Reply {
+            thread: "1.0001".into(),
+            key: key.into(),
+            kind,
+        };
+        let post = |occurrence, thread: Option<&str>| Plan::Post {
+            occurrence,
+            thread: thread.map(str::to_owned),
+        };
+        let update_key = update_reply_key("h2");
+        let cases: Vec<(&str, Option<Shown>, Incoming, Plan)> = vec![
+            (
+                "never seen, resolved: resolved_unposted, nothing sent",
+                None,
+                incoming("hr", &v11, AlertStatus::Resolved),
+                Plan::ResolvedUnposted,
+            ),
+            (
+                "never seen, resolved, resolved_unposted = post: posted",
+                None,
+                Incoming {
+                    resolved_unposted: ResolvedUnposted::Post,
+                    ..incoming("hr", &v11, AlertStatus::Resolved)
+                },
+                post(1, None),
+            ),
+            (
+                "posted firing, then resolved: the resolved reply first",
+                Some(firing.clone()),
+                incoming("hr", &v11, AlertStatus::Resolved),
+                reply(RESOLVED_REPLY, ReplyKind::Resolved),
+            ),
+            (
+                "resolved reply made: the message is edited in place",
+                Some(Shown {
+                    reply_key: Some(RESOLVED_REPLY.into()),
+                    ..firing.clone()
+                }),
+                incoming("hr", &v11, AlertStatus::Resolved),
+                Plan::Update,
+            ),
+            (
+                "resolved with updates = thread: still edited in place",
+                Some(Shown {
+                    reply_key: Some(RESOLVED_REPLY.into()),
+                    ..firing.clone()
+                }),
+                Incoming {
+                    updates: UpdateMode::Thread,
+                    ..incoming("hr", &v11, AlertStatus::Resolved)
+                },
+                Plan::Update,
+            ),
+            (
+                "resolved, too old for a reply: edited only",
+                Some(entry(Status::Posted, "h", old_shown.clone())),
+                incoming("hr", &old_news, AlertStatus::Resolved),
+                Plan::Update,
+            ),
+            (
+                "resolved after the dedup window: still this occurrence",
+                Some(firing.clone()),
+                incoming("hr", &next_month, AlertStatus::Resolved),
+                reply(RESOLVED_REPLY, ReplyKind::Resolved),
+            ),
+            (
+                "resolved, the same record again: duplicate, no second reply",
+                Some(resolved.clone()),
+                incoming("hr", &v11, AlertStatus::Resolved),
+                Plan::Duplicate { newer: false },
+            ),
+            (
+                "resolved, the firing record redelivered: never backwards",
+                Some(resolved.clone()),
+                incoming("h", &v10, AlertStatus::Firing),
+                Plan::Duplicate { newer: false },
+            ),
+            (
+                "resolved, firing again: a new occurrence, a new message",
+                Some(resolved.clone()),
+                incoming("h3", &v12, AlertStatus::Firing),
+                post(2, None),
+            ),
+            (
+                "resolved, firing again, recurrence = thread: the first thread",
+                Some(resolved.clone()),
+                Incoming {
+                    recurrence: RecurrenceMode::Thread,
+                    ..incoming("h3", &v12, AlertStatus::Firing)
+                },
+                post(2, Some("1.0001")),
+            ),
+            (
+                "after the dedup window, recurrence = thread: the first thread",
+                Some(firing.clone()),
+                Incoming {
+                    recurrence: RecurrenceMode::Thread,
+                    ..incoming("h", &next_month, AlertStatus::Firing)
+                },
+                post(2, Some("1.0001")),
+            ),
+            (
+                "an occurrence in a thread recurs into the same thread",
+                Some(Shown {
+                    occurrence: 2,
+                    thread_ts: Some("0.5".into()),
+                    ..resolved.clone()
+                }),
+                Incoming {
+                    recurrence: RecurrenceMode::Thread,
+                    ..incoming("h3", &v12, AlertStatus::Firing)
+                },
+                post(3, Some("0.5")),
+            ),
+            (
+                "recurrence = thread, the last occurrence never shown: top-level",
+                Some(Shown {
+                    alert: AlertStatus::Resolved,
+                    ..entry(Status::Failed, "h", v10.clone())
+                }),
+                Incoming {
+                    recurrence: RecurrenceMode::Thread,
+                    ..incoming("h", &next_month, AlertStatus::Firing)
+                },
+                post(2, None),
+            ),
+            (
+                "updates = thread, new content: a reply",
+                Some(firing.clone()),
+                Incoming {
+                    updates: UpdateMode::Thread,
+                    ..incoming("h2", &v11, AlertStatus::Firing)
+                },
+                reply(&update_key, ReplyKind::Update),
+            ),
+            (
+                "updates = thread, the reply made: settled, no edit",
+                Some(Shown {
+                    reply_key: Some(update_key.clone()),
+                    ..firing.clone()
+                }),
+                Incoming {
+                    updates: UpdateMode::Thread,
+                    ..incoming("h2", &v11, AlertStatus::Firing)
+                },
+                Plan::Settle,
+            ),
+            (
+                "updates = edit_and_thread: the reply first",
+                Some(firing.clone()),
+                Incoming {
+                    updates: UpdateMode::EditAndThread,
+                    ..incoming("h2", &v11, AlertStatus::Firing)
+                },
+                reply(&update_key, ReplyKind::Update),
+            ),
+            (
+                "updates = edit_and_thread, the reply made: then the edit",
+                Some(Shown {
+                    reply_key: Some(update_key.clone()),
+                    ..firing.clone()
+                }),
+                Incoming {
+                    updates: UpdateMode::EditAndThread,
+                    ..incoming("h2", &v11, AlertStatus::Firing)
+                },
+                Plan::Update,
+            ),
+            (
+                "updates = thread, the same content again: duplicate",
+                Some(Shown {
+                    content_hash: "h2".into(),
+                    version: v11.clone(),
+                    reply_key: Some(update_key.clone()),
+                    ..firing.clone()
+                }),
+                Incoming {
+                    updates: UpdateMode::Thread,
+                    ..incoming("h2", &v11, AlertStatus::Firing)
+                },
+                Plan::Duplicate { newer: false },
+            ),
+            (
+                "updates = thread, new content too old: expired, not replied",
+                Some(entry(Status::Posted, "h", old_shown.clone())),
+                Incoming {
+                    updates: UpdateMode::Thread,
+                    ..incoming("h2", &old_news, AlertStatus::Firing)
+                },
+                Plan::Expire,
+            ),
+            (
+                "updates = edit_and_thread, too old for a reply: edited",
+                Some(entry(Status::Posted, "h", old_shown.clone())),
+                Incoming {
+                    updates: UpdateMode::EditAndThread,
+                    ..incoming("h2", &old_news, AlertStatus::Firing)
+                },
+                Plan::Update,
+            ),
+            (
+                "a reply may have landed: look in the thread first",
+                Some(Shown {
+                    reply_pending: Some(RESOLVED_REPLY.into()),
+                    ..firing.clone()
+                }),
+                incoming("hr", &v11, AlertStatus::Resolved),
+                Plan::ReconcileReply {
+                    thread: "1.0001".into(),
+                    key: RESOLVED_REPLY.into(),
+                },
+            ),
+            (
+                "a pending post is looked for before anything else",
+                Some(Shown {
+                    status: Status::Pending,
+                    reply_pending: Some(RESOLVED_REPLY.into()),
+                    ..firing.clone()
+                }),
+                incoming("hr", &v11, AlertStatus::Resolved),
+                Plan::Reconcile,
+            ),
+            (
+                "a resolved record skipped, the older firing one late: skipped too",
+                Some(Shown {
+                    alert: AlertStatus::Resolved,
+                    ..entry(Status::New, "hr", v11.clone())
+                }),
+                incoming("h", &v10, AlertStatus::Firing),
+                Plan::ResolvedUnposted,
+            ),
+            (
+                "a resolved record skipped, then firing anew: posted",
+                Some(Shown {
+                    alert: AlertStatus::Resolved,
+                    ..entry(Status::New, "hr", v11.clone())
+                }),
+                incoming("h3", &v12, AlertStatus::Firing),
+                post(1, None),
+            ),
+            (
+                "refused when posted, then resolved: resolved_unposted",
+                Some(entry(Status::Failed, "h", v10.clone())),
+                incoming("hr", &v11, AlertStatus::Resolved),
+                Plan::ResolvedUnposted,
+            ),
+            (
+                "claimed for a post into a thread, not sent: the same thread",
+                Some(Shown {
+                    occurrence: 2,
+                    thread_ts: Some("1.0001".into()),
+                    ..entry(Status::New, "h3", v12.clone())
+                }),
+                Incoming {
+                    recurrence: RecurrenceMode::Thread,
+                    ..incoming("h3", &v12, AlertStatus::Firing)
+                },
+                post(2, Some("1.0001")),
+            ),
+        ];
+        for (name, entry, message, expected) in cases {
+            assert_eq!(
+                decide(&ClaimView::Held(entry), &message, NOW, &RULES),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn update_reply_keys_name_the_content() {
+        let hash = "0123456789abcdef0123456789abcdef";
+        assert_eq!(update_reply_key(hash), "update:0123456789abcdef");
+        assert_ne!(
+            update_reply_key(hash),
+            update_reply_key("fedcba9876543210ff")
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Delivering one message: claim the alert in the ledger, ask
-//! [`decision::decide`] what to do, and do it — post, edit, look for an
-//! earlier post, or answer without touching Slack. Transient failures are
-//! retried for as long as the alert is young enough; an ambiguous answer
-//! is reconciled against the conversation before any second post. Auth
+//! [`decision::decide`] what to do, and do it — post, edit, reply in the
+//! alert's thread, look for an earlier post or reply, or answer without
+//! touching Slack. Each step is written to the ledger before the next is
+//! decided. Transient failures are retried for as long as the alert is
+//! young enough; an ambiguous answer is reconciled against the
+//! conversation (or thread) before any second post or reply. Auth
 //! failures, ledger outages and cancellation are not outcomes: the message
 //! stays unfinished and is not committed.
 
@@ -13,14 +15,14 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::decision::{self, classify, ClaimView, Failure, Incoming, Plan, Rules};
+use super::decision::{self, classify, ClaimView, Failure, Incoming, Plan, ReplyKind, Rules};
 use super::ledger::{Claim, Entry, Ledger, LedgerError, Owner, Status, Version};
 use super::pacing::{retry_delay, Pacer};
 use super::slack_health::SlackHealth;
 use crate::config::RetrySettings;
-use crate::messages::{DeliveryOutcome, SlackMessage};
+use crate::messages::{AlertStatus, DeliveryOutcome, SlackMessage};
 use crate::metrics::NotifyMetrics;
-use crate::slack::{is_user_id, AlertRef, SlackApi, SlackError};
+use crate::slack::{is_user_id, AlertRef, ReplyRef, SlackApi, SlackError, Thread};
 
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,10 @@ pub struct Delivery {
     pub ok: bool,
     pub channel: String,
     pub ts: Option<String>,
+    /// The thread the alert's replies go to.
+    pub thread_ts: Option<String>,
+    /// The thread reply this message added, if any.
+    pub reply_ts: Option<String>,
     pub error: Option<String>,
     /// `chat.postMessage` / `chat.update` calls made for it.
     pub attempts: i32,
@@ -162,9 +168,26 @@ struct Attempt<'a> {
     /// A post nobody reported yet was found by reconciliation (ours after
     /// an ambiguous answer, or a crashed run's): this delivery reports it.
     found_unreported: bool,
+    /// The thread reply made (or found unreported) for this message.
+    replied: Option<String>,
+    /// A reply Slack refused for good (the delivery goes on without it).
+    refused_reply: Option<SlackError>,
+    http_status: Option<i32>,
 }
 
 impl Attempt<'_> {
+    fn incoming(&self, replayed: bool) -> Incoming<'_> {
+        Incoming {
+            content_hash: &self.hash,
+            version: &self.version,
+            replayed,
+            status: self.message.status,
+            updates: self.message.updates,
+            recurrence: self.message.recurrence,
+            resolved_unposted: self.message.resolved_unposted,
+        }
+    }
+
     /// The entry records this message's content as refused or expired:
     /// nothing of it is in Slack.
     fn never_shown(&mut self, status: Status) {
@@ -251,11 +274,7 @@ impl Deliverer {
                 Claim::Busy { owner, lease_until } => {
                     let plan = decision::decide(
                         &ClaimView::Busy { lease_until },
-                        &Incoming {
-                            content_hash: "",
-                            version: &Version::default(),
-                            replayed: false,
-                        },
+                        &Incoming::firing("", &Version::default()),
                         now,
                         &self.settings.rules,
                     );
@@ -289,6 +308,9 @@ impl Deliverer {
             failures: 0,
             unknown_errors: 0,
             found_unreported: false,
+            replied: None,
+            refused_reply: None,
+            http_status: None,
         };
         loop {
             if stop.is_cancelled() {
@@ -297,11 +319,7 @@ impl Deliverer {
             }
             let plan = decision::decide(
                 &ClaimView::Held(Some(attempt.entry.shown())),
-                &Incoming {
-                    content_hash: &attempt.hash,
-                    version: &attempt.version,
-                    replayed,
-                },
+                &attempt.incoming(replayed),
                 now_ms(),
                 &self.settings.rules,
             );
@@ -311,9 +329,20 @@ impl Deliverer {
                 }
                 Plan::Duplicate { newer } => return self.duplicate(&mut attempt, newer).await,
                 Plan::Expire => return self.expire(&mut attempt).await,
+                Plan::ResolvedUnposted => return self.resolved_unposted(&mut attempt).await,
+                Plan::Settle => return self.settle(&mut attempt).await,
                 Plan::Reconcile => self.reconcile(&mut attempt, stop).await?,
-                Plan::Post { occurrence } => {
-                    if let Some(delivery) = self.post(&mut attempt, occurrence, stop).await? {
+                Plan::ReconcileReply { thread, key } => {
+                    self.reconcile_reply(&mut attempt, &thread, &key, stop)
+                        .await?
+                }
+                Plan::Reply { thread, key, kind } => {
+                    self.reply(&mut attempt, &thread, &key, kind, stop).await?
+                }
+                Plan::Post { occurrence, thread } => {
+                    if let Some(delivery) =
+                        self.post(&mut attempt, occurrence, thread, stop).await?
+                    {
                         return Ok(delivery);
                     }
                 }
@@ -377,18 +406,47 @@ impl Deliverer {
         let ok = match outcome {
             DeliveryOutcome::Failed | DeliveryOutcome::Expired => false,
             DeliveryOutcome::Duplicate => !never_shown,
-            DeliveryOutcome::Posted | DeliveryOutcome::Updated => true,
+            DeliveryOutcome::Posted
+            | DeliveryOutcome::Updated
+            | DeliveryOutcome::ResolvedUnposted => true,
         };
         Delivery {
             outcome,
             ok,
             channel: entry.channel_id.clone(),
             ts: entry.ts.clone(),
+            thread_ts: entry
+                .ts
+                .as_ref()
+                .map(|ts| entry.thread_ts.clone().unwrap_or_else(|| ts.clone())),
+            reply_ts: attempt.replied.clone(),
             error: if ok { None } else { entry.error.clone() },
             attempts: attempt.sends,
-            http_status: None,
+            http_status: attempt.http_status,
             dead_letter: false,
         }
+    }
+
+    /// The answer after the last step: what this delivery changed in
+    /// Slack (`outcome` if nothing), `failed` if its only step was refused.
+    fn answer_steps(&self, attempt: &Attempt<'_>, outcome: DeliveryOutcome) -> Delivery {
+        let outcome = if attempt.found_unreported {
+            DeliveryOutcome::Posted
+        } else if attempt.replied.is_some() {
+            DeliveryOutcome::Updated
+        } else if attempt.refused_reply.is_some() && outcome != DeliveryOutcome::Updated {
+            DeliveryOutcome::Failed
+        } else {
+            outcome
+        };
+        let mut delivery = self.answer(attempt, outcome);
+        if outcome == DeliveryOutcome::Failed {
+            if let Some(e) = &attempt.refused_reply {
+                delivery.error = Some(e.code());
+                delivery.http_status = e.http_status();
+            }
+        }
+        delivery
     }
 
     async fn duplicate(
@@ -401,18 +459,54 @@ impl Deliverer {
             // keeps it inside its dedup window.
             attempt.entry.version = attempt.version.clone();
             self.save(&attempt.entry, true).await?;
-        } else if attempt.found_unreported {
-            // The reconciled row becomes `posted` for good.
+        } else if attempt.found_unreported
+            || attempt.replied.is_some()
+            || attempt.refused_reply.is_some()
+        {
+            // What reconciliation or a reply recorded stays, unclaimed.
             self.save(&attempt.entry, true).await?;
         } else {
             self.release(&attempt.entry).await;
         }
-        let outcome = if attempt.found_unreported {
-            DeliveryOutcome::Posted
+        Ok(self.answer_steps(attempt, DeliveryOutcome::Duplicate))
+    }
+
+    /// A resolved record for an alert never posted: nothing is sent. The
+    /// entry remembers that the alert is resolved (and as of which record),
+    /// so an older firing record arriving late is not posted either.
+    async fn resolved_unposted(&self, attempt: &mut Attempt<'_>) -> Result<Delivery, DeliverError> {
+        if attempt.message.status == AlertStatus::Resolved {
+            let entry = &mut attempt.entry;
+            entry.alert_status = AlertStatus::Resolved;
+            entry.version = attempt.version.clone();
+            if entry.status == Status::New {
+                entry.content_hash = attempt.hash.clone();
+            }
+        }
+        self.save(&attempt.entry, true).await?;
+        let mut delivery = self.answer(attempt, DeliveryOutcome::ResolvedUnposted);
+        delivery.channel = attempt.message.channel_id.clone();
+        delivery.ts = None;
+        delivery.thread_ts = None;
+        Ok(delivery)
+    }
+
+    /// New content went to the thread only (`updates = "thread"`): the
+    /// entry records it as delivered, so the same content is not replied
+    /// again.
+    async fn settle(&self, attempt: &mut Attempt<'_>) -> Result<Delivery, DeliverError> {
+        let entry = &mut attempt.entry;
+        entry.content_hash = attempt.hash.clone();
+        entry.version = attempt.version.clone();
+        entry.alert_status = attempt.message.status;
+        entry.error = attempt.refused_reply.as_ref().map(SlackError::code);
+        self.save(&attempt.entry, true).await?;
+        let outcome = if attempt.refused_reply.is_some() {
+            DeliveryOutcome::Failed
         } else {
-            DeliveryOutcome::Duplicate
+            DeliveryOutcome::Updated
         };
-        Ok(self.answer(attempt, outcome))
+        Ok(self.answer_steps(attempt, outcome))
     }
 
     async fn expire(&self, attempt: &mut Attempt<'_>) -> Result<Delivery, DeliverError> {
@@ -442,9 +536,18 @@ impl Deliverer {
         // find it, few pages even in a busy channel.
         let oldest = attempt.entry.updated_at - 5 * 60 * 1000;
         let channel = attempt.entry.channel_id.clone();
+        let thread = attempt.entry.thread_ts.clone();
         loop {
             self.pacer.history_ready().await;
-            let result = self.slack.find_alert(&channel, &alert, Some(oldest)).await;
+            let result = match &thread {
+                // A recurrence posted under an earlier occurrence.
+                Some(thread) => {
+                    self.slack
+                        .find_alert_in_thread(&channel, thread, &alert, Some(oldest))
+                        .await
+                }
+                None => self.slack.find_alert(&channel, &alert, Some(oldest)).await,
+            };
             let found = match self.called(result, &mut attempt.unknown_errors) {
                 Called::Done(found) => found,
                 Called::Auth(e) => return Err(DeliverError::Auth(e)),
@@ -526,6 +629,7 @@ impl Deliverer {
         &self,
         attempt: &mut Attempt<'_>,
         occurrence: i64,
+        thread: Option<String>,
         stop: &CancellationToken,
     ) -> Result<Option<Delivery>, DeliverError> {
         let message = attempt.message;
@@ -540,8 +644,13 @@ impl Deliverer {
         {
             let entry = &mut attempt.entry;
             if entry.occurrence != occurrence {
+                // A new occurrence: its own message, its own replies.
                 entry.ts = None;
+                entry.reply_key = None;
+                entry.reply_ts = None;
             }
+            entry.thread_ts = thread.clone();
+            entry.alert_status = message.status;
             entry.status = Status::Pending;
             entry.channel_id = conversation.clone();
             entry.content_hash = attempt.hash.clone();
@@ -564,12 +673,31 @@ impl Deliverer {
             alert_id: &message.alert_id,
             occurrence,
         };
-        let result = self
-            .timed(
-                self.slack
-                    .post(&conversation, &message.text, &message.blocks, &alert),
-            )
-            .await;
+        let result = match &thread {
+            // Into the earlier occurrence's thread, and to the channel too:
+            // a recurrence is news.
+            Some(thread_ts) => {
+                let thread = Thread {
+                    ts: thread_ts,
+                    broadcast: true,
+                };
+                self.timed(self.slack.post_in_thread(
+                    &conversation,
+                    &message.text,
+                    &message.blocks,
+                    &alert,
+                    &thread,
+                ))
+                .await
+            }
+            None => {
+                self.timed(
+                    self.slack
+                        .post(&conversation, &message.text, &message.blocks, &alert),
+                )
+                .await
+            }
+        };
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(posted) => {
                 let entry = &mut attempt.entry;
@@ -577,9 +705,19 @@ impl Deliverer {
                 entry.channel_id = posted.channel;
                 entry.ts = Some(posted.ts);
                 self.save(entry, true).await?;
-                let mut delivery = self.answer(attempt, DeliveryOutcome::Posted);
-                delivery.http_status = Some(200);
-                Ok(Some(delivery))
+                attempt.http_status = Some(200);
+                Ok(Some(self.answer(attempt, DeliveryOutcome::Posted)))
+            }
+            Called::Refused(SlackError::Api { code })
+                if thread.is_some() && code == "thread_not_found" =>
+            {
+                // The earlier occurrence's message is gone (deleted): the
+                // recurrence becomes a message of its own.
+                tracing::warn!(alert_id = %message.alert_id, "the earlier thread is gone; posting the recurrence top-level");
+                attempt.entry.thread_ts = None;
+                attempt.entry.status = Status::New;
+                self.save(&attempt.entry, false).await?;
+                Ok(None)
             }
             Called::Refused(e) => self.refused(attempt, e).await.map(Some),
             Called::Auth(e) => {
@@ -672,11 +810,11 @@ impl Deliverer {
                 let entry = &mut attempt.entry;
                 entry.content_hash = attempt.hash.clone();
                 entry.version = attempt.version.clone();
+                entry.alert_status = message.status;
                 entry.error = None;
                 self.save(entry, true).await?;
-                let mut delivery = self.answer(attempt, DeliveryOutcome::Updated);
-                delivery.http_status = Some(200);
-                Ok(Some(delivery))
+                attempt.http_status = Some(200);
+                Ok(Some(self.answer_steps(attempt, DeliveryOutcome::Updated)))
             }
             Called::Auth(e) => {
                 self.release(&attempt.entry).await;
@@ -700,6 +838,150 @@ impl Deliverer {
                 Ok(None)
             }
             Called::Later(after) => self.retry_later(attempt, after, stop).await,
+        }
+    }
+
+    /// Replies in the alert's thread. Like a post, the reply is noted in
+    /// the ledger (`reply_pending`) before Slack sees it, so an unknown
+    /// answer or a crash is looked up before replying again; once made it
+    /// is recorded (`reply_key`) and the loop decides what is left.
+    async fn reply(
+        &self,
+        attempt: &mut Attempt<'_>,
+        thread: &str,
+        key: &str,
+        kind: ReplyKind,
+        stop: &CancellationToken,
+    ) -> Result<(), DeliverError> {
+        let message = attempt.message;
+        let channel = attempt.entry.channel_id.clone();
+        attempt.entry.reply_pending = Some(key.to_owned());
+        self.save(&attempt.entry, false).await?;
+        self.paced(&attempt.entry, &channel).await?;
+        if stop.is_cancelled() {
+            attempt.entry.reply_pending = None;
+            self.save(&attempt.entry, true).await?;
+            return Err(DeliverError::Cancelled);
+        }
+        attempt.sends += 1;
+        let reply = ReplyRef {
+            alert_id: &message.alert_id,
+            occurrence: attempt.entry.occurrence,
+            key,
+        };
+        // A resolved notice is short: the message's text. New content is
+        // the message itself, minus its buttons: they act on the alert,
+        // whose message is the one at the top of the thread.
+        let blocks = match kind {
+            ReplyKind::Resolved => None,
+            ReplyKind::Update => reply_blocks(&message.blocks),
+        };
+        let result = self
+            .timed(
+                self.slack
+                    .reply(&channel, thread, &message.text, blocks.as_deref(), &reply),
+            )
+            .await;
+        match self.called(result, &mut attempt.unknown_errors) {
+            Called::Done(posted) => {
+                let entry = &mut attempt.entry;
+                entry.reply_pending = None;
+                entry.reply_key = Some(key.to_owned());
+                entry.reply_ts = Some(posted.ts.clone());
+                attempt.replied = Some(posted.ts);
+                attempt.http_status = Some(200);
+                self.save(&attempt.entry, false).await
+            }
+            Called::Refused(e) => {
+                // The alert is in Slack; only this reply is not. Recorded
+                // as made, so it is not tried again for this content.
+                tracing::warn!(alert_id = %message.alert_id, reply = key, error = %e, "Slack refused the thread reply");
+                let entry = &mut attempt.entry;
+                entry.reply_pending = None;
+                entry.reply_key = Some(key.to_owned());
+                entry.reply_ts = None;
+                attempt.refused_reply = Some(e);
+                self.save(&attempt.entry, false).await
+            }
+            Called::Auth(e) => {
+                // Nothing was posted; the next run decides afresh.
+                attempt.entry.reply_pending = None;
+                self.save(&attempt.entry, true).await?;
+                Err(DeliverError::Auth(e))
+            }
+            Called::Uncertain(e) => {
+                self.metrics.ambiguous.inc();
+                tracing::warn!(alert_id = %message.alert_id, reply = key, error = %e, "Slack's answer to a reply is unknown; looking before replying again");
+                // Still pending: the next decision looks in the thread.
+                attempt.failures += 1;
+                let delay = self.settings.reconcile_delay;
+                self.wait_holding(&attempt.entry, delay, stop).await
+            }
+            Called::Later(after) => {
+                // Certainly not sent.
+                attempt.entry.reply_pending = None;
+                self.retry_later(attempt, after, stop).await.map(drop)
+            }
+        }
+    }
+
+    /// Looks in the thread for a reply that may have been made (after an
+    /// unknown answer or a crash), and records what it found.
+    async fn reconcile_reply(
+        &self,
+        attempt: &mut Attempt<'_>,
+        thread: &str,
+        key: &str,
+        stop: &CancellationToken,
+    ) -> Result<(), DeliverError> {
+        let reply = ReplyRef {
+            alert_id: &attempt.message.alert_id,
+            occurrence: attempt.entry.occurrence,
+            key,
+        };
+        let oldest = attempt.entry.updated_at - 5 * 60 * 1000;
+        let channel = attempt.entry.channel_id.clone();
+        loop {
+            self.pacer.history_ready().await;
+            let result = self
+                .slack
+                .find_reply(&channel, thread, &reply, Some(oldest))
+                .await;
+            let found = match self.called(result, &mut attempt.unknown_errors) {
+                Called::Done(found) => found,
+                Called::Auth(e) => return Err(DeliverError::Auth(e)),
+                Called::Later(after) => {
+                    attempt.failures += 1;
+                    let delay = self.backoff(attempt.failures, after);
+                    self.wait_holding(&attempt.entry, delay, stop).await?;
+                    continue;
+                }
+                Called::Uncertain(_) => {
+                    attempt.failures += 1;
+                    let delay = self.backoff(attempt.failures, None);
+                    self.wait_holding(&attempt.entry, delay, stop).await?;
+                    continue;
+                }
+                Called::Refused(e) => {
+                    // The thread cannot be read (gone): nothing is there,
+                    // and a reply would be refused the same way.
+                    tracing::warn!(alert_id = %attempt.message.alert_id, channel, error = %e, "cannot look for an earlier reply");
+                    None
+                }
+            };
+            self.metrics
+                .reconciliations
+                .with_label_values(&[if found.is_some() { "found" } else { "absent" }])
+                .inc();
+            let entry = &mut attempt.entry;
+            entry.reply_pending = None;
+            if let Some(ts) = found {
+                tracing::info!(alert_id = %attempt.message.alert_id, reply = key, ts, "found the earlier reply; not replying again");
+                entry.reply_key = Some(key.to_owned());
+                entry.reply_ts = Some(ts.clone());
+                attempt.replied = Some(ts);
+            }
+            return self.save(&attempt.entry, false).await;
         }
     }
 
@@ -797,9 +1079,43 @@ impl Deliverer {
     }
 }
 
+/// A message's blocks as a thread reply: without `actions` blocks (their
+/// buttons belong on the alert's own message); `None` when nothing is left
+/// or the blocks are not a JSON array.
+fn reply_blocks(blocks: &str) -> Option<String> {
+    let parsed: serde_json::Value = serde_json::from_str(blocks).ok()?;
+    let kept: Vec<&serde_json::Value> = parsed
+        .as_array()?
+        .iter()
+        .filter(|block| block["type"] != "actions")
+        .collect();
+    (!kept.is_empty())
+        .then(|| serde_json::Value::from(kept.into_iter().cloned().collect::<Vec<_>>()).to_string())
+}
+
 async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> Result<(), DeliverError> {
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(()),
         _ = stop.cancelled() => Err(DeliverError::Cancelled),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_carry_the_blocks_without_buttons() {
+        let blocks = r#"[{"type":"header","text":{"type":"plain_text","text":"x"}},
+            {"type":"actions","elements":[]},{"type":"section","text":{"type":"mrkdwn","text":"y"}}]"#;
+        let reply: serde_json::Value =
+            serde_json::from_str(&reply_blocks(blocks).unwrap_or_default()).unwrap_or_default();
+        let types: Vec<&str> = reply
+            .as_array()
+            .map(|b| b.iter().filter_map(|b| b["type"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(types, ["header", "section"]);
+        assert_eq!(reply_blocks(r#"[{"type":"actions","elements":[]}]"#), None);
+        assert_eq!(reply_blocks("not json"), None);
     }
 }

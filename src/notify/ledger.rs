@@ -7,12 +7,15 @@
 //! later write is fenced by the claimant's run id, so two replicas (or a
 //! replica and its restarted self) never both act on one alert. A row is
 //! `pending` while a post may be in flight, so a crash in between is visible
-//! and reconciled against Slack before any re-post.
+//! and reconciled against Slack before any re-post; a thread reply is
+//! noted in `reply_pending` the same way, and once made in `reply_key`, so
+//! no replay replies twice.
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 pub use super::decision::{Shown, Status, Version};
+use crate::messages::AlertStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -22,6 +25,8 @@ pub enum LedgerError {
     Db(#[from] crate::db::DbError),
     #[error("ledger row for {alert_id} has unknown status {status:?}")]
     Status { alert_id: String, status: String },
+    #[error("ledger row for {alert_id} has unknown alert_status {status:?}")]
+    AlertStatus { alert_id: String, status: String },
     #[error("the claim on {alert_id} was taken over (our lease ran out)")]
     ClaimLost { alert_id: String },
 }
@@ -83,6 +88,16 @@ pub struct Entry {
     pub owner: Option<String>,
     pub owner_run: Option<String>,
     pub lease_until: Option<i64>,
+    /// What the alert's message shows (never shown: what its last record
+    /// said).
+    pub alert_status: AlertStatus,
+    /// The thread this occurrence was posted into; `None`: its own ts.
+    pub thread_ts: Option<String>,
+    /// The last thread reply made for this occurrence, and its ts.
+    pub reply_key: Option<String>,
+    pub reply_ts: Option<String>,
+    /// A reply that may have reached Slack: look before replying again.
+    pub reply_pending: Option<String>,
 }
 
 impl Entry {
@@ -94,6 +109,10 @@ impl Entry {
             content_hash: self.content_hash.clone(),
             version: self.version.clone(),
             occurrence: self.occurrence,
+            alert: self.alert_status,
+            thread_ts: self.thread_ts.clone(),
+            reply_key: self.reply_key.clone(),
+            reply_pending: self.reply_pending.clone(),
         }
     }
 }
@@ -115,7 +134,8 @@ pub struct Ledger {
 
 const COLUMNS: &str =
     "alert_id, channel_id, ts, content_hash, status, attempts, error, updated_at, \
-     version_source, version_offset, version_created_at, occurrence, owner, owner_run, lease_until";
+     version_source, version_offset, version_created_at, occurrence, owner, owner_run, lease_until, \
+     alert_status, thread_ts, reply_key, reply_ts, reply_pending";
 
 fn int(row: &AnyRow, column: &str) -> Result<i64, sqlx::Error> {
     row.try_get::<i64, _>(column)
@@ -129,6 +149,12 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, LedgerError> {
         alert_id: alert_id.clone(),
         status,
     })?;
+    let alert_status: String = row.try_get("alert_status")?;
+    let alert_status =
+        AlertStatus::parse(&alert_status).ok_or_else(|| LedgerError::AlertStatus {
+            alert_id: alert_id.clone(),
+            status: alert_status,
+        })?;
     Ok(Entry {
         alert_id,
         channel_id: row.try_get("channel_id")?,
@@ -147,6 +173,11 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, LedgerError> {
         owner: row.try_get("owner")?,
         owner_run: row.try_get("owner_run")?,
         lease_until: row.try_get::<Option<i64>, _>("lease_until")?,
+        alert_status,
+        thread_ts: row.try_get("thread_ts")?,
+        reply_key: row.try_get("reply_key")?,
+        reply_ts: row.try_get("reply_ts")?,
+        reply_pending: row.try_get("reply_pending")?,
     })
 }
 
@@ -250,7 +281,8 @@ impl Ledger {
              version_created_at = $12, occurrence = $13, \
              owner = CASE WHEN $14 = 1 THEN NULL ELSE owner END, \
              owner_run = CASE WHEN $14 = 1 THEN NULL ELSE owner_run END, \
-             lease_until = $15 \
+             lease_until = $15, alert_status = $16, thread_ts = $17, reply_key = $18, \
+             reply_ts = $19, reply_pending = $20 \
              WHERE alert_id = $1 AND owner_run = $2",
         )
         .bind(&entry.alert_id)
@@ -268,6 +300,11 @@ impl Ledger {
         .bind(entry.occurrence)
         .bind(i32::from(lease_until.is_none()))
         .bind(lease_until)
+        .bind(entry.alert_status.as_str())
+        .bind(&entry.thread_ts)
+        .bind(&entry.reply_key)
+        .bind(&entry.reply_ts)
+        .bind(&entry.reply_pending)
         .execute(&self.pool)
         .await?;
         fenced(done.rows_affected(), &entry.alert_id)

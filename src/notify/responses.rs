@@ -57,6 +57,8 @@ impl Responses {
             http_status: delivery.http_status,
             source_partition: job.partition,
             source_offset: job.offset,
+            thread_ts: delivery.thread_ts.clone(),
+            reply_ts: delivery.reply_ts.clone(),
         };
         let payload = match self.codec.encode(&to_json(&response)).await {
             Ok(payload) => payload,

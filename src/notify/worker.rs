@@ -174,5 +174,6 @@ pub fn outcome_label(outcome: DeliveryOutcome) -> &'static str {
         DeliveryOutcome::Duplicate => "duplicate",
         DeliveryOutcome::Expired => "expired",
         DeliveryOutcome::Failed => "failed",
+        DeliveryOutcome::ResolvedUnposted => "resolved_unposted",
     }
 }

@@ -1,6 +1,13 @@
-//! Slack's Web API as notify uses it — post, update, find a message by its
-//! alert metadata — with every failure classified as transient (retry),
-//! permanent (dead-letter) or an auth failure (stop delivering).
+//! Slack's Web API as notify uses it — post (top-level or in a thread),
+//! update, find a message by its alert metadata — with every failure
+//! classified as transient (retry), permanent (dead-letter) or an auth
+//! failure (stop delivering).
+//!
+//! Every message notify sends carries metadata naming its alert: an alert's
+//! own message (`alertsvc_alert`: alert id, occurrence) and a thread reply
+//! about it (`alertsvc_alert_reply`: alert id, occurrence, which reply) have
+//! distinct event types, so looking for one after an ambiguous answer never
+//! finds the other.
 //!
 //! [`fake`] is a local Slack Web API for tests and the demo.
 
@@ -16,6 +23,9 @@ use slack_morphism::prelude::*;
 
 /// Event type of the message metadata every alert carries.
 pub const ALERT_METADATA_EVENT: &str = "alertsvc_alert";
+/// Event type of the metadata of a thread reply about an alert (a resolved
+/// notice, new content in the thread).
+pub const REPLY_METADATA_EVENT: &str = "alertsvc_alert_reply";
 const HISTORY_PAGES: usize = 5;
 
 /// Slack errors after which no message can be delivered with this token.
@@ -195,22 +205,17 @@ impl SlackApi {
 
     fn content(
         text: &str,
-        blocks: &str,
-        alert: Option<&AlertRef<'_>>,
+        blocks: Option<&str>,
+        metadata: Option<SlackMessageMetadata>,
     ) -> Result<SlackMessageContent, SlackError> {
-        let blocks: Vec<SlackBlock> =
-            serde_json::from_str(blocks).map_err(|e| SlackError::InvalidBlocks(e.to_string()))?;
-        let mut content = SlackMessageContent::new()
-            .with_text(text.to_owned())
-            .with_blocks(blocks);
-        if let Some(alert) = alert {
-            content = content.with_metadata(SlackMessageMetadata {
-                event_type: ALERT_METADATA_EVENT.to_owned(),
-                event_payload: Some(HashMap::from([
-                    ("alert_id".to_owned(), alert.alert_id.to_owned()),
-                    ("occurrence".to_owned(), alert.occurrence.to_string()),
-                ])),
-            });
+        let mut content = SlackMessageContent::new().with_text(text.to_owned());
+        if let Some(blocks) = blocks {
+            let blocks: Vec<SlackBlock> = serde_json::from_str(blocks)
+                .map_err(|e| SlackError::InvalidBlocks(e.to_string()))?;
+            content = content.with_blocks(blocks);
+        }
+        if let Some(metadata) = metadata {
+            content = content.with_metadata(metadata);
         }
         Ok(content)
     }
@@ -224,10 +229,68 @@ impl SlackApi {
         blocks: &str,
         alert: &AlertRef<'_>,
     ) -> Result<Posted, SlackError> {
-        let request = SlackApiChatPostMessageRequest::new(
-            SlackChannelId(channel.to_owned()),
-            Self::content(text, blocks, Some(alert))?,
-        );
+        self.post_message(
+            channel,
+            Self::content(text, Some(blocks), Some(alert.metadata()))?,
+            None,
+        )
+        .await
+    }
+
+    /// Like [`SlackApi::post`], into `thread` (an occurrence recurring
+    /// under an earlier one).
+    pub async fn post_in_thread(
+        &self,
+        channel: &str,
+        text: &str,
+        blocks: &str,
+        alert: &AlertRef<'_>,
+        thread: &Thread<'_>,
+    ) -> Result<Posted, SlackError> {
+        self.post_message(
+            channel,
+            Self::content(text, Some(blocks), Some(alert.metadata()))?,
+            Some(thread),
+        )
+        .await
+    }
+
+    /// A reply about an alert in its thread (never broadcast): metadata
+    /// [`REPLY_METADATA_EVENT`] names the alert and which reply it is.
+    pub async fn reply(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        text: &str,
+        blocks: Option<&str>,
+        reply: &ReplyRef<'_>,
+    ) -> Result<Posted, SlackError> {
+        let thread = Thread {
+            ts: thread_ts,
+            broadcast: false,
+        };
+        self.post_message(
+            channel,
+            Self::content(text, blocks, Some(reply.metadata()))?,
+            Some(&thread),
+        )
+        .await
+    }
+
+    async fn post_message(
+        &self,
+        channel: &str,
+        content: SlackMessageContent,
+        thread: Option<&Thread<'_>>,
+    ) -> Result<Posted, SlackError> {
+        let mut request =
+            SlackApiChatPostMessageRequest::new(SlackChannelId(channel.to_owned()), content);
+        if let Some(thread) = thread {
+            request = request.with_thread_ts(SlackTs(thread.ts.to_owned()));
+            if thread.broadcast {
+                request = request.with_reply_broadcast(true);
+            }
+        }
         let session = self.client.open_session(&self.token);
         let response = self.call(session.chat_post_message(&request)).await?;
         Ok(Posted {
@@ -247,7 +310,7 @@ impl SlackApi {
     ) -> Result<Posted, SlackError> {
         let request = SlackApiChatUpdateRequest::new(
             SlackChannelId(channel.to_owned()),
-            Self::content(text, blocks, alert)?,
+            Self::content(text, Some(blocks), alert.map(AlertRef::metadata))?,
             SlackTs(ts.to_owned()),
         );
         let session = self.client.open_session(&self.token);
@@ -286,36 +349,113 @@ impl SlackApi {
         alert: &AlertRef<'_>,
         oldest_ms: Option<i64>,
     ) -> Result<Option<String>, SlackError> {
+        self.find_message(channel, None, oldest_ms, |meta| alert.matches(meta))
+            .await
+    }
+
+    /// Like [`SlackApi::find_alert`], for an occurrence posted into the
+    /// thread of `thread_ts`.
+    pub async fn find_alert_in_thread(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        alert: &AlertRef<'_>,
+        oldest_ms: Option<i64>,
+    ) -> Result<Option<String>, SlackError> {
+        self.find_message(channel, Some(thread_ts), oldest_ms, |meta| {
+            alert.matches(meta)
+        })
+        .await
+    }
+
+    /// Looks for a reply about an alert in its thread (by its metadata),
+    /// among replies since `oldest_ms`.
+    pub async fn find_reply(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        reply: &ReplyRef<'_>,
+        oldest_ms: Option<i64>,
+    ) -> Result<Option<String>, SlackError> {
+        self.find_message(channel, Some(thread_ts), oldest_ms, |meta| {
+            reply.matches(meta)
+        })
+        .await
+    }
+
+    /// The ts of the first message whose metadata `wanted` accepts, in the
+    /// conversation's history or, given `thread_ts`, in that thread
+    /// (`conversations.replies`: history lists no replies but broadcast
+    /// ones). Slack's method page says bot tokens may read channel threads
+    /// only in DMs; granular bot tokens with the `*:history` scopes are
+    /// answered (without them Slack answers `missing_scope` naming those).
+    async fn find_message(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        oldest_ms: Option<i64>,
+        wanted: impl Fn(&SlackMessageMetadata) -> bool,
+    ) -> Result<Option<String>, SlackError> {
         let session = self.client.open_session(&self.token);
-        let mut cursor = None;
+        let oldest = oldest_ms.map(|oldest_ms| {
+            let oldest = oldest_ms.max(0);
+            format!("{}.{:06}", oldest / 1000, (oldest % 1000) * 1000)
+        });
+        let mut cursor: Option<SlackCursorId> = None;
         for _ in 0..HISTORY_PAGES {
-            let mut request = SlackApiConversationsHistoryRequest::new()
-                .with_channel(SlackChannelId(channel.to_owned()))
-                .with_limit(200)
-                .with_include_all_metadata(true);
-            if let Some(oldest_ms) = oldest_ms {
-                let oldest = oldest_ms.max(0);
-                request = request.with_oldest(SlackTs(format!(
-                    "{}.{:06}",
-                    oldest / 1000,
-                    (oldest % 1000) * 1000
-                )));
-            }
-            if let Some(cursor) = cursor.take() {
-                request = request.with_cursor(cursor);
-            }
-            let response = self.call(session.conversations_history(&request)).await?;
-            let found = response.messages.iter().find(|m| {
-                m.content
-                    .metadata
-                    .as_ref()
-                    .is_some_and(|meta| alert.matches(meta))
-            });
+            let (messages, next, has_more) = match thread_ts {
+                None => {
+                    let mut request = SlackApiConversationsHistoryRequest::new()
+                        .with_channel(SlackChannelId(channel.to_owned()))
+                        .with_limit(200)
+                        .with_include_all_metadata(true);
+                    if let Some(oldest) = &oldest {
+                        request = request.with_oldest(SlackTs(oldest.clone()));
+                    }
+                    if let Some(cursor) = cursor.take() {
+                        request = request.with_cursor(cursor);
+                    }
+                    let response = self.call(session.conversations_history(&request)).await?;
+                    (
+                        response.messages,
+                        response.response_metadata.and_then(|m| m.next_cursor),
+                        response.has_more,
+                    )
+                }
+                Some(thread_ts) => {
+                    // slack-morphism's request type has no
+                    // `include_all_metadata`, without which Slack leaves
+                    // the metadata out.
+                    let params: Vec<(&str, Option<String>)> = vec![
+                        ("channel", Some(channel.to_owned())),
+                        ("ts", Some(thread_ts.to_owned())),
+                        ("limit", Some("200".to_owned())),
+                        ("include_all_metadata", Some("true".to_owned())),
+                        ("oldest", oldest.clone()),
+                        ("cursor", cursor.take().map(|c| c.0)),
+                    ];
+                    let response: SlackApiConversationsRepliesResponse = self
+                        .call(session.http_session_api.http_get(
+                            "conversations.replies",
+                            &params,
+                            None,
+                        ))
+                        .await?;
+                    (
+                        response.messages,
+                        response.response_metadata.and_then(|m| m.next_cursor),
+                        response.has_more,
+                    )
+                }
+            };
+            let found = messages
+                .iter()
+                .find(|m| m.content.metadata.as_ref().is_some_and(&wanted));
             if let Some(message) = found {
                 return Ok(Some(message.origin.ts.0.clone()));
             }
-            match response.response_metadata.and_then(|m| m.next_cursor) {
-                Some(next) if !next.0.is_empty() && response.has_more.unwrap_or(false) => {
+            match next {
+                Some(next) if !next.0.is_empty() && has_more.unwrap_or(false) => {
                     cursor = Some(next)
                 }
                 _ => return Ok(None),
@@ -341,21 +481,77 @@ pub struct AlertRef<'a> {
     pub occurrence: i64,
 }
 
+/// Where a post goes: into the thread of `ts`, also shown in the channel
+/// when `broadcast` (`reply_broadcast`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thread<'a> {
+    pub ts: &'a str,
+    pub broadcast: bool,
+}
+
+/// Messages posted before occurrences existed are occurrence 1.
+fn occurrence_of(payload: &HashMap<String, String>) -> i64 {
+    payload
+        .get("occurrence")
+        .and_then(|o| o.parse::<i64>().ok())
+        .unwrap_or(1)
+}
+
 impl AlertRef<'_> {
+    fn metadata(&self) -> SlackMessageMetadata {
+        SlackMessageMetadata {
+            event_type: ALERT_METADATA_EVENT.to_owned(),
+            event_payload: Some(HashMap::from([
+                ("alert_id".to_owned(), self.alert_id.to_owned()),
+                ("occurrence".to_owned(), self.occurrence.to_string()),
+            ])),
+        }
+    }
+
     fn matches(&self, meta: &SlackMessageMetadata) -> bool {
         let Some(payload) = meta.event_payload.as_ref() else {
             return false;
         };
-        // Messages posted before occurrences existed are occurrence 1.
-        let occurrence = payload
-            .get("occurrence")
-            .and_then(|o| o.parse::<i64>().ok())
-            .unwrap_or(1);
         meta.event_type == ALERT_METADATA_EVENT
             && payload
                 .get("alert_id")
                 .is_some_and(|id| id == self.alert_id)
-            && occurrence == self.occurrence
+            && occurrence_of(payload) == self.occurrence
+    }
+}
+
+/// Which reply about an alert a thread message is: the alert, its
+/// occurrence, and the reply's key (`resolved`, `update:<content>`), one
+/// reply per key and occurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyRef<'a> {
+    pub alert_id: &'a str,
+    pub occurrence: i64,
+    pub key: &'a str,
+}
+
+impl ReplyRef<'_> {
+    fn metadata(&self) -> SlackMessageMetadata {
+        SlackMessageMetadata {
+            event_type: REPLY_METADATA_EVENT.to_owned(),
+            event_payload: Some(HashMap::from([
+                ("alert_id".to_owned(), self.alert_id.to_owned()),
+                ("occurrence".to_owned(), self.occurrence.to_string()),
+                ("reply".to_owned(), self.key.to_owned()),
+            ])),
+        }
+    }
+
+    fn matches(&self, meta: &SlackMessageMetadata) -> bool {
+        let Some(payload) = meta.event_payload.as_ref() else {
+            return false;
+        };
+        meta.event_type == REPLY_METADATA_EVENT
+            && payload
+                .get("alert_id")
+                .is_some_and(|id| id == self.alert_id)
+            && occurrence_of(payload) == self.occurrence
+            && payload.get("reply").is_some_and(|key| key == self.key)
     }
 }
 
@@ -396,5 +592,35 @@ mod tests {
             SlackError::Timeout(Duration::from_secs(1)).class(),
             ErrorClass::Transient { retry_after: None }
         );
+    }
+
+    #[test]
+    fn an_alerts_message_and_a_reply_about_it_are_told_apart() {
+        let alert = AlertRef {
+            alert_id: "a-1",
+            occurrence: 2,
+        };
+        let reply = ReplyRef {
+            alert_id: "a-1",
+            occurrence: 2,
+            key: "resolved",
+        };
+        assert!(alert.matches(&alert.metadata()));
+        assert!(reply.matches(&reply.metadata()));
+        assert!(
+            !alert.matches(&reply.metadata()),
+            "a reply is not the alert"
+        );
+        assert!(!reply.matches(&alert.metadata()));
+        let other_key = ReplyRef {
+            key: "update:abc",
+            ..reply
+        };
+        assert!(!reply.matches(&other_key.metadata()));
+        let first = AlertRef {
+            occurrence: 1,
+            ..alert
+        };
+        assert!(!first.matches(&alert.metadata()));
     }
 }

@@ -58,7 +58,12 @@ fn cases() -> Vec<(PathBuf, Vec<Value>)> {
                 json!({"alertId": "a-1", "channelId": "C0123", "text": "Disk full on db-1 — ünïcode ✅",
                 "blocks": "[{\"type\":\"section\"}]", "createdAt": 1_764_000_000_123_i64,
                 "pipeline": "connectors", "sourceTopic": "data-notifications-pipeline",
-                "sourcePartition": 2, "sourceOffset": 9_000_000_000_i64}),
+                "sourcePartition": 2, "sourceOffset": 9_000_000_000_i64, "status": "firing",
+                "updates": "edit", "recurrence": "new", "resolvedUnposted": "skip"}),
+                json!({"alertId": "a-1", "channelId": "C0123", "text": "Resolved", "blocks": "[]",
+                "createdAt": 1_764_000_100_000_i64, "pipeline": "connectors", "sourceTopic": "t",
+                "sourcePartition": 0, "sourceOffset": 1, "status": "resolved",
+                "updates": "edit_and_thread", "recurrence": "thread", "resolvedUnposted": "post"}),
             ],
         ),
         (
@@ -66,10 +71,20 @@ fn cases() -> Vec<(PathBuf, Vec<Value>)> {
             vec![
                 json!({"alertId": "a-1", "channelId": "C0123", "ok": true, "outcome": "posted",
                     "ts": "1764000000.000100", "error": null, "postedAt": 1_764_000_000_456_i64,
-                    "attempts": 1, "httpStatus": 200, "sourcePartition": 0, "sourceOffset": 17}),
+                    "attempts": 1, "httpStatus": 200, "sourcePartition": 0, "sourceOffset": 17,
+                    "threadTs": "1764000000.000100", "replyTs": null}),
                 json!({"alertId": "a-2", "channelId": "C0456", "ok": false, "outcome": "failed",
                     "ts": null, "error": "channel_not_found", "postedAt": 5, "attempts": 3,
-                    "httpStatus": null, "sourcePartition": -1, "sourceOffset": -1}),
+                    "httpStatus": null, "sourcePartition": -1, "sourceOffset": -1,
+                    "threadTs": null, "replyTs": null}),
+                json!({"alertId": "a-1", "channelId": "C0123", "ok": true, "outcome": "updated",
+                    "ts": "1764000000.000100", "error": null, "postedAt": 6, "attempts": 2,
+                    "httpStatus": 200, "sourcePartition": 0, "sourceOffset": 18,
+                    "threadTs": "1764000000.000100", "replyTs": "1764000100.000200"}),
+                json!({"alertId": "a-3", "channelId": "C0123", "ok": true,
+                    "outcome": "resolved_unposted", "ts": null, "error": null, "postedAt": 7,
+                    "attempts": 0, "httpStatus": null, "sourcePartition": 1, "sourceOffset": 2,
+                    "threadTs": null, "replyTs": null}),
             ],
         ),
         (
@@ -127,6 +142,8 @@ fn fingerprint_schemas() -> Vec<PathBuf> {
     let mut schemas: Vec<PathBuf> = cases().into_iter().map(|(schema, _)| schema).collect();
     schemas.push(fixture("canonical_edge_cases.avsc"));
     schemas.push(fixture("slack_message_v0.avsc"));
+    schemas.push(shipped("slack_message_v1.avsc"));
+    schemas.push(shipped("slack_response_v1.avsc"));
     schemas
 }
 
@@ -137,7 +154,8 @@ fn evolution_case() -> (PathBuf, Value, Value) {
         "createdAt": 1_600_000_000_000_i64, "priority": 5});
     let read = json!({"alertId": "a-9", "channelId": "C9", "text": "old", "blocks": "[]",
         "createdAt": 1_600_000_000_000_i64, "pipeline": "", "sourceTopic": "",
-        "sourcePartition": -1, "sourceOffset": -1});
+        "sourcePartition": -1, "sourceOffset": -1, "status": "firing", "updates": "edit",
+        "recurrence": "new", "resolvedUnposted": "skip"});
     (fixture("slack_message_v0.avsc"), old, read)
 }
 
@@ -309,4 +327,42 @@ async fn fastavro_reads_and_writes_alertsvc_records() {
         helper("avro_interop.py").display().to_string(),
     ];
     exchange("fastavro", &command).await;
+}
+
+/// The shipped schemas evolve only by added fields with defaults: a record
+/// of the release before the alert lifecycle fields, read through
+/// `writer_schemas`, comes out with the new fields' defaults.
+#[tokio::test]
+async fn records_before_the_lifecycle_fields_read_with_their_defaults() {
+    let cases = [
+        (
+            "slack_message",
+            json!({"alertId": "a-1", "channelId": "C1", "text": "t", "blocks": "[]",
+                "createdAt": 5, "pipeline": "p", "sourceTopic": "s", "sourcePartition": 0,
+                "sourceOffset": 1}),
+            json!({"status": "firing", "updates": "edit", "recurrence": "new",
+                "resolvedUnposted": "skip"}),
+        ),
+        (
+            "slack_response",
+            json!({"alertId": "a-1", "channelId": "C1", "ok": true, "outcome": "updated",
+                "ts": "1.2", "error": null, "postedAt": 5, "attempts": 1, "httpStatus": 200,
+                "sourcePartition": 0, "sourceOffset": 1}),
+            json!({"threadTs": null, "replyTs": null}),
+        ),
+    ];
+    for (name, old, added) in cases {
+        let v1 = shipped(&format!("{name}_v1.avsc"));
+        let current = shipped(&format!("{name}.avsc"));
+        let bytes = codec(&v1, &[]).encode(&old).await.expect("v1 encodes");
+        let read = codec(&current, &[&v1])
+            .decode(&bytes)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut expected = old.clone();
+        for (k, v) in added.as_object().expect("object") {
+            expected[k] = v.clone();
+        }
+        assert_eq!(read, expected, "{name}");
+    }
 }

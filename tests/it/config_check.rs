@@ -715,3 +715,26 @@ fn registry_modes_are_checked_against_the_topic_format() {
         ],
     );
 }
+
+#[test]
+fn lifecycle_settings_are_checked_by_name() {
+    assert_refused(
+        "[enrich.pipelines.connector-provisioning-failure]\nupdates = \"edits\"\n",
+        &[
+            "enrich.pipelines.connector-provisioning-failure.updates",
+            "edits",
+        ],
+    );
+    assert_refused(
+        "[enrich.pipelines.connector-provisioning-failure]\nrecurrence = \"always\"\n",
+        &["enrich.pipelines.connector-provisioning-failure.recurrence"],
+    );
+    assert_refused(
+        "[enrich.pipelines.connector-provisioning-failure.message]\nstatus = \"{{ x \"\n",
+        &["enrich.pipelines.connector-provisioning-failure.message.status"],
+    );
+    assert_refused(
+        "[enrich.pipelines.connector-provisioning-failure]\njoins = [\n  { name = \"status\", table = \"slack_users\", key = \"key\", kind = \"left\" },\n]\n",
+        &["joins[0].name", "reserved"],
+    );
+}

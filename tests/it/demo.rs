@@ -3,7 +3,7 @@
 //! in a real headless Chromium, shows them and acknowledges one through
 //! notify's signed interactions endpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -45,15 +45,16 @@ fn demo_command(args: &[&str], ports: &Ports) -> Command {
 }
 
 /// What the shipped pipeline must make of the demo's first `events`
-/// failures, worked out from the demo's files alone: alert id → channel.
-fn expected_alerts(events: usize) -> BTreeMap<String, String> {
+/// status changes, worked out from the demo's files alone: alert id →
+/// channel, and the alerts a later recovery resolves.
+fn expected_alerts(events: usize) -> (BTreeMap<String, String>, BTreeSet<String>) {
     let dir = config_dir().join("demo");
     let csv = std::fs::read_to_string(dir.join("failures.csv")).unwrap();
     let rows: Vec<Vec<String>> = csv
         .lines()
         .skip(1)
         .filter(|l| !l.is_empty())
-        .map(|l| l.splitn(6, ',').map(str::to_owned).collect())
+        .map(|l| l.splitn(7, ',').map(str::to_owned).collect())
         .collect();
     let read = |file: &str| -> Vec<Value> {
         serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap()
@@ -61,9 +62,30 @@ fn expected_alerts(events: usize) -> BTreeMap<String, String> {
     let assignments = read("assignments.json");
     let users = read("slack_users.json");
     let mut alerts = BTreeMap::new();
+    let mut resolved = BTreeSet::new();
+    // The connector id last written failing per org, env and name: what a
+    // recovery row recovers.
+    let mut failing: BTreeMap<(String, String, String), String> = BTreeMap::new();
     for n in 0..events {
         let row = &rows[n % rows.len()];
-        let (org, env, old_status) = (&row[0], &row[1], &row[4]);
+        let (org, env, name, old_status, new_status) =
+            (&row[0], &row[1], &row[2], &row[4], &row[5]);
+        let connector = (org.clone(), env.clone(), name.clone());
+        let id = if new_status == "Running" {
+            failing
+                .remove(&connector)
+                .unwrap_or_else(|| format!("lcc-demo-{n:04}"))
+        } else {
+            failing.insert(connector, format!("lcc-demo-{n:04}"));
+            format!("lcc-demo-{n:04}")
+        };
+        let alert = format!("{org}-{env}-{id}-connector-failure");
+        if new_status == "Running" {
+            if alerts.contains_key(&alert) {
+                resolved.insert(alert);
+            }
+            continue;
+        }
         if old_status != "Provisioning" {
             continue;
         }
@@ -75,22 +97,19 @@ fn expected_alerts(events: usize) -> BTreeMap<String, String> {
             .find(|u| u["email"] == assignment["csdr_email"])
             .and_then(|u| u["slack_user_id"].as_str())
             .unwrap_or("C0ALERTS");
-        alerts.insert(
-            format!("{org}-{env}-lcc-demo-{n:04}-connector-failure"),
-            channel.to_owned(),
-        );
+        alerts.insert(alert, channel.to_owned());
     }
-    alerts
+    (alerts, resolved)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_delivers_exactly_the_expected_alerts_and_exits() {
     let events = 14;
-    let expected = expected_alerts(events);
+    let (expected, resolved) = expected_alerts(events);
     assert_eq!(
-        expected.len(),
-        10,
-        "the sample data makes alerts and non-alerts"
+        (expected.len(), resolved.len()),
+        (8, 2),
+        "the sample data makes alerts, non-alerts and recoveries"
     );
     let ports = ports();
     let mut command = demo_command(
@@ -105,9 +124,12 @@ async fn the_demo_delivers_exactly_the_expected_alerts_and_exits() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("Kafka broker: 127.0.0.1:"), "{stdout}");
-    let delivered: BTreeMap<String, String> = stdout
+    let lines: Vec<&str> = stdout
         .lines()
         .filter_map(|line| line.strip_prefix("slack  "))
+        .collect();
+    let delivered: BTreeMap<String, String> = lines
+        .iter()
         .map(|rest| {
             let mut parts = rest.split_whitespace();
             let channel = parts.next().unwrap_or_default().to_owned();
@@ -116,10 +138,44 @@ async fn the_demo_delivers_exactly_the_expected_alerts_and_exits() {
         })
         .collect();
     assert_eq!(delivered, expected, "{stdout}");
-    let lines = stdout.lines().filter(|l| l.starts_with("slack  ")).count();
-    assert_eq!(lines, expected.len(), "each alert once: {stdout}");
+    // Each alert posted once; each resolved one edited once and replied
+    // to once, in that order.
+    let of = |alert: &str, kind: &str| {
+        lines
+            .iter()
+            .filter(|l| l.split_whitespace().nth(1) == Some(alert))
+            .filter(|l| match kind {
+                "post" => !l.contains("(updated)") && !l.contains("(reply)"),
+                kind => l.contains(kind),
+            })
+            .count()
+    };
+    for alert in expected.keys() {
+        let done = usize::from(resolved.contains(alert));
+        assert_eq!(
+            (
+                of(alert, "post"),
+                of(alert, "(updated)"),
+                of(alert, "(reply)")
+            ),
+            (1, done, done),
+            "{alert}: {stdout}"
+        );
+    }
+    assert_eq!(lines.len(), expected.len() + 2 * resolved.len(), "{stdout}");
+    for alert in &resolved {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(alert.as_str()) && l.contains("(reply)"))
+            .unwrap();
+        assert!(line.contains("is running again"), "{line}");
+    }
     assert!(
-        stdout.contains(&format!("demo: {} alerts delivered", expected.len())),
+        stdout.contains(&format!(
+            "demo: {} alerts delivered to the Slack stand-in, {} thread replies",
+            expected.len(),
+            resolved.len()
+        )),
         "{stdout}"
     );
 }

@@ -215,6 +215,8 @@ async fn pending_entry_is_reconciled_before_any_repost(backend: Backend) {
         metadata: Some(serde_json::json!({"event_type": "alertsvc_alert", "event_payload": {"alert_id": "crashed", "occurrence": "1"}})),
         edits: 0,
         revisions: vec![crashed.text.clone()],
+        thread_ts: None,
+        reply_broadcast: false,
     });
     // Pending but never reached Slack: posted now.
     let lost = message("lost", "C1", "never reached Slack");

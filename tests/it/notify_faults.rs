@@ -156,6 +156,8 @@ async fn dms_go_to_the_conversation_and_are_reconciled_there() {
             "event_payload": {"alert_id": "crashed-dm", "occurrence": "1"}})),
         edits: 0,
         revisions: vec![crashed.text.clone()],
+        thread_ts: None,
+        reply_broadcast: false,
     });
     env.produce_message(&crashed).await;
     for i in 0..2 {

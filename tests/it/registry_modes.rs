@@ -76,6 +76,11 @@ fn expected_alert(env: &TestEnv, position: (i32, i64)) -> Value {
         "sourceTopic": env.topic("notifications"),
         "sourcePartition": position.0,
         "sourceOffset": position.1,
+        // The shipped pipeline's lifecycle settings (issue 12).
+        "status": "firing",
+        "updates": "edit",
+        "recurrence": "thread",
+        "resolvedUnposted": "skip",
     })
 }
 

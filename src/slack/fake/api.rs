@@ -25,6 +25,10 @@ pub(super) fn router(state: Shared) -> Router {
             "/api/conversations.history",
             get(history_get).post(history_post),
         )
+        .route(
+            "/api/conversations.replies",
+            get(replies_get).post(replies_post),
+        )
         .route("/api/conversations.open", post(open_conversation))
         .route("/api/auth.test", get(auth_test).post(auth_test))
         .layer(axum::middleware::from_fn_with_state(
@@ -235,9 +239,13 @@ fn admit(s: &mut SlackState, channel: &str, request: &Value) -> Result<(), &'sta
     checked
 }
 
-fn message_json(m: &FakeMessage, with_metadata: bool) -> Value {
+/// A message as Slack lists it: a reply names its thread (and is a
+/// `thread_broadcast` when also sent to the channel); a parent with
+/// replies carries `thread_ts` (its own ts), `reply_count`,
+/// `reply_users_count`, `reply_users` and `latest_reply`.
+fn message_json(s: &SlackState, m: &FakeMessage, with_metadata: bool) -> Value {
     let mut v = json!({"type": "message", "ts": m.ts, "text": m.text, "blocks": m.blocks,
-                       "bot_id": "B0ALERTSVC", "channel": m.channel});
+                       "bot_id": "B0ALERTSVC", "user": BOT_USER, "channel": m.channel});
     if with_metadata {
         if let Some(meta) = &m.metadata {
             v["metadata"] = meta.clone();
@@ -246,8 +254,34 @@ fn message_json(m: &FakeMessage, with_metadata: bool) -> Value {
     if m.edits > 0 {
         v["edited"] = json!({"user": "B0ALERTSVC", "ts": m.ts});
     }
+    match &m.thread_ts {
+        Some(parent) => {
+            v["thread_ts"] = json!(parent);
+            v["parent_user_id"] = json!(BOT_USER);
+            if m.reply_broadcast {
+                v["subtype"] = json!("thread_broadcast");
+            }
+        }
+        None => {
+            let replies: Vec<&FakeMessage> = s
+                .messages
+                .iter()
+                .filter(|r| r.channel == m.channel && r.thread_ts.as_deref() == Some(&m.ts))
+                .collect();
+            if let Some(latest) = replies.last() {
+                v["thread_ts"] = json!(m.ts);
+                v["reply_count"] = json!(replies.len());
+                v["reply_users_count"] = json!(1);
+                v["reply_users"] = json!([BOT_USER]);
+                v["latest_reply"] = json!(latest.ts);
+            }
+        }
+    }
     v
 }
+
+/// The app's bot user, author of every message the fake stores.
+const BOT_USER: &str = "U0ALERTSVC";
 
 async fn post_message(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(response) = gate(&state, &headers).await {
@@ -291,6 +325,22 @@ fn store_post(
         s.stats.rate_limited += 1;
         return Err(Refusal::RateLimited { retry_after_secs });
     }
+    // A reply names its thread by the parent's ts: a top-level message of
+    // this conversation (Slack asks for the parent, never a reply).
+    let thread_ts = string_arg(&request, "thread_ts")?
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    if let Some(parent) = &thread_ts {
+        let known = s
+            .messages
+            .iter()
+            .any(|m| m.channel == channel && &m.ts == parent && m.thread_ts.is_none());
+        if !known {
+            s.stats.rejected += 1;
+            return Err("thread_not_found".into());
+        }
+    }
+    let reply_broadcast = thread_ts.is_some() && flag(&request["reply_broadcast"]);
     let text = request["text"].as_str().unwrap_or_default().to_owned();
     // Slack's ts: the post's epoch time in microseconds, unique per
     // channel (here: unique overall).
@@ -313,11 +363,16 @@ fn store_post(
             .unwrap_or(Value::Array(vec![])),
         metadata: request.get("metadata").filter(|m| !m.is_null()).cloned(),
         edits: 0,
+        thread_ts,
+        reply_broadcast,
     };
     if s.dm_user(&channel).is_some() {
         s.open_dms.insert(channel.clone());
     }
     s.stats.posts += 1;
+    if message.thread_ts.is_some() {
+        s.stats.replies += 1;
+    }
     s.count_post(&message);
     s.messages.push(message.clone());
     s.listeners.retain(|l| l.send(message.clone()).is_ok());
@@ -325,8 +380,8 @@ fn store_post(
     if fate != PostAnswer::Success {
         s.stats.ambiguous += 1;
     }
-    let body =
-        json!({"ok": true, "channel": channel, "ts": ts, "message": message_json(&message, true)});
+    let body = json!({"ok": true, "channel": channel, "ts": ts,
+                      "message": message_json(&s, &message, true)});
     Ok((fate, body))
 }
 
@@ -371,7 +426,7 @@ fn apply_update(state: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Val
     s.listeners.retain(|l| l.send(message.clone()).is_ok());
     Ok(
         json!({"ok": true, "channel": channel, "ts": ts, "text": message.text,
-              "message": message_json(&message, false)}),
+              "message": message_json(&s, &message, false)}),
     )
 }
 
@@ -429,20 +484,108 @@ fn history_page(state: &Shared, request: Result<Value, &'static str>) -> Result<
     let oldest: f64 = string_arg(&request, "oldest")?
         .and_then(|o| o.parse().ok())
         .unwrap_or(0.0);
+    // The channel's messages: replies only when broadcast.
     let newest_first: Vec<&FakeMessage> = s
         .messages
         .iter()
         .rev()
-        .filter(|m| m.channel == channel)
+        .filter(|m| m.channel == channel && m.in_channel())
         .filter(|m| m.ts.parse::<f64>().is_ok_and(|ts| ts > oldest))
         .collect();
     let page: Vec<Value> = newest_first
         .iter()
         .skip(offset)
         .take(limit)
-        .map(|m| message_json(m, with_metadata))
+        .map(|m| message_json(&s, m, with_metadata))
         .collect();
     let has_more = newest_first.len() > offset + limit;
+    let next_cursor = if has_more {
+        (offset + limit).to_string()
+    } else {
+        String::new()
+    };
+    Ok(json!({"ok": true, "messages": page, "has_more": has_more,
+              "response_metadata": {"next_cursor": next_cursor}}))
+}
+
+async fn replies_get(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let request = Value::Object(
+        query
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    );
+    replies(state, headers, Ok(request)).await
+}
+
+async fn replies_post(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = parse_body(&headers, &body);
+    replies(state, headers, request).await
+}
+
+async fn replies(
+    state: Shared,
+    headers: HeaderMap,
+    request: Result<Value, &'static str>,
+) -> Response {
+    if let Err(response) = gate(&state, &headers).await {
+        return response;
+    }
+    answer(replies_page(&state, request))
+}
+
+/// `conversations.replies`: a thread, oldest first — its parent, then the
+/// replies after `oldest`. `ts` may name the parent or a reply in it;
+/// anything else is `thread_not_found`.
+fn replies_page(state: &Shared, request: Result<Value, &'static str>) -> Result<Value, Refusal> {
+    let mut s = lock(state);
+    s.stats.replies_calls += 1;
+    let request = request?;
+    let channel = string_arg(&request, "channel")?.unwrap_or_default();
+    check_channel(&s, channel)?;
+    let ts = string_arg(&request, "ts")?.unwrap_or_default();
+    let Some(named) = s
+        .messages
+        .iter()
+        .find(|m| m.channel == channel && m.ts == ts)
+    else {
+        return Err("thread_not_found".into());
+    };
+    let parent_ts = named.thread_ts.clone().unwrap_or_else(|| named.ts.clone());
+    let with_metadata = flag(&request["include_all_metadata"]);
+    let limit = request["limit"]
+        .as_u64()
+        .or_else(|| request["limit"].as_str().and_then(|l| l.parse().ok()))
+        .unwrap_or(10)
+        .clamp(1, 1000) as usize;
+    let offset: usize = request["cursor"]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let oldest: f64 = string_arg(&request, "oldest")?
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0.0);
+    let thread: Vec<&FakeMessage> = s
+        .messages
+        .iter()
+        .filter(|m| m.channel == channel)
+        .filter(|m| {
+            m.ts == parent_ts
+                || (m.thread_ts.as_deref() == Some(parent_ts.as_str())
+                    && m.ts.parse::<f64>().is_ok_and(|ts| ts > oldest))
+        })
+        .collect();
+    let page: Vec<Value> = thread
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|m| message_json(&s, m, with_metadata))
+        .collect();
+    let has_more = thread.len() > offset + limit;
     let next_cursor = if has_more {
         (offset + limit).to_string()
     } else {

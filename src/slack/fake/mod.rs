@@ -8,7 +8,11 @@
 //! Block Kit and length checks (`invalid_blocks`, `msg_too_long`), a
 //! per-channel rate limit answered with HTTP 429 and `Retry-After`,
 //! `chat.update`, `conversations.history` with message metadata (and its
-//! tier limit), and `conversations.open`.
+//! tier limit), `conversations.open`, and threads as Slack keeps them: a
+//! `thread_ts` must name a top-level message of that conversation
+//! (`thread_not_found`), replies are listed by `conversations.replies` and
+//! not by `conversations.history` unless sent with `reply_broadcast`, and a
+//! parent carries `reply_count` and `latest_reply`.
 //!
 //! For chaos tests it injects the faults that break exactly-once delivery
 //! if notify mishandles them — outages, posts stored but answered with an
@@ -88,18 +92,50 @@ pub struct FakeMessage {
     /// The text after the post and after every update, oldest first: what
     /// a reader of the channel saw, to check it never went backwards.
     pub revisions: Vec<String>,
+    /// A reply's parent (the thread); `None` for a top-level message.
+    pub thread_ts: Option<String>,
+    /// A reply also shown in the channel (`reply_broadcast`).
+    pub reply_broadcast: bool,
 }
 
 impl FakeMessage {
+    /// The alert whose own message this is (metadata event
+    /// `alertsvc_alert`); `None` for a reply about an alert.
     pub fn alert_id(&self) -> Option<&str> {
+        let meta = self.metadata.as_ref()?;
+        (meta["event_type"] == crate::slack::ALERT_METADATA_EVENT)
+            .then(|| meta["event_payload"]["alert_id"].as_str())
+            .flatten()
+    }
+
+    /// The alert a message is about: its own message or a reply.
+    pub fn about_alert(&self) -> Option<&str> {
         self.metadata.as_ref()?["event_payload"]["alert_id"].as_str()
+    }
+
+    /// Which reply about an alert this is (`resolved`, `update:…`).
+    pub fn reply_key(&self) -> Option<&str> {
+        let meta = self.metadata.as_ref()?;
+        (meta["event_type"] == crate::slack::REPLY_METADATA_EVENT)
+            .then(|| meta["event_payload"]["reply"].as_str())
+            .flatten()
+    }
+
+    /// Whether the message shows in the channel (`conversations.history`):
+    /// top-level, or a broadcast reply.
+    pub fn in_channel(&self) -> bool {
+        self.thread_ts.is_none() || self.reply_broadcast
     }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FakeStats {
-    /// Stored posts, ambiguous ones included.
+    /// Stored posts, ambiguous ones and replies included.
     pub posts: usize,
+    /// Stored posts into a thread.
+    pub replies: usize,
+    /// `conversations.replies` calls past auth.
+    pub replies_calls: usize,
     pub updates: usize,
     /// `conversations.history` calls past auth, rate-limited ones included.
     pub history_calls: usize,
@@ -135,7 +171,8 @@ struct SlackState {
     faults: Faults,
     /// DMs that were opened or posted to (`already_open` in answers).
     open_dms: BTreeSet<String>,
-    /// Top-level posts per metadata alert id, as they were posted.
+    /// Posts of each alert's own message (occurrences, not replies about
+    /// it), as they were posted.
     posts_by_alert: BTreeMap<String, usize>,
     /// Lets the demo page show messages newest first as they arrive.
     listeners: Vec<tokio::sync::mpsc::UnboundedSender<FakeMessage>>,
@@ -221,9 +258,10 @@ impl FakeSlack {
         self.lock().stats
     }
 
-    /// How many top-level posts carried each metadata alert id, counted
-    /// when posted (ambiguous and inserted ones included): more than one
-    /// means the alert was delivered twice.
+    /// How many posts of its own message (metadata `alertsvc_alert`, not a
+    /// reply about it) each alert id had, counted when posted (ambiguous
+    /// and inserted ones included): more than one per occurrence means the
+    /// alert was delivered twice.
     pub fn posts_by_alert(&self) -> BTreeMap<String, usize> {
         self.lock().posts_by_alert.clone()
     }

@@ -769,15 +769,26 @@ impl Record {
     }
 }
 
-/// A `NotificationsPipelineEvent` for a connector status change.
+/// A `NotificationsPipelineEvent` for a connector status change to `Failed`.
 pub fn connector_event(id: &str, env: &str, connector: &str, old_status: &str) -> Value {
+    connector_status_event(id, env, connector, old_status, "Failed")
+}
+
+/// A `NotificationsPipelineEvent` for a connector status change.
+pub fn connector_status_event(
+    id: &str,
+    env: &str,
+    connector: &str,
+    old_status: &str,
+    new_status: &str,
+) -> Value {
     let data = json!({
         "env_id": env,
         "connector_id": connector,
         "connector_name": format!("{connector}-name"),
         "connector_type": "PostgresSink",
         "failure_reason": format!("bad credentials for {connector}"),
-        "labels": {"connector_old_status": old_status, "connector_new_status": "Failed"},
+        "labels": {"connector_old_status": old_status, "connector_new_status": new_status},
     });
     json!({"eventId": id, "eventType": "connector-failure", "source": "tests",
            "time": 1_700_000_000_000i64, "data": data.to_string()})

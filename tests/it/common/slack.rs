@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use alertsvc::messages::{SlackMessage, SlackResponse};
+use alertsvc::messages::{
+    AlertStatus, RecurrenceMode, ResolvedUnposted, SlackMessage, SlackResponse, UpdateMode,
+};
 use alertsvc::notify::delivery::{content_hash, version_of};
 use alertsvc::notify::ledger::{Claim, Ledger, Owner, Status};
 use alertsvc::slack::fake::{FakeMessage, FakeSlack, FakeSlackConfig};
@@ -112,6 +114,10 @@ pub fn message(alert_id: &str, channel: &str, text: &str) -> SlackMessage {
         source_topic: "t".into(),
         source_partition: 0,
         source_offset: 0,
+        status: AlertStatus::Firing,
+        updates: UpdateMode::Edit,
+        recurrence: RecurrenceMode::New,
+        resolved_unposted: ResolvedUnposted::Skip,
     }
 }
 
