@@ -1150,6 +1150,51 @@ fn http_status(message: &str) -> Option<u16> {
     rest.get(..3)?.parse().ok()
 }
 
+/// Earlier versions of the shipped schemas, built in. Records the previous
+/// release wrote (with these schemas' spec fingerprints, or with the
+/// TRANSITIONAL apache-avro ones) are still on the topics after an upgrade
+/// and must be read without anyone listing `writer_schemas`: notify would
+/// otherwise dead-letter every alert in flight during the rollout.
+const SHIPPED_PREDECESSORS: &[(&str, &str)] = &[
+    (
+        "(built in) schemas/slack_message_v1.avsc",
+        include_str!("../config/schemas/slack_message_v1.avsc"),
+    ),
+    (
+        "(built in) schemas/slack_response_v1.avsc",
+        include_str!("../config/schemas/slack_response_v1.avsc"),
+    ),
+];
+
+/// The built-in predecessors of a topic's schema: those with its full name
+/// that Avro can resolve to it. A schema an operator changed so far that an
+/// old version no longer resolves simply does not get it (old records then
+/// need `writer_schemas`, which says why when they do not resolve).
+fn shipped_predecessors(reader: &SchemaFile) -> Result<Vec<SchemaFile>, AvroError> {
+    let Some(name) = reader.schema.name() else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for (path, text) in SHIPPED_PREDECESSORS {
+        let old = SchemaFile::parse(*path, text)?;
+        let same_name = old
+            .schema
+            .name()
+            .is_some_and(|n| n.fullname(None) == name.fullname(None));
+        if same_name
+            && spec_fingerprint(&old)? != spec_fingerprint(reader)?
+            && apache_avro::schema_compatibility::SchemaCompatibility::can_read(
+                &old.schema,
+                &reader.schema,
+            )
+            .is_ok()
+        {
+            found.push(old);
+        }
+    }
+    Ok(found)
+}
+
 /// A topic's wire format.
 pub enum Codec {
     Json,
@@ -1178,11 +1223,12 @@ impl Codec {
         Ok(match (topic.format, schema) {
             (WireFormat::Json, _) => Codec::Json,
             (WireFormat::AvroSingleObject, Some(schema)) => {
-                let writers = topic
+                let mut writers = topic
                     .writer_schemas
                     .iter()
                     .map(|s| load_schema_file(dir, s))
                     .collect::<Result<Vec<_>, _>>()?;
+                writers.extend(shipped_predecessors(&schema)?);
                 Codec::SingleObject(Box::new(SingleObject::new(&schema, &writers)?))
             }
             (WireFormat::AvroConfluent, Some(SchemaFile { schema, .. })) => {
@@ -1509,6 +1555,39 @@ mod tests {
             hex(&legacy_fingerprint(&legacy.unwrap())),
             "39b1b5249868a03e"
         );
+    }
+
+    #[test]
+    fn the_previous_releases_slack_messages_are_read_without_configuration() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let topic = TopicSettings {
+            name: "slack-messages".into(),
+            format: WireFormat::AvroSingleObject,
+            schema: Some("config/schemas/slack_message.avsc".into()),
+            writer_schemas: Vec::new(),
+            key_format: KeyFormat::String,
+            key_schema: None,
+            auto_register: None,
+            use_latest_version: None,
+        };
+        let Codec::SingleObject(current) = Codec::build(repo, &topic, None).unwrap() else {
+            panic!("single-object codec");
+        };
+        let v1 = SchemaFile::parse(
+            "v1",
+            include_str!("../config/schemas/slack_message_v1.avsc"),
+        )
+        .unwrap();
+        let old = json!({"alertId": "a-1", "channelId": "C1", "text": "t", "blocks": "[]",
+            "createdAt": 5, "pipeline": "p", "sourceTopic": "s", "sourcePartition": 0,
+            "sourceOffset": 1});
+        let mut bytes = SingleObject::new(&v1, &[]).unwrap().encode(&old).unwrap();
+        let read = current.decode(&bytes).unwrap();
+        assert_eq!(read["status"], "firing");
+        assert_eq!(read["alertId"], "a-1");
+        // And with the fingerprint releases before issue 10 wrote.
+        bytes[2..10].copy_from_slice(&legacy_fingerprint(&v1.schema));
+        assert_eq!(current.decode(&bytes).unwrap(), read);
     }
 
     #[test]

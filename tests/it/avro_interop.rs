@@ -355,7 +355,9 @@ async fn records_before_the_lifecycle_fields_read_with_their_defaults() {
         let v1 = shipped(&format!("{name}_v1.avsc"));
         let current = shipped(&format!("{name}.avsc"));
         let bytes = codec(&v1, &[]).encode(&old).await.expect("v1 encodes");
-        let read = codec(&current, &[&v1])
+        // No writer_schemas: the shipped v1 schemas are built in, so an
+        // upgrade reads what the previous release left on the topics.
+        let read = codec(&current, &[])
             .decode(&bytes)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
