@@ -23,6 +23,8 @@ pub mod dlq_headers {
     pub const JOB: &str = "alertsvc.dlq.job";
     pub const ROW: &str = "alertsvc.dlq.row";
     pub const COLUMN: &str = "alertsvc.dlq.column";
+    /// notify: the alert Slack refused for good.
+    pub const ALERT_ID: &str = "alertsvc.dlq.alert_id";
 }
 
 /// Where a record was read from.
@@ -70,6 +72,25 @@ pub struct DeadLetterRecord {
 }
 
 impl DeadLetterRecord {
+    /// A dead letter with no key, bytes or source yet; the `with_*`
+    /// methods add them.
+    pub fn new(
+        dlq_topic: impl Into<String>,
+        stage: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        DeadLetterRecord {
+            dlq_topic: dlq_topic.into(),
+            source: None,
+            key: None,
+            payload: None,
+            stage: stage.into(),
+            reason: reason.into(),
+            pipeline: None,
+            extra_headers: Vec::new(),
+        }
+    }
+
     /// A dead letter for a consumed record: its key, bytes and position.
     pub fn from_message<M: Message>(
         dlq_topic: impl Into<String>,
@@ -87,6 +108,22 @@ impl DeadLetterRecord {
             pipeline: None,
             extra_headers: Vec::new(),
         }
+    }
+
+    /// Where the record was read from, when the message itself is gone.
+    pub fn with_source(mut self, source: SourcePosition) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    pub fn with_key(mut self, key: Option<Vec<u8>>) -> Self {
+        self.key = key;
+        self
+    }
+
+    pub fn with_payload(mut self, payload: Option<Vec<u8>>) -> Self {
+        self.payload = payload;
+        self
     }
 
     pub fn with_pipeline(mut self, pipeline: impl Into<String>) -> Self {
@@ -302,16 +339,12 @@ mod tests {
 
     #[test]
     fn a_row_names_its_job_instead_of_a_position() {
-        let letter = DeadLetterRecord {
-            dlq_topic: "t.dlq".into(),
-            source: None,
-            key: None,
-            payload: Some(b"{}".to_vec()),
-            stage: "produce".into(),
-            reason: "row 5, column org_id: missing key (NULL)".into(),
-            pipeline: None,
-            extra_headers: Vec::new(),
-        }
+        let letter = DeadLetterRecord::new(
+            "t.dlq",
+            "produce",
+            "row 5, column org_id: missing key (NULL)",
+        )
+        .with_payload(Some(b"{}".to_vec()))
         .with_header(dlq_headers::JOB, "j")
         .with_header(dlq_headers::ROW, "5");
         assert_eq!(letter.origin(), "alertsvc.dlq.job=j alertsvc.dlq.row=5");

@@ -730,18 +730,12 @@ impl CompiledJob {
     }
 
     fn dead_letter(&self, row: &Row, error: &RowError) -> DeadLetterRecord {
-        let mut letter = DeadLetterRecord {
-            dlq_topic: self.dlq_topic.clone(),
-            source: None,
-            key: self.mapping.key_of(row).map(String::into_bytes),
-            payload: Some(row.to_json().to_string().into_bytes()),
-            stage: "produce".into(),
-            reason: error.to_string(),
-            pipeline: None,
-            extra_headers: Vec::new(),
-        }
-        .with_header(dlq_headers::JOB, self.name.clone())
-        .with_header(dlq_headers::ROW, error.row.to_string());
+        let mut letter =
+            DeadLetterRecord::new(self.dlq_topic.clone(), "produce", error.to_string())
+                .with_key(self.mapping.key_of(row).map(String::into_bytes))
+                .with_payload(Some(row.to_json().to_string().into_bytes()))
+                .with_header(dlq_headers::JOB, self.name.clone())
+                .with_header(dlq_headers::ROW, error.row.to_string());
         if let Some(column) = &error.column {
             letter = letter.with_header(dlq_headers::COLUMN, column.clone());
         }
