@@ -185,7 +185,11 @@ pub fn client_config(kafka: &KafkaSettings, name: &str, role: &Role) -> ClientCo
     for property in role.properties() {
         config.set(property.name, property.value);
     }
-    for warning in overrides(&kafka.client, &[(name.to_owned(), role.clone())]) {
+    for warning in overrides(
+        "kafka.client",
+        &kafka.client,
+        &[(name.to_owned(), role.clone())],
+    ) {
         tracing::warn!("{warning}");
     }
     for (name, value) in &kafka.client {
@@ -265,7 +269,9 @@ fn configured_clients(settings: &Settings) -> Vec<(String, Role)> {
     if settings.produce.is_some() {
         clients.push((
             "the produce producer".to_owned(),
-            Role::IdempotentProducer { linger_ms: 20 },
+            Role::IdempotentProducer {
+                linger_ms: PRODUCE_LINGER_MS,
+            },
         ));
         clients.push((
             "the produce read-back reader".to_owned(),
@@ -293,15 +299,42 @@ pub const PRODUCE_READBACK_GROUP: &str = "alertsvc-produce-readback";
 pub const DLQ_REPLAY_GROUP: &str = "alertsvc-dlq-replay";
 
 /// `config check`'s warnings: each `[kafka.client]` property that overrides
-/// what a configured stage's client relies on.
+/// what a configured stage's client relies on, then each
+/// `[produce.producer]` property that overrides what produce's producer
+/// relies on (it is applied after `[kafka.client]`).
 pub fn client_warnings(settings: &Settings) -> Vec<String> {
-    overrides(&settings.kafka.client, &configured_clients(settings))
+    let mut warnings = overrides(
+        "kafka.client",
+        &settings.kafka.client,
+        &configured_clients(settings),
+    );
+    if let Some(produce) = &settings.produce {
+        warnings.extend(overrides(
+            "produce.producer",
+            &produce.producer,
+            &[(
+                "the produce producer".to_owned(),
+                Role::IdempotentProducer {
+                    linger_ms: PRODUCE_LINGER_MS,
+                },
+            )],
+        ));
+    }
+    warnings
 }
 
-/// One warning per overridden property and value the clients set, naming
-/// every client that sets it. Values of credential-like properties are
-/// never shown.
-fn overrides(client: &BTreeMap<String, String>, clients: &[(String, Role)]) -> Vec<String> {
+/// produce batches more than the streaming stages: it writes whole result
+/// sets at once.
+pub const PRODUCE_LINGER_MS: u32 = 20;
+
+/// One warning per property of `client` (the table named `table`) that
+/// overrides a relied-on value the clients set, naming every client that
+/// sets it. Values of credential-like properties are never shown.
+fn overrides(
+    table: &str,
+    client: &BTreeMap<String, String>,
+    clients: &[(String, Role)],
+) -> Vec<String> {
     // (property, role's value, why) → the clients that set it.
     let mut overridden: BTreeMap<(&str, String, &str), Vec<&str>> = BTreeMap::new();
     let mut order = Vec::new();
@@ -337,7 +370,7 @@ fn overrides(client: &BTreeMap<String, String>, clients: &[(String, Role)]) -> V
             };
             let sets = if names.len() == 1 { "sets" } else { "set" };
             format!(
-                "kafka.client.{name} = {} overrides what {} {sets} ({}): {why}",
+                "{table}.{name} = {} overrides what {} {sets} ({}): {why}",
                 shown(&client[name]),
                 names.join(", "),
                 shown(&role_value),
@@ -426,7 +459,7 @@ mod tests {
         ])
         .client;
         assert_eq!(
-            overrides(&client, &clients),
+            overrides("kafka.client", &client, &clients),
             vec![
                 "kafka.client.enable.auto.commit = true overrides what the enrich consumer sets \
                  (false): the stage commits offsets itself once a record is done; auto-commit \
@@ -441,6 +474,11 @@ mod tests {
                     .to_owned(),
             ]
         );
-        assert!(overrides(&settings(&[("linger.ms", "1")]).client, &clients).is_empty());
+        assert!(overrides(
+            "kafka.client",
+            &settings(&[("linger.ms", "1")]).client,
+            &clients
+        )
+        .is_empty());
     }
 }

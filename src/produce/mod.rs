@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::avro::{load_schema, Codec, KeyCodec};
 use crate::config::{query_labels, resolve_path, ProduceSettings, Settings, SourceSettings};
 use crate::http::{AppState, Health};
-use crate::kafka::{client_config, Role, StageContext, PRODUCE_READBACK_GROUP};
+use crate::kafka::{client_config, Role, StageContext, PRODUCE_LINGER_MS, PRODUCE_READBACK_GROUP};
 use crate::metrics::ProduceMetrics;
 
 pub mod checkpoint;
@@ -339,8 +339,13 @@ impl Runtime {
             let mut config = client_config(
                 &settings.kafka,
                 "the produce producer",
-                &Role::IdempotentProducer { linger_ms: 20 },
+                &Role::IdempotentProducer {
+                    linger_ms: PRODUCE_LINGER_MS,
+                },
             );
+            // After [kafka.client]: produce's own tuning is the more
+            // specific; `config check` warns when it overrides a relied-on
+            // property.
             for (name, value) in &produce.producer {
                 config.set(name, value);
             }

@@ -769,4 +769,17 @@ fn kafka_client_overriding_a_relied_on_property_is_a_warning() {
     assert!(outcome.stderr.ends_with("configuration OK\n"));
     // The shipped `[kafka.client]` (client.id) overrides nothing.
     assert_eq!(warnings(&check("").stderr), Vec::<&str>::new());
+    // `[produce.producer]`, applied after `[kafka.client]`, is checked
+    // against produce's producer.
+    let outcome = check("[produce.producer]\n\"acks\" = \"1\"\n\"linger.ms\" = \"5\"\n");
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert_eq!(
+        warnings(&outcome.stderr),
+        vec![
+            "warning: produce.producer.acks = 1 overrides what the produce producer sets (all): \
+             a record acknowledged by the leader alone can be lost with it"
+        ],
+        "{}",
+        outcome.stderr
+    );
 }
