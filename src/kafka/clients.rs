@@ -237,7 +237,7 @@ fn configured_clients(settings: &Settings) -> Vec<(String, Role)> {
                 transactional_id: format!("{}-<instance>", enrich.transactional_id_prefix),
                 transaction_timeout: enrich.transaction_timeout,
             },
-            _ => Role::IdempotentProducer { linger_ms: 5 },
+            ProcessingGuarantee::AtLeastOnce => Role::IdempotentProducer { linger_ms: 5 },
         };
         clients.push(("the enrich producer".to_owned(), producer));
         clients.push((
