@@ -304,6 +304,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for warning in deployment_warnings(&settings)? {
                 eprintln!("warning: {warning}");
             }
+            for warning in crate::kafka::client_warnings(&settings) {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", settings.render_redacted()?);
             eprintln!("configuration OK");
             Ok(())

@@ -26,7 +26,10 @@ use sqlx::{AnyPool, Row};
 
 use crate::config::Settings;
 use crate::db::DbError;
-use crate::kafka::{client_config, dlq_headers, enqueue, OutRecord, StageContext};
+use crate::kafka::{
+    client_config, dlq_headers, enqueue, partition_watermarks, OutRecord, Role, StageContext,
+    Watermarks, DLQ_REPLAY_GROUP,
+};
 
 /// Header naming the dead letter a replayed record came from.
 pub const REPLAYED_FROM: &str = "alertsvc.replayed.from";
@@ -334,14 +337,13 @@ async fn replay(
     if selected.is_empty() {
         return Ok(());
     }
-    let mut config = client_config(&settings.kafka);
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5");
-    let producer: FutureProducer<StageContext> = config
-        .create_with_context(StageContext::default())
-        .map_err(|e| ReplayError::Producer(e.to_string()))?;
+    let producer: FutureProducer<StageContext> = client_config(
+        &settings.kafka,
+        "the dlq replay producer",
+        &Role::IdempotentProducer { linger_ms: 5 },
+    )
+    .create_with_context(StageContext::default())
+    .map_err(|e| ReplayError::Producer(e.to_string()))?;
     for batch in selected.chunks(BATCH) {
         let mut deliveries = Vec::with_capacity(batch.len());
         for (letter, target) in batch {
@@ -440,13 +442,13 @@ async fn record_replayed(
 
 /// Reads `dlq_topic` from its beginning to the end offsets listed now.
 async fn read_all(settings: &Settings, dlq_topic: &str) -> Result<Vec<DeadLetter>, ReplayError> {
-    let mut config = client_config(&settings.kafka);
-    config
-        .set("group.id", "alertsvc-dlq-replay")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed");
+    let config = client_config(
+        &settings.kafka,
+        "the dlq replay reader",
+        &Role::ReadBack {
+            group_id: DLQ_REPLAY_GROUP.to_owned(),
+        },
+    );
     let topic = dlq_topic.to_owned();
     let error = |reason: String| ReplayError::Read {
         topic: dlq_topic.to_owned(),
@@ -462,27 +464,22 @@ fn read_blocking(config: &rdkafka::ClientConfig, topic: &str) -> Result<Vec<Dead
     let consumer: BaseConsumer<StageContext> = config
         .create_with_context(StageContext::default())
         .map_err(|e| format!("cannot create the consumer: {e}"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(|e| format!("cannot read metadata: {e}"))?;
-    let Some(info) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        return Err("topic does not exist".to_owned());
-    };
-    if let Some(error) = info.error() {
-        return Err(rdkafka::error::RDKafkaErrorCode::from(error).to_string());
-    }
     // partition → end offset at start; a partition is done once the
     // consumer's position reaches it.
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
-    for partition in info.partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition.id(), METADATA_TIMEOUT)
-            .map_err(|e| format!("cannot read offsets: {e}"))?;
+    let watermarks =
+        partition_watermarks(&consumer, topic, METADATA_TIMEOUT).map_err(|e| e.to_string())?;
+    for Watermarks {
+        partition,
+        low,
+        high,
+    } in watermarks
+    {
         if high > low {
-            ends.insert(partition.id(), high);
+            ends.insert(partition, high);
             assignment
-                .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                .add_partition_offset(topic, partition, Offset::Beginning)
                 .map_err(|e| e.to_string())?;
         }
     }

@@ -22,6 +22,7 @@ use crate::config::{
     resolve_path, DemoBroker, DemoSettings, DemoSlack, DemoWarehouse, Secret, Settings,
     SourceSettings,
 };
+use crate::kafka::{client_config, Role, StageContext};
 use crate::produce::row::format_sql_datetime;
 use crate::slack::fake::{FakeMessage, FakeSlack, FakeSlackConfig};
 
@@ -383,9 +384,13 @@ async fn seed_tables(
         .map_err(|(topic, e)| DemoError::Broker(format!("topic {topic}: {e}")))?;
     let key_codecs = crate::avro::build_key_codecs(config_dir, settings)
         .map_err(|(topic, e)| DemoError::Broker(format!("topic {topic}: {e}")))?;
-    let producer: FutureProducer = crate::kafka::client_config(&settings.kafka)
-        .create()
-        .map_err(|e| DemoError::Broker(e.to_string()))?;
+    let producer: FutureProducer<StageContext> = client_config(
+        &settings.kafka,
+        "the demo table seeder",
+        &Role::IdempotentProducer { linger_ms: 5 },
+    )
+    .create_with_context(StageContext::default())
+    .map_err(|e| DemoError::Broker(e.to_string()))?;
     let tables: [(&str, &str, &str); 2] = [
         ("csdr_assignment", demo.assignments.as_str(), "org_id"),
         ("slack_users", demo.slack_users.as_str(), "email"),

@@ -28,7 +28,7 @@ use crate::avro::{build_codecs, build_key_codecs, AvroError, Codec};
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, EnrichSettings, ProcessingGuarantee, Settings};
 use crate::http::{self, AppState, Health};
-use crate::kafka::{client_config, StageContext};
+use crate::kafka::{client_config, Commits, Role, StageContext};
 use crate::metrics::{EnrichMetrics, MetricsError};
 use pipeline::Pipeline;
 use processor::{BatchError, InputTopic, Processor, Route};
@@ -125,14 +125,16 @@ pub async fn run(
     let context = StageContext {
         lag: Some(metrics.consumer_lag.clone()),
     };
-    let mut dlq_config = client_config(&settings.kafka);
-    dlq_config.set("enable.idempotence", "true");
-    let dlq_producer: FutureProducer<StageContext> = dlq_config
-        .create_with_context(context.clone())
-        .map_err(|source| EnrichError::Client {
-            client: "dead-letter producer",
-            source,
-        })?;
+    let dlq_producer: FutureProducer<StageContext> = client_config(
+        &settings.kafka,
+        "the enrich dead-letter producer",
+        &Role::IdempotentProducer { linger_ms: 5 },
+    )
+    .create_with_context(context.clone())
+    .map_err(|source| EnrichError::Client {
+        client: "dead-letter producer",
+        source,
+    })?;
 
     let mut tables = Tables::default();
     let mut loaders = Vec::new();
@@ -140,19 +142,18 @@ pub async fn run(
         let topic = settings
             .topic(&table_settings.topic)
             .map_err(|reason| ConfigError::invalid(format!("enrich.tables.{id}.topic"), reason))?;
-        let mut config = client_config(&settings.kafka);
-        config
-            .set("group.id", format!("{}-table-{id}", enrich.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed");
-        let consumer: StreamConsumer<StageContext> = config
-            .create_with_context(context.clone())
-            .map_err(|source| EnrichError::Client {
-                client: "table consumer",
-                source,
-            })?;
+        let consumer: StreamConsumer<StageContext> = client_config(
+            &settings.kafka,
+            &format!("the enrich table reader of {id}"),
+            &Role::TableReader {
+                group_id: format!("{}-table-{id}", enrich.group_id),
+            },
+        )
+        .create_with_context(context.clone())
+        .map_err(|source| EnrichError::Client {
+            client: "table consumer",
+            source,
+        })?;
         loaders.push(TableLoader {
             id: id.clone(),
             topic: topic.name.clone(),
@@ -354,42 +355,38 @@ fn build_processor(
     context: StageContext,
 ) -> Result<Processor, EnrichError> {
     let exactly_once = enrich.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
-    let mut consumer_config = client_config(&settings.kafka);
-    consumer_config
-        .set("group.id", &enrich.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "15000");
-    let consumer: StreamConsumer<StageContext> = consumer_config
-        .create_with_context(context.clone())
-        .map_err(|source| EnrichError::Client {
-            client: "consumer",
-            source,
-        })?;
+    let consumer: StreamConsumer<StageContext> = client_config(
+        &settings.kafka,
+        "the enrich consumer",
+        &Role::StreamConsumer {
+            group_id: enrich.group_id.clone(),
+            commits: Commits::Manual,
+        },
+    )
+    .create_with_context(context.clone())
+    .map_err(|source| EnrichError::Client {
+        client: "consumer",
+        source,
+    })?;
 
-    let mut producer_config = client_config(&settings.kafka);
-    producer_config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5");
-    if exactly_once {
+    let role = if exactly_once {
         let transactional_id = format!("{}-{}", enrich.transactional_id_prefix, instance_id());
         tracing::info!(%transactional_id, "exactly-once processing");
-        producer_config
-            .set("transactional.id", transactional_id)
-            .set(
-                "transaction.timeout.ms",
-                enrich.transaction_timeout.as_millis().to_string(),
-            );
-    }
-    let producer: FutureProducer<StageContext> = producer_config
-        .create_with_context(context)
-        .map_err(|source| EnrichError::Client {
-            client: "producer",
-            source,
-        })?;
+        Role::TransactionalProducer {
+            linger_ms: 5,
+            transactional_id,
+            transaction_timeout: enrich.transaction_timeout,
+        }
+    } else {
+        Role::IdempotentProducer { linger_ms: 5 }
+    };
+    let producer: FutureProducer<StageContext> =
+        client_config(&settings.kafka, "the enrich producer", &role)
+            .create_with_context(context)
+            .map_err(|source| EnrichError::Client {
+                client: "producer",
+                source,
+            })?;
 
     Ok(Processor {
         consumer,

@@ -25,7 +25,9 @@ use super::pipeline::{into_key_text, TableLookup};
 use super::readiness::Readiness;
 use crate::avro::{AvroError, Codec, KeyCodec};
 use crate::backoff::Backoff;
-use crate::kafka::{send_dead_letter, DeadLetterRecord, StageContext};
+use crate::kafka::{
+    partition_watermarks, send_dead_letter, DeadLetterRecord, StageContext, WatermarkError,
+};
 use crate::metrics::EnrichMetrics;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -275,36 +277,31 @@ impl TableLoader {
     }
 
     fn watermarks(&self) -> Result<Vec<(i32, i64, i64)>, TableError> {
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
-            .map_err(|source| TableError::Metadata {
-                table: self.id.clone(),
-                topic: self.topic.clone(),
-                source: Box::new(source),
+        let watermarks = partition_watermarks(&self.consumer, &self.topic, METADATA_TIMEOUT)
+            .map_err(|e| match e {
+                WatermarkError::Metadata { source, .. } => TableError::Metadata {
+                    table: self.id.clone(),
+                    topic: self.topic.clone(),
+                    source: Box::new(source),
+                },
+                WatermarkError::Offsets { source, .. } => self.kafka_error(source),
+                WatermarkError::NoTopic { .. } | WatermarkError::Topic { .. } => {
+                    TableError::NoPartitions {
+                        table: self.id.clone(),
+                        topic: self.topic.clone(),
+                    }
+                }
             })?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == self.topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
+        if watermarks.is_empty() {
             return Err(TableError::NoPartitions {
                 table: self.id.clone(),
                 topic: self.topic.clone(),
             });
         }
-        partitions
+        Ok(watermarks
             .into_iter()
-            .map(|p| {
-                let (low, high) = self
-                    .consumer
-                    .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
-                    .map_err(|source| self.kafka_error(source))?;
-                Ok((p, low, high))
-            })
-            .collect()
+            .map(|w| (w.partition, w.low, w.high))
+            .collect())
     }
 
     /// Applies one table record, or says why it cannot be applied. The

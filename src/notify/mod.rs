@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::avro::{build_codecs, build_key_codecs, AvroError};
 use crate::config::Settings;
 use crate::http::{self, AppState, Health};
-use crate::kafka::{client_config, StageContext};
+use crate::kafka::{client_config, Commits, Role, StageContext};
 use crate::metrics::{MetricsError, NotifyMetrics};
 use crate::slack::SlackApi;
 use decision::Rules;
@@ -139,14 +139,13 @@ pub async fn run(
     let context = StageContext {
         lag: Some(metrics.consumer_lag.clone()),
     };
-    let mut producer_config = client_config(&settings.kafka);
-    producer_config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5");
-    let producer: FutureProducer<StageContext> = producer_config
-        .create_with_context(context.clone())
-        .map_err(kafka("producer"))?;
+    let producer: FutureProducer<StageContext> = client_config(
+        &settings.kafka,
+        "the notify producer",
+        &Role::IdempotentProducer { linger_ms: 5 },
+    )
+    .create_with_context(context.clone())
+    .map_err(kafka("producer"))?;
 
     let health = Arc::new(Health::default());
     let interaction_state = Arc::new(interactions::InteractionState {
@@ -179,22 +178,20 @@ pub async fn run(
             source,
         })?;
 
-    let mut consumer_config = client_config(&settings.kafka);
-    consumer_config
-        .set("group.id", &notify.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "15000");
     let assignment = Arc::new(Assignment::default());
-    let consumer: StreamConsumer<NotifyContext> = consumer_config
-        .create_with_context(NotifyContext {
-            stage: context,
-            assignment: assignment.clone(),
-        })
-        .map_err(kafka("consumer"))?;
+    let consumer: StreamConsumer<NotifyContext> = client_config(
+        &settings.kafka,
+        "the notify consumer",
+        &Role::StreamConsumer {
+            group_id: notify.group_id.clone(),
+            commits: Commits::AutoStored,
+        },
+    )
+    .create_with_context(NotifyContext {
+        stage: context,
+        assignment: assignment.clone(),
+    })
+    .map_err(kafka("consumer"))?;
     consumer
         .subscribe(&[input_topic.as_str()])
         .map_err(kafka("subscribe"))?;

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::delivery::{now_ms, Delivery};
 use crate::avro::{Codec, KeyCodec};
 use crate::kafka::{
-    enqueue, send_dead_letter, DeadLetterRecord, OutRecord, SourcePosition, StageContext,
+    dlq_headers, enqueue, send_dead_letter, DeadLetterRecord, OutRecord, SourcePosition,
+    StageContext,
 };
 use crate::messages::{to_json, SlackResponse};
 use crate::metrics::NotifyMetrics;
@@ -93,20 +94,15 @@ impl Responses {
                 "Slack refused the alert for good: dead-lettering it"
             );
             self.metrics.dlq.inc();
-            let letter = DeadLetterRecord {
-                dlq_topic: self.dlq_topic.clone(),
-                source: Some(SourcePosition {
+            let letter = DeadLetterRecord::new(self.dlq_topic.clone(), "deliver", reason)
+                .with_source(SourcePosition {
                     topic: self.input_topic.clone(),
                     partition: job.partition,
                     offset: job.offset,
-                }),
-                key: job.key.map(<[u8]>::to_vec),
-                payload: Some(job.payload.to_vec()),
-                stage: "deliver".into(),
-                reason,
-                pipeline: None,
-                extra_headers: vec![("alertsvc.dlq.alert_id", job.message.alert_id.clone())],
-            };
+                })
+                .with_key(job.key.map(<[u8]>::to_vec))
+                .with_payload(Some(job.payload.to_vec()))
+                .with_header(dlq_headers::ALERT_ID, job.message.alert_id.clone());
             if send_dead_letter(&self.producer, letter, stop)
                 .await
                 .is_err()

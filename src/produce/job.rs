@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::avro::{Codec, KeyCodec};
 use crate::kafka::{
-    dlq_headers, enqueue, header, send_dead_letter, DeadLetterRecord, OutRecord, StageContext,
+    dlq_headers, enqueue, header, partition_watermarks, send_dead_letter, DeadLetterRecord,
+    OutRecord, StageContext,
 };
 use crate::metrics::ProduceMetrics;
 
@@ -729,18 +730,12 @@ impl CompiledJob {
     }
 
     fn dead_letter(&self, row: &Row, error: &RowError) -> DeadLetterRecord {
-        let mut letter = DeadLetterRecord {
-            dlq_topic: self.dlq_topic.clone(),
-            source: None,
-            key: self.mapping.key_of(row).map(String::into_bytes),
-            payload: Some(row.to_json().to_string().into_bytes()),
-            stage: "produce".into(),
-            reason: error.to_string(),
-            pipeline: None,
-            extra_headers: Vec::new(),
-        }
-        .with_header(dlq_headers::JOB, self.name.clone())
-        .with_header(dlq_headers::ROW, error.row.to_string());
+        let mut letter =
+            DeadLetterRecord::new(self.dlq_topic.clone(), "produce", error.to_string())
+                .with_key(self.mapping.key_of(row).map(String::into_bytes))
+                .with_payload(Some(row.to_json().to_string().into_bytes()))
+                .with_header(dlq_headers::JOB, self.name.clone())
+                .with_header(dlq_headers::ROW, error.row.to_string());
         if let Some(column) = &error.column {
             letter = letter.with_header(dlq_headers::COLUMN, column.clone());
         }
@@ -868,41 +863,19 @@ async fn end_offsets(
     let client = readback_consumer(config)?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let metadata = client
-            .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-            .map_err(|e| format!("cannot read metadata of topic {topic}: {e}"))?;
-        let Some(info) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(format!("topic {topic} does not exist"));
-        };
-        if let Some(error) = info.error() {
-            return Err(format!(
-                "topic {topic}: {}",
-                rdkafka::error::RDKafkaErrorCode::from(error)
-            ));
-        }
-        let mut offsets = BTreeMap::new();
-        for partition in info.partitions() {
-            let (_, high) = client
-                .fetch_watermarks(&topic, partition.id(), METADATA_TIMEOUT)
-                .map_err(|e| format!("cannot read offsets of {topic}: {e}"))?;
-            offsets.insert(partition.id(), high);
-        }
-        Ok(offsets)
+        let watermarks =
+            partition_watermarks(&client, &topic, METADATA_TIMEOUT).map_err(|e| e.to_string())?;
+        Ok(watermarks.iter().map(|w| (w.partition, w.high)).collect())
     })
     .await
     .map_err(|e| format!("offset lookup panicked: {e}"))?
 }
 
-/// A consumer that never joins a group or commits: it only looks. It asks
-/// for end-of-partition events: the read-back ends where fetches end, not
-/// at a watermark listed earlier (a broker may list a stale one).
+/// A consumer that never joins a group or commits: it only looks
+/// (`kafka::Role::ReadBack`). It asks for end-of-partition events: the
+/// read-back ends where fetches end, not at a watermark listed earlier (a
+/// broker may list a stale one).
 fn readback_consumer(config: &rdkafka::ClientConfig) -> Result<BaseConsumer<StageContext>, String> {
-    let mut config = config.clone();
-    config
-        .set("group.id", "alertsvc-produce-readback")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed");
     config
         .create_with_context(StageContext::default())
         .map_err(|e| format!("cannot create the read-back consumer: {e}"))

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::avro::{load_schema, Codec, KeyCodec};
 use crate::config::{query_labels, resolve_path, ProduceSettings, Settings, SourceSettings};
 use crate::http::{AppState, Health};
-use crate::kafka::{client_config, StageContext};
+use crate::kafka::{client_config, Role, StageContext, PRODUCE_LINGER_MS, PRODUCE_READBACK_GROUP};
 use crate::metrics::ProduceMetrics;
 
 pub mod checkpoint;
@@ -336,11 +336,16 @@ impl Runtime {
         let producer = if dry_run {
             None
         } else {
-            let mut config = client_config(&settings.kafka);
-            config
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set("linger.ms", "20");
+            let mut config = client_config(
+                &settings.kafka,
+                "the produce producer",
+                &Role::IdempotentProducer {
+                    linger_ms: PRODUCE_LINGER_MS,
+                },
+            );
+            // After [kafka.client]: produce's own tuning is the more
+            // specific; `config check` warns when it overrides a relied-on
+            // property.
             for (name, value) in &produce.producer {
                 config.set(name, value);
             }
@@ -352,7 +357,13 @@ impl Runtime {
         };
         Ok(Runtime {
             producer,
-            readback: client_config(&settings.kafka),
+            readback: client_config(
+                &settings.kafka,
+                "the produce read-back reader",
+                &Role::ReadBack {
+                    group_id: PRODUCE_READBACK_GROUP.to_owned(),
+                },
+            ),
             state,
             sources,
             metrics: ProduceMetrics::register(registry)

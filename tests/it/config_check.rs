@@ -738,3 +738,48 @@ fn lifecycle_settings_are_checked_by_name() {
         &["joins[0].name", "reserved"],
     );
 }
+
+/// `[kafka.client]` is applied last, so it can override what a stage's
+/// client relies on: each such property is a warning naming the clients it
+/// overrides and why it matters; tuning properties and values equal to the
+/// stage's are not.
+#[test]
+fn kafka_client_overriding_a_relied_on_property_is_a_warning() {
+    let outcome = check(&format!(
+        "[kafka.client]\n\"isolation.level\" = \"read_uncommitted\"\n\
+         \"enable.idempotence\" = \"false\"\n\"acks\" = \"all\"\n\"linger.ms\" = \"50\"\n\
+         \"ssl.key.password\" = \"{PEM_SECRET}\"\n"
+    ));
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert_eq!(
+        warnings(&outcome.stderr),
+        vec![
+            "warning: kafka.client.isolation.level = read_uncommitted overrides what the enrich \
+             consumer, the enrich table reader of csdr_assignment, the enrich table reader of \
+             slack_users, the notify consumer, the produce read-back reader, the dlq replay \
+             reader set (read_committed): records of aborted or still open transactions would \
+             be read as if committed",
+            "warning: kafka.client.enable.idempotence = false overrides what the enrich \
+             producer, the enrich dead-letter producer, the notify producer, the produce \
+             producer, the dlq replay producer set (true): a retried send could be written twice",
+        ],
+        "{}",
+        outcome.stderr
+    );
+    assert!(outcome.stderr.ends_with("configuration OK\n"));
+    // The shipped `[kafka.client]` (client.id) overrides nothing.
+    assert_eq!(warnings(&check("").stderr), Vec::<&str>::new());
+    // `[produce.producer]`, applied after `[kafka.client]`, is checked
+    // against produce's producer.
+    let outcome = check("[produce.producer]\n\"acks\" = \"1\"\n\"linger.ms\" = \"5\"\n");
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert_eq!(
+        warnings(&outcome.stderr),
+        vec![
+            "warning: produce.producer.acks = 1 overrides what the produce producer sets (all): \
+             a record acknowledged by the leader alone can be lost with it"
+        ],
+        "{}",
+        outcome.stderr
+    );
+}

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use alertsvc::kafka::{
-    client_config, send_dead_letter, DeadLetterRecord, SourcePosition, StageContext,
+    client_config, send_dead_letter, DeadLetterRecord, Role, SourcePosition, StageContext,
 };
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -163,11 +163,13 @@ async fn the_dead_letter_sender_retries_until_acknowledged_or_cancelled() {
         return; // needs the mock broker's error injection
     };
     // Configured as enrich's dead-letter producer.
-    let mut config = client_config(&env.settings.kafka);
-    config.set("enable.idempotence", "true");
-    let producer: FutureProducer<StageContext> = config
-        .create_with_context(StageContext::default())
-        .expect("producer");
+    let producer: FutureProducer<StageContext> = client_config(
+        &env.settings.kafka,
+        "the enrich dead-letter producer",
+        &Role::IdempotentProducer { linger_ms: 5 },
+    )
+    .create_with_context(StageContext::default())
+    .expect("producer");
     let dlq = env.dlq("notifications");
     let letter = DeadLetterRecord {
         dlq_topic: dlq.clone(),

@@ -338,6 +338,25 @@ async fn permanent_errors_are_dead_lettered_transient_ones_retried_and_stale_ale
     assert!(dead
         .iter()
         .all(|r| r.headers["alertsvc.dlq.stage"] == "deliver"));
+    // Each dead letter names its alert and where it was read from.
+    let named: BTreeSet<_> = dead
+        .iter()
+        .map(|r| {
+            (
+                r.headers["alertsvc.dlq.alert_id"].clone(),
+                r.headers["alertsvc.dlq.source.topic"].clone(),
+            )
+        })
+        .collect();
+    let input = env.topic("slack_messages");
+    assert_eq!(
+        named,
+        BTreeSet::from([
+            ("archived".to_owned(), input.clone()),
+            ("bad-blocks".to_owned(), input.clone()),
+            ("gone".to_owned(), input),
+        ])
+    );
     notify.stop().await.expect("clean stop");
 }
 

@@ -1,22 +1,15 @@
-//! Kafka plumbing shared by the stages: client configuration from settings,
-//! the client context that feeds logs and lag metrics, dead-letter records
-//! (one builder, one sender that retries until acknowledged), and producing
-//! with back-pressure.
+//! Dead letters: one builder ([`DeadLetterRecord`]) and one sender
+//! ([`send_dead_letter`]), so the headers (DESIGN §4) and the
+//! retry-until-acknowledged rule are the same for every stage.
 
 use std::time::Duration;
 
-use prometheus::IntGaugeVec;
-use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::statistics::Statistics;
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
+use super::{enqueue, header, OutRecord, StageContext};
 use crate::backoff::Backoff;
-use crate::config::KafkaSettings;
 
 /// Headers on every dead-letter record.
 pub mod dlq_headers {
@@ -30,108 +23,8 @@ pub mod dlq_headers {
     pub const JOB: &str = "alertsvc.dlq.job";
     pub const ROW: &str = "alertsvc.dlq.row";
     pub const COLUMN: &str = "alertsvc.dlq.column";
-}
-
-/// The base librdkafka configuration: bootstrap servers, SASL credentials,
-/// then the `[kafka.client]` pass-through, which wins.
-pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    if let (Some(user), Some(password)) = (&kafka.sasl_username, &kafka.sasl_password) {
-        config.set("sasl.username", user.expose());
-        config.set("sasl.password", password.expose());
-    }
-    for (name, value) in &kafka.client {
-        config.set(name, value);
-    }
-    config
-}
-
-/// Checks every pass-through property against librdkafka by building a
-/// client from it (no connection is needed for that).
-pub fn check_client_properties(kafka: &KafkaSettings) -> Result<(), String> {
-    let mut config = client_config(kafka);
-    // A client with an unreachable bootstrap address never blocks here.
-    config.set("bootstrap.servers", "127.0.0.1:1");
-    config
-        .create::<rdkafka::producer::BaseProducer>()
-        .map(drop)
-        .map_err(|e| match e {
-            KafkaError::ClientConfig(_, description, name, _) if !name.is_empty() => {
-                format!("kafka.client.\"{name}\": {description}")
-            }
-            other => other.to_string(),
-        })
-}
-
-/// Client context of every alertsvc client: records consumer lag from
-/// librdkafka's statistics and logs rebalances.
-#[derive(Clone, Default)]
-pub struct StageContext {
-    pub lag: Option<IntGaugeVec>,
-}
-
-impl ClientContext for StageContext {
-    /// The table loader asks for end-of-partition events to know when a
-    /// table is bootstrapped; librdkafka also reports them as client
-    /// errors, which are not errors here.
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) => tracing::trace!(reason, "partition end reached"),
-            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
-                tracing::trace!(reason, "partition end reached")
-            }
-            other => tracing::error!(error = %other, reason, "librdkafka error"),
-        }
-    }
-
-    fn stats(&self, statistics: Statistics) {
-        let Some(lag) = &self.lag else { return };
-        for (topic, stats) in &statistics.topics {
-            for (partition, p) in &stats.partitions {
-                let Some(value) = partition_lag(p.consumer_lag, p.consumer_lag_stored) else {
-                    continue;
-                };
-                if *partition >= 0 {
-                    lag.with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(value);
-                }
-            }
-        }
-    }
-}
-
-/// A partition's lag from librdkafka's two figures (-1: unknown), measured
-/// from the furthest of the committed and the stored offset. librdkafka
-/// learns of a commit only when its own consumer made it: offsets committed
-/// in a transaction (enrich's exactly-once path) leave `consumer_lag` at its
-/// value from the assignment, growing forever, so enrich also stores what
-/// each transaction committed.
-fn partition_lag(committed_lag: i64, stored_lag: i64) -> Option<i64> {
-    match (committed_lag >= 0, stored_lag >= 0) {
-        (true, true) => Some(committed_lag.min(stored_lag)),
-        (true, false) => Some(committed_lag),
-        (false, true) => Some(stored_lag),
-        (false, false) => None,
-    }
-}
-
-impl ConsumerContext for StageContext {
-    fn post_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned")
-            }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions revoked")
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
-        }
-    }
+    /// notify: the alert Slack refused for good.
+    pub const ALERT_ID: &str = "alertsvc.dlq.alert_id";
 }
 
 /// Where a record was read from.
@@ -179,6 +72,25 @@ pub struct DeadLetterRecord {
 }
 
 impl DeadLetterRecord {
+    /// A dead letter with no key, bytes or source yet; the `with_*`
+    /// methods add them.
+    pub fn new(
+        dlq_topic: impl Into<String>,
+        stage: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        DeadLetterRecord {
+            dlq_topic: dlq_topic.into(),
+            source: None,
+            key: None,
+            payload: None,
+            stage: stage.into(),
+            reason: reason.into(),
+            pipeline: None,
+            extra_headers: Vec::new(),
+        }
+    }
+
     /// A dead letter for a consumed record: its key, bytes and position.
     pub fn from_message<M: Message>(
         dlq_topic: impl Into<String>,
@@ -196,6 +108,22 @@ impl DeadLetterRecord {
             pipeline: None,
             extra_headers: Vec::new(),
         }
+    }
+
+    /// Where the record was read from, when the message itself is gone.
+    pub fn with_source(mut self, source: SourcePosition) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    pub fn with_key(mut self, key: Option<Vec<u8>>) -> Self {
+        self.key = key;
+        self
+    }
+
+    pub fn with_payload(mut self, payload: Option<Vec<u8>>) -> Self {
+        self.payload = payload;
+        self
     }
 
     pub fn with_pipeline(mut self, pipeline: impl Into<String>) -> Self {
@@ -355,64 +283,10 @@ fn dead_letter_headers(
     headers
 }
 
-pub fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
-    Header {
-        key,
-        value: Some(value),
-    }
-}
-
-/// A record to produce, owned so it can outlive the input batch.
-#[derive(Debug, Clone)]
-pub struct OutRecord {
-    pub topic: String,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Option<OwnedHeaders>,
-}
-
-/// Enqueues a record, waiting while librdkafka's queue is full rather than
-/// failing: back-pressure, not data loss.
-pub async fn enqueue(
-    producer: &FutureProducer<StageContext>,
-    record: &OutRecord,
-) -> Result<DeliveryFuture, KafkaError> {
-    loop {
-        let mut future = FutureRecord::<Vec<u8>, Vec<u8>>::to(&record.topic);
-        if let Some(key) = &record.key {
-            future = future.key(key);
-        }
-        if let Some(payload) = &record.payload {
-            future = future.payload(payload);
-        }
-        if let Some(headers) = &record.headers {
-            future = future.headers(headers.clone());
-        }
-        match producer.send_result(future) {
-            Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rdkafka::message::Headers;
-
-    #[test]
-    fn lag_counts_from_the_furthest_of_committed_and_stored() {
-        // A transactional commit: the consumer's own figure is stale.
-        assert_eq!(partition_lag(500, 0), Some(0));
-        // Processed and stored, not yet auto-committed.
-        assert_eq!(partition_lag(40, 10), Some(10));
-        assert_eq!(partition_lag(7, -1), Some(7));
-        assert_eq!(partition_lag(-1, 3), Some(3));
-        assert_eq!(partition_lag(-1, -1), None);
-    }
 
     fn pairs(headers: &OwnedHeaders) -> Vec<(String, String)> {
         headers
@@ -465,16 +339,12 @@ mod tests {
 
     #[test]
     fn a_row_names_its_job_instead_of_a_position() {
-        let letter = DeadLetterRecord {
-            dlq_topic: "t.dlq".into(),
-            source: None,
-            key: None,
-            payload: Some(b"{}".to_vec()),
-            stage: "produce".into(),
-            reason: "row 5, column org_id: missing key (NULL)".into(),
-            pipeline: None,
-            extra_headers: Vec::new(),
-        }
+        let letter = DeadLetterRecord::new(
+            "t.dlq",
+            "produce",
+            "row 5, column org_id: missing key (NULL)",
+        )
+        .with_payload(Some(b"{}".to_vec()))
         .with_header(dlq_headers::JOB, "j")
         .with_header(dlq_headers::ROW, "5");
         assert_eq!(letter.origin(), "alertsvc.dlq.job=j alertsvc.dlq.row=5");
