@@ -537,60 +537,31 @@ impl Deliverer {
         let oldest = attempt.entry.updated_at - 5 * 60 * 1000;
         let channel = attempt.entry.channel_id.clone();
         let thread = attempt.entry.thread_ts.clone();
-        loop {
-            self.pacer.history_ready().await;
-            let result = match &thread {
-                // A recurrence posted under an earlier occurrence.
-                Some(thread) => {
-                    self.slack
-                        .find_alert_in_thread(&channel, thread, &alert, Some(oldest))
-                        .await
+        let found = self
+            .look_up(attempt, stop, "an earlier post", || async {
+                match &thread {
+                    // A recurrence posted under an earlier occurrence.
+                    Some(thread) => {
+                        self.slack
+                            .find_alert_in_thread(&channel, thread, &alert, Some(oldest))
+                            .await
+                    }
+                    None => self.slack.find_alert(&channel, &alert, Some(oldest)).await,
                 }
-                None => self.slack.find_alert(&channel, &alert, Some(oldest)).await,
-            };
-            let found = match self.called(result, &mut attempt.unknown_errors) {
-                Called::Done(found) => found,
-                Called::Auth(e) => return Err(DeliverError::Auth(e)),
-                // Not knowing is not a reason to post: keep looking (the
-                // alert's age does not matter until we know).
-                Called::Later(after) => {
-                    attempt.failures += 1;
-                    let delay = self.backoff(attempt.failures, after);
-                    self.wait_holding(&attempt.entry, delay, stop).await?;
-                    continue;
-                }
-                Called::Uncertain(_) => {
-                    attempt.failures += 1;
-                    let delay = self.backoff(attempt.failures, None);
-                    self.wait_holding(&attempt.entry, delay, stop).await?;
-                    continue;
-                }
-                Called::Refused(e) => {
-                    // The conversation cannot be read (gone, or a user id
-                    // from an older ledger): nothing can be proven posted
-                    // there, and a post would be refused the same way.
-                    tracing::warn!(alert_id = %attempt.message.alert_id, channel, error = %e, "cannot look for an earlier post");
-                    None
-                }
-            };
-            self.metrics
-                .reconciliations
-                .with_label_values(&[if found.is_some() { "found" } else { "absent" }])
-                .inc();
-            match found {
-                Some(ts) => {
-                    tracing::info!(alert_id = %attempt.message.alert_id, ts, "found the earlier post; not posting again");
-                    attempt.entry.status = Status::Posted;
-                    attempt.entry.ts = Some(ts);
-                    // A pending row was never answered for: whoever left
-                    // it wrote no response.
-                    attempt.found_unreported = true;
-                }
-                None => attempt.entry.status = Status::New,
+            })
+            .await?;
+        match found {
+            Some(ts) => {
+                tracing::info!(alert_id = %attempt.message.alert_id, ts, "found the earlier post; not posting again");
+                attempt.entry.status = Status::Posted;
+                attempt.entry.ts = Some(ts);
+                // A pending row was never answered for: whoever left
+                // it wrote no response.
+                attempt.found_unreported = true;
             }
-            self.save(&attempt.entry, false).await?;
-            return Ok(());
+            None => attempt.entry.status = Status::New,
         }
+        self.save(&attempt.entry, false).await
     }
 
     /// The conversation to post into: a user id's DM, opened (and cached)
@@ -941,48 +912,64 @@ impl Deliverer {
         };
         let oldest = attempt.entry.updated_at - 5 * 60 * 1000;
         let channel = attempt.entry.channel_id.clone();
-        loop {
+        let found = self
+            .look_up(attempt, stop, "an earlier reply", || {
+                self.slack
+                    .find_reply(&channel, thread, &reply, Some(oldest))
+            })
+            .await?;
+        let entry = &mut attempt.entry;
+        entry.reply_pending = None;
+        if let Some(ts) = found {
+            tracing::info!(alert_id = %attempt.message.alert_id, reply = key, ts, "found the earlier reply; not replying again");
+            entry.reply_key = Some(key.to_owned());
+            entry.reply_ts = Some(ts.clone());
+            attempt.replied = Some(ts);
+        }
+        self.save(&attempt.entry, false).await
+    }
+
+    /// Asks Slack, at the history tier's pace, whether something was
+    /// already posted, until it answers. Not knowing is no reason to post:
+    /// trouble on Slack's side waits (holding the claim) and asks again. A
+    /// conversation or thread that cannot be read counts as absent: nothing
+    /// can be proven there, and a post would be refused the same way.
+    async fn look_up<Fut>(
+        &self,
+        attempt: &mut Attempt<'_>,
+        stop: &CancellationToken,
+        what: &'static str,
+        mut ask: impl FnMut() -> Fut,
+    ) -> Result<Option<String>, DeliverError>
+    where
+        Fut: std::future::Future<Output = Result<Option<String>, SlackError>>,
+    {
+        let found = loop {
             self.pacer.history_ready().await;
-            let result = self
-                .slack
-                .find_reply(&channel, thread, &reply, Some(oldest))
-                .await;
-            let found = match self.called(result, &mut attempt.unknown_errors) {
-                Called::Done(found) => found,
+            match self.called(ask().await, &mut attempt.unknown_errors) {
+                Called::Done(found) => break found,
                 Called::Auth(e) => return Err(DeliverError::Auth(e)),
                 Called::Later(after) => {
                     attempt.failures += 1;
                     let delay = self.backoff(attempt.failures, after);
                     self.wait_holding(&attempt.entry, delay, stop).await?;
-                    continue;
                 }
                 Called::Uncertain(_) => {
                     attempt.failures += 1;
                     let delay = self.backoff(attempt.failures, None);
                     self.wait_holding(&attempt.entry, delay, stop).await?;
-                    continue;
                 }
                 Called::Refused(e) => {
-                    // The thread cannot be read (gone): nothing is there,
-                    // and a reply would be refused the same way.
-                    tracing::warn!(alert_id = %attempt.message.alert_id, channel, error = %e, "cannot look for an earlier reply");
-                    None
+                    tracing::warn!(alert_id = %attempt.message.alert_id, channel = %attempt.entry.channel_id, error = %e, "cannot look for {what}");
+                    break None;
                 }
-            };
-            self.metrics
-                .reconciliations
-                .with_label_values(&[if found.is_some() { "found" } else { "absent" }])
-                .inc();
-            let entry = &mut attempt.entry;
-            entry.reply_pending = None;
-            if let Some(ts) = found {
-                tracing::info!(alert_id = %attempt.message.alert_id, reply = key, ts, "found the earlier reply; not replying again");
-                entry.reply_key = Some(key.to_owned());
-                entry.reply_ts = Some(ts.clone());
-                attempt.replied = Some(ts);
             }
-            return self.save(&attempt.entry, false).await;
-        }
+        };
+        self.metrics
+            .reconciliations
+            .with_label_values(&[if found.is_some() { "found" } else { "absent" }])
+            .inc();
+        Ok(found)
     }
 
     /// A post or edit, its latency recorded.
