@@ -22,7 +22,7 @@ use alertsvc::avro::{build_codecs, Codec, Codecs, KeyCodec};
 use alertsvc::config::{Settings, Sources};
 use alertsvc::enrich::pipeline::{Pipeline, Source, TableLookup, Verdict};
 use alertsvc::enrich::readiness::Readiness;
-use alertsvc::enrich::table::{TableLoader, Tables};
+use alertsvc::enrich::table::{BootstrapProgress, TableLoader, Tables};
 use alertsvc::http::Health;
 use alertsvc::kafka::StageContext;
 use alertsvc::metrics::EnrichMetrics;
@@ -507,28 +507,36 @@ fn table_consumer(bootstrap: &str, group: &str) -> StreamConsumer<StageContext> 
 }
 
 /// The broker's own ceiling: every record of `topic` read by a consumer
-/// set up like a table loader, nothing decoded or kept. Returns the
-/// records read and the time from assignment to the last partition's end.
+/// set up like a table loader, nothing decoded or kept, up to the high
+/// watermarks read before (as the loader does). Returns the records read
+/// and the time from assignment to the last one.
 async fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> (usize, Duration) {
     let consumer = table_consumer(bootstrap, "bootstrap-bench-ceiling");
     let mut assignment = TopicPartitionList::new();
+    let mut watermarks = Vec::new();
     for p in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
+            .expect("watermarks");
+        watermarks.push((p, low, high));
         assignment
             .add_partition_offset(topic, p, Offset::Beginning)
             .expect("partition");
     }
+    let mut progress = BootstrapProgress::new(&watermarks);
     let started = Instant::now();
     consumer.assign(&assignment).expect("assign");
-    let (mut read, mut ended) = (0, 0);
-    while ended < partitions {
+    let mut read = 0;
+    while !progress.is_done() {
         match tokio::time::timeout(Duration::from_secs(60), consumer.recv())
             .await
             .expect("progress")
         {
             Ok(m) => {
-                read += usize::from(m.payload().is_some());
+                read += 1;
+                progress.record_consumed(m.partition(), m.offset());
             }
-            Err(KafkaError::PartitionEOF(_)) => ended += 1,
+            Err(KafkaError::PartitionEOF(p)) => progress.partition_eof(p),
             Err(e) => panic!("read: {e}"),
         }
     }
@@ -594,7 +602,10 @@ async fn bench_bootstrap(records: usize) {
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let task = tokio::spawn(loader.run(tx, shutdown.clone()));
-    rx.wait_for(|done| *done).await.expect("bootstrapped");
+    tokio::time::timeout(Duration::from_secs(600), rx.wait_for(|done| *done))
+        .await
+        .expect("bootstrapped within 10 minutes")
+        .expect("loader running");
     let elapsed = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
     let rss_after = rss_mb();
