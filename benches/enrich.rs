@@ -1,9 +1,17 @@
 //! Enrich benchmarks; prints figures (recorded in docs/PERFORMANCE.md).
 //!
-//!   cargo bench --bench enrich -- core        pure core on one core
+//!   cargo bench --bench enrich -- core [N]    pure core on one core, N events
+//!                                             (default 100,000), with the
+//!                                             join tables as decoded trees
+//!                                             and as enrich keeps them
 //!   cargo bench --bench enrich -- e2e [N]     through the mock broker with
 //!                                             transactions, vs. a raw copy
-//!   cargo bench --bench enrich -- bootstrap [N]  table bootstrap time, RSS
+//!   cargo bench --bench enrich -- bootstrap [N]  table bootstrap time, RSS,
+//!                                             the broker's own read rate,
+//!                                             enrich's time to ready
+//!
+//! `scripts/test.sh` runs each with a small N in the dev profile (a smoke
+//! run: they must build and run; no figure is checked).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,16 +22,17 @@ use alertsvc::avro::{build_codecs, Codec, Codecs, KeyCodec};
 use alertsvc::config::{Settings, Sources};
 use alertsvc::enrich::pipeline::{Pipeline, Source, TableLookup, Verdict};
 use alertsvc::enrich::readiness::Readiness;
-use alertsvc::enrich::table::{TableLoader, Tables};
+use alertsvc::enrich::table::{BootstrapProgress, TableLoader, Tables};
 use alertsvc::http::Health;
 use alertsvc::kafka::StageContext;
 use alertsvc::metrics::EnrichMetrics;
 use futures::executor::block_on;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -77,83 +86,109 @@ impl TableLookup for MemTables {
     }
 }
 
-fn bench_core() {
+/// Emitted events, bytes written, elapsed, for `rounds` passes over
+/// `records` with `tables`.
+fn run_core(
+    pipeline: &Pipeline,
+    input: &Codec,
+    output: &Codec,
+    records: &[(Value, Vec<u8>)],
+    tables: &dyn TableLookup,
+    rounds: usize,
+) -> (Duration, usize, usize) {
+    let mut emitted = 0usize;
+    let mut bytes = 0usize;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for (i, (key, payload)) in records.iter().enumerate() {
+            let value = block_on(input.decode(payload)).expect("decode");
+            let source = Source {
+                topic: "in",
+                partition: 0,
+                offset: i as i64,
+                key: Some(key),
+                timestamp_ms: 1,
+            };
+            if let Verdict::Emit(message) = pipeline.apply(&source, &value, tables) {
+                bytes += block_on(output.encode(&message.to_json()))
+                    .expect("encode")
+                    .len();
+                emitted += 1;
+            }
+        }
+    }
+    (started.elapsed(), emitted, bytes)
+}
+
+fn bench_core(events: usize) {
     let settings = settings(None);
     let codecs = build_codecs(&config_dir(), &settings).expect("codecs");
     let enrich = settings.enrich.as_ref().expect("enrich");
     let pipeline =
         Pipeline::compile(PIPELINE, &enrich.pipelines[PIPELINE], &config_dir()).expect("pipeline");
     let orgs = 10_000;
-    let mut map = HashMap::new();
+    // The same rows twice: decoded JSON trees (how tables were kept before
+    // 2026-11-26) and enrich's `Tables` (compact, decoded on each lookup).
+    let mut trees = HashMap::new();
+    let mut tables = Tables::default();
+    let assignments = tables.insert("csdr_assignment", codecs["csdr_assignment"].clone());
+    let users = tables.insert("slack_users", codecs["slack_users"].clone());
     // One org in ten has no assignment: join misses are part of the mix.
     for org in (0..orgs).filter(|o| o % 10 != 9) {
-        map.insert(
-            ("csdr_assignment".to_owned(), format!("org-{org}")),
-            Arc::new(assignment(org)),
-        );
+        let (key, row) = (format!("org-{org}"), assignment(org));
+        let payload = block_on(codecs["csdr_assignment"].encode(&row)).expect("encode");
+        block_on(assignments.upsert_record(&key, &payload)).expect("table row");
+        trees.insert(("csdr_assignment".to_owned(), key), Arc::new(row));
     }
     for n in (0..500).filter(|n| n % 5 != 4) {
-        map.insert(
-            ("slack_users".to_owned(), format!("csdr{n}@example.com")),
-            Arc::new(slack_user(n)),
-        );
+        let (key, row) = (format!("csdr{n}@example.com"), slack_user(n));
+        let payload = block_on(codecs["slack_users"].encode(&row)).expect("encode");
+        block_on(users.upsert_record(&key, &payload)).expect("table row");
+        trees.insert(("slack_users".to_owned(), key), Arc::new(row));
     }
-    let tables = MemTables(map);
+    let trees = MemTables(trees);
     let input = &codecs["notifications"];
     let output = &codecs["slack_messages"];
-    let records: Vec<(String, Vec<u8>)> = (0..20_000)
+    let per_round = events.clamp(1, 20_000);
+    let rounds = events.div_ceil(per_round);
+    // Decoded keys, as the processor hands them to the pipeline.
+    let records: Vec<(Value, Vec<u8>)> = (0..per_round)
         .map(|i| {
             (
-                format!("org-{}", i % orgs),
+                Value::String(format!("org-{}", i % orgs)),
                 block_on(input.encode(&event(i))).expect("encode"),
             )
         })
         .collect();
-    // Decoded keys, as the processor hands them to the pipeline.
-    let keys: Vec<Value> = records
-        .iter()
-        .map(|(key, _)| Value::String(key.clone()))
-        .collect();
 
-    let run = |rounds: usize| {
-        let mut emitted = 0usize;
-        let mut bytes = 0usize;
-        let started = Instant::now();
-        for _ in 0..rounds {
-            for (i, (key, (_, payload))) in keys.iter().zip(&records).enumerate() {
-                let value = block_on(input.decode(payload)).expect("decode");
-                let source = Source {
-                    topic: "in",
-                    partition: 0,
-                    offset: i as i64,
-                    key: Some(key),
-                    timestamp_ms: 1,
-                };
-                if let Verdict::Emit(message) = pipeline.apply(&source, &value, &tables) {
-                    bytes += block_on(output.encode(&message.to_json()))
-                        .expect("encode")
-                        .len();
-                    emitted += 1;
-                }
-            }
-        }
-        (started.elapsed(), emitted, bytes)
-    };
-    run(1);
-    let rounds = 5;
-    let (elapsed, emitted, bytes) = run(rounds);
-    let events = rounds * records.len();
+    let mut rates = [0.0; 2];
+    let mix: [(&str, &dyn TableLookup); 2] = [
+        ("tables as decoded trees", &trees),
+        ("tables as enrich keeps them (compact)", &tables),
+    ];
+    // Warm-up, then both one after the other.
+    run_core(&pipeline, input, output, &records, &tables, 1);
+    for (i, (label, lookup)) in mix.into_iter().enumerate() {
+        let (elapsed, emitted, bytes) =
+            run_core(&pipeline, input, output, &records, lookup, rounds);
+        let events = rounds * records.len();
+        let rate = events as f64 / elapsed.as_secs_f64();
+        println!(
+            "core, {label}: {events} events ({emitted} emitted, {} filtered or join misses) in {:.2?}: {rate:.0} events/s, {:.2} µs/event, mean output {} B",
+            events - emitted,
+            elapsed,
+            elapsed.as_secs_f64() * 1e6 / events as f64,
+            bytes / emitted.max(1)
+        );
+        rates[i] = rate;
+    }
     println!(
-        "core: {events} events ({emitted} emitted, {} filtered or join misses) in {:.2?}: {:.0} events/s, {:.2} µs/event, mean output {} B",
-        events - emitted,
-        elapsed,
-        events as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() * 1e6 / events as f64,
-        bytes / emitted.max(1)
+        "  compact tables: {:.3} × the decoded trees' rate",
+        rates[1] / rates[0]
     );
 
     // Cost of each step alone, to show where the time goes.
-    let (key, payload) = (&keys[1], &records[1].1);
+    let (key, payload) = (&records[1].0, &records[1].1);
     let value = block_on(input.decode(payload)).expect("decode");
     let source = Source {
         topic: "in",
@@ -166,7 +201,7 @@ fn bench_core() {
         panic!("record 1 emits")
     };
     let json = message.to_json();
-    let n = 50_000;
+    let n = (events / 2).max(100);
     let time = |label: &str, f: &dyn Fn()| {
         let started = Instant::now();
         for _ in 0..n {
@@ -184,15 +219,39 @@ fn bench_core() {
     time("filtered event (parse data, CEL filter)", &|| {
         pipeline.apply(&source, &filtered, &tables);
     });
-    time(
-        "emitted event (filter, 2 joins, render, Block Kit check)",
-        &|| {
-            pipeline.apply(&source, &value, &tables);
-        },
-    );
+    for (label, lookup) in mix {
+        time(
+            &format!("emitted event (filter, 2 joins, render, Block Kit check), {label}"),
+            &|| {
+                pipeline.apply(&source, &value, lookup);
+            },
+        );
+        time(&format!("one assignment lookup, {label}"), &|| {
+            lookup.lookup("csdr_assignment", "org-1").expect("row");
+        });
+    }
     time("encode (JSON → single-object Avro)", &|| {
         block_on(output.encode(&json)).expect("encode");
     });
+}
+
+/// CPU time this process used so far (every thread: the mock broker's
+/// included), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks (100 per second here).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn rss_mb() -> f64 {
@@ -433,20 +492,78 @@ async fn raw_copy(bootstrap: String, events: usize) -> Duration {
     first.map(|f| f.elapsed()).unwrap_or_default()
 }
 
+fn table_consumer(bootstrap: &str, group: &str) -> StreamConsumer<StageContext> {
+    // As enrich::run sets up its table consumers.
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.queue.backoff.ms", "10")
+        .create_with_context(StageContext::default())
+        .expect("consumer")
+}
+
+/// The broker's own ceiling: every record of `topic` read by a consumer
+/// set up like a table loader, nothing decoded or kept, up to the high
+/// watermarks read before (as the loader does). Returns the records read
+/// and the time from assignment to the last one.
+async fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> (usize, Duration) {
+    let consumer = table_consumer(bootstrap, "bootstrap-bench-ceiling");
+    let mut assignment = TopicPartitionList::new();
+    let mut watermarks = Vec::new();
+    for p in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
+            .expect("watermarks");
+        watermarks.push((p, low, high));
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    let mut progress = BootstrapProgress::new(&watermarks);
+    let started = Instant::now();
+    consumer.assign(&assignment).expect("assign");
+    let mut read = 0;
+    while !progress.is_done() {
+        match tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("progress")
+        {
+            Ok(m) => {
+                read += 1;
+                progress.record_consumed(m.partition(), m.offset());
+            }
+            Err(KafkaError::PartitionEOF(p)) => progress.partition_eof(p),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    (read, started.elapsed())
+}
+
 async fn bench_bootstrap(records: usize) {
+    const PARTITIONS: i32 = 128;
+    const TOPIC: &str = "data-csdr-assignment";
     let cluster = MockCluster::new(1).expect("mock");
     let bootstrap = cluster.bootstrap_servers();
     // The mock broker keeps at most 5 MB per partition: enough partitions
     // to hold every record.
-    cluster
-        .create_topic("data-csdr-assignment", 128, 1)
-        .expect("topic");
+    cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
+    for topic in [
+        "data-slack-users",
+        "data-notifications-pipeline",
+        "slack-messages",
+    ] {
+        cluster.create_topic(topic, 1, 1).expect("topic");
+    }
     let settings = settings(None);
     let codecs = build_codecs(&config_dir(), &settings).expect("codecs");
     let codec: Arc<Codec> = codecs["csdr_assignment"].clone();
     produce_all(
         &bootstrap,
-        "data-csdr-assignment",
+        TOPIC,
         (0..records).map(|o| {
             (
                 format!("org-{o}"),
@@ -455,29 +572,23 @@ async fn bench_bootstrap(records: usize) {
         }),
     )
     .await;
+
+    // 1. One table loader alone: bootstrap time and the memory it adds.
     let registry = prometheus::Registry::new();
     let metrics = EnrichMetrics::register(&registry).expect("metrics");
-    let consumer: StreamConsumer<StageContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "bootstrap-bench")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create_with_context(StageContext::default())
-        .expect("consumer");
     let dlq: FutureProducer<StageContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create_with_context(StageContext::default())
         .expect("producer");
     let mut tables = Tables::default();
-    let table = tables.insert("csdr_assignment");
+    let table = tables.insert("csdr_assignment", codec);
     let loader = TableLoader {
         id: "csdr_assignment".into(),
-        topic: "data-csdr-assignment".into(),
-        dlq_topic: "data-csdr-assignment.dlq".into(),
-        codec,
+        topic: TOPIC.into(),
+        dlq_topic: format!("{TOPIC}.dlq"),
         key_codec: Arc::new(KeyCodec::Text),
         table: table.clone(),
-        consumer,
+        consumer: table_consumer(&bootstrap, "bootstrap-bench"),
         dlq,
         readiness: Arc::new(Readiness::new(
             Arc::new(Health::default()),
@@ -488,18 +599,81 @@ async fn bench_bootstrap(records: usize) {
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let shutdown = CancellationToken::new();
     let rss_before = rss_mb();
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     let task = tokio::spawn(loader.run(tx, shutdown.clone()));
-    rx.wait_for(|done| *done).await.expect("bootstrapped");
+    tokio::time::timeout(Duration::from_secs(600), rx.wait_for(|done| *done))
+        .await
+        .expect("bootstrapped within 10 minutes")
+        .expect("loader running");
     let elapsed = started.elapsed();
+    let cpu = cpu_seconds() - cpu_before;
+    let rss_after = rss_mb();
     println!(
-        "bootstrap: {records} assignment records → {} keys in {elapsed:.2?} ({:.0} records/s); RSS {rss_before:.0} → {:.0} MB",
+        "bootstrap: {records} assignment records → {} keys in {elapsed:.2?} ({:.0} records/s, CPU {cpu:.2} s); RSS {rss_before:.0} → {rss_after:.0} MB (+{:.0} MB)",
         table.len(),
         records as f64 / elapsed.as_secs_f64(),
-        rss_mb()
+        rss_after - rss_before
     );
+    assert_eq!(table.len(), records, "every key loaded");
+    assert!(table.get("org-0").is_some(), "rows can be read back");
     shutdown.cancel();
     let _ = task.await;
+    drop((tables, table));
+
+    // 2. The ceiling: the same records read by the same kind of consumer,
+    // nothing decoded or kept.
+    let cpu_before = cpu_seconds();
+    let (read, elapsed) = read_all(&bootstrap, TOPIC, PARTITIONS).await;
+    let cpu = cpu_seconds() - cpu_before;
+    println!(
+        "bootstrap: the broker's ceiling, {read} records read without decoding or keeping them in {elapsed:.2?} ({:.0} records/s, CPU {cpu:.2} s)",
+        read as f64 / elapsed.as_secs_f64()
+    );
+
+    // 3. enrich as a whole (both tables, output schema ids): from start to
+    // `/readyz` answering 200.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overlay = dir.path().join("bench.toml");
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let http_addr = format!("127.0.0.1:{http_port}");
+    std::fs::write(
+        &overlay,
+        format!(
+            "[log]\nlevel = \"warn\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[enrich]\nhttp_addr = \"{http_addr}\"\n"
+        ),
+    )
+    .expect("overlay");
+    let settings = self::settings(Some(overlay));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let started = Instant::now();
+    let enrich = tokio::spawn(async move {
+        alertsvc::enrich::run(&settings, &config_dir(), stop)
+            .await
+            .expect("enrich");
+    });
+    let readyz = format!("http://{http_addr}/readyz");
+    loop {
+        let ready = matches!(reqwest::get(&readyz).await, Ok(r) if r.status().is_success());
+        if ready {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "enrich not ready after 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "bootstrap: enrich ready (/readyz 200) {:.2?} after start, {records} assignment records in its table",
+        started.elapsed()
+    );
+    shutdown.cancel();
+    let _ = enrich.await;
 }
 
 fn main() {
@@ -509,19 +683,19 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let which = args.first().map(String::as_str).unwrap_or("core");
-    let n = args
-        .get(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
+    let n: Option<usize> = args.get(1).and_then(|n| n.parse().ok());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     match which {
-        "core" => bench_core(),
-        "e2e" => runtime.block_on(bench_e2e(n)),
-        "bootstrap" => runtime.block_on(bench_bootstrap(n)),
-        other => eprintln!("unknown benchmark {other:?}: core | e2e [N] | bootstrap [N]"),
+        "core" => bench_core(n.unwrap_or(100_000)),
+        "e2e" => runtime.block_on(bench_e2e(n.unwrap_or(1_000_000))),
+        "bootstrap" => runtime.block_on(bench_bootstrap(n.unwrap_or(1_000_000))),
+        other => {
+            eprintln!("unknown benchmark {other:?}: core [N] | e2e [N] | bootstrap [N]");
+            std::process::exit(2);
+        }
     }
 }

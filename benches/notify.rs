@@ -130,12 +130,30 @@ async fn run(
             .await
             .expect("notify");
     });
-    // Timed from the first post to the last.
-    while slack.stats().posts == 0 {
+    // Timed from the first post to the last. A run that stops posting
+    // fails instead of hanging (the CI smoke run).
+    let stalled = |since: Instant| {
+        let posts = slack.stats().posts;
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "no progress for 2 minutes: {posts} of {total} messages posted"
+        );
+        posts
+    };
+    let waiting = Instant::now();
+    while stalled(waiting) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let started = Instant::now();
-    while slack.stats().posts < total {
+    let (mut last, mut progress) = (0, Instant::now());
+    loop {
+        let posts = stalled(progress);
+        if posts >= total {
+            break;
+        }
+        if posts > last {
+            (last, progress) = (posts, Instant::now());
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = started.elapsed();
@@ -183,6 +201,9 @@ fn main() {
                 total as f64 / r.elapsed.as_secs_f64()
             );
         }
-        other => eprintln!("unknown benchmark {other:?}: paced | unlimited"),
+        other => {
+            eprintln!("unknown benchmark {other:?}: paced | unlimited");
+            std::process::exit(2);
+        }
     }
 }

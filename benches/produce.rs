@@ -379,6 +379,9 @@ fn main() {
         Some("bigquery") => {
             runtime.block_on(bench_bigquery(numbers.first().copied().unwrap_or(100_000)))
         }
-        _ => eprintln!("usage: cargo bench --bench produce -- sql [ROWS...] | bigquery [ROWS]"),
+        _ => {
+            eprintln!("usage: cargo bench --bench produce -- sql [ROWS...] | bigquery [ROWS]");
+            std::process::exit(2);
+        }
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs test dependencies, runs the whole
-# suite on librdkafka's in-process mock broker, checks deploy/ and the
+# suite on librdkafka's in-process mock broker, runs each benchmark once
+# with a small N (a smoke run), checks deploy/ and the
 # Dockerfile offline, then runs the integration suite again against a tansu
 # broker, which also stores transactional offsets (the mock does not), so the
 # exactly-once commit test runs there.
@@ -13,6 +14,21 @@ export ALERTSVC_BQEMULATOR="${ALERTSVC_BQEMULATOR:-${ALERTSVC_BQ_VENV:-$HOME/.ca
 
 echo "== tests on the in-process mock broker" >&2
 cargo test
+
+# The benchmarks are not tests, but they must keep compiling and running:
+# each runs once with a small N and prints its figures, which nothing
+# checks (a debug build's figures mean nothing). In the dev profile the
+# benches reuse what `cargo test` just built; their release build would add
+# ~5 min. 35 s on the 2-core machine, plus a few seconds to build them.
+echo "== benchmark smoke run (dev profile, small N, figures not checked)" >&2
+bench() { cargo bench --quiet --profile dev --bench "$@"; }
+bench enrich -- core 2000
+bench enrich -- bootstrap 20000
+bench enrich -- e2e 3000
+bench notify -- paced 10 4
+bench notify -- unlimited 400
+bench produce -- sql 1000 3000
+bench produce -- bigquery 2000
 
 echo "== deployment: kustomize render, Kubernetes schemas, Dockerfile lint" >&2
 scripts/check-deploy.sh

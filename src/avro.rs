@@ -611,6 +611,46 @@ pub fn avro_to_json(value: AvroValue) -> Json {
     }
 }
 
+/// A record held in memory in a compact, already validated form: what
+/// enrich's join tables keep (a million rows must fit a small pod), turned
+/// back into the value [`Codec::decode`] gives by [`Codec::expand`] on each
+/// lookup. An `avro-single-object` record is kept as its datum in the
+/// topic's (reader) schema, without the header (a record of an older writer
+/// schema is resolved and written again in the reader schema once, when
+/// stored); a `json` or `avro-confluent` record as compact JSON text (a
+/// Confluent record is decoded with its writer's schema from the registry,
+/// which a lookup must not wait for).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Compact(Box<[u8]>);
+
+/// First byte of a [`Compact`]: what follows.
+const COMPACT_DATUM: u8 = 0;
+const COMPACT_JSON: u8 = 1;
+
+impl Compact {
+    fn tagged(tag: u8, body: &[u8]) -> Compact {
+        let mut bytes = Vec::with_capacity(1 + body.len());
+        bytes.push(tag);
+        bytes.extend_from_slice(body);
+        Compact(bytes.into_boxed_slice())
+    }
+
+    /// Bytes held, for memory accounting.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Compact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Compact({} bytes)", self.0.len())
+    }
+}
+
 /// Avro single-object encoding: `C3 01`, the CRC-64-AVRO fingerprint of the
 /// schema's Parsing Canonical Form (little-endian), then the datum.
 ///
@@ -696,9 +736,14 @@ impl SingleObject {
         Ok(out)
     }
 
-    #[allow(deprecated)]
     pub fn decode(&self, bytes: &[u8]) -> Result<Json, AvroError> {
-        let (fingerprint, mut body) = match bytes {
+        let (writer, body) = self.split(bytes)?;
+        Ok(avro_to_json(self.read_datum(writer, body)?))
+    }
+
+    /// The writer's schema (`None`: the reader's) and the datum.
+    fn split<'b>(&self, bytes: &'b [u8]) -> Result<(Option<&Schema>, &'b [u8]), AvroError> {
+        let (fingerprint, body) = match bytes {
             [0xC3, 0x01, rest @ ..] if rest.len() >= 8 => rest.split_at(8),
             _ => {
                 return Err(AvroError::SingleObjectHeader(
@@ -715,6 +760,12 @@ impl SingleObject {
                 fingerprint: hex(fingerprint),
                 known: hex(&self.header[2..]),
             })?;
+        Ok((writer.as_ref(), body))
+    }
+
+    /// The whole datum, resolved to the reader schema.
+    #[allow(deprecated)]
+    fn read_datum(&self, writer: Option<&Schema>, mut body: &[u8]) -> Result<AvroValue, AvroError> {
         let value = match writer {
             None => apache_avro::from_avro_datum(&self.schema.schema, &mut body, None),
             Some(writer) => {
@@ -725,7 +776,26 @@ impl SingleObject {
         if !body.is_empty() {
             return Err(AvroError::TrailingBytes(body.len()));
         }
-        Ok(avro_to_json(value))
+        Ok(value)
+    }
+
+    /// [`SingleObject::decode`]'s checks; keeps the datum in the reader
+    /// schema.
+    #[allow(deprecated)]
+    fn compact(&self, bytes: &[u8]) -> Result<Compact, AvroError> {
+        let (writer, body) = self.split(bytes)?;
+        let value = self.read_datum(writer, body)?;
+        if writer.is_none() {
+            return Ok(Compact::tagged(COMPACT_DATUM, body));
+        }
+        let datum = apache_avro::to_avro_datum(&self.schema.schema, value)
+            .map_err(|e| AvroError::Encode(Box::new(e)))?;
+        Ok(Compact::tagged(COMPACT_DATUM, &datum))
+    }
+
+    /// A datum [`SingleObject::compact`] kept, decoded.
+    fn expand(&self, datum: &[u8]) -> Result<Json, AvroError> {
+        Ok(avro_to_json(self.read_datum(None, datum)?))
     }
 }
 
@@ -1261,6 +1331,36 @@ impl Codec {
         }
     }
 
+    /// Checks a record as [`Codec::decode`] does and returns it in its
+    /// [`Compact`] form, which [`Codec::expand`] decodes without waiting
+    /// for anything.
+    pub async fn compact(&self, bytes: &[u8]) -> Result<Compact, AvroError> {
+        match self {
+            Codec::Json => {
+                serde_json::from_slice::<Json>(bytes)?;
+                Ok(Compact::tagged(COMPACT_JSON, bytes))
+            }
+            Codec::SingleObject(c) => c.compact(bytes),
+            Codec::Confluent(c) => {
+                let value = c.decode(bytes).await?;
+                Ok(Compact::tagged(COMPACT_JSON, &serde_json::to_vec(&value)?))
+            }
+        }
+    }
+
+    /// The value [`Codec::decode`] gives for the record `compact` was made
+    /// of (by this codec).
+    pub fn expand(&self, compact: &Compact) -> Result<Json, AvroError> {
+        match (compact.0.split_first(), self) {
+            (Some((&COMPACT_JSON, text)), _) => Ok(serde_json::from_slice(text)?),
+            (Some((&COMPACT_DATUM, datum)), Codec::SingleObject(c)) => c.expand(datum),
+            _ => Err(AvroError::Mapping {
+                path: "stored record".into(),
+                reason: "not kept by this topic's codec".into(),
+            }),
+        }
+    }
+
     /// For `avro-confluent`: finds and keeps the schema id writes use (see
     /// [`Confluent::prepare`]). Other formats need nothing.
     pub async fn prepare_writes(&self) -> Result<Option<SubjectUse>, AvroError> {
@@ -1679,6 +1779,56 @@ mod tests {
             new.decode(&current).unwrap(),
             json!({"id": "b", "at": 6, "note": "n", "tags": {}})
         );
+    }
+
+    /// Table rows are kept compact and expanded on lookup: the value must
+    /// be exactly what decoding the record gives, for the reader's own
+    /// records, an older writer's (resolved once, when kept) and JSON.
+    #[tokio::test]
+    async fn compact_records_expand_to_what_decode_gives() {
+        let reader = file("reader.avsc", MESSAGE_SCHEMA);
+        let writers = [file("old.avsc", OLD_MESSAGE_SCHEMA)];
+        let old = codec(OLD_MESSAGE_SCHEMA)
+            .encode(&json!({"id": "a", "legacy": 7, "at": 5}))
+            .unwrap();
+        let codec = Codec::SingleObject(Box::new(SingleObject::new(&reader, &writers).unwrap()));
+        let current = codec
+            .encode(&json!({"id": "b", "at": 6, "note": "n", "tags": {"k": "v"}}))
+            .await
+            .unwrap();
+        for bytes in [&old, &current] {
+            let compact = codec.compact(bytes).await.unwrap();
+            assert_eq!(
+                codec.expand(&compact).unwrap(),
+                codec.decode(bytes).await.unwrap()
+            );
+            assert!(compact.len() < bytes.len(), "no header kept: {compact:?}");
+        }
+        // Refused as decode refuses it.
+        let mut truncated = current.clone();
+        truncated.pop();
+        assert!(codec.compact(&truncated).await.is_err());
+        let mut longer = current.clone();
+        longer.push(0);
+        assert!(matches!(
+            codec.compact(&longer).await,
+            Err(AvroError::TrailingBytes(1))
+        ));
+        assert!(matches!(
+            codec.compact(b"{}").await,
+            Err(AvroError::SingleObjectHeader(_))
+        ));
+
+        let text = br#"{"b": [1, 2.5, "x"], "a": null}"#;
+        let compact = Codec::Json.compact(text).await.unwrap();
+        assert_eq!(
+            Codec::Json.expand(&compact).unwrap(),
+            json!({"a": null, "b": [1, 2.5, "x"]})
+        );
+        assert!(Codec::Json.compact(b"{\"a\": ").await.is_err());
+        // A datum is only read by the codec that kept it.
+        let datum = codec.compact(&current).await.unwrap();
+        assert!(Codec::Json.expand(&datum).is_err());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! registry that its `/metrics` endpoint serves.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,22 @@ fn gauge(
     Ok(metric)
 }
 
+/// Event-time latencies, from an alert's source record to a stage's result:
+/// seconds when all is well, minutes when a stage is behind or waits out an
+/// outage (an alert older than `notify.max_age` is not posted at all).
+const EVENT_LATENCY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Seconds from `event_ms` (epoch milliseconds) to now; 0 for an event
+/// time ahead of this host's clock.
+pub fn seconds_since(event_ms: i64) -> f64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    now_ms.saturating_sub(event_ms).max(0) as f64 / 1000.0
+}
+
 /// Fed by librdkafka's statistics (see `kafka::StageContext`).
 fn consumer_lag(registry: &Registry) -> Result<IntGaugeVec, MetricsError> {
     gauge(
@@ -55,6 +71,7 @@ pub struct EnrichMetrics {
     pub transactions: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub batch_seconds: Histogram,
+    pub event_latency: HistogramVec,
     pub registry_unavailable: IntGauge,
 }
 
@@ -70,6 +87,15 @@ impl EnrichMetrics {
             ]),
         )?;
         registry.register(Box::new(batch_seconds.clone()))?;
+        let event_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "alertsvc_enrich_event_latency_seconds",
+                "From an alert's event time (its source record's timestamp) to its Slack message committed to the output topic.",
+            )
+            .buckets(EVENT_LATENCY_BUCKETS.to_vec()),
+            &["pipeline"],
+        )?;
+        registry.register(Box::new(event_latency.clone()))?;
         let registry_unavailable = IntGauge::new(
             "alertsvc_enrich_registry_unavailable",
             "1 while records wait for the Schema Registry to answer again, else 0.",
@@ -126,6 +152,7 @@ impl EnrichMetrics {
             )?,
             consumer_lag: consumer_lag(registry)?,
             batch_seconds,
+            event_latency,
             registry_unavailable,
         })
     }
@@ -146,6 +173,7 @@ pub fn render(registry: &Registry) -> String {
 pub struct NotifyMetrics {
     pub deliveries: IntCounterVec,
     pub slack_seconds: Histogram,
+    pub event_to_slack_seconds: Histogram,
     pub pacing_wait_seconds: Histogram,
     pub rate_limited: prometheus::IntCounter,
     pub retries: prometheus::IntCounter,
@@ -227,6 +255,11 @@ impl NotifyMetrics {
                 "alertsvc_slack_request_seconds",
                 "Latency of Slack Web API calls.",
                 vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )?,
+            event_to_slack_seconds: histogram(
+                "alertsvc_notify_event_to_slack_seconds",
+                "From an alert's event time (the message's createdAt: its source record's timestamp) to Slack's answer to its chat.postMessage.",
+                EVENT_LATENCY_BUCKETS.to_vec(),
             )?,
             pacing_wait_seconds: histogram(
                 "alertsvc_slack_pacing_wait_seconds",

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::Histogram;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
@@ -33,7 +34,7 @@ use crate::kafka::{
     enqueue, send_dead_letter, DeadLetterCancelled, DeadLetterRecord, OutRecord, SourcePosition,
     StageContext,
 };
-use crate::metrics::EnrichMetrics;
+use crate::metrics::{seconds_since, EnrichMetrics};
 
 /// First and longest wait before a failed batch is tried again.
 const BATCH_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
@@ -74,8 +75,16 @@ pub struct Processor {
 /// What processing one record asks to write.
 #[derive(Debug)]
 enum Output {
-    Record(OutRecord),
+    Record(OutRecord, Emitted),
     DeadLetter(DeadLetterRecord),
+}
+
+/// An output's pipeline latency histogram and event time (its source
+/// record's timestamp, epoch ms), observed once the batch is committed.
+#[derive(Debug, Clone)]
+struct Emitted {
+    latency: Histogram,
+    event_ms: i64,
 }
 
 /// Why a batch could not be committed.
@@ -263,12 +272,24 @@ impl Processor {
         for message in batch {
             outputs.extend(self.process(message).await?);
         }
+        let emitted: Vec<Emitted> = outputs
+            .iter()
+            .filter_map(|output| match output {
+                Output::Record(_, emitted) => Some(emitted.clone()),
+                Output::DeadLetter(_) => None,
+            })
+            .collect();
         match self.guarantee {
-            ProcessingGuarantee::ExactlyOnce => self.commit_transactional(batch, outputs).await,
+            ProcessingGuarantee::ExactlyOnce => self.commit_transactional(batch, outputs).await?,
             ProcessingGuarantee::AtLeastOnce => {
-                self.commit_at_least_once(batch, outputs, hard_stop).await
+                self.commit_at_least_once(batch, outputs, hard_stop).await?
             }
         }
+        // Committed: the alerts are now readable downstream.
+        for Emitted { latency, event_ms } in emitted {
+            latency.observe(seconds_since(event_ms));
+        }
+        Ok(())
     }
 
     async fn commit_transactional(
@@ -282,7 +303,7 @@ impl Processor {
             // Dead letters go into the transaction like outputs: they are
             // written exactly when the offsets past their records commit.
             let record = match output {
-                Output::Record(record) => record,
+                Output::Record(record, _) => record,
                 Output::DeadLetter(letter) => letter.into_record(),
             };
             // Delivery is confirmed by commit_transaction as a whole.
@@ -323,7 +344,7 @@ impl Processor {
         let mut dead_letters = Vec::new();
         for output in outputs {
             match output {
-                Output::Record(record) => deliveries.push(
+                Output::Record(record, _) => deliveries.push(
                     enqueue(&self.producer, &record)
                         .await
                         .map_err(BatchError::kafka("produce"))?,
@@ -516,12 +537,18 @@ impl Processor {
                         Ok((key, payload)) => {
                             tracing::debug!(alert_id = %slack_message.alert_id, channel = %slack_message.channel_id, "alert");
                             self.metrics.records_out.with_label_values(&[name]).inc();
-                            out.push(Output::Record(OutRecord {
-                                topic: route.output_topic.clone(),
-                                key: Some(key),
-                                payload: Some(payload),
-                                headers: None,
-                            }));
+                            out.push(Output::Record(
+                                OutRecord {
+                                    topic: route.output_topic.clone(),
+                                    key: Some(key),
+                                    payload: Some(payload),
+                                    headers: None,
+                                },
+                                Emitted {
+                                    latency: self.metrics.event_latency.with_label_values(&[name]),
+                                    event_ms: source.timestamp_ms,
+                                },
+                            ));
                         }
                         Err((e, _)) if e.is_transient() => return Err(unavailable(e)),
                         Err((e, what)) => {

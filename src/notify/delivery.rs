@@ -21,7 +21,7 @@ use super::pacing::{retry_delay, Pacer};
 use super::slack_health::SlackHealth;
 use crate::config::RetrySettings;
 use crate::messages::{AlertStatus, DeliveryOutcome, SlackMessage};
-use crate::metrics::NotifyMetrics;
+use crate::metrics::{seconds_since, NotifyMetrics};
 use crate::slack::{is_user_id, AlertRef, ReplyRef, SlackApi, SlackError, Thread};
 
 /// What happened to one message.
@@ -671,6 +671,9 @@ impl Deliverer {
         };
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(posted) => {
+                self.metrics
+                    .event_to_slack_seconds
+                    .observe(seconds_since(message.created_at));
                 let entry = &mut attempt.entry;
                 entry.status = Status::Posted;
                 entry.channel_id = posted.channel;

@@ -13,6 +13,7 @@ mod enrich_tables;
 mod enrich_topology;
 mod enrich_transactions;
 mod kafka_interop;
+mod latency_metrics;
 mod notify_chaos;
 mod notify_crash;
 mod notify_delivery;

@@ -289,6 +289,25 @@ impl TestEnv {
             .await
     }
 
+    /// Like [`TestEnv::produce_event`], with the record's timestamp (its
+    /// event time) set to `timestamp_ms`.
+    pub async fn produce_event_at(
+        &self,
+        org: &str,
+        event: &Value,
+        timestamp_ms: i64,
+    ) -> (i32, i64) {
+        let payload = self.encode("notifications", event).await;
+        let topic = self.topic("notifications");
+        self.send(
+            FutureRecord::to(&topic)
+                .key(org)
+                .payload(&payload[..])
+                .timestamp(timestamp_ms),
+        )
+        .await
+    }
+
     pub async fn put_assignment(&self, org: &str, email: &str, org_name: &str) {
         let value = json!({"org_id": org, "org_name": org_name, "csdr_name": format!("CSDR of {org_name}"),
                            "csdr_email": email, "updated_at": 1});
