@@ -1,6 +1,7 @@
 //! The preview page: the Slack stand-in's messages rendered from their
-//! Block Kit, newest first, refreshing itself. Its Acknowledge button goes
-//! through notify's real `/slack/interactions` endpoint, signed the way
+//! Block Kit, newest first, each with its thread, refreshing itself. Its
+//! buttons and menus (Acknowledge, Resolve, Snooze) go through notify's real
+//! `/slack/interactions` endpoint as `block_actions` payloads, signed the way
 //! Slack signs, so the message updates exactly as it would in Slack.
 
 use std::net::SocketAddr;
@@ -53,7 +54,7 @@ pub async fn serve(
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/messages", get(messages))
-        .route("/api/acknowledge", post(acknowledge))
+        .route("/api/actions", post(action))
         .with_state(state);
     let (bound, _) = crate::http::serve(addr, router, shutdown).await?;
     Ok(bound)
@@ -81,6 +82,7 @@ async fn messages(State(preview): State<Preview>) -> Json<Value> {
                     "text": m.text,
                     "blocks": m.blocks,
                     "alertId": m.alert_id(),
+                    "metadata": m.metadata,
                     "edits": m.edits,
                     "threadTs": m.thread_ts,
                     "replies": replies(m),
@@ -95,14 +97,30 @@ struct Click {
     channel: String,
     ts: String,
     action_id: String,
+    #[serde(default)]
+    block_id: Option<String>,
     value: String,
+    /// Set for a menu choice: the chosen option's label (`value` is its value).
+    #[serde(default)]
+    option_text: Option<String>,
 }
 
-/// A button click, delivered to notify as Slack would deliver it.
-async fn acknowledge(
-    State(preview): State<Preview>,
-    Json(click): Json<Click>,
-) -> impl IntoResponse {
+/// The element of a `block_actions` payload, as Slack sends it: a button
+/// carries `value`, a `static_select` the chosen `selected_option`.
+fn action_element(click: &Click) -> Value {
+    let block_id = click.block_id.as_deref().unwrap_or("alertsvc_actions");
+    match &click.option_text {
+        Some(label) => json!({"type": "static_select", "action_id": click.action_id,
+            "block_id": block_id,
+            "selected_option": {"text": {"type": "plain_text", "text": label, "emoji": true},
+                                "value": click.value}}),
+        None => json!({"type": "button", "action_id": click.action_id,
+            "block_id": block_id, "value": click.value}),
+    }
+}
+
+/// A button click or menu choice, delivered to notify as Slack would.
+async fn action(State(preview): State<Preview>, Json(click): Json<Click>) -> impl IntoResponse {
     let Some(message) = preview
         .slack
         .messages()
@@ -118,8 +136,7 @@ async fn acknowledge(
         "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel},
         "message": {"type": "message", "ts": message.ts, "text": message.text,
                     "blocks": message.blocks, "metadata": message.metadata},
-        "actions": [{"type": "button", "action_id": click.action_id,
-                     "block_id": "alertsvc_actions", "value": click.value}],
+        "actions": [action_element(&click)],
     });
     let body = format!(
         "payload={}",
