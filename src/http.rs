@@ -97,6 +97,60 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// What a running stage shows of itself: the address its endpoints are
+/// bound to (the real port when configured with port 0), its health and
+/// its metrics registry. Tests and the demo read these directly instead of
+/// guessing a free port or parsing `/metrics` text.
+#[derive(Clone)]
+pub struct StageHandle {
+    pub addr: SocketAddr,
+    pub health: Arc<Health>,
+    pub registry: Registry,
+}
+
+impl StageHandle {
+    /// The sum of a counter or gauge over all its label values (0 when the
+    /// metric has not been registered or observed yet).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        crate::metrics::sum(&self.registry, name)
+    }
+}
+
+/// A stage's operational endpoints, bound before the stage starts its work
+/// (as zero-to-production's `Application::build` does): a port that is
+/// taken fails the build, and the bound address is known at once.
+pub struct Ops {
+    listener: TcpListener,
+    handle: StageHandle,
+}
+
+impl Ops {
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Ops> {
+        let listener = TcpListener::bind(addr).await?;
+        let handle = StageHandle {
+            addr: listener.local_addr()?,
+            health: Arc::new(Health::default()),
+            registry: Registry::new(),
+        };
+        Ok(Ops { listener, handle })
+    }
+
+    pub fn handle(&self) -> &StageHandle {
+        &self.handle
+    }
+
+    /// Serves the shared routes plus the stage's own `extra` routes until
+    /// `shutdown` fires.
+    pub fn serve(self, extra: Router, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let router = ops_router(AppState {
+            health: self.handle.health.clone(),
+            registry: self.handle.registry.clone(),
+        })
+        .merge(extra);
+        serve_on(self.listener, router, shutdown)
+    }
+}
+
 /// Binds `addr` and serves `router` until `shutdown` fires. Returns the bound
 /// address (useful with port 0) and the server task.
 pub async fn serve(
@@ -106,14 +160,23 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tracing::info!(%bound, "HTTP endpoints listening");
-    let task = tokio::spawn(async move {
+    Ok((bound, serve_on(listener, router, shutdown)))
+}
+
+fn serve_on(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!(%bound, "HTTP endpoints listening");
+    }
+    tokio::spawn(async move {
         let result = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "HTTP server failed");
         }
-    });
-    Ok((bound, task))
+    })
 }

@@ -168,6 +168,25 @@ pub fn render(registry: &Registry) -> String {
     String::from_utf8(buffer).unwrap_or_default()
 }
 
+/// The sum of a counter or gauge family over all its label values; 0 when
+/// the family is not registered or has no samples yet.
+pub fn sum(registry: &Registry, name: &str) -> f64 {
+    use prometheus::proto::MetricType;
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| {
+            let kind = family.get_field_type();
+            family.get_metric().iter().map(move |metric| match kind {
+                MetricType::COUNTER => metric.get_counter().get_value(),
+                MetricType::GAUGE => metric.get_gauge().get_value(),
+                _ => 0.0,
+            })
+        })
+        .sum()
+}
+
 /// Metrics of `alertsvc notify`.
 #[derive(Clone)]
 pub struct NotifyMetrics {

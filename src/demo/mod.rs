@@ -22,6 +22,7 @@ use crate::config::{
     resolve_path, DemoBroker, DemoSettings, DemoSlack, DemoWarehouse, Secret, Settings,
     SourceSettings,
 };
+use crate::http::StageHandle;
 use crate::kafka::{client_config, Role, StageContext};
 use crate::produce::row::format_sql_datetime;
 use crate::slack::fake::{FakeMessage, FakeSlack, FakeSlackConfig};
@@ -280,14 +281,26 @@ pub async fn run(
     let stages = shutdown.child_token();
     let mut tasks: JoinSet<Result<(), DemoError>> = JoinSet::new();
     let dir = config_dir.to_owned();
-    let (s, d, t) = (settings.clone(), dir.clone(), stages.clone());
-    spawn_stage(&mut tasks, "enrich", async move {
-        crate::enrich::run(&s, &d, t).await
-    });
-    let (s, d, t) = (settings.clone(), dir.clone(), stages.clone());
-    spawn_stage(&mut tasks, "notify", async move {
-        crate::notify::run(&s, &d, t).await
-    });
+    let failed = |stage: &'static str, e: &dyn std::fmt::Display| DemoError::Stage {
+        stage,
+        reason: e.to_string(),
+    };
+    // Bound first: the preview needs notify's address, the progress check
+    // reads both stages' registries.
+    let enrich = crate::enrich::Enrich::build(&settings, config_dir)
+        .await
+        .map_err(|e| failed("enrich", &e))?;
+    let notify = crate::notify::Notify::build(&settings, config_dir)
+        .await
+        .map_err(|e| failed("notify", &e))?;
+    let handles = Handles {
+        enrich: enrich.handle(),
+        notify: notify.handle(),
+    };
+    let t = stages.clone();
+    spawn_stage(&mut tasks, "enrich", enrich.run_until_stopped(t));
+    let t = stages.clone();
+    spawn_stage(&mut tasks, "notify", notify.run_until_stopped(t));
     let (s, d, t) = (settings.clone(), dir, stages.clone());
     spawn_stage(&mut tasks, "produce", async move {
         crate::produce::run(&s, &d, &crate::produce::Options::default(), t).await
@@ -303,19 +316,10 @@ pub async fn run(
                 println!("{}", terminal_line(&message, dm_user.as_deref()));
             }
         });
-        let notify_addr =
-            settings
-                .notify
-                .as_ref()
-                .map(|n| n.http_addr)
-                .ok_or(DemoError::Stage {
-                    stage: "notify",
-                    reason: "no [notify] section".into(),
-                })?;
         let addr = preview::serve(
             demo.http_addr,
             slack.clone(),
-            notify_addr,
+            handles.notify.addr,
             signing_secret.clone(),
             stages.clone(),
         )
@@ -326,7 +330,7 @@ pub async fn run(
 
     // Traffic, and the end.
     let writer = FailureWriter::new(warehouse_url, templates);
-    let outcome = drive(&settings, &demo, &options, writer, &shutdown, &mut tasks).await;
+    let outcome = drive(&handles, &demo, &options, writer, &shutdown, &mut tasks).await;
     stages.cancel();
     while let Some(joined) = tasks.join_next().await {
         if let Ok(Err(e)) = joined {
@@ -522,38 +526,28 @@ impl Progress {
     }
 }
 
-fn sum_series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The running stages the demo watches, read from their own registries.
+struct Handles {
+    enrich: StageHandle,
+    notify: StageHandle,
 }
 
-async fn read_progress(settings: &Settings) -> Progress {
-    let get = |addr: Option<std::net::SocketAddr>| async move {
-        let url = format!("http://{}/metrics", addr?);
-        reqwest::get(url).await.ok()?.text().await.ok()
-    };
-    let enrich = get(settings.enrich.as_ref().map(|e| e.http_addr))
-        .await
-        .unwrap_or_default();
-    let notify = get(settings.notify.as_ref().map(|n| n.http_addr))
-        .await
-        .unwrap_or_default();
-    let out = sum_series(&enrich, "alertsvc_enrich_records_out_total");
+fn read_progress(handles: &Handles) -> Progress {
+    let enrich = |name| handles.enrich.metric_sum(name);
+    let out = enrich("alertsvc_enrich_records_out_total");
     Progress {
-        enrich_in: sum_series(&enrich, "alertsvc_enrich_records_in_total"),
+        enrich_in: enrich("alertsvc_enrich_records_in_total"),
         enrich_done: out
-            + sum_series(&enrich, "alertsvc_enrich_records_dropped_total")
-            + sum_series(&enrich, "alertsvc_enrich_records_dlq_total"),
+            + enrich("alertsvc_enrich_records_dropped_total")
+            + enrich("alertsvc_enrich_records_dlq_total"),
         enrich_out: out,
-        notify_done: sum_series(&notify, "alertsvc_slack_posts_total"),
+        notify_done: handles.notify.metric_sum("alertsvc_slack_posts_total"),
     }
 }
 
 /// Writes traffic and decides when the demo ends.
 async fn drive(
-    settings: &Settings,
+    handles: &Handles,
     demo: &DemoSettings,
     options: &Options,
     mut writer: FailureWriter,
@@ -581,7 +575,7 @@ async fn drive(
                 return match (options.events, deadline) {
                     (Some(events), Some((_, limit))) => Err(DemoError::Unfinished {
                         limit,
-                        progress: read_progress(settings).await.describe(events),
+                        progress: read_progress(handles).describe(events),
                     }),
                     _ => Ok(()),
                 };
@@ -600,7 +594,7 @@ async fn drive(
             }
             _ = check.tick(), if options.events.is_some() => {
                 let events = options.events.unwrap_or_default();
-                let progress = read_progress(settings).await;
+                let progress = read_progress(handles);
                 if progress.finished(events) {
                     // Let the last answers reach the terminal.
                     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -674,12 +668,5 @@ mod tests {
         p.notify_done = 4.0;
         assert!(p.finished(6));
         assert!(!p.finished(7));
-    }
-
-    #[test]
-    fn metric_series_are_summed_across_labels() {
-        let text = "# HELP x\nalertsvc_slack_posts_total{outcome=\"posted\"} 3\n\
-                    alertsvc_slack_posts_total{outcome=\"failed\"} 1\nother 9\n";
-        assert_eq!(sum_series(text, "alertsvc_slack_posts_total"), 4.0);
     }
 }

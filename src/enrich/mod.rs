@@ -13,11 +13,10 @@ pub mod readiness;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::Registry;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
@@ -27,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::avro::{build_codecs, build_key_codecs, AvroError, Codec};
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, EnrichSettings, ProcessingGuarantee, Settings};
-use crate::http::{self, AppState, Health};
+use crate::http::{Ops, StageHandle};
 use crate::kafka::{client_config, Commits, Role, StageContext};
 use crate::metrics::{EnrichMetrics, MetricsError};
 use pipeline::Pipeline;
@@ -88,14 +87,62 @@ fn instance_id() -> String {
         .unwrap_or_else(|| "0".to_owned())
 }
 
+/// enrich, bound but not yet working: its HTTP endpoints' address, health
+/// and metrics are known before [`Enrich::run_until_stopped`] starts the
+/// tables and the stream.
+pub struct Enrich {
+    settings: Settings,
+    config_dir: PathBuf,
+    ops: Ops,
+}
+
+impl Enrich {
+    /// Binds enrich's HTTP endpoints (`enrich.http_addr`; port 0 picks one).
+    pub async fn build(settings: &Settings, config_dir: &Path) -> Result<Enrich, EnrichError> {
+        let enrich = settings.enrich.as_ref().ok_or(EnrichError::NotConfigured)?;
+        let ops = Ops::bind(enrich.http_addr)
+            .await
+            .map_err(|source| EnrichError::Http {
+                addr: enrich.http_addr,
+                source,
+            })?;
+        Ok(Enrich {
+            settings: settings.clone(),
+            config_dir: config_dir.to_owned(),
+            ops,
+        })
+    }
+
+    pub fn handle(&self) -> StageHandle {
+        self.ops.handle().clone()
+    }
+
+    /// Runs enrich until `shutdown`, then commits or aborts the open batch.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), EnrichError> {
+        run_with(&self.settings, &self.config_dir, self.ops, shutdown).await
+    }
+}
+
 /// Runs enrich until `shutdown`, then commits or aborts the open batch.
 pub async fn run(
     settings: &Settings,
     config_dir: &Path,
     shutdown: CancellationToken,
 ) -> Result<(), EnrichError> {
+    Enrich::build(settings, config_dir)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
+}
+
+async fn run_with(
+    settings: &Settings,
+    config_dir: &Path,
+    ops: Ops,
+    shutdown: CancellationToken,
+) -> Result<(), EnrichError> {
     let enrich = settings.enrich.as_ref().ok_or(EnrichError::NotConfigured)?;
-    let registry = Registry::new();
+    let registry = ops.handle().registry.clone();
     let metrics = EnrichMetrics::register(&registry)?;
     let codecs = build_codecs(config_dir, settings)
         .map_err(|(topic, source)| EnrichError::Codec { topic, source })?;
@@ -106,21 +153,12 @@ pub async fn run(
     // Everything below stops with `stop`: on shutdown, or when a table
     // loader dies (the tables would go stale).
     let stop = shutdown.child_token();
-    let health = Arc::new(Health::default());
+    let health = ops.handle().health.clone();
     let readiness = Arc::new(Readiness::new(
         health.clone(),
         metrics.registry_unavailable.clone(),
     ));
-    let router = http::ops_router(AppState {
-        health: health.clone(),
-        registry: registry.clone(),
-    });
-    let (_, http_task) = http::serve(enrich.http_addr, router, stop.clone())
-        .await
-        .map_err(|source| EnrichError::Http {
-            addr: enrich.http_addr,
-            source,
-        })?;
+    let http_task = ops.serve(axum::Router::new(), stop.clone());
 
     let context = StageContext {
         lag: Some(metrics.consumer_lag.clone()),

@@ -21,11 +21,10 @@ pub mod responses;
 pub mod slack_health;
 pub mod worker;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::Registry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
@@ -34,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::avro::{build_codecs, build_key_codecs, AvroError};
 use crate::config::Settings;
-use crate::http::{self, AppState, Health};
+use crate::http::{Ops, StageHandle};
 use crate::kafka::{client_config, Commits, Role, StageContext};
 use crate::metrics::{MetricsError, NotifyMetrics};
 use crate::slack::SlackApi;
@@ -88,11 +87,59 @@ pub fn instance_id(configured: Option<&str>) -> String {
         .unwrap_or_else(|| "notify".to_owned())
 }
 
-/// Runs notify until `shutdown`: connects the ledger (migrating it if
-/// configured), serves HTTP, consumes and delivers, then commits.
+/// notify, bound but not yet working: its HTTP endpoints' address (the
+/// interactions endpoint included), health and metrics are known before
+/// [`Notify::run_until_stopped`] connects the ledger and starts consuming.
+pub struct Notify {
+    settings: Settings,
+    config_dir: PathBuf,
+    ops: Ops,
+}
+
+impl Notify {
+    /// Binds notify's HTTP endpoints (`notify.http_addr`; port 0 picks one).
+    pub async fn build(settings: &Settings, config_dir: &Path) -> Result<Notify, NotifyError> {
+        let notify = settings.notify.as_ref().ok_or(NotifyError::NotConfigured)?;
+        let ops = Ops::bind(notify.http_addr)
+            .await
+            .map_err(|source| NotifyError::Http {
+                addr: notify.http_addr,
+                source,
+            })?;
+        Ok(Notify {
+            settings: settings.clone(),
+            config_dir: config_dir.to_owned(),
+            ops,
+        })
+    }
+
+    pub fn handle(&self) -> StageHandle {
+        self.ops.handle().clone()
+    }
+
+    /// Runs notify until `shutdown`: connects the ledger (migrating it if
+    /// configured), serves HTTP, consumes and delivers, then commits.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), NotifyError> {
+        run_with(&self.settings, &self.config_dir, self.ops, shutdown).await
+    }
+}
+
+/// Binds, then runs notify until `shutdown` (see [`Notify`]).
 pub async fn run(
     settings: &Settings,
     config_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<(), NotifyError> {
+    Notify::build(settings, config_dir)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
+}
+
+async fn run_with(
+    settings: &Settings,
+    config_dir: &Path,
+    ops: Ops,
     shutdown: CancellationToken,
 ) -> Result<(), NotifyError> {
     let notify = settings.notify.as_ref().ok_or(NotifyError::NotConfigured)?;
@@ -101,7 +148,7 @@ pub async fn run(
         .bot_token
         .as_ref()
         .ok_or(NotifyError::NoToken)?;
-    let registry = Registry::new();
+    let registry = ops.handle().registry.clone();
     let metrics = NotifyMetrics::register(&registry)?;
     let codecs = build_codecs(config_dir, settings)
         .map_err(|(topic, source)| NotifyError::Codec { topic, source })?;
@@ -147,7 +194,7 @@ pub async fn run(
     .create_with_context(context.clone())
     .map_err(kafka("producer"))?;
 
-    let health = Arc::new(Health::default());
+    let health = ops.handle().health.clone();
     let interaction_state = Arc::new(interactions::InteractionState {
         signing_secret: notify.slack.signing_secret.clone(),
         producer: producer.clone(),
@@ -158,25 +205,14 @@ pub async fn run(
         replay: interactions::ReplayGuard::default(),
         metrics: metrics.clone(),
     });
-    let router = http::ops_router(AppState {
-        health: health.clone(),
-        registry: registry.clone(),
-    })
-    .merge(
-        axum::Router::new()
-            .route(
-                "/slack/interactions",
-                axum::routing::post(interactions::handle),
-            )
-            .with_state(interaction_state),
-    );
+    let interactions_route = axum::Router::new()
+        .route(
+            "/slack/interactions",
+            axum::routing::post(interactions::handle),
+        )
+        .with_state(interaction_state);
     let http_stop = CancellationToken::new();
-    let (_, http_task) = http::serve(notify.http_addr, router, http_stop.clone())
-        .await
-        .map_err(|source| NotifyError::Http {
-            addr: notify.http_addr,
-            source,
-        })?;
+    let http_task = ops.serve(interactions_route, http_stop.clone());
 
     let assignment = Arc::new(Assignment::default());
     let consumer: StreamConsumer<NotifyContext> = client_config(

@@ -55,7 +55,7 @@ async fn registry_framed_avro_in_and_out_with_a_json_table() {
         )
         .await;
 
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let messages = env.read_messages(5, WAIT).await;
     assert_eq!(messages.len(), 5);
     for (record, message) in &messages {
@@ -143,14 +143,14 @@ async fn a_registry_outage_pauses_enrich_and_loses_nothing() {
         .await;
 
     registry.start_outage(StatusCode::SERVICE_UNAVAILABLE);
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     // Both tables bootstrap without the registry (JSON, and empty), but the
     // output's schema id needs it: not ready, and `/readyz` says why.
     let output_subject = format!("{}-value", env.topic("slack_messages"));
     eventually(
         "readyz names the output waiting for the registry",
         async || {
-            http_get(&format!("http://{}/readyz", env.http_addr))
+            http_get(&format!("http://{}/readyz", env.enrich_addr()))
                 .await
                 .is_some_and(|(status, body)| {
                     status == 503
@@ -186,7 +186,7 @@ async fn a_registry_outage_pauses_enrich_and_loses_nothing() {
     })
     .await;
     env.wait_metric(GAUGE, 1.0, WAIT).await;
-    let readyz = format!("http://{}/readyz", env.http_addr);
+    let readyz = format!("http://{}/readyz", env.enrich_addr());
     assert_eq!(http_get(&readyz).await.map(|r| r.0), Some(503));
     // Only now, so that the table's backoff starts fresh too.
     env.produce_raw(

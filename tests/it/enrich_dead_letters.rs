@@ -73,7 +73,7 @@ async fn bad_records_are_dead_lettered_and_the_rest_flows() {
     .await;
     env.produce_event("org-a", &quota_event("q2", 5, 10)).await;
 
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let messages = env.read_messages(3, WAIT).await;
     let mut ids: Vec<&str> = messages.iter().map(|(_, m)| m.alert_id.as_str()).collect();
     ids.sort();
@@ -267,7 +267,7 @@ async fn at_least_once_retries_a_failed_dead_letter_before_committing() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 3],
     );
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let dead = env.read(&env.dlq("notifications"), 1, WAIT).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(

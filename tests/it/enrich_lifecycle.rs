@@ -35,7 +35,7 @@ async fn a_connector_running_again_resolves_its_alert_in_place() {
     for event in &events {
         env.produce_event("org-a", event).await;
     }
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let messages = env.read_messages(3, WAIT).await;
     assert_eq!(messages.len(), 3, "the happy path is filtered");
     let (failed, resolved, unknown) = (&messages[0].1, &messages[1].1, &messages[2].1);
@@ -78,7 +78,7 @@ async fn a_connector_running_again_resolves_its_alert_in_place() {
         "nothing to acknowledge once resolved"
     );
 
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     let responses = env.read_responses(3, WAIT).await;
     notify.stop().await.expect("clean stop");
     enrich.stop().await.expect("clean stop");

@@ -35,7 +35,7 @@ async fn tables_bootstrap_then_follow_updates_and_tombstones() {
         )
         .await;
     }
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let messages = env.read_messages(ORGS, WAIT).await;
     assert_eq!(messages.len(), ORGS);
     for (record, message) in &messages {
@@ -137,8 +137,8 @@ async fn bad_table_records_are_dead_lettered_and_leave_the_table_intact() {
         );
     }
     let started = Instant::now();
-    let enrich = env.start_enrich();
-    let readyz = format!("http://{}/readyz", env.http_addr);
+    let enrich = env.start_enrich().await;
+    let readyz = format!("http://{}/readyz", env.enrich_addr());
     loop {
         let ready = http_get(&readyz).await.map(|r| r.0) == Some(200);
         if ready {

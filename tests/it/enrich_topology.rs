@@ -46,7 +46,7 @@ async fn reference_topology_emits_exactly_the_expected_messages() {
         env.produce_event(org, event).await;
     }
 
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let messages = env.read_messages(3, WAIT).await;
 
     let got: BTreeSet<(String, String, String, String)> = messages

@@ -44,7 +44,7 @@ async fn offsets_committed_and_restart_resumes(env: &TestEnv, processed: usize) 
         committed_or_zero(env, &group, &input),
         env.end_offsets(&input, 3)
     );
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     env.produce_event(
         "org-1",
         &connector_event("late", "env", "late", "Provisioning"),
@@ -76,7 +76,7 @@ async fn failed_transaction_is_aborted_and_its_records_reprocessed() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
     );
 
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     env.wait_metric(
         "alertsvc_enrich_commits_total{outcome=\"aborted\"}",
         1.0,
@@ -122,7 +122,7 @@ async fn failed_transaction_is_aborted_and_its_records_reprocessed() {
 async fn at_least_once_commits_offsets_after_outputs_are_acknowledged() {
     let env = TestEnv::new("[enrich]\nprocessing_guarantee = \"at_least_once\"\n").await;
     let expected = seed(&env, 8).await;
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let messages = env.read_messages(expected.len(), WAIT).await;
     assert_eq!(
         alert_ids(&messages).into_iter().collect::<BTreeSet<_>>(),
@@ -145,7 +145,7 @@ async fn eos_commits_outputs_and_offsets_in_one_transaction() {
     );
     let env = TestEnv::new("").await;
     let expected = seed(&env, 6).await;
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let messages = env.read_messages(expected.len(), WAIT).await;
     assert_eq!(
         alert_ids(&messages).into_iter().collect::<BTreeSet<_>>(),
@@ -214,7 +214,7 @@ async fn exactly_once_consumer_lag_comes_down_to_zero() {
         }
     }
     env.put_slack_user("a@example.com", "U1").await;
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let messages = env.read_messages(expected.len(), WAIT).await;
     assert_eq!(
         alert_ids(&messages).into_iter().collect::<BTreeSet<_>>(),

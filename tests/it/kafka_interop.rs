@@ -457,8 +457,8 @@ impl Scenario {
         let env = &self.env;
         let (code, _, stderr) = env.run_produce(&["--once"]).await;
         assert_eq!(code, 0, "produce --once failed: {stderr}");
-        let enrich = env.start_enrich();
-        let notify = env.start_notify();
+        let enrich = env.start_enrich().await;
+        let notify = env.start_notify().await;
         let total = ALERTS.len() + self.py_messages.len();
         env.read_responses(total, WAIT).await;
         let posts = self.slack.messages();
@@ -837,10 +837,7 @@ async fn click(env: &TestEnv, posted: &FakeMessage, alert_id: &str) {
     );
     let now = (now_ms() / 1000).to_string();
     let status = reqwest::Client::new()
-        .post(format!(
-            "http://{}/slack/interactions",
-            env.notify_http_addr
-        ))
+        .post(format!("http://{}/slack/interactions", env.notify_addr()))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("x-slack-request-timestamp", &now)
         .header(

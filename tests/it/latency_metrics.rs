@@ -49,8 +49,8 @@ async fn latency_histograms_count_every_alert_from_its_event_time() {
     )
     .await;
 
-    let enrich = env.start_enrich();
-    let notify = env.start_notify();
+    let enrich = env.start_enrich().await;
+    let notify = env.start_notify().await;
     let responses = env.read_responses(ALERTS, WAIT).await;
     assert_eq!(responses.len(), ALERTS);
     assert!(

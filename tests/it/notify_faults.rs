@@ -14,7 +14,7 @@ use crate::common::slack::{
     by_alert, leave_pending, message, no_dead_letters, notify_env, notify_settings, now_ms,
     posts_per_alert, version, wait_notify_metric, Backend, NotifyEnv,
 };
-use crate::common::{http_get, RunningStage};
+use crate::common::{eventually, http_get, RunningStage};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -30,10 +30,12 @@ async fn a_slack_outage_pauses_consumption_and_loses_nothing() {
         ledger_dir: _ledger_dir,
         ..
     } = notify_env(&["C1", "C2", "U0ADA"], None, Backend::Sqlite, 50).await;
-    let notify = env.start_notify_with(notify_settings(&env, |n| {
-        n.unreachable_after = 2;
-        n.retry.max_backoff = Duration::from_millis(400);
-    }));
+    let notify = env
+        .start_notify_with(notify_settings(&env, |n| {
+            n.unreachable_after = 2;
+            n.retry.max_backoff = Duration::from_millis(400);
+        }))
+        .await;
     env.produce_message(&message("before", "C1", "before the outage"))
         .await;
     env.read_responses(1, WAIT).await;
@@ -51,7 +53,7 @@ async fn a_slack_outage_pauses_consumption_and_loses_nothing() {
 
     wait_notify_metric(&env, "alertsvc_slack_unreachable", |v| v == 1.0, WAIT).await;
     some_partition_paused(&env).await;
-    let ready = http_get(&format!("http://{}/readyz", env.notify_http_addr)).await;
+    let ready = http_get(&format!("http://{}/readyz", env.notify_addr())).await;
     assert_eq!(
         ready.map(|(s, _)| s),
         Some(200),
@@ -99,9 +101,11 @@ async fn ambiguous_answers_are_looked_up_not_posted_again() {
     } = notify_env(&["C1", "C2"], None, Backend::Sqlite, 50).await;
     // Every post is stored, and answered 500 or after the client gave up.
     slack.set_ambiguous(1.0, Duration::from_millis(1_500));
-    let notify = env.start_notify_with(notify_settings(&env, |n| {
-        n.slack.request_timeout = Duration::from_secs(1);
-    }));
+    let notify = env
+        .start_notify_with(notify_settings(&env, |n| {
+            n.slack.request_timeout = Duration::from_secs(1);
+        }))
+        .await;
     for i in 0..6 {
         env.produce_message(&message(&format!("a-{i}"), ["C1", "C2"][i % 2], "maybe"))
             .await;
@@ -164,7 +168,7 @@ async fn dms_go_to_the_conversation_and_are_reconciled_there() {
         env.produce_message(&message(&format!("dm-{i}"), "U0ADA", "to Ada"))
             .await;
     }
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     let responses = env.read_responses(3, WAIT).await;
     notify.stop().await.expect("clean stop");
     for response in &responses {
@@ -219,10 +223,12 @@ async fn a_backlogged_channel_holds_back_no_other_and_shutdown_is_prompt() {
         !elsewhere.is_empty(),
         "some quiet channel on another partition"
     );
-    let notify = env.start_notify_with(notify_settings(&env, |n| {
-        n.max_channel_backlog = 100;
-        n.pacing.workspace_per_second = 1000;
-    }));
+    let notify = env
+        .start_notify_with(notify_settings(&env, |n| {
+            n.max_channel_backlog = 100;
+            n.pacing.workspace_per_second = 1000;
+        }))
+        .await;
     let mut stored = slack.subscribe();
     let mut first_busy = None;
     let mut seen = BTreeSet::new();
@@ -292,17 +298,14 @@ async fn two_replicas_reading_the_same_records_post_each_alert_once() {
     }
     // Two consumer groups: each replica reads every record, as two owners
     // of one partition do during a rebalance. Only the ledger arbitrates.
-    let replicas: Vec<RunningStage> = ["replica-a", "replica-b"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            env.start_notify_with(notify_settings(&env, |n| {
-                n.instance_id = Some((*name).to_owned());
-                n.group_id = format!("{}-{i}", n.group_id);
-                n.http_addr.set_port(0);
-            }))
-        })
-        .collect();
+    let mut replicas: Vec<RunningStage> = Vec::new();
+    for (i, name) in ["replica-a", "replica-b"].iter().enumerate() {
+        let settings = notify_settings(&env, |n| {
+            n.instance_id = Some((*name).to_owned());
+            n.group_id = format!("{}-{i}", n.group_id);
+        });
+        replicas.push(env.start_notify_with(settings).await);
+    }
     let responses = env.read_responses(120, WAIT).await;
     for replica in replicas {
         replica.stop().await.expect("clean stop");
@@ -338,9 +341,11 @@ async fn versions_never_go_backwards_and_a_late_recurrence_is_posted_anew() {
     for m in [&v1, &v2, &v1, &again] {
         env.produce_message(m).await;
     }
-    let notify = env.start_notify_with(notify_settings(&env, |n| {
-        n.dedup_window = Duration::from_secs(30);
-    }));
+    let notify = env
+        .start_notify_with(notify_settings(&env, |n| {
+            n.dedup_window = Duration::from_secs(30);
+        }))
+        .await;
     let responses = env.read_responses(4, WAIT).await;
     notify.stop().await.expect("clean stop");
     let outcomes: Vec<_> = responses.iter().map(|r| r.outcome).collect();
@@ -378,7 +383,7 @@ async fn a_replayed_dead_letter_is_posted_once_the_cause_is_fixed() {
     } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
     let refused = message("was-refused", "C0LATER", "the channel did not exist yet");
     env.produce_message(&refused).await;
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     env.read_responses(1, WAIT).await;
     // The operator creates the channel, then replays the dead letter; a
     // plain redelivery of the same record is not a replay.
@@ -415,7 +420,7 @@ async fn a_refused_edit_keeps_the_alert_posted_and_is_not_dead_lettered() {
     let now = now_ms();
     env.produce_message(&version("edited", "C1", "v1", 1, now - 2_000))
         .await;
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     env.read_responses(1, WAIT).await;
     slack.archive_channel("C1");
     env.produce_message(&version("edited", "C1", "v2", 2, now - 1_000))
@@ -461,9 +466,11 @@ async fn a_revoked_partitions_queued_messages_are_dropped_and_posted_once_by_the
         env.produce_message(&message(&format!("q-{i}"), "CBUSY", "queued"))
             .await;
     }
-    let first = env.start_notify_with(notify_settings(&env, |n| {
-        n.instance_id = Some("replica-a".into());
-    }));
+    let first = env
+        .start_notify_with(notify_settings(&env, |n| {
+            n.instance_id = Some("replica-a".into());
+        }))
+        .await;
     let mut stored = slack.subscribe();
     tokio::time::timeout(REBALANCE_WAIT, stored.recv())
         .await
@@ -471,22 +478,27 @@ async fn a_revoked_partitions_queued_messages_are_dropped_and_posted_once_by_the
         .expect("fake Slack");
     // A second replica joins the group: the eager rebalance revokes every
     // partition of the first, whose queue for CBUSY (at 5/s) is still long.
-    let second = env.start_notify_with(notify_settings(&env, |n| {
-        n.instance_id = Some("replica-b".into());
-        n.http_addr.set_port(0);
-    }));
-    wait_notify_metric(
-        &env,
-        "alertsvc_notify_dropped_on_revoke_total",
-        |v| v >= 1.0,
+    let second = env
+        .start_notify_with(notify_settings(&env, |n| {
+            n.instance_id = Some("replica-b".into());
+        }))
+        .await;
+    // The revoked queue was the first replica's.
+    eventually(
         REBALANCE_WAIT,
+        "the first replica to drop its revoked queue",
+        || async {
+            let dropped = first
+                .stage
+                .metric_sum("alertsvc_notify_dropped_on_revoke_total");
+            (dropped >= 1.0).then_some(())
+        },
     )
     .await;
-    let deadline = tokio::time::Instant::now() + REBALANCE_WAIT;
-    while slack.posts_by_alert().len() < 60 {
-        assert!(tokio::time::Instant::now() < deadline, "not all posted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(REBALANCE_WAIT, "every alert posted", || async {
+        (slack.posts_by_alert().len() >= 60).then_some(())
+    })
+    .await;
     first.stop().await.expect("clean stop");
     second.stop().await.expect("clean stop");
     let posts = slack.posts_by_alert();

@@ -35,7 +35,7 @@ async fn signed_click_is_recorded_and_acknowledged_forgeries_are_refused() {
     } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
     env.produce_message(&message("ack-me", "C1", "Please acknowledge"))
         .await;
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     let responses = env.read_responses(1, WAIT).await;
     let ts = responses[0].ts.clone().expect("ts");
     let posted = slack.messages().remove(0);
@@ -52,7 +52,7 @@ async fn signed_click_is_recorded_and_acknowledged_forgeries_are_refused() {
         "payload={}",
         form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
     );
-    let url = format!("http://{}/slack/interactions", env.notify_http_addr);
+    let url = format!("http://{}/slack/interactions", env.notify_addr());
     let now = crate::common::slack::now_ms() / 1000;
 
     assert_eq!(

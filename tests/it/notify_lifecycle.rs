@@ -73,7 +73,7 @@ async fn firing_then_resolved_edits_in_place_and_replies_once(backend: Backend) 
     );
     env.produce_message(&firing).await;
     env.produce_message(&resolved).await;
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     let responses = env.read_responses(2, WAIT).await;
     notify.stop().await.expect("clean stop");
 
@@ -122,9 +122,11 @@ async fn firing_then_resolved_edits_in_place_and_replies_once(backend: Backend) 
     assert_eq!(entry.reply_pending, None);
 
     // A replay from the start, and the resolved record duplicated.
-    let rerun = env.start_notify_with(notify_settings(&env, |n| {
-        n.group_id = format!("{}-replay", n.group_id);
-    }));
+    let rerun = env
+        .start_notify_with(notify_settings(&env, |n| {
+            n.group_id = format!("{}-replay", n.group_id);
+        }))
+        .await;
     env.produce_message(&resolved).await;
     let responses = env.read_responses(5, WAIT).await;
     rerun.stop().await.expect("clean stop");
@@ -177,7 +179,7 @@ async fn a_resolved_alert_never_posted_posts_nothing() {
     for m in [&resolved, &late_firing, &resolved] {
         env.produce_message(m).await;
     }
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     let responses = env.read_responses(3, WAIT).await;
     assert!(
         slack.messages().is_empty(),
@@ -249,7 +251,7 @@ async fn new_content_goes_to_the_thread_as_configured() {
     for m in &messages {
         env.produce_message(m).await;
     }
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     let responses = env.read_responses(5, WAIT).await;
     notify.stop().await.expect("clean stop");
     let outcomes: Vec<_> = responses.iter().map(|r| r.outcome).collect();
@@ -318,9 +320,11 @@ async fn a_recurrence_goes_into_the_first_thread_and_resolves_there() {
     for m in [&first, &again, &resolved] {
         env.produce_message(m).await;
     }
-    let notify = env.start_notify_with(notify_settings(&env, |n| {
-        n.dedup_window = Duration::from_secs(30);
-    }));
+    let notify = env
+        .start_notify_with(notify_settings(&env, |n| {
+            n.dedup_window = Duration::from_secs(30);
+        }))
+        .await;
     let responses = env.read_responses(3, WAIT).await;
     notify.stop().await.expect("clean stop");
     let outcomes: Vec<_> = responses.iter().map(|r| r.outcome).collect();
@@ -375,7 +379,7 @@ async fn an_ambiguous_reply_is_looked_up_not_made_twice() {
     let now = now_ms();
     let firing = version("amb", "C1", "failed", 1, now - 9_000);
     env.produce_message(&firing).await;
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     env.read_responses(1, WAIT).await;
     // Every post from now on is stored and answered 500.
     slack.set_ambiguous(1.0, Duration::from_secs(30));
@@ -424,7 +428,7 @@ async fn a_reply_left_in_flight_by_a_dead_replica_is_found_then_the_edit_made() 
     left_mid_reply(&ledger, &slack, &firing, &parent_ts, &reply_ts).await;
 
     env.produce_message(&resolved).await;
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     let responses = env.read_responses(1, WAIT).await;
     notify.stop().await.expect("clean stop");
     assert_eq!(responses[0].outcome, DeliveryOutcome::Updated);

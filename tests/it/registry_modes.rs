@@ -149,7 +149,7 @@ async fn auto_register_false_writes_with_the_id_the_pipeline_registered() {
     let id = registry.register(&subject, &schema);
     let started = now_ms();
 
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let (position, record) = one_alert(&env).await;
     let (written_id, alert) = decode_framed(&schema, record.payload.as_deref().expect("payload"));
     assert_eq!(written_id, id, "framed with the registered id");
@@ -204,7 +204,7 @@ async fn use_latest_version_writes_records_as_the_newer_registered_schema() {
     assert_ne!(v1, v2);
     let started = now_ms();
 
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let (position, record) = one_alert(&env).await;
     let (written_id, alert) = decode_framed(&latest, record.payload.as_deref().expect("payload"));
     assert_eq!(written_id, v2, "framed with the latest version's id");
@@ -242,11 +242,11 @@ async fn a_read_only_key_with_auto_register_waits_with_the_fix_on_readyz() {
     )
     .await;
     let subject = value_subject(&env.topic("slack_messages"));
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     env.produce_event("org-1", &connector_event("e0", "env", "c0", "Provisioning"))
         .await;
 
-    let readyz = format!("http://{}/readyz", env.http_addr);
+    let readyz = format!("http://{}/readyz", env.enrich_addr());
     let expected = format!(
         "not ready: output topic slack_messages waits for the Schema Registry: \
          the registry refused to register schema io.alertsvc.SlackMessage under subject {subject} \
@@ -314,7 +314,7 @@ async fn a_schema_missing_from_a_read_only_subject_stops_enrich_at_startup() {
     let subject = value_subject(&env.topic("slack_messages"));
     env.produce_event("org-1", &connector_event("e0", "env", "c0", "Provisioning"))
         .await;
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     let error = tokio::time::timeout(WAIT, enrich.handle)
         .await
         .expect("enrich stops by itself")

@@ -160,7 +160,7 @@ async fn keys_json_stream_joins_a_table_keyed_by_avro_records() {
         .produce_raw_key(&stream, Some(b"org-1"), Some(&payload))
         .await;
 
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     env.wait_metric(
         "alertsvc_enrich_records_in_total{pipeline=\"by-region\"}",
         5.0,
@@ -271,7 +271,7 @@ async fn keys_avro_confluent_use_the_key_subject_and_wait_out_an_outage() {
     }
 
     registry.start_outage(StatusCode::SERVICE_UNAVAILABLE);
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     env.wait_ready(WAIT).await;
     for payload in &payloads[..2] {
         env.produce_raw_key(&topic, Some(&key), Some(payload)).await;
@@ -377,7 +377,7 @@ async fn keys_produce_writes_json_keys_that_enrich_reads() {
     expected_keys.sort();
     assert_eq!(keys, expected_keys, "keys are JSON strings");
 
-    let enrich = env.start_enrich();
+    let enrich = env.start_enrich().await;
     // Rows 0 and 5 were Running, not Provisioning: filtered.
     let expected: Vec<(String, String)> = (0..10usize)
         .filter(|i| i % 5 != 0)
@@ -428,7 +428,7 @@ async fn keys_notify_writes_response_keys_in_the_topic_format() {
         env.produce_keyed("slack_messages", &json!("C1"), &message.to_json())
             .await;
     }
-    let notify = env.start_notify();
+    let notify = env.start_notify().await;
     let records = env.read(&env.topic("slack_responses"), 2, WAIT).await;
     let mut keys = Vec::new();
     for record in &records {

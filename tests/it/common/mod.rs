@@ -16,10 +16,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use alertsvc::avro::{build_codecs, build_key_codecs, Codecs, KeyCodecs};
 use alertsvc::config::{Settings, Sources};
+use alertsvc::http::StageHandle;
 use alertsvc::messages::SlackMessage;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -84,8 +86,10 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub suffix: String,
     pub overlay: PathBuf,
-    pub http_addr: SocketAddr,
-    pub notify_http_addr: SocketAddr,
+    /// Where the enrich and notify started in-process last listen: they
+    /// bind port 0 and report the port they got, so tests never race for one.
+    enrich_addr: Mutex<Option<SocketAddr>>,
+    notify_addr: Mutex<Option<SocketAddr>>,
     pub settings: Settings,
     pub codecs: Codecs,
     pub key_codecs: KeyCodecs,
@@ -110,8 +114,6 @@ impl TestEnv {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let notify_http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let bootstrap = broker.bootstrap();
         let mut overlay: toml::Value = toml::from_str(&format!(
             r#"
@@ -126,10 +128,10 @@ impl TestEnv {
             group_id = "enrich-{suffix}"
             transactional_id_prefix = "enrich-{suffix}"
             max_batch_wait = "20ms"
-            http_addr = "{http_addr}"
+            http_addr = "127.0.0.1:0"
             [notify]
             group_id = "notify-{suffix}"
-            http_addr = "{notify_http_addr}"
+            http_addr = "127.0.0.1:0"
             shutdown_grace = "5s"
             [notify.retry]
             initial_backoff = "50ms"
@@ -190,8 +192,8 @@ impl TestEnv {
             dir,
             suffix,
             overlay: overlay_path,
-            http_addr,
-            notify_http_addr,
+            enrich_addr: Mutex::new(None),
+            notify_addr: Mutex::new(None),
             settings,
             codecs,
             key_codecs,
@@ -418,15 +420,28 @@ impl TestEnv {
         out
     }
 
-    pub fn start_notify(&self) -> RunningStage {
-        self.start_notify_with(self.settings.clone())
+    pub async fn start_notify(&self) -> RunningStage {
+        self.start_notify_with(self.settings.clone()).await
     }
 
     /// notify in-process with settings of the test's choosing.
-    pub fn start_notify_with(&self, settings: Settings) -> RunningStage {
-        RunningStage::spawn(self.notify_http_addr, |stop| async move {
-            alertsvc::notify::run(&settings, &config_dir(), stop).await
-        })
+    pub async fn start_notify_with(&self, settings: Settings) -> RunningStage {
+        let notify = alertsvc::notify::Notify::build(&settings, &config_dir())
+            .await
+            .expect("notify binds its HTTP endpoints");
+        let handle = notify.handle();
+        *lock(&self.notify_addr) = Some(handle.addr);
+        RunningStage::spawn(handle, |stop| notify.run_until_stopped(stop))
+    }
+
+    /// The address of the notify started last by [`TestEnv::start_notify`].
+    pub fn notify_addr(&self) -> SocketAddr {
+        lock(&self.notify_addr).expect("notify was started in-process")
+    }
+
+    /// The address of the enrich started last by [`TestEnv::start_enrich`].
+    pub fn enrich_addr(&self) -> SocketAddr {
+        lock(&self.enrich_addr).expect("enrich was started in-process")
     }
 
     /// `alertsvc notify` as a child process.
@@ -592,17 +607,19 @@ impl TestEnv {
     }
 
     pub async fn notify_metrics(&self) -> String {
-        http_get(&format!("http://{}/metrics", self.notify_http_addr))
+        http_get(&format!("http://{}/metrics", self.notify_addr()))
             .await
             .map(|(_, body)| body)
             .unwrap_or_default()
     }
 
-    pub fn start_enrich(&self) -> RunningStage {
-        let settings = self.settings.clone();
-        RunningStage::spawn(self.http_addr, |stop| async move {
-            alertsvc::enrich::run(&settings, &config_dir(), stop).await
-        })
+    pub async fn start_enrich(&self) -> RunningStage {
+        let enrich = alertsvc::enrich::Enrich::build(&self.settings, &config_dir())
+            .await
+            .expect("enrich binds its HTTP endpoints");
+        let handle = enrich.handle();
+        *lock(&self.enrich_addr) = Some(handle.addr);
+        RunningStage::spawn(handle, |stop| enrich.run_until_stopped(stop))
     }
 
     /// `alertsvc enrich` as a child process (killable like a crashed pod).
@@ -653,7 +670,7 @@ impl TestEnv {
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(&format!("http://{}/metrics", self.http_addr))
+        http_get(&format!("http://{}/metrics", self.enrich_addr()))
             .await
             .map(|(_, body)| body)
             .unwrap_or_default()
@@ -678,7 +695,27 @@ impl TestEnv {
     }
 
     pub async fn wait_ready(&self, timeout: Duration) {
-        wait_ready_at(self.http_addr, timeout).await
+        wait_ready_at(self.enrich_addr(), timeout).await
+    }
+}
+
+/// Polls `condition` every 50 ms until it yields a value, which is
+/// returned; after `timeout`, fails the test naming `what` was awaited.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still waiting after {timeout:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -714,15 +751,21 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
     Some((status, response.text().await.ok()?))
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct RunningStage {
     pub token: CancellationToken,
     pub handle: JoinHandle<Result<(), String>>,
+    /// The bound address, health and metrics registry of the stage.
+    pub stage: StageHandle,
     pub http_addr: SocketAddr,
 }
 
 impl RunningStage {
     fn spawn<E, F>(
-        http_addr: SocketAddr,
+        stage_handle: StageHandle,
         stage: impl FnOnce(CancellationToken) -> F,
     ) -> RunningStage
     where
@@ -735,7 +778,8 @@ impl RunningStage {
         RunningStage {
             token,
             handle,
-            http_addr,
+            http_addr: stage_handle.addr,
+            stage: stage_handle,
         }
     }
 
