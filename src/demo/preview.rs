@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::notify::interactions::sign;
 use crate::slack::fake::FakeSlack;
+use crate::slack::signing::sign;
 
 const PAGE: &str = include_str!("preview.html");
 

@@ -5,7 +5,6 @@
 //! [`pipeline`] is the pure per-record logic, [`table`] keeps the join
 //! tables, [`processor`] moves records between Kafka and the pipelines.
 
-pub mod blockkit;
 pub mod markup;
 pub mod pipeline;
 pub mod processor;

@@ -12,10 +12,10 @@ use cel::{Context as CelContext, Env as CelEnv, Program, Value as CelValue};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value as JinjaValue};
 use serde_json::Value as Json;
 
-use super::blockkit::{self, BlockKitError};
 use super::markup;
 use crate::config::{resolve_path, ConfigError, JoinKind, PipelineSettings};
 use crate::messages::{AlertStatus, RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
+use crate::slack::blockkit::{self, BlockKitError};
 
 /// Escape mode for Block Kit templates: an interpolated value is first
 /// escaped as Slack text (`&amp;`, `&lt;`, `&gt;`), then as JSON string

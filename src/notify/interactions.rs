@@ -1,101 +1,28 @@
 //! `POST /slack/interactions`: Slack's interactivity requests (button
-//! clicks). The `v0` signature (HMAC-SHA256 over `v0:{timestamp}:{body}`
-//! with the signing secret) is checked in constant time, the timestamp must
-//! be within five minutes, and a signature is accepted once. A verified
+//! clicks), accepted only when Slack's signature verifies
+//! ([`crate::slack::signing`]). A verified
 //! click becomes a `SlackInteraction` record; "Acknowledge" also updates the
 //! message to say who acknowledged it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use hmac::{Hmac, Mac};
 use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::avro::{Codec, KeyCodec};
 use crate::config::Secret;
 use crate::kafka::{enqueue, OutRecord, StageContext};
 use crate::messages::{to_json, SlackInteraction};
 use crate::metrics::NotifyMetrics;
+use crate::slack::signing::{verify, ReplayGuard, SignatureError};
 use crate::slack::{AlertRef, SlackApi};
 
 pub const ACKNOWLEDGE_ACTION: &str = "alertsvc_acknowledge";
 const ACTIONS_BLOCK_ID: &str = "alertsvc_actions";
-const MAX_SKEW_SECS: i64 = 300;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("missing X-Slack-Signature or X-Slack-Request-Timestamp")]
-    Missing,
-    #[error("timestamp is not a number")]
-    BadTimestamp,
-    #[error("timestamp is more than five minutes away")]
-    Stale,
-    #[error("signature does not match")]
-    Mismatch,
-    #[error("signature already used")]
-    Replayed,
-}
-
-/// `v0=` + hex HMAC-SHA256 of `v0:{timestamp}:{body}`, as Slack signs.
-pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(b"v0:");
-    mac.update(timestamp.as_bytes());
-    mac.update(b":");
-    mac.update(body);
-    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// Checks a request's signature; `now_secs` is the current Unix time.
-pub fn verify(
-    secret: &str,
-    timestamp: &str,
-    signature: &str,
-    body: &[u8],
-    now_secs: i64,
-) -> Result<(), SignatureError> {
-    let ts: i64 = timestamp
-        .parse()
-        .map_err(|_| SignatureError::BadTimestamp)?;
-    if (now_secs - ts).abs() > MAX_SKEW_SECS {
-        return Err(SignatureError::Stale);
-    }
-    let expected = signature
-        .strip_prefix("v0=")
-        .and_then(|hex_sig| hex::decode(hex_sig).ok())
-        .ok_or(SignatureError::Mismatch)?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| SignatureError::Mismatch)?;
-    mac.update(b"v0:");
-    mac.update(timestamp.as_bytes());
-    mac.update(b":");
-    mac.update(body);
-    // verify_slice compares in constant time.
-    mac.verify_slice(&expected)
-        .map_err(|_| SignatureError::Mismatch)
-}
-
-/// Signatures seen within the timestamp window: a captured request cannot
-/// be replayed.
-#[derive(Debug, Default)]
-pub struct ReplayGuard {
-    seen: Mutex<HashMap<String, i64>>,
-}
-
-impl ReplayGuard {
-    pub fn first_use(&self, signature: &str, timestamp: i64, now_secs: i64) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, ts| (now_secs - *ts).abs() <= MAX_SKEW_SECS);
-        seen.insert(signature.to_owned(), timestamp).is_none()
-    }
-}
 
 /// The payload as stored in `SlackInteraction.payload`: Slack's own JSON
 /// minus every `token` field. That is Slack's deprecated verification token,
@@ -311,50 +238,6 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signatures_verify_only_with_the_right_secret_body_and_time() {
-        let body = b"payload=%7B%7D";
-        let signature = sign("secret", "1700000000", body);
-        assert_eq!(
-            verify("secret", "1700000000", &signature, body, 1_700_000_100),
-            Ok(())
-        );
-        assert_eq!(
-            verify("other", "1700000000", &signature, body, 1_700_000_100),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify(
-                "secret",
-                "1700000000",
-                &signature,
-                b"payload=x",
-                1_700_000_100
-            ),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify("secret", "1700000000", &signature, body, 1_700_000_301),
-            Err(SignatureError::Stale)
-        );
-        assert_eq!(
-            verify("secret", "soon", &signature, body, 1_700_000_000),
-            Err(SignatureError::BadTimestamp)
-        );
-        assert_eq!(
-            verify("secret", "1700000000", "v0=zz", body, 1_700_000_000),
-            Err(SignatureError::Mismatch)
-        );
-    }
-
-    #[test]
-    fn a_signature_is_accepted_once() {
-        let guard = ReplayGuard::default();
-        assert!(guard.first_use("v0=ab", 100, 100));
-        assert!(!guard.first_use("v0=ab", 100, 150));
-        assert!(guard.first_use("v0=cd", 100, 150));
-    }
 
     #[test]
     fn acknowledgement_replaces_the_actions_block() {

@@ -202,7 +202,7 @@ async fn run_with(
         codec: codecs[&notify.interactions].clone(),
         key_codec: key_codecs[&notify.interactions].clone(),
         slack: Some(slack.clone()),
-        replay: interactions::ReplayGuard::default(),
+        replay: crate::slack::signing::ReplayGuard::default(),
         metrics: metrics.clone(),
     });
     let interactions_route = axum::Router::new()

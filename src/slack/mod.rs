@@ -11,7 +11,9 @@
 //!
 //! [`fake`] is a local Slack Web API for tests and the demo.
 
+pub mod blockkit;
 pub mod fake;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -30,9 +30,9 @@ use std::time::Duration;
 
 use alertsvc::enrich::pipeline::{Pipeline, Source, TableLookup, Verdict};
 use alertsvc::messages::{DeliveryOutcome, SlackInteraction, SlackMessage};
-use alertsvc::notify::interactions::sign;
 use alertsvc::slack::fake::{dm_channel, FakeMessage, FakeSlack};
 use alertsvc::slack::is_user_id;
+use alertsvc::slack::signing::sign;
 use serde_json::{json, Value};
 
 use crate::common::registry::FakeRegistry;

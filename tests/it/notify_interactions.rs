@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use alertsvc::messages::SlackInteraction;
-use alertsvc::notify::interactions::sign;
+use alertsvc::slack::signing::sign;
 use serde_json::json;
 
 use crate::common::slack::{message, notify_env, Backend, NotifyEnv, SIGNING_SECRET};

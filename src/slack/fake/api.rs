@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::faults::PostAnswer;
 use super::{dm_channel, lock, FakeMessage, Shared, SlackState};
-use crate::enrich::blockkit;
+use crate::slack::blockkit;
 
 pub(super) fn router(state: Shared) -> Router {
     Router::new()

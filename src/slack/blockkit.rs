@@ -1,6 +1,7 @@
-//! Slack's Block Kit limits, checked before a message leaves enrich so that a
-//! message Slack would reject with `invalid_blocks` or `msg_too_long` goes to
-//! the dead-letter topic instead of being retried by notify.
+//! Slack's Block Kit limits. enrich checks them before a message leaves it,
+//! so that a message Slack would reject with `invalid_blocks` or
+//! `msg_too_long` goes to the dead-letter topic instead of being retried by
+//! notify; the fake Slack enforces the same limits, as Slack does.
 //!
 //! Limits are Slack's documented ones (api.slack.com/reference/block-kit).
 
