@@ -16,6 +16,11 @@ use super::blockkit::{self, BlockKitError};
 use super::markup;
 use crate::config::{resolve_path, ConfigError, JoinKind, PipelineSettings};
 use crate::messages::{AlertStatus, RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
+use join_key::{JoinKey, KeyExpr, ALERT_ID};
+use suppress::{Suppress, NOW};
+
+mod join_key;
+mod suppress;
 
 /// Escape mode for Block Kit templates: an interpolated value is first
 /// escaped as Slack text (`&amp;`, `&lt;`, `&gt;`), then as JSON string
@@ -122,6 +127,8 @@ pub enum RecordError {
     BlockKit(#[from] BlockKitError),
     #[error("template \"status\" rendered {0:?}: a status is \"firing\" or \"resolved\"")]
     Status(String),
+    #[error("suppress failed: {0}")]
+    Suppress(String),
 }
 
 impl RecordError {
@@ -136,6 +143,7 @@ impl RecordError {
             | RecordError::BlocksJson(_)
             | RecordError::Status(_) => "render",
             RecordError::BlockKit(_) => "validate",
+            RecordError::Suppress(_) => "suppress",
         }
     }
 }
@@ -145,16 +153,21 @@ impl RecordError {
 pub enum Verdict {
     Emit(SlackMessage),
     Filtered,
-    JoinMiss { join: String, table: String },
+    /// The pipeline's `suppress` expression held after the joins.
+    Suppressed,
+    JoinMiss {
+        join: String,
+        table: String,
+    },
     Reject(RecordError),
 }
 
 struct CompiledJoin {
     name: String,
     table: String,
-    key: Program,
+    key: JoinKey,
     kind: JoinKind,
-    /// Whether a later join key reads this join's value, so it must be
+    /// Whether a later join key or `suppress` reads this join's value, so it must be
     /// handed to CEL (converting it costs; templates get it regardless).
     needed_by_cel: bool,
 }
@@ -167,6 +180,7 @@ pub struct Pipeline {
     cel_env: Arc<CelEnv>,
     filter: Option<Program>,
     joins: Vec<CompiledJoin>,
+    suppress: Option<Suppress>,
     templates: Environment<'static>,
     vars: JinjaValue,
     /// Whether `message.status` is set; without it every message fires.
@@ -203,23 +217,6 @@ impl Pipeline {
             .as_deref()
             .map(|f| compile_cel(key("filter"), f))
             .transpose()?;
-        let mut joins = Vec::with_capacity(settings.joins.len());
-        for (i, join) in settings.joins.iter().enumerate() {
-            joins.push(CompiledJoin {
-                name: join.name.clone(),
-                table: join.table.clone(),
-                key: compile_cel(key(&format!("joins[{i}].key")), &join.key)?,
-                kind: join.kind,
-                needed_by_cel: false,
-            });
-        }
-        for i in 0..joins.len() {
-            let name = joins[i].name.clone();
-            joins[i].needed_by_cel = joins[i + 1..]
-                .iter()
-                .any(|later| later.key.references().has_variable(&name));
-        }
-
         let mut templates = Environment::new();
         templates.set_undefined_behavior(UndefinedBehavior::Strict);
         // `alert_id` and `channel` are ids, not text Slack reads as mrkdwn:
@@ -273,6 +270,41 @@ impl Pipeline {
                 })?;
         }
 
+        // Key templates join the message templates' environment: the same
+        // filters, strictness and context.
+        let mut joins = Vec::with_capacity(settings.joins.len());
+        for (i, join) in settings.joins.iter().enumerate() {
+            joins.push(CompiledJoin {
+                name: join.name.clone(),
+                table: join.table.clone(),
+                key: join_key::compile(name, i, join, &cel_env, &mut templates)?,
+                kind: join.kind,
+                needed_by_cel: false,
+            });
+        }
+        let alert_id_reads = templates
+            .get_template(ALERT_ID)
+            .map(|t| t.undeclared_variables(false))
+            .unwrap_or_default();
+        let order: Vec<_> = joins
+            .iter()
+            .zip(&settings.joins)
+            .map(|(j, s)| (j.name.as_str(), &j.key, s.key_template.is_some()))
+            .collect();
+        join_key::check_order(name, &order, &alert_id_reads)?;
+        let suppress = settings
+            .suppress
+            .as_deref()
+            .map(|source| Suppress::compile(name, source, &cel_env))
+            .transpose()?;
+        for i in 0..joins.len() {
+            let name = joins[i].name.clone();
+            joins[i].needed_by_cel = joins[i + 1..]
+                .iter()
+                .any(|later| matches!(later.key.expr, KeyExpr::Cel(_)) && later.key.reads(&name))
+                || suppress.as_ref().is_some_and(|s| s.reads(&name));
+        }
+
         Ok(Pipeline {
             name: name.to_owned(),
             input: settings.input.clone(),
@@ -281,6 +313,7 @@ impl Pipeline {
             cel_env,
             filter,
             joins,
+            suppress,
             templates,
             vars: JinjaValue::from_serialize(&settings.vars),
             has_status: message.status.is_some(),
@@ -297,7 +330,18 @@ impl Pipeline {
 
     /// Applies the pipeline to one decoded record.
     pub fn apply(&self, source: &Source<'_>, event: &Json, tables: &dyn TableLookup) -> Verdict {
-        match self.try_apply(source, event, tables) {
+        self.apply_at(source, event, tables, suppress::now_millis())
+    }
+
+    /// [`Pipeline::apply`] with `now` (epoch milliseconds) for `suppress`.
+    pub fn apply_at(
+        &self,
+        source: &Source<'_>,
+        event: &Json,
+        tables: &dyn TableLookup,
+        now_ms: i64,
+    ) -> Verdict {
+        match self.try_apply(source, event, tables, now_ms) {
             Ok(verdict) => verdict,
             Err(e) => Verdict::Reject(e),
         }
@@ -308,6 +352,7 @@ impl Pipeline {
         source: &Source<'_>,
         event: &Json,
         tables: &dyn TableLookup,
+        now_ms: i64,
     ) -> Result<Verdict, RecordError> {
         let parsed;
         let event = if self.json_fields.is_empty() {
@@ -318,7 +363,7 @@ impl Pipeline {
         };
 
         let mut cel = CelContext::with_env(self.cel_env.clone());
-        if self.filter.is_some() || !self.joins.is_empty() {
+        if self.filter.is_some() || !self.joins.is_empty() || self.suppress.is_some() {
             let key = match source.key {
                 None => CelValue::Null,
                 Some(Json::String(text)) => CelValue::from(text.clone()),
@@ -346,28 +391,36 @@ impl Pipeline {
         }
 
         let mut joined: Vec<(&str, Option<Arc<Json>>)> = Vec::with_capacity(self.joins.len());
+        // Rendered once, when a key or `suppress` first reads it.
+        let mut alert_id: Option<String> = None;
         for join in &self.joins {
-            let lookup_key = match join.key.execute(&cel) {
-                Ok(CelValue::String(s)) => Some(s.to_string()),
-                Ok(CelValue::Int(i)) => Some(i.to_string()),
-                Ok(CelValue::UInt(i)) => Some(i.to_string()),
-                Ok(CelValue::Null) => None,
-                // A map or list (e.g. `{'org': event.org_id}`) matches a
-                // table keyed by a JSON or Avro record with those fields.
-                Ok(other) => match other.json() {
-                    Ok(json) => Some(into_key_text(json)),
-                    Err(e) => {
-                        return Err(RecordError::JoinKey {
-                            join: join.name.clone(),
-                            reason: format!("returned {other:?}, which is not a table key: {e}"),
-                        })
+            let key_error = |reason: String| RecordError::JoinKey {
+                join: join.name.clone(),
+                reason,
+            };
+            if join.key.reads_alert_id() && alert_id.is_none() {
+                // A failing alert_id template is a render error, wherever
+                // it is first needed.
+                let id = self.render_alert_id(source, event, &joined)?;
+                cel.add_variable_from_value(ALERT_ID, id.clone());
+                alert_id = Some(id);
+            }
+            let lookup_key = match &join.key.expr {
+                KeyExpr::Cel(program) => join_key::cel_key_text(
+                    program
+                        .execute(&cel)
+                        .map_err(|e| key_error(e.to_string()))?,
+                )
+                .map_err(key_error)?,
+                KeyExpr::Template(template) => {
+                    let mut context = self.template_context(source, event, &joined);
+                    if let Some(id) = &alert_id {
+                        context.insert(ALERT_ID, JinjaValue::from(id.as_str()));
                     }
-                },
-                Err(e) => {
-                    return Err(RecordError::JoinKey {
-                        join: join.name.clone(),
-                        reason: e.to_string(),
-                    })
+                    let rendered = self
+                        .render_template(template, &JinjaValue::from_serialize(&context))
+                        .map_err(|e| key_error(e.to_string()))?;
+                    join_key::template_key_text(&rendered)
                 }
             };
             let found = lookup_key.and_then(|k| tables.lookup(&join.table, &k));
@@ -390,7 +443,37 @@ impl Pipeline {
             joined.push((join.name.as_str(), found));
         }
 
+        if let Some(suppress) = &self.suppress {
+            if suppress.reads(NOW) {
+                cel.add_variable_from_value(NOW, now_ms);
+            }
+            if suppress.reads(ALERT_ID) && alert_id.is_none() {
+                let id = self.render_alert_id(source, event, &joined)?;
+                cel.add_variable_from_value(ALERT_ID, id);
+            }
+            if suppress.reads(STATUS_TEMPLATE) {
+                let context = self.template_context(source, event, &joined);
+                let status = self.render_status(&context)?;
+                cel.add_variable_from_value(STATUS_TEMPLATE, status.as_str());
+            }
+            if suppress.decide(&cel)? {
+                return Ok(Verdict::Suppressed);
+            }
+        }
+
         self.render(source, event, &joined).map(Verdict::Emit)
+    }
+
+    /// `message.alert_id` for join keys and `suppress`, rendered with the
+    /// joins so far (compilation checked it reads no later one).
+    fn render_alert_id(
+        &self,
+        source: &Source<'_>,
+        event: &Json,
+        joined: &[(&str, Option<Arc<Json>>)],
+    ) -> Result<String, RecordError> {
+        let context = self.template_context(source, event, joined);
+        self.render_one(ALERT_ID, &JinjaValue::from_serialize(&context))
     }
 
     fn parse_json_fields(&self, event: &Json) -> Result<Json, RecordError> {
@@ -416,36 +499,10 @@ impl Pipeline {
         event: &Json,
         joined: &[(&str, Option<Arc<Json>>)],
     ) -> Result<SlackMessage, RecordError> {
-        let mut context: BTreeMap<&str, JinjaValue> = BTreeMap::new();
-        let key = match source.key {
-            None => JinjaValue::from(()),
-            Some(Json::String(text)) => JinjaValue::from(text.as_str()),
-            Some(other) => JinjaValue::from_serialize(other),
-        };
-        context.insert("key", key);
-        context.insert("event", JinjaValue::from_serialize(event));
-        context.insert("topic", JinjaValue::from(source.topic));
-        context.insert("partition", JinjaValue::from(source.partition));
-        context.insert("offset", JinjaValue::from(source.offset));
-        context.insert("timestamp", JinjaValue::from(source.timestamp_ms));
-        context.insert("pipeline", JinjaValue::from(self.name.as_str()));
-        context.insert("vars", self.vars.clone());
-        for (name, value) in joined {
-            let value = match value {
-                Some(v) => JinjaValue::from_serialize(&**v),
-                None => JinjaValue::from(()),
-            };
-            context.insert(name, value);
-        }
+        let mut context = self.template_context(source, event, joined);
         // The status comes first: every other template may read it (a
         // green header once resolved), and none may change it.
-        let status = if self.has_status {
-            let rendered =
-                self.render_one(STATUS_TEMPLATE, &JinjaValue::from_serialize(&context))?;
-            AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))?
-        } else {
-            AlertStatus::Firing
-        };
+        let status = self.render_status(&context)?;
         context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
         let context = JinjaValue::from_serialize(&context);
 
@@ -471,6 +528,50 @@ impl Pipeline {
             recurrence: self.recurrence,
             resolved_unposted: self.resolved_unposted,
         })
+    }
+
+    /// The templates' context before `status`: the record, the joins so
+    /// far, the pipeline's constants.
+    fn template_context<'a>(
+        &'a self,
+        source: &Source<'a>,
+        event: &Json,
+        joined: &[(&'a str, Option<Arc<Json>>)],
+    ) -> BTreeMap<&'a str, JinjaValue> {
+        let mut context: BTreeMap<&str, JinjaValue> = BTreeMap::new();
+        let key = match source.key {
+            None => JinjaValue::from(()),
+            Some(Json::String(text)) => JinjaValue::from(text.as_str()),
+            Some(other) => JinjaValue::from_serialize(other),
+        };
+        context.insert("key", key);
+        context.insert("event", JinjaValue::from_serialize(event));
+        context.insert("topic", JinjaValue::from(source.topic));
+        context.insert("partition", JinjaValue::from(source.partition));
+        context.insert("offset", JinjaValue::from(source.offset));
+        context.insert("timestamp", JinjaValue::from(source.timestamp_ms));
+        context.insert("pipeline", JinjaValue::from(self.name.as_str()));
+        context.insert("vars", self.vars.clone());
+        for (name, value) in joined {
+            let value = match value {
+                Some(v) => JinjaValue::from_serialize(&**v),
+                None => JinjaValue::from(()),
+            };
+            context.insert(name, value);
+        }
+        context
+    }
+
+    /// `message.status`, or `firing` for a pipeline without one.
+    fn render_status(
+        &self,
+        context: &BTreeMap<&str, JinjaValue>,
+    ) -> Result<AlertStatus, RecordError> {
+        if !self.has_status {
+            return Ok(AlertStatus::Firing);
+        }
+        let rendered = self.render_one(STATUS_TEMPLATE, &JinjaValue::from_serialize(context))?;
+        AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))
     }
 
     fn render_template(&self, name: &str, context: &JinjaValue) -> Result<String, RecordError> {

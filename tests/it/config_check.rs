@@ -117,6 +117,48 @@ fn bad_filter_expression_is_refused() {
 }
 
 #[test]
+fn bad_suppress_expression_and_join_keys_are_refused() {
+    const P: &str = "enrich.pipelines.connector-provisioning-failure";
+    assert_refused(
+        &format!("[{P}]\nsuppress = \"alert_state.state ==\"\n"),
+        &[&format!("{P}.suppress"), "invalid CEL expression"],
+    );
+    let joins = |third: &str| {
+        format!(
+            "[{P}]\njoins = [\n  {{ name = \"assignment\", table = \"csdr_assignment\", key = \"key\", kind = \"inner\" }},\n  {{ name = \"slack_user\", table = \"slack_users\", key = \"assignment.csdr_email\", kind = \"left\" }},\n  {{ name = \"alert_state\", table = \"alert_state\", kind = \"left\", {third} }},\n]\n"
+        )
+    };
+    assert_refused(
+        &joins("key_template = \"{{ alert_id \""),
+        &[&format!("{P}.joins[2].key_template"), "invalid template"],
+    );
+    assert_refused(
+        &joins("key = \"alert_id\", key_template = \"{{ alert_id }}\""),
+        &[
+            &format!("{P}.joins[2]"),
+            "join \"alert_state\": set exactly one of key (CEL) and key_template",
+        ],
+    );
+    // The alert id the key reads must not need the status (rendered last).
+    assert_refused(
+        &format!(
+            "{}[{P}.message]\nalert_id = \"{{{{ key }}}}-{{{{ status }}}}\"\n",
+            joins("key = \"alert_id\"")
+        ),
+        &[
+            &format!("{P}.joins[2].key"),
+            "join \"alert_state\": the key reads alert_id, and message.alert_id reads status",
+        ],
+    );
+    for name in ["alert_id", "now"] {
+        assert_refused(
+            &format!("[{P}]\njoins = [\n  {{ name = \"{name}\", table = \"alert_state\", key = \"key\", kind = \"left\" }},\n]\n"),
+            &["joins[0].name", "reserved"],
+        );
+    }
+}
+
+#[test]
 fn missing_template_file_is_refused() {
     assert_refused(
         "[enrich.pipelines.connector-provisioning-failure.message]\nblocks_file = \"templates/nope.json.j2\"\n",
