@@ -797,10 +797,10 @@ fn kafka_client_overriding_a_relied_on_property_is_a_warning() {
         warnings(&outcome.stderr),
         vec![
             "warning: kafka.client.isolation.level = read_uncommitted overrides what the enrich \
-             consumer, the enrich table reader of csdr_assignment, the enrich table reader of \
-             slack_users, the notify consumer, the produce read-back reader, the dlq replay \
-             reader set (read_committed): records of aborted or still open transactions would \
-             be read as if committed",
+             consumer, the enrich table reader of alert_state, the enrich table reader of \
+             csdr_assignment, the enrich table reader of slack_users, the notify consumer, the \
+             produce read-back reader, the dlq replay reader set (read_committed): records of \
+             aborted or still open transactions would be read as if committed",
             "warning: kafka.client.enable.idempotence = false overrides what the enrich \
              producer, the enrich dead-letter producer, the notify producer, the produce \
              producer, the dlq replay producer set (true): a retried send could be written twice",
