@@ -391,6 +391,9 @@ impl Pipeline {
         }
 
         let mut joined: Vec<(&str, Option<Arc<Json>>)> = Vec::with_capacity(self.joins.len());
+        // The templates' context, built when a key or `suppress` first needs
+        // it and kept current as joins complete: one build per record.
+        let mut context: Option<BTreeMap<&str, JinjaValue>> = None;
         // Rendered once, when a key or `suppress` first reads it.
         let mut alert_id: Option<String> = None;
         for join in &self.joins {
@@ -399,9 +402,11 @@ impl Pipeline {
                 reason,
             };
             if join.key.reads_alert_id() && alert_id.is_none() {
+                let context =
+                    context.get_or_insert_with(|| self.template_context(source, event, &joined));
                 // A failing alert_id template is a render error, wherever
                 // it is first needed.
-                let id = self.render_alert_id(source, event, &joined)?;
+                let id = self.render_one(ALERT_ID, &JinjaValue::from_serialize(&*context))?;
                 cel.add_variable_from_value(ALERT_ID, id.clone());
                 alert_id = Some(id);
             }
@@ -413,14 +418,17 @@ impl Pipeline {
                 )
                 .map_err(key_error)?,
                 KeyExpr::Template(template) => {
-                    let mut context = self.template_context(source, event, &joined);
+                    let context = context
+                        .get_or_insert_with(|| self.template_context(source, event, &joined));
+                    // Key templates alone see `alert_id`: the message
+                    // templates keep the context they always had.
                     if let Some(id) = &alert_id {
                         context.insert(ALERT_ID, JinjaValue::from(id.as_str()));
                     }
-                    let rendered = self
-                        .render_template(template, &JinjaValue::from_serialize(&context))
-                        .map_err(|e| key_error(e.to_string()))?;
-                    join_key::template_key_text(&rendered)
+                    let rendered =
+                        self.render_template(template, &JinjaValue::from_serialize(&*context));
+                    context.remove(ALERT_ID);
+                    join_key::template_key_text(&rendered.map_err(|e| key_error(e.to_string()))?)
                 }
             };
             let found = lookup_key.and_then(|k| tables.lookup(&join.table, &k));
@@ -440,40 +448,41 @@ impl Pipeline {
                 };
                 cel.add_variable_from_value(join.name.clone(), value);
             }
+            if let Some(context) = &mut context {
+                context.insert(join.name.as_str(), jinja_row(&found));
+            }
             joined.push((join.name.as_str(), found));
         }
+        let mut context = context.unwrap_or_else(|| self.template_context(source, event, &joined));
 
+        let mut status = None;
         if let Some(suppress) = &self.suppress {
             if suppress.reads(NOW) {
                 cel.add_variable_from_value(NOW, now_ms);
             }
             if suppress.reads(ALERT_ID) && alert_id.is_none() {
-                let id = self.render_alert_id(source, event, &joined)?;
+                let id = self.render_one(ALERT_ID, &JinjaValue::from_serialize(&context))?;
                 cel.add_variable_from_value(ALERT_ID, id);
             }
             if suppress.reads(STATUS_TEMPLATE) {
-                let context = self.template_context(source, event, &joined);
-                let status = self.render_status(&context)?;
-                cel.add_variable_from_value(STATUS_TEMPLATE, status.as_str());
+                let rendered = self.render_status(&context)?;
+                cel.add_variable_from_value(STATUS_TEMPLATE, rendered.as_str());
+                status = Some(rendered);
             }
             if suppress.decide(&cel)? {
                 return Ok(Verdict::Suppressed);
             }
         }
 
-        self.render(source, event, &joined).map(Verdict::Emit)
-    }
-
-    /// `message.alert_id` for join keys and `suppress`, rendered with the
-    /// joins so far (compilation checked it reads no later one).
-    fn render_alert_id(
-        &self,
-        source: &Source<'_>,
-        event: &Json,
-        joined: &[(&str, Option<Arc<Json>>)],
-    ) -> Result<String, RecordError> {
-        let context = self.template_context(source, event, joined);
-        self.render_one(ALERT_ID, &JinjaValue::from_serialize(&context))
+        // The status comes first: every other template may read it (a
+        // green header once resolved), and none may change it.
+        let status = match status {
+            Some(status) => status,
+            None => self.render_status(&context)?,
+        };
+        context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
+        self.render(source, &JinjaValue::from_serialize(&context), status)
+            .map(Verdict::Emit)
     }
 
     fn parse_json_fields(&self, event: &Json) -> Result<Json, RecordError> {
@@ -493,23 +502,18 @@ impl Pipeline {
         Ok(event)
     }
 
+    /// Renders the message; `context` is the templates' whole context,
+    /// `status` included.
     fn render(
         &self,
         source: &Source<'_>,
-        event: &Json,
-        joined: &[(&str, Option<Arc<Json>>)],
+        context: &JinjaValue,
+        status: AlertStatus,
     ) -> Result<SlackMessage, RecordError> {
-        let mut context = self.template_context(source, event, joined);
-        // The status comes first: every other template may read it (a
-        // green header once resolved), and none may change it.
-        let status = self.render_status(&context)?;
-        context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
-        let context = JinjaValue::from_serialize(&context);
-
-        let alert_id = self.render_one("alert_id", &context)?;
-        let channel_id = self.render_one("channel", &context)?;
-        let text = self.render_one(TEXT_TEMPLATE, &context)?;
-        let blocks_text = self.render_template(BLOCKS_TEMPLATE, &context)?;
+        let alert_id = self.render_one("alert_id", context)?;
+        let channel_id = self.render_one("channel", context)?;
+        let text = self.render_one(TEXT_TEMPLATE, context)?;
+        let blocks_text = self.render_template(BLOCKS_TEMPLATE, context)?;
         let blocks: Json = serde_json::from_str(&blocks_text)
             .map_err(|e| RecordError::BlocksJson(e.to_string()))?;
         blockkit::validate_message(&text, &blocks)?;
@@ -553,11 +557,7 @@ impl Pipeline {
         context.insert("pipeline", JinjaValue::from(self.name.as_str()));
         context.insert("vars", self.vars.clone());
         for (name, value) in joined {
-            let value = match value {
-                Some(v) => JinjaValue::from_serialize(&**v),
-                None => JinjaValue::from(()),
-            };
-            context.insert(name, value);
+            context.insert(name, jinja_row(value));
         }
         context
     }
@@ -594,6 +594,14 @@ impl Pipeline {
             return Err(RecordError::Empty(name.to_owned()));
         }
         Ok(trimmed.to_owned())
+    }
+}
+
+/// A joined row as templates see it: `none` for no row.
+fn jinja_row(row: &Option<Arc<Json>>) -> JinjaValue {
+    match row {
+        Some(row) => JinjaValue::from_serialize(&**row),
+        None => JinjaValue::from(()),
     }
 }
 
