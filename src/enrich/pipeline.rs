@@ -167,8 +167,9 @@ struct CompiledJoin {
     table: String,
     key: JoinKey,
     kind: JoinKind,
-    /// Whether a later join key or `suppress` reads this join's value, so it must be
-    /// handed to CEL (converting it costs; templates get it regardless).
+    /// Whether a later CEL join key or `suppress` reads this join's value,
+    /// so it must be handed to CEL (converting it costs; templates get it
+    /// regardless).
     needed_by_cel: bool,
 }
 
@@ -457,21 +458,12 @@ impl Pipeline {
 
         let mut status = None;
         if let Some(suppress) = &self.suppress {
-            if suppress.reads(NOW) {
-                cel.add_variable_from_value(NOW, now_ms);
-            }
-            if suppress.reads(ALERT_ID) && alert_id.is_none() {
-                let id = self.render_one(ALERT_ID, &JinjaValue::from_serialize(&context))?;
-                cel.add_variable_from_value(ALERT_ID, id);
-            }
-            if suppress.reads(STATUS_TEMPLATE) {
-                let rendered = self.render_status(&context)?;
-                cel.add_variable_from_value(STATUS_TEMPLATE, rendered.as_str());
-                status = Some(rendered);
-            }
-            if suppress.decide(&cel)? {
+            let (suppressed, rendered) =
+                self.suppress(suppress, &mut cel, &context, alert_id.is_some(), now_ms)?;
+            if suppressed {
                 return Ok(Verdict::Suppressed);
             }
+            status = rendered;
         }
 
         // The status comes first: every other template may read it (a
@@ -483,6 +475,33 @@ impl Pipeline {
         context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
         self.render(source, &JinjaValue::from_serialize(&context), status)
             .map(Verdict::Emit)
+    }
+
+    /// Binds what `suppress` reads that the joins did not (`now`,
+    /// `alert_id` unless bound, `status`) and evaluates it; returns its
+    /// decision and the status if it was rendered for it.
+    fn suppress(
+        &self,
+        suppress: &Suppress,
+        cel: &mut CelContext,
+        context: &BTreeMap<&str, JinjaValue>,
+        alert_id_bound: bool,
+        now_ms: i64,
+    ) -> Result<(bool, Option<AlertStatus>), RecordError> {
+        if suppress.reads(NOW) {
+            cel.add_variable_from_value(NOW, now_ms);
+        }
+        if suppress.reads(ALERT_ID) && !alert_id_bound {
+            let id = self.render_one(ALERT_ID, &JinjaValue::from_serialize(context))?;
+            cel.add_variable_from_value(ALERT_ID, id);
+        }
+        let mut status = None;
+        if suppress.reads(STATUS_TEMPLATE) {
+            let rendered = self.render_status(context)?;
+            cel.add_variable_from_value(STATUS_TEMPLATE, rendered.as_str());
+            status = Some(rendered);
+        }
+        Ok((suppress.decide(cel)?, status))
     }
 
     fn parse_json_fields(&self, event: &Json) -> Result<Json, RecordError> {
