@@ -343,6 +343,7 @@ async fn bench_e2e(events: usize) {
         ("data-notifications-pipeline", 128),
         ("data-csdr-assignment", 2),
         ("data-slack-users", 2),
+        ("alert-state", 2),
         ("slack-messages", 384),
         ("raw-copy", 128),
     ] {
@@ -553,6 +554,7 @@ async fn bench_bootstrap(records: usize) {
     cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
     for topic in [
         "data-slack-users",
+        "alert-state",
         "data-notifications-pipeline",
         "slack-messages",
     ] {

@@ -117,7 +117,7 @@ impl EnrichMetrics {
             records_dropped: counter(
                 registry,
                 "alertsvc_enrich_records_dropped_total",
-                "Records a pipeline dropped, by reason (filtered, join_miss).",
+                "Records a pipeline dropped, by reason (filtered, join_miss, suppressed).",
                 &["pipeline", "reason"],
             )?,
             records_dlq: counter(

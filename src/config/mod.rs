@@ -402,8 +402,14 @@ pub struct JoinSettings {
     pub name: String,
     /// Table id (a key of `[enrich.tables]`).
     pub table: String,
-    /// CEL expression giving the lookup key.
-    pub key: String,
+    /// CEL expression giving the lookup key; `"alert_id"` is the alert id
+    /// this pipeline renders for the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Template giving the lookup key, with the message templates' context
+    /// (earlier joins, `alert_id`); instead of `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_template: Option<String>,
     pub kind: JoinKind,
 }
 
@@ -443,6 +449,10 @@ pub struct PipelineSettings {
     pub filter: Option<String>,
     #[serde(default)]
     pub joins: Vec<JoinSettings>,
+    /// CEL expression evaluated after the joins; true drops the record
+    /// (counted as `suppressed`, not dead-lettered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppress: Option<String>,
     pub message: MessageTemplates,
     /// Constants available to templates as `vars.NAME`.
     #[serde(default)]
@@ -871,6 +881,15 @@ impl Settings {
                         format!("{:?} is reserved", join.name),
                     ));
                 }
+                if join.key.is_some() == join.key_template.is_some() {
+                    return Err(ConfigError::invalid(
+                        key(&format!("joins[{i}]")),
+                        format!(
+                            "join {:?}: set exactly one of key (CEL) and key_template",
+                            join.name
+                        ),
+                    ));
+                }
             }
             if pipeline.message.blocks.is_some() == pipeline.message.blocks_file.is_some() {
                 return Err(ConfigError::invalid(
@@ -957,6 +976,8 @@ pub const RESERVED_NAMES: &[&str] = &[
     "vars",
     "pipeline",
     "status",
+    "alert_id",
+    "now",
 ];
 
 /// Kafka's own rules for topic names.

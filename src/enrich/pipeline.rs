@@ -16,6 +16,11 @@ use super::markup;
 use crate::config::{resolve_path, ConfigError, JoinKind, PipelineSettings};
 use crate::messages::{AlertStatus, RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
 use crate::slack::blockkit::{self, BlockKitError};
+use join_key::{JoinKey, KeyExpr, ALERT_ID};
+use suppress::{Suppress, NOW};
+
+mod join_key;
+mod suppress;
 
 /// Escape mode for Block Kit templates: an interpolated value is first
 /// escaped as Slack text (`&amp;`, `&lt;`, `&gt;`), then as JSON string
@@ -122,6 +127,8 @@ pub enum RecordError {
     BlockKit(#[from] BlockKitError),
     #[error("template \"status\" rendered {0:?}: a status is \"firing\" or \"resolved\"")]
     Status(String),
+    #[error("suppress failed: {0}")]
+    Suppress(String),
 }
 
 impl RecordError {
@@ -136,6 +143,7 @@ impl RecordError {
             | RecordError::BlocksJson(_)
             | RecordError::Status(_) => "render",
             RecordError::BlockKit(_) => "validate",
+            RecordError::Suppress(_) => "suppress",
         }
     }
 }
@@ -145,17 +153,23 @@ impl RecordError {
 pub enum Verdict {
     Emit(SlackMessage),
     Filtered,
-    JoinMiss { join: String, table: String },
+    /// The pipeline's `suppress` expression held after the joins.
+    Suppressed,
+    JoinMiss {
+        join: String,
+        table: String,
+    },
     Reject(RecordError),
 }
 
 struct CompiledJoin {
     name: String,
     table: String,
-    key: Program,
+    key: JoinKey,
     kind: JoinKind,
-    /// Whether a later join key reads this join's value, so it must be
-    /// handed to CEL (converting it costs; templates get it regardless).
+    /// Whether a later CEL join key or `suppress` reads this join's value,
+    /// so it must be handed to CEL (converting it costs; templates get it
+    /// regardless).
     needed_by_cel: bool,
 }
 
@@ -167,6 +181,7 @@ pub struct Pipeline {
     cel_env: Arc<CelEnv>,
     filter: Option<Program>,
     joins: Vec<CompiledJoin>,
+    suppress: Option<Suppress>,
     templates: Environment<'static>,
     vars: JinjaValue,
     /// Whether `message.status` is set; without it every message fires.
@@ -203,23 +218,6 @@ impl Pipeline {
             .as_deref()
             .map(|f| compile_cel(key("filter"), f))
             .transpose()?;
-        let mut joins = Vec::with_capacity(settings.joins.len());
-        for (i, join) in settings.joins.iter().enumerate() {
-            joins.push(CompiledJoin {
-                name: join.name.clone(),
-                table: join.table.clone(),
-                key: compile_cel(key(&format!("joins[{i}].key")), &join.key)?,
-                kind: join.kind,
-                needed_by_cel: false,
-            });
-        }
-        for i in 0..joins.len() {
-            let name = joins[i].name.clone();
-            joins[i].needed_by_cel = joins[i + 1..]
-                .iter()
-                .any(|later| later.key.references().has_variable(&name));
-        }
-
         let mut templates = Environment::new();
         templates.set_undefined_behavior(UndefinedBehavior::Strict);
         // `alert_id` and `channel` are ids, not text Slack reads as mrkdwn:
@@ -273,6 +271,41 @@ impl Pipeline {
                 })?;
         }
 
+        // Key templates join the message templates' environment: the same
+        // filters, strictness and context.
+        let mut joins = Vec::with_capacity(settings.joins.len());
+        for (i, join) in settings.joins.iter().enumerate() {
+            joins.push(CompiledJoin {
+                name: join.name.clone(),
+                table: join.table.clone(),
+                key: join_key::compile(name, i, join, &cel_env, &mut templates)?,
+                kind: join.kind,
+                needed_by_cel: false,
+            });
+        }
+        let alert_id_reads = templates
+            .get_template(ALERT_ID)
+            .map(|t| t.undeclared_variables(false))
+            .unwrap_or_default();
+        let order: Vec<_> = joins
+            .iter()
+            .zip(&settings.joins)
+            .map(|(j, s)| (j.name.as_str(), &j.key, s.key_template.is_some()))
+            .collect();
+        join_key::check_order(name, &order, &alert_id_reads)?;
+        let suppress = settings
+            .suppress
+            .as_deref()
+            .map(|source| Suppress::compile(name, source, &cel_env))
+            .transpose()?;
+        for i in 0..joins.len() {
+            let name = joins[i].name.clone();
+            joins[i].needed_by_cel = joins[i + 1..]
+                .iter()
+                .any(|later| matches!(later.key.expr, KeyExpr::Cel(_)) && later.key.reads(&name))
+                || suppress.as_ref().is_some_and(|s| s.reads(&name));
+        }
+
         Ok(Pipeline {
             name: name.to_owned(),
             input: settings.input.clone(),
@@ -281,6 +314,7 @@ impl Pipeline {
             cel_env,
             filter,
             joins,
+            suppress,
             templates,
             vars: JinjaValue::from_serialize(&settings.vars),
             has_status: message.status.is_some(),
@@ -297,7 +331,18 @@ impl Pipeline {
 
     /// Applies the pipeline to one decoded record.
     pub fn apply(&self, source: &Source<'_>, event: &Json, tables: &dyn TableLookup) -> Verdict {
-        match self.try_apply(source, event, tables) {
+        self.apply_at(source, event, tables, suppress::now_millis())
+    }
+
+    /// [`Pipeline::apply`] with `now` (epoch milliseconds) for `suppress`.
+    pub fn apply_at(
+        &self,
+        source: &Source<'_>,
+        event: &Json,
+        tables: &dyn TableLookup,
+        now_ms: i64,
+    ) -> Verdict {
+        match self.try_apply(source, event, tables, now_ms) {
             Ok(verdict) => verdict,
             Err(e) => Verdict::Reject(e),
         }
@@ -308,6 +353,7 @@ impl Pipeline {
         source: &Source<'_>,
         event: &Json,
         tables: &dyn TableLookup,
+        now_ms: i64,
     ) -> Result<Verdict, RecordError> {
         let parsed;
         let event = if self.json_fields.is_empty() {
@@ -318,7 +364,7 @@ impl Pipeline {
         };
 
         let mut cel = CelContext::with_env(self.cel_env.clone());
-        if self.filter.is_some() || !self.joins.is_empty() {
+        if self.filter.is_some() || !self.joins.is_empty() || self.suppress.is_some() {
             let key = match source.key {
                 None => CelValue::Null,
                 Some(Json::String(text)) => CelValue::from(text.clone()),
@@ -346,28 +392,44 @@ impl Pipeline {
         }
 
         let mut joined: Vec<(&str, Option<Arc<Json>>)> = Vec::with_capacity(self.joins.len());
+        // The templates' context, built when a key or `suppress` first needs
+        // it and kept current as joins complete: one build per record.
+        let mut context: Option<BTreeMap<&str, JinjaValue>> = None;
+        // Rendered once, when a key or `suppress` first reads it.
+        let mut alert_id: Option<String> = None;
         for join in &self.joins {
-            let lookup_key = match join.key.execute(&cel) {
-                Ok(CelValue::String(s)) => Some(s.to_string()),
-                Ok(CelValue::Int(i)) => Some(i.to_string()),
-                Ok(CelValue::UInt(i)) => Some(i.to_string()),
-                Ok(CelValue::Null) => None,
-                // A map or list (e.g. `{'org': event.org_id}`) matches a
-                // table keyed by a JSON or Avro record with those fields.
-                Ok(other) => match other.json() {
-                    Ok(json) => Some(into_key_text(json)),
-                    Err(e) => {
-                        return Err(RecordError::JoinKey {
-                            join: join.name.clone(),
-                            reason: format!("returned {other:?}, which is not a table key: {e}"),
-                        })
+            let key_error = |reason: String| RecordError::JoinKey {
+                join: join.name.clone(),
+                reason,
+            };
+            if join.key.reads_alert_id() && alert_id.is_none() {
+                let context =
+                    context.get_or_insert_with(|| self.template_context(source, event, &joined));
+                // A failing alert_id template is a render error, wherever
+                // it is first needed.
+                let id = self.render_one(ALERT_ID, &JinjaValue::from_serialize(&*context))?;
+                cel.add_variable_from_value(ALERT_ID, id.clone());
+                alert_id = Some(id);
+            }
+            let lookup_key = match &join.key.expr {
+                KeyExpr::Cel(program) => join_key::cel_key_text(
+                    program
+                        .execute(&cel)
+                        .map_err(|e| key_error(e.to_string()))?,
+                )
+                .map_err(key_error)?,
+                KeyExpr::Template(template) => {
+                    let context = context
+                        .get_or_insert_with(|| self.template_context(source, event, &joined));
+                    // Key templates alone see `alert_id`: the message
+                    // templates keep the context they always had.
+                    if let Some(id) = &alert_id {
+                        context.insert(ALERT_ID, JinjaValue::from(id.as_str()));
                     }
-                },
-                Err(e) => {
-                    return Err(RecordError::JoinKey {
-                        join: join.name.clone(),
-                        reason: e.to_string(),
-                    })
+                    let rendered =
+                        self.render_template(template, &JinjaValue::from_serialize(&*context));
+                    context.remove(ALERT_ID);
+                    join_key::template_key_text(&rendered.map_err(|e| key_error(e.to_string()))?)
                 }
             };
             let found = lookup_key.and_then(|k| tables.lookup(&join.table, &k));
@@ -387,10 +449,59 @@ impl Pipeline {
                 };
                 cel.add_variable_from_value(join.name.clone(), value);
             }
+            if let Some(context) = &mut context {
+                context.insert(join.name.as_str(), jinja_row(&found));
+            }
             joined.push((join.name.as_str(), found));
         }
+        let mut context = context.unwrap_or_else(|| self.template_context(source, event, &joined));
 
-        self.render(source, event, &joined).map(Verdict::Emit)
+        let mut status = None;
+        if let Some(suppress) = &self.suppress {
+            let (suppressed, rendered) =
+                self.suppress(suppress, &mut cel, &context, alert_id.is_some(), now_ms)?;
+            if suppressed {
+                return Ok(Verdict::Suppressed);
+            }
+            status = rendered;
+        }
+
+        // The status comes first: every other template may read it (a
+        // green header once resolved), and none may change it.
+        let status = match status {
+            Some(status) => status,
+            None => self.render_status(&context)?,
+        };
+        context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
+        self.render(source, &JinjaValue::from_serialize(&context), status)
+            .map(Verdict::Emit)
+    }
+
+    /// Binds what `suppress` reads that the joins did not (`now`,
+    /// `alert_id` unless bound, `status`) and evaluates it; returns its
+    /// decision and the status if it was rendered for it.
+    fn suppress(
+        &self,
+        suppress: &Suppress,
+        cel: &mut CelContext,
+        context: &BTreeMap<&str, JinjaValue>,
+        alert_id_bound: bool,
+        now_ms: i64,
+    ) -> Result<(bool, Option<AlertStatus>), RecordError> {
+        if suppress.reads(NOW) {
+            cel.add_variable_from_value(NOW, now_ms);
+        }
+        if suppress.reads(ALERT_ID) && !alert_id_bound {
+            let id = self.render_one(ALERT_ID, &JinjaValue::from_serialize(context))?;
+            cel.add_variable_from_value(ALERT_ID, id);
+        }
+        let mut status = None;
+        if suppress.reads(STATUS_TEMPLATE) {
+            let rendered = self.render_status(context)?;
+            cel.add_variable_from_value(STATUS_TEMPLATE, rendered.as_str());
+            status = Some(rendered);
+        }
+        Ok((suppress.decide(cel)?, status))
     }
 
     fn parse_json_fields(&self, event: &Json) -> Result<Json, RecordError> {
@@ -410,49 +521,18 @@ impl Pipeline {
         Ok(event)
     }
 
+    /// Renders the message; `context` is the templates' whole context,
+    /// `status` included.
     fn render(
         &self,
         source: &Source<'_>,
-        event: &Json,
-        joined: &[(&str, Option<Arc<Json>>)],
+        context: &JinjaValue,
+        status: AlertStatus,
     ) -> Result<SlackMessage, RecordError> {
-        let mut context: BTreeMap<&str, JinjaValue> = BTreeMap::new();
-        let key = match source.key {
-            None => JinjaValue::from(()),
-            Some(Json::String(text)) => JinjaValue::from(text.as_str()),
-            Some(other) => JinjaValue::from_serialize(other),
-        };
-        context.insert("key", key);
-        context.insert("event", JinjaValue::from_serialize(event));
-        context.insert("topic", JinjaValue::from(source.topic));
-        context.insert("partition", JinjaValue::from(source.partition));
-        context.insert("offset", JinjaValue::from(source.offset));
-        context.insert("timestamp", JinjaValue::from(source.timestamp_ms));
-        context.insert("pipeline", JinjaValue::from(self.name.as_str()));
-        context.insert("vars", self.vars.clone());
-        for (name, value) in joined {
-            let value = match value {
-                Some(v) => JinjaValue::from_serialize(&**v),
-                None => JinjaValue::from(()),
-            };
-            context.insert(name, value);
-        }
-        // The status comes first: every other template may read it (a
-        // green header once resolved), and none may change it.
-        let status = if self.has_status {
-            let rendered =
-                self.render_one(STATUS_TEMPLATE, &JinjaValue::from_serialize(&context))?;
-            AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))?
-        } else {
-            AlertStatus::Firing
-        };
-        context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
-        let context = JinjaValue::from_serialize(&context);
-
-        let alert_id = self.render_one("alert_id", &context)?;
-        let channel_id = self.render_one("channel", &context)?;
-        let text = self.render_one(TEXT_TEMPLATE, &context)?;
-        let blocks_text = self.render_template(BLOCKS_TEMPLATE, &context)?;
+        let alert_id = self.render_one("alert_id", context)?;
+        let channel_id = self.render_one("channel", context)?;
+        let text = self.render_one(TEXT_TEMPLATE, context)?;
+        let blocks_text = self.render_template(BLOCKS_TEMPLATE, context)?;
         let blocks: Json = serde_json::from_str(&blocks_text)
             .map_err(|e| RecordError::BlocksJson(e.to_string()))?;
         blockkit::validate_message(&text, &blocks)?;
@@ -471,6 +551,46 @@ impl Pipeline {
             recurrence: self.recurrence,
             resolved_unposted: self.resolved_unposted,
         })
+    }
+
+    /// The templates' context before `status`: the record, the joins so
+    /// far, the pipeline's constants.
+    fn template_context<'a>(
+        &'a self,
+        source: &Source<'a>,
+        event: &Json,
+        joined: &[(&'a str, Option<Arc<Json>>)],
+    ) -> BTreeMap<&'a str, JinjaValue> {
+        let mut context: BTreeMap<&str, JinjaValue> = BTreeMap::new();
+        let key = match source.key {
+            None => JinjaValue::from(()),
+            Some(Json::String(text)) => JinjaValue::from(text.as_str()),
+            Some(other) => JinjaValue::from_serialize(other),
+        };
+        context.insert("key", key);
+        context.insert("event", JinjaValue::from_serialize(event));
+        context.insert("topic", JinjaValue::from(source.topic));
+        context.insert("partition", JinjaValue::from(source.partition));
+        context.insert("offset", JinjaValue::from(source.offset));
+        context.insert("timestamp", JinjaValue::from(source.timestamp_ms));
+        context.insert("pipeline", JinjaValue::from(self.name.as_str()));
+        context.insert("vars", self.vars.clone());
+        for (name, value) in joined {
+            context.insert(name, jinja_row(value));
+        }
+        context
+    }
+
+    /// `message.status`, or `firing` for a pipeline without one.
+    fn render_status(
+        &self,
+        context: &BTreeMap<&str, JinjaValue>,
+    ) -> Result<AlertStatus, RecordError> {
+        if !self.has_status {
+            return Ok(AlertStatus::Firing);
+        }
+        let rendered = self.render_one(STATUS_TEMPLATE, &JinjaValue::from_serialize(context))?;
+        AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))
     }
 
     fn render_template(&self, name: &str, context: &JinjaValue) -> Result<String, RecordError> {
@@ -493,6 +613,14 @@ impl Pipeline {
             return Err(RecordError::Empty(name.to_owned()));
         }
         Ok(trimmed.to_owned())
+    }
+}
+
+/// A joined row as templates see it: `none` for no row.
+fn jinja_row(row: &Option<Arc<Json>>) -> JinjaValue {
+    match row {
+        Some(row) => JinjaValue::from_serialize(&**row),
+        None => JinjaValue::from(()),
     }
 }
 

@@ -570,6 +570,12 @@ impl Processor {
                         .with_label_values(&[name, "filtered"])
                         .inc();
                 }
+                Verdict::Suppressed => {
+                    self.metrics
+                        .records_dropped
+                        .with_label_values(&[name, "suppressed"])
+                        .inc();
+                }
                 Verdict::JoinMiss { join, table } => {
                     tracing::debug!(pipeline = name, join, table, "join miss");
                     self.metrics

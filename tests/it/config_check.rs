@@ -117,6 +117,48 @@ fn bad_filter_expression_is_refused() {
 }
 
 #[test]
+fn bad_suppress_expression_and_join_keys_are_refused() {
+    const P: &str = "enrich.pipelines.connector-provisioning-failure";
+    assert_refused(
+        &format!("[{P}]\nsuppress = \"alert_state.state ==\"\n"),
+        &[&format!("{P}.suppress"), "invalid CEL expression"],
+    );
+    let joins = |third: &str| {
+        format!(
+            "[{P}]\njoins = [\n  {{ name = \"assignment\", table = \"csdr_assignment\", key = \"key\", kind = \"inner\" }},\n  {{ name = \"slack_user\", table = \"slack_users\", key = \"assignment.csdr_email\", kind = \"left\" }},\n  {{ name = \"alert_state\", table = \"alert_state\", kind = \"left\", {third} }},\n]\n"
+        )
+    };
+    assert_refused(
+        &joins("key_template = \"{{ alert_id \""),
+        &[&format!("{P}.joins[2].key_template"), "invalid template"],
+    );
+    assert_refused(
+        &joins("key = \"alert_id\", key_template = \"{{ alert_id }}\""),
+        &[
+            &format!("{P}.joins[2]"),
+            "join \"alert_state\": set exactly one of key (CEL) and key_template",
+        ],
+    );
+    // The alert id the key reads must not need the status (rendered last).
+    assert_refused(
+        &format!(
+            "{}[{P}.message]\nalert_id = \"{{{{ key }}}}-{{{{ status }}}}\"\n",
+            joins("key = \"alert_id\"")
+        ),
+        &[
+            &format!("{P}.joins[2].key"),
+            "join \"alert_state\": the key reads alert_id, and message.alert_id reads status",
+        ],
+    );
+    for name in ["alert_id", "now"] {
+        assert_refused(
+            &format!("[{P}]\njoins = [\n  {{ name = \"{name}\", table = \"alert_state\", key = \"key\", kind = \"left\" }},\n]\n"),
+            &["joins[0].name", "reserved"],
+        );
+    }
+}
+
+#[test]
 fn missing_template_file_is_refused() {
     assert_refused(
         "[enrich.pipelines.connector-provisioning-failure.message]\nblocks_file = \"templates/nope.json.j2\"\n",
@@ -755,10 +797,10 @@ fn kafka_client_overriding_a_relied_on_property_is_a_warning() {
         warnings(&outcome.stderr),
         vec![
             "warning: kafka.client.isolation.level = read_uncommitted overrides what the enrich \
-             consumer, the enrich table reader of csdr_assignment, the enrich table reader of \
-             slack_users, the notify consumer, the produce read-back reader, the dlq replay \
-             reader set (read_committed): records of aborted or still open transactions would \
-             be read as if committed",
+             consumer, the enrich table reader of alert_state, the enrich table reader of \
+             csdr_assignment, the enrich table reader of slack_users, the notify consumer, the \
+             produce read-back reader, the dlq replay reader set (read_committed): records of \
+             aborted or still open transactions would be read as if committed",
             "warning: kafka.client.enable.idempotence = false overrides what the enrich \
              producer, the enrich dead-letter producer, the notify producer, the produce \
              producer, the dlq replay producer set (true): a retried send could be written twice",

@@ -9,6 +9,7 @@ mod enrich_confluent;
 mod enrich_crash;
 mod enrich_dead_letters;
 mod enrich_lifecycle;
+mod enrich_suppress;
 mod enrich_tables;
 mod enrich_topology;
 mod enrich_transactions;

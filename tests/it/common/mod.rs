@@ -62,6 +62,7 @@ pub const TOPICS: &[(&str, i32)] = &[
     ("slack_messages", 3),
     ("slack_responses", 1),
     ("slack_interactions", 1),
+    ("alert_state", 2),
 ];
 
 /// Deep-merges TOML tables: `overlay` wins.
@@ -327,6 +328,27 @@ impl TestEnv {
         let value = json!({"email": email, "slack_user_id": user_id, "display_name": user_id});
         let payload = self.encode("slack_users", &value).await;
         self.produce_raw(&self.topic("slack_users"), Some(email), Some(&payload))
+            .await;
+    }
+
+    /// Publishes an alert's state to `alert-state`, as notify does: keyed by
+    /// alert id, `state` holding the `AlertState` fields to set (the rest
+    /// take defaults).
+    pub async fn put_alert_state(&self, alert_id: &str, state: &Value) {
+        let mut value = json!({"alertId": alert_id, "state": "firing", "actorId": null,
+            "actorName": null, "at": 1_700_000_000_000i64, "snoozedUntil": null,
+            "groupKey": null, "channelId": null, "messageTs": null, "pipeline": ""});
+        if let (Some(value), Some(state)) = (value.as_object_mut(), state.as_object()) {
+            value.extend(state.clone());
+        }
+        let payload = self.encode("alert_state", &value).await;
+        self.produce_raw(&self.topic("alert_state"), Some(alert_id), Some(&payload))
+            .await;
+    }
+
+    /// A tombstone for an alert's state on `alert-state`.
+    pub async fn delete_alert_state(&self, alert_id: &str) {
+        self.produce_raw(&self.topic("alert_state"), Some(alert_id), None)
             .await;
     }
 
