@@ -1,19 +1,75 @@
 //! Pacing and retry decisions: Slack allows about one message per second
 //! per channel (short bursts) and a workspace-wide method rate. Limits are
 //! kept with `governor` (keyed by channel, plus one direct limiter), so a
-//! throttled channel only ever waits for itself.
+//! throttled channel only ever waits for itself. The limiters read tokio's
+//! clock and wait with tokio's timer, so tests run pacing under paused time.
 
 use std::num::NonZeroU32;
+use std::ops::Add;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{NotUntil, Quota, RateLimiter};
 
 use crate::config::{PacingSettings, RetrySettings};
 
+/// tokio's clock for governor: it stands still and jumps with
+/// `tokio::time::pause`/`advance`, as everything else in the process does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TokioInstant(tokio::time::Instant);
+
+impl Add<Nanos> for TokioInstant {
+    type Output = TokioInstant;
+
+    fn add(self, later: Nanos) -> TokioInstant {
+        TokioInstant(self.0 + Duration::from(later))
+    }
+}
+
+impl Reference for TokioInstant {
+    fn duration_since(&self, earlier: Self) -> Nanos {
+        Nanos::from(self.0.saturating_duration_since(earlier.0))
+    }
+
+    fn saturating_sub(&self, duration: Nanos) -> Self {
+        TokioInstant(
+            self.0
+                .checked_sub(Duration::from(duration))
+                .unwrap_or(self.0),
+        )
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = TokioInstant;
+
+    fn now(&self) -> TokioInstant {
+        TokioInstant(tokio::time::Instant::now())
+    }
+}
+
+type Middleware = NoOpMiddleware<TokioInstant>;
+type ChannelLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, TokioClock, Middleware>;
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, Middleware>;
+
 pub struct Pacer {
-    per_channel: DefaultKeyedRateLimiter<String>,
-    workspace: DefaultDirectRateLimiter,
-    history: DefaultDirectRateLimiter,
+    per_channel: ChannelLimiter,
+    workspace: DirectLimiter,
+    history: DirectLimiter,
+}
+
+/// Sleeps (on tokio's timer) until `check` lets a request go.
+async fn until_allowed(mut check: impl FnMut() -> Result<(), NotUntil<TokioInstant>>) {
+    while let Err(not_until) = check() {
+        tokio::time::sleep(not_until.wait_time_from(TokioClock.now())).await;
+    }
 }
 
 /// A quota a little slower than the nominal rate: requests reach Slack
@@ -36,35 +92,37 @@ const PACING_MARGIN_MICROS: u64 = 15_000;
 impl Pacer {
     pub fn new(settings: &PacingSettings) -> Pacer {
         Pacer {
-            per_channel: RateLimiter::keyed(quota(
-                settings.per_channel_per_second,
-                settings.per_channel_burst,
-            )),
-            workspace: RateLimiter::direct(quota(
-                settings.workspace_per_second,
-                settings.workspace_burst,
-            )),
-            history: RateLimiter::direct(
+            per_channel: RateLimiter::dashmap_with_clock(
+                quota(settings.per_channel_per_second, settings.per_channel_burst),
+                TokioClock,
+            ),
+            workspace: RateLimiter::direct_with_clock(
+                quota(settings.workspace_per_second, settings.workspace_burst),
+                TokioClock,
+            ),
+            history: RateLimiter::direct_with_clock(
                 Quota::with_period(Duration::from_secs(60) / settings.history_per_minute.max(1))
                     .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
                     .allow_burst(
                         NonZeroU32::new(settings.history_per_minute.clamp(1, 10))
                             .unwrap_or(NonZeroU32::MIN),
                     ),
+                TokioClock,
             ),
         }
     }
 
     /// Waits until a `conversations.history` call may go.
     pub async fn history_ready(&self) {
-        self.history.until_ready().await;
+        until_allowed(|| self.history.check()).await;
     }
 
     /// Waits until a message may go to `channel`; returns how long it waited.
     pub async fn ready(&self, channel: &str) -> Duration {
         let started = tokio::time::Instant::now();
-        self.per_channel.until_key_ready(&channel.to_owned()).await;
-        self.workspace.until_ready().await;
+        let key = channel.to_owned();
+        until_allowed(|| self.per_channel.check_key(&key)).await;
+        until_allowed(|| self.workspace.check()).await;
         // Keyed limiters keep one entry per channel ever seen; shed idle ones.
         if self.per_channel.len() > 10_000 {
             self.per_channel.retain_recent();
@@ -132,7 +190,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // Paused time: the figures are exact, and the test takes no wall time.
+    #[tokio::test(start_paused = true)]
     async fn one_channel_waits_while_another_does_not() {
         let pacer = Pacer::new(&PacingSettings {
             per_channel_per_second: 2,
@@ -141,13 +200,30 @@ mod tests {
             workspace_burst: 1000,
             history_per_minute: 50,
         });
-        assert!(pacer.ready("A").await < Duration::from_millis(50));
-        let other = pacer.ready("B").await;
-        assert!(other < Duration::from_millis(50), "B waited {other:?}");
+        assert_eq!(pacer.ready("A").await, Duration::ZERO);
+        assert_eq!(pacer.ready("B").await, Duration::ZERO, "B waits for nobody");
+        // 2/s, slowed by 2% and a margin of at most 2% of the period.
         let second = pacer.ready("A").await;
         assert!(
-            second >= Duration::from_millis(400),
-            "A waited only {second:?}"
+            second >= Duration::from_millis(510) && second <= Duration::from_millis(530),
+            "A waited {second:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_workspace_limit_holds_every_channel_back() {
+        let pacer = Pacer::new(&PacingSettings {
+            per_channel_per_second: 100,
+            per_channel_burst: 10,
+            workspace_per_second: 2,
+            workspace_burst: 1,
+            history_per_minute: 50,
+        });
+        assert_eq!(pacer.ready("A").await, Duration::ZERO);
+        let other = pacer.ready("B").await;
+        assert!(
+            other >= Duration::from_millis(510) && other <= Duration::from_millis(530),
+            "B waited {other:?}"
         );
     }
 }
