@@ -50,7 +50,7 @@ pub enum Acquire {
 }
 
 /// How a finished run trims the emitted ids.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prune {
     /// Incremental jobs: ids below `floor`, the next run's lowest reachable
     /// position (the new checkpoint minus the lookback), can never come
