@@ -158,3 +158,86 @@ impl ProduceError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(error: JobConfigError) -> String {
+        ProduceError::Config {
+            job: "j".into(),
+            error: Box::new(error),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn job_settings_errors_name_the_job_and_what_is_wrong() {
+        assert_eq!(
+            config(JobConfigError::UnknownParam {
+                name: "checkpoint".into()
+            }),
+            "`produce.jobs.j`: the SQL uses @checkpoint, which is not in `params` \
+             (@checkpoint needs a [checkpoint] table)"
+        );
+        assert_eq!(
+            config(JobConfigError::UnknownParam { name: "org".into() }),
+            "`produce.jobs.j`: the SQL uses @org, which is not in `params`"
+        );
+        assert_eq!(
+            config(JobConfigError::CheckpointUnused),
+            "`produce.jobs.j`: a checkpoint is configured but the SQL never reads @checkpoint"
+        );
+        assert_eq!(
+            config(JobConfigError::Initial {
+                initial: "soon".into(),
+                kind: CheckpointKind::Timestamp
+            }),
+            "`produce.jobs.j`: checkpoint.initial \"soon\" is not a valid Timestamp value"
+        );
+    }
+
+    #[test]
+    fn setup_errors_keep_their_messages() {
+        assert_eq!(
+            ProduceError::NoEnabledJob.to_string(),
+            "no job to run: [produce.jobs] has no enabled job"
+        );
+        assert_eq!(
+            ProduceError::Unscheduled { job: "j".into() }.to_string(),
+            "job j has no schedule: pass --once, --schedule CRON, or set its `schedule`"
+        );
+        assert_eq!(
+            ProduceError::UnknownSource("wh".into()).to_string(),
+            "no source \"wh\" in [produce.sources]"
+        );
+    }
+
+    #[test]
+    fn exit_codes_rank_failures_over_limits_over_dead_letters_over_leases() {
+        let bad_rows = || ProduceError::BadRows {
+            job: "a".into(),
+            count: 1,
+            dlq_topic: "t.dlq".into(),
+            first: "row 1".into(),
+        };
+        let held = || ProduceError::LeaseHeld {
+            job: "b".into(),
+            run_id: "r".into(),
+            owner: "o".into(),
+            alive_ago_s: 0,
+            lease_until: "later".into(),
+        };
+        assert_eq!(bad_rows().exit_code(), EXIT_DEAD_LETTERS);
+        assert_eq!(held().exit_code(), EXIT_LEASE_HELD);
+        assert_eq!(ProduceError::NoEnabledJob.exit_code(), 1);
+        assert_eq!(
+            ProduceError::Several(vec![held(), bad_rows()]).exit_code(),
+            EXIT_DEAD_LETTERS
+        );
+        assert_eq!(
+            ProduceError::Several(vec![held(), bad_rows(), ProduceError::NoEnabledJob]).exit_code(),
+            1
+        );
+    }
+}

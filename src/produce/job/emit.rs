@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{enqueue, header, send_dead_letter, OutRecord};
 
-use super::super::lease::Lease;
+use super::super::lease::{Lease, LeaseLost};
 use super::super::mapping::{MappedEvent, RowError};
 use super::super::row::{Columns, Row};
 use super::super::source::{Page, PageStream, SourceError};
@@ -132,7 +132,7 @@ impl<'r, 'a> Emitter<'r, 'a> {
                 }
                 _ = ticker.tick() => Next::Tick,
                 _ = lease_lost.cancelled() => Next::Stop(RunError::LeaseLost(
-                    self.lease.map(|l| l.lost_reason()).unwrap_or_default(),
+                    self.lease.map_or(LeaseLost::Unexplained, Lease::lost_reason),
                 )),
                 _ = self.cx.shutdown.cancelled() => Next::Stop(RunError::Shutdown),
             };

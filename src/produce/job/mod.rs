@@ -19,7 +19,7 @@ use crate::kafka::{dlq_headers, DeadLetterCancelled, DeadLetterRecord, StageCont
 use crate::metrics::ProduceMetrics;
 
 use super::checkpoint::{window_start, Param};
-use super::lease::Lease;
+use super::lease::{Lease, LeaseLost};
 use super::mapping::{ColumnsError, MappedEvent, Mapping, RowError};
 use super::row::Row;
 use super::source::{QueryCost, QueryOptions, Source, SourceError};
@@ -61,9 +61,8 @@ pub enum RunError {
     ReadBack(ReadBackError),
     #[error("interrupted by shutdown while waiting for the lease")]
     LeaseInterrupted,
-    /// The lease keeper's account of how the lease was lost.
     #[error("{0}")]
-    LeaseLost(String),
+    LeaseLost(LeaseLost),
     #[error("interrupted by shutdown")]
     Shutdown,
     #[error("{0}")]
