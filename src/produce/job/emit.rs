@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -23,7 +22,7 @@ use super::super::row::{Columns, Row};
 use super::super::source::{Page, PageStream, SourceError};
 use super::checkpointing::Greatest;
 use super::report::log_progress;
-use super::{event_headers, now_ms, CompiledJob, RunContext, RunError, RunReport};
+use super::{event_headers, now_ms, CompiledJob, RunContext, RunError, RunReport, RunStart};
 use crate::produce::ProduceError;
 
 /// Acknowledged ids written to the database at a time.
@@ -78,8 +77,7 @@ pub struct Emitter<'r, 'a> {
     lease: Option<&'r Lease>,
     /// Ids the ledger holds, and those sent by this run.
     emitted: HashSet<String>,
-    run_started: Instant,
-    run_started_ms: i64,
+    run_started: RunStart,
     in_flight: FuturesUnordered<BoxFuture<'a, Delivery>>,
     checked_columns: Option<Columns>,
     /// Whether the query's cost was counted yet.
@@ -94,15 +92,14 @@ impl<'r, 'a> Emitter<'r, 'a> {
         lease: Option<&'r Lease>,
         emitted: HashSet<String>,
         report: RunReport,
-        run_started: (Instant, i64),
+        run_started: RunStart,
     ) -> Self {
         Emitter {
             job,
             cx,
             lease,
             emitted,
-            run_started: run_started.0,
-            run_started_ms: run_started.1,
+            run_started,
             in_flight: FuturesUnordered::new(),
             checked_columns: None,
             accounted: false,
@@ -142,7 +139,7 @@ impl<'r, 'a> Emitter<'r, 'a> {
                     continue;
                 }
                 Next::Tick => {
-                    log_progress(&self.job.name, &self.out.report, self.run_started);
+                    log_progress(&self.job.name, &self.out.report, self.run_started.at);
                     continue;
                 }
                 Next::Stop(reason) => {
@@ -217,7 +214,7 @@ impl<'r, 'a> Emitter<'r, 'a> {
             self.checked_columns = Some(row.columns.clone());
         }
         let row_number = self.out.report.rows_read;
-        let encoded = match job.mapping.map(&row, row_number, self.run_started_ms) {
+        let encoded = match job.mapping.map(&row, row_number, self.run_started.ms) {
             Ok(event) => job
                 .encode(&event, row_number)
                 .await

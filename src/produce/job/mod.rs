@@ -126,6 +126,14 @@ pub struct RunContext<'a> {
     pub shutdown: &'a CancellationToken,
 }
 
+/// When a run began: the monotonic instant paces its progress log, the
+/// wall-clock time names it and feeds `meta = "run_started_at"`.
+#[derive(Debug, Clone, Copy)]
+pub struct RunStart {
+    pub at: Instant,
+    pub ms: i64,
+}
+
 /// What the begin phase read: where the run starts, and what it binds.
 struct Begun {
     start: Option<Start>,
@@ -137,11 +145,14 @@ impl CompiledJob {
     /// Runs the job once. With no producer (dry run) events are printed as
     /// JSON lines and nothing is written anywhere, and no lease is taken.
     pub async fn run(&self, cx: &RunContext<'_>) -> Result<RunReport, ProduceError> {
-        let started = (Instant::now(), now_ms());
+        let started = RunStart {
+            at: Instant::now(),
+            ms: now_ms(),
+        };
         if cx.producer.is_none() {
             return self.dry_run(cx, started).await;
         }
-        let open = self.open_run(cx, started.1).await?;
+        let open = self.open_run(cx, started.ms).await?;
         let result = self.leased(cx, &open.lease, open.recovered, started).await;
         if result.is_err() {
             open.lease.release(cx.state).await;
@@ -152,7 +163,7 @@ impl CompiledJob {
     async fn dry_run(
         &self,
         cx: &RunContext<'_>,
-        started: (Instant, i64),
+        started: RunStart,
     ) -> Result<RunReport, ProduceError> {
         let begun = self.begin(cx).await?;
         let report = RunReport {
@@ -177,7 +188,7 @@ impl CompiledJob {
         cx: &RunContext<'_>,
         lease: &Lease,
         recovered: u64,
-        started: (Instant, i64),
+        started: RunStart,
     ) -> Result<RunReport, ProduceError> {
         let begun = self.begin(cx).await?;
         let report = RunReport {
@@ -251,7 +262,7 @@ impl CompiledJob {
         lease: &Lease,
         start: Option<&Start>,
         emitted: Emitted,
-        started: (Instant, i64),
+        started: RunStart,
     ) -> Result<RunReport, ProduceError> {
         let mut report = emitted.report;
         let plan = checkpointing::finish(
@@ -259,7 +270,7 @@ impl CompiledJob {
             emitted.greatest.value(),
             self.lookback,
             self.dedup_retention,
-            started.1,
+            started.ms,
         );
         report.checkpoint = plan.checkpoint.as_ref().map(|c| c.display());
         let finished = cx
@@ -275,7 +286,7 @@ impl CompiledJob {
         if !finished {
             return Err(self.failed(RunError::LeaseLost(lease.lost_reason())));
         }
-        report::log_progress(&self.name, &report, started.0);
+        report::log_progress(&self.name, &report, started.at);
         Ok(report)
     }
 
