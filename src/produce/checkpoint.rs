@@ -19,9 +19,18 @@ pub enum Param {
     Timestamp(i64),
 }
 
+/// A `params` value no source can bind.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParamError {
+    #[error("{0} is not a number a database can take")]
+    NotANumber(serde_json::Number),
+    #[error("parameters are strings, numbers or booleans, not {0}")]
+    WrongType(serde_json::Value),
+}
+
 impl Param {
     /// A parameter from the job's `params` table.
-    pub fn from_config(value: &serde_json::Value) -> Result<Param, String> {
+    pub fn from_config(value: &serde_json::Value) -> Result<Param, ParamError> {
         match value {
             serde_json::Value::String(s) => Ok(Param::Text(s.clone())),
             serde_json::Value::Bool(b) => Ok(Param::Bool(*b)),
@@ -30,11 +39,9 @@ impl Param {
                 None => n
                     .as_f64()
                     .map(Param::Float)
-                    .ok_or_else(|| format!("{n} is not a number a database can take")),
+                    .ok_or_else(|| ParamError::NotANumber(n.clone())),
             },
-            other => Err(format!(
-                "parameters are strings, numbers or booleans, not {other}"
-            )),
+            other => Err(ParamError::WrongType(other.clone())),
         }
     }
 }

@@ -30,13 +30,31 @@ pub enum LeaseError {
     State(#[from] StateError),
 }
 
+/// How a run lost its lease; it must stop sending at once.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LeaseLost {
+    #[error("another run took over the job's lease (this run did not renew it in time)")]
+    TakenOver,
+    #[error(
+        "could not renew the job's lease for {}: {error}",
+        humantime::format_duration(*duration)
+    )]
+    NotRenewed {
+        duration: Duration,
+        error: Arc<StateError>,
+    },
+    /// The keeper gave no reason (it was stopped).
+    #[error("the lease on the job was lost")]
+    Unexplained,
+}
+
 /// This run's hold on its job. Renewed in the background until it is
 /// finished, released or dropped.
 pub struct Lease {
     job: String,
     run_id: String,
     lost: CancellationToken,
-    lost_reason: Arc<OnceLock<String>>,
+    lost_reason: Arc<OnceLock<LeaseLost>>,
     keeper: JoinHandle<()>,
 }
 
@@ -173,11 +191,11 @@ impl Lease {
         &self.lost
     }
 
-    pub fn lost_reason(&self) -> String {
+    pub fn lost_reason(&self) -> LeaseLost {
         self.lost_reason
             .get()
             .cloned()
-            .unwrap_or_else(|| "the lease on the job was lost".into())
+            .unwrap_or(LeaseLost::Unexplained)
     }
 
     /// A failed run lets go at once; its record stays for the next run to
@@ -206,7 +224,7 @@ async fn renew_until_lost(
     run_id: String,
     duration: Duration,
     lost: CancellationToken,
-    reason: Arc<OnceLock<String>>,
+    reason: Arc<OnceLock<LeaseLost>>,
 ) {
     let lease_ms = millis(duration);
     let every = duration / 3;
@@ -224,18 +242,15 @@ async fn renew_until_lost(
         {
             Ok(true) => renewed_at = now,
             Ok(false) => {
-                let _ = reason.set(
-                    "another run took over the job's lease (this run did not renew it in time)"
-                        .into(),
-                );
+                let _ = reason.set(LeaseLost::TakenOver);
                 break;
             }
             // The next try would come after the lease lapsed.
             Err(e) if now.saturating_add(every_ms) >= renewed_at.saturating_add(lease_ms) => {
-                let _ = reason.set(format!(
-                    "could not renew the job's lease for {}: {e}",
-                    humantime::format_duration(duration)
-                ));
+                let _ = reason.set(LeaseLost::NotRenewed {
+                    duration,
+                    error: Arc::new(e),
+                });
                 break;
             }
             Err(e) => {
@@ -248,4 +263,29 @@ async fn renew_until_lost(
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_lease_says_why() {
+        assert_eq!(
+            LeaseLost::TakenOver.to_string(),
+            "another run took over the job's lease (this run did not renew it in time)"
+        );
+        let not_renewed = LeaseLost::NotRenewed {
+            duration: Duration::from_secs(90),
+            error: Arc::new(StateError::Corrupt {
+                job: "j".into(),
+                reason: "bad offsets".into(),
+            }),
+        };
+        assert_eq!(
+            not_renewed.to_string(),
+            "could not renew the job's lease for 1m 30s: state database: run record of job j \
+             is unreadable: bad offsets"
+        );
+    }
 }

@@ -13,6 +13,10 @@ use crate::config::{CheckpointKind, FieldSource, FieldSpec, JobSettings, MetaVal
 use super::checkpoint::CheckpointValue;
 use super::row::{Cell, Row};
 
+mod errors;
+
+pub use errors::{ColumnsError, ConvertError, MappingError, ParamsError};
+
 /// What a schema field wants, so cells convert before Avro sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -89,17 +93,17 @@ impl Mapping {
         job_name: &str,
         job: &JobSettings,
         schema: Option<&Schema>,
-    ) -> Result<Mapping, String> {
+    ) -> Result<Mapping, MappingError> {
         let record_fields = match schema {
             Some(Schema::Record(record)) => Some(&record.fields),
-            Some(_) => return Err("the topic's schema is not a record".into()),
+            Some(_) => return Err(MappingError::NotARecord),
             None => None,
         };
         let mut fields = Vec::new();
         if let Some(record_fields) = record_fields {
             for name in job.value.keys() {
                 if !record_fields.iter().any(|f| &f.name == name) {
-                    return Err(format!("value.{name}: the schema has no field {name:?}"));
+                    return Err(MappingError::UnknownField { name: name.clone() });
                 }
             }
             for field in record_fields {
@@ -113,10 +117,9 @@ impl Mapping {
                     }),
                     None if field.default.is_some() || nullable => {}
                     None => {
-                        return Err(format!(
-                            "value: schema field {:?} has no default and no mapping",
-                            field.name
-                        ))
+                        return Err(MappingError::Unfilled {
+                            field: field.name.clone(),
+                        })
                     }
                 }
             }
@@ -164,13 +167,13 @@ impl Mapping {
     }
 
     /// Fails when the result lacks a column the mapping reads.
-    pub fn check_columns(&self, columns: &[String]) -> Result<(), String> {
+    pub fn check_columns(&self, columns: &[String]) -> Result<(), ColumnsError> {
         for wanted in self.columns() {
             if !columns.iter().any(|c| c == wanted) {
-                return Err(format!(
-                    "the query result has no column {wanted:?} (it has: {})",
-                    columns.join(", ")
-                ));
+                return Err(ColumnsError {
+                    wanted: wanted.to_owned(),
+                    found: columns.to_vec(),
+                });
             }
         }
         Ok(())
@@ -359,11 +362,16 @@ fn describe(cell: &Cell) -> String {
 }
 
 /// Converts a cell to the JSON the Avro mapping expects for `target`.
-pub fn convert(cell: &Cell, target: Target, nullable: bool) -> Result<Json, String> {
-    let wrong = |expected: &str| Err(format!("expected {expected}, found {}", describe(cell)));
+pub fn convert(cell: &Cell, target: Target, nullable: bool) -> Result<Json, ConvertError> {
+    let wrong = |expected: &'static str| {
+        Err(ConvertError::Expected {
+            expected,
+            found: describe(cell),
+        })
+    };
     match (target, cell) {
         (_, Cell::Null) if nullable || target == Target::Any => Ok(Json::Null),
-        (_, Cell::Null) => Err("NULL in a required field".into()),
+        (_, Cell::Null) => Err(ConvertError::NullInRequired),
         (Target::Any, c) => Ok(c.to_json()),
         (Target::String, Cell::Text(s)) => Ok(Json::String(s.clone())),
         (Target::String, Cell::Json(Json::String(s))) => Ok(Json::String(s.clone())),
@@ -463,16 +471,19 @@ pub const BUILTIN_PARAMS: &[&str] = &["checkpoint"];
 /// The `params` table as bindable values.
 pub fn config_params(
     params: &BTreeMap<String, Json>,
-) -> Result<BTreeMap<String, super::checkpoint::Param>, String> {
+) -> Result<BTreeMap<String, super::checkpoint::Param>, ParamsError> {
     params
         .iter()
         .map(|(name, value)| {
             if BUILTIN_PARAMS.contains(&name.as_str()) {
-                return Err(format!("params.{name}: {name:?} is set by alertsvc"));
+                return Err(ParamsError::Builtin { name: name.clone() });
             }
             super::checkpoint::Param::from_config(value)
                 .map(|p| (name.clone(), p))
-                .map_err(|e| format!("params.{name}: {e}"))
+                .map_err(|error| ParamsError::Value {
+                    name: name.clone(),
+                    error,
+                })
         })
         .collect()
 }

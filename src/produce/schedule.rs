@@ -17,13 +17,24 @@ pub struct Schedule {
     pattern: String,
 }
 
+/// A cron expression that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("cron expression {pattern:?}: {error}")]
+pub struct ScheduleError {
+    pub pattern: String,
+    pub error: croner::errors::CronError,
+}
+
 impl Schedule {
-    pub fn parse(pattern: &str) -> Result<Schedule, String> {
+    pub fn parse(pattern: &str) -> Result<Schedule, ScheduleError> {
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .build()
             .parse(pattern)
-            .map_err(|e| format!("cron expression {pattern:?}: {e}"))?;
+            .map_err(|error| ScheduleError {
+                pattern: pattern.to_owned(),
+                error,
+            })?;
         Ok(Schedule {
             cron,
             pattern: pattern.to_owned(),
@@ -154,7 +165,7 @@ mod tests {
             every_ten_seconds.next_after(at(10, 0, 0)),
             Some(at(10, 0, 10))
         );
-        let e = Schedule::parse("every day").unwrap_err();
+        let e = Schedule::parse("every day").unwrap_err().to_string();
         assert!(e.contains("every day"), "{e}");
     }
 

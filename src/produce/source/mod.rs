@@ -25,11 +25,11 @@ pub enum SourceError {
     Connect { source_name: String, reason: String },
     #[error("source {source_name} rejected the query: {reason}")]
     Query { source_name: String, reason: String },
-    #[error("source {source_name}: column {column}: {reason}")]
+    #[error("source {source_name}: column {column}: {error}")]
     Decode {
         source_name: String,
         column: String,
-        reason: String,
+        error: Box<CellError>,
     },
     #[error("the SQL uses @{0}, which is neither in `params` nor set by alertsvc")]
     MissingParam(String),
@@ -45,6 +45,28 @@ pub enum SourceError {
         limit: Option<u64>,
         reason: String,
     },
+}
+
+/// Why a result cell cannot be read. The driver's error is part of the
+/// message, not a chained source: the CLI prints each cause once.
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    #[error("{0}")]
+    Driver(sqlx::Error),
+    #[error(
+        "PostgreSQL type {0} is not supported; cast it in the query (::text, ::float8, ::bigint)"
+    )]
+    UnsupportedPostgresType(String),
+    #[error("SQLite {0} values are not supported; select text or numbers")]
+    UnsupportedSqliteValue(String),
+    #[error("expected a string cell, got {0}")]
+    NotAString(serde_json::Value),
+    #[error("{0:?} is not an INT64")]
+    NotInt64(String),
+    #[error("{0:?} is not a FLOAT64")]
+    NotFloat64(String),
+    #[error("{0:?} is not a TIMESTAMP")]
+    NotTimestamp(String),
 }
 
 fn describe_limit(limit: Option<u64>) -> String {

@@ -18,7 +18,7 @@ use crate::produce::checkpoint::Param;
 use crate::produce::row::{format_sql_datetime, Cell, Columns, Row};
 use crate::produce::sql::{parse, Placeholder};
 
-use super::{one_line, ordered_params, page_channel, Page, PageStream, SourceError};
+use super::{one_line, ordered_params, page_channel, CellError, Page, PageStream, SourceError};
 
 /// How long connecting (or waiting for a connection) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,7 +152,8 @@ where
     query
 }
 
-type Decoded = Result<Vec<Cell>, (String, String)>;
+/// A row's cells, or the column that cannot be read and why.
+type Decoded = Result<Vec<Cell>, (String, CellError)>;
 
 /// Moves rows from the cursor into pages until the result ends, an error
 /// occurs, or the receiver goes away.
@@ -193,12 +194,12 @@ async fn pump<R, S>(
             .clone();
         match decode(&row) {
             Ok(cells) => page.push(Row { columns, cells }),
-            Err((column, reason)) => {
+            Err((column, error)) => {
                 let _ = tx
                     .send(Err(SourceError::Decode {
                         source_name: source_name.to_owned(),
                         column,
-                        reason,
+                        error: Box::new(error),
                     }))
                     .await;
                 return;
@@ -219,7 +220,7 @@ async fn pump<R, S>(
 fn decode_postgres(row: &PgRow) -> Decoded {
     let mut cells = Vec::with_capacity(row.columns().len());
     for (i, column) in row.columns().iter().enumerate() {
-        let fail = |e: sqlx::Error| (column.name().to_owned(), e.to_string());
+        let fail = |e: sqlx::Error| (column.name().to_owned(), CellError::Driver(e));
         if row.try_get_raw(i).map_err(fail)?.is_null() {
             cells.push(Cell::Null);
             continue;
@@ -254,10 +255,7 @@ fn decode_postgres(row: &PgRow) -> Decoded {
             other => {
                 return Err((
                     column.name().to_owned(),
-                    format!(
-                        "PostgreSQL type {other} is not supported; cast it in the query \
-                         (::text, ::float8, ::bigint)"
-                    ),
+                    CellError::UnsupportedPostgresType(other.to_owned()),
                 ))
             }
         };
@@ -269,7 +267,7 @@ fn decode_postgres(row: &PgRow) -> Decoded {
 fn decode_sqlite(row: &SqliteRow) -> Decoded {
     let mut cells = Vec::with_capacity(row.columns().len());
     for (i, column) in row.columns().iter().enumerate() {
-        let fail = |e: sqlx::Error| (column.name().to_owned(), e.to_string());
+        let fail = |e: sqlx::Error| (column.name().to_owned(), CellError::Driver(e));
         let raw = row.try_get_raw(i).map_err(fail)?;
         if raw.is_null() {
             cells.push(Cell::Null);
@@ -286,7 +284,7 @@ fn decode_sqlite(row: &SqliteRow) -> Decoded {
             other => {
                 return Err((
                     column.name().to_owned(),
-                    format!("SQLite {other} values are not supported; select text or numbers"),
+                    CellError::UnsupportedSqliteValue(other.to_owned()),
                 ))
             }
         };

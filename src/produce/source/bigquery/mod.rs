@@ -16,27 +16,26 @@ use gcp_bigquery_client::client_builder::ClientBuilder;
 use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::model::data_format_options::DataFormatOptions;
 use gcp_bigquery_client::model::error_proto::ErrorProto;
-use gcp_bigquery_client::model::field_type::FieldType;
 use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters;
 use gcp_bigquery_client::model::query_parameter::QueryParameter;
 use gcp_bigquery_client::model::query_parameter_type::QueryParameterType;
 use gcp_bigquery_client::model::query_parameter_value::QueryParameterValue;
 use gcp_bigquery_client::model::query_request::QueryRequest;
-use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
-use gcp_bigquery_client::model::table_row::TableRow;
 use gcp_bigquery_client::model::table_schema::TableSchema;
 use gcp_bigquery_client::Client;
-use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
 use crate::config::{BigQuerySettings, GcpCredentials};
 use crate::produce::checkpoint::Param;
-use crate::produce::row::{Cell, Columns, Row};
 use crate::produce::sql::{parse, Placeholder};
 
 use super::{
     one_line, ordered_params, page_channel, Page, PageStream, QueryCost, QueryOptions, SourceError,
 };
+
+mod decode;
+
+use decode::decode_page;
 
 /// The error reason of a query refused for `maximumBytesBilled`.
 const BYTES_BILLED_LIMIT_EXCEEDED: &str = "bytesBilledLimitExceeded";
@@ -201,7 +200,7 @@ impl BigQuerySource {
 
     /// Errors in a 200 answer (BigQuery and its emulators do that).
     fn check(&self, errors: Option<&[ErrorProto]>, limit: Option<u64>) -> Result<(), SourceError> {
-        let Err(text) = check_errors(errors) else {
+        let Some(text) = describe_errors(errors) else {
             return Ok(());
         };
         let reasons: Vec<(String, String)> = errors
@@ -318,10 +317,10 @@ impl BigQuerySource {
                     .and_then(|s: &TableSchema| s.fields.clone())
                     .unwrap_or_default();
                 let page = decode_page(&fields, rows.take().unwrap_or_default()).map_err(
-                    |(column, reason)| SourceError::Decode {
+                    |(column, error)| SourceError::Decode {
                         source_name: self.name.clone(),
                         column,
-                        reason,
+                        error: Box::new(error),
                     },
                 )?;
                 if !page.is_empty() && tx.send(Ok(page)).await.is_err() {
@@ -386,19 +385,22 @@ fn timeout_ms(timeout: Duration) -> i32 {
     i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX)
 }
 
-/// BigQuery (and its emulators) may answer 200 with errors in the body.
-fn check_errors(errors: Option<&[ErrorProto]>) -> Result<(), String> {
+/// BigQuery (and its emulators) may answer 200 with errors in the body:
+/// their reasons and messages, if there are any.
+fn describe_errors(errors: Option<&[ErrorProto]>) -> Option<String> {
     match errors {
-        Some(errors) if !errors.is_empty() => Err(errors
-            .iter()
-            .map(|e| {
-                let reason = e.reason.as_deref().unwrap_or("error");
-                let message = e.message.as_deref().unwrap_or("");
-                format!("{reason}: {message}")
-            })
-            .collect::<Vec<_>>()
-            .join("; ")),
-        _ => Ok(()),
+        Some(errors) if !errors.is_empty() => Some(
+            errors
+                .iter()
+                .map(|e| {
+                    let reason = e.reason.as_deref().unwrap_or("error");
+                    let message = e.message.as_deref().unwrap_or("");
+                    format!("{reason}: {message}")
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        _ => None,
     }
 }
 
@@ -473,212 +475,5 @@ fn timestamp_parameter(micros: i64) -> String {
     }
 }
 
-type Decoded = Result<Page, (String, String)>;
-
-fn decode_page(fields: &[TableFieldSchema], rows: Vec<TableRow>) -> Decoded {
-    let names: Vec<String> = fields.iter().map(|f| f.name.clone()).collect();
-    let columns: Columns = Arc::from(names);
-    rows.into_iter()
-        .map(|row| {
-            let raw = row.columns.unwrap_or_default();
-            let cells = fields
-                .iter()
-                .enumerate()
-                .map(|(i, field)| {
-                    let value = raw.get(i).and_then(|c| c.value.as_ref());
-                    decode_cell(field, value).map_err(|reason| (field.name.clone(), reason))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Row {
-                columns: columns.clone(),
-                cells,
-            })
-        })
-        .collect()
-}
-
-fn is_repeated(field: &TableFieldSchema) -> bool {
-    field.mode.as_deref() == Some("REPEATED")
-}
-
-/// A cell of the `f`/`v` JSON encoding as typed by the result schema.
-fn decode_cell(field: &TableFieldSchema, value: Option<&Json>) -> Result<Cell, String> {
-    let Some(value) = value.filter(|v| !v.is_null()) else {
-        return Ok(Cell::Null);
-    };
-    if is_repeated(field) || matches!(field.r#type, FieldType::Record | FieldType::Struct) {
-        return Ok(Cell::Json(nested_json(field, value)?));
-    }
-    let Some(text) = value.as_str() else {
-        return Err(format!("expected a string cell, got {value}"));
-    };
-    Ok(match field.r#type {
-        FieldType::Integer | FieldType::Int64 => Cell::Int(
-            text.parse()
-                .map_err(|_| format!("{text:?} is not an INT64"))?,
-        ),
-        FieldType::Float | FieldType::Float64 => Cell::Float(
-            text.parse()
-                .map_err(|_| format!("{text:?} is not a FLOAT64"))?,
-        ),
-        FieldType::Boolean | FieldType::Bool => Cell::Bool(text.eq_ignore_ascii_case("true")),
-        FieldType::Timestamp => Cell::Timestamp(timestamp_micros(text)?),
-        FieldType::Json => match serde_json::from_str(text) {
-            Ok(json) => Cell::Json(json),
-            Err(_) => Cell::Text(text.to_owned()),
-        },
-        _ => Cell::Text(text.to_owned()),
-    })
-}
-
-/// Integer microseconds (`useInt64Timestamp`, and the emulator), or
-/// BigQuery's older float seconds (`1.7E9`).
-fn timestamp_micros(text: &str) -> Result<i64, String> {
-    if let Ok(micros) = text.parse::<i64>() {
-        return Ok(micros);
-    }
-    text.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite())
-        .map(|seconds| (seconds * 1e6).round() as i64)
-        .ok_or_else(|| format!("{text:?} is not a TIMESTAMP"))
-}
-
-/// RECORD and REPEATED cells as plain JSON.
-fn nested_json(field: &TableFieldSchema, value: &Json) -> Result<Json, String> {
-    if is_repeated(field) {
-        let single = TableFieldSchema {
-            mode: Some("NULLABLE".into()),
-            ..field.clone()
-        };
-        let items = value.as_array().cloned().unwrap_or_default();
-        return items
-            .iter()
-            .map(|item| {
-                let inner = item.get("v").unwrap_or(&Json::Null);
-                decode_cell(&single, Some(inner)).map(|c| c.to_json())
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Json::Array);
-    }
-    let subfields = field.fields.clone().unwrap_or_default();
-    let cells = value
-        .get("f")
-        .and_then(Json::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut object = serde_json::Map::new();
-    for (i, sub) in subfields.iter().enumerate() {
-        let inner = cells.get(i).and_then(|c| c.get("v"));
-        object.insert(sub.name.clone(), decode_cell(sub, inner)?.to_json());
-    }
-    Ok(Json::Object(object))
-}
-
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    fn field(name: &str, kind: FieldType) -> TableFieldSchema {
-        TableFieldSchema::new(name, kind)
-    }
-
-    #[test]
-    fn cells_decode_by_schema_type() {
-        let int = field("n", FieldType::Int64);
-        assert_eq!(decode_cell(&int, Some(&json!("42"))), Ok(Cell::Int(42)));
-        assert!(decode_cell(&int, Some(&json!("x"))).is_err());
-        let ts = field("t", FieldType::Timestamp);
-        assert_eq!(
-            decode_cell(&ts, Some(&json!("1763719200000000"))),
-            Ok(Cell::Timestamp(1_763_719_200_000_000))
-        );
-        assert_eq!(
-            decode_cell(&ts, Some(&json!("1.7637192E9"))),
-            Ok(Cell::Timestamp(1_763_719_200_000_000))
-        );
-        let b = field("b", FieldType::Bool);
-        assert_eq!(decode_cell(&b, Some(&json!("true"))), Ok(Cell::Bool(true)));
-        assert_eq!(decode_cell(&b, None), Ok(Cell::Null));
-        let j = field("j", FieldType::Json);
-        assert_eq!(
-            decode_cell(&j, Some(&json!("{\"a\":1}"))),
-            Ok(Cell::Json(json!({"a": 1})))
-        );
-    }
-
-    #[test]
-    fn records_and_arrays_become_json() {
-        let record = TableFieldSchema::record(
-            "labels",
-            vec![
-                field("old", FieldType::String),
-                field("count", FieldType::Int64),
-            ],
-        );
-        let value = json!({"f": [{"v": "Provisioning"}, {"v": "3"}]});
-        assert_eq!(
-            decode_cell(&record, Some(&value)),
-            Ok(Cell::Json(json!({"old": "Provisioning", "count": 3})))
-        );
-        let mut tags = field("tags", FieldType::String);
-        tags.mode = Some("REPEATED".into());
-        assert_eq!(
-            decode_cell(&tags, Some(&json!([{"v": "a"}, {"v": "b"}]))),
-            Ok(Cell::Json(json!(["a", "b"])))
-        );
-    }
-
-    #[test]
-    fn timestamp_parameters_use_the_client_library_form() {
-        assert_eq!(
-            timestamp_parameter(1_763_719_200_250_000),
-            "2025-11-21 10:00:00.250000+00:00"
-        );
-    }
-
-    /// The body BigQuery answers (HTTP 400) for a query over
-    /// `maximumBytesBilled`.
-    #[test]
-    fn a_bytes_billed_limit_error_is_recognised() {
-        let message = "Query exceeded limit for bytes billed: 1000. 10485760 or higher required.";
-        let body = json!({"error": {
-            "code": 400,
-            "message": message,
-            "errors": [{"message": message, "domain": "global", "reason": "bytesBilledLimitExceeded"}],
-            "status": "INVALID_ARGUMENT",
-        }});
-        let error = BQError::ResponseError {
-            error: serde_json::from_value(body).unwrap(),
-        };
-        assert_eq!(
-            bytes_limit_message(&response_reasons(&error)),
-            Some(message.to_owned())
-        );
-        let other = json!({"error": {
-            "code": 400, "message": "Syntax error", "status": "INVALID_ARGUMENT",
-            "errors": [{"message": "Syntax error", "domain": "global", "reason": "invalidQuery"}],
-        }});
-        let error = BQError::ResponseError {
-            error: serde_json::from_value(other).unwrap(),
-        };
-        assert_eq!(bytes_limit_message(&response_reasons(&error)), None);
-    }
-
-    #[test]
-    fn errors_in_a_200_answer_are_errors() {
-        let errors = vec![ErrorProto {
-            debug_info: None,
-            location: None,
-            message: Some("Table not found: ops.nope".into()),
-            reason: Some("notFound".into()),
-        }];
-        assert_eq!(
-            check_errors(Some(&errors)),
-            Err("notFound: Table not found: ops.nope".into())
-        );
-        assert_eq!(check_errors(Some(&[])), Ok(()));
-    }
-}
+mod tests;
