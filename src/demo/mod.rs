@@ -6,28 +6,24 @@
 //! the terminal and on a preview page. Each part can be the real thing
 //! instead (`[demo]` in `config/demo/demo.toml`).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
-use serde_json::Value as Json;
-use sqlx::{Connection, Executor};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    resolve_path, DemoBroker, DemoSettings, DemoSlack, DemoWarehouse, Secret, Settings,
-    SourceSettings,
-};
+use crate::config::{DemoSettings, DemoWarehouse, Settings};
 use crate::http::StageHandle;
-use crate::kafka::{client_config, Role, StageContext};
-use crate::produce::row::format_sql_datetime;
-use crate::slack::fake::{FakeMessage, FakeSlack, FakeSlackConfig};
+use crate::slack::fake::{FakeMessage, FakeSlack};
 
 mod preview;
+mod setup;
+mod traffic;
+
+use setup::{read_file, Scratch};
+use traffic::FailureWriter;
+pub use traffic::{nth_failure, parse_failures, FailureTemplate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -60,121 +56,6 @@ pub struct Options {
     pub exit_after: Option<Duration>,
 }
 
-/// One row of `failures.csv`: a connector status change template — a
-/// failure, or (`new_status` `Running`) a recovery of the connector last
-/// written failing with the same org, environment and name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailureTemplate {
-    pub org_id: String,
-    pub env_id: String,
-    pub connector_name: String,
-    pub connector_type: String,
-    pub old_status: String,
-    pub new_status: String,
-    pub failure_reason: String,
-}
-
-impl FailureTemplate {
-    pub fn is_recovery(&self) -> bool {
-        self.new_status == "Running"
-    }
-}
-
-const FAILURES_HEADER: &str =
-    "org_id,env_id,connector_name,connector_type,old_status,new_status,failure_reason";
-
-/// Reads `failures.csv` (a header, then comma-separated fields; the last
-/// field may contain commas).
-pub fn parse_failures(text: &str) -> Result<Vec<FailureTemplate>, String> {
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header = lines.next().ok_or("empty file")?;
-    if header.trim() != FAILURES_HEADER {
-        return Err(format!(
-            "unexpected header {header:?}, expected {FAILURES_HEADER:?}"
-        ));
-    }
-    let templates: Vec<FailureTemplate> = lines
-        .enumerate()
-        .map(|(i, line)| {
-            let fields: Vec<&str> = line.splitn(7, ',').map(str::trim).collect();
-            match fields.as_slice() {
-                [org, env, name, kind, old, new, reason] => Ok(FailureTemplate {
-                    org_id: (*org).into(),
-                    env_id: (*env).into(),
-                    connector_name: (*name).into(),
-                    connector_type: (*kind).into(),
-                    old_status: (*old).into(),
-                    new_status: (*new).into(),
-                    failure_reason: (*reason).into(),
-                }),
-                _ => Err(format!("line {}: expected 7 fields", i + 2)),
-            }
-        })
-        .collect::<Result<_, _>>()?;
-    if templates.is_empty() {
-        return Err("no rows".into());
-    }
-    Ok(templates)
-}
-
-/// The n-th failure the demo writes: template `n % len`, connector id
-/// `lcc-demo-<n>`.
-pub fn nth_failure(templates: &[FailureTemplate], n: usize) -> (FailureTemplate, String) {
-    (
-        templates[n % templates.len()].clone(),
-        format!("lcc-demo-{n:04}"),
-    )
-}
-
-fn read_file(dir: &Path, relative: &str) -> Result<String, DemoError> {
-    let path = resolve_path(dir, relative);
-    std::fs::read_to_string(&path).map_err(|e| DemoError::File {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
-}
-
-fn read_json_list(dir: &Path, relative: &str) -> Result<Vec<Json>, DemoError> {
-    let text = read_file(dir, relative)?;
-    serde_json::from_str(&text).map_err(|e| DemoError::File {
-        path: relative.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-/// A scratch directory for the demo's files, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Scratch, DemoError> {
-        let path = std::env::temp_dir().join(format!(
-            "alertsvc-demo-{}-{}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        std::fs::create_dir_all(&path).map_err(|e| DemoError::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Ok(Scratch(path))
-    }
-
-    fn sqlite_url(&self, name: &str) -> String {
-        format!("sqlite://{}?mode=rwc", self.0.join(name).display())
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn random_secret(prefix: &str) -> String {
-    let bytes: Vec<u8> = (0..16).map(|_| fastrand::u8(..)).collect();
-    format!("{prefix}{}", hex::encode(bytes))
-}
-
 pub async fn run(
     mut settings: Settings,
     config_dir: &Path,
@@ -192,140 +73,20 @@ pub async fn run(
             reason,
         }
     })?;
-
-    // The broker.
-    let _cluster: Option<MockCluster<'static, DefaultProducerContext>> =
-        if demo.broker == DemoBroker::Embedded {
-            let cluster = MockCluster::new(1).map_err(|e| DemoError::Broker(e.to_string()))?;
-            settings.kafka.bootstrap_servers = cluster.bootstrap_servers();
-            for topic in settings.topics.values() {
-                for name in [topic.name.clone(), settings.dlq_topic(&topic.name)] {
-                    cluster
-                        .create_topic(&name, demo.partitions, 1)
-                        .map_err(|e| DemoError::Broker(format!("topic {name}: {e}")))?;
-                }
-            }
-            Some(cluster)
-        } else {
-            None
-        };
+    let _cluster = setup::start_broker(&mut settings, &demo)?;
     let bootstrap = settings.kafka.bootstrap_servers.clone();
     println!("Kafka broker: {bootstrap}   (watch: kcat -b {bootstrap} -C -t slack-messages)");
-
-    // State databases in the scratch directory.
-    if let Some(notify) = settings.notify.as_mut() {
-        notify.ledger.database_url = Secret::new(scratch.sqlite_url("ledger.db"));
-    }
-    if let Some(produce) = settings.produce.as_mut() {
-        produce.state.database_url = Secret::new(scratch.sqlite_url("produce-state.db"));
-    }
-
-    // Slack.
-    let signing_secret = random_secret("");
-    let slack = if demo.slack == DemoSlack::Local {
-        let token = random_secret("xoxb-demo-");
-        // Alerts go to users by DM, or else to the fallback channels.
-        let users: Vec<String> = read_json_list(config_dir, &demo.slack_users)?
-            .iter()
-            .filter_map(|u| u["slack_user_id"].as_str().map(str::to_owned))
-            .collect();
-        let channels: Vec<String> = settings
-            .enrich
-            .iter()
-            .flat_map(|e| e.pipelines.values())
-            .filter_map(|p| p.vars.get("fallback_channel").cloned())
-            .collect();
-        let fake = FakeSlack::start(FakeSlackConfig {
-            token: token.clone(),
-            channels,
-            users,
-            per_channel_per_second: None,
-            burst: 3,
-            ..FakeSlackConfig::default()
-        })
-        .await
-        .map_err(|e| DemoError::Slack(e.to_string()))?;
-        if let Some(notify) = settings.notify.as_mut() {
-            notify.slack.api_url = fake.url.clone();
-            notify.slack.bot_token = Some(Secret::new(token));
-            notify.slack.signing_secret = Some(Secret::new(signing_secret.clone()));
-        }
-        Some(Arc::new(fake))
-    } else {
-        None
-    };
-
-    // The warehouse.
+    setup::use_scratch_databases(&mut settings, &scratch);
+    let signing_secret = setup::random_secret("");
+    let slack = setup::start_slack(&mut settings, config_dir, &demo, &signing_secret).await?;
     let warehouse_url = scratch.sqlite_url("warehouse.db");
-    if demo.warehouse == DemoWarehouse::Embedded {
-        let seed = read_file(config_dir, &demo.seed_sql)?;
-        let mut conn = sqlx::SqliteConnection::connect(&warehouse_url)
-            .await
-            .map_err(|e| DemoError::Warehouse(e.to_string()))?;
-        // The seed is a file of ours, next to the config.
-        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(seed)))
-            .await
-            .map_err(|e| DemoError::Warehouse(format!("{}: {e}", demo.seed_sql)))?;
-        if let Some(produce) = settings.produce.as_mut() {
-            for source in produce.sources.values_mut() {
-                if let SourceSettings::Sql(sql) = source {
-                    sql.url = Secret::new(warehouse_url.clone());
-                }
-            }
-        }
-    }
+    setup::seed_warehouse(&mut settings, config_dir, &demo, &warehouse_url).await?;
+    setup::seed_tables(&settings, config_dir, &demo).await?;
 
-    seed_tables(&settings, config_dir, &demo).await?;
-
-    // The stages.
     let stages = shutdown.child_token();
-    let mut tasks: JoinSet<Result<(), DemoError>> = JoinSet::new();
-    let dir = config_dir.to_owned();
-    let failed = |stage: &'static str, e: &dyn std::fmt::Display| DemoError::Stage {
-        stage,
-        reason: e.to_string(),
-    };
-    // Bound first: the preview needs notify's address, the progress check
-    // reads both stages' registries.
-    let enrich = crate::enrich::Enrich::build(&settings, config_dir)
-        .await
-        .map_err(|e| failed("enrich", &e))?;
-    let notify = crate::notify::Notify::build(&settings, config_dir)
-        .await
-        .map_err(|e| failed("notify", &e))?;
-    let handles = Handles {
-        enrich: enrich.handle(),
-        notify: notify.handle(),
-    };
-    let t = stages.clone();
-    spawn_stage(&mut tasks, "enrich", enrich.run_until_stopped(t));
-    let t = stages.clone();
-    spawn_stage(&mut tasks, "notify", notify.run_until_stopped(t));
-    let (s, d, t) = (settings.clone(), dir, stages.clone());
-    spawn_stage(&mut tasks, "produce", async move {
-        crate::produce::run(&s, &d, &crate::produce::Options::default(), t).await
-    });
-
-    // The terminal and the preview page.
+    let (handles, mut tasks) = start_stages(&settings, config_dir, &stages).await?;
     if let Some(slack) = &slack {
-        let mut messages = slack.subscribe();
-        let fake = slack.clone();
-        tokio::spawn(async move {
-            while let Some(message) = messages.recv().await {
-                let dm_user = fake.dm_user(&message.channel);
-                println!("{}", terminal_line(&message, dm_user.as_deref()));
-            }
-        });
-        let addr = preview::serve(
-            demo.http_addr,
-            slack.clone(),
-            handles.notify.addr,
-            signing_secret.clone(),
-            stages.clone(),
-        )
-        .await
-        .map_err(|e| DemoError::Slack(format!("preview page on {}: {e}", demo.http_addr)))?;
-        println!("Slack stand-in: every delivered alert prints here; preview page: http://{addr}/");
+        show_slack(slack, &demo, &handles, signing_secret, &stages).await?;
     }
 
     // Traffic, and the end.
@@ -346,6 +107,76 @@ pub async fn run(
         );
     }
     outcome
+}
+
+/// Binds enrich and notify first (the preview needs notify's address, the
+/// progress check reads both stages' registries), then runs the three
+/// stages until `stages` is cancelled.
+async fn start_stages(
+    settings: &Settings,
+    config_dir: &Path,
+    stages: &CancellationToken,
+) -> Result<(Handles, JoinSet<Result<(), DemoError>>), DemoError> {
+    let failed = |stage: &'static str, e: &dyn std::fmt::Display| DemoError::Stage {
+        stage,
+        reason: e.to_string(),
+    };
+    let enrich = crate::enrich::Enrich::build(settings, config_dir)
+        .await
+        .map_err(|e| failed("enrich", &e))?;
+    let notify = crate::notify::Notify::build(settings, config_dir)
+        .await
+        .map_err(|e| failed("notify", &e))?;
+    let handles = Handles {
+        enrich: enrich.handle(),
+        notify: notify.handle(),
+    };
+    let mut tasks = JoinSet::new();
+    spawn_stage(
+        &mut tasks,
+        "enrich",
+        enrich.run_until_stopped(stages.clone()),
+    );
+    spawn_stage(
+        &mut tasks,
+        "notify",
+        notify.run_until_stopped(stages.clone()),
+    );
+    let (s, d, t) = (settings.clone(), config_dir.to_owned(), stages.clone());
+    spawn_stage(&mut tasks, "produce", async move {
+        crate::produce::run(&s, &d, &crate::produce::Options::default(), t).await
+    });
+    Ok((handles, tasks))
+}
+
+/// Every message the stand-in stores is printed to the terminal, and the
+/// preview page shows them with working buttons.
+async fn show_slack(
+    slack: &Arc<FakeSlack>,
+    demo: &DemoSettings,
+    handles: &Handles,
+    signing_secret: String,
+    stages: &CancellationToken,
+) -> Result<(), DemoError> {
+    let mut messages = slack.subscribe();
+    let fake = slack.clone();
+    tokio::spawn(async move {
+        while let Some(message) = messages.recv().await {
+            let dm_user = fake.dm_user(&message.channel);
+            println!("{}", terminal_line(&message, dm_user.as_deref()));
+        }
+    });
+    let addr = preview::serve(
+        demo.http_addr,
+        slack.clone(),
+        handles.notify.addr,
+        signing_secret,
+        stages.clone(),
+    )
+    .await
+    .map_err(|e| DemoError::Slack(format!("preview page on {}: {e}", demo.http_addr)))?;
+    println!("Slack stand-in: every delivered alert prints here; preview page: http://{addr}/");
+    Ok(())
 }
 
 /// Runs a stage in the demo's task set; its error names the stage.
@@ -375,129 +206,6 @@ fn terminal_line(message: &FakeMessage, dm_user: Option<&str>) -> String {
         format!("slack  {to:<10} {alert}  (reply) {text}")
     } else {
         format!("slack  {to:<10} {alert}  {text}")
-    }
-}
-
-/// Writes the assignment and Slack-user tables' records.
-async fn seed_tables(
-    settings: &Settings,
-    config_dir: &Path,
-    demo: &DemoSettings,
-) -> Result<(), DemoError> {
-    let codecs = crate::avro::build_codecs(config_dir, settings)
-        .map_err(|(topic, e)| DemoError::Broker(format!("topic {topic}: {e}")))?;
-    let key_codecs = crate::avro::build_key_codecs(config_dir, settings)
-        .map_err(|(topic, e)| DemoError::Broker(format!("topic {topic}: {e}")))?;
-    let producer: FutureProducer<StageContext> = client_config(
-        &settings.kafka,
-        "the demo table seeder",
-        &Role::IdempotentProducer { linger_ms: 5 },
-    )
-    .create_with_context(StageContext::default())
-    .map_err(|e| DemoError::Broker(e.to_string()))?;
-    let tables: [(&str, &str, &str); 2] = [
-        ("csdr_assignment", demo.assignments.as_str(), "org_id"),
-        ("slack_users", demo.slack_users.as_str(), "email"),
-    ];
-    for (topic_id, file, key_field) in tables {
-        let topic = settings
-            .topic(topic_id)
-            .map_err(DemoError::Broker)?
-            .name
-            .clone();
-        let (Some(codec), Some(key_codec)) = (codecs.get(topic_id), key_codecs.get(topic_id))
-        else {
-            return Err(DemoError::Broker(format!("no codec for {topic_id}")));
-        };
-        for record in read_json_list(config_dir, file)? {
-            let failed = |e: crate::avro::AvroError| DemoError::File {
-                path: file.to_owned(),
-                reason: e.to_string(),
-            };
-            let key = key_codec.encode(&record[key_field]).await.map_err(failed)?;
-            let payload = codec.encode(&record).await.map_err(failed)?;
-            producer
-                .send(
-                    FutureRecord::to(&topic).key(&key).payload(&payload),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| DemoError::Broker(format!("{topic}: {e}")))?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes connector status changes into the demo warehouse, one after
-/// another.
-struct FailureWriter {
-    url: String,
-    templates: Vec<FailureTemplate>,
-    written: usize,
-    last_micros: i64,
-    /// The connector id last written failing, by org, environment and
-    /// connector name: what a recovery row recovers.
-    failing: HashMap<(String, String, String), String>,
-}
-
-impl FailureWriter {
-    fn new(url: String, templates: Vec<FailureTemplate>) -> FailureWriter {
-        FailureWriter {
-            url,
-            templates,
-            written: 0,
-            last_micros: 0,
-            failing: HashMap::new(),
-        }
-    }
-
-    /// The next row and its connector id: a failure's is new, a
-    /// recovery's is the connector it recovers (a new one when none
-    /// failed: its alert was never posted).
-    fn next_row(&mut self) -> (FailureTemplate, String) {
-        let (template, fresh_id) = nth_failure(&self.templates, self.written);
-        let connector = (
-            template.org_id.clone(),
-            template.env_id.clone(),
-            template.connector_name.clone(),
-        );
-        let id = if template.is_recovery() {
-            self.failing.remove(&connector).unwrap_or(fresh_id)
-        } else {
-            self.failing.insert(connector, fresh_id.clone());
-            fresh_id
-        };
-        (template, id)
-    }
-
-    async fn write(&mut self, count: usize) -> Result<(), DemoError> {
-        let mut conn = sqlx::SqliteConnection::connect(&self.url)
-            .await
-            .map_err(|e| DemoError::Warehouse(e.to_string()))?;
-        for _ in 0..count {
-            let (template, connector_id) = self.next_row();
-            // Strictly increasing times: the job's checkpoint is `failed_at`.
-            let now = chrono::Utc::now().timestamp_micros();
-            self.last_micros = now.max(self.last_micros + 1);
-            let reason = Some(template.failure_reason.as_str()).filter(|r| !r.is_empty());
-            sqlx::query(
-                "INSERT INTO connector_status_changes VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .bind(&template.org_id)
-            .bind(&template.env_id)
-            .bind(&connector_id)
-            .bind(&template.connector_name)
-            .bind(&template.connector_type)
-            .bind(&template.old_status)
-            .bind(&template.new_status)
-            .bind(reason)
-            .bind(format_sql_datetime(self.last_micros))
-            .execute(&mut conn)
-            .await
-            .map_err(|e| DemoError::Warehouse(e.to_string()))?;
-            self.written += 1;
-        }
-        Ok(())
     }
 }
 
@@ -608,53 +316,6 @@ async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failures_csv_parses_and_cycles() {
-        let text =
-            "org_id,env_id,connector_name,connector_type,old_status,new_status,failure_reason\n\
-                    org-a,env-1,c1,S3Sink,Provisioning,Failed,Denied, twice\n\
-                    org-b,env-2,c2,S3Sink,Running,Failed,Gone\n";
-        let templates = parse_failures(text).unwrap();
-        assert_eq!(templates[0].failure_reason, "Denied, twice");
-        assert_eq!(templates[1].new_status, "Failed");
-        let (third, id) = nth_failure(&templates, 2);
-        assert_eq!(third.org_id, "org-a");
-        assert_eq!(id, "lcc-demo-0002");
-        assert!(parse_failures("a,b\n").is_err());
-        let old_header = "org_id,env_id,connector_name,connector_type,old_status,failure_reason\n\
-                          org-a,env-1,c1,S3Sink,Provisioning,Denied\n";
-        let err = parse_failures(old_header).unwrap_err();
-        assert!(err.contains("new_status"), "{err}");
-    }
-
-    #[test]
-    fn a_recovery_row_recovers_the_connector_last_written_failing() {
-        let text =
-            "org_id,env_id,connector_name,connector_type,old_status,new_status,failure_reason\n\
-                    org-a,env-1,c1,S3Sink,Provisioning,Failed,Denied\n\
-                    org-a,env-1,c1,S3Sink,Failed,Running,\n\
-                    org-a,env-1,c1,S3Sink,Failed,Running,\n";
-        let mut writer = FailureWriter::new(String::new(), parse_failures(text).unwrap());
-        let mut ids = Vec::new();
-        for _ in 0..5 {
-            let (row, id) = writer.next_row();
-            ids.push((row.new_status, id));
-            writer.written += 1;
-        }
-        let ids: Vec<(&str, &str)> = ids.iter().map(|(s, i)| (s.as_str(), i.as_str())).collect();
-        assert_eq!(
-            ids,
-            [
-                ("Failed", "lcc-demo-0000"),
-                ("Running", "lcc-demo-0000"),
-                // Nothing failing any more: a connector never alerted.
-                ("Running", "lcc-demo-0002"),
-                ("Failed", "lcc-demo-0003"),
-                ("Running", "lcc-demo-0003"),
-            ]
-        );
-    }
 
     #[test]
     fn progress_is_finished_when_every_alert_is_answered() {
