@@ -1228,11 +1228,11 @@ fn http_status(message: &str) -> Option<u16> {
 const SHIPPED_PREDECESSORS: &[(&str, &str)] = &[
     (
         "(built in) schemas/slack_message_v1.avsc",
-        include_str!("../config/schemas/slack_message_v1.avsc"),
+        include_str!("../../config/schemas/slack_message_v1.avsc"),
     ),
     (
         "(built in) schemas/slack_response_v1.avsc",
-        include_str!("../config/schemas/slack_response_v1.avsc"),
+        include_str!("../../config/schemas/slack_response_v1.avsc"),
     ),
 ];
 
@@ -1619,38 +1619,38 @@ mod tests {
         // 1.8.2 (SchemaNormalization.parsingFingerprint64) and fastavro 1.13.
         for (text, expected) in [
             (
-                include_str!("../config/schemas/slack_message.avsc"),
+                include_str!("../../config/schemas/slack_message.avsc"),
                 "09ea0f340cdcc90e",
             ),
             (
-                include_str!("../config/schemas/slack_message_v1.avsc"),
+                include_str!("../../config/schemas/slack_message_v1.avsc"),
                 "c948d99891b15dc8",
             ),
             (
-                include_str!("../config/schemas/slack_response.avsc"),
+                include_str!("../../config/schemas/slack_response.avsc"),
                 "8c28ce6ad921c449",
             ),
             (
-                include_str!("../config/schemas/slack_response_v1.avsc"),
+                include_str!("../../config/schemas/slack_response_v1.avsc"),
                 "ac78933e9ba82821",
             ),
             (
-                include_str!("../config/schemas/slack_user.avsc"),
+                include_str!("../../config/schemas/slack_user.avsc"),
                 "8e0e1fb9291aed41",
             ),
             (
-                include_str!("../tests/fixtures/avro/interop_kitchen_sink.avsc"),
+                include_str!("../../tests/fixtures/avro/interop_kitchen_sink.avsc"),
                 "cc84fdfc3ae55b5f",
             ),
             (
-                include_str!("../tests/fixtures/avro/canonical_edge_cases.avsc"),
+                include_str!("../../tests/fixtures/avro/canonical_edge_cases.avsc"),
                 "3bd969950a18772f",
             ),
         ] {
             assert_eq!(fingerprint_hex(text), expected, "{text}");
         }
         // What alertsvc wrote with apache-avro 0.22's fingerprint.
-        let legacy = Schema::parse_str(include_str!("../config/schemas/slack_message_v1.avsc"));
+        let legacy = Schema::parse_str(include_str!("../../config/schemas/slack_message_v1.avsc"));
         assert_eq!(
             hex(&legacy_fingerprint(&legacy.unwrap())),
             "39b1b5249868a03e"
@@ -1675,7 +1675,7 @@ mod tests {
         };
         let v1 = SchemaFile::parse(
             "v1",
-            include_str!("../config/schemas/slack_message_v1.avsc"),
+            include_str!("../../config/schemas/slack_message_v1.avsc"),
         )
         .unwrap();
         let old = json!({"alertId": "a-1", "channelId": "C1", "text": "t", "blocks": "[]",
@@ -1693,7 +1693,7 @@ mod tests {
     #[test]
     fn canonical_form_follows_the_rules() {
         let json: Json =
-            serde_json::from_str(include_str!("../config/schemas/slack_message_v1.avsc")).unwrap();
+            serde_json::from_str(include_str!("../../config/schemas/slack_message_v1.avsc")).unwrap();
         // fastavro's to_parsing_canonical_form of the same file.
         assert_eq!(
             parsing_canonical_form(&json).unwrap(),
