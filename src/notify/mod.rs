@@ -19,6 +19,7 @@ pub mod offsets;
 pub mod pacing;
 pub mod responses;
 pub mod slack_health;
+pub mod state;
 pub mod worker;
 
 use std::path::Path;
@@ -71,6 +72,9 @@ pub enum NotifyError {
     },
 }
 
+/// How often states whose publish failed are published again.
+const STATE_REPUBLISH_EVERY: Duration = Duration::from_secs(5);
+
 fn kafka(stage: &'static str) -> impl FnOnce(KafkaError) -> NotifyError {
     move |source| NotifyError::Kafka { stage, source }
 }
@@ -117,6 +121,7 @@ pub async fn run(
     let input_topic = topic_name(&notify.input);
     let written: Vec<(&str, &crate::avro::Codec)> = [&notify.responses, &notify.interactions]
         .into_iter()
+        .chain(notify.alert_state.as_ref())
         .map(|id| (id.as_str(), codecs[id].as_ref()))
         .collect();
     crate::avro::check_writes(&written)
@@ -147,6 +152,19 @@ pub async fn run(
     .create_with_context(context.clone())
     .map_err(kafka("producer"))?;
 
+    let states = Arc::new(state::AlertStates::new(
+        state::store::StateStore::new(&ledger),
+        notify
+            .alert_state
+            .as_ref()
+            .map(|id| state::service::Publisher {
+                producer: producer.clone(),
+                topic: topic_name(id),
+                codec: codecs[id].clone(),
+                key_codec: key_codecs[id].clone(),
+            }),
+        Some(slack.clone()),
+    ));
     let health = Arc::new(Health::default());
     let interaction_state = Arc::new(interactions::InteractionState {
         signing_secret: notify.slack.signing_secret.clone(),
@@ -154,9 +172,9 @@ pub async fn run(
         topic: topic_name(&notify.interactions),
         codec: codecs[&notify.interactions].clone(),
         key_codec: key_codecs[&notify.interactions].clone(),
-        slack: Some(slack.clone()),
         replay: interactions::ReplayGuard::default(),
         metrics: metrics.clone(),
+        states: Some(states.clone()),
     });
     let router = http::ops_router(AppState {
         health: health.clone(),
@@ -223,7 +241,8 @@ pub async fn run(
         owner,
         metrics.clone(),
         slack_health,
-    );
+    )
+    .with_states(states.clone());
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         deliverer,
@@ -242,6 +261,11 @@ pub async fn run(
         draining: CancellationToken::new(),
         done: done_tx,
     });
+    let publishing = tokio::spawn(
+        states
+            .clone()
+            .run_publisher(STATE_REPUBLISH_EVERY, shutdown.clone()),
+    );
     let pruning = tokio::spawn(prune_ledger(
         ledger,
         notify.ledger.retention,
@@ -266,6 +290,7 @@ pub async fn run(
     .await;
     pruning.abort();
     probing.abort();
+    publishing.abort();
     health.set_ready(false);
     match tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync)) {
         Ok(()) => {}
@@ -291,6 +316,12 @@ async fn prune_ledger(
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     loop {
         let now = now_ms();
+        let states = state::store::StateStore::new(&ledger);
+        match states.prune(now.saturating_sub(retention_ms)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "alert states past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "alert state pruning failed; trying again later"),
+        }
         match ledger.prune(now.saturating_sub(retention_ms), now).await {
             Ok(0) => {}
             Ok(pruned) => {

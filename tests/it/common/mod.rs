@@ -60,6 +60,7 @@ pub const TOPICS: &[(&str, i32)] = &[
     ("slack_messages", 3),
     ("slack_responses", 1),
     ("slack_interactions", 1),
+    ("alert_state", 2),
 ];
 
 /// Deep-merges TOML tables: `overlay` wins.
