@@ -21,6 +21,7 @@ mod notify_faults;
 mod notify_interactions;
 mod notify_ledger;
 mod notify_lifecycle;
+mod notify_state;
 mod produce_cost;
 mod produce_errors;
 mod produce_incremental;
