@@ -25,8 +25,8 @@ pub const SNOOZE_ACTION: &str = "alertsvc_snooze";
 
 /// A snooze choice beyond this is a typo or a forged value, not a snooze.
 const MAX_SNOOZE: Duration = Duration::from_secs(30 * 24 * 3600);
-/// A second snooze ending within this of the current one changes nothing:
-/// it is the same choice clicked twice.
+/// A snooze ending within this of the current one changes nothing: it is
+/// the same choice clicked twice (a shorter or longer one is a change).
 const SAME_SNOOZE_MS: i64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,7 +164,7 @@ pub fn transition(current: Option<&AlertState>, action: &Action, now: i64) -> Tr
             let until = now.saturating_add(*for_ms);
             match snoozed_until {
                 Some(current)
-                    if kind == StateKind::Snoozed && until <= current + SAME_SNOOZE_MS =>
+                    if kind == StateKind::Snoozed && (until - current).abs() <= SAME_SNOOZE_MS =>
                 {
                     Transition::Same(NoChange::AlreadySnoozed)
                 }
@@ -321,7 +321,12 @@ mod tests {
                 snooze(1),
                 changed(Snoozed, Some(ada()), Some(NOW + H), 1),
             ),
-            (Some(&snoozed), snooze(1), Transition::Same(AlreadySnoozed)),
+            (Some(&snoozed), snooze(2), Transition::Same(AlreadySnoozed)),
+            (
+                Some(&snoozed),
+                snooze(1),
+                changed(Snoozed, Some(ada()), Some(NOW + H), 1),
+            ),
             (
                 Some(&snoozed),
                 snooze(24),
