@@ -96,6 +96,10 @@ struct Click {
     ts: String,
     action_id: String,
     value: String,
+    /// A menu choice (`static_select`): Slack sends it as
+    /// `selected_option`, not `value`.
+    #[serde(default)]
+    menu: bool,
 }
 
 /// A button click, delivered to notify as Slack would deliver it.
@@ -111,6 +115,13 @@ async fn acknowledge(
     else {
         return (StatusCode::NOT_FOUND, "no such message".to_owned());
     };
+    let action = if click.menu {
+        json!({"type": "static_select", "action_id": click.action_id, "block_id": "alertsvc_actions",
+               "selected_option": {"text": {"type": "plain_text", "text": click.value}, "value": click.value}})
+    } else {
+        json!({"type": "button", "action_id": click.action_id,
+               "block_id": "alertsvc_actions", "value": click.value})
+    };
     let payload = json!({
         "type": "block_actions",
         "user": {"id": DEMO_USER, "username": "demo", "team_id": "T0DEMO"},
@@ -118,8 +129,7 @@ async fn acknowledge(
         "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel},
         "message": {"type": "message", "ts": message.ts, "text": message.text,
                     "blocks": message.blocks, "metadata": message.metadata},
-        "actions": [{"type": "button", "action_id": click.action_id,
-                     "block_id": "alertsvc_actions", "value": click.value}],
+        "actions": [action],
     });
     let body = format!(
         "payload={}",
