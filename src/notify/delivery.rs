@@ -784,15 +784,18 @@ impl Deliverer {
         }
         // The edit shows the alert's state (acknowledged, …) and records
         // what the record says (resolved, firing again).
-        let blocks = match &self.states {
+        let edit = match &self.states {
             Some(states) => {
                 let occurrence = attempt.entry.occurrence;
-                states
-                    .before_edit(message, occurrence, &channel, &ts, now_ms())
-                    .await?
+                Some(
+                    states
+                        .before_edit(message, occurrence, &channel, &ts, now_ms())
+                        .await?,
+                )
             }
-            None => message.blocks.clone(),
+            None => None,
         };
+        let blocks = edit.as_ref().map_or(&message.blocks, |e| &e.blocks);
         self.renew(&attempt.entry).await?;
         self.paced(&attempt.entry, &channel).await?;
         if stop.is_cancelled() {
@@ -807,11 +810,14 @@ impl Deliverer {
         let result = self
             .timed(
                 self.slack
-                    .update(&channel, &ts, &message.text, &blocks, Some(&alert)),
+                    .update(&channel, &ts, &message.text, blocks, Some(&alert)),
             )
             .await;
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(_) => {
+                if let (Some(states), Some(edit)) = (&self.states, &edit) {
+                    states.after_edit(&message.alert_id, edit).await;
+                }
                 let entry = &mut attempt.entry;
                 entry.content_hash = attempt.hash.clone();
                 entry.version = attempt.version.clone();

@@ -52,6 +52,13 @@ impl Applied {
     }
 }
 
+/// What an edit by notify sends, and the state version it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub blocks: String,
+    pub version: Option<i64>,
+}
+
 /// Where the change writes the message it is shown on.
 enum Placing<'a> {
     /// notify (re)rendered the message: this is it now.
@@ -208,12 +215,34 @@ impl AlertStates {
         channel: &str,
         ts: &str,
         now: i64,
-    ) -> Result<String, LedgerError> {
+    ) -> Result<Edit, LedgerError> {
         let applied = self.shown(message, occurrence, channel, ts, now).await?;
         Ok(match applied.row() {
-            Some(row) => decorated_blocks(&message.blocks, row),
-            None => message.blocks.clone(),
+            Some(row) => Edit {
+                blocks: decorated_blocks(&message.blocks, row),
+                version: Some(row.version),
+            },
+            None => Edit {
+                blocks: message.blocks.clone(),
+                version: None,
+            },
         })
+    }
+
+    /// After notify's edit: a click that changed the state meanwhile may
+    /// have been shown before the edit landed, which then hid it; show the
+    /// latest state (and content) again.
+    pub async fn after_edit(self: &Arc<Self>, alert_id: &str, edit: &Edit) {
+        match self.store.get(alert_id).await {
+            Ok(Some(row)) if Some(row.version) != edit.version => {
+                let states = self.clone();
+                tokio::spawn(async move { states.show(&row).await });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(alert_id, error = %e, "cannot check the alert's state after an edit")
+            }
+        }
     }
 
     /// After notify posted an alert: a new occurrence is firing (or, a
@@ -260,8 +289,14 @@ impl AlertStates {
         Ok(applied)
     }
 
-    /// Edits the alert's message to show `row`'s state.
+    /// Edits the alert's message to show its latest state (`row`'s, or a
+    /// newer one written since).
     async fn show(&self, row: &StateRow) -> bool {
+        let fresh = match self.store.get(&row.alert_id).await {
+            Ok(Some(fresh)) if fresh.version >= row.version => fresh,
+            _ => row.clone(),
+        };
+        let row = &fresh;
         let (Some(slack), Some(channel), Some(ts), Some(blocks)) = (
             &self.slack,
             &row.place.channel_id,
