@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use alertsvc::messages::{AlertStatus, DeliveryOutcome};
 use alertsvc::notify::ledger::Ledger;
-use alertsvc::notify::state::store::{StateRow, StateStore};
-use alertsvc::notify::state::{Actor, StateKind};
+use alertsvc::notify::state::service::Applied;
+use alertsvc::notify::state::store::{Place, StateRow, StateStore};
+use alertsvc::notify::state::{Action, Actor, AlertStates, NoChange, StateKind};
 use alertsvc::slack::fake::FakeMessage;
 use serde_json::{json, Value};
 
@@ -351,4 +352,119 @@ async fn resolve_by_button_and_upstream_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolve_by_button_and_upstream_postgres() {
     resolve_by_button_and_upstream(Backend::Postgres).await;
+}
+
+/// Eight people click Acknowledge at once (or two replicas apply one
+/// click): compare-and-set lets exactly one change through.
+async fn concurrent_clicks_make_one_change(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = crate::common::slack::ledger_url(backend, dir.path()).await;
+    let ledger = Ledger::connect(&url, 8).await.expect("ledger");
+    ledger.migrate().await.expect("migrate");
+    let states = std::sync::Arc::new(AlertStates::new(StateStore::new(&ledger), None, None));
+    let now = now_ms();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let states = states.clone();
+            tokio::spawn(async move {
+                let actor = Actor {
+                    id: format!("U0P{i}"),
+                    name: None,
+                };
+                let ids = ["race".to_owned()];
+                states
+                    .act(&ids, &Action::Acknowledge(actor), now + i, None)
+                    .await
+                    .remove(0)
+                    .expect("applied")
+            })
+        })
+        .collect();
+    let mut changed = Vec::new();
+    let mut unchanged = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Applied::Changed(row) => changed.push(row),
+            Applied::Unchanged(NoChange::AlreadyAcknowledged, Some(_)) => unchanged += 1,
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!((changed.len(), unchanged), (1, 7), "{changed:?}");
+    let row = states
+        .store()
+        .get("race")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(row, changed[0], "the one change is what the ledger holds");
+    assert_eq!((row.version, row.state.kind), (1, StateKind::Acknowledged));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clicks_make_one_change_sqlite() {
+    concurrent_clicks_make_one_change(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clicks_make_one_change_postgres() {
+    concurrent_clicks_make_one_change(Backend::Postgres).await;
+}
+
+/// A change written to the ledger whose publish never happened (the
+/// replica died in between) is published by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_left_unpublished_is_published_by_the_next_run() {
+    let NotifyEnv {
+        env,
+        ledger,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
+    let db = Ledger::connect(&ledger, 1).await.expect("ledger");
+    db.migrate().await.expect("migrate");
+    let store = StateStore::new(&db);
+    let state = alertsvc::notify::state::AlertState {
+        kind: StateKind::Snoozed,
+        actor: ada(),
+        at: 1_700_000_000_000,
+        snoozed_until: Some(1_700_000_000_000 + HOUR_MS),
+        occurrence: 1,
+    };
+    let place = Place {
+        channel_id: Some("C1".into()),
+        message_ts: Some("1700000000.000100".into()),
+        pipeline: "test".into(),
+        text: Some("t".into()),
+        blocks: Some("[]".into()),
+    };
+    assert!(store
+        .compare_and_set("orphan", None, &state, &place)
+        .await
+        .expect("write"));
+    let row = store.get("orphan").await.expect("read").expect("row");
+    assert_eq!((row.version, row.published_version), (1, 0));
+
+    let notify = env.start_notify();
+    let states = read_alert_states(&env, 1, WAIT).await;
+    assert_eq!(
+        states,
+        [(Some("orphan".to_owned()), record(&row, "1700000000.000100"))]
+    );
+    // Marked published: the next sweep leaves it alone. Polled, since the
+    // mark follows the broker's acknowledgement.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store
+        .get("orphan")
+        .await
+        .expect("read")
+        .map(|r| r.published_version)
+        != Some(1)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never marked published"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    notify.stop().await.expect("clean stop");
 }
