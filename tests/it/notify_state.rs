@@ -9,7 +9,7 @@ use std::time::Duration;
 use alertsvc::messages::{AlertStatus, DeliveryOutcome};
 use alertsvc::notify::ledger::Ledger;
 use alertsvc::notify::state::service::Applied;
-use alertsvc::notify::state::store::{Place, StateRow, StateStore};
+use alertsvc::notify::state::store::{StateRow, StateStore};
 use alertsvc::notify::state::{Action, Actor, AlertStates, NoChange, StateKind};
 use alertsvc::slack::fake::FakeMessage;
 use serde_json::{json, Value};
@@ -19,10 +19,10 @@ use crate::common::slack::{
     stateful_message, wait_message, Backend, NotifyEnv,
 };
 
-const WAIT: Duration = Duration::from_secs(60);
-const HOUR_MS: i64 = 3_600_000;
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const HOUR_MS: i64 = 3_600_000;
 
-async fn state_of(ledger_url: &str, alert_id: &str) -> StateRow {
+pub(crate) async fn state_of(ledger_url: &str, alert_id: &str) -> StateRow {
     let ledger = Ledger::connect(ledger_url, 1).await.expect("ledger");
     StateStore::new(&ledger)
         .get(alert_id)
@@ -32,7 +32,7 @@ async fn state_of(ledger_url: &str, alert_id: &str) -> StateRow {
 }
 
 /// The state line notify shows (the `alertsvc_state` context block).
-fn state_line(message: &FakeMessage) -> Option<String> {
+pub(crate) fn state_line(message: &FakeMessage) -> Option<String> {
     message.blocks.as_array()?.iter().find_map(|b| {
         (b["block_id"] == "alertsvc_state")
             .then(|| b["elements"][0]["text"].as_str().map(str::to_owned))
@@ -41,7 +41,7 @@ fn state_line(message: &FakeMessage) -> Option<String> {
 }
 
 /// The action ids of the message's controls, in order.
-fn controls(message: &FakeMessage) -> Vec<String> {
+pub(crate) fn controls(message: &FakeMessage) -> Vec<String> {
     message
         .blocks
         .as_array()
@@ -53,7 +53,7 @@ fn controls(message: &FakeMessage) -> Vec<String> {
         .collect()
 }
 
-fn at(millis: i64) -> String {
+pub(crate) fn at(millis: i64) -> String {
     let t = chrono::DateTime::from_timestamp_millis(millis).expect("time");
     format!(
         "<!date^{}^{{time}}|{}>",
@@ -62,7 +62,7 @@ fn at(millis: i64) -> String {
     )
 }
 
-fn until(millis: i64) -> String {
+pub(crate) fn until(millis: i64) -> String {
     let t = chrono::DateTime::from_timestamp_millis(millis).expect("time");
     format!(
         "<!date^{}^{{date_short_pretty}} at {{time}}|{}>",
@@ -72,7 +72,7 @@ fn until(millis: i64) -> String {
 }
 
 /// The AlertState record notify publishes for `row` on message `ts`.
-fn record(row: &StateRow, ts: &str) -> Value {
+pub(crate) fn record(row: &StateRow, ts: &str) -> Value {
     let actor = row.state.actor.as_ref();
     json!({"alertId": row.alert_id, "state": row.state.kind.as_str(),
            "actorId": actor.map(|a| a.id.clone()), "actorName": actor.and_then(|a| a.name.clone()),
@@ -80,7 +80,7 @@ fn record(row: &StateRow, ts: &str) -> Value {
            "channelId": "C1", "messageTs": ts, "pipeline": "test"})
 }
 
-fn ada() -> Option<Actor> {
+pub(crate) fn ada() -> Option<Actor> {
     Some(Actor {
         id: "U0ADA".into(),
         name: Some("ada".into()),
@@ -408,63 +408,4 @@ async fn concurrent_clicks_make_one_change_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clicks_make_one_change_postgres() {
     concurrent_clicks_make_one_change(Backend::Postgres).await;
-}
-
-/// A change written to the ledger whose publish never happened (the
-/// replica died in between) is published by the next run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_left_unpublished_is_published_by_the_next_run() {
-    let NotifyEnv {
-        env,
-        ledger,
-        ledger_dir: _ledger_dir,
-        ..
-    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
-    let db = Ledger::connect(&ledger, 1).await.expect("ledger");
-    db.migrate().await.expect("migrate");
-    let store = StateStore::new(&db);
-    let state = alertsvc::notify::state::AlertState {
-        kind: StateKind::Snoozed,
-        actor: ada(),
-        at: 1_700_000_000_000,
-        snoozed_until: Some(1_700_000_000_000 + HOUR_MS),
-        occurrence: 1,
-    };
-    let place = Place {
-        channel_id: Some("C1".into()),
-        message_ts: Some("1700000000.000100".into()),
-        pipeline: "test".into(),
-        text: Some("t".into()),
-        blocks: Some("[]".into()),
-    };
-    assert!(store
-        .compare_and_set("orphan", None, &state, &place)
-        .await
-        .expect("write"));
-    let row = store.get("orphan").await.expect("read").expect("row");
-    assert_eq!((row.version, row.published_version), (1, 0));
-
-    let notify = env.start_notify();
-    let states = read_alert_states(&env, 1, WAIT).await;
-    assert_eq!(
-        states,
-        [(Some("orphan".to_owned()), record(&row, "1700000000.000100"))]
-    );
-    // Marked published: the next sweep leaves it alone. Polled, since the
-    // mark follows the broker's acknowledgement.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while store
-        .get("orphan")
-        .await
-        .expect("read")
-        .map(|r| r.published_version)
-        != Some(1)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never marked published"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    notify.stop().await.expect("clean stop");
 }

@@ -96,6 +96,9 @@ pub enum Action {
         for_ms: i64,
     },
     Resolve(Actor),
+    /// The snooze's time is up: the alert is open again (notify's own
+    /// change, so every reader of the topic sees it without a clock).
+    SnoozeEnded,
 }
 
 /// Why an action changed nothing.
@@ -105,6 +108,8 @@ pub enum NoChange {
     AlreadyAcknowledged,
     AlreadySnoozed,
     AlreadyResolved,
+    /// A snooze-ended check on an alert not snoozed (or not yet due).
+    NotSnoozed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +155,10 @@ pub fn transition(current: Option<&AlertState>, action: &Action, now: i64) -> Tr
                 change(by(StateKind::Firing, None, now, c.occurrence))
             }
             Some(_) => Transition::Same(NoChange::AlreadyFiring),
+        },
+        Action::SnoozeEnded => match snoozed_until {
+            Some(until) if until <= now => change(by(StateKind::Firing, None, now, occurrence)),
+            _ => Transition::Same(NoChange::NotSnoozed),
         },
         _ if kind == StateKind::Resolved => Transition::Same(NoChange::AlreadyResolved),
         Action::UpstreamResolved => change(by(StateKind::Resolved, None, now, occurrence)),
@@ -377,6 +386,22 @@ mod tests {
                 Action::UpstreamResolved,
                 Transition::Same(AlreadyResolved),
             ),
+            (
+                Some(&snooze_over),
+                Action::SnoozeEnded,
+                changed(Firing, None, None, 1),
+            ),
+            (
+                Some(&snoozed),
+                Action::SnoozeEnded,
+                Transition::Same(NotSnoozed),
+            ),
+            (
+                Some(&acked),
+                Action::SnoozeEnded,
+                Transition::Same(NotSnoozed),
+            ),
+            (None, Action::SnoozeEnded, Transition::Same(NotSnoozed)),
         ];
         for (i, (current, action, expected)) in table.into_iter().enumerate() {
             assert_eq!(

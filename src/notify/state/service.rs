@@ -392,9 +392,31 @@ impl AlertStates {
         Ok(published)
     }
 
-    /// [`Self::publish_pending`] every `every` until `stop`.
+    /// Alerts whose snooze ended are firing again: published, and their
+    /// message shows them open (the buttons, no snooze line). Returns how
+    /// many.
+    pub async fn end_snoozes(self: &Arc<Self>, now: i64) -> Result<usize, LedgerError> {
+        let ids = self.store.snoozes_ended(now, PENDING_BATCH).await?;
+        let results = self.act(&ids, &Action::SnoozeEnded, now, None).await;
+        let mut ended = 0;
+        for result in results {
+            if matches!(result?, Applied::Changed(_)) {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// [`Self::publish_pending`] and [`Self::end_snoozes`] every `every`
+    /// until `stop`.
     pub async fn run_publisher(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         loop {
+            let now = crate::notify::delivery::now_ms();
+            match self.end_snoozes(now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(ended = n, "snoozes ended; alerts firing again"),
+                Err(e) => tracing::warn!(error = %e, "cannot end due snoozes"),
+            }
             match self.publish_pending().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(published = n, "alert states published late"),

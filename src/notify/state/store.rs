@@ -191,6 +191,22 @@ impl StateStore {
         rows.iter().map(row_to_state).collect()
     }
 
+    /// Up to `limit` snoozed alerts whose snooze ended by `now_ms`.
+    pub async fn snoozes_ended(&self, now_ms: i64, limit: i64) -> Result<Vec<String>, LedgerError> {
+        let rows: Vec<AnyRow> = sqlx::query(
+            "SELECT alert_id FROM alert_states WHERE state = 'snoozed' AND snoozed_until <= $1 \
+             ORDER BY snoozed_until LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("alert_id"))
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Deletes states unchanged since `before_ms` (the ledger's retention);
     /// returns how many.
     pub async fn prune(&self, before_ms: i64) -> Result<u64, LedgerError> {
