@@ -592,6 +592,10 @@ pub struct NotifySettings {
     pub input: String,
     pub responses: String,
     pub interactions: String,
+    /// Topic id of the compacted alert-state topic every state change is
+    /// published to; none: states are kept and shown, not published.
+    #[serde(default)]
+    pub alert_state: Option<String>,
     pub http_addr: SocketAddr,
     /// Alerts older than this (from `createdAt`) are not posted.
     #[serde(with = "humantime_serde")]
@@ -788,6 +792,10 @@ impl Settings {
         ] {
             self.topic(id).map_err(|r| ConfigError::invalid(key, r))?;
         }
+        if let Some(id) = &notify.alert_state {
+            self.topic(id)
+                .map_err(|r| ConfigError::invalid("notify.alert_state", r))?;
+        }
         let pacing = &notify.pacing;
         for (key, value) in [
             (
@@ -935,6 +943,12 @@ impl Settings {
                 ("notify.interactions", &notify.interactions),
             ] {
                 writers.entry(id.as_str()).or_default().push(key.to_owned());
+            }
+            if let Some(id) = &notify.alert_state {
+                writers
+                    .entry(id.as_str())
+                    .or_default()
+                    .push("notify.alert_state".to_owned());
             }
         }
         writers

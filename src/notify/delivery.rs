@@ -19,6 +19,7 @@ use super::decision::{self, classify, ClaimView, Failure, Incoming, Plan, ReplyK
 use super::ledger::{Claim, Entry, Ledger, LedgerError, Owner, Status, Version};
 use super::pacing::{retry_delay, Pacer};
 use super::slack_health::SlackHealth;
+use super::state::AlertStates;
 use crate::config::RetrySettings;
 use crate::messages::{AlertStatus, DeliveryOutcome, SlackMessage};
 use crate::metrics::{seconds_since, NotifyMetrics};
@@ -141,6 +142,8 @@ pub struct Deliverer {
     /// User id → DM conversation id.
     dms: Mutex<HashMap<String, String>>,
     in_process: InProcess,
+    /// Alert states (acknowledged, snoozed, …): every edit shows them.
+    states: Option<Arc<AlertStates>>,
 }
 
 /// How one Slack call ended, for the caller's loop.
@@ -218,7 +221,14 @@ impl Deliverer {
             health,
             dms: Mutex::new(HashMap::new()),
             in_process: InProcess::default(),
+            states: None,
         }
+    }
+
+    /// Keeps alert states: posts record them, edits show them.
+    pub fn with_states(mut self, states: Arc<AlertStates>) -> Deliverer {
+        self.states = Some(states);
+        self
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -680,6 +690,16 @@ impl Deliverer {
                 entry.ts = Some(posted.ts);
                 self.save(entry, true).await?;
                 attempt.http_status = Some(200);
+                if let (Some(states), Some(ts)) = (&self.states, &attempt.entry.ts) {
+                    let channel = &attempt.entry.channel_id;
+                    if let Err(e) = states
+                        .after_post(message, occurrence, channel, ts, now_ms())
+                        .await
+                    {
+                        // The post stands; a first click records the state.
+                        tracing::warn!(alert_id = %message.alert_id, error = %e, "cannot record the alert's state");
+                    }
+                }
                 Ok(Some(self.answer(attempt, DeliveryOutcome::Posted)))
             }
             Called::Refused(SlackError::Api { code })
@@ -762,6 +782,20 @@ impl Deliverer {
             delivery.error = Some("expired".into());
             return Ok(Some(delivery));
         }
+        // The edit shows the alert's state (acknowledged, …) and records
+        // what the record says (resolved, firing again).
+        let edit = match &self.states {
+            Some(states) => {
+                let occurrence = attempt.entry.occurrence;
+                Some(
+                    states
+                        .before_edit(message, occurrence, &channel, &ts, now_ms())
+                        .await?,
+                )
+            }
+            None => None,
+        };
+        let blocks = edit.as_ref().map_or(&message.blocks, |e| &e.blocks);
         self.renew(&attempt.entry).await?;
         self.paced(&attempt.entry, &channel).await?;
         if stop.is_cancelled() {
@@ -776,11 +810,14 @@ impl Deliverer {
         let result = self
             .timed(
                 self.slack
-                    .update(&channel, &ts, &message.text, &message.blocks, Some(&alert)),
+                    .update(&channel, &ts, &message.text, blocks, Some(&alert)),
             )
             .await;
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(_) => {
+                if let (Some(states), Some(edit)) = (&self.states, &edit) {
+                    states.after_edit(&message.alert_id, edit).await;
+                }
                 let entry = &mut attempt.entry;
                 entry.content_hash = attempt.hash.clone();
                 entry.version = attempt.version.clone();

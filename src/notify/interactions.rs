@@ -1,8 +1,9 @@
 //! `POST /slack/interactions`: Slack's interactivity requests (button
 //! clicks), accepted only when Slack's signature verifies
-//! ([`crate::slack::signing`]). A verified
-//! click becomes a `SlackInteraction` record; "Acknowledge" also updates the
-//! message to say who acknowledged it.
+//! ([`crate::slack::signing`]). A verified click becomes a
+//! `SlackInteraction` record; Acknowledge, Resolve and the Snooze menu also
+//! change the alert's state ([`super::state`]): in the ledger, on its
+//! message and on the alert-state topic.
 
 use std::sync::Arc;
 
@@ -11,18 +12,19 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use rdkafka::producer::FutureProducer;
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::state::service::{describe, Applied};
+use super::state::store::Place;
+use super::state::{action_for, Actor, AlertStates};
 use crate::avro::{Codec, KeyCodec};
 use crate::config::Secret;
 use crate::kafka::{enqueue, OutRecord, StageContext};
 use crate::messages::{to_json, SlackInteraction};
 use crate::metrics::NotifyMetrics;
 use crate::slack::signing::{verify, ReplayGuard, SignatureError};
-use crate::slack::{AlertRef, SlackApi};
 
-pub const ACKNOWLEDGE_ACTION: &str = "alertsvc_acknowledge";
-const ACTIONS_BLOCK_ID: &str = "alertsvc_actions";
+pub use super::state::ACKNOWLEDGE_ACTION;
 
 /// The payload as stored in `SlackInteraction.payload`: Slack's own JSON
 /// minus every `token` field. That is Slack's deprecated verification token,
@@ -47,16 +49,25 @@ fn drop_tokens(value: &mut Value) {
     }
 }
 
+/// The value a click carries: a button's `value`, or the option chosen in
+/// a menu (`static_select` sends `selected_option.value` and no `value`).
+fn action_value(action: &Value) -> Option<&str> {
+    action["value"]
+        .as_str()
+        .or_else(|| action["selected_option"]["value"].as_str())
+}
+
 /// The click as a record, from a `block_actions` payload.
 pub fn interaction_from_payload(payload: &Value, now_ms: i64) -> Option<SlackInteraction> {
     let action = payload["actions"].get(0)?;
+    // Only a button's value is the alert id (a menu's is the choice).
     let alert_id = payload["message"]["metadata"]["event_payload"]["alert_id"]
         .as_str()
         .or_else(|| action["value"].as_str())?;
     Some(SlackInteraction {
         alert_id: alert_id.to_owned(),
         action_id: action["action_id"].as_str().unwrap_or_default().to_owned(),
-        value: action["value"].as_str().map(str::to_owned),
+        value: action_value(action).map(str::to_owned),
         user_id: payload["user"]["id"].as_str()?.to_owned(),
         user_name: payload["user"]["username"]
             .as_str()
@@ -75,22 +86,19 @@ pub fn interaction_from_payload(payload: &Value, now_ms: i64) -> Option<SlackInt
     })
 }
 
-/// The message's blocks after an acknowledgement: the actions block gives
-/// way to a line saying who acknowledged it.
-pub fn acknowledged_blocks(blocks: &Value, user_id: &str) -> Value {
-    let mut kept: Vec<Value> = blocks
-        .as_array()
-        .map(|b| {
-            b.iter()
-                .filter(|block| block["block_id"] != ACTIONS_BLOCK_ID && block["type"] != "actions")
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    kept.push(json!({"type": "context", "elements": [
-        {"type": "mrkdwn", "text": format!(":white_check_mark: Acknowledged by <@{user_id}>")}
-    ]}));
-    Value::Array(kept)
+/// Where the clicked message is, for an alert with no recorded state yet
+/// (posted before states were kept).
+pub fn place_from_payload(payload: &Value, interaction: &SlackInteraction) -> Place {
+    let message = &payload["message"];
+    Place {
+        channel_id: interaction.channel_id.clone(),
+        message_ts: interaction.message_ts.clone(),
+        pipeline: String::new(),
+        text: message["text"].as_str().map(str::to_owned),
+        blocks: message["blocks"]
+            .is_array()
+            .then(|| message["blocks"].to_string()),
+    }
 }
 
 pub struct InteractionState {
@@ -100,9 +108,10 @@ pub struct InteractionState {
     pub codec: Arc<Codec>,
     /// Writes the alert id as the record key.
     pub key_codec: Arc<KeyCodec>,
-    pub slack: Option<Arc<SlackApi>>,
     pub replay: ReplayGuard,
     pub metrics: NotifyMetrics,
+    /// Changes alert states on Acknowledge, Resolve and Snooze.
+    pub states: Option<Arc<AlertStates>>,
 }
 
 fn now() -> (i64, i64) {
@@ -196,40 +205,29 @@ pub async fn handle(
         .interactions
         .with_label_values(&["accepted"])
         .inc();
-    if interaction.action_id == ACKNOWLEDGE_ACTION {
-        if let (Some(slack), Some(channel), Some(ts)) = (
-            state.slack.clone(),
-            interaction.channel_id.clone(),
-            interaction.message_ts.clone(),
-        ) {
-            let blocks = acknowledged_blocks(&payload["message"]["blocks"], &interaction.user_id);
-            let text = payload["message"]["text"]
-                .as_str()
-                .unwrap_or("Alert")
-                .to_owned();
-            let alert_id = interaction.alert_id.clone();
-            // The edit keeps the message's metadata, occurrence included,
-            // so a later reconciliation still finds it.
-            let occurrence = payload["message"]["metadata"]["event_payload"]["occurrence"]
-                .as_str()
-                .and_then(|o| o.parse().ok())
-                .unwrap_or(1);
-            let user = interaction.user_id.clone();
-            tokio::spawn(async move {
-                let alert = AlertRef {
-                    alert_id: &alert_id,
-                    occurrence,
-                };
-                match slack
-                    .update(&channel, &ts, &text, &blocks.to_string(), Some(&alert))
-                    .await
-                {
-                    Ok(_) => tracing::info!(%alert_id, %user, "alert acknowledged"),
-                    Err(e) => {
-                        tracing::warn!(%alert_id, error = %e, "cannot mark the alert acknowledged")
-                    }
+    let actor = Actor {
+        id: interaction.user_id.clone(),
+        name: interaction.user_name.clone(),
+    };
+    let action = action_for(&interaction.action_id, interaction.value.as_deref(), actor);
+    if let (Some(states), Some(action)) = (&state.states, action) {
+        let fallback = place_from_payload(&payload, &interaction);
+        let ids = [interaction.alert_id.clone()];
+        for applied in states.act(&ids, &action, now_ms, Some(&fallback)).await {
+            match applied {
+                Ok(applied) => {
+                    let reason = match &applied {
+                        Applied::Unchanged(reason, _) => Some(format!("{reason:?}")),
+                        Applied::Changed(_) => None,
+                    };
+                    tracing::info!(alert_id = %interaction.alert_id, user = %interaction.user_id,
+                        action = %interaction.action_id, state = describe(&applied), reason, "alert state click");
                 }
-            });
+                Err(e) => {
+                    tracing::error!(alert_id = %interaction.alert_id, error = %e, "cannot change the alert's state");
+                    return (StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+                }
+            }
         }
     }
     (StatusCode::OK, "")
@@ -238,18 +236,44 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
-    fn acknowledgement_replaces_the_actions_block() {
-        let blocks = json!([{"type": "header", "text": {"type": "plain_text", "text": "h"}},
-                            {"type": "actions", "block_id": "alertsvc_actions", "elements": []}]);
-        let after = acknowledged_blocks(&blocks, "U1");
-        assert_eq!(after.as_array().map(Vec::len), Some(2));
-        assert_eq!(after[1]["type"], "context");
-        assert!(after[1]["elements"][0]["text"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("<@U1>"));
+    fn a_menu_choice_is_the_value_and_not_the_alert_id() {
+        let payload = json!({"type": "block_actions", "user": {"id": "U1"},
+            "container": {"message_ts": "1.2", "channel_id": "C1"},
+            "message": {"ts": "1.2", "text": "t", "blocks": [{"type": "divider"}],
+                        "metadata": {"event_payload": {"alert_id": "A-1"}}},
+            "actions": [{"type": "static_select", "action_id": "alertsvc_snooze",
+                         "selected_option": {"text": {"type": "plain_text", "text": "4 hours"}, "value": "4h"}}]});
+        let i = interaction_from_payload(&payload, 5).unwrap();
+        assert_eq!(
+            (
+                i.alert_id.as_str(),
+                i.action_id.as_str(),
+                i.value.as_deref()
+            ),
+            ("A-1", "alertsvc_snooze", Some("4h"))
+        );
+        let place = place_from_payload(&payload, &i);
+        assert_eq!(
+            place,
+            Place {
+                channel_id: Some("C1".into()),
+                message_ts: Some("1.2".into()),
+                pipeline: String::new(),
+                text: Some("t".into()),
+                blocks: Some(r#"[{"type":"divider"}]"#.into()),
+            }
+        );
+        let no_metadata = json!({"user": {"id": "U1"},
+            "actions": [{"type": "static_select", "action_id": "alertsvc_snooze",
+                         "selected_option": {"value": "4h"}}]});
+        assert_eq!(
+            interaction_from_payload(&no_metadata, 5),
+            None,
+            "4h is no alert id"
+        );
     }
 
     #[test]

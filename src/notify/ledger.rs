@@ -27,6 +27,8 @@ pub enum LedgerError {
     Status { alert_id: String, status: String },
     #[error("ledger row for {alert_id} has unknown alert_status {status:?}")]
     AlertStatus { alert_id: String, status: String },
+    #[error("alert_states row for {alert_id} has unknown state {state:?}")]
+    State { alert_id: String, state: String },
     #[error("the claim on {alert_id} was taken over (our lease ran out)")]
     ClaimLost { alert_id: String },
 }
@@ -128,7 +130,7 @@ pub enum Claim {
 
 #[derive(Clone)]
 pub struct Ledger {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     postgres: bool,
 }
 

@@ -19,6 +19,7 @@ pub mod offsets;
 pub mod pacing;
 pub mod responses;
 pub mod slack_health;
+pub mod state;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +70,9 @@ pub enum NotifyError {
         source: KafkaError,
     },
 }
+
+/// How often states whose publish failed are published again.
+const STATE_REPUBLISH_EVERY: Duration = Duration::from_secs(5);
 
 fn kafka(stage: &'static str) -> impl FnOnce(KafkaError) -> NotifyError {
     move |source| NotifyError::Kafka { stage, source }
@@ -164,6 +168,7 @@ async fn run_with(
     let input_topic = topic_name(&notify.input);
     let written: Vec<(&str, &crate::avro::Codec)> = [&notify.responses, &notify.interactions]
         .into_iter()
+        .chain(notify.alert_state.as_ref())
         .map(|id| (id.as_str(), codecs[id].as_ref()))
         .collect();
     crate::avro::check_writes(&written)
@@ -194,6 +199,19 @@ async fn run_with(
     .create_with_context(context.clone())
     .map_err(kafka("producer"))?;
 
+    let states = Arc::new(state::AlertStates::new(
+        state::store::StateStore::new(&ledger),
+        notify
+            .alert_state
+            .as_ref()
+            .map(|id| state::service::Publisher {
+                producer: producer.clone(),
+                topic: topic_name(id),
+                codec: codecs[id].clone(),
+                key_codec: key_codecs[id].clone(),
+            }),
+        Some(slack.clone()),
+    ));
     let health = ops.handle().health.clone();
     let interaction_state = Arc::new(interactions::InteractionState {
         signing_secret: notify.slack.signing_secret.clone(),
@@ -201,9 +219,9 @@ async fn run_with(
         topic: topic_name(&notify.interactions),
         codec: codecs[&notify.interactions].clone(),
         key_codec: key_codecs[&notify.interactions].clone(),
-        slack: Some(slack.clone()),
         replay: crate::slack::signing::ReplayGuard::default(),
         metrics: metrics.clone(),
+        states: Some(states.clone()),
     });
     let interactions_route = axum::Router::new()
         .route(
@@ -259,7 +277,8 @@ async fn run_with(
         owner,
         metrics.clone(),
         slack_health,
-    );
+    )
+    .with_states(states.clone());
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         deliverer,
@@ -278,6 +297,11 @@ async fn run_with(
         draining: CancellationToken::new(),
         done: done_tx,
     });
+    let publishing = tokio::spawn(
+        states
+            .clone()
+            .run_publisher(STATE_REPUBLISH_EVERY, shutdown.clone()),
+    );
     let pruning = tokio::spawn(prune_ledger(
         ledger,
         notify.ledger.retention,
@@ -302,6 +326,7 @@ async fn run_with(
     .await;
     pruning.abort();
     probing.abort();
+    publishing.abort();
     health.set_ready(false);
     match tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync)) {
         Ok(()) => {}
@@ -327,6 +352,12 @@ async fn prune_ledger(
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     loop {
         let now = now_ms();
+        let states = state::store::StateStore::new(&ledger);
+        match states.prune(now.saturating_sub(retention_ms)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "alert states past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "alert state pruning failed; trying again later"),
+        }
         match ledger.prune(now.saturating_sub(retention_ms), now).await {
             Ok(0) => {}
             Ok(pruned) => {

@@ -20,6 +20,10 @@ const MAX_BUTTON_TEXT: usize = 75;
 const MAX_BUTTON_VALUE: usize = 2000;
 const MAX_ACTION_ID: usize = 255;
 const MAX_URL: usize = 3000;
+const MAX_PLACEHOLDER: usize = 150;
+const MAX_OPTIONS: usize = 100;
+const MAX_OPTION_TEXT: usize = 75;
+const MAX_OPTION_VALUE: usize = 150;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {reason}")]
@@ -148,8 +152,10 @@ fn elements<'a>(path: &str, block: &'a Value, max: usize) -> Result<&'a [Value],
 }
 
 fn validate_element(path: &str, element: &Value) -> Result<(), BlockKitError> {
-    if element.get("type").and_then(Value::as_str) != Some("button") {
-        return Ok(());
+    match element.get("type").and_then(Value::as_str) {
+        Some("button") => {}
+        Some("static_select") => return validate_static_select(path, element),
+        _ => return Ok(()),
     }
     let text = text_object(&format!("{path}.text"), element.get("text"), true)?;
     max_len(&format!("{path}.text.text"), text, MAX_BUTTON_TEXT)?;
@@ -172,6 +178,42 @@ fn validate_element(path: &str, element: &Value) -> Result<(), BlockKitError> {
                 format!("{style:?} is not \"primary\" or \"danger\""),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A `static_select` menu: a plain-text placeholder and 1–100 options,
+/// each plain text with a value (Slack's limits).
+fn validate_static_select(path: &str, element: &Value) -> Result<(), BlockKitError> {
+    if let Some(placeholder) = element.get("placeholder") {
+        let text = text_object(&format!("{path}.placeholder"), Some(placeholder), true)?;
+        max_len(&format!("{path}.placeholder.text"), text, MAX_PLACEHOLDER)?;
+    }
+    if let Some(id) = element.get("action_id") {
+        let id = id
+            .as_str()
+            .ok_or_else(|| fail(format!("{path}.action_id"), "must be a string"))?;
+        max_len(&format!("{path}.action_id"), id, MAX_ACTION_ID)?;
+    }
+    let options = element
+        .get("options")
+        .and_then(Value::as_array)
+        .ok_or_else(|| fail(format!("{path}.options"), "must be an array"))?;
+    if options.is_empty() || options.len() > MAX_OPTIONS {
+        return Err(fail(
+            format!("{path}.options"),
+            format!("{} options, Slack allows 1 to {MAX_OPTIONS}", options.len()),
+        ));
+    }
+    for (i, option) in options.iter().enumerate() {
+        let p = format!("{path}.options[{i}]");
+        let text = text_object(&format!("{p}.text"), option.get("text"), true)?;
+        max_len(&format!("{p}.text.text"), text, MAX_OPTION_TEXT)?;
+        let value = option
+            .get("value")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail(format!("{p}.value"), "must be a string"))?;
+        max_len(&format!("{p}.value"), value, MAX_OPTION_VALUE)?;
     }
     Ok(())
 }
@@ -265,5 +307,41 @@ mod tests {
             "text": {"type": "mrkdwn", "text": "x"}}]}]);
         let err = validate_message("t", &bad_button).unwrap_err();
         assert_eq!(err.path, "blocks[0].elements[0].text");
+    }
+
+    #[test]
+    fn static_select_menus_are_checked() {
+        let menu = |options: Value| {
+            json!([{"type": "actions", "elements": [{"type": "static_select", "action_id": "m",
+                "placeholder": {"type": "plain_text", "text": "Snooze"}, "options": options}]}])
+        };
+        let option = |text: &str, value: &str| json!({"text": {"type": "plain_text", "text": text}, "value": value});
+        assert_eq!(
+            validate_message("t", &menu(json!([option("1 hour", "1h")]))),
+            Ok(())
+        );
+        let cases = [
+            (json!([]), "blocks[0].elements[0].options"),
+            (
+                json!([option(&"x".repeat(76), "1h")]),
+                "blocks[0].elements[0].options[0].text.text",
+            ),
+            (
+                json!([option("1 hour", &"v".repeat(151))]),
+                "blocks[0].elements[0].options[0].value",
+            ),
+            (
+                json!([{"text": {"type": "mrkdwn", "text": "*1h*"}, "value": "1h"}]),
+                "blocks[0].elements[0].options[0].text",
+            ),
+            (
+                json!([{"text": {"type": "plain_text", "text": "1h"}}]),
+                "blocks[0].elements[0].options[0].value",
+            ),
+        ];
+        for (options, path) in cases {
+            let err = validate_message("t", &menu(options.clone())).unwrap_err();
+            assert_eq!(err.path, path, "{options}");
+        }
     }
 }

@@ -204,6 +204,10 @@ fn bad_topic_name_and_dangling_references_are_refused() {
             "no topic \"nowhere\"",
         ],
     );
+    assert_refused(
+        "[notify]\nalert_state = \"states\"\n",
+        &["notify.alert_state", "no topic \"states\""],
+    );
 }
 
 #[test]

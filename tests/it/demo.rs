@@ -204,8 +204,9 @@ fn chromium() -> (Killed, u16) {
 }
 
 /// The preview page in headless Chromium: the alert's header and fields
-/// are in the rendered DOM, and a click on Acknowledge goes through
-/// notify's signed `/slack/interactions` to an updated message.
+/// are in the rendered DOM, and a click on Acknowledge, then a Snooze
+/// choice, go through notify's signed `/slack/interactions` to an updated
+/// message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_preview_page_renders_alerts_and_acknowledges_in_a_browser() {
     crate::common::init();
@@ -303,11 +304,41 @@ async fn the_preview_page_renders_alerts_and_acknowledges_in_a_browser() {
         .await
         .expect("the message is updated");
     let text = updated.text().await.unwrap();
-    assert!(text.contains("Acknowledged by @U0DEMO"), "{text}");
-    assert!(
-        !text.contains("Open in Confluent Cloud"),
-        "the buttons are gone: {text}"
-    );
+    assert!(text.contains("Acknowledged by @U0DEMO at "), "{text}");
+    let buttons: Vec<String> = {
+        let mut labels = Vec::new();
+        for b in updated
+            .find_all(fantoccini::Locator::Css(
+                ".block-actions button, .block-actions select",
+            ))
+            .await
+            .unwrap()
+        {
+            labels.push(b.text().await.unwrap().trim().to_owned());
+        }
+        labels
+    };
+    assert_eq!(buttons.len(), 2, "Resolve and the Snooze menu: {buttons:?}");
+    assert_eq!(buttons[0], "Resolve", "no Acknowledge once acknowledged");
+    assert!(buttons[1].starts_with("Snooze"), "{buttons:?}");
+    let menu = updated
+        .find(fantoccini::Locator::Css(
+            "select[data-action='alertsvc_snooze']",
+        ))
+        .await
+        .expect("the Snooze menu");
+    menu.select_by_value("4h").await.expect("choose 4 hours");
+    let snoozed = browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(fantoccini::Locator::XPath(&format!(
+            "//article[@data-alert='{alert}'][contains(., 'Snoozed by @U0DEMO')]"
+        )))
+        .await
+        .expect("the message says it is snoozed");
+    let text = snoozed.text().await.unwrap();
+    assert!(text.contains(" until "), "{text}");
+    assert!(!text.contains("Acknowledged by"), "one state line: {text}");
     let cards = browser
         .find_all(fantoccini::Locator::Css("article"))
         .await

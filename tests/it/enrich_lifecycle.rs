@@ -97,7 +97,21 @@ async fn a_connector_running_again_resolves_its_alert_in_place() {
     assert_eq!(top.channel, "D0ADA");
     assert_eq!(top.alert_id(), Some(ALERT));
     assert_eq!(top.revisions, [failed.text.clone(), resolved.text.clone()]);
-    assert_eq!(top.blocks, blocks, "edited to the resolved blocks");
+    // The resolved blocks, with notify's state line (resolved upstream: no
+    // actor) right above the buttons.
+    let mut shown = top.blocks.as_array().cloned().unwrap_or_default();
+    let line = shown.remove(shown.len().saturating_sub(2));
+    assert_eq!(line["block_id"], "alertsvc_state", "{line}");
+    let text = line["elements"][0]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with(":white_check_mark: Resolved at <!date^") && text.ends_with(" UTC>"),
+        "{text}"
+    );
+    assert_eq!(
+        serde_json::Value::Array(shown),
+        blocks,
+        "edited to the resolved blocks"
+    );
     assert_eq!(reply.thread_ts.as_deref(), Some(top.ts.as_str()));
     assert_eq!(reply.text, resolved.text);
     assert_eq!(reply.reply_key(), Some("resolved"));

@@ -22,6 +22,8 @@ mod notify_faults;
 mod notify_interactions;
 mod notify_ledger;
 mod notify_lifecycle;
+mod notify_state;
+mod notify_state_background;
 mod produce_cost;
 mod produce_errors;
 mod produce_incremental;

@@ -256,3 +256,119 @@ pub async fn no_dead_letters(env: &super::TestEnv) {
         dead.iter().map(|r| &r.headers).collect::<Vec<_>>()
     );
 }
+
+/// A message carrying the shipped state controls (as
+/// `config/templates/connector_failure.blocks.json.j2` renders them):
+/// Acknowledge, Resolve, the Snooze menu and a link button.
+pub fn stateful_message(alert_id: &str, channel: &str, text: &str) -> SlackMessage {
+    let option = |label: &str, value: &str| json!({"text": {"type": "plain_text", "text": label}, "value": value});
+    let blocks = json!([
+        {"type": "section", "text": {"type": "mrkdwn", "text": format!("*{text}*")}},
+        {"type": "actions", "block_id": "alertsvc_actions", "elements": [
+            {"type": "button", "action_id": "alertsvc_acknowledge", "style": "primary",
+             "text": {"type": "plain_text", "text": "Acknowledge"}, "value": alert_id},
+            {"type": "button", "action_id": "alertsvc_resolve",
+             "text": {"type": "plain_text", "text": "Resolve"}, "value": alert_id},
+            {"type": "static_select", "action_id": "alertsvc_snooze",
+             "placeholder": {"type": "plain_text", "text": "Snooze"},
+             "options": [option("Snooze 1 hour", "1h"), option("Snooze 4 hours", "4h"),
+                         option("Snooze 24 hours", "24h")]},
+            {"type": "button", "action_id": "alertsvc_open_console",
+             "text": {"type": "plain_text", "text": "Open"}, "url": "https://example.com"}]}
+    ]);
+    let mut m = message(alert_id, channel, text);
+    m.blocks = blocks.to_string();
+    m
+}
+
+/// A button as Slack reports its click.
+pub fn button(action_id: &str, value: &str) -> serde_json::Value {
+    json!({"type": "button", "action_id": action_id, "block_id": "alertsvc_actions",
+           "value": value, "action_ts": format!("{}.{}", now_ms(), fastrand::u32(..))})
+}
+
+/// A `static_select` choice as Slack reports it: the option, no `value`.
+pub fn menu_choice(action_id: &str, value: &str) -> serde_json::Value {
+    json!({"type": "static_select", "action_id": action_id, "block_id": "alertsvc_actions",
+           "selected_option": {"text": {"type": "plain_text", "text": value}, "value": value},
+           "action_ts": format!("{}.{}", now_ms(), fastrand::u32(..))})
+}
+
+/// Clicks `action` on `shown` (the message as Slack shows it) as user
+/// `(id, name)`: a signed `block_actions` request to notify's
+/// `/slack/interactions`, as Slack sends it. Returns the HTTP status.
+pub async fn click(
+    env: &super::TestEnv,
+    shown: &FakeMessage,
+    user: (&str, &str),
+    action: serde_json::Value,
+) -> u16 {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": user.0, "username": user.1, "team_id": "T1"},
+        "channel": {"id": shown.channel, "name": "alerts"},
+        "container": {"type": "message", "message_ts": shown.ts, "channel_id": shown.channel},
+        "message": {"type": "message", "ts": shown.ts, "text": shown.text,
+                    "blocks": shown.blocks, "metadata": shown.metadata},
+        "actions": [action]
+    });
+    let body = format!(
+        "payload={}",
+        form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+    );
+    let ts = (now_ms() / 1000).to_string();
+    let signature = alertsvc::slack::signing::sign(SIGNING_SECRET, &ts, body.as_bytes());
+    reqwest::Client::new()
+        .post(format!("http://{}/slack/interactions", env.notify_addr()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts)
+        .header("x-slack-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("interaction request")
+        .status()
+        .as_u16()
+}
+
+/// The alert's own message in the fake Slack once `done` holds for it.
+pub async fn wait_message(
+    slack: &FakeSlack,
+    alert_id: &str,
+    done: impl Fn(&FakeMessage) -> bool,
+    timeout: std::time::Duration,
+) -> FakeMessage {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let found = slack
+            .messages()
+            .into_iter()
+            .find(|m| m.alert_id() == Some(alert_id));
+        match found {
+            Some(m) if done(&m) => return m,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{alert_id}: not as expected in time: {other:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `alert-state` from the start until `expected` records arrived (plus
+/// the reader's settle period, to catch extras): (key, decoded value).
+pub async fn read_alert_states(
+    env: &super::TestEnv,
+    expected: usize,
+    timeout: std::time::Duration,
+) -> Vec<(Option<String>, serde_json::Value)> {
+    let mut out = Vec::new();
+    for record in env.read(&env.topic("alert_state"), expected, timeout).await {
+        let value = env.codecs["alert_state"]
+            .decode(record.payload.as_deref().expect("payload"))
+            .await
+            .expect("decode AlertState");
+        out.push((record.key, value));
+    }
+    out
+}

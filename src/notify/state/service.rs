@@ -1,0 +1,478 @@
+//! Applying state changes: a click (or a group summary's click, for every
+//! member) or notify's own post or edit changes the state in the ledger,
+//! the message in Slack and the `alert-state` topic.
+//!
+//! The ledger row is the truth. The topic gets the row's latest state at
+//! least once: published right after a change and, if that fails (or the
+//! process dies first), again by [`AlertStates::publish_pending`], which
+//! notify runs in the background.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::FutureProducer;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::store::{Place, StateRow, StateStore};
+use super::{decorate, transition, Action, NoChange, Transition};
+use crate::avro::{Codec, KeyCodec};
+use crate::kafka::{enqueue, OutRecord, StageContext};
+use crate::messages::{AlertStatus, SlackMessage};
+use crate::notify::ledger::LedgerError;
+use crate::slack::{AlertRef, SlackApi};
+
+/// How long a publish waits for the broker before leaving the row to the
+/// background publisher.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+const PENDING_BATCH: i64 = 200;
+
+/// Where state changes are published.
+pub struct Publisher {
+    pub producer: FutureProducer<StageContext>,
+    pub topic: String,
+    pub codec: Arc<Codec>,
+    pub key_codec: Arc<KeyCodec>,
+}
+
+/// What applying an action did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Changed(StateRow),
+    /// Nothing changed; the row as found (`None`: no state recorded).
+    Unchanged(NoChange, Option<StateRow>),
+}
+
+impl Applied {
+    pub fn row(&self) -> Option<&StateRow> {
+        match self {
+            Applied::Changed(row) => Some(row),
+            Applied::Unchanged(_, row) => row.as_ref(),
+        }
+    }
+}
+
+/// What an edit by notify sends, and the state version it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub blocks: String,
+    pub version: Option<i64>,
+}
+
+/// Where the change writes the message it is shown on.
+enum Placing<'a> {
+    /// notify (re)rendered the message: this is it now.
+    Set(&'a Place),
+    /// A click: the row's place stays; `if_absent` (from the click's
+    /// payload) for an alert that has no row yet.
+    Keep { if_absent: Option<&'a Place> },
+}
+
+pub struct AlertStates {
+    store: StateStore,
+    publisher: Option<Publisher>,
+    slack: Option<Arc<SlackApi>>,
+    /// One publish at a time per process, each of the row's latest state,
+    /// so an older state never lands after a newer one from here.
+    publishing: tokio::sync::Mutex<()>,
+}
+
+/// The record for the `alert-state` topic (`config/schemas/alert_state.avsc`).
+pub fn state_record(row: &StateRow) -> Value {
+    let actor = row.state.actor.as_ref();
+    json!({
+        "alertId": row.alert_id,
+        "state": row.state.kind.as_str(),
+        "actorId": actor.map(|a| a.id.clone()),
+        "actorName": actor.and_then(|a| a.name.clone()),
+        "at": row.state.at,
+        "snoozedUntil": row.state.snoozed_until,
+        "groupKey": Value::Null,
+        "channelId": row.place.channel_id,
+        "messageTs": row.place.message_ts,
+        "pipeline": row.place.pipeline,
+    })
+}
+
+/// `blocks` (serialized) decorated for `row`'s state; unparsable blocks
+/// are returned as they are (Slack will say what is wrong with them).
+pub fn decorated_blocks(blocks: &str, row: &StateRow) -> String {
+    match serde_json::from_str::<Value>(blocks) {
+        Ok(parsed) => decorate(&parsed, &row.state).to_string(),
+        Err(_) => blocks.to_owned(),
+    }
+}
+
+impl AlertStates {
+    pub fn new(
+        store: StateStore,
+        publisher: Option<Publisher>,
+        slack: Option<Arc<SlackApi>>,
+    ) -> AlertStates {
+        AlertStates {
+            store,
+            publisher,
+            slack,
+            publishing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// Applies `action` with compare-and-set: on a lost race it decides
+    /// again from what the winner wrote.
+    async fn apply(
+        &self,
+        alert_id: &str,
+        action: &Action,
+        now: i64,
+        placing: Placing<'_>,
+    ) -> Result<Applied, LedgerError> {
+        loop {
+            let current = self.store.get(alert_id).await?;
+            let state = match transition(current.as_ref().map(|r| &r.state), action, now) {
+                Transition::Same(reason) => {
+                    if let (Placing::Set(place), Some(row)) = (&placing, &current) {
+                        self.store.set_place(alert_id, place).await?;
+                        let row = StateRow {
+                            place: (*place).clone(),
+                            ..row.clone()
+                        };
+                        return Ok(Applied::Unchanged(reason, Some(row)));
+                    }
+                    return Ok(Applied::Unchanged(reason, current));
+                }
+                Transition::Change(state) => state,
+            };
+            let place = match (&placing, &current) {
+                (Placing::Set(place), _) => (*place).clone(),
+                (Placing::Keep { .. }, Some(row)) => row.place.clone(),
+                (Placing::Keep { if_absent }, None) => if_absent.cloned().unwrap_or_default(),
+            };
+            let expected = current.as_ref().map(|r| r.version);
+            if self
+                .store
+                .compare_and_set(alert_id, expected, &state, &place)
+                .await?
+            {
+                return Ok(Applied::Changed(StateRow {
+                    alert_id: alert_id.to_owned(),
+                    state,
+                    version: expected.map_or(1, |v| v + 1),
+                    published_version: current.as_ref().map_or(0, |r| r.published_version),
+                    place,
+                }));
+            }
+            tracing::debug!(alert_id, "alert state changed concurrently; deciding again");
+        }
+    }
+
+    /// A click's action on each of `alert_ids` (one alert, or every member
+    /// of a group): each change is published and shown on its message in
+    /// the background; an action that changes nothing does neither.
+    /// `fallback` is where an alert without a recorded state is shown (the
+    /// clicked message).
+    pub async fn act(
+        self: &Arc<Self>,
+        alert_ids: &[String],
+        action: &Action,
+        now: i64,
+        fallback: Option<&Place>,
+    ) -> Vec<Result<Applied, LedgerError>> {
+        let mut results = Vec::with_capacity(alert_ids.len());
+        for alert_id in alert_ids {
+            let applied = self
+                .apply(
+                    alert_id,
+                    action,
+                    now,
+                    Placing::Keep {
+                        if_absent: fallback,
+                    },
+                )
+                .await;
+            if let Ok(Applied::Changed(row)) = &applied {
+                let (states, row) = (self.clone(), row.clone());
+                tokio::spawn(async move {
+                    states.publish(&row.alert_id).await;
+                    states.show(&row).await;
+                });
+            }
+            results.push(applied);
+        }
+        results
+    }
+
+    /// Before notify edits an alert's message: what the record says
+    /// (firing, or resolved upstream) is applied, and the blocks to send
+    /// are the message's, decorated with the resulting state.
+    pub async fn before_edit(
+        self: &Arc<Self>,
+        message: &SlackMessage,
+        occurrence: i64,
+        channel: &str,
+        ts: &str,
+        now: i64,
+    ) -> Result<Edit, LedgerError> {
+        let applied = self.shown(message, occurrence, channel, ts, now).await?;
+        Ok(match applied.row() {
+            Some(row) => Edit {
+                blocks: decorated_blocks(&message.blocks, row),
+                version: Some(row.version),
+            },
+            None => Edit {
+                blocks: message.blocks.clone(),
+                version: None,
+            },
+        })
+    }
+
+    /// After notify's edit: a click that changed the state meanwhile may
+    /// have been shown before the edit landed, which then hid it; show the
+    /// latest state (and content) again.
+    pub async fn after_edit(self: &Arc<Self>, alert_id: &str, edit: &Edit) {
+        match self.store.get(alert_id).await {
+            Ok(Some(row)) if Some(row.version) != edit.version => {
+                let states = self.clone();
+                tokio::spawn(async move { states.show(&row).await });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(alert_id, error = %e, "cannot check the alert's state after an edit")
+            }
+        }
+    }
+
+    /// After notify posted an alert: a new occurrence is firing (or, a
+    /// posted resolved record, resolved).
+    pub async fn after_post(
+        self: &Arc<Self>,
+        message: &SlackMessage,
+        occurrence: i64,
+        channel: &str,
+        ts: &str,
+        now: i64,
+    ) -> Result<(), LedgerError> {
+        self.shown(message, occurrence, channel, ts, now)
+            .await
+            .map(drop)
+    }
+
+    async fn shown(
+        self: &Arc<Self>,
+        message: &SlackMessage,
+        occurrence: i64,
+        channel: &str,
+        ts: &str,
+        now: i64,
+    ) -> Result<Applied, LedgerError> {
+        let action = match message.status {
+            AlertStatus::Firing => Action::Fired { occurrence },
+            AlertStatus::Resolved => Action::UpstreamResolved,
+        };
+        let place = Place {
+            channel_id: Some(channel.to_owned()),
+            message_ts: Some(ts.to_owned()),
+            pipeline: message.pipeline.clone(),
+            text: Some(message.text.clone()),
+            blocks: Some(message.blocks.clone()),
+        };
+        let applied = self
+            .apply(&message.alert_id, &action, now, Placing::Set(&place))
+            .await?;
+        if let Applied::Changed(row) = &applied {
+            let (states, alert_id) = (self.clone(), row.alert_id.clone());
+            tokio::spawn(async move { states.publish(&alert_id).await });
+        }
+        Ok(applied)
+    }
+
+    /// Edits the alert's message to show its latest state (`row`'s, or a
+    /// newer one written since).
+    async fn show(&self, row: &StateRow) -> bool {
+        let fresh = match self.store.get(&row.alert_id).await {
+            Ok(Some(fresh)) if fresh.version >= row.version => fresh,
+            _ => row.clone(),
+        };
+        let row = &fresh;
+        let (Some(slack), Some(channel), Some(ts), Some(blocks)) = (
+            &self.slack,
+            &row.place.channel_id,
+            &row.place.message_ts,
+            &row.place.blocks,
+        ) else {
+            tracing::warn!(alert_id = %row.alert_id, "no message known to show the alert's state on");
+            return false;
+        };
+        let text = row.place.text.as_deref().unwrap_or("Alert");
+        let blocks = decorated_blocks(blocks, row);
+        let alert = AlertRef {
+            alert_id: &row.alert_id,
+            occurrence: row.state.occurrence,
+        };
+        match slack.update(channel, ts, text, &blocks, Some(&alert)).await {
+            Ok(_) => {
+                let actor = row.state.actor.as_ref().map(|a| a.id.as_str());
+                tracing::info!(alert_id = %row.alert_id, state = row.state.kind.as_str(), actor, "alert state shown");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(alert_id = %row.alert_id, error = %e, "cannot show the alert's state on its message");
+                false
+            }
+        }
+    }
+
+    /// Publishes the alert's latest state; `true` once the broker has it.
+    pub async fn publish(&self, alert_id: &str) -> bool {
+        let Some(publisher) = &self.publisher else {
+            return false;
+        };
+        let _one = self.publishing.lock().await;
+        let row = match self.store.get(alert_id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(alert_id, error = %e, "cannot read the alert's state to publish it");
+                return false;
+            }
+        };
+        if row.published_version >= row.version {
+            return true;
+        }
+        let sent = async {
+            let payload = publisher
+                .codec
+                .encode(&state_record(&row))
+                .await
+                .map_err(|e| e.to_string())?;
+            let key = publisher
+                .key_codec
+                .encode_str(alert_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let record = OutRecord {
+                topic: publisher.topic.clone(),
+                key: Some(key),
+                payload: Some(payload),
+                headers: None,
+            };
+            let delivery = enqueue(&publisher.producer, &record)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(PUBLISH_TIMEOUT, delivery)
+                .await
+                .map_err(|_| "timed out".to_owned())?
+                .map_err(|_| "cancelled".to_owned())?
+                .map_err(|(e, _)| e.to_string())
+        }
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(alert_id, error = %e, "alert state not published; trying again later");
+            return false;
+        }
+        if let Err(e) = self.store.mark_published(alert_id, row.version).await {
+            // Published again later: harmless, the value is the same.
+            tracing::warn!(alert_id, error = %e, "cannot record the alert state as published");
+        }
+        true
+    }
+
+    /// Publishes every state the topic may not have (a failed publish, a
+    /// crash right after a change); returns how many were published.
+    pub async fn publish_pending(&self) -> Result<usize, LedgerError> {
+        let mut published = 0;
+        for row in self.store.unpublished(PENDING_BATCH).await? {
+            if self.publish(&row.alert_id).await {
+                published += 1;
+            }
+        }
+        Ok(published)
+    }
+
+    /// Alerts whose snooze ended are firing again: published, and their
+    /// message shows them open (the buttons, no snooze line). Returns how
+    /// many.
+    pub async fn end_snoozes(self: &Arc<Self>, now: i64) -> Result<usize, LedgerError> {
+        let ids = self.store.snoozes_ended(now, PENDING_BATCH).await?;
+        let results = self.act(&ids, &Action::SnoozeEnded, now, None).await;
+        let mut ended = 0;
+        for result in results {
+            if matches!(result?, Applied::Changed(_)) {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// [`Self::publish_pending`] and [`Self::end_snoozes`] every `every`
+    /// until `stop`.
+    pub async fn run_publisher(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        loop {
+            let now = crate::notify::delivery::now_ms();
+            match self.end_snoozes(now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(ended = n, "snoozes ended; alerts firing again"),
+                Err(e) => tracing::warn!(error = %e, "cannot end due snoozes"),
+            }
+            match self.publish_pending().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(published = n, "alert states published late"),
+                Err(e) => tracing::warn!(error = %e, "cannot look for unpublished alert states"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// The state a click leaves, for its log line.
+pub fn describe(applied: &Applied) -> &'static str {
+    match applied {
+        Applied::Changed(row) => row.state.kind.as_str(),
+        Applied::Unchanged(..) => "unchanged",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::state::{Actor, AlertState, StateKind};
+
+    #[test]
+    fn the_record_has_every_schema_field() {
+        let row = StateRow {
+            alert_id: "A-1".into(),
+            state: AlertState {
+                kind: StateKind::Snoozed,
+                actor: Some(Actor {
+                    id: "U1".into(),
+                    name: Some("ada".into()),
+                }),
+                at: 5,
+                snoozed_until: Some(9),
+                occurrence: 2,
+            },
+            version: 3,
+            published_version: 2,
+            place: Place {
+                channel_id: Some("C1".into()),
+                message_ts: Some("1.2".into()),
+                pipeline: "p".into(),
+                text: Some("t".into()),
+                blocks: Some("[]".into()),
+            },
+        };
+        assert_eq!(
+            state_record(&row),
+            json!({"alertId": "A-1", "state": "snoozed", "actorId": "U1", "actorName": "ada",
+                   "at": 5, "snoozedUntil": 9, "groupKey": null, "channelId": "C1",
+                   "messageTs": "1.2", "pipeline": "p"})
+        );
+        assert_eq!(decorated_blocks("not json", &row), "not json");
+    }
+}

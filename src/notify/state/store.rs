@@ -1,0 +1,221 @@
+//! `alert_states` in notify's ledger database: one row per alert id. Every
+//! change is a compare-and-set on the row's `version`, so of two replicas
+//! (or two clicks) applying a change to the same state, one wins and the
+//! other decides again from what it finds.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+use super::{Actor, AlertState, StateKind};
+use crate::notify::ledger::{Ledger, LedgerError};
+
+/// Where the state is shown: the alert's message and its content as notify
+/// rendered it (without the state's decoration).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Place {
+    pub channel_id: Option<String>,
+    pub message_ts: Option<String>,
+    pub pipeline: String,
+    pub text: Option<String>,
+    pub blocks: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRow {
+    pub alert_id: String,
+    pub state: AlertState,
+    pub version: i64,
+    pub published_version: i64,
+    pub place: Place,
+}
+
+#[derive(Clone)]
+pub struct StateStore {
+    pool: AnyPool,
+}
+
+const COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed_at, snoozed_until, \
+     occurrence, version, published_version, channel_id, message_ts, pipeline, base_text, base_blocks";
+
+fn int(row: &AnyRow, column: &str) -> Result<i64, sqlx::Error> {
+    row.try_get::<i64, _>(column)
+        .or_else(|_| row.try_get::<i32, _>(column).map(i64::from))
+}
+
+fn opt_int(row: &AnyRow, column: &str) -> Result<Option<i64>, sqlx::Error> {
+    row.try_get::<Option<i64>, _>(column).or_else(|_| {
+        row.try_get::<Option<i32>, _>(column)
+            .map(|v| v.map(i64::from))
+    })
+}
+
+fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
+    let alert_id: String = row.try_get("alert_id")?;
+    let kind: String = row.try_get("state")?;
+    let kind = StateKind::parse(&kind).ok_or_else(|| LedgerError::State {
+        alert_id: alert_id.clone(),
+        state: kind,
+    })?;
+    let actor_id: Option<String> = row.try_get("actor_id")?;
+    let actor_name: Option<String> = row.try_get("actor_name")?;
+    Ok(StateRow {
+        state: AlertState {
+            kind,
+            actor: actor_id.map(|id| Actor {
+                id,
+                name: actor_name,
+            }),
+            at: int(row, "changed_at")?,
+            snoozed_until: opt_int(row, "snoozed_until")?,
+            occurrence: int(row, "occurrence")?,
+        },
+        version: int(row, "version")?,
+        published_version: int(row, "published_version")?,
+        place: Place {
+            channel_id: row.try_get("channel_id")?,
+            message_ts: row.try_get("message_ts")?,
+            pipeline: row.try_get("pipeline")?,
+            text: row.try_get("base_text")?,
+            blocks: row.try_get("base_blocks")?,
+        },
+        alert_id,
+    })
+}
+
+impl StateStore {
+    /// The states in `ledger`'s database (migration 0007).
+    pub fn new(ledger: &Ledger) -> StateStore {
+        StateStore {
+            pool: ledger.pool.clone(),
+        }
+    }
+
+    pub async fn get(&self, alert_id: &str) -> Result<Option<StateRow>, LedgerError> {
+        let row: Option<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM alert_states WHERE alert_id = $1"
+        )))
+        .bind(alert_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(row_to_state).transpose()
+    }
+
+    /// Writes `state` (and `place`) if the row is still at `expected`
+    /// (`None`: absent); `false` when someone changed it first.
+    pub async fn compare_and_set(
+        &self,
+        alert_id: &str,
+        expected: Option<i64>,
+        state: &AlertState,
+        place: &Place,
+    ) -> Result<bool, LedgerError> {
+        let actor_id = state.actor.as_ref().map(|a| a.id.clone());
+        let actor_name = state.actor.as_ref().and_then(|a| a.name.clone());
+        let sql = match expected {
+            None => {
+                "INSERT INTO alert_states (alert_id, state, actor_id, actor_name, changed_at, \
+                 snoozed_until, occurrence, channel_id, message_ts, pipeline, base_text, base_blocks, \
+                 version, published_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, 0) \
+                 ON CONFLICT (alert_id) DO NOTHING"
+            }
+            Some(_) => {
+                "UPDATE alert_states SET state = $2, actor_id = $3, actor_name = $4, \
+                 changed_at = $5, snoozed_until = $6, occurrence = $7, channel_id = $8, \
+                 message_ts = $9, pipeline = $10, base_text = $11, base_blocks = $12, \
+                 version = version + 1 \
+                 WHERE alert_id = $1 AND version = $13"
+            }
+        };
+        let mut query = sqlx::query(sql)
+            .bind(alert_id)
+            .bind(state.kind.as_str())
+            .bind(actor_id)
+            .bind(actor_name)
+            .bind(state.at)
+            .bind(state.snoozed_until)
+            .bind(state.occurrence)
+            .bind(place.channel_id.clone())
+            .bind(place.message_ts.clone())
+            .bind(place.pipeline.clone())
+            .bind(place.text.clone())
+            .bind(place.blocks.clone());
+        if let Some(version) = expected {
+            query = query.bind(version);
+        }
+        let done = query.execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records where and with what content the alert is shown, without
+    /// changing its state (a content edit).
+    pub async fn set_place(&self, alert_id: &str, place: &Place) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE alert_states SET channel_id = $2, message_ts = $3, pipeline = $4, \
+             base_text = $5, base_blocks = $6 WHERE alert_id = $1",
+        )
+        .bind(alert_id)
+        .bind(place.channel_id.clone())
+        .bind(place.message_ts.clone())
+        .bind(place.pipeline.clone())
+        .bind(place.text.clone())
+        .bind(place.blocks.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `version` is on the alert-state topic.
+    pub async fn mark_published(&self, alert_id: &str, version: i64) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE alert_states SET published_version = $2 \
+             WHERE alert_id = $1 AND published_version < $2",
+        )
+        .bind(alert_id)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` rows whose latest change is not known to be on the
+    /// topic, oldest change first.
+    pub async fn unpublished(&self, limit: i64) -> Result<Vec<StateRow>, LedgerError> {
+        let rows: Vec<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM alert_states WHERE published_version < version \
+             ORDER BY changed_at LIMIT $1"
+        )))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_state).collect()
+    }
+
+    /// Up to `limit` snoozed alerts whose snooze ended by `now_ms`.
+    pub async fn snoozes_ended(&self, now_ms: i64, limit: i64) -> Result<Vec<String>, LedgerError> {
+        let rows: Vec<AnyRow> = sqlx::query(
+            "SELECT alert_id FROM alert_states WHERE state = 'snoozed' AND snoozed_until <= $1 \
+             ORDER BY snoozed_until LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("alert_id"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes states unchanged since `before_ms` (the ledger's retention);
+    /// returns how many.
+    pub async fn prune(&self, before_ms: i64) -> Result<u64, LedgerError> {
+        let done = sqlx::query(
+            "DELETE FROM alert_states WHERE changed_at < $1 AND published_version >= version",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
