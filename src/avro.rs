@@ -1231,6 +1231,10 @@ const SHIPPED_PREDECESSORS: &[(&str, &str)] = &[
         include_str!("../config/schemas/slack_message_v1.avsc"),
     ),
     (
+        "(built in) schemas/slack_message_v2.avsc",
+        include_str!("../config/schemas/slack_message_v2.avsc"),
+    ),
+    (
         "(built in) schemas/slack_response_v1.avsc",
         include_str!("../config/schemas/slack_response_v1.avsc"),
     ),

@@ -31,6 +31,7 @@ const SLACK_TEXT_ESCAPE: AutoEscape = AutoEscape::Custom("slack-text");
 const BLOCKS_TEMPLATE: &str = "blocks";
 const TEXT_TEMPLATE: &str = "text";
 const STATUS_TEMPLATE: &str = "status";
+const GROUP_KEY_TEMPLATE: &str = "group_key";
 
 /// Where a record came from; part of the template context and of errors.
 #[derive(Debug, Clone, Copy)]
@@ -174,6 +175,9 @@ pub struct Pipeline {
     updates: UpdateMode,
     recurrence: RecurrenceMode,
     resolved_unposted: ResolvedUnposted,
+    /// The group window in milliseconds when `group_key` is set; 0: the
+    /// pipeline does not group.
+    group_window_ms: i64,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -260,9 +264,16 @@ impl Pipeline {
         if let Some(status) = &message.status {
             sources.push((STATUS_TEMPLATE, status.clone()));
         }
+        let group_window_ms = group_window_ms(settings)
+            .map_err(|(k, reason)| ConfigError::invalid(key(k), reason))?;
+        if let Some(group_key) = &settings.group_key {
+            sources.push((GROUP_KEY_TEMPLATE, group_key.clone()));
+        }
         for (template, source) in sources {
             let config_key = if template == BLOCKS_TEMPLATE && message.blocks_file.is_some() {
                 key("message.blocks_file")
+            } else if template == GROUP_KEY_TEMPLATE {
+                key(GROUP_KEY_TEMPLATE)
             } else {
                 key(&format!("message.{template}"))
             };
@@ -287,6 +298,7 @@ impl Pipeline {
             updates: settings.updates,
             recurrence: settings.recurrence,
             resolved_unposted: settings.resolved_unposted,
+            group_window_ms,
         })
     }
 
@@ -456,6 +468,12 @@ impl Pipeline {
         let blocks: Json = serde_json::from_str(&blocks_text)
             .map_err(|e| RecordError::BlocksJson(e.to_string()))?;
         blockkit::validate_message(&text, &blocks)?;
+        let group_key = if self.group_window_ms > 0 {
+            let rendered = self.render_template(GROUP_KEY_TEMPLATE, &context)?;
+            Some(rendered.trim().to_owned()).filter(|k| !k.is_empty())
+        } else {
+            None
+        };
         Ok(SlackMessage {
             alert_id,
             channel_id,
@@ -470,6 +488,12 @@ impl Pipeline {
             updates: self.updates,
             recurrence: self.recurrence,
             resolved_unposted: self.resolved_unposted,
+            group_window_ms: if group_key.is_some() {
+                self.group_window_ms
+            } else {
+                0
+            },
+            group_key,
         })
     }
 
@@ -493,6 +517,20 @@ impl Pipeline {
             return Err(RecordError::Empty(name.to_owned()));
         }
         Ok(trimmed.to_owned())
+    }
+}
+
+/// The group window in milliseconds (0: no grouping); `group_key` and
+/// `group_window` come together. Errors name the key at fault.
+fn group_window_ms(settings: &PipelineSettings) -> Result<i64, (&'static str, &'static str)> {
+    match (&settings.group_key, settings.group_window) {
+        (None, None) => Ok(0),
+        (Some(_), None) => Err(("group_window", "set group_window with group_key")),
+        (None, Some(_)) => Err(("group_key", "set group_key with group_window")),
+        (Some(_), Some(window)) => match i64::try_from(window.as_millis()) {
+            Ok(ms) if ms >= 1_000 => Ok(ms),
+            _ => Err(("group_window", "must be at least 1s")),
+        },
     }
 }
 

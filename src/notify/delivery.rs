@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::decision::{self, classify, ClaimView, Failure, Incoming, Plan, ReplyKind, Rules};
+use super::grouping::{GroupSettings, Grouper};
 use super::ledger::{Claim, Entry, Ledger, LedgerError, Owner, Status, Version};
 use super::pacing::{retry_delay, Pacer};
 use super::slack_health::SlackHealth;
@@ -128,6 +129,8 @@ pub struct DeliverySettings {
     pub rules: Rules,
     pub claim_lease: Duration,
     pub reconcile_delay: Duration,
+    /// At most one edit of a group's summary per this long.
+    pub group_update_interval: Duration,
 }
 
 pub struct Deliverer {
@@ -141,6 +144,7 @@ pub struct Deliverer {
     /// User id → DM conversation id.
     dms: Mutex<HashMap<String, String>>,
     in_process: InProcess,
+    grouper: Arc<Grouper>,
 }
 
 /// How one Slack call ended, for the caller's loop.
@@ -173,6 +177,8 @@ struct Attempt<'a> {
     /// A reply Slack refused for good (the delivery goes on without it).
     refused_reply: Option<SlackError>,
     http_status: Option<i32>,
+    /// Posted into its group's summary thread (not broadcast).
+    grouped: bool,
 }
 
 impl Attempt<'_> {
@@ -208,6 +214,19 @@ impl Deliverer {
         metrics: NotifyMetrics,
         health: Arc<SlackHealth>,
     ) -> Deliverer {
+        let grouper = Arc::new(Grouper::new(
+            slack.clone(),
+            ledger.groups(),
+            pacer.clone(),
+            health.clone(),
+            owner.clone(),
+            GroupSettings {
+                retry: settings.retry.clone(),
+                claim_lease: settings.claim_lease,
+                reconcile_delay: settings.reconcile_delay,
+                update_interval: settings.group_update_interval,
+            },
+        ));
         Deliverer {
             slack,
             ledger,
@@ -218,7 +237,13 @@ impl Deliverer {
             health,
             dms: Mutex::new(HashMap::new()),
             in_process: InProcess::default(),
+            grouper,
         }
+    }
+
+    /// Grouped alerts' summaries; its flusher keeps them current.
+    pub fn grouper(&self) -> &Arc<Grouper> {
+        &self.grouper
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -245,8 +270,63 @@ impl Deliverer {
                 Err(DeliverError::Ledger(LedgerError::ClaimLost { alert_id })) => {
                     tracing::warn!(alert_id, "claim lost to a peer; deciding again");
                 }
+                Ok(delivery) => {
+                    self.group_member_changed(message, &delivery).await?;
+                    return Ok(delivery);
+                }
                 other => return other,
             }
+        }
+    }
+
+    /// A grouped alert's reply was edited (resolved, new content): its
+    /// group's summary is out of date.
+    async fn group_member_changed(
+        &self,
+        message: &SlackMessage,
+        delivery: &Delivery,
+    ) -> Result<(), DeliverError> {
+        if message.group().is_none() || delivery.outcome != DeliveryOutcome::Updated {
+            return Ok(());
+        }
+        if let (Some(ts), Some(thread)) = (&delivery.ts, &delivery.thread_ts) {
+            if ts != thread {
+                self.grouper
+                    .member_changed(message, &delivery.channel, thread)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A grouped alert goes into its group's summary thread (the summary
+    /// posted first if need be), whatever thread the decision chose;
+    /// ungrouped, or without a summary, it keeps that thread.
+    async fn group_thread(
+        &self,
+        attempt: &mut Attempt<'_>,
+        thread: Option<String>,
+        stop: &CancellationToken,
+    ) -> Result<Option<String>, DeliverError> {
+        attempt.grouped = false;
+        if attempt.message.group().is_none() {
+            return Ok(thread);
+        }
+        let Called::Done(conversation) = self.conversation(&attempt.message.channel_id).await?
+        else {
+            // post() opens the DM again and handles the failure.
+            return Ok(thread);
+        };
+        match self
+            .grouper
+            .thread_for(attempt.message, &conversation, stop)
+            .await?
+        {
+            Some(summary) => {
+                attempt.grouped = true;
+                Ok(Some(summary))
+            }
+            None => Ok(thread),
         }
     }
 
@@ -311,6 +391,7 @@ impl Deliverer {
             replied: None,
             refused_reply: None,
             http_status: None,
+            grouped: false,
         };
         loop {
             if stop.is_cancelled() {
@@ -340,6 +421,7 @@ impl Deliverer {
                     self.reply(&mut attempt, &thread, &key, kind, stop).await?
                 }
                 Plan::Post { occurrence, thread } => {
+                    let thread = self.group_thread(&mut attempt, thread, stop).await?;
                     if let Some(delivery) =
                         self.post(&mut attempt, occurrence, thread, stop).await?
                     {
@@ -646,11 +728,12 @@ impl Deliverer {
         };
         let result = match &thread {
             // Into the earlier occurrence's thread, and to the channel too:
-            // a recurrence is news.
+            // a recurrence is news. A group's member only replies: its
+            // summary is the news.
             Some(thread_ts) => {
                 let thread = Thread {
                     ts: thread_ts,
-                    broadcast: true,
+                    broadcast: !attempt.grouped,
                 };
                 self.timed(self.slack.post_in_thread(
                     &conversation,

@@ -13,6 +13,7 @@ pub mod backlog;
 pub mod decision;
 pub mod delivery;
 pub mod dispatch;
+pub mod grouping;
 pub mod interactions;
 pub mod ledger;
 pub mod offsets;
@@ -219,6 +220,7 @@ pub async fn run(
             },
             claim_lease: notify.ledger.claim_lease,
             reconcile_delay: notify.reconcile_delay,
+            group_update_interval: notify.group_update_interval,
         },
         owner,
         metrics.clone(),
@@ -242,6 +244,13 @@ pub async fn run(
         draining: CancellationToken::new(),
         done: done_tx,
     });
+    let flushing = tokio::spawn(
+        shared
+            .deliverer
+            .grouper()
+            .clone()
+            .run_flusher(shutdown.clone()),
+    );
     let pruning = tokio::spawn(prune_ledger(
         ledger,
         notify.ledger.retention,
@@ -266,6 +275,7 @@ pub async fn run(
     .await;
     pruning.abort();
     probing.abort();
+    flushing.abort();
     health.set_ready(false);
     match tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync)) {
         Ok(()) => {}

@@ -12,6 +12,9 @@
 //! [`fake`] is a local Slack Web API for tests and the demo.
 
 pub mod fake;
+mod group;
+
+pub use group::{GroupRef, GROUP_METADATA_EVENT};
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -118,6 +118,8 @@ pub fn message(alert_id: &str, channel: &str, text: &str) -> SlackMessage {
         updates: UpdateMode::Edit,
         recurrence: RecurrenceMode::New,
         resolved_unposted: ResolvedUnposted::Skip,
+        group_key: None,
+        group_window_ms: 0,
     }
 }
 
