@@ -258,3 +258,23 @@ pub async fn no_dead_letters(env: &super::TestEnv) {
         dead.iter().map(|r| &r.headers).collect::<Vec<_>>()
     );
 }
+
+/// Polls `check` until it gives a value, failing the test after `timeout`
+/// with `what` it waited for.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,271 @@
+//! Grouped alerts through notify and the fake Slack: a burst of one org's
+//! connector failures becomes one summary message, edited in place a few
+//! times (not once per alert) until it shows every alert, with each alert
+//! a reply in its thread — within the fake's per-channel pace, once each
+//! across a replay and across two replicas delivering the same records.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use alertsvc::messages::{AlertStatus, DeliveryOutcome, SlackMessage};
+use alertsvc::notify::ledger::Ledger;
+use alertsvc::slack::fake::{FakeMessage, FakeSlack};
+use alertsvc::slack::GROUP_METADATA_EVENT;
+use serde_json::Value;
+
+use crate::common::slack::{
+    eventually, no_dead_letters, notify_env, notify_settings, now_ms, version, Backend, NotifyEnv,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+const ALERTS: usize = 40;
+const WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// Alert `i` of org-1's burst: one connector failure a second, the last
+/// one `now - 5 s`.
+fn failure(i: usize, now: i64) -> SlackMessage {
+    let mut m = version(
+        &format!("org-1-env-1-lcc-{i:02}-connector-failure"),
+        "C1",
+        &format!("Connector lcc-{i:02} failed for Org org-1"),
+        i as i64,
+        now - 5_000 - (ALERTS - i) as i64 * 1_000,
+    );
+    m.group_key = Some("org-1".into());
+    m.group_window_ms = WINDOW_MS;
+    m
+}
+
+fn resolved(i: usize, now: i64) -> SlackMessage {
+    let mut m = failure(i, now);
+    m.status = AlertStatus::Resolved;
+    m.text = format!("Resolved: connector lcc-{i:02} of Org org-1 runs again");
+    m.source_offset += 1_000;
+    m.created_at = now - 1_000 + i as i64;
+    m
+}
+
+fn summaries(messages: &[FakeMessage]) -> Vec<&FakeMessage> {
+    messages
+        .iter()
+        .filter(|m| {
+            m.metadata
+                .as_ref()
+                .is_some_and(|meta| meta["event_type"] == GROUP_METADATA_EVENT)
+        })
+        .collect()
+}
+
+fn header(message: &FakeMessage) -> &str {
+    message.blocks[0]["text"]["text"].as_str().unwrap_or("")
+}
+
+/// Waits until the one summary shows `text`.
+async fn summary_showing(slack: &FakeSlack, text: &str) -> FakeMessage {
+    eventually(&format!("the summary showing {text:?}"), WAIT, || {
+        let messages = slack.messages();
+        summaries(&messages)
+            .first()
+            .filter(|s| s.text == text)
+            .map(|s| (*s).clone())
+    })
+    .await
+}
+
+async fn a_burst_becomes_one_summary_with_every_alert_in_its_thread(backend: Backend) {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger: ledger_url,
+        ledger_dir: _ledger_dir,
+    } = notify_env(&["C1"], Some(10.0), backend, 10).await;
+    let now = now_ms();
+    let burst: Vec<SlackMessage> = (1..=ALERTS).map(|i| failure(i, now)).collect();
+    for m in &burst {
+        env.produce_message(m).await;
+    }
+    let settings = notify_settings(&env, |n| {
+        n.group_update_interval = Duration::from_secs(1);
+    });
+    let notify = env.start_notify_with(settings.clone());
+    let responses = env.read_responses(ALERTS, WAIT).await;
+    let summary = summary_showing(&slack, "40 alerts: org-1").await;
+
+    let fake = slack.messages();
+    let top: Vec<&FakeMessage> = fake.iter().filter(|m| m.thread_ts.is_none()).collect();
+    assert_eq!(top.len(), 1, "one top-level message: {top:?}");
+    assert_eq!(top[0].ts, summary.ts);
+    let replies: Vec<&FakeMessage> = fake
+        .iter()
+        .filter(|m| m.thread_ts.as_deref() == Some(summary.ts.as_str()))
+        .collect();
+    assert_eq!(replies.len(), ALERTS, "every alert in the thread");
+    assert!(replies
+        .iter()
+        .all(|r| !r.reply_broadcast && !r.in_channel()));
+    let replied: BTreeMap<String, String> = replies
+        .iter()
+        .map(|r| (r.alert_id().unwrap_or("?").to_owned(), r.text.clone()))
+        .collect();
+    let expected: BTreeMap<String, String> = burst
+        .iter()
+        .map(|m| (m.alert_id.clone(), m.text.clone()))
+        .collect();
+    assert_eq!(replied, expected, "each alert replied once, with its text");
+    assert_eq!(slack.stats().rate_limited, 0, "within the per-channel pace");
+
+    assert_eq!(header(&summary), ":rotating_light: 40 alerts: org-1");
+    assert_eq!(
+        summary.blocks[1]["text"]["text"],
+        "• Connector lcc-40 failed for Org org-1\n• Connector lcc-39 failed for Org org-1\n\
+         • Connector lcc-38 failed for Org org-1\n• Connector lcc-37 failed for Org org-1\n\
+         • Connector lcc-36 failed for Org org-1"
+    );
+    assert_eq!(
+        summary.blocks[2]["elements"][0]["text"],
+        "+35 more in the thread · Group `org-1` · every alert is in the thread"
+    );
+    let meta = summary.metadata.clone().unwrap_or(Value::Null);
+    let group_id = meta["event_payload"]["group_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(meta["event_payload"]["group_key"], "org-1");
+    let buttons = &summary.blocks[3]["elements"];
+    for (i, action) in ["alertsvc_acknowledge", "alertsvc_resolve"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(buttons[i]["action_id"], *action);
+        assert_eq!(buttons[i]["value"], format!("group:{group_id}"));
+    }
+    assert_eq!(buttons[2]["action_id"], "alertsvc_snooze");
+    assert!(
+        summary.edits >= 1 && summary.edits < 10,
+        "a burst is coalesced into a few edits: {:?}",
+        summary.revisions
+    );
+    assert_eq!(
+        summary.revisions.last().map(String::as_str),
+        Some("40 alerts: org-1")
+    );
+
+    assert_eq!(responses.len(), ALERTS);
+    for r in &responses {
+        assert_eq!(r.outcome, DeliveryOutcome::Posted, "{r:?}");
+        assert_eq!(r.thread_ts.as_deref(), Some(summary.ts.as_str()), "{r:?}");
+    }
+    let ledger = Ledger::connect(&ledger_url, 1).await.expect("ledger");
+    let members = ledger.groups().members(&group_id).await.expect("members");
+    assert_eq!(members.len(), ALERTS);
+
+    // Three recover: each gets its resolved reply in the summary's thread
+    // and its own reply edited; the summary counts them.
+    for i in [3, 17, 40] {
+        env.produce_message(&resolved(i, now)).await;
+    }
+    let responses = env.read_responses(ALERTS + 3, WAIT).await;
+    let summary = summary_showing(&slack, "40 alerts · 3 resolved: org-1").await;
+    notify.stop().await.expect("clean stop");
+    for r in &responses[ALERTS..] {
+        assert_eq!(r.outcome, DeliveryOutcome::Updated, "{r:?}");
+        assert_eq!(r.thread_ts.as_deref(), Some(summary.ts.as_str()));
+    }
+    let fake = slack.messages();
+    for i in [3, 17, 40] {
+        let id = failure(i, now).alert_id;
+        let about: Vec<&FakeMessage> = fake
+            .iter()
+            .filter(|m| m.about_alert() == Some(id.as_str()))
+            .collect();
+        assert_eq!(about.len(), 2, "its reply and a resolved notice: {about:?}");
+        assert_eq!(about[0].revisions.len(), 2, "edited to the resolved text");
+        assert_eq!(about[1].reply_key(), Some("resolved"));
+        assert_eq!(about[1].thread_ts.as_deref(), Some(summary.ts.as_str()));
+    }
+    assert_eq!(
+        summary.blocks[1]["text"]["text"].as_str().map(|t| t
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()),
+        Some(":white_check_mark: ~Resolved: connector lcc-40 of Org org-1 runs again~".into())
+    );
+
+    // A replay from the start: nothing new in Slack.
+    let posts_before = slack.stats().posts;
+    let rerun = env.start_notify_with(notify_settings(&env, |n| {
+        n.group_id = format!("{}-replay", n.group_id);
+        n.group_update_interval = Duration::from_secs(1);
+    }));
+    let responses = env.read_responses(2 * (ALERTS + 3), WAIT).await;
+    rerun.stop().await.expect("clean stop");
+    assert!(responses[ALERTS + 3..]
+        .iter()
+        .all(|r| r.outcome == DeliveryOutcome::Duplicate));
+    assert_eq!(slack.stats().posts, posts_before, "nothing posted again");
+    assert_eq!(summaries(&slack.messages()).len(), 1);
+    no_dead_letters(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_becomes_one_summary_sqlite() {
+    a_burst_becomes_one_summary_with_every_alert_in_its_thread(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_becomes_one_summary_postgres() {
+    a_burst_becomes_one_summary_with_every_alert_in_its_thread(Backend::Postgres).await;
+}
+
+/// Two replicas both deliver the same burst (as during a rebalance): one
+/// summary, one reply per alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_post_one_summary_and_each_reply_once() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], Some(10.0), Backend::Postgres, 10).await;
+    let now = now_ms();
+    for i in 1..=20 {
+        env.produce_message(&failure(i, now)).await;
+    }
+    let replica = |name: &'static str| {
+        notify_settings(&env, move |n| {
+            n.group_id = format!("{}-{name}", n.group_id);
+            n.instance_id = Some(name.into());
+            // Two in one process: each on a port of its own.
+            n.http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            n.group_update_interval = Duration::from_secs(1);
+        })
+    };
+    let (a, b) = (replica("replica-a"), replica("replica-b"));
+    let a = env.start_notify_with(a);
+    let b = env.start_notify_with(b);
+    let responses = env.read_responses(40, WAIT).await;
+    let summary = summary_showing(&slack, "20 alerts: org-1").await;
+    a.stop().await.expect("clean stop");
+    b.stop().await.expect("clean stop");
+    let fake = slack.messages();
+    assert_eq!(summaries(&fake).len(), 1, "{fake:?}");
+    assert_eq!(fake.iter().filter(|m| m.thread_ts.is_none()).count(), 1);
+    let posts = slack.posts_by_alert();
+    assert_eq!(posts.len(), 20, "{posts:?}");
+    assert!(posts.values().all(|n| *n == 1), "{posts:?}");
+    assert!(fake
+        .iter()
+        .filter(|m| m.alert_id().is_some())
+        .all(|m| m.thread_ts.as_deref() == Some(summary.ts.as_str())));
+    let outcomes: BTreeMap<String, usize> =
+        responses.iter().fold(BTreeMap::new(), |mut counts, r| {
+            *counts.entry(format!("{:?}", r.outcome)).or_default() += 1;
+            counts
+        });
+    assert_eq!(
+        outcomes,
+        BTreeMap::from([("Duplicate".into(), 20), ("Posted".into(), 20)])
+    );
+    assert_eq!(slack.stats().rate_limited, 0);
+}
