@@ -309,6 +309,13 @@ async fn prune_ledger(
             }
             Err(e) => tracing::warn!(error = %e, "ledger pruning failed; trying again later"),
         }
+        if let Err(e) = ledger
+            .groups()
+            .prune(now.saturating_sub(retention_ms))
+            .await
+        {
+            tracing::warn!(error = %e, "group pruning failed; trying again later");
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,

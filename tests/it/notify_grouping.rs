@@ -269,3 +269,105 @@ async fn two_replicas_post_one_summary_and_each_reply_once() {
     );
     assert_eq!(slack.stats().rate_limited, 0);
 }
+
+/// Every post is stored but answered ambiguously (a 500, or too late):
+/// the summary and each reply are looked up, never posted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_answers_are_looked_up_not_posted_twice() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
+    slack.set_ambiguous(1.0, Duration::from_secs(6));
+    let now = now_ms();
+    for i in 1..=4 {
+        env.produce_message(&failure(i, now)).await;
+    }
+    let notify = env.start_notify_with(notify_settings(&env, |n| {
+        n.group_update_interval = Duration::from_millis(500);
+    }));
+    let responses = env.read_responses(4, WAIT).await;
+    let summary = summary_showing(&slack, "4 alerts: org-1").await;
+    notify.stop().await.expect("clean stop");
+    assert!(slack.stats().ambiguous >= 5, "{:?}", slack.stats());
+    let fake = slack.messages();
+    assert_eq!(summaries(&fake).len(), 1, "{fake:?}");
+    let posts = slack.posts_by_alert();
+    assert_eq!(posts.len(), 4, "{posts:?}");
+    assert!(posts.values().all(|n| *n == 1), "{posts:?}");
+    for r in &responses {
+        assert_eq!(r.outcome, DeliveryOutcome::Posted, "{r:?}");
+        assert_eq!(r.thread_ts.as_deref(), Some(summary.ts.as_str()));
+    }
+}
+
+/// The group ledger on its own: one head per conversation and key, taken
+/// over only once its window has ended, whoever opens it; members listed
+/// for the group's buttons; closed groups pruned.
+#[tokio::test]
+async fn a_window_is_opened_once_and_closed_groups_are_pruned() {
+    use alertsvc::notify::grouping::plan::{joins, Head};
+    use alertsvc::notify::grouping::summary::Member;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = crate::common::slack::ledger_url(Backend::Sqlite, dir.path()).await;
+    let ledger = Ledger::connect(&url, 1).await.expect("ledger");
+    ledger.migrate().await.expect("migrate");
+    let groups = ledger.groups();
+    let first = joins(None, "C1", "org-1", 1_000, 600_000);
+    // Another replica, with another alert of the same window, a moment later.
+    let rival = joins(None, "C1", "org-1", 2_000, 600_000);
+    assert_ne!(first.group_id, rival.group_id);
+    assert_eq!(groups.open("C1", "org-1", &first, 5).await.unwrap(), first);
+    assert_eq!(groups.open("C1", "org-1", &rival, 6).await.unwrap(), first);
+    let other_key = joins(None, "C1", "org-2", 2_000, 600_000);
+    assert_eq!(
+        groups.open("C1", "org-2", &other_key, 6).await.unwrap(),
+        other_key
+    );
+    for (i, status) in [(1, AlertStatus::Firing), (2, AlertStatus::Resolved)] {
+        let member = Member {
+            alert_id: format!("a-{i}"),
+            text: format!("alert {i}"),
+            status,
+            created_at: 1_000 + i,
+        };
+        groups
+            .upsert_member(&first.group_id, &member, 7)
+            .await
+            .unwrap();
+        // Twice: still one member.
+        groups
+            .upsert_member(&first.group_id, &member, 8)
+            .await
+            .unwrap();
+    }
+    let members = groups.members(&first.group_id).await.unwrap();
+    let ids: Vec<(&str, AlertStatus)> = members
+        .iter()
+        .map(|m| (m.alert_id.as_str(), m.status))
+        .collect();
+    assert_eq!(
+        ids,
+        [("a-1", AlertStatus::Firing), ("a-2", AlertStatus::Resolved)]
+    );
+    let row = groups.get(&first.group_id).await.unwrap().expect("group");
+    assert_eq!(row.revision, 4, "each change marks the summary out of date");
+
+    // After the window: the next alert opens the next group.
+    let next = joins(Some(&first), "C1", "org-1", 601_000, 600_000);
+    assert_eq!(
+        groups.open("C1", "org-1", &next, 601_001).await.unwrap(),
+        next
+    );
+    let Head { group_id, .. } = next;
+    assert_ne!(group_id, first.group_id);
+
+    // Unposted groups whose windows closed before the cut are pruned with
+    // their members; the open one stays.
+    assert_eq!(groups.prune(700_000).await.unwrap(), 2);
+    assert!(groups.members(&first.group_id).await.unwrap().is_empty());
+    assert!(groups.get(&group_id).await.unwrap().is_some());
+}
