@@ -371,3 +371,84 @@ async fn a_window_is_opened_once_and_closed_groups_are_pruned() {
     assert!(groups.members(&first.group_id).await.unwrap().is_empty());
     assert!(groups.get(&group_id).await.unwrap().is_some());
 }
+
+/// The shipped connector pipeline grouped by org: enrich renders the group
+/// key, notify turns five failures and one recovery into one summary in
+/// the assignee's DM with the five alerts in its thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connector_pipeline_grouped_by_org_end_to_end() {
+    use crate::common::connector_status_event;
+    use crate::common::slack::notify_env_with;
+
+    let grouping = "
+        [enrich.pipelines.connector-provisioning-failure]
+        group_key = \"{{ key }}\"
+        group_window = \"10m\"
+    ";
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env_with(
+        &["U0ADA", "C0ALERTS"],
+        Some(10.0),
+        Backend::Sqlite,
+        10,
+        grouping,
+    )
+    .await;
+    env.put_assignment("org-a", "ada@example.com", "Acme").await;
+    env.put_slack_user("ada@example.com", "U0ADA").await;
+    for i in 1..=5 {
+        let event = connector_status_event(
+            &format!("e{i}"),
+            "env-1",
+            &format!("lcc-{i}"),
+            "Provisioning",
+            "Failed",
+        );
+        env.produce_event("org-a", &event).await;
+    }
+    let recovery = connector_status_event("e6", "env-1", "lcc-2", "Failed", "Running");
+    env.produce_event("org-a", &recovery).await;
+    let enrich = env.start_enrich();
+    let messages = env.read_messages(6, WAIT).await;
+    for (_, m) in &messages {
+        assert_eq!(m.group_key.as_deref(), Some("org-a"), "{m:?}");
+        assert_eq!(m.group_window_ms, 600_000);
+    }
+    let notify = env.start_notify_with(notify_settings(&env, |n| {
+        n.group_update_interval = Duration::from_millis(500);
+    }));
+    let responses = env.read_responses(6, WAIT).await;
+    let summary = summary_showing(&slack, "5 alerts · 1 resolved: org-a").await;
+    notify.stop().await.expect("clean stop");
+    enrich.stop().await.expect("clean stop");
+    assert_eq!(summary.channel, "D0ADA");
+    let fake = slack.messages();
+    assert_eq!(fake.iter().filter(|m| m.thread_ts.is_none()).count(), 1);
+    let replies: Vec<&FakeMessage> = fake
+        .iter()
+        .filter(|m| m.thread_ts.as_deref() == Some(summary.ts.as_str()))
+        .collect();
+    // Five alerts, and the recovered one's resolved notice.
+    assert_eq!(replies.len(), 6, "{replies:?}");
+    assert_eq!(
+        replies
+            .iter()
+            .filter(|r| r.reply_key() == Some("resolved"))
+            .count(),
+        1
+    );
+    let outcomes: Vec<DeliveryOutcome> = responses.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            [DeliveryOutcome::Posted; 5].as_slice(),
+            &[DeliveryOutcome::Updated]
+        ]
+        .concat()
+    );
+    assert_eq!(slack.stats().rate_limited, 0);
+}
