@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::decision::{self, classify, ClaimView, Failure, Incoming, Plan, ReplyKind, Rules};
-use super::grouping::{GroupSettings, Grouper};
+use super::grouping::{GroupSettings, GroupThread, Grouper};
 use super::ledger::{Claim, Entry, Ledger, LedgerError, Owner, Status, Version};
 use super::pacing::{retry_delay, Pacer};
 use super::slack_health::SlackHealth;
@@ -221,7 +221,6 @@ impl Deliverer {
             health.clone(),
             owner.clone(),
             GroupSettings {
-                retry: settings.retry.clone(),
                 claim_lease: settings.claim_lease,
                 reconcile_delay: settings.reconcile_delay,
                 update_interval: settings.group_update_interval,
@@ -301,32 +300,37 @@ impl Deliverer {
 
     /// A grouped alert goes into its group's summary thread (the summary
     /// posted first if need be), whatever thread the decision chose;
-    /// ungrouped, or without a summary, it keeps that thread.
+    /// ungrouped, or without a summary, it keeps that thread. `None`: it
+    /// waited for the summary (holding the claim); decide again.
     async fn group_thread(
         &self,
         attempt: &mut Attempt<'_>,
         thread: Option<String>,
         stop: &CancellationToken,
-    ) -> Result<Option<String>, DeliverError> {
+    ) -> Result<Option<Option<String>>, DeliverError> {
         attempt.grouped = false;
         if attempt.message.group().is_none() {
-            return Ok(thread);
+            return Ok(Some(thread));
         }
         let Called::Done(conversation) = self.conversation(&attempt.message.channel_id).await?
         else {
             // post() opens the DM again and handles the failure.
-            return Ok(thread);
+            return Ok(Some(thread));
         };
         match self
             .grouper
-            .thread_for(attempt.message, &conversation, stop)
+            .thread_for(attempt.message, &conversation)
             .await?
         {
-            Some(summary) => {
+            GroupThread::Thread(summary) => {
                 attempt.grouped = true;
-                Ok(Some(summary))
+                Ok(Some(Some(summary)))
             }
-            None => Ok(thread),
+            GroupThread::Ungrouped => Ok(Some(thread)),
+            GroupThread::Wait(after) => {
+                self.retry_later(attempt, after, stop).await?;
+                Ok(None)
+            }
         }
     }
 
@@ -421,7 +425,9 @@ impl Deliverer {
                     self.reply(&mut attempt, &thread, &key, kind, stop).await?
                 }
                 Plan::Post { occurrence, thread } => {
-                    let thread = self.group_thread(&mut attempt, thread, stop).await?;
+                    let Some(thread) = self.group_thread(&mut attempt, thread, stop).await? else {
+                        continue;
+                    };
                     if let Some(delivery) =
                         self.post(&mut attempt, occurrence, thread, stop).await?
                     {

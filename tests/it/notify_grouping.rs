@@ -267,7 +267,8 @@ async fn two_replicas_post_one_summary_and_each_reply_once() {
         outcomes,
         BTreeMap::from([("Duplicate".into(), 20), ("Posted".into(), 20)])
     );
-    assert_eq!(slack.stats().rate_limited, 0);
+    // No 429 check here: each replica paces the channel on its own, so two
+    // may exceed its rate together (answered 429, retried after).
 }
 
 /// Every post is stored but answered ambiguously (a 500, or too late):

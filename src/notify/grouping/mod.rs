@@ -29,15 +29,13 @@ use summary::Member;
 use super::decision::{classify, Failure};
 use super::delivery::{now_ms, DeliverError};
 use super::ledger::Owner;
-use super::pacing::{retry_delay, Pacer};
+use super::pacing::Pacer;
 use super::slack_health::SlackHealth;
-use crate::config::RetrySettings;
 use crate::messages::SlackMessage;
 use crate::slack::{GroupRef, SlackApi, SlackError};
 
 #[derive(Debug, Clone)]
 pub struct GroupSettings {
-    pub retry: RetrySettings,
     pub claim_lease: Duration,
     pub reconcile_delay: Duration,
     /// At most one edit of a summary per this long.
@@ -63,8 +61,20 @@ enum Outcome<T> {
     Auth(SlackError),
     /// Slack may have done it.
     Uncertain,
-    /// Certainly not done; try again after this long.
-    Later(Duration),
+    /// Certainly not done; try again (after Slack's `Retry-After`).
+    Later(Option<Duration>),
+}
+
+/// Where a grouped alert goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupThread {
+    /// Into the summary's thread.
+    Thread(String),
+    /// On its own: not grouped, or Slack refused the group's summary.
+    Ungrouped,
+    /// The summary is not there yet: wait (backing off; Slack's
+    /// `Retry-After` if given) and ask again.
+    Wait(Option<Duration>),
 }
 
 fn millis(d: Duration) -> i64 {
@@ -116,17 +126,15 @@ impl Grouper {
         Ok(self.ledger.members(group_id).await?)
     }
 
-    /// Joins `message` to its group in `conversation` and returns the
-    /// thread it replies in (the summary, posted first if need be); `None`
-    /// when it is not grouped or its group's summary was refused.
+    /// Joins `message` to its group in `conversation` and says which
+    /// thread it replies in (the summary's, posted first if need be).
     pub async fn thread_for(
         &self,
         message: &SlackMessage,
         conversation: &str,
-        stop: &CancellationToken,
-    ) -> Result<Option<String>, DeliverError> {
+    ) -> Result<GroupThread, DeliverError> {
         let Some((key, window_ms)) = message.group() else {
-            return Ok(None);
+            return Ok(GroupThread::Ungrouped);
         };
         let now = now_ms();
         let head = self.ledger.head(conversation, key).await?;
@@ -144,7 +152,7 @@ impl Grouper {
         self.ledger
             .upsert_member(&head.group_id, &member_of(message), now)
             .await?;
-        self.summary(&head.group_id, stop).await
+        self.summary(&head.group_id).await
     }
 
     /// A member in the thread of `thread_ts` changed (edited, resolved):
@@ -161,7 +169,7 @@ impl Grouper {
         Ok(())
     }
 
-    fn call<T>(&self, result: Result<T, SlackError>, failures: &mut u32) -> Outcome<T> {
+    fn call<T>(&self, result: Result<T, SlackError>) -> Outcome<T> {
         let error = match result {
             Ok(value) => {
                 self.health.answered();
@@ -174,17 +182,13 @@ impl Grouper {
             Failure::Unreachable | Failure::Ambiguous => self.health.no_answer(&error),
             _ => self.health.answered(),
         }
-        *failures += 1;
-        let later = |after| retry_delay(&self.settings.retry, *failures, after, fastrand::f64());
         match failure {
             Failure::Permanent => Outcome::Refused(error),
-            Failure::Unknown if *failures >= self.settings.retry.max_attempts => {
-                Outcome::Refused(error)
-            }
             Failure::Auth => Outcome::Auth(error),
             Failure::Ambiguous => Outcome::Uncertain,
-            Failure::Retry { after } => Outcome::Later(later(after)),
-            Failure::Unknown | Failure::Unreachable => Outcome::Later(later(None)),
+            Failure::Retry { after } => Outcome::Later(after),
+            // Retried until the member is too old to post (max_age).
+            Failure::Unknown | Failure::Unreachable => Outcome::Later(None),
         }
     }
 
@@ -193,25 +197,18 @@ impl Grouper {
     }
 
     /// The group's summary in Slack: posted once (looked up first when a
-    /// post may have landed), then its ts.
-    async fn summary(
-        &self,
-        group_id: &str,
-        stop: &CancellationToken,
-    ) -> Result<Option<String>, DeliverError> {
+    /// post may have landed), then its ts. Waits are the caller's, which
+    /// holds the member's claim meanwhile.
+    async fn summary(&self, group_id: &str) -> Result<GroupThread, DeliverError> {
         if let Some(group) = self.ledger.get(group_id).await? {
             match plan::plan_summary(&group) {
-                SummaryPlan::Thread(ts) => return Ok(Some(ts)),
-                SummaryPlan::Ungrouped => return Ok(None),
+                SummaryPlan::Thread(ts) => return Ok(GroupThread::Thread(ts)),
+                SummaryPlan::Ungrouped => return Ok(GroupThread::Ungrouped),
                 SummaryPlan::Post | SummaryPlan::Reconcile => {}
             }
         }
         let _alone = self.one_at_a_time.lock().await;
-        let mut failures = 0;
         loop {
-            if stop.is_cancelled() {
-                return Err(DeliverError::Cancelled);
-            }
             let now = now_ms();
             let claimed = self
                 .ledger
@@ -219,24 +216,21 @@ impl Grouper {
                 .await?;
             let Some(mut group) = claimed else {
                 // A peer is posting it: its ts will be there shortly.
-                sleep_or_stop(Duration::from_millis(100 + fastrand::u64(..200)), stop).await?;
-                continue;
+                return Ok(GroupThread::Wait(Some(Duration::from_millis(
+                    100 + fastrand::u64(..200),
+                ))));
             };
-            match plan::plan_summary(&group) {
-                SummaryPlan::Thread(ts) => {
-                    self.release(&group).await;
-                    return Ok(Some(ts));
-                }
-                SummaryPlan::Ungrouped => {
-                    self.release(&group).await;
-                    return Ok(None);
-                }
-                SummaryPlan::Reconcile => self.reconcile(&mut group, &mut failures, stop).await?,
-                SummaryPlan::Post => {
-                    if let Some(done) = self.post(&mut group, &mut failures, stop).await? {
-                        return Ok(done);
-                    }
-                }
+            let next = match plan::plan_summary(&group) {
+                SummaryPlan::Thread(ts) => Some(GroupThread::Thread(ts)),
+                SummaryPlan::Ungrouped => Some(GroupThread::Ungrouped),
+                SummaryPlan::Reconcile => self.reconcile(&mut group).await?,
+                SummaryPlan::Post => Some(self.post(&mut group).await?),
+            };
+            if let Some(next) = next {
+                // Never held across a wait: a peer may take over meanwhile
+                // (a pending summary is looked up by whoever comes next).
+                self.release(&group).await;
+                return Ok(next);
             }
         }
     }
@@ -253,14 +247,8 @@ impl Grouper {
         Ok(self.ledger.save(group, &self.owner, now, lease).await?)
     }
 
-    /// Posts the summary; `Some` when the member knows its thread (or that
-    /// there is none), `None` to decide again.
-    async fn post(
-        &self,
-        group: &mut GroupRow,
-        failures: &mut u32,
-        stop: &CancellationToken,
-    ) -> Result<Option<Option<String>>, DeliverError> {
+    /// Posts the summary, recording it `pending` first.
+    async fn post(&self, group: &mut GroupRow) -> Result<GroupThread, DeliverError> {
         // The revision is read before the members: a member joining in
         // between leaves the summary out of date, never shown as current.
         let revision = group.revision;
@@ -284,69 +272,60 @@ impl Grouper {
                 &group_ref,
             )
             .await;
-        match self.call(result, failures) {
+        match self.call(result) {
             Outcome::Done(posted) => {
                 group.status = GroupStatus::Posted;
                 group.ts = Some(posted.ts.clone());
                 group.shown_revision = revision;
                 group.shown_at = Some(now_ms());
-                self.save(group, false).await?;
-                Ok(Some(Some(posted.ts)))
+                self.save(group, true).await?;
+                Ok(GroupThread::Thread(posted.ts))
             }
             Outcome::Refused(e) => {
                 tracing::warn!(group_id = %group.group_id, error = %e, "Slack refused the group's summary; its alerts go out on their own");
                 group.status = GroupStatus::Failed;
                 group.error = Some(e.code());
-                self.save(group, false).await?;
-                Ok(Some(None))
+                self.save(group, true).await?;
+                Ok(GroupThread::Ungrouped)
             }
             Outcome::Auth(e) => {
                 group.status = GroupStatus::New;
                 self.save(group, false).await?;
                 Err(DeliverError::Auth(e))
             }
-            Outcome::Uncertain => {
-                // Still pending: the next round looks for it.
-                sleep_or_stop(self.settings.reconcile_delay, stop).await?;
-                Ok(None)
-            }
-            Outcome::Later(delay) => {
+            // Still pending: the next round looks for it.
+            Outcome::Uncertain => Ok(GroupThread::Wait(Some(self.settings.reconcile_delay))),
+            Outcome::Later(after) => {
+                // Certainly not posted: the next round need not look.
                 group.status = GroupStatus::New;
-                self.save(group, true).await?;
-                sleep_or_stop(delay, stop).await?;
-                Ok(None)
+                self.save(group, false).await?;
+                Ok(GroupThread::Wait(after))
             }
         }
     }
 
-    /// Looks for a summary whose post may have landed, and records what it
-    /// found (posted, or nothing: free to post).
-    async fn reconcile(
-        &self,
-        group: &mut GroupRow,
-        failures: &mut u32,
-        stop: &CancellationToken,
-    ) -> Result<(), DeliverError> {
+    /// Looks for a summary whose post may have landed and records what
+    /// it found (posted, or nothing: free to post); `Some` when the caller
+    /// must wait first.
+    async fn reconcile(&self, group: &mut GroupRow) -> Result<Option<GroupThread>, DeliverError> {
         let oldest = group.updated_at - 5 * 60 * 1000;
-        let found = loop {
-            self.pacer.history_ready().await;
-            let group_ref = GroupRef {
-                group_id: &group.group_id,
-                group_key: &group.group_key,
-            };
-            let result = self
-                .slack
-                .find_summary(&group.channel_id, &group_ref, Some(oldest))
-                .await;
-            match self.call(result, failures) {
-                Outcome::Done(found) => break found,
-                Outcome::Auth(e) => return Err(DeliverError::Auth(e)),
-                // Unreadable: nothing can be proven, and a post would be
-                // refused the same way.
-                Outcome::Refused(_) => break None,
-                Outcome::Uncertain => sleep_or_stop(self.settings.reconcile_delay, stop).await?,
-                Outcome::Later(delay) => sleep_or_stop(delay, stop).await?,
-            }
+        self.pacer.history_ready().await;
+        let group_ref = GroupRef {
+            group_id: &group.group_id,
+            group_key: &group.group_key,
+        };
+        let result = self
+            .slack
+            .find_summary(&group.channel_id, &group_ref, Some(oldest))
+            .await;
+        let found = match self.call(result) {
+            Outcome::Done(found) => found,
+            Outcome::Auth(e) => return Err(DeliverError::Auth(e)),
+            // Unreadable: nothing can be proven, and a post would be
+            // refused the same way.
+            Outcome::Refused(_) => None,
+            Outcome::Uncertain => return Ok(Some(GroupThread::Wait(None))),
+            Outcome::Later(after) => return Ok(Some(GroupThread::Wait(after))),
         };
         match found {
             Some(ts) => {
@@ -359,7 +338,8 @@ impl Grouper {
             }
             None => group.status = GroupStatus::New,
         }
-        self.save(group, true).await
+        self.save(group, true).await?;
+        Ok(None)
     }
 
     /// Edits every posted summary that is out of date and was not edited
@@ -414,8 +394,7 @@ impl Grouper {
                 &group_ref,
             )
             .await;
-        let mut failures = 0;
-        match self.call(result, &mut failures) {
+        match self.call(result) {
             Outcome::Done(_) => {
                 group.shown_revision = revision;
                 group.shown_at = Some(now_ms());
