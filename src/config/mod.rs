@@ -473,6 +473,22 @@ pub struct PipelineSettings {
     pub group_window: Option<Duration>,
 }
 
+impl PipelineSettings {
+    /// The group window in milliseconds (0: no grouping); `group_key` and
+    /// `group_window` come together. Errors name the key at fault.
+    pub fn group_window_ms(&self) -> Result<i64, (&'static str, &'static str)> {
+        match (&self.group_key, self.group_window) {
+            (None, None) => Ok(0),
+            (Some(_), None) => Err(("group_window", "set group_window with group_key")),
+            (None, Some(_)) => Err(("group_key", "set group_key with group_window")),
+            (Some(_), Some(window)) => match i64::try_from(window.as_millis()) {
+                Ok(ms) if ms >= 1_000 => Ok(ms),
+                _ => Err(("group_window", "must be at least 1s")),
+            },
+        }
+    }
+}
+
 pub(crate) fn default_true() -> bool {
     true
 }

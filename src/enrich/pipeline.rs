@@ -264,7 +264,8 @@ impl Pipeline {
         if let Some(status) = &message.status {
             sources.push((STATUS_TEMPLATE, status.clone()));
         }
-        let group_window_ms = group_window_ms(settings)
+        let group_window_ms = settings
+            .group_window_ms()
             .map_err(|(k, reason)| ConfigError::invalid(key(k), reason))?;
         if let Some(group_key) = &settings.group_key {
             sources.push((GROUP_KEY_TEMPLATE, group_key.clone()));
@@ -520,20 +521,6 @@ impl Pipeline {
     }
 }
 
-/// The group window in milliseconds (0: no grouping); `group_key` and
-/// `group_window` come together. Errors name the key at fault.
-fn group_window_ms(settings: &PipelineSettings) -> Result<i64, (&'static str, &'static str)> {
-    match (&settings.group_key, settings.group_window) {
-        (None, None) => Ok(0),
-        (Some(_), None) => Err(("group_window", "set group_window with group_key")),
-        (None, Some(_)) => Err(("group_key", "set group_key with group_window")),
-        (Some(_), Some(window)) => match i64::try_from(window.as_millis()) {
-            Ok(ms) if ms >= 1_000 => Ok(ms),
-            _ => Err(("group_window", "must be at least 1s")),
-        },
-    }
-}
-
 /// `truncate(n)`: at most `n` characters, ending in `…` when cut, so long
 /// free-text fields cannot push a block over Slack's limits. Where the value
 /// will be Slack-escaped, characters count as escaped (`<` is `&lt;`, four),
@@ -617,5 +604,7 @@ fn write_json_string_content(out: &mut minijinja::Output, text: &str) -> std::fm
     out.write_str(&text[start..])
 }
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod tests;

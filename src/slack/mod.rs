@@ -12,9 +12,6 @@
 //! [`fake`] is a local Slack Web API for tests and the demo.
 
 pub mod fake;
-mod group;
-
-pub use group::{GroupRef, GROUP_METADATA_EVENT};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,6 +20,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
+
+mod group;
+pub use group::{GroupRef, GROUP_METADATA_EVENT};
 
 /// Event type of the message metadata every alert carries.
 pub const ALERT_METADATA_EVENT: &str = "alertsvc_alert";

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::*;
 use crate::config::{Settings, Sources};
 
-struct Tables(HashMap<(String, String), Arc<Json>>);
+pub(super) struct Tables(HashMap<(String, String), Arc<Json>>);
 
 impl TableLookup for Tables {
     fn lookup(&self, table: &str, key: &str) -> Option<Arc<Json>> {
@@ -14,11 +14,11 @@ impl TableLookup for Tables {
     }
 }
 
-fn config_dir() -> PathBuf {
+pub(super) fn config_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
 }
 
-fn reference_pipeline() -> Pipeline {
+pub(super) fn reference_pipeline() -> Pipeline {
     let settings = Settings::load(&Sources {
         dir: config_dir(),
         env_name: None,
@@ -31,7 +31,7 @@ fn reference_pipeline() -> Pipeline {
     Pipeline::compile(name, &enrich.pipelines[name], &config_dir()).unwrap()
 }
 
-fn tables() -> Tables {
+pub(super) fn tables() -> Tables {
     let mut map = HashMap::new();
     map.insert(
         ("csdr_assignment".into(), "org-1".into()),
@@ -55,7 +55,7 @@ fn tables() -> Tables {
     Tables(map)
 }
 
-fn event(old_status: &str) -> Json {
+pub(super) fn event(old_status: &str) -> Json {
     let data = json!({"env_id": "env-9", "connector_id": "lcc-42", "connector_name": "orders-sink",
                       "failure_reason": "auth \"failed\"\nbad key",
                       "labels": {"connector_old_status": old_status, "connector_new_status": "Failed"}});
@@ -63,7 +63,7 @@ fn event(old_status: &str) -> Json {
            "data": data.to_string()})
 }
 
-fn source(key: &Json) -> Source<'_> {
+pub(super) fn source(key: &Json) -> Source<'_> {
     Source {
         topic: "data-notifications-pipeline",
         partition: 0,
@@ -73,7 +73,7 @@ fn source(key: &Json) -> Source<'_> {
     }
 }
 
-fn emitted(verdict: Verdict) -> SlackMessage {
+pub(super) fn emitted(verdict: Verdict) -> SlackMessage {
     match verdict {
         Verdict::Emit(m) => m,
         other => panic!("expected a message, got {other:?}"),
@@ -428,69 +428,4 @@ fn a_missing_key_is_null() {
         p.apply(&no_key, &json!({}), &tables()),
         Verdict::Reject(RecordError::Filter(_))
     ));
-}
-
-fn grouped_pipeline(group: &str) -> Result<Pipeline, ConfigError> {
-    let toml_text = [
-        "input = \"in\"\noutput = \"out\"\n",
-        group,
-        "\n[message]\nalert_id = \"a-{{ key }}\"\nchannel = \"C1\"\ntext = \"t\"\n",
-        "blocks = '''[{\"type\": \"section\", \"text\": {\"type\": \"mrkdwn\", \"text\": \"x\"}}]'''\n",
-    ]
-    .concat();
-    let settings: PipelineSettings = toml::from_str(&toml_text).unwrap();
-    Pipeline::compile("p", &settings, &config_dir())
-}
-
-#[test]
-fn the_group_key_is_rendered_per_event_with_the_window() {
-    let p = grouped_pipeline(
-        "group_key = \"{{ key }}/{{ event.env | default('') }}\"\ngroup_window = \"10m\"",
-    )
-    .unwrap();
-    let msg = emitted(p.apply(
-        &source(&json!("org-1")),
-        &json!({"env": "env-1"}),
-        &tables(),
-    ));
-    assert_eq!(msg.group_key.as_deref(), Some("org-1/env-1"));
-    assert_eq!(msg.group_window_ms, 600_000);
-    // Rendered empty: this alert is not grouped.
-    let p =
-        grouped_pipeline("group_key = \"{{ event.team | default('') }}\"\ngroup_window = \"10m\"")
-            .unwrap();
-    let msg = emitted(p.apply(&source(&json!("org-1")), &json!({}), &tables()));
-    assert_eq!((msg.group_key, msg.group_window_ms), (None, 0));
-    // The shipped pipeline does not group.
-    let msg = emitted(reference_pipeline().apply(
-        &source(&json!("org-1")),
-        &event("Provisioning"),
-        &tables(),
-    ));
-    assert_eq!((msg.group_key, msg.group_window_ms), (None, 0));
-}
-
-#[test]
-fn group_key_and_group_window_come_together_and_errors_name_them() {
-    for (settings, key) in [
-        (
-            "group_key = \"{{ key }}\"",
-            "enrich.pipelines.p.group_window",
-        ),
-        ("group_window = \"10m\"", "enrich.pipelines.p.group_key"),
-        (
-            "group_key = \"{{ key }}\"\ngroup_window = \"500ms\"",
-            "enrich.pipelines.p.group_window",
-        ),
-        (
-            "group_key = \"{% if %}\"\ngroup_window = \"10m\"",
-            "enrich.pipelines.p.group_key",
-        ),
-    ] {
-        let err = grouped_pipeline(settings).unwrap_err();
-        assert!(
-            err.to_string().starts_with(&format!("`{key}`")),
-            "{settings}: {err}"
-        );
-    }
 }
