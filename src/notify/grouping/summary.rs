@@ -224,6 +224,5 @@ mod tests {
             .as_str()
             .is_some_and(|t| t.chars().count() <= 402 && t.ends_with('…')));
         assert!(summary.text.contains("&lt;!channel&gt;"));
-        assert!(crate::enrich::blockkit::validate_message(&summary.text, &blocks).is_ok());
     }
 }
