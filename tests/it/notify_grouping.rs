@@ -78,7 +78,10 @@ async fn a_burst_becomes_one_summary_with_every_alert_in_its_thread(backend: Bac
         env,
         ledger: ledger_url,
         ledger_dir: _ledger_dir,
-    } = notify_env(&["C1"], Some(10.0), backend, 10).await;
+        // notify paces the channel at half the fake's limit: a loaded test
+        // machine delays some requests more than others, and Slack's limit is
+        // no place to find out by how much.
+    } = notify_env(&["C1"], Some(10.0), backend, 5).await;
     let now = now_ms();
     let burst: Vec<SlackMessage> = (1..=ALERTS).map(|i| failure(i, now)).collect();
     for m in &burst {
@@ -395,7 +398,7 @@ async fn the_connector_pipeline_grouped_by_org_end_to_end() {
         &["U0ADA", "C0ALERTS"],
         Some(10.0),
         Backend::Sqlite,
-        10,
+        5,
         grouping,
     )
     .await;
