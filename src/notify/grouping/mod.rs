@@ -414,9 +414,11 @@ impl Grouper {
                 self.release(&group).await;
                 Err(DeliverError::Auth(e))
             }
-            // Edits are idempotent: the next pass tries again.
+            // Edits are idempotent: tried again an interval later (not
+            // every tick while Slack is in trouble).
             Outcome::Uncertain | Outcome::Later(_) => {
-                self.release(&group).await;
+                group.shown_at = Some(now_ms());
+                self.save(&group, false).await?;
                 Ok(false)
             }
         }
