@@ -107,6 +107,8 @@ async fn run(
                 updates: Default::default(),
                 recurrence: Default::default(),
                 resolved_unposted: Default::default(),
+                group_key: None,
+                group_window_ms: 0,
             };
             let payload =
                 block_on(codecs["slack_messages"].encode(&message.to_json())).expect("encode");

@@ -34,6 +34,14 @@ pub struct SlackMessage {
     /// What a `resolved` record of an alert never posted does.
     #[serde(default)]
     pub resolved_unposted: ResolvedUnposted,
+    /// Alerts with the same key in one channel within `group_window_ms`
+    /// of the group's first alert share one summary message, each alert a
+    /// reply in its thread; `None`: not grouped.
+    #[serde(default)]
+    pub group_key: Option<String>,
+    /// The group's window; 0: not grouped.
+    #[serde(default)]
+    pub group_window_ms: i64,
 }
 
 /// An alert's lifecycle status as the event tells it.
@@ -106,6 +114,16 @@ pub enum ResolvedUnposted {
 }
 
 impl SlackMessage {
+    /// The group this message joins, if its pipeline groups alerts.
+    pub fn group(&self) -> Option<(&str, i64)> {
+        match &self.group_key {
+            Some(key) if self.group_window_ms > 0 && !key.is_empty() => {
+                Some((key.as_str(), self.group_window_ms))
+            }
+            _ => None,
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         to_json(self)
     }

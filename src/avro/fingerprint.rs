@@ -241,6 +241,10 @@ mod tests {
         for (text, expected) in [
             (
                 include_str!("../../config/schemas/slack_message.avsc"),
+                "993bd42a1549f9a3",
+            ),
+            (
+                include_str!("../../config/schemas/slack_message_v2.avsc"),
                 "09ea0f340cdcc90e",
             ),
             (

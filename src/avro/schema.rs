@@ -57,6 +57,10 @@ const SHIPPED_PREDECESSORS: &[(&str, &str)] = &[
         include_str!("../../config/schemas/slack_message_v1.avsc"),
     ),
     (
+        "(built in) schemas/slack_message_v2.avsc",
+        include_str!("../../config/schemas/slack_message_v2.avsc"),
+    ),
+    (
         "(built in) schemas/slack_response_v1.avsc",
         include_str!("../../config/schemas/slack_response_v1.avsc"),
     ),
@@ -130,5 +134,21 @@ mod tests {
         // And with the fingerprint releases before issue 10 wrote.
         bytes[2..10].copy_from_slice(&legacy_fingerprint(&v1.schema));
         assert_eq!(current.decode(&bytes).unwrap(), read);
+        // The release before grouping: read with no group.
+        let v2 = SchemaFile::parse(
+            "v2",
+            include_str!("../../config/schemas/slack_message_v2.avsc"),
+        )
+        .unwrap();
+        let mut before_groups = old.clone();
+        before_groups["status"] = json!("resolved");
+        let bytes = SingleObject::new(&v2, &[])
+            .unwrap()
+            .encode(&before_groups)
+            .unwrap();
+        let read = current.decode(&bytes).unwrap();
+        assert_eq!(read["status"], "resolved");
+        assert_eq!(read["groupKey"], Json::Null);
+        assert_eq!(read["groupWindowMs"], 0);
     }
 }

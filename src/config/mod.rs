@@ -468,6 +468,35 @@ pub struct PipelineSettings {
     /// `resolved_unposted`) or `post`.
     #[serde(default)]
     pub resolved_unposted: crate::messages::ResolvedUnposted,
+    /// Template of the key that groups alerts (same context as the message
+    /// templates): alerts with one key in one channel within
+    /// `group_window` of the group's first share one summary message.
+    /// Rendered empty: the alert is not grouped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_key: Option<String>,
+    /// How long a group takes members, from its first alert's time.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub group_window: Option<Duration>,
+}
+
+impl PipelineSettings {
+    /// The group window in milliseconds (0: no grouping); `group_key` and
+    /// `group_window` come together. Errors name the key at fault.
+    pub fn group_window_ms(&self) -> Result<i64, (&'static str, &'static str)> {
+        match (&self.group_key, self.group_window) {
+            (None, None) => Ok(0),
+            (Some(_), None) => Err(("group_window", "set group_window with group_key")),
+            (None, Some(_)) => Err(("group_key", "set group_key with group_window")),
+            (Some(_), Some(window)) => match i64::try_from(window.as_millis()) {
+                Ok(ms) if ms >= 1_000 => Ok(ms),
+                _ => Err(("group_window", "must be at least 1s")),
+            },
+        }
+    }
 }
 
 pub(crate) fn default_true() -> bool {
@@ -576,6 +605,10 @@ fn default_max_channel_backlog() -> usize {
     1000
 }
 
+fn default_group_update_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
 fn default_reconcile_delay() -> Duration {
     Duration::from_secs(2)
 }
@@ -615,6 +648,10 @@ pub struct NotifySettings {
     /// before looking for the message in the conversation.
     #[serde(with = "humantime_serde", default = "default_reconcile_delay")]
     pub reconcile_delay: Duration,
+    /// A group's summary is edited at most once per this long: a burst of
+    /// members is shown in a few edits, the last one exact.
+    #[serde(with = "humantime_serde", default = "default_group_update_interval")]
+    pub group_update_interval: Duration,
     /// This many Slack calls in a row that could not reach Slack mark it
     /// unreachable: partitions pause until a call succeeds.
     #[serde(default = "default_unreachable_after")]

@@ -36,6 +36,7 @@ const SLACK_TEXT_ESCAPE: AutoEscape = AutoEscape::Custom("slack-text");
 const BLOCKS_TEMPLATE: &str = "blocks";
 const TEXT_TEMPLATE: &str = "text";
 const STATUS_TEMPLATE: &str = "status";
+const GROUP_KEY_TEMPLATE: &str = "group_key";
 
 /// Where a record came from; part of the template context and of errors.
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +190,9 @@ pub struct Pipeline {
     updates: UpdateMode,
     recurrence: RecurrenceMode,
     resolved_unposted: ResolvedUnposted,
+    /// The group window in milliseconds when `group_key` is set; 0: the
+    /// pipeline does not group.
+    group_window_ms: i64,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -258,9 +262,17 @@ impl Pipeline {
         if let Some(status) = &message.status {
             sources.push((STATUS_TEMPLATE, status.clone()));
         }
+        let group_window_ms = settings
+            .group_window_ms()
+            .map_err(|(k, reason)| ConfigError::invalid(key(k), reason))?;
+        if let Some(group_key) = &settings.group_key {
+            sources.push((GROUP_KEY_TEMPLATE, group_key.clone()));
+        }
         for (template, source) in sources {
             let config_key = if template == BLOCKS_TEMPLATE && message.blocks_file.is_some() {
                 key("message.blocks_file")
+            } else if template == GROUP_KEY_TEMPLATE {
+                key(GROUP_KEY_TEMPLATE)
             } else {
                 key(&format!("message.{template}"))
             };
@@ -321,6 +333,7 @@ impl Pipeline {
             updates: settings.updates,
             recurrence: settings.recurrence,
             resolved_unposted: settings.resolved_unposted,
+            group_window_ms,
         })
     }
 
@@ -536,6 +549,12 @@ impl Pipeline {
         let blocks: Json = serde_json::from_str(&blocks_text)
             .map_err(|e| RecordError::BlocksJson(e.to_string()))?;
         blockkit::validate_message(&text, &blocks)?;
+        let group_key = if self.group_window_ms > 0 {
+            let rendered = self.render_template(GROUP_KEY_TEMPLATE, &context)?;
+            Some(rendered.trim().to_owned()).filter(|k| !k.is_empty())
+        } else {
+            None
+        };
         Ok(SlackMessage {
             alert_id,
             channel_id,
@@ -550,6 +569,12 @@ impl Pipeline {
             updates: self.updates,
             recurrence: self.recurrence,
             resolved_unposted: self.resolved_unposted,
+            group_window_ms: if group_key.is_some() {
+                self.group_window_ms
+            } else {
+                0
+            },
+            group_key,
         })
     }
 
@@ -707,5 +732,7 @@ fn write_json_string_content(out: &mut minijinja::Output, text: &str) -> std::fm
     out.write_str(&text[start..])
 }
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod tests;

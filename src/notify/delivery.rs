@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::decision::{self, classify, ClaimView, Failure, Incoming, Plan, ReplyKind, Rules};
+use super::grouping::{GroupSettings, GroupThread, Grouper};
 use super::ledger::{Claim, Entry, Ledger, LedgerError, Owner, Status, Version};
 use super::pacing::{retry_delay, Pacer};
 use super::slack_health::SlackHealth;
@@ -129,6 +130,8 @@ pub struct DeliverySettings {
     pub rules: Rules,
     pub claim_lease: Duration,
     pub reconcile_delay: Duration,
+    /// At most one edit of a group's summary per this long.
+    pub group_update_interval: Duration,
 }
 
 pub struct Deliverer {
@@ -144,6 +147,7 @@ pub struct Deliverer {
     in_process: InProcess,
     /// Alert states (acknowledged, snoozed, …): every edit shows them.
     states: Option<Arc<AlertStates>>,
+    grouper: Arc<Grouper>,
 }
 
 /// How one Slack call ended, for the caller's loop.
@@ -176,6 +180,8 @@ struct Attempt<'a> {
     /// A reply Slack refused for good (the delivery goes on without it).
     refused_reply: Option<SlackError>,
     http_status: Option<i32>,
+    /// Posted into its group's summary thread (not broadcast).
+    grouped: bool,
 }
 
 impl Attempt<'_> {
@@ -211,6 +217,18 @@ impl Deliverer {
         metrics: NotifyMetrics,
         health: Arc<SlackHealth>,
     ) -> Deliverer {
+        let grouper = Arc::new(Grouper::new(
+            slack.clone(),
+            ledger.groups(),
+            pacer.clone(),
+            health.clone(),
+            owner.clone(),
+            GroupSettings {
+                claim_lease: settings.claim_lease,
+                reconcile_delay: settings.reconcile_delay,
+                update_interval: settings.group_update_interval,
+            },
+        ));
         Deliverer {
             slack,
             ledger,
@@ -222,6 +240,7 @@ impl Deliverer {
             dms: Mutex::new(HashMap::new()),
             in_process: InProcess::default(),
             states: None,
+            grouper,
         }
     }
 
@@ -229,6 +248,11 @@ impl Deliverer {
     pub fn with_states(mut self, states: Arc<AlertStates>) -> Deliverer {
         self.states = Some(states);
         self
+    }
+
+    /// Grouped alerts' summaries; its flusher keeps them current.
+    pub fn grouper(&self) -> &Arc<Grouper> {
+        &self.grouper
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -255,7 +279,67 @@ impl Deliverer {
                 Err(DeliverError::Ledger(LedgerError::ClaimLost { alert_id })) => {
                     tracing::warn!(alert_id, "claim lost to a peer; deciding again");
                 }
+                Ok(delivery) => {
+                    self.group_member_changed(message, &delivery).await?;
+                    return Ok(delivery);
+                }
                 other => return other,
+            }
+        }
+    }
+
+    /// A grouped alert's reply was edited (resolved, new content): its
+    /// group's summary is out of date.
+    async fn group_member_changed(
+        &self,
+        message: &SlackMessage,
+        delivery: &Delivery,
+    ) -> Result<(), DeliverError> {
+        if message.group().is_none() || delivery.outcome != DeliveryOutcome::Updated {
+            return Ok(());
+        }
+        if let (Some(ts), Some(thread)) = (&delivery.ts, &delivery.thread_ts) {
+            if ts != thread {
+                self.grouper
+                    .member_changed(message, &delivery.channel, thread)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A grouped alert goes into its group's summary thread (the summary
+    /// posted first if need be), whatever thread the decision chose;
+    /// ungrouped, or without a summary, it keeps that thread. `None`: it
+    /// waited for the summary (holding the claim); decide again.
+    async fn group_thread(
+        &self,
+        attempt: &mut Attempt<'_>,
+        thread: Option<String>,
+        stop: &CancellationToken,
+    ) -> Result<Option<Option<String>>, DeliverError> {
+        attempt.grouped = false;
+        if attempt.message.group().is_none() {
+            return Ok(Some(thread));
+        }
+        let Called::Done(conversation) = self.conversation(&attempt.message.channel_id).await?
+        else {
+            // post() opens the DM again and handles the failure.
+            return Ok(Some(thread));
+        };
+        match self
+            .grouper
+            .thread_for(attempt.message, &conversation)
+            .await?
+        {
+            GroupThread::Thread(summary) => {
+                attempt.grouped = true;
+                Ok(Some(Some(summary)))
+            }
+            GroupThread::Ungrouped => Ok(Some(thread)),
+            GroupThread::Wait(after) => {
+                self.retry_later(attempt, after, stop).await?;
+                Ok(None)
             }
         }
     }
@@ -321,6 +405,7 @@ impl Deliverer {
             replied: None,
             refused_reply: None,
             http_status: None,
+            grouped: false,
         };
         loop {
             if stop.is_cancelled() {
@@ -350,6 +435,9 @@ impl Deliverer {
                     self.reply(&mut attempt, &thread, &key, kind, stop).await?
                 }
                 Plan::Post { occurrence, thread } => {
+                    let Some(thread) = self.group_thread(&mut attempt, thread, stop).await? else {
+                        continue;
+                    };
                     if let Some(delivery) =
                         self.post(&mut attempt, occurrence, thread, stop).await?
                     {
@@ -656,11 +744,12 @@ impl Deliverer {
         };
         let result = match &thread {
             // Into the earlier occurrence's thread, and to the channel too:
-            // a recurrence is news.
+            // a recurrence is news. A group's member only replies: its
+            // summary is the news.
             Some(thread_ts) => {
                 let thread = Thread {
                     ts: thread_ts,
-                    broadcast: true,
+                    broadcast: !attempt.grouped,
                 };
                 self.timed(self.slack.post_in_thread(
                     &conversation,

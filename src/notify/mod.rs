@@ -13,6 +13,7 @@ pub mod backlog;
 pub mod decision;
 pub mod delivery;
 pub mod dispatch;
+pub mod grouping;
 pub mod interactions;
 pub mod ledger;
 pub mod offsets;
@@ -273,6 +274,7 @@ async fn run_with(
             },
             claim_lease: notify.ledger.claim_lease,
             reconcile_delay: notify.reconcile_delay,
+            group_update_interval: notify.group_update_interval,
         },
         owner,
         metrics.clone(),
@@ -302,6 +304,13 @@ async fn run_with(
             .clone()
             .run_publisher(STATE_REPUBLISH_EVERY, shutdown.clone()),
     );
+    let flushing = tokio::spawn(
+        shared
+            .deliverer
+            .grouper()
+            .clone()
+            .run_flusher(shutdown.clone()),
+    );
     let pruning = tokio::spawn(prune_ledger(
         ledger,
         notify.ledger.retention,
@@ -327,6 +336,7 @@ async fn run_with(
     pruning.abort();
     probing.abort();
     publishing.abort();
+    flushing.abort();
     health.set_ready(false);
     match tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync)) {
         Ok(()) => {}
@@ -365,6 +375,13 @@ async fn prune_ledger(
                 tracing::info!(pruned, "ledger rows past their retention deleted");
             }
             Err(e) => tracing::warn!(error = %e, "ledger pruning failed; trying again later"),
+        }
+        if let Err(e) = ledger
+            .groups()
+            .prune(now.saturating_sub(retention_ms))
+            .await
+        {
+            tracing::warn!(error = %e, "group pruning failed; trying again later");
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

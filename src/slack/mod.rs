@@ -23,6 +23,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
+mod group;
+pub use group::{GroupRef, GROUP_METADATA_EVENT};
+
 /// Event type of the message metadata every alert carries.
 pub const ALERT_METADATA_EVENT: &str = "alertsvc_alert";
 /// Event type of the metadata of a thread reply about an alert (a resolved

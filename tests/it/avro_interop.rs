@@ -59,11 +59,13 @@ fn cases() -> Vec<(PathBuf, Vec<Value>)> {
                 "blocks": "[{\"type\":\"section\"}]", "createdAt": 1_764_000_000_123_i64,
                 "pipeline": "connectors", "sourceTopic": "data-notifications-pipeline",
                 "sourcePartition": 2, "sourceOffset": 9_000_000_000_i64, "status": "firing",
-                "updates": "edit", "recurrence": "new", "resolvedUnposted": "skip"}),
+                "updates": "edit", "recurrence": "new", "resolvedUnposted": "skip",
+                "groupKey": null, "groupWindowMs": 0}),
                 json!({"alertId": "a-1", "channelId": "C0123", "text": "Resolved", "blocks": "[]",
                 "createdAt": 1_764_000_100_000_i64, "pipeline": "connectors", "sourceTopic": "t",
                 "sourcePartition": 0, "sourceOffset": 1, "status": "resolved",
-                "updates": "edit_and_thread", "recurrence": "thread", "resolvedUnposted": "post"}),
+                "updates": "edit_and_thread", "recurrence": "thread", "resolvedUnposted": "post",
+                "groupKey": "org-1 ✅", "groupWindowMs": 600_000}),
             ],
         ),
         (
@@ -143,6 +145,7 @@ fn fingerprint_schemas() -> Vec<PathBuf> {
     schemas.push(fixture("canonical_edge_cases.avsc"));
     schemas.push(fixture("slack_message_v0.avsc"));
     schemas.push(shipped("slack_message_v1.avsc"));
+    schemas.push(shipped("slack_message_v2.avsc"));
     schemas.push(shipped("slack_response_v1.avsc"));
     schemas
 }
@@ -155,7 +158,7 @@ fn evolution_case() -> (PathBuf, Value, Value) {
     let read = json!({"alertId": "a-9", "channelId": "C9", "text": "old", "blocks": "[]",
         "createdAt": 1_600_000_000_000_i64, "pipeline": "", "sourceTopic": "",
         "sourcePartition": -1, "sourceOffset": -1, "status": "firing", "updates": "edit",
-        "recurrence": "new", "resolvedUnposted": "skip"});
+        "recurrence": "new", "resolvedUnposted": "skip", "groupKey": null, "groupWindowMs": 0});
     (fixture("slack_message_v0.avsc"), old, read)
 }
 
@@ -341,7 +344,7 @@ async fn records_before_the_lifecycle_fields_read_with_their_defaults() {
                 "createdAt": 5, "pipeline": "p", "sourceTopic": "s", "sourcePartition": 0,
                 "sourceOffset": 1}),
             json!({"status": "firing", "updates": "edit", "recurrence": "new",
-                "resolvedUnposted": "skip"}),
+                "resolvedUnposted": "skip", "groupKey": null, "groupWindowMs": 0}),
         ),
         (
             "slack_response",

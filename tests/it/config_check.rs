@@ -785,6 +785,36 @@ fn lifecycle_settings_are_checked_by_name() {
     );
 }
 
+/// `group_key` is a template checked like the message's, and comes with
+/// `group_window`; unknown keys next to them are refused.
+#[test]
+fn grouping_settings_are_checked() {
+    let pipeline = "[enrich.pipelines.connector-provisioning-failure]";
+    let outcome = check(&format!(
+        "{pipeline}\ngroup_key = \"{{{{ key }}}}\"\ngroup_window = \"10m\"\n\
+         [notify]\ngroup_update_interval = \"2s\"\n"
+    ));
+    assert!(outcome.success, "{}", outcome.stderr);
+    assert_refused(
+        &format!("{pipeline}\ngroup_key = \"{{{{ key \"\ngroup_window = \"10m\"\n"),
+        &[
+            "enrich.pipelines.connector-provisioning-failure.group_key",
+            "invalid template",
+        ],
+    );
+    assert_refused(
+        &format!("{pipeline}\ngroup_key = \"{{{{ key }}}}\"\n"),
+        &[
+            "enrich.pipelines.connector-provisioning-failure.group_window",
+            "set group_window with group_key",
+        ],
+    );
+    assert_refused(
+        &format!("{pipeline}\ngroup_key = \"{{{{ key }}}}\"\ngroup_windows = \"10m\"\n"),
+        &["group_windows"],
+    );
+}
+
 /// `[kafka.client]` is applied last, so it can override what a stage's
 /// client relies on: each such property is a warning naming the clients it
 /// overrides and why it matters; tuning properties and values equal to the

@@ -19,6 +19,7 @@ mod notify_chaos;
 mod notify_crash;
 mod notify_delivery;
 mod notify_faults;
+mod notify_grouping;
 mod notify_interactions;
 mod notify_ledger;
 mod notify_lifecycle;

@@ -81,6 +81,9 @@ fn expected_alert(env: &TestEnv, position: (i32, i64)) -> Value {
         "updates": "edit",
         "recurrence": "thread",
         "resolvedUnposted": "skip",
+        // Not grouped as shipped.
+        "groupKey": null,
+        "groupWindowMs": 0,
     })
 }
 

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::*;
 use crate::config::{Settings, Sources};
 
-struct Tables(HashMap<(String, String), Arc<Json>>);
+pub(super) struct Tables(HashMap<(String, String), Arc<Json>>);
 
 impl TableLookup for Tables {
     fn lookup(&self, table: &str, key: &str) -> Option<Arc<Json>> {
@@ -14,11 +14,11 @@ impl TableLookup for Tables {
     }
 }
 
-fn config_dir() -> PathBuf {
+pub(super) fn config_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
 }
 
-fn reference_pipeline() -> Pipeline {
+pub(super) fn reference_pipeline() -> Pipeline {
     let settings = Settings::load(&Sources {
         dir: config_dir(),
         env_name: None,
@@ -31,7 +31,7 @@ fn reference_pipeline() -> Pipeline {
     Pipeline::compile(name, &enrich.pipelines[name], &config_dir()).unwrap()
 }
 
-fn tables() -> Tables {
+pub(super) fn tables() -> Tables {
     let mut map = HashMap::new();
     map.insert(
         ("csdr_assignment".into(), "org-1".into()),
@@ -55,7 +55,7 @@ fn tables() -> Tables {
     Tables(map)
 }
 
-fn event(old_status: &str) -> Json {
+pub(super) fn event(old_status: &str) -> Json {
     let data = json!({"env_id": "env-9", "connector_id": "lcc-42", "connector_name": "orders-sink",
                       "failure_reason": "auth \"failed\"\nbad key",
                       "labels": {"connector_old_status": old_status, "connector_new_status": "Failed"}});
@@ -63,7 +63,7 @@ fn event(old_status: &str) -> Json {
            "data": data.to_string()})
 }
 
-fn source(key: &Json) -> Source<'_> {
+pub(super) fn source(key: &Json) -> Source<'_> {
     Source {
         topic: "data-notifications-pipeline",
         partition: 0,
@@ -73,7 +73,7 @@ fn source(key: &Json) -> Source<'_> {
     }
 }
 
-fn emitted(verdict: Verdict) -> SlackMessage {
+pub(super) fn emitted(verdict: Verdict) -> SlackMessage {
     match verdict {
         Verdict::Emit(m) => m,
         other => panic!("expected a message, got {other:?}"),

@@ -118,6 +118,8 @@ pub fn message(alert_id: &str, channel: &str, text: &str) -> SlackMessage {
         updates: UpdateMode::Edit,
         recurrence: RecurrenceMode::New,
         resolved_unposted: ResolvedUnposted::Skip,
+        group_key: None,
+        group_window_ms: 0,
     }
 }
 
@@ -136,10 +138,23 @@ pub async fn notify_env(
     backend: Backend,
     per_channel_per_second: u32,
 ) -> NotifyEnv {
+    notify_env_with(channels, fake_limit, backend, per_channel_per_second, "").await
+}
+
+/// Like [`notify_env`], with `extra` TOML (other stages' settings) after
+/// notify's.
+pub async fn notify_env_with(
+    channels: &[&str],
+    fake_limit: Option<f64>,
+    backend: Backend,
+    per_channel_per_second: u32,
+    extra: &str,
+) -> NotifyEnv {
     let slack = fake_slack(channels, fake_limit).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger_url(backend, dir.path()).await;
-    let env = super::TestEnv::new(&notify_toml(&slack, &ledger, per_channel_per_second)).await;
+    let toml = notify_toml(&slack, &ledger, per_channel_per_second) + extra;
+    let env = super::TestEnv::new(&toml).await;
     NotifyEnv {
         slack,
         ledger,
