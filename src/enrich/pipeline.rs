@@ -550,7 +550,7 @@ impl Pipeline {
             .map_err(|e| RecordError::BlocksJson(e.to_string()))?;
         blockkit::validate_message(&text, &blocks)?;
         let group_key = if self.group_window_ms > 0 {
-            let rendered = self.render_template(GROUP_KEY_TEMPLATE, &context)?;
+            let rendered = self.render_template(GROUP_KEY_TEMPLATE, context)?;
             Some(rendered.trim().to_owned()).filter(|k| !k.is_empty())
         } else {
             None
