@@ -229,21 +229,20 @@ async fn the_preview_page_renders_alerts_and_acknowledges_in_a_browser() {
         "goog:chromeOptions".into(),
         serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
     );
-    let browser =
-        eventually(
-            Duration::from_secs(10),
-            "a chromedriver session",
-            || async {
-                fantoccini::ClientBuilder::new(
+    let browser = eventually(
+        Duration::from_secs(10),
+        "a chromedriver session",
+        || async {
+            fantoccini::ClientBuilder::new(
                     hyper_util::client::legacy::connect::HttpConnector::new(),
                 )
                 .capabilities(capabilities.clone())
                 .connect(&format!("http://127.0.0.1:{driver_port}"))
                 .await
                 .ok()
-            },
-        )
-        .await;
+        },
+    )
+    .await;
     browser.goto(&format!("{base}/")).await.expect("open page");
     let alert = "org-acme-env-prod1-lcc-demo-0000-connector-failure";
     let card = browser

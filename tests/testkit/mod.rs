@@ -194,3 +194,23 @@ impl std::ops::DerefMut for KillOnDrop {
         &mut self.0
     }
 }
+
+/// A benchmark's overlay in `dir`: warnings only, the broker at
+/// `bootstrap`, then `rest` (TOML).
+pub fn bench_overlay(dir: &Path, bootstrap: &str, rest: &str) -> PathBuf {
+    write_overlay(
+        dir,
+        "bench.toml",
+        &format!("[log]\nlevel = \"warn\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n{rest}"),
+    )
+}
+
+/// A benchmark binary's setup: the TLS provider the `alertsvc` binary
+/// installs, and its arguments without the flags cargo passes (`--bench`).
+pub fn bench_init() -> Vec<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect()
+}
