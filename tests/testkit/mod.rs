@@ -44,10 +44,12 @@ pub fn write_overlay(dir: &Path, name: &str, toml: &str) -> PathBuf {
 }
 
 /// A port that was free a moment ago. The port is released before it is
-/// used, so another process may take it first: use it only where a child
-/// process (alertsvc, the demo, the BigQuery emulator) must be told its
-/// port up front. Stages started in-process bind port 0 instead and report
-/// the address they got (`StageHandle::addr`).
+/// used, so another process may take it first: use it only where a process
+/// must be told its port up front (alertsvc, the demo, chromedriver and the
+/// BigQuery emulator as children; produce, which has no `StageHandle` yet),
+/// or for an address where nothing listens. enrich and notify started
+/// in-process bind port 0 instead and report the address they got
+/// (`StageHandle::addr`).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -440,14 +440,14 @@ impl TestEnv {
         RunningStage::spawn(handle, |stop| notify.run_until_stopped(stop))
     }
 
-    /// The address of the notify started last by [`TestEnv::start_notify`].
+    /// The address of the notify started last, in-process or as a child.
     pub fn notify_addr(&self) -> SocketAddr {
-        lock(&self.notify_addr).expect("notify was started in-process")
+        lock(&self.notify_addr).expect("notify was started")
     }
 
-    /// The address of the enrich started last by [`TestEnv::start_enrich`].
+    /// The address of the enrich started last, in-process or as a child.
     pub fn enrich_addr(&self) -> SocketAddr {
-        lock(&self.enrich_addr).expect("enrich was started in-process")
+        lock(&self.enrich_addr).expect("enrich was started")
     }
 
     /// `alertsvc notify` as a child process.
@@ -463,9 +463,22 @@ impl TestEnv {
         command.spawn().expect("spawn alertsvc notify")
     }
 
-    /// `alertsvc <stage>` as a child process (killable like a crashed pod).
+    /// `alertsvc <stage>` (enrich or notify) as a child process (killable
+    /// like a crashed pod), its HTTP endpoints where [`TestEnv::enrich_addr`]
+    /// or [`TestEnv::notify_addr`] say.
     fn spawn_process(&self, stage: &str, log_name: &str) -> Child {
+        // A child cannot report the port it bound, so it is told one.
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let slot = match stage {
+            "enrich" => &self.enrich_addr,
+            _ => &self.notify_addr,
+        };
+        *lock(slot) = Some(addr);
         self.process_command(stage, log_name, "crash-test")
+            .env(
+                format!("ALERTSVC__{}__HTTP_ADDR", stage.to_uppercase()),
+                addr.to_string(),
+            )
             .spawn()
             .expect("spawn alertsvc")
     }

@@ -317,6 +317,8 @@ pub fn produce_toml(
     }
     let sql_path = dir.join("connector_failures.sql");
     std::fs::write(&sql_path, sql).expect("write SQL");
+    // Told up front: produce runs as a child process, and in-process it has
+    // no `StageHandle` reporting a port-0 address yet.
     let port = super::free_port();
     format!(
         r#"
