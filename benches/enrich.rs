@@ -14,15 +14,16 @@
 //! run: they must build and run; no figure is checked).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alertsvc::avro::{build_codecs, Codec, Codecs, KeyCodec};
-use alertsvc::config::{Settings, Sources};
+use alertsvc::config::Settings;
 use alertsvc::enrich::pipeline::{Pipeline, Source, TableLookup, Verdict};
 use alertsvc::enrich::readiness::Readiness;
 use alertsvc::enrich::table::{BootstrapProgress, TableLoader, Tables};
+use alertsvc::enrich::Enrich;
 use alertsvc::http::Health;
 use alertsvc::kafka::StageContext;
 use alertsvc::metrics::EnrichMetrics;
@@ -30,52 +31,57 @@ use futures::executor::block_on;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/testkit/mod.rs"]
+mod testkit;
+
+use testkit::{config_dir, load_settings, mock_cluster, wait_ready_at};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PIPELINE: &str = "connector-provisioning-failure";
 
-fn config_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
-}
-
-fn settings(extra: Option<PathBuf>) -> Settings {
-    Settings::load(&Sources {
-        dir: config_dir(),
-        env_name: None,
-        extra_file: extra,
-        use_env_vars: false,
-    })
-    .expect("config")
-}
-
+/// Event `i`: a third of them from `Running` (which the pipeline drops).
 fn event(i: usize) -> Value {
     let status = if i.is_multiple_of(3) {
         "Running"
     } else {
         "Provisioning"
     };
-    let data = json!({"env_id": format!("env-{}", i % 97), "connector_id": format!("lcc-{i}"),
-        "connector_name": format!("sink-{i}"), "connector_type": "PostgresSink",
-        "failure_reason": "authentication failed for user \"app\"",
-        "labels": {"connector_old_status": status, "connector_new_status": "Failed"}});
-    json!({"eventId": format!("e{i}"), "eventType": "connector-failure", "source": "bench",
-           "time": 1_700_000_000_000i64, "data": data.to_string()})
+    testkit::connector_event(
+        &format!("e{i}"),
+        &format!("env-{}", i % 97),
+        &format!("lcc-{i}"),
+        status,
+    )
 }
 
+/// 500 CSDRs share the orgs.
 fn assignment(org: usize) -> Value {
-    json!({"org_id": format!("org-{org}"), "org_name": format!("Org {org}"), "csdr_name": "CSDR",
-           "csdr_email": format!("csdr{}@example.com", org % 500), "updated_at": 1})
+    testkit::assignment(
+        &format!("org-{org}"),
+        &format!("csdr{}@example.com", org % 500),
+        &format!("Org {org}"),
+    )
 }
 
 fn slack_user(n: usize) -> Value {
-    json!({"email": format!("csdr{n}@example.com"), "slack_user_id": format!("U{n:05}")})
+    testkit::slack_user(&format!("csdr{n}@example.com"), &format!("U{n:05}"))
+}
+
+/// enrich's settings on `bootstrap`, its HTTP endpoints on port 0, with
+/// `extra` under `[enrich]`.
+fn enrich_settings(dir: &Path, bootstrap: &str, extra: &str) -> Settings {
+    load_settings(Some(testkit::bench_overlay(
+        dir,
+        bootstrap,
+        &format!("[enrich]\nhttp_addr = \"127.0.0.1:0\"\n{extra}"),
+    )))
 }
 
 struct MemTables(HashMap<(String, String), Arc<Value>>);
@@ -121,7 +127,7 @@ fn run_core(
 }
 
 fn bench_core(events: usize) {
-    let settings = settings(None);
+    let settings = load_settings(None);
     let codecs = build_codecs(&config_dir(), &settings).expect("codecs");
     let enrich = settings.enrich.as_ref().expect("enrich");
     let pipeline =
@@ -335,9 +341,7 @@ async fn records_in(addr: &str) -> f64 {
 }
 
 async fn bench_e2e(events: usize) {
-    let cluster = MockCluster::new(1).expect("mock");
-    let bootstrap = cluster.bootstrap_servers();
-    for (topic, partitions) in [
+    let cluster = mock_cluster(&[
         // The mock broker keeps at most 5 MB per partition and deletes
         // older records: enough partitions to hold every record.
         ("data-notifications-pipeline", 128),
@@ -346,24 +350,10 @@ async fn bench_e2e(events: usize) {
         ("alert-state", 2),
         ("slack-messages", 384),
         ("raw-copy", 128),
-    ] {
-        cluster.create_topic(topic, partitions, 1).expect("topic");
-    }
+    ]);
+    let bootstrap = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().expect("tempdir");
-    let overlay = dir.path().join("bench.toml");
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let http_addr = format!("127.0.0.1:{http_port}");
-    std::fs::write(
-        &overlay,
-        format!(
-            "[log]\nlevel = \"warn\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[enrich]\nhttp_addr = \"{http_addr}\"\nmax_batch_records = 5000\n"
-        ),
-    )
-    .expect("overlay");
-    let settings = settings(Some(overlay));
+    let settings = enrich_settings(dir.path(), &bootstrap, "max_batch_records = 5000");
     let codecs: Codecs = build_codecs(&config_dir(), &settings).expect("codecs");
     let orgs = 10_000;
     produce_all(
@@ -412,10 +402,12 @@ async fn bench_e2e(events: usize) {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let rss_before = rss_mb();
+    let enrich = Enrich::build(&settings, &config_dir())
+        .await
+        .expect("enrich binds");
+    let http_addr = enrich.handle().addr.to_string();
     let enrich = tokio::spawn(async move {
-        alertsvc::enrich::run(&settings, &config_dir(), stop)
-            .await
-            .expect("enrich");
+        enrich.run_until_stopped(stop).await.expect("enrich");
     });
     let drained = tokio::spawn(drain(bootstrap.clone(), "slack-messages", expected));
     // Timed from the first record enrich reads (after group join and table
@@ -547,20 +539,17 @@ async fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> (usize, Dura
 async fn bench_bootstrap(records: usize) {
     const PARTITIONS: i32 = 128;
     const TOPIC: &str = "data-csdr-assignment";
-    let cluster = MockCluster::new(1).expect("mock");
+    let cluster = mock_cluster(&[
+        // The mock broker keeps at most 5 MB per partition: enough
+        // partitions to hold every record.
+        (TOPIC, PARTITIONS),
+        ("data-slack-users", 1),
+        ("alert-state", 1),
+        ("data-notifications-pipeline", 1),
+        ("slack-messages", 1),
+    ]);
     let bootstrap = cluster.bootstrap_servers();
-    // The mock broker keeps at most 5 MB per partition: enough partitions
-    // to hold every record.
-    cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
-    for topic in [
-        "data-slack-users",
-        "alert-state",
-        "data-notifications-pipeline",
-        "slack-messages",
-    ] {
-        cluster.create_topic(topic, 1, 1).expect("topic");
-    }
-    let settings = settings(None);
+    let settings = load_settings(None);
     let codecs = build_codecs(&config_dir(), &settings).expect("codecs");
     let codec: Arc<Codec> = codecs["csdr_assignment"].clone();
     produce_all(
@@ -636,40 +625,18 @@ async fn bench_bootstrap(records: usize) {
     // 3. enrich as a whole (both tables, output schema ids): from start to
     // `/readyz` answering 200.
     let dir = tempfile::tempdir().expect("tempdir");
-    let overlay = dir.path().join("bench.toml");
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let http_addr = format!("127.0.0.1:{http_port}");
-    std::fs::write(
-        &overlay,
-        format!(
-            "[log]\nlevel = \"warn\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[enrich]\nhttp_addr = \"{http_addr}\"\n"
-        ),
-    )
-    .expect("overlay");
-    let settings = self::settings(Some(overlay));
+    let settings = enrich_settings(dir.path(), &bootstrap, "");
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let started = Instant::now();
+    let enrich = Enrich::build(&settings, &config_dir())
+        .await
+        .expect("enrich binds");
+    let addr = enrich.handle().addr;
     let enrich = tokio::spawn(async move {
-        alertsvc::enrich::run(&settings, &config_dir(), stop)
-            .await
-            .expect("enrich");
+        enrich.run_until_stopped(stop).await.expect("enrich");
     });
-    let readyz = format!("http://{http_addr}/readyz");
-    loop {
-        let ready = matches!(reqwest::get(&readyz).await, Ok(r) if r.status().is_success());
-        if ready {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "enrich not ready after 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_ready_at(addr, Duration::from_secs(600)).await;
     println!(
         "bootstrap: enrich ready (/readyz 200) {:.2?} after start, {records} assignment records in its table",
         started.elapsed()
@@ -679,11 +646,7 @@ async fn bench_bootstrap(records: usize) {
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = testkit::bench_init();
     let which = args.first().map(String::as_str).unwrap_or("core");
     let n: Option<usize> = args.get(1).and_then(|n| n.parse().ok());
     let runtime = tokio::runtime::Builder::new_multi_thread()

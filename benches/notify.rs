@@ -6,27 +6,26 @@
 //!   cargo bench --bench notify -- unlimited [MESSAGES]
 //!       no limits, no latency: posts/s through the whole path.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use alertsvc::avro::build_codecs;
-use alertsvc::config::{Settings, Sources};
 use alertsvc::messages::SlackMessage;
+use alertsvc::notify::Notify;
 use alertsvc::slack::fake::{FakeSlack, FakeSlackConfig};
 use futures::executor::block_on;
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/testkit/mod.rs"]
+mod testkit;
+
+use testkit::{config_dir, load_settings, mock_cluster};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TOKEN: &str = "xoxb-bench";
-
-fn config_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
-}
 
 struct Run {
     elapsed: Duration,
@@ -39,11 +38,12 @@ async fn run(
     fake_limit: Option<f64>,
     pacing: (u32, u32),
 ) -> Run {
-    let cluster = MockCluster::new(1).expect("mock");
+    let cluster = mock_cluster(&[
+        ("slack-messages", 32),
+        ("slack-responses", 32),
+        ("slack-interactions", 32),
+    ]);
     let bootstrap = cluster.bootstrap_servers();
-    for topic in ["slack-messages", "slack-responses", "slack-interactions"] {
-        cluster.create_topic(topic, 32, 1).expect("topic");
-    }
     let names: Vec<String> = (0..channels).map(|c| format!("C{c:04}")).collect();
     let slack = FakeSlack::start(FakeSlackConfig {
         token: TOKEN.into(),
@@ -55,15 +55,11 @@ async fn run(
     .await
     .expect("fake slack");
     let dir = tempfile::tempdir().expect("tempdir");
-    let overlay = dir.path().join("bench.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    std::fs::write(
-        &overlay,
-        format!(
-            "[log]\nlevel = \"warn\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[notify]\nhttp_addr = \"127.0.0.1:{port}\"\n\
+    let overlay = testkit::bench_overlay(
+        dir.path(),
+        &bootstrap,
+        &format!(
+            "[notify]\nhttp_addr = \"127.0.0.1:0\"\n\
              [notify.slack]\napi_url = \"{}\"\nbot_token = \"{TOKEN}\"\n\
              [notify.pacing]\nper_channel_per_second = {}\nper_channel_burst = {}\nworkspace_per_second = 1000000\nworkspace_burst = 1000000\n\
              [notify.ledger]\ndatabase_url = \"sqlite://{}?mode=rwc\"\n",
@@ -72,15 +68,8 @@ async fn run(
             pacing.1,
             dir.path().join("ledger.db").display()
         ),
-    )
-    .expect("overlay");
-    let settings = Settings::load(&Sources {
-        dir: config_dir(),
-        env_name: None,
-        extra_file: Some(overlay),
-        use_env_vars: false,
-    })
-    .expect("config");
+    );
+    let settings = load_settings(Some(overlay));
     let codecs = build_codecs(&config_dir(), &settings).expect("codecs");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -127,10 +116,11 @@ async fn run(
     let total = channels * per_channel;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
+    let notify = Notify::build(&settings, &config_dir())
+        .await
+        .expect("notify binds");
     let task = tokio::spawn(async move {
-        alertsvc::notify::run(&settings, &config_dir(), stop)
-            .await
-            .expect("notify");
+        notify.run_until_stopped(stop).await.expect("notify");
     });
     // Timed from the first post to the last. A run that stops posting
     // fails instead of hanging (the CI smoke run).
@@ -165,11 +155,7 @@ async fn run(
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = testkit::bench_init();
     let number =
         |i: usize, default: usize| args.get(i).and_then(|n| n.parse().ok()).unwrap_or(default);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -11,23 +11,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gcp_bigquery_client::auth::Authenticator;
-use gcp_bigquery_client::client_builder::ClientBuilder;
-use gcp_bigquery_client::error::BQError;
-use gcp_bigquery_client::model::dataset::Dataset;
 use gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters;
 use gcp_bigquery_client::model::query_request::QueryRequest;
-use gcp_bigquery_client::model::table::Table;
 use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
-use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
-use gcp_bigquery_client::model::table_schema::TableSchema;
 use gcp_bigquery_client::Client;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use sqlx::{Connection, Executor};
+
+#[path = "../tests/testkit/mod.rs"]
+mod testkit;
+
+use testkit::{bigquery, config_dir, mock_cluster};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -37,24 +34,8 @@ const TOPIC: &str = "data-notifications-pipeline";
 const PARTITIONS: i32 = 128;
 const PROJECT: &str = "bench-project";
 
-fn config_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 fn mock_broker() -> MockCluster<'static, DefaultProducerContext> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, PARTITIONS, 1).expect("topic");
-    cluster
-        .create_topic(&format!("{TOPIC}.dlq"), 1, 1)
-        .expect("dlq topic");
-    cluster
+    mock_cluster(&[(TOPIC, PARTITIONS), (&format!("{TOPIC}.dlq"), 1)])
 }
 
 /// The overlay: the broker, produce's state in `dir`, the shipped
@@ -64,23 +45,19 @@ fn overlay(dir: &Path, bootstrap: &str, table: &str, source: &str) -> PathBuf {
         .expect("shipped SQL");
     let sql = dir.join("job.sql");
     std::fs::write(&sql, shipped.replace("ops.connector_status_changes", table)).expect("sql");
-    let path = dir.join("bench.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[log]\nlevel = \"warn\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
-             [produce]\nhttp_addr = \"127.0.0.1:{}\"\nprogress_interval = \"5s\"\n\
+    testkit::bench_overlay(
+        dir,
+        bootstrap,
+        &format!(
+            "[produce]\nhttp_addr = \"127.0.0.1:0\"\nprogress_interval = \"5s\"\n\
              [produce.state]\ndatabase_url = \"sqlite://{}?mode=rwc\"\n\
              [produce.jobs.onboarding-started]\nenabled = false\n\
              [produce.jobs.connector-failures]\nsource = \"bench\"\nsql_file = \"{}\"\n\
              [produce.sources.bench]\n{source}\n",
-            free_port(),
             dir.join("state.db").display(),
             sql.display()
         ),
     )
-    .expect("overlay");
-    path
 }
 
 struct ChildRun {
@@ -179,58 +156,6 @@ async fn bench_sql(counts: &[usize]) {
     }
 }
 
-#[derive(Clone)]
-struct NoCredentials;
-
-#[async_trait::async_trait]
-impl Authenticator for NoCredentials {
-    async fn access_token(&self) -> Result<String, BQError> {
-        Ok("bench".into())
-    }
-}
-
-/// Starts bqemulator under a watchdog that stops it when this process
-/// ends; returns its REST endpoint. (The caller waits for the watchdog;
-/// if the emulator never starts, the bench panics and the pipe closes.)
-#[allow(clippy::zombie_processes)]
-async fn start_emulator() -> (String, std::process::Child) {
-    let binary = std::env::var("ALERTSVC_BQEMULATOR").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/alertsvc/bqemulator-venv/bin/bqemulator",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    let rest = free_port();
-    let child = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import subprocess, sys\n\
-             p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n\
-             sys.stdin.read()\np.terminate()\np.wait(10)\n",
-        )
-        .arg(&binary)
-        .args(["start", "--rest-host", "127.0.0.1", "--rest-port"])
-        .arg(rest.to_string())
-        .arg("--grpc-port")
-        .arg(free_port().to_string())
-        .args(["--project", PROJECT, "--ephemeral"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("start bqemulator (scripts/install-test-deps.sh installs it)");
-    let endpoint = format!("http://127.0.0.1:{rest}");
-    let probe = format!("{endpoint}/bigquery/v2/projects/{PROJECT}/datasets");
-    for _ in 0..300 {
-        if reqwest::get(&probe)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return (endpoint, child);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("bqemulator did not start");
-}
-
 /// The emulator's own paging rate: the same query, pages read and dropped.
 async fn raw_paging(client: &Client, sql: &str, page_size: i32) -> f64 {
     let started = Instant::now();
@@ -261,39 +186,9 @@ async fn raw_paging(client: &Client, sql: &str, page_size: i32) -> f64 {
 }
 
 async fn bench_bigquery(rows: usize) {
-    let (endpoint, mut emulator) = start_emulator().await;
-    let client = ClientBuilder::new()
-        .with_v2_base_url(format!("{endpoint}/bigquery/v2"))
-        .build_from_authenticator(Arc::new(NoCredentials))
-        .await
-        .expect("client");
-    client
-        .dataset()
-        .create(Dataset::new(PROJECT, "ops"))
-        .await
-        .expect("dataset");
-    let string = TableFieldSchema::string;
-    let schema = TableSchema::new(vec![
-        string("org_id"),
-        string("env_id"),
-        string("connector_id"),
-        string("connector_name"),
-        string("connector_type"),
-        string("old_status"),
-        string("new_status"),
-        string("failure_reason"),
-        TableFieldSchema::timestamp("failed_at"),
-    ]);
-    client
-        .table()
-        .create(Table::new(
-            PROJECT,
-            "ops",
-            "connector_status_changes",
-            schema,
-        ))
-        .await
-        .expect("table");
+    let (endpoint, mut emulator) = bigquery::start_emulator(PROJECT).await;
+    let client = bigquery::client(&endpoint).await;
+    bigquery::create_connector_status_changes(&client, PROJECT, "ops").await;
     let seeding = Instant::now();
     for start in (0..rows).step_by(10_000) {
         let mut request = TableDataInsertAllRequest::new();
@@ -360,11 +255,7 @@ async fn bench_bigquery(rows: usize) {
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = testkit::bench_init();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let numbers: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
     match args.first().map(String::as_str) {

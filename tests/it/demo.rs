@@ -4,12 +4,13 @@
 //! notify's signed interactions endpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{config_dir, free_port, http_get};
+use crate::common::testkit::KillOnDrop as Killed;
+use crate::common::{config_dir, eventually, free_port, http_get};
 
 /// The demo's ports, all free ones (never the shipped 8090/818x).
 struct Ports {
@@ -180,15 +181,6 @@ async fn the_demo_delivers_exactly_the_expected_alerts_and_exits() {
     );
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn chromium() -> (Killed, u16) {
     let driver = std::env::var("ALERTSVC_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
     let port = free_port();
@@ -221,18 +213,16 @@ async fn the_preview_page_renders_alerts_and_acknowledges_in_a_browser() {
         .expect("spawn demo");
     let _demo = Killed(demo);
     let base = format!("http://127.0.0.1:{}", ports.preview);
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let messages = http_get(&format!("{base}/api/messages")).await;
-        if let Some((200, body)) = messages {
+    eventually(
+        Duration::from_secs(90),
+        &format!("one alert on {base}"),
+        || async {
+            let (status, body) = http_get(&format!("{base}/api/messages")).await?;
             let list: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
-            if list.len() == 1 {
-                break;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "no alerts on {base}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+            (status == 200 && list.len() == 1).then_some(())
+        },
+    )
+    .await;
 
     let (_driver, driver_port) = chromium();
     let mut capabilities = serde_json::Map::new();
@@ -240,23 +230,20 @@ async fn the_preview_page_renders_alerts_and_acknowledges_in_a_browser() {
         "goog:chromeOptions".into(),
         serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
     );
-    let mut client = None;
-    for _ in 0..50 {
-        match fantoccini::ClientBuilder::new(
-            hyper_util::client::legacy::connect::HttpConnector::new(),
-        )
-        .capabilities(capabilities.clone())
-        .connect(&format!("http://127.0.0.1:{driver_port}"))
-        .await
-        {
-            Ok(c) => {
-                client = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let browser = client.expect("chromedriver session");
+    let browser = eventually(
+        Duration::from_secs(10),
+        "a chromedriver session",
+        || async {
+            fantoccini::ClientBuilder::new(
+                    hyper_util::client::legacy::connect::HttpConnector::new(),
+                )
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{driver_port}"))
+                .await
+                .ok()
+        },
+    )
+    .await;
     browser.goto(&format!("{base}/")).await.expect("open page");
     let alert = "org-acme-env-prod1-lcc-demo-0000-connector-failure";
     let card = browser

@@ -88,11 +88,7 @@ async fn registry_framed_avro_in_and_out_with_a_json_table() {
 
 /// Waits until `check` holds, polling; panics with `what` after `WAIT`.
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::common::eventually(WAIT, what, async || check().await.then_some(())).await
 }
 
 /// A Schema Registry outage is not the records' fault: nothing is

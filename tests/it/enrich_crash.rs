@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
 use std::time::Duration;
 
-use crate::common::{connector_event, metric_value, TestEnv};
+use crate::common::{connector_event, eventually, kill_child, metric_value, stop_child, TestEnv};
 
 const ORGS: usize = 12;
 const EVENTS: usize = 360;
@@ -25,24 +25,17 @@ fn status(i: usize) -> &'static str {
 }
 
 async fn wait_for_output(env: &TestEnv, child: &mut Child, at_least: f64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, &format!("{at_least} records out"), async || {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("enrich exited early: {status}");
         }
-        let out = metric_value(
+        metric_value(
             &env.metrics().await,
             "alertsvc_enrich_records_out_total{pipeline=\"connector-provisioning-failure\"}",
-        );
-        if out.is_some_and(|v| v >= at_least) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress: {out:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        )
+        .filter(|v| *v >= at_least)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,25 +77,24 @@ async fn killed_enrich_loses_nothing_and_repeats_identically() {
     }
     let mut child = env.spawn_enrich_process("run-1.log");
     wait_for_output(&env, &mut child, 30.0).await;
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
+    kill_child(&mut child);
 
     for (org, event) in second {
         env.produce_event(org, event).await;
     }
     let mut child = env.spawn_enrich_process("run-2.log");
     wait_for_output(&env, &mut child, 45.0).await;
+    // Only paces this kill a few ms after the progress seen (it proves
+    // nothing by itself).
     tokio::time::sleep(Duration::from_millis(7)).await;
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
+    kill_child(&mut child);
 
     let mut child = env.spawn_enrich_process("run-3.log");
     for (org, event) in third {
         env.produce_event(org, event).await;
     }
     wait_for_output(&env, &mut child, 5.0).await;
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
+    kill_child(&mut child);
 
     let mut child = env.spawn_enrich_process("run-4.log");
     let topic = env.topic("slack_messages");
@@ -124,12 +116,7 @@ async fn killed_enrich_loses_nothing_and_repeats_identically() {
         .await;
 
     // A polite stop of the last run exits cleanly.
-    let pid = child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill -TERM");
-    let status = child.wait().expect("wait");
+    let status = stop_child(&mut child, WAIT).await;
     assert!(status.success(), "SIGTERM exit: {status}");
 
     let mut by_alert: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use alertsvc::messages::AlertStatus;
 use serde_json::json;
 
-use crate::common::{connector_status_event, metric_value, TestEnv};
+use crate::common::{connector_status_event, eventually, metric_value, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PIPELINE: &str = "connector-provisioning-failure";
@@ -164,20 +164,16 @@ async fn snoozed_alerts_are_not_sent_again_until_the_snooze_ends() {
         .map(|e| e.group_id.clone())
         .unwrap_or_default();
     let topic = env.topic("notifications");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let committed =
-            tokio::task::block_in_place(|| env.committed(&group, &topic, 3))[partition as usize];
-        if committed == last + 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "committed {committed}, expected {}",
-            last + 1
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        WAIT,
+        &format!("committed offset {} on partition {partition}", last + 1),
+        || async {
+            let committed = tokio::task::block_in_place(|| env.committed(&group, &topic, 3))
+                [partition as usize];
+            (committed == last + 1).then_some(())
+        },
+    )
+    .await;
     let metrics = env.metrics().await;
     assert!(
         !metrics.contains("alertsvc_enrich_records_dlq_total"),

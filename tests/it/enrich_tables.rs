@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use crate::common::{connector_event, http_get, TestEnv};
+use crate::common::{connector_event, wait_ready_at, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(30);
 const ORGS: usize = 60;
@@ -138,15 +138,7 @@ async fn bad_table_records_are_dead_lettered_and_leave_the_table_intact() {
     }
     let started = Instant::now();
     let enrich = env.start_enrich().await;
-    let readyz = format!("http://{}/readyz", env.enrich_addr());
-    loop {
-        let ready = http_get(&readyz).await.map(|r| r.0) == Some(200);
-        if ready {
-            break;
-        }
-        assert!(started.elapsed() < WAIT, "not ready after {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_ready_at(env.enrich_addr(), WAIT).await;
     assert_eq!(
         env.end_offsets(&dlq, 1),
         [1],

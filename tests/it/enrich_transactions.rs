@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use crate::common::{broker::Broker, connector_event, metric_value, TestEnv};
+use crate::common::{broker::Broker, connector_event, eventually, metric_value, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -223,21 +223,18 @@ async fn exactly_once_consumer_lag_comes_down_to_zero() {
 
     // librdkafka reports statistics every 15 s (statistics.interval.ms).
     let input = env.topic("notifications");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let lags = consumer_lags(&env.metrics().await, &input);
-        let processed = lags
-            .iter()
-            .filter(|(p, lag)| partitions.contains(p) && **lag == 0.0)
-            .count();
-        if processed == partitions.len() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "alertsvc_consumer_lag of {input} is {lags:?}; expected 0 on partitions {partitions:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        Duration::from_secs(60),
+        &format!("alertsvc_consumer_lag of {input} 0 on partitions {partitions:?}"),
+        || async {
+            let lags = consumer_lags(&env.metrics().await, &input);
+            let processed = lags
+                .iter()
+                .filter(|(p, lag)| partitions.contains(p) && **lag == 0.0)
+                .count();
+            (processed == partitions.len()).then_some(())
+        },
+    )
+    .await;
     enrich.stop().await.expect("clean stop");
 }

@@ -40,7 +40,7 @@ use crate::common::slack::{
     fake_slack, ledger_url, message, notify_toml, now_ms, Backend, SIGNING_SECRET,
 };
 use crate::common::warehouse::{expected_event, failure, produce_toml, Failure, Warehouse};
-use crate::common::{config_dir, connector_event, http_get, Broker, Record, TestEnv};
+use crate::common::{config_dir, connector_event, eventually, http_get, Broker, Record, TestEnv};
 use crate::produce_sources::by_event_id;
 
 const INSTALL: &str = "run scripts/install-test-deps.sh";
@@ -469,19 +469,14 @@ impl Scenario {
             .find(|p| p.alert_id() == Some(clicked))
             .unwrap_or_else(|| panic!("{clicked} was not posted: {posts:?}"));
         click(env, post, clicked).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !self
-            .slack
-            .messages()
-            .iter()
-            .any(|p| p.alert_id() == Some(clicked) && p.edits == 1)
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the clicked message was not updated"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(WAIT, "the clicked message updated", || async {
+            self.slack
+                .messages()
+                .iter()
+                .any(|p| p.alert_id() == Some(clicked) && p.edits == 1)
+                .then_some(())
+        })
+        .await;
         // Stopped, so that both readers see the same records.
         notify.stop().await.expect("notify stops cleanly");
         enrich.stop().await.expect("enrich stops cleanly");

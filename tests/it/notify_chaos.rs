@@ -21,7 +21,7 @@ use alertsvc::slack::fake::{dm_channel, FakeSlack, OutageMode};
 use crate::common::slack::{
     fake_slack, ledger_url, no_dead_letters, notify_toml, version, Backend,
 };
-use crate::common::{Broker, TestEnv};
+use crate::common::{eventually, kill_child, stop_child, Broker, TestEnv};
 
 const CHANNELS: usize = 30;
 const USERS: usize = 10;
@@ -56,8 +56,7 @@ impl Replica {
     }
 
     fn kill_and_restart(&mut self, env: &TestEnv) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
+        kill_child(&mut self.child);
         self.child = env.spawn_notify_replica(&self.name, &format!("{}.log", self.name));
         self.starts += 1;
     }
@@ -76,6 +75,7 @@ impl Replica {
 /// A failing test must not leave replicas running.
 impl Drop for Replica {
     fn drop(&mut self) {
+        // No panic here: this may run while a failed test unwinds.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -88,13 +88,14 @@ async fn wait_for(
     env: &TestEnv,
     done: impl Fn() -> bool,
 ) {
-    while !done() {
+    let left = deadline.saturating_duration_since(Instant::now());
+    eventually(left, what, async || {
         for replica in replicas.iter_mut() {
             replica.check_alive(env);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        done().then_some(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,13 +230,25 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
         posted(alerts * 2 / 5),
     )
     .await;
+    // The outage lasts until every replica could have felt it past
+    // `unreachable_after` (3 refused calls each), not a fixed time; a
+    // replica is killed while it lasts.
+    let felt = slack.stats().outage_rejections + 3 * replicas.len();
+    let outage_began = now_ms();
     slack.set_outage(Some(OutageMode::Refuse));
-    disruptions.push((now_ms(), now_ms() + 5_000));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_for(
+        "the replicas to run into the outage",
+        deadline,
+        &mut replicas,
+        &env,
+        || slack.stats().outage_rejections >= felt,
+    )
+    .await;
     let victim = rng.usize(..replicas.len());
     disruptions.push((now_ms(), now_ms()));
     replicas[victim].kill_and_restart(&env);
     slack.set_outage(None);
+    disruptions.push((outage_began, now_ms()));
 
     wait_for(
         "posts after the outage",
@@ -292,14 +305,14 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
             Duration::from_secs(60),
         )
         .await;
-    for replica in &mut replicas {
-        let pid = replica.child.id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status();
-    }
-    for replica in &mut replicas {
-        let status = replica.child.wait().expect("wait");
+    // Stopped together, as a rollout's SIGTERMs arrive.
+    let statuses = futures::future::join_all(
+        replicas
+            .iter_mut()
+            .map(|r| stop_child(&mut r.child, Duration::from_secs(60))),
+    )
+    .await;
+    for (replica, status) in replicas.iter().zip(statuses) {
         assert!(
             status.success(),
             "{} exit on SIGTERM: {status}",

@@ -6,7 +6,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use crate::common::slack::{fake_slack, ledger_url, message, notify_toml, Backend};
-use crate::common::TestEnv;
+use crate::common::{eventually, kill_child, stop_child, TestEnv};
 
 const CHANNELS: [&str; 4] = ["C1", "C2", "C3", "C4"];
 const MESSAGES: usize = 48;
@@ -17,14 +17,13 @@ async fn wait_for_posts(
     child: &mut Child,
     at_least: usize,
 ) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while slack.messages().len() < at_least {
+    eventually(WAIT, &format!("{at_least} posts"), async || {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("notify exited early: {status}");
         }
-        assert!(tokio::time::Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (slack.messages().len() >= at_least).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,8 +48,7 @@ async fn killed_notify_posts_every_alert_exactly_once() {
     for (run, posts) in [(1, 6), (2, 20), (3, 30)] {
         let mut child = env.spawn_notify_process(&format!("notify-{run}.log"));
         wait_for_posts(&slack, &mut child, posts).await;
-        child.kill().expect("kill -9");
-        child.wait().expect("reap");
+        kill_child(&mut child);
     }
     let mut child = env.spawn_notify_process("notify-final.log");
     let topic = env.topic("slack_responses");
@@ -71,13 +69,8 @@ async fn killed_notify_posts_every_alert_exactly_once() {
             WAIT,
         )
         .await;
-    let pid = child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill -TERM");
     assert!(
-        child.wait().expect("wait").success(),
+        stop_child(&mut child, WAIT).await.success(),
         "clean exit on SIGTERM"
     );
 

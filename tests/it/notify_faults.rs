@@ -59,8 +59,20 @@ async fn a_slack_outage_pauses_consumption_and_loses_nothing() {
         Some(200),
         "an outage of Slack is not notify's"
     );
-    // Longer than the old retry budget, and past `aging`'s max_age.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The outage lasts past `aging`'s max_age and past the retry budget
+    // of an unknown error (`retry.max_attempts`, 8): conditions, not a
+    // fixed time.
+    let expired_at = aging.created_at + 3_600_000;
+    eventually(WAIT, "aging past its max_age", || async {
+        (now_ms() > expired_at).then_some(())
+    })
+    .await;
+    eventually(
+        WAIT,
+        "more refused calls than retry.max_attempts",
+        || async { (slack.stats().outage_rejections > 8).then_some(()) },
+    )
+    .await;
     assert_eq!(
         slack.messages().len(),
         1,

@@ -7,6 +7,7 @@ use alertsvc::messages::SlackInteraction;
 use alertsvc::slack::signing::sign;
 use serde_json::json;
 
+use crate::common::eventually;
 use crate::common::slack::{message, notify_env, Backend, NotifyEnv, SIGNING_SECRET};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -116,24 +117,16 @@ async fn signed_click_is_recorded_and_acknowledged_forgeries_are_refused() {
     );
     assert_eq!(interaction.user_name.as_deref(), Some("ada"));
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let message = slack.messages().remove(0);
-        if message.edits == 1 {
-            let blocks = message.blocks.to_string();
-            assert!(blocks.contains("Acknowledged by <@U0ACK>"), "{blocks}");
-            assert!(
-                !blocks.contains("\"actions\""),
-                "the button is gone: {blocks}"
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "message not updated"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let message = eventually(WAIT, "the message updated", || async {
+        Some(slack.messages().remove(0)).filter(|m| m.edits == 1)
+    })
+    .await;
+    let blocks = message.blocks.to_string();
+    assert!(blocks.contains("Acknowledged by <@U0ACK>"), "{blocks}");
+    assert!(
+        !blocks.contains("\"actions\""),
+        "the button is gone: {blocks}"
+    );
     let metrics = env.notify_metrics().await;
     assert_eq!(
         crate::common::metric_value(

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::common::bigquery_proxy::{billed_for, BigQueryProxy};
 use crate::common::warehouse::{emulator, failure, produce_toml, Failure, Warehouse};
-use crate::common::{config_dir, http_get, metric_value, Broker, TestEnv};
+use crate::common::{config_dir, eventually, http_get, metric_value, Broker, TestEnv};
 use crate::config_check::{assert_refused, check};
 use crate::produce_sources::assert_events;
 
@@ -283,21 +283,11 @@ async fn the_schedule_mode_counts_bytes_and_refused_runs() {
         format!("alertsvc_produce_{name}{{job=\"connector-failures\"{labels}}}")
     };
     let refused = series("runs_total", ",outcome=\"bytes_limit_exceeded\"");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let text = http_get(&format!("http://{addr}/metrics"))
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        if metric_value(&text, &refused).is_some() {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no refused run: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let text = eventually(Duration::from_secs(30), "a refused run", || async {
+        let (_, text) = http_get(&format!("http://{addr}/metrics")).await?;
+        metric_value(&text, &refused).map(|_| text)
+    })
+    .await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), running)
         .await

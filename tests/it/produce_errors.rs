@@ -10,7 +10,7 @@ use alertsvc::produce::Options;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::common::warehouse::{failure, produce_toml, Failure, Warehouse};
-use crate::common::{config_dir, http_get, metric_value, TestEnv};
+use crate::common::{config_dir, eventually, http_get, metric_value, TestEnv};
 use crate::produce_sources::assert_events;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,29 +271,19 @@ async fn the_schedule_mode_runs_repeatedly_and_serves_metrics() {
     };
     let metrics_url = format!("http://{addr}/metrics");
     let series = "alertsvc_produce_runs_total{job=\"connector-failures\",outcome=\"ok\"}";
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = http_get(&metrics_url)
-            .await
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        if metric_value(&text, series).unwrap_or(0.0) >= 2.0 {
-            assert_eq!(
-                metric_value(
-                    &text,
-                    "alertsvc_produce_events_produced_total{job=\"connector-failures\"}"
-                ),
-                Some(5.0),
-                "{text}"
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no second run: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let text = eventually(Duration::from_secs(20), "a second run", || async {
+        let (_, text) = http_get(&metrics_url).await?;
+        (metric_value(&text, series).unwrap_or(0.0) >= 2.0).then_some(text)
+    })
+    .await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "alertsvc_produce_events_produced_total{job=\"connector-failures\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
     assert_eq!(
         http_get(&format!("http://{addr}/healthz"))
             .await

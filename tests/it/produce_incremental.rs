@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::common::warehouse::{failure, produce_toml, Failure, Warehouse, BASE_SECONDS};
-use crate::common::TestEnv;
+use crate::common::{eventually, kill_child, TestEnv};
 use crate::produce_sources::{assert_events, by_event_id};
 
 /// The shipped job (checkpoint on `failed_at`, lookback 15 minutes): rows
@@ -255,16 +255,11 @@ async fn a_killed_run_is_finished_without_duplicates_or_gaps() {
         .spawn()
         .expect("spawn produce");
     let topic = env.topic("notifications");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let sent = loop {
-        let sent: i64 = env.end_offsets(&topic, 3).iter().sum();
-        if sent >= 1_500 || std::time::Instant::now() > deadline {
-            break sent;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    child.kill().expect("kill");
-    let _ = child.wait();
+    let sent = eventually(Duration::from_secs(60), "1500 records sent", || async {
+        Some(env.end_offsets(&topic, 3).iter().sum::<i64>()).filter(|sent| *sent >= 1_500)
+    })
+    .await;
+    kill_child(&mut child);
     let after_kill: i64 = env.end_offsets(&topic, 3).iter().sum();
     assert!(
         sent >= 1_500 && after_kill < rows.len() as i64,

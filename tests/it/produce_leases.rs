@@ -12,8 +12,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::slack::{ledger_url, Backend};
+use crate::common::testkit::KillOnDrop;
 use crate::common::warehouse::{failure, produce_toml, Failure, Warehouse};
-use crate::common::{http_get, metric_value, TestEnv};
+use crate::common::{eventually, http_get, kill_child, metric_value, TestEnv};
 use crate::produce_sources::assert_events;
 
 const HOLDER_MESSAGE: &str = "job connector-failures is already running";
@@ -36,21 +37,21 @@ async fn wait_until_held(dir: &tempfile::TempDir) {
         "sqlite://{}?mode=rwc",
         dir.path().join("produce-state.db").display()
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await {
-            let held: Result<i64, _> = sqlx::query_scalar(
+    eventually(
+        Duration::from_secs(30),
+        "a run taking the job's lease",
+        || async {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.ok()?;
+            let held: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM produce_runs WHERE job = 'connector-failures'",
             )
             .fetch_one(&mut conn)
-            .await;
-            if held.unwrap_or(0) > 0 {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "no run took the job's lease");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .await
+            .ok()?;
+            (held > 0).then_some(())
+        },
+    )
+    .await
 }
 
 fn spawn(env: &TestEnv, args: &[&str]) -> Child {
@@ -140,7 +141,9 @@ async fn a_run_started_during_a_slow_run_does_not_take_it_over() {
     let first = spawn(&env, &["--once"]);
     wait_until_held(&dir).await;
     // Past recovery_settle: a run that took the first for crashed would now
-    // read back, find nothing, and emit every row a second time.
+    // read back, find nothing, and emit every row a second time. This only
+    // paces the second start; what the runs did not do is read from their
+    // output after all three exited.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let second = spawn(&env, &["--once"]);
     let third = spawn(&env, &["--once", "--wait-for-lease", "60s"]);
@@ -184,28 +187,27 @@ async fn scheduled_runs_skip_while_another_run_holds_the_job() {
     let addr = env.settings.produce.as_ref().expect("produce").http_addr;
     let once = spawn(&env, &["--once"]);
     wait_until_held(&dir).await;
-    let mut scheduled = spawn(&env, &["--schedule", "* * * * * *"]);
+    let mut scheduled = KillOnDrop(spawn(&env, &["--schedule", "* * * * * *"]));
 
     let url = format!("http://{addr}/metrics");
     let conflicts = "alertsvc_produce_lease_conflicts_total{job=\"connector-failures\"}";
     let ok = "alertsvc_produce_runs_total{job=\"connector-failures\",outcome=\"ok\"}";
     let failed = "alertsvc_produce_runs_total{job=\"connector-failures\",outcome=\"failed\"}";
-    let deadline = Instant::now() + Duration::from_secs(40);
     let mut saw_conflict = false;
-    let text = loop {
-        let text = http_get(&url).await.map(|(_, b)| b).unwrap_or_default();
-        saw_conflict |= metric_value(&text, conflicts).unwrap_or(0.0) >= 1.0;
-        if saw_conflict && metric_value(&text, ok).unwrap_or(0.0) >= 1.0 {
-            break text;
-        }
-        if Instant::now() > deadline {
-            let _ = scheduled.kill();
-            panic!("no conflict then success within 40 s: {text}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let _ = scheduled.kill();
-    let _ = scheduled.wait();
+    let text = eventually(
+        Duration::from_secs(40),
+        "a lease conflict, then a successful scheduled run",
+        async || {
+            if let Ok(Some(status)) = scheduled.try_wait() {
+                panic!("the scheduler exited: {status}");
+            }
+            let (_, text) = http_get(&url).await?;
+            saw_conflict |= metric_value(&text, conflicts).unwrap_or(0.0) >= 1.0;
+            (saw_conflict && metric_value(&text, ok).unwrap_or(0.0) >= 1.0).then_some(text)
+        },
+    )
+    .await;
+    kill_child(&mut scheduled);
     let (code, stderr) = finish(once).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(metric_value(&text, failed), None, "{text}");

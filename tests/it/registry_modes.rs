@@ -13,7 +13,7 @@ use crate::common::registry::{
     shipped_schema, value_subject, with_field, Access, Call, FakeRegistry,
 };
 use crate::common::warehouse::{failure, produce_toml, Warehouse};
-use crate::common::{connector_event, http_get, metric_value, Broker, Record, TestEnv};
+use crate::common::{connector_event, eventually, http_get, metric_value, Broker, Record, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(30);
 const PIPELINE: &str = "connector-provisioning-failure";
@@ -257,19 +257,14 @@ async fn a_read_only_key_with_auto_register_waits_with_the_fix_on_readyz() {
          error_code: 40301, message: User is denied operation Write on Subject: {subject}; \
          set schema_registry.auto_register = false if schemas are registered by your pipeline\n"
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let answer = http_get(&readyz).await;
-        if answer.as_ref().is_some_and(|(_, body)| body == &expected) {
-            assert_eq!(answer.map(|a| a.0), Some(503));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readyz never named the fix: {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = eventually(WAIT, "readyz naming the fix", || async {
+        http_get(&readyz)
+            .await
+            .filter(|(_, body)| body == &expected)
+            .map(|(status, _)| status)
+    })
+    .await;
+    assert_eq!(status, 503);
     assert_eq!(
         metric_value(&env.metrics().await, "alertsvc_enrich_registry_unavailable"),
         Some(1.0)

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::common::{config_dir, TestEnv};
+use crate::common::{config_dir, kill_child, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_format_writes_one_json_object_per_line() {
@@ -29,8 +29,7 @@ async fn json_log_format_writes_one_json_object_per_line() {
     })
     .await
     .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_child(&mut child);
     assert!(lines.len() >= 2, "{lines:?}");
     for line in &lines {
         let value: serde_json::Value =

@@ -27,11 +27,7 @@ fn fixture(name: &str) -> String {
 
 /// Waits until `check` holds, polling; panics with `what` after `WAIT`.
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::common::eventually(WAIT, what, async || check().await.then_some(())).await
 }
 
 fn header<'a>(record: &'a Record, name: &str) -> &'a str {

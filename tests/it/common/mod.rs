@@ -11,6 +11,14 @@ pub mod registry;
 pub mod slack;
 pub mod warehouse;
 
+#[path = "../../testkit/mod.rs"]
+pub mod testkit;
+
+pub use testkit::{
+    config_dir, connector_event, connector_status_event, eventually, free_port, http_get,
+    kill_child, stop_child, wait_ready_at,
+};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +28,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use alertsvc::avro::{build_codecs, build_key_codecs, Codecs, KeyCodecs};
-use alertsvc::config::{Settings, Sources};
+use alertsvc::config::Settings;
 use alertsvc::http::StageHandle;
 use alertsvc::messages::SlackMessage;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -35,22 +43,11 @@ pub use broker::Broker;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-pub fn config_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
-}
-
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if std::env::var("TEST_LOG").is_ok() {
         alertsvc::telemetry::init(alertsvc::config::LogFormat::Human, "info");
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Topic ids of the shipped configuration, with partition counts for tests.
@@ -140,13 +137,7 @@ impl TestEnv {
             "#
         ))
         .unwrap();
-        let defaults = Settings::load(&Sources {
-            dir: config_dir(),
-            env_name: None,
-            extra_file: None,
-            use_env_vars: false,
-        })
-        .expect("shipped config loads");
+        let defaults = testkit::load_settings(None);
         let mut topics = toml::map::Map::new();
         for (id, partitions) in TOPICS {
             let name = format!("{}-{suffix}", defaults.topics[*id].name);
@@ -172,13 +163,7 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let overlay_path = dir.path().join("test.toml");
         std::fs::write(&overlay_path, toml::to_string(&overlay).unwrap()).unwrap();
-        let settings = Settings::load(&Sources {
-            dir: config_dir(),
-            env_name: None,
-            extra_file: Some(overlay_path.clone()),
-            use_env_vars: false,
-        })
-        .expect("test config loads");
+        let settings = testkit::load_settings(Some(overlay_path.clone()));
         let codecs = build_codecs(&config_dir(), &settings)
             .unwrap_or_else(|(t, e)| panic!("codec {t}: {e}"));
         let key_codecs = build_key_codecs(&config_dir(), &settings)
@@ -312,8 +297,7 @@ impl TestEnv {
     }
 
     pub async fn put_assignment(&self, org: &str, email: &str, org_name: &str) {
-        let value = json!({"org_id": org, "org_name": org_name, "csdr_name": format!("CSDR of {org_name}"),
-                           "csdr_email": email, "updated_at": 1});
+        let value = testkit::assignment(org, email, org_name);
         let payload = self.encode("csdr_assignment", &value).await;
         self.produce_raw(&self.topic("csdr_assignment"), Some(org), Some(&payload))
             .await;
@@ -325,7 +309,7 @@ impl TestEnv {
     }
 
     pub async fn put_slack_user(&self, email: &str, user_id: &str) {
-        let value = json!({"email": email, "slack_user_id": user_id, "display_name": user_id});
+        let value = testkit::slack_user(email, user_id);
         let payload = self.encode("slack_users", &value).await;
         self.produce_raw(&self.topic("slack_users"), Some(email), Some(&payload))
             .await;
@@ -456,14 +440,14 @@ impl TestEnv {
         RunningStage::spawn(handle, |stop| notify.run_until_stopped(stop))
     }
 
-    /// The address of the notify started last by [`TestEnv::start_notify`].
+    /// The address of the notify started last, in-process or as a child.
     pub fn notify_addr(&self) -> SocketAddr {
-        lock(&self.notify_addr).expect("notify was started in-process")
+        lock(&self.notify_addr).expect("notify was started")
     }
 
-    /// The address of the enrich started last by [`TestEnv::start_enrich`].
+    /// The address of the enrich started last, in-process or as a child.
     pub fn enrich_addr(&self) -> SocketAddr {
-        lock(&self.enrich_addr).expect("enrich was started in-process")
+        lock(&self.enrich_addr).expect("enrich was started")
     }
 
     /// `alertsvc notify` as a child process.
@@ -479,9 +463,22 @@ impl TestEnv {
         command.spawn().expect("spawn alertsvc notify")
     }
 
-    /// `alertsvc <stage>` as a child process (killable like a crashed pod).
+    /// `alertsvc <stage>` (enrich or notify) as a child process (killable
+    /// like a crashed pod), its HTTP endpoints where [`TestEnv::enrich_addr`]
+    /// or [`TestEnv::notify_addr`] say.
     fn spawn_process(&self, stage: &str, log_name: &str) -> Child {
+        // A child cannot report the port it bound, so it is told one.
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let slot = match stage {
+            "enrich" => &self.enrich_addr,
+            _ => &self.notify_addr,
+        };
+        *lock(slot) = Some(addr);
         self.process_command(stage, log_name, "crash-test")
+            .env(
+                format!("ALERTSVC__{}__HTTP_ADDR", stage.to_uppercase()),
+                addr.to_string(),
+            )
             .spawn()
             .expect("spawn alertsvc")
     }
@@ -701,59 +698,14 @@ impl TestEnv {
     /// Waits until the metric `series` (name with labels, as printed)
     /// reaches at least `min`.
     pub async fn wait_metric(&self, series: &str, min: f64, timeout: Duration) -> f64 {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let value = metric_value(&self.metrics().await, series);
-            if let Some(v) = value {
-                if v >= min {
-                    return v;
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("metric {series} is {value:?}, expected ≥ {min}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(timeout, &format!("metric {series} ≥ {min}"), || async {
+            metric_value(&self.metrics().await, series).filter(|v| *v >= min)
+        })
+        .await
     }
 
     pub async fn wait_ready(&self, timeout: Duration) {
         wait_ready_at(self.enrich_addr(), timeout).await
-    }
-}
-
-/// Polls `condition` every 50 ms until it yields a value, which is
-/// returned; after `timeout`, fails the test naming `what` was awaited.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut condition: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = condition().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still waiting after {timeout:?} for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-pub async fn wait_ready_at(addr: SocketAddr, timeout: Duration) {
-    {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let url = format!("http://{addr}/readyz");
-        loop {
-            if let Some((200, _)) = http_get(&url).await {
-                return;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("{addr} not ready after {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 
@@ -765,12 +717,6 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
-}
-
-pub async fn http_get(url: &str) -> Option<(u16, String)> {
-    let response = reqwest::get(url).await.ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.text().await.ok()?))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -852,29 +798,4 @@ impl Record {
             timestamp: m.timestamp().to_millis(),
         }
     }
-}
-
-/// A `NotificationsPipelineEvent` for a connector status change to `Failed`.
-pub fn connector_event(id: &str, env: &str, connector: &str, old_status: &str) -> Value {
-    connector_status_event(id, env, connector, old_status, "Failed")
-}
-
-/// A `NotificationsPipelineEvent` for a connector status change.
-pub fn connector_status_event(
-    id: &str,
-    env: &str,
-    connector: &str,
-    old_status: &str,
-    new_status: &str,
-) -> Value {
-    let data = json!({
-        "env_id": env,
-        "connector_id": connector,
-        "connector_name": format!("{connector}-name"),
-        "connector_type": "PostgresSink",
-        "failure_reason": format!("bad credentials for {connector}"),
-        "labels": {"connector_old_status": old_status, "connector_new_status": new_status},
-    });
-    json!({"eventId": id, "eventType": "connector-failure", "source": "tests",
-           "time": 1_700_000_000_000i64, "data": data.to_string()})
 }

@@ -242,18 +242,10 @@ pub async fn wait_notify_metric(
     check: impl Fn(f64) -> bool,
     timeout: std::time::Duration,
 ) -> f64 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let value = super::metric_value(&env.notify_metrics().await, series);
-        if let Some(v) = value.filter(|v| check(*v)) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "notify metric {series} stayed {value:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    super::eventually(timeout, &format!("notify metric {series}"), || async {
+        super::metric_value(&env.notify_metrics().await, series).filter(|v| check(*v))
+    })
+    .await
 }
 
 /// Asserts that nothing reached `slack-messages.dlq`.

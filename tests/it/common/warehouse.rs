@@ -3,26 +3,18 @@
 //! test process), each holding the `connector_status_changes` table the
 //! shipped `connector-failures` job reads.
 
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+use std::process::Child;
 
 use alertsvc::produce::row::format_sql_datetime;
-use gcp_bigquery_client::auth::Authenticator;
-use gcp_bigquery_client::client_builder::ClientBuilder;
-use gcp_bigquery_client::error::BQError;
-use gcp_bigquery_client::model::dataset::Dataset;
-use gcp_bigquery_client::model::table::Table;
 use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
-use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
-use gcp_bigquery_client::model::table_schema::TableSchema;
 use gcp_bigquery_client::Client;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor};
 use tokio::sync::OnceCell;
 
+use super::testkit::bigquery;
+
 pub const BQ_PROJECT: &str = "test-project";
-const BQEMULATOR_ENV: &str = "ALERTSVC_BQEMULATOR";
 /// 2026-01-01T00:00:00Z
 pub const BASE_SECONDS: i64 = 1_767_225_600;
 
@@ -119,33 +111,7 @@ impl Warehouse {
             .dataset()
             .delete_if_exists(BQ_PROJECT, dataset, true)
             .await;
-        client
-            .dataset()
-            .create(Dataset::new(BQ_PROJECT, dataset))
-            .await
-            .expect("create dataset");
-        let string = TableFieldSchema::string;
-        let schema = TableSchema::new(vec![
-            string("org_id"),
-            string("env_id"),
-            string("connector_id"),
-            string("connector_name"),
-            string("connector_type"),
-            string("old_status"),
-            string("new_status"),
-            string("failure_reason"),
-            TableFieldSchema::timestamp("failed_at"),
-        ]);
-        client
-            .table()
-            .create(Table::new(
-                BQ_PROJECT,
-                dataset,
-                "connector_status_changes",
-                schema,
-            ))
-            .await
-            .expect("create table");
+        bigquery::create_connector_status_changes(&client, BQ_PROJECT, dataset).await;
         Warehouse::BigQuery {
             endpoint,
             dataset: dataset.to_owned(),
@@ -314,22 +280,8 @@ pub fn expected_event(warehouse: &Warehouse, row: &Failure) -> (String, Value) {
     (org, event)
 }
 
-#[derive(Clone)]
-struct NoCredentials;
-
-#[async_trait::async_trait]
-impl Authenticator for NoCredentials {
-    async fn access_token(&self) -> Result<String, BQError> {
-        Ok("test".into())
-    }
-}
-
 pub async fn bigquery_client(endpoint: &str) -> Client {
-    ClientBuilder::new()
-        .with_v2_base_url(format!("{endpoint}/bigquery/v2"))
-        .build_from_authenticator(Arc::new(NoCredentials))
-        .await
-        .expect("BigQuery client")
+    super::testkit::bigquery::client(endpoint).await
 }
 
 /// The emulator of this test process: started on first use, stopped when
@@ -339,46 +291,7 @@ pub async fn emulator() -> &'static str {
     static EMULATOR: OnceCell<(String, std::sync::Mutex<Child>)> = OnceCell::const_new();
     let (endpoint, _) = EMULATOR
         .get_or_init(|| async {
-            let binary = std::env::var(BQEMULATOR_ENV).unwrap_or_else(|_| {
-                let home = std::env::var("HOME").unwrap_or_default();
-                format!("{home}/.cache/alertsvc/bqemulator-venv/bin/bqemulator")
-            });
-            assert!(
-                std::path::Path::new(&binary).exists(),
-                "no BigQuery emulator at {binary}: run scripts/install-test-deps.sh \
-                 (or set {BQEMULATOR_ENV})"
-            );
-            let (rest, grpc) = (super::free_port(), super::free_port());
-            let watchdog = "import subprocess, sys\n\
-                 p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n\
-                 sys.stdin.read()\n\
-                 p.terminate()\n\
-                 p.wait(10)\n";
-            let child = Command::new("python3")
-                .arg("-c")
-                .arg(watchdog)
-                .arg(&binary)
-                .args(["start", "--rest-host", "127.0.0.1", "--rest-port"])
-                .arg(rest.to_string())
-                .arg("--grpc-port")
-                .arg(grpc.to_string())
-                .args(["--project", BQ_PROJECT, "--ephemeral"])
-                .stdin(Stdio::piped())
-                .spawn()
-                .expect("start bqemulator");
-            let endpoint = format!("http://127.0.0.1:{rest}");
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let probe = format!("{endpoint}/bigquery/v2/projects/{BQ_PROJECT}/datasets");
-                if let Some((200, _)) = super::http_get(&probe).await {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "bqemulator did not answer on {endpoint}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let (endpoint, child) = bigquery::start_emulator(BQ_PROJECT).await;
             (endpoint, std::sync::Mutex::new(child))
         })
         .await;
@@ -404,6 +317,8 @@ pub fn produce_toml(
     }
     let sql_path = dir.join("connector_failures.sql");
     std::fs::write(&sql_path, sql).expect("write SQL");
+    // Told up front: produce runs as a child process, and in-process it has
+    // no `StageHandle` reporting a port-0 address yet.
     let port = super::free_port();
     format!(
         r#"
