@@ -5,6 +5,7 @@
 //! [`pipeline`] is the pure per-record logic, [`table`] keeps the join
 //! tables, [`processor`] moves records between Kafka and the pipelines.
 
+pub mod config;
 pub mod markup;
 pub mod pipeline;
 pub mod processor;

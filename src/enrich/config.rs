@@ -1,0 +1,204 @@
+//! `[enrich]`: tables, pipelines and their message templates, and the
+//! checks that need nothing but the configuration itself. Compiling the
+//! expressions and templates is the pipeline's (`enrich::pipeline`); it
+//! reuses the checks here rather than repeating them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{
+    default_true, validate_at_least_one, validate_exactly_one, ConfigError, Settings,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingGuarantee {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichSettings {
+    pub group_id: String,
+    /// The producer's `transactional.id` is this prefix plus the host name
+    /// (the pod name on Kubernetes), stable across restarts of one replica.
+    pub transactional_id_prefix: String,
+    pub processing_guarantee: ProcessingGuarantee,
+    /// Records per transaction at most.
+    pub max_batch_records: usize,
+    /// How long a transaction may collect records before it commits.
+    #[serde(with = "humantime_serde")]
+    pub max_batch_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+    pub http_addr: SocketAddr,
+    /// Table id → table. Every table is a GlobalKTable over its topic.
+    pub tables: BTreeMap<String, TableSettings>,
+    /// Pipeline name → pipeline.
+    pub pipelines: BTreeMap<String, PipelineSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSettings {
+    /// Logical topic id (a key of `[topics]`).
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinKind {
+    Inner,
+    Left,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSettings {
+    /// The variable the joined value is bound to in later joins and templates.
+    pub name: String,
+    /// Table id (a key of `[enrich.tables]`).
+    pub table: String,
+    /// CEL expression giving the lookup key; `"alert_id"` is the alert id
+    /// this pipeline renders for the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Template giving the lookup key, with the message templates' context
+    /// (earlier joins, `alert_id`); instead of `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_template: Option<String>,
+    pub kind: JoinKind,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageTemplates {
+    pub alert_id: String,
+    pub channel: String,
+    pub text: String,
+    /// Block Kit template file, relative to the configuration directory.
+    #[serde(default)]
+    pub blocks_file: Option<String>,
+    /// Inline Block Kit template, used when `blocks_file` is not set.
+    #[serde(default)]
+    pub blocks: Option<String>,
+    /// Renders the alert's status, `firing` or `resolved`; unset, every
+    /// message is `firing`. The other templates see it as `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Logical topic id of the input stream.
+    pub input: String,
+    /// Logical topic id of the output (`SlackMessage` records).
+    pub output: String,
+    /// String fields of the event that hold JSON documents; they are parsed
+    /// before the filter and templates see the event.
+    #[serde(default)]
+    pub json_fields: Vec<String>,
+    /// CEL expression; records for which it is false are dropped.
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub joins: Vec<JoinSettings>,
+    /// CEL expression evaluated after the joins; true drops the record
+    /// (counted as `suppressed`, not dead-lettered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppress: Option<String>,
+    pub message: MessageTemplates,
+    /// Constants available to templates as `vars.NAME`.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// How new content of a posted alert reaches Slack (`edit`, `thread`,
+    /// `edit_and_thread`); carried to notify in each message.
+    #[serde(default)]
+    pub updates: crate::messages::UpdateMode,
+    /// Where a new occurrence of a known alert goes (`new`, `thread`).
+    #[serde(default)]
+    pub recurrence: crate::messages::RecurrenceMode,
+    /// A `resolved` message for an alert never posted: `skip` (answered
+    /// `resolved_unposted`) or `post`.
+    #[serde(default)]
+    pub resolved_unposted: crate::messages::ResolvedUnposted,
+}
+
+/// Variable names the pipeline context defines itself.
+pub const RESERVED_NAMES: &[&str] = &[
+    "key",
+    "event",
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "vars",
+    "pipeline",
+    "status",
+    "alert_id",
+    "now",
+];
+
+impl EnrichSettings {
+    /// Cross-field checks that the types alone cannot express.
+    pub(crate) fn validate(&self, settings: &Settings) -> Result<(), ConfigError> {
+        validate_at_least_one("enrich.max_batch_records", self.max_batch_records as u64)?;
+        for (id, table) in &self.tables {
+            settings.topic_at(&format!("enrich.tables.{id}.topic"), &table.topic)?;
+        }
+        for (name, pipeline) in &self.pipelines {
+            let key = |k: &str| format!("enrich.pipelines.{name}.{k}");
+            settings.topic_at(&key("input"), &pipeline.input)?;
+            settings.topic_at(&key("output"), &pipeline.output)?;
+            for (i, join) in pipeline.joins.iter().enumerate() {
+                if !self.tables.contains_key(&join.table) {
+                    return Err(ConfigError::invalid(
+                        key(&format!("joins[{i}].table")),
+                        format!("no table {:?} in [enrich.tables]", join.table),
+                    ));
+                }
+                if RESERVED_NAMES.contains(&join.name.as_str()) {
+                    return Err(ConfigError::invalid(
+                        key(&format!("joins[{i}].name")),
+                        format!("{:?} is reserved", join.name),
+                    ));
+                }
+                join.validate_key_source(name, i)?;
+            }
+            pipeline.message.validate_blocks_source(name)?;
+        }
+        Ok(())
+    }
+}
+
+impl JoinSettings {
+    /// A lookup key comes from a CEL expression or a template, never both.
+    pub fn validate_key_source(&self, pipeline: &str, index: usize) -> Result<(), ConfigError> {
+        validate_exactly_one(
+            format!("enrich.pipelines.{pipeline}.joins[{index}]"),
+            &[self.key.is_some(), self.key_template.is_some()],
+            format!(
+                "join {:?}: set exactly one of key (CEL) and key_template",
+                self.name
+            ),
+        )
+    }
+}
+
+impl MessageTemplates {
+    /// The Block Kit template is a file or inline text, never both.
+    pub fn validate_blocks_source(&self, pipeline: &str) -> Result<(), ConfigError> {
+        validate_exactly_one(
+            format!("enrich.pipelines.{pipeline}.message"),
+            &[self.blocks.is_some(), self.blocks_file.is_some()],
+            "set exactly one of blocks_file and blocks",
+        )
+    }
+}
