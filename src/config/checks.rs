@@ -18,8 +18,7 @@ pub struct DatabaseSettings {
 
 /// A state database URL alertsvc can open (`crate::db::connect`).
 pub fn validate_database_url(key: &str, url: &Secret) -> Result<(), ConfigError> {
-    let url = url.expose();
-    if is_sqlite_url(url) || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if crate::db::is_supported(url.expose()) {
         Ok(())
     } else {
         Err(ConfigError::invalid(
@@ -27,11 +26,6 @@ pub fn validate_database_url(key: &str, url: &Secret) -> Result<(), ConfigError>
             "must start with sqlite: or postgres://",
         ))
     }
-}
-
-/// A SQLite database is a file of one host: replicas cannot share it.
-pub fn is_sqlite_url(url: &str) -> bool {
-    url.starts_with("sqlite:")
 }
 
 /// Endpoints alertsvc calls over HTTP (Slack's API, a BigQuery endpoint).
@@ -88,8 +82,8 @@ mod tests {
             err.to_string(),
             "`k`: must start with sqlite: or postgres://"
         );
-        assert!(is_sqlite_url("sqlite://x.db"));
-        assert!(!is_sqlite_url("postgres://h/db"));
+        assert!(crate::db::is_sqlite("sqlite://x.db"));
+        assert!(!crate::db::is_sqlite("postgres://h/db"));
     }
 
     #[test]

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{
-    default_true, validate_at_least_one, validate_exactly_one, ConfigError, Settings,
-};
+use crate::config::{default_true, validate_at_least_one, ConfigError, Settings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -170,35 +168,62 @@ impl EnrichSettings {
                         format!("{:?} is reserved", join.name),
                     ));
                 }
-                join.validate_key_source(name, i)?;
+                join.key_source(name, i)?;
             }
-            pipeline.message.validate_blocks_source(name)?;
+            pipeline.message.blocks_source(name)?;
         }
         Ok(())
     }
 }
 
+/// Where a join's lookup key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKeySource<'a> {
+    Cel(&'a str),
+    Template(&'a str),
+}
+
 impl JoinSettings {
-    /// A lookup key comes from a CEL expression or a template, never both.
-    pub fn validate_key_source(&self, pipeline: &str, index: usize) -> Result<(), ConfigError> {
-        validate_exactly_one(
-            format!("enrich.pipelines.{pipeline}.joins[{index}]"),
-            &[self.key.is_some(), self.key_template.is_some()],
-            format!(
-                "join {:?}: set exactly one of key (CEL) and key_template",
-                self.name
-            ),
-        )
+    /// A lookup key comes from a CEL expression or a template, never both;
+    /// checked at load and answered again when the pipeline compiles.
+    pub fn key_source(
+        &self,
+        pipeline: &str,
+        index: usize,
+    ) -> Result<JoinKeySource<'_>, ConfigError> {
+        match (&self.key, &self.key_template) {
+            (Some(cel), None) => Ok(JoinKeySource::Cel(cel)),
+            (None, Some(template)) => Ok(JoinKeySource::Template(template)),
+            _ => Err(ConfigError::invalid(
+                format!("enrich.pipelines.{pipeline}.joins[{index}]"),
+                format!(
+                    "join {:?}: set exactly one of key (CEL) and key_template",
+                    self.name
+                ),
+            )),
+        }
     }
 }
 
+/// Where a pipeline's Block Kit template comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlocksSource<'a> {
+    /// Relative to the configuration directory.
+    File(&'a str),
+    Inline(&'a str),
+}
+
 impl MessageTemplates {
-    /// The Block Kit template is a file or inline text, never both.
-    pub fn validate_blocks_source(&self, pipeline: &str) -> Result<(), ConfigError> {
-        validate_exactly_one(
-            format!("enrich.pipelines.{pipeline}.message"),
-            &[self.blocks.is_some(), self.blocks_file.is_some()],
-            "set exactly one of blocks_file and blocks",
-        )
+    /// The Block Kit template is a file or inline text, never both; checked
+    /// at load and answered again when the pipeline compiles.
+    pub fn blocks_source(&self, pipeline: &str) -> Result<BlocksSource<'_>, ConfigError> {
+        match (&self.blocks_file, &self.blocks) {
+            (Some(file), None) => Ok(BlocksSource::File(file)),
+            (None, Some(inline)) => Ok(BlocksSource::Inline(inline)),
+            _ => Err(ConfigError::invalid(
+                format!("enrich.pipelines.{pipeline}.message"),
+                "set exactly one of blocks_file and blocks",
+            )),
+        }
     }
 }
