@@ -46,20 +46,6 @@ pub fn validate_at_least_one(key: &str, value: u64) -> Result<(), ConfigError> {
     }
 }
 
-/// Settings of which exactly one must be set (`sql`/`sql_file`,
-/// `blocks_file`/`blocks`, a join's `key`/`key_template`).
-pub fn validate_exactly_one(
-    key: impl Into<String>,
-    set: &[bool],
-    reason: impl std::fmt::Display,
-) -> Result<(), ConfigError> {
-    if set.iter().filter(|s| **s).count() == 1 {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(key, reason))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,17 +81,5 @@ mod tests {
         assert!(validate_at_least_one("k", 1).is_ok());
         let err = validate_at_least_one("k", 0).unwrap_err();
         assert_eq!(err.to_string(), "`k`: must be at least 1");
-    }
-
-    #[test]
-    fn exactly_one_counts_what_is_set() {
-        assert!(validate_exactly_one("k", &[true, false], "one").is_ok());
-        assert_eq!(
-            validate_exactly_one("k", &[true, true], "set exactly one")
-                .unwrap_err()
-                .to_string(),
-            "`k`: set exactly one"
-        );
-        assert!(validate_exactly_one("k", &[false, false, false], "one").is_err());
     }
 }

@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    default_true, validate_at_least_one, validate_database_url, validate_exactly_one,
-    validate_http_url, ConfigError, DatabaseSettings, Secret, Settings,
-};
+use super::{default_true, validate_database_url, ConfigError, DatabaseSettings, Secret, Settings};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -512,19 +509,28 @@ impl Settings {
                 "must be at least 1s (it is renewed every third of it)",
             ));
         }
-        validate_at_least_one("produce.max_in_flight", produce.max_in_flight as u64)?;
+        if produce.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "produce.max_in_flight",
+                "must be at least 1",
+            ));
+        }
         for (name, source) in &produce.sources {
             let key = |k: &str| format!("produce.sources.{name}.{k}");
             match source {
                 SourceSettings::Sql(sql) => {
                     validate_database_url(&key("url"), &sql.url)?;
-                    validate_at_least_one(&key("page_size"), sql.page_size as u64)?;
+                    if sql.page_size == 0 {
+                        return Err(ConfigError::invalid(key("page_size"), "must be at least 1"));
+                    }
                 }
                 SourceSettings::Bigquery(bq) => {
                     if bq.project_id.trim().is_empty() {
                         return Err(ConfigError::invalid(key("project_id"), "must not be empty"));
                     }
-                    validate_at_least_one(&key("page_size"), bq.page_size as u64)?;
+                    if bq.page_size == 0 {
+                        return Err(ConfigError::invalid(key("page_size"), "must be at least 1"));
+                    }
                     if bq.credentials == GcpCredentials::ServiceAccountKey && bq.key_file.is_none()
                     {
                         return Err(ConfigError::invalid(
@@ -540,7 +546,12 @@ impl Settings {
                     }
                     validate_labels(|l| key(&format!("labels.{l}")), &bq.labels)?;
                     if let Some(endpoint) = &bq.endpoint {
-                        validate_http_url(&key("endpoint"), endpoint)?;
+                        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                            return Err(ConfigError::invalid(
+                                key("endpoint"),
+                                "must be an http(s) URL",
+                            ));
+                        }
                     }
                 }
             }
@@ -554,12 +565,14 @@ impl Settings {
                 ));
             };
             self.validate_job_cost(name, job, source)?;
-            self.topic_at(&key("topic"), &job.topic)?;
-            validate_exactly_one(
-                key("sql"),
-                &[job.sql.is_some(), job.sql_file.is_some()],
-                "set exactly one of sql and sql_file",
-            )?;
+            self.topic(&job.topic)
+                .map_err(|r| ConfigError::invalid(key("topic"), r))?;
+            if job.sql.is_some() == job.sql_file.is_some() {
+                return Err(ConfigError::invalid(
+                    key("sql"),
+                    "set exactly one of sql and sql_file",
+                ));
+            }
             if job.event_id.is_empty() {
                 return Err(ConfigError::invalid(
                     key("event_id"),
@@ -579,16 +592,21 @@ impl Settings {
             }
             for (field, source) in &job.value {
                 if let FieldSource::Spec(spec) = source {
-                    validate_exactly_one(
-                        key(&format!("value.{field}")),
-                        &[
-                            spec.column.is_some(),
-                            spec.constant.is_some(),
-                            spec.meta.is_some(),
-                            spec.json.is_some(),
-                        ],
-                        "set exactly one of column, const, meta and json",
-                    )?;
+                    let set = [
+                        spec.column.is_some(),
+                        spec.constant.is_some(),
+                        spec.meta.is_some(),
+                        spec.json.is_some(),
+                    ]
+                    .iter()
+                    .filter(|s| **s)
+                    .count();
+                    if set != 1 {
+                        return Err(ConfigError::invalid(
+                            key(&format!("value.{field}")),
+                            "set exactly one of column, const, meta and json",
+                        ));
+                    }
                 }
             }
         }
