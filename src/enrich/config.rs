@@ -227,3 +227,67 @@ impl MessageTemplates {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(key: Option<&str>, key_template: Option<&str>) -> JoinSettings {
+        JoinSettings {
+            name: "j".into(),
+            table: "t".into(),
+            key: key.map(str::to_owned),
+            key_template: key_template.map(str::to_owned),
+            kind: JoinKind::Left,
+        }
+    }
+
+    fn message(blocks_file: Option<&str>, blocks: Option<&str>) -> MessageTemplates {
+        MessageTemplates {
+            alert_id: "a".into(),
+            channel: "c".into(),
+            text: "t".into(),
+            blocks_file: blocks_file.map(str::to_owned),
+            blocks: blocks.map(str::to_owned),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn a_join_key_is_cel_or_a_template() {
+        assert_eq!(
+            join(Some("key"), None).key_source("p", 0).ok(),
+            Some(JoinKeySource::Cel("key"))
+        );
+        assert_eq!(
+            join(None, Some("{{ key }}")).key_source("p", 0).ok(),
+            Some(JoinKeySource::Template("{{ key }}"))
+        );
+        for (key, template) in [(Some("key"), Some("{{ key }}")), (None, None)] {
+            let err = join(key, template).key_source("p", 2).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "`enrich.pipelines.p.joins[2]`: join \"j\": set exactly one of key (CEL) and key_template"
+            );
+        }
+    }
+
+    #[test]
+    fn blocks_are_a_file_or_inline() {
+        assert_eq!(
+            message(Some("b.j2"), None).blocks_source("p").ok(),
+            Some(BlocksSource::File("b.j2"))
+        );
+        assert_eq!(
+            message(None, Some("[]")).blocks_source("p").ok(),
+            Some(BlocksSource::Inline("[]"))
+        );
+        for (file, inline) in [(Some("b.j2"), Some("[]")), (None, None)] {
+            let err = message(file, inline).blocks_source("p").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "`enrich.pipelines.p.message`: set exactly one of blocks_file and blocks"
+            );
+        }
+    }
+}
