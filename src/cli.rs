@@ -135,8 +135,7 @@ pub fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 /// Everything `config check` verifies beyond parsing: schemas, topic
 /// formats, filters, templates and librdkafka properties.
 pub fn check_config(settings: &Settings, config_dir: &Path) -> anyhow::Result<()> {
-    crate::avro::build_codecs(config_dir, settings)
-        .map_err(|(topic, e)| anyhow::anyhow!("`topics.{topic}`: {e}"))?;
+    topic_codecs(settings, config_dir)?;
     crate::avro::build_key_codecs(config_dir, settings)
         .map_err(|(topic, e)| anyhow::anyhow!("`topics.{topic}.key_schema`: {e}"))?;
     if let Some(enrich) = &settings.enrich {
@@ -147,6 +146,12 @@ pub fn check_config(settings: &Settings, config_dir: &Path) -> anyhow::Result<()
     }
     crate::kafka::check_client_properties(&settings.kafka).map_err(anyhow::Error::msg)?;
     Ok(())
+}
+
+/// The topics' codecs, an error naming the topic's config key.
+fn topic_codecs(settings: &Settings, config_dir: &Path) -> anyhow::Result<crate::avro::Codecs> {
+    crate::avro::build_codecs(config_dir, settings)
+        .map_err(|(topic, e)| anyhow::anyhow!("`topics.{topic}`: {e}"))
 }
 
 /// Warnings about how this configuration is deployed (`ALERTSVC_REPLICAS`).
@@ -170,8 +175,7 @@ async fn check_registry(settings: &Settings, config_dir: &Path) -> anyhow::Resul
     let Some(registry) = &settings.schema_registry else {
         return Ok(());
     };
-    let codecs = crate::avro::build_codecs(config_dir, settings)
-        .map_err(|(topic, e)| anyhow::anyhow!("`topics.{topic}`: {e}"))?;
+    let codecs = topic_codecs(settings, config_dir)?;
     let topics: Vec<(&String, &crate::avro::Confluent)> = settings
         .topics
         .keys()

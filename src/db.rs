@@ -16,7 +16,7 @@ pub enum DbError {
 /// A pool for `url` (`sqlite:…` or `postgres://…`).
 pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError> {
     sqlx::any::install_default_drivers();
-    let sqlite = url.starts_with("sqlite");
+    let sqlite = is_sqlite(url);
     let pool = AnyPoolOptions::new()
         .max_connections(max_connections)
         .after_connect(move |conn, _| {
@@ -43,6 +43,19 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError
         .connect(url)
         .await?;
     Ok(pool)
+}
+
+// The URL schemes are known here only: `config` validates with
+// `is_supported`, `config check` warns with `is_sqlite`.
+
+/// A URL [`connect`] can open: `sqlite:…`, `postgres://…`, `postgresql://…`.
+pub fn is_supported(url: &str) -> bool {
+    is_sqlite(url) || url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// SQLite: a file of one host, which replicas cannot share.
+pub fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
 }
 
 pub fn is_postgres(url: &str) -> bool {

@@ -29,7 +29,7 @@ impl Settings {
         let mut warnings = Vec::new();
         if let (Some(notify), Some(replicas)) = (&self.notify, replicas) {
             // Never the URL itself: it is a secret (it may carry a password).
-            if replicas > 1 && notify.ledger.database_url.expose().starts_with("sqlite:") {
+            if replicas > 1 && crate::db::is_sqlite(notify.ledger.database_url.expose()) {
                 warnings.push(format!(
                     "{REPLICAS_ENV}={replicas} with a SQLite ledger (notify.ledger.database_url): \
                      each replica keeps its own ledger file, so an alert can be posted twice \

@@ -5,6 +5,7 @@
 //! [`pipeline`] is the pure per-record logic, [`table`] keeps the join
 //! tables, [`processor`] moves records between Kafka and the pipelines.
 
+pub mod config;
 pub mod markup;
 pub mod pipeline;
 pub mod processor;
@@ -176,9 +177,8 @@ async fn run_with(
     let mut tables = Tables::default();
     let mut loaders = Vec::new();
     for (id, table_settings) in &enrich.tables {
-        let topic = settings
-            .topic(&table_settings.topic)
-            .map_err(|reason| ConfigError::invalid(format!("enrich.tables.{id}.topic"), reason))?;
+        let topic =
+            settings.topic_at(&format!("enrich.tables.{id}.topic"), &table_settings.topic)?;
         let consumer: StreamConsumer<StageContext> = client_config(
             &settings.kafka,
             &format!("the enrich table reader of {id}"),
@@ -216,12 +216,9 @@ async fn run_with(
 
     let mut inputs: HashMap<String, InputTopic> = HashMap::new();
     for pipeline in pipelines {
-        let input = settings.topic(&pipeline.input).map_err(|r| {
-            ConfigError::invalid(format!("enrich.pipelines.{}.input", pipeline.name), r)
-        })?;
-        let output = settings.topic(&pipeline.output).map_err(|r| {
-            ConfigError::invalid(format!("enrich.pipelines.{}.output", pipeline.name), r)
-        })?;
+        let key = |k: &str| format!("enrich.pipelines.{}.{k}", pipeline.name);
+        let input = settings.topic_at(&key("input"), &pipeline.input)?;
+        let output = settings.topic_at(&key("output"), &pipeline.output)?;
         let route = Route {
             output_topic: output.name.clone(),
             output_codec: codecs[&pipeline.output].clone(),

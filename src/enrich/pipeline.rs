@@ -13,7 +13,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value as JinjaValue}
 use serde_json::Value as Json;
 
 use super::markup;
-use crate::config::{resolve_path, ConfigError, JoinKind, PipelineSettings};
+use crate::config::{resolve_path, BlocksSource, ConfigError, JoinKind, PipelineSettings};
 use crate::messages::{AlertStatus, RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
 use crate::slack::blockkit::{self, BlockKitError};
 use join_key::{JoinKey, KeyExpr, ALERT_ID};
@@ -235,8 +235,8 @@ impl Pipeline {
         templates.add_filter("truncate", truncate_chars);
         markup::register(&mut templates);
         let message = &settings.message;
-        let blocks_source = match (&message.blocks_file, &message.blocks) {
-            (Some(file), _) => {
+        let blocks_source = match message.blocks_source(name)? {
+            BlocksSource::File(file) => {
                 let path = resolve_path(config_dir, file);
                 std::fs::read_to_string(&path).map_err(|e| {
                     ConfigError::invalid(
@@ -245,13 +245,7 @@ impl Pipeline {
                     )
                 })?
             }
-            (None, Some(inline)) => inline.clone(),
-            (None, None) => {
-                return Err(ConfigError::invalid(
-                    key("message"),
-                    "set blocks_file or blocks",
-                ))
-            }
+            BlocksSource::Inline(inline) => inline.to_owned(),
         };
         let mut sources = vec![
             ("alert_id", message.alert_id.clone()),

@@ -10,6 +10,7 @@
 //! message of the partition ([`offsets`]).
 
 pub mod backlog;
+pub mod config;
 pub mod decision;
 pub mod delivery;
 pub mod dispatch;

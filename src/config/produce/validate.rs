@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::super::{validate_database_url, ConfigError, Settings};
+use super::super::{
+    validate_at_least_one, validate_database_url, validate_http_url, ConfigError, Settings,
+};
 use super::{
     query_labels, validate_label, FieldSource, GcpCredentials, JobSettings, ProduceSettings,
     SourceSettings, MAX_QUERY_LABELS,
@@ -32,28 +34,19 @@ impl Settings {
                 "must be at least 1s (it is renewed every third of it)",
             ));
         }
-        if produce.max_in_flight == 0 {
-            return Err(ConfigError::invalid(
-                "produce.max_in_flight",
-                "must be at least 1",
-            ));
-        }
+        validate_at_least_one("produce.max_in_flight", produce.max_in_flight as u64)?;
         for (name, source) in &produce.sources {
             let key = |k: &str| format!("produce.sources.{name}.{k}");
             match source {
                 SourceSettings::Sql(sql) => {
                     validate_database_url(&key("url"), &sql.url)?;
-                    if sql.page_size == 0 {
-                        return Err(ConfigError::invalid(key("page_size"), "must be at least 1"));
-                    }
+                    validate_at_least_one(&key("page_size"), sql.page_size as u64)?;
                 }
                 SourceSettings::Bigquery(bq) => {
                     if bq.project_id.trim().is_empty() {
                         return Err(ConfigError::invalid(key("project_id"), "must not be empty"));
                     }
-                    if bq.page_size == 0 {
-                        return Err(ConfigError::invalid(key("page_size"), "must be at least 1"));
-                    }
+                    validate_at_least_one(&key("page_size"), bq.page_size as u64)?;
                     if bq.credentials == GcpCredentials::ServiceAccountKey && bq.key_file.is_none()
                     {
                         return Err(ConfigError::invalid(
@@ -69,12 +62,7 @@ impl Settings {
                     }
                     validate_labels(|l| key(&format!("labels.{l}")), &bq.labels)?;
                     if let Some(endpoint) = &bq.endpoint {
-                        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                            return Err(ConfigError::invalid(
-                                key("endpoint"),
-                                "must be an http(s) URL",
-                            ));
-                        }
+                        validate_http_url(&key("endpoint"), endpoint)?;
                     }
                 }
             }
@@ -88,8 +76,7 @@ impl Settings {
                 ));
             };
             self.validate_job_cost(name, job, source)?;
-            self.topic(&job.topic)
-                .map_err(|r| ConfigError::invalid(key("topic"), r))?;
+            self.topic_at(&key("topic"), &job.topic)?;
             if job.sql.is_some() == job.sql_file.is_some() {
                 return Err(ConfigError::invalid(
                     key("sql"),

@@ -13,7 +13,7 @@ use cel::{Env as CelEnv, Program, Value as CelValue};
 use minijinja::Environment;
 
 use super::into_key_text;
-use crate::config::{ConfigError, JoinSettings};
+use crate::config::{ConfigError, JoinKeySource, JoinSettings};
 
 /// The variable a join key or `suppress` reads for the rendered alert id.
 pub(super) const ALERT_ID: &str = "alert_id";
@@ -58,8 +58,8 @@ pub(super) fn compile(
     templates: &mut Environment<'static>,
 ) -> Result<JoinKey, ConfigError> {
     let config_key = |k: &str| format!("enrich.pipelines.{pipeline}.joins[{index}].{k}");
-    match (&join.key, &join.key_template) {
-        (Some(source), None) => {
+    match join.key_source(pipeline, index)? {
+        JoinKeySource::Cel(source) => {
             let program = cel_env.compile(source).map_err(|e| {
                 ConfigError::invalid(config_key("key"), format!("invalid CEL expression: {e}"))
             })?;
@@ -74,10 +74,10 @@ pub(super) fn compile(
                 reads,
             })
         }
-        (None, Some(source)) => {
+        JoinKeySource::Template(source) => {
             let name = template_name(index);
             templates
-                .add_template_owned(name.clone(), source.clone())
+                .add_template_owned(name.clone(), source.to_owned())
                 .map_err(|e| {
                     ConfigError::invalid(
                         config_key("key_template"),
@@ -93,13 +93,6 @@ pub(super) fn compile(
                 reads,
             })
         }
-        _ => Err(ConfigError::invalid(
-            format!("enrich.pipelines.{pipeline}.joins[{index}]"),
-            format!(
-                "join {:?}: set exactly one of key (CEL) and key_template",
-                join.name
-            ),
-        )),
     }
 }
 
