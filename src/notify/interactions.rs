@@ -14,6 +14,7 @@ use axum::response::IntoResponse;
 use rdkafka::producer::FutureProducer;
 use serde_json::Value;
 
+use super::grouping::GroupLedger;
 use super::state::service::{describe, Applied};
 use super::state::store::Place;
 use super::state::{action_for, Actor, AlertStates};
@@ -60,12 +61,20 @@ fn action_value(action: &Value) -> Option<&str> {
 /// The click as a record, from a `block_actions` payload.
 pub fn interaction_from_payload(payload: &Value, now_ms: i64) -> Option<SlackInteraction> {
     let action = payload["actions"].get(0)?;
-    // Only a button's value is the alert id (a menu's is the choice).
-    let alert_id = payload["message"]["metadata"]["event_payload"]["alert_id"]
+    // Only a button's value is the alert id (a menu's is the choice). A
+    // group's summary names its group in its metadata instead.
+    let metadata = &payload["message"]["metadata"]["event_payload"];
+    let alert_id = metadata["alert_id"]
         .as_str()
-        .or_else(|| action["value"].as_str())?;
+        .map(str::to_owned)
+        .or_else(|| {
+            metadata["group_id"]
+                .as_str()
+                .map(|id| format!("{GROUP_PREFIX}{id}"))
+        })
+        .or_else(|| action["value"].as_str().map(str::to_owned))?;
     Some(SlackInteraction {
-        alert_id: alert_id.to_owned(),
+        alert_id,
         action_id: action["action_id"].as_str().unwrap_or_default().to_owned(),
         value: action_value(action).map(str::to_owned),
         user_id: payload["user"]["id"].as_str()?.to_owned(),
@@ -84,6 +93,23 @@ pub fn interaction_from_payload(payload: &Value, now_ms: i64) -> Option<SlackInt
         received_at: now_ms,
         payload: stored_payload(payload),
     })
+}
+
+/// How a group's summary names its group, as the alert id of its clicks.
+pub const GROUP_PREFIX: &str = "group:";
+
+/// A click on a group's summary: the group's id, and the value the click's
+/// action reads (the summary's snooze options are `group:<id>|4h`).
+pub fn group_click<'a>(
+    alert_id: &'a str,
+    value: Option<&'a str>,
+) -> Option<(&'a str, Option<&'a str>)> {
+    let group_id = alert_id.strip_prefix(GROUP_PREFIX)?;
+    let value = value.map(|v| match v.strip_prefix(GROUP_PREFIX) {
+        Some(rest) => rest.split_once('|').map_or(rest, |(_, choice)| choice),
+        None => v,
+    });
+    Some((group_id, value))
 }
 
 /// Where the clicked message is, for an alert with no recorded state yet
@@ -112,6 +138,8 @@ pub struct InteractionState {
     pub metrics: NotifyMetrics,
     /// Changes alert states on Acknowledge, Resolve and Snooze.
     pub states: Option<Arc<AlertStates>>,
+    /// A group summary's clicks act on every member of the group.
+    pub groups: Option<GroupLedger>,
 }
 
 fn now() -> (i64, i64) {
@@ -209,22 +237,51 @@ pub async fn handle(
         id: interaction.user_id.clone(),
         name: interaction.user_name.clone(),
     };
-    let action = action_for(&interaction.action_id, interaction.value.as_deref(), actor);
-    if let (Some(states), Some(action)) = (&state.states, action) {
-        let fallback = place_from_payload(&payload, &interaction);
-        let ids = [interaction.alert_id.clone()];
-        for applied in states.act(&ids, &action, now_ms, Some(&fallback)).await {
+    let Some(states) = &state.states else {
+        return (StatusCode::OK, "");
+    };
+    let fallback = place_from_payload(&payload, &interaction);
+    let (targets, value) = match group_click(&interaction.alert_id, interaction.value.as_deref()) {
+        Some((group_id, value)) => {
+            let Some(groups) = &state.groups else {
+                return (StatusCode::OK, "");
+            };
+            let members = match groups.members(group_id).await {
+                Ok(members) => members,
+                Err(e) => {
+                    tracing::error!(group_id, error = %e, "cannot read the group's members");
+                    return (StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+                }
+            };
+            // Members show their state on their own replies; the summary
+            // (the clicked message) shows the group's.
+            let mut targets: Vec<(String, Option<&Place>)> =
+                members.into_iter().map(|m| (m.alert_id, None)).collect();
+            targets.push((interaction.alert_id.clone(), Some(&fallback)));
+            (targets, value)
+        }
+        None => (
+            vec![(interaction.alert_id.clone(), Some(&fallback))],
+            interaction.value.as_deref(),
+        ),
+    };
+    let Some(action) = action_for(&interaction.action_id, value, actor) else {
+        return (StatusCode::OK, "");
+    };
+    for (alert_id, place) in targets {
+        let ids = [alert_id];
+        for applied in states.act(&ids, &action, now_ms, place).await {
             match applied {
                 Ok(applied) => {
                     let reason = match &applied {
                         Applied::Unchanged(reason, _) => Some(format!("{reason:?}")),
                         Applied::Changed(_) => None,
                     };
-                    tracing::info!(alert_id = %interaction.alert_id, user = %interaction.user_id,
+                    tracing::info!(alert_id = %ids[0], user = %interaction.user_id,
                         action = %interaction.action_id, state = describe(&applied), reason, "alert state click");
                 }
                 Err(e) => {
-                    tracing::error!(alert_id = %interaction.alert_id, error = %e, "cannot change the alert's state");
+                    tracing::error!(alert_id = %ids[0], error = %e, "cannot change the alert's state");
                     return (StatusCode::SERVICE_UNAVAILABLE, "try again\n");
                 }
             }
@@ -237,6 +294,26 @@ pub async fn handle(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_summary_click_names_its_group_and_the_choice() {
+        let payload = json!({"type": "block_actions", "user": {"id": "U1"},
+            "message": {"ts": "1.2", "metadata": {"event_type": "alertsvc_group",
+                        "event_payload": {"group_id": "g7", "group_key": "org-1"}}},
+            "actions": [{"type": "static_select", "action_id": "alertsvc_snooze",
+                         "selected_option": {"value": "group:g7|4h"}}]});
+        let click = interaction_from_payload(&payload, 5).unwrap();
+        assert_eq!(click.alert_id, "group:g7");
+        assert_eq!(
+            group_click(&click.alert_id, click.value.as_deref()),
+            Some(("g7", Some("4h")))
+        );
+        assert_eq!(
+            group_click("group:g7", Some("group:g7")),
+            Some(("g7", Some("g7")))
+        );
+        assert_eq!(group_click("A-1", Some("4h")), None);
+    }
 
     #[test]
     fn a_menu_choice_is_the_value_and_not_the_alert_id() {

@@ -224,6 +224,7 @@ async fn run_with(
         replay: crate::slack::signing::ReplayGuard::default(),
         metrics: metrics.clone(),
         states: Some(states.clone()),
+        groups: Some(ledger.groups()),
     });
     let interactions_route = axum::Router::new()
         .route(

@@ -13,10 +13,11 @@ use alertsvc::slack::fake::{FakeMessage, FakeSlack};
 use alertsvc::slack::GROUP_METADATA_EVENT;
 use serde_json::Value;
 
-use crate::common::eventually;
 use crate::common::slack::{
-    no_dead_letters, notify_env, notify_settings, now_ms, version, Backend, NotifyEnv,
+    button, click, menu_choice, no_dead_letters, notify_env, notify_settings, now_ms, version,
+    Backend, NotifyEnv,
 };
+use crate::common::{eventually, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(90);
 const ALERTS: usize = 40;
@@ -464,4 +465,102 @@ async fn the_connector_pipeline_grouped_by_org_end_to_end() {
         .concat()
     );
     assert_eq!(slack.stats().rate_limited, 0);
+}
+
+/// The latest `alert-state` record of each alert, from the topic.
+async fn latest_states(env: &TestEnv) -> BTreeMap<String, Value> {
+    let records = env
+        .read_until(&env.topic("alert_state"), |_| true, Duration::from_secs(5))
+        .await;
+    let mut latest = BTreeMap::new();
+    for record in records {
+        let value = env.codecs["alert_state"]
+            .decode(record.payload.as_deref().expect("payload"))
+            .await
+            .expect("decode AlertState");
+        latest.insert(record.key.unwrap_or_default(), value);
+    }
+    latest
+}
+
+/// The summary's buttons act on the whole group: each member's state
+/// changes (on the alert-state topic, with who and until when), and so does
+/// the group's own, shown on the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_buttons_act_on_every_member() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], Some(10.0), Backend::Sqlite, 5).await;
+    let now = now_ms();
+    let members: Vec<SlackMessage> = (1..=4).map(|i| failure(i, now)).collect();
+    for m in &members {
+        env.produce_message(m).await;
+    }
+    let settings = notify_settings(&env, |n| {
+        n.group_update_interval = Duration::from_secs(1);
+    });
+    let notify = env.start_notify_with(settings).await;
+    env.read_responses(members.len(), WAIT).await;
+    let summary = summary_showing(&slack, "4 alerts: org-1").await;
+    let group_id = summary.metadata.clone().unwrap_or(Value::Null)["event_payload"]["group_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let group = format!("group:{group_id}");
+
+    let status = click(
+        &env,
+        &summary,
+        ("U7", "ada"),
+        button("alertsvc_acknowledge", &group),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let expect_all = |state: &'static str| {
+        let env = &env;
+        let mut ids: Vec<String> = members.iter().map(|m| m.alert_id.clone()).collect();
+        ids.push(group.clone());
+        async move {
+            let latest = latest_states(env).await;
+            ids.iter()
+                .all(|id| latest.get(id).is_some_and(|v| v["state"] == state))
+                .then_some(latest)
+        }
+    };
+    let acknowledged = eventually(WAIT, "every member acknowledged", || {
+        expect_all("acknowledged")
+    })
+    .await;
+    for m in &members {
+        assert_eq!(acknowledged[&m.alert_id]["actorId"], "U7", "{}", m.alert_id);
+    }
+    let shown = eventually(WAIT, "the summary saying who acknowledged", || async {
+        slack
+            .messages()
+            .into_iter()
+            .find(|m| m.ts == summary.ts && m.blocks.to_string().contains("Acknowledged by <@U7>"))
+    })
+    .await;
+    assert_eq!(shown.thread_ts, None);
+
+    let clicked = click(
+        &env,
+        &shown,
+        ("U7", "ada"),
+        menu_choice("alertsvc_snooze", &format!("{group}|4h")),
+    )
+    .await;
+    assert_eq!(clicked, 200);
+    let snoozed = eventually(WAIT, "every member snoozed", || expect_all("snoozed")).await;
+    notify.stop().await.expect("clean stop");
+    for m in &members {
+        let until = snoozed[&m.alert_id]["snoozedUntil"]
+            .as_i64()
+            .unwrap_or_default();
+        let at = snoozed[&m.alert_id]["at"].as_i64().unwrap_or_default();
+        assert_eq!(until - at, 4 * 3_600_000, "{}", m.alert_id);
+    }
 }
