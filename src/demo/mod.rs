@@ -17,7 +17,7 @@ use crate::config::{DemoSettings, DemoWarehouse, Settings};
 use crate::http::StageHandle;
 use crate::slack::fake::{FakeMessage, FakeSlack};
 
-mod preview;
+pub mod preview;
 mod setup;
 mod traffic;
 

@@ -1,12 +1,14 @@
 //! `alertsvc demo`, as a newcomer runs it: it finishes by itself with
 //! exactly the alerts its sample data should make, and its preview page,
 //! in a real headless Chromium, shows them and acknowledges one through
-//! notify's signed interactions endpoint.
+//! notify's signed interactions endpoint (Acknowledge, then Snooze), and
+//! renders threads and edits as Slack does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use alertsvc::slack::fake::{FakeSlack, FakeSlackConfig};
 use serde_json::Value;
 
 use crate::common::testkit::KillOnDrop as Killed;
@@ -195,6 +197,138 @@ fn chromium() -> (Killed, u16) {
     (Killed(child), port)
 }
 
+/// A headless Chromium session (and the chromedriver serving it).
+async fn browser() -> (Killed, fantoccini::Client) {
+    let (driver, driver_port) = chromium();
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    let client = eventually(
+        Duration::from_secs(10),
+        "a chromedriver session",
+        || async {
+            fantoccini::ClientBuilder::new(
+                    hyper_util::client::legacy::connect::HttpConnector::new(),
+                )
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{driver_port}"))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    (driver, client)
+}
+
+/// A Slack Web API call to the fake, as notify makes it.
+async fn slack_call(slack: &FakeSlack, method: &str, body: Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{}/{method}", slack.url))
+        .bearer_auth("xoxb-preview")
+        .json(&body)
+        .send()
+        .await
+        .expect("fake Slack answers")
+        .json()
+        .await
+        .expect("JSON answer")
+}
+
+/// The preview page renders a thread as Slack does: the replies under their
+/// parent with a reply count, a broadcast reply marked, an edited message
+/// marked as updated, and the replies never as messages of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_page_shows_threads_and_edits_in_a_browser() {
+    crate::common::init();
+    let slack = std::sync::Arc::new(
+        FakeSlack::start(FakeSlackConfig {
+            token: "xoxb-preview".into(),
+            channels: vec!["C1".into()],
+            per_channel_per_second: None,
+            ..FakeSlackConfig::default()
+        })
+        .await
+        .expect("fake Slack"),
+    );
+    let metadata = serde_json::json!({"event_type": "alertsvc_alert",
+        "event_payload": {"alert_id": "A-1"}});
+    let posted = slack_call(
+        &slack,
+        "chat.postMessage",
+        serde_json::json!({"channel": "C1", "text": "Connector failed", "metadata": metadata}),
+    )
+    .await;
+    let ts = posted["ts"].as_str().expect("posted").to_owned();
+    for (text, broadcast) in [("Failing again", true), ("Resolved: running again", false)] {
+        let reply = slack_call(
+            &slack,
+            "chat.postMessage",
+            serde_json::json!({"channel": "C1", "text": text, "thread_ts": ts,
+                               "reply_broadcast": broadcast}),
+        )
+        .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    let edited = slack_call(
+        &slack,
+        "chat.update",
+        serde_json::json!({"channel": "C1", "ts": ts, "text": "Connector running again"}),
+    )
+    .await;
+    assert_eq!(edited["ok"], true, "{edited}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let page = alertsvc::demo::preview::serve(
+        "127.0.0.1:0".parse().expect("address"),
+        slack.clone(),
+        // No clicks here: nothing listens there.
+        "127.0.0.1:9".parse().expect("address"),
+        "secret".into(),
+        stop,
+    )
+    .await
+    .expect("preview page");
+
+    let (_driver, browser) = browser().await;
+    browser
+        .goto(&format!("http://{page}/"))
+        .await
+        .expect("open page");
+    let card = browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(fantoccini::Locator::Css("article[data-alert='A-1']"))
+        .await
+        .expect("the alert is rendered");
+    let text = card.text().await.expect("text");
+    assert!(text.contains("Connector running again"), "{text}");
+    assert!(text.contains("updated"), "{text}");
+    let thread = card
+        .find(fantoccini::Locator::Css(".thread"))
+        .await
+        .expect("a thread under the message")
+        .text()
+        .await
+        .expect("thread text");
+    assert!(thread.starts_with("2 replies"), "{thread}");
+    let failing = thread.find("Failing again").expect("first reply");
+    let resolved = thread
+        .find("Resolved: running again")
+        .expect("second reply");
+    assert!(failing < resolved, "replies oldest first: {thread}");
+    assert!(thread.contains("also sent to the channel"), "{thread}");
+    // The broadcast reply shows in the channel too; the other only in
+    // the thread.
+    let cards = browser
+        .find_all(fantoccini::Locator::Css("article"))
+        .await
+        .expect("cards");
+    assert_eq!(cards.len(), 2, "the message and the broadcast reply");
+    browser.close().await.ok();
+}
+
 /// The preview page in headless Chromium: the alert's header and fields
 /// are in the rendered DOM, and a click on Acknowledge, then a Snooze
 /// choice, go through notify's signed `/slack/interactions` to an updated
@@ -224,26 +358,7 @@ async fn the_preview_page_renders_alerts_and_acknowledges_in_a_browser() {
     )
     .await;
 
-    let (_driver, driver_port) = chromium();
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
-    );
-    let browser = eventually(
-        Duration::from_secs(10),
-        "a chromedriver session",
-        || async {
-            fantoccini::ClientBuilder::new(
-                    hyper_util::client::legacy::connect::HttpConnector::new(),
-                )
-                .capabilities(capabilities.clone())
-                .connect(&format!("http://127.0.0.1:{driver_port}"))
-                .await
-                .ok()
-        },
-    )
-    .await;
+    let (_driver, browser) = browser().await;
     browser.goto(&format!("{base}/")).await.expect("open page");
     let alert = "org-acme-env-prod1-lcc-demo-0000-connector-failure";
     let card = browser
