@@ -207,7 +207,7 @@ impl Processor {
             if shutdown.is_cancelled() {
                 if let Some(mut previous) = committing.take() {
                     let result = (&mut previous.commit).await;
-                    if let Err((batch, e)) = self.settle(previous, result, &mut retry) {
+                    if let Some((batch, e)) = self.settle(previous, result, &mut retry) {
                         self.batch_failed(&batch, e, &mut retry, &shutdown).await?;
                     }
                 }
@@ -247,7 +247,7 @@ impl Processor {
                 _ = shutdown.cancelled() => return Ok(Vec::new()),
                 result = commit_finished(committing) => {
                     if let Some(previous) = committing.take() {
-                        if let Err((batch, e)) = self.settle(previous, result, retry) {
+                        if let Some((batch, e)) = self.settle(previous, result, retry) {
                             self.batch_failed(&batch, e, retry, shutdown).await?;
                         }
                     }
@@ -311,7 +311,7 @@ impl Processor {
             let waited = Instant::now();
             let result = (&mut previous.commit).await;
             self.phase("wait", waited);
-            if let Err((mut both, e)) = self.settle(previous, result, retry) {
+            if let Some((mut both, e)) = self.settle(previous, result, retry) {
                 // This batch was read past the failed one: both are read
                 // again from the failed batch's first offsets.
                 both.extend(batch);
@@ -360,8 +360,8 @@ impl Processor {
                     commit: (),
                 };
                 match self.settle(done, Ok(result), retry) {
-                    Ok(()) => Ok(()),
-                    Err((batch, e)) => self.batch_failed(&batch, e, retry, shutdown).await,
+                    None => Ok(()),
+                    Some((batch, e)) => self.batch_failed(&batch, e, retry, shutdown).await,
                 }
             }
         }
@@ -375,14 +375,14 @@ impl Processor {
         Ok(outputs)
     }
 
-    /// Records a finished batch: committed, its alerts' latency observed;
-    /// or hands the batch back with the error that failed it.
+    /// Records a finished batch: committed, its alerts' latency observed
+    /// (`None`); or hands the batch back with the error that failed it.
     fn settle<C>(
         &self,
         finished: Committing<C>,
         result: Result<Committed, JoinError>,
         retry: &mut Retry,
-    ) -> Result<(), (Vec<OwnedMessage>, BatchError)> {
+    ) -> Option<(Vec<OwnedMessage>, BatchError)> {
         let Committing {
             batch,
             emitted,
@@ -391,8 +391,8 @@ impl Processor {
         } = finished;
         let committed = match result {
             Ok(Ok(committed)) => committed,
-            Ok(Err(e)) => return Err((batch, e)),
-            Err(e) => return Err((batch, BatchError::CommitThread(e.to_string()))),
+            Ok(Err(e)) => return Some((batch, e)),
+            Err(e) => return Some((batch, BatchError::CommitThread(e.to_string()))),
         };
         retry.backoff.reset();
         if let Some(offsets) = committed {
@@ -413,7 +413,7 @@ impl Processor {
         for Emitted { latency, event_ms } in emitted {
             latency.observe(seconds_since(event_ms));
         }
-        Ok(())
+        None
     }
 
     /// A batch that did not commit: aborted (if a transaction may be open)
