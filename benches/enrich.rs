@@ -6,6 +6,9 @@
 //!                                             and as enrich keeps them
 //!   cargo bench --bench enrich -- e2e [N]     through the mock broker with
 //!                                             transactions, vs. a raw copy
+//!                                             of the same records; then
+//!                                             p50/p99 latency at half
+//!                                             enrich's rate
 //!   cargo bench --bench enrich -- bootstrap [N]  table bootstrap time, RSS,
 //!                                             the broker's own read rate,
 //!                                             enrich's time to ready
@@ -307,25 +310,110 @@ async fn produce_all(
     producer.flush(Duration::from_secs(60)).expect("flush");
 }
 
-/// Reads `topic` until `count` records arrived; returns when the last one
-/// was read.
-async fn drain(bootstrap: String, topic: &'static str, count: usize) -> Instant {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", format!("drain-{topic}"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    for _ in 0..count {
-        let m = tokio::time::timeout(Duration::from_secs(120), consumer.recv())
+/// A read_committed consumer of enrich's output: it sees a Slack message
+/// only once its transaction committed, so the time it receives one is an
+/// upper bound of the commit's (later by at most a fetch round trip).
+struct Drain {
+    consumer: StreamConsumer,
+    codec: Arc<Codec>,
+}
+
+impl Drain {
+    fn new(bootstrap: &str, topic: &str, codec: Arc<Codec>) -> Drain {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("drain-{topic}"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        Drain { consumer, codec }
+    }
+
+    /// Reads `count` records; returns when the last one was read.
+    async fn read(&self, count: usize) -> Instant {
+        for _ in 0..count {
+            self.next().await;
+        }
+        Instant::now()
+    }
+
+    /// Reads `count` records; returns each one's latency in ms: its
+    /// receive time (wall clock) minus its `createdAt`, which enrich sets
+    /// to the event's timestamp (the input record's).
+    async fn latencies(&self, count: usize) -> Vec<i64> {
+        let mut latencies = Vec::with_capacity(count);
+        for _ in 0..count {
+            let m = self.next().await;
+            let received = now_ms();
+            let message = self
+                .codec
+                .decode(m.payload().expect("payload"))
+                .await
+                .expect("slack message");
+            let created = message["createdAt"].as_i64().expect("createdAt");
+            latencies.push(received - created);
+        }
+        latencies
+    }
+
+    async fn next(&self) -> rdkafka::message::BorrowedMessage<'_> {
+        tokio::time::timeout(Duration::from_secs(120), self.consumer.recv())
             .await
             .expect("progress")
-            .expect("message");
-        let _ = m.offset();
+            .expect("message")
     }
-    Instant::now()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// The `q` quantile (0..1) of sorted values.
+fn quantile(sorted: &[i64], q: f64) -> i64 {
+    let at = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1);
+    sorted
+        .get(at.min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Produces events `from..from + count` at `rate` per second, each stamped
+/// with the wall-clock time it is sent: the event time the latency counts
+/// from.
+async fn produce_paced(bootstrap: &str, codec: &Codec, from: usize, count: usize, rate: f64) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate * tick.as_secs_f64()).max(1.0) as usize;
+    let mut ticks = tokio::time::interval(tick);
+    let mut pending = Vec::new();
+    let mut i = from;
+    while i < from + count {
+        ticks.tick().await;
+        for _ in 0..per_tick.min(from + count - i) {
+            let key = format!("org-{}", i % 10_000);
+            let payload = codec.encode(&event(i)).await.expect("encode");
+            let record = FutureRecord::to("data-notifications-pipeline")
+                .key(&key)
+                .payload(&payload)
+                .timestamp(now_ms());
+            pending.push(producer.send_result(record).expect("queue"));
+            i += 1;
+        }
+    }
+    for d in pending {
+        d.await.expect("delivery").expect("delivered");
+    }
 }
 
 /// The enrich process's `alertsvc_enrich_records_in_total`, summed.
@@ -409,7 +497,15 @@ async fn bench_e2e(events: usize) {
     let enrich = tokio::spawn(async move {
         enrich.run_until_stopped(stop).await.expect("enrich");
     });
-    let drained = tokio::spawn(drain(bootstrap.clone(), "slack-messages", expected));
+    let drain = Arc::new(Drain::new(
+        &bootstrap,
+        "slack-messages",
+        codecs["slack_messages"].clone(),
+    ));
+    let drained = tokio::spawn({
+        let drain = drain.clone();
+        async move { drain.read(expected).await }
+    });
     // Timed from the first record enrich reads (after group join and table
     // bootstrap), like the copy.
     while records_in(&http_addr).await == 0.0 {
@@ -425,8 +521,59 @@ async fn bench_e2e(events: usize) {
         rss_before,
         rss_mb()
     );
+    println!(
+        "e2e: where enrich's batches spent their time (s, summed): {}",
+        phases(&http_addr).await
+    );
+
+    // Latency: with the backlog drained, events arrive at half the rate
+    // just measured (a load enrich keeps up with), each stamped when sent;
+    // a backlog would measure its own queueing instead.
+    let paced = (events / 10).max(300);
+    let paced_rate = (rate / 2.0).max(100.0);
+    let paced_expected = (events..events + paced).filter(|i| i % 3 != 0).count();
+    let measured = tokio::spawn({
+        let drain = drain.clone();
+        async move { drain.latencies(paced_expected).await }
+    });
+    produce_paced(
+        &bootstrap,
+        &codecs["notifications"],
+        events,
+        paced,
+        paced_rate,
+    )
+    .await;
+    let mut latencies = measured.await.expect("latencies");
+    latencies.sort_unstable();
+    println!(
+        "e2e: latency, event timestamp → Slack message read read_committed, {paced} events at {paced_rate:.0}/s ({} messages): p50 {} ms, p99 {} ms, max {} ms",
+        latencies.len(),
+        quantile(&latencies, 0.5),
+        quantile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0)
+    );
     shutdown.cancel();
     let _ = enrich.await;
+}
+
+/// `alertsvc_enrich_batch_phase_seconds` summed per phase.
+async fn phases(addr: &str) -> String {
+    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
+        return String::new();
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("alertsvc_enrich_batch_phase_seconds_sum{phase=\""))
+        .filter_map(|l| {
+            let (phase, rest) = l.split_once('"')?;
+            Some(format!(
+                "{phase} {:.2}",
+                rest.rsplit(' ').next()?.parse::<f64>().ok()?
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn raw_copy(bootstrap: String, events: usize) -> Duration {

@@ -71,6 +71,9 @@ pub struct EnrichMetrics {
     pub transactions: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub batch_seconds: Histogram,
+    /// Where a batch's time goes: collect, process, wait (for the previous
+    /// transaction's commit), produce, offsets, commit.
+    pub batch_phase_seconds: HistogramVec,
     pub event_latency: HistogramVec,
     pub registry_unavailable: IntGauge,
 }
@@ -87,6 +90,17 @@ impl EnrichMetrics {
             ]),
         )?;
         registry.register(Box::new(batch_seconds.clone()))?;
+        let batch_phase_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "alertsvc_enrich_batch_phase_seconds",
+                "Time a batch spends in each phase: collect, process, wait (for the previous transaction's commit), produce, offsets, commit.",
+            )
+            .buckets(vec![
+                0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["phase"],
+        )?;
+        registry.register(Box::new(batch_phase_seconds.clone()))?;
         let event_latency = HistogramVec::new(
             HistogramOpts::new(
                 "alertsvc_enrich_event_latency_seconds",
@@ -152,6 +166,7 @@ impl EnrichMetrics {
             )?,
             consumer_lag: consumer_lag(registry)?,
             batch_seconds,
+            batch_phase_seconds,
             event_latency,
             registry_unavailable,
         })

@@ -20,6 +20,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -87,6 +88,35 @@ struct Emitted {
     event_ms: i64,
 }
 
+/// What a batch's commit returns: the offsets committed in the
+/// transaction (for the lag metric), none when already committed.
+type Committed = Result<Option<TopicPartitionList>, BatchError>;
+
+type CommitHandle = JoinHandle<Committed>;
+
+/// A processed batch and its commit: a transaction committing on a blocking
+/// thread (`C` = [`CommitHandle`]), or one already done (`C` = `()`).
+struct Committing<C = CommitHandle> {
+    batch: Vec<OwnedMessage>,
+    emitted: Vec<Emitted>,
+    started: Instant,
+    commit: C,
+}
+
+/// The retry state of the batch loop.
+struct Retry {
+    backoff: Backoff,
+    waiting_for_registry: bool,
+}
+
+/// Waits for the previous batch's commit; never resolves when there is none.
+async fn commit_finished(committing: &mut Option<Committing>) -> Result<Committed, JoinError> {
+    match committing {
+        Some(previous) => (&mut previous.commit).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Why a batch could not be committed.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -97,6 +127,8 @@ pub enum BatchError {
     },
     #[error("the consumer has no group metadata (not in a group)")]
     NoGroupMetadata,
+    #[error("the thread committing the transaction failed: {0}")]
+    CommitThread(String),
     #[error("record {position}: {source}")]
     RegistryUnavailable {
         position: SourcePosition,
@@ -157,55 +189,28 @@ impl Processor {
 
         let hard_stop = self.hard_stop(&shutdown);
         let _stop_timer = hard_stop.clone().drop_guard();
-        let mut backoff = Backoff::new(BATCH_BACKOFF.0, BATCH_BACKOFF.1);
-        let mut waiting_for_registry = false;
+        let mut retry = Retry {
+            backoff: Backoff::new(BATCH_BACKOFF.0, BATCH_BACKOFF.1),
+            waiting_for_registry: false,
+        };
+        // The previous batch's transaction, committing on a blocking thread
+        // while this batch is collected and processed.
+        let mut committing: Option<Committing> = None;
         loop {
-            let batch = self.next_batch(&shutdown).await;
+            let batch = self
+                .next_batch(&shutdown, &mut committing, &mut retry)
+                .await?;
             if !batch.is_empty() {
-                let started = Instant::now();
-                let result = self.run_batch(&batch, &hard_stop).await;
-                let registry_down = matches!(result, Err(BatchError::RegistryUnavailable { .. }));
-                if waiting_for_registry && !registry_down {
-                    // The whole batch got past the registry.
-                    waiting_for_registry = false;
-                    self.readiness.registry_available(READER);
-                }
-                match result {
-                    Ok(()) => {
-                        backoff.reset();
-                        self.metrics
-                            .transactions
-                            .with_label_values(&["committed"])
-                            .inc();
-                        self.metrics
-                            .batch_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                    }
-                    Err(e) if e.is_fatal() => return Err(e),
-                    Err(e) => {
-                        if registry_down {
-                            // Logged once per outage by `Readiness`.
-                            if !waiting_for_registry {
-                                waiting_for_registry = true;
-                                self.readiness.registry_unavailable(READER, &e);
-                            }
-                            tracing::debug!(error = %e, records = batch.len(), "batch waits for the Schema Registry; rewinding");
-                        } else {
-                            tracing::warn!(error = %e, records = batch.len(), "batch failed; aborting and rewinding");
-                            self.metrics
-                                .transactions
-                                .with_label_values(&["aborted"])
-                                .inc();
-                        }
-                        self.abandon_batch(&batch, e.may_have_opened_a_transaction(), &shutdown)?;
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff.next_delay()) => {}
-                            _ = shutdown.cancelled() => {}
-                        }
-                    }
-                }
+                self.run_batch(batch, &mut committing, &mut retry, &hard_stop, &shutdown)
+                    .await?;
             }
             if shutdown.is_cancelled() {
+                if let Some(mut previous) = committing.take() {
+                    let result = (&mut previous.commit).await;
+                    if let Some((batch, e)) = self.settle(previous, result, &mut retry) {
+                        self.batch_failed(&batch, e, &mut retry, &shutdown).await?;
+                    }
+                }
                 tracing::info!("enrich stopping: last batch finished");
                 return Ok(());
             }
@@ -227,19 +232,36 @@ impl Processor {
     }
 
     /// Waits for a first record, then collects until the batch is full, the
-    /// batch wait elapsed or shutdown was asked for.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Vec<OwnedMessage> {
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Vec::new(),
-            message = self.consumer.recv() => message,
+    /// batch wait elapsed or shutdown was asked for. A previous transaction
+    /// that finishes while no record arrives is settled meanwhile, so an
+    /// idle stream neither delays its metrics nor hides its failure.
+    async fn next_batch(
+        &self,
+        shutdown: &CancellationToken,
+        committing: &mut Option<Committing>,
+        retry: &mut Retry,
+    ) -> Result<Vec<OwnedMessage>, BatchError> {
+        let first = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(Vec::new()),
+                result = commit_finished(committing) => {
+                    if let Some(previous) = committing.take() {
+                        if let Some((batch, e)) = self.settle(previous, result, retry) {
+                            self.batch_failed(&batch, e, retry, shutdown).await?;
+                        }
+                    }
+                }
+                message = self.consumer.recv() => break message,
+            }
         };
+        let started = Instant::now();
         let mut batch = match first {
             Ok(message) => vec![message.detach()],
             Err(e) => {
                 tracing::warn!(error = %e, "consume failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                return Vec::new();
+                return Ok(Vec::new());
             }
         };
         let deadline = Instant::now() + self.max_batch_wait;
@@ -257,21 +279,55 @@ impl Processor {
                 },
             }
         }
-        batch
+        self.phase("collect", started);
+        Ok(batch)
+    }
+
+    fn phase(&self, phase: &str, started: Instant) {
+        self.metrics
+            .batch_phase_seconds
+            .with_label_values(&[phase])
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Processes every record of the batch, then writes and commits. Nothing
     /// is written before the whole batch is processed, so a batch that has
     /// to wait for the registry leaves no output and no transaction behind.
+    /// With exactly-once, the batch is processed while the previous batch's
+    /// transaction commits; that one is settled before this one begins, and
+    /// this one is left committing. Returns an error only when fatal.
     async fn run_batch(
         &self,
-        batch: &[OwnedMessage],
+        batch: Vec<OwnedMessage>,
+        committing: &mut Option<Committing>,
+        retry: &mut Retry,
         hard_stop: &CancellationToken,
+        shutdown: &CancellationToken,
     ) -> Result<(), BatchError> {
-        let mut outputs = Vec::new();
-        for message in batch {
-            outputs.extend(self.process(message).await?);
+        let started = Instant::now();
+        let processed = self.process_batch(&batch).await;
+        self.phase("process", started);
+        if let Some(mut previous) = committing.take() {
+            let waited = Instant::now();
+            let result = (&mut previous.commit).await;
+            self.phase("wait", waited);
+            if let Some((mut both, e)) = self.settle(previous, result, retry) {
+                // This batch was read past the failed one: both are read
+                // again from the failed batch's first offsets.
+                both.extend(batch);
+                return self.batch_failed(&both, e, retry, shutdown).await;
+            }
         }
+        let registry_down = matches!(processed, Err(BatchError::RegistryUnavailable { .. }));
+        if retry.waiting_for_registry && !registry_down {
+            // The whole batch got past the registry.
+            retry.waiting_for_registry = false;
+            self.readiness.registry_available(READER);
+        }
+        let outputs = match processed {
+            Ok(outputs) => outputs,
+            Err(e) => return self.batch_failed(&batch, e, retry, shutdown).await,
+        };
         let emitted: Vec<Emitted> = outputs
             .iter()
             .filter_map(|output| match output {
@@ -280,25 +336,133 @@ impl Processor {
             })
             .collect();
         match self.guarantee {
-            ProcessingGuarantee::ExactlyOnce => self.commit_transactional(batch, outputs).await?,
+            ProcessingGuarantee::ExactlyOnce => match self.start_commit(&batch, outputs).await {
+                Ok(commit) => {
+                    *committing = Some(Committing {
+                        batch,
+                        emitted,
+                        started,
+                        commit,
+                    });
+                    Ok(())
+                }
+                Err(e) => self.batch_failed(&batch, e, retry, shutdown).await,
+            },
             ProcessingGuarantee::AtLeastOnce => {
-                self.commit_at_least_once(batch, outputs, hard_stop).await?
+                let result = self
+                    .commit_at_least_once(&batch, outputs, hard_stop)
+                    .await
+                    .map(|()| None);
+                let done = Committing {
+                    batch,
+                    emitted,
+                    started,
+                    commit: (),
+                };
+                match self.settle(done, Ok(result), retry) {
+                    None => Ok(()),
+                    Some((batch, e)) => self.batch_failed(&batch, e, retry, shutdown).await,
+                }
             }
         }
+    }
+
+    async fn process_batch(&self, batch: &[OwnedMessage]) -> Result<Vec<Output>, BatchError> {
+        let mut outputs = Vec::new();
+        for message in batch {
+            outputs.extend(self.process(message).await?);
+        }
+        Ok(outputs)
+    }
+
+    /// Records a finished batch: committed, its alerts' latency observed
+    /// (`None`); or hands the batch back with the error that failed it.
+    fn settle<C>(
+        &self,
+        finished: Committing<C>,
+        result: Result<Committed, JoinError>,
+        retry: &mut Retry,
+    ) -> Option<(Vec<OwnedMessage>, BatchError)> {
+        let Committing {
+            batch,
+            emitted,
+            started,
+            ..
+        } = finished;
+        let committed = match result {
+            Ok(Ok(committed)) => committed,
+            Ok(Err(e)) => return Some((batch, e)),
+            Err(e) => return Some((batch, BatchError::CommitThread(e.to_string()))),
+        };
+        retry.backoff.reset();
+        if let Some(offsets) = committed {
+            // Only for the lag metric (see `kafka::StageContext`): with
+            // enable.auto.commit off, a stored offset is never committed.
+            if let Err(e) = self.consumer.store_offsets(&offsets) {
+                tracing::debug!(error = %e, "storing committed offsets for the lag metric failed");
+            }
+        }
+        self.metrics
+            .transactions
+            .with_label_values(&["committed"])
+            .inc();
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
         // Committed: the alerts are now readable downstream.
         for Emitted { latency, event_ms } in emitted {
             latency.observe(seconds_since(event_ms));
         }
+        None
+    }
+
+    /// A batch that did not commit: aborted (if a transaction may be open)
+    /// and rewound, then a backoff. Returns an error only when fatal.
+    async fn batch_failed(
+        &self,
+        batch: &[OwnedMessage],
+        e: BatchError,
+        retry: &mut Retry,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BatchError> {
+        if e.is_fatal() {
+            return Err(e);
+        }
+        if matches!(e, BatchError::RegistryUnavailable { .. }) {
+            // Logged once per outage by `Readiness`.
+            if !retry.waiting_for_registry {
+                retry.waiting_for_registry = true;
+                self.readiness.registry_unavailable(READER, &e);
+            }
+            tracing::debug!(error = %e, records = batch.len(), "batch waits for the Schema Registry; rewinding");
+        } else {
+            tracing::warn!(error = %e, records = batch.len(), "batch failed; aborting and rewinding");
+            self.metrics
+                .transactions
+                .with_label_values(&["aborted"])
+                .inc();
+        }
+        self.abandon_batch(batch, e.may_have_opened_a_transaction(), shutdown)?;
+        tokio::select! {
+            _ = tokio::time::sleep(retry.backoff.next_delay()) => {}
+            _ = shutdown.cancelled() => {}
+        }
         Ok(())
     }
 
-    async fn commit_transactional(
+    /// Begins the batch's transaction and writes its outputs, dead letters
+    /// and input offsets into it, then commits it on a blocking thread:
+    /// commit_transaction flushes every output, which takes as long as the
+    /// broker needs, and the next batch is processed meanwhile. The
+    /// committed offsets come back for the lag metric.
+    async fn start_commit(
         &self,
         batch: &[OwnedMessage],
         outputs: Vec<Output>,
-    ) -> Result<(), BatchError> {
+    ) -> Result<CommitHandle, BatchError> {
         tokio::task::block_in_place(|| self.producer.begin_transaction())
             .map_err(BatchError::kafka("begin_transaction"))?;
+        let started = Instant::now();
         for output in outputs {
             // Dead letters go into the transaction like outputs: they are
             // written exactly when the offsets past their records commit.
@@ -311,24 +475,32 @@ impl Processor {
                 .await
                 .map_err(BatchError::kafka("produce"))?;
         }
+        self.phase("produce", started);
         let offsets = next_offsets(batch).map_err(BatchError::kafka("offsets"))?;
         let group = self
             .consumer
             .group_metadata()
             .ok_or(BatchError::NoGroupMetadata)?;
-        tokio::task::block_in_place(|| {
-            self.producer
-                .send_offsets_to_transaction(&offsets, &group, self.kafka_timeout)
-        })
-        .map_err(BatchError::kafka("send_offsets_to_transaction"))?;
-        tokio::task::block_in_place(|| self.producer.commit_transaction(self.kafka_timeout))
-            .map_err(BatchError::kafka("commit_transaction"))?;
-        // Only for the lag metric (see `kafka::StageContext`): with
-        // enable.auto.commit off, a stored offset is never committed.
-        if let Err(e) = self.consumer.store_offsets(&offsets) {
-            tracing::debug!(error = %e, "storing committed offsets for the lag metric failed");
-        }
-        Ok(())
+        let producer = self.producer.clone();
+        let timeout = self.kafka_timeout;
+        let phases = self.metrics.batch_phase_seconds.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            producer
+                .send_offsets_to_transaction(&offsets, &group, timeout)
+                .map_err(BatchError::kafka("send_offsets_to_transaction"))?;
+            let sent = Instant::now();
+            phases
+                .with_label_values(&["offsets"])
+                .observe((sent - started).as_secs_f64());
+            producer
+                .commit_transaction(timeout)
+                .map_err(BatchError::kafka("commit_transaction"))?;
+            phases
+                .with_label_values(&["commit"])
+                .observe(sent.elapsed().as_secs_f64());
+            Ok(Some(offsets))
+        }))
     }
 
     /// Outputs and dead letters are acknowledged before the offsets commit.
