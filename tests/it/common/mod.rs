@@ -643,14 +643,6 @@ impl TestEnv {
 
     /// `alertsvc enrich` as a child process (killable like a crashed pod).
     pub fn spawn_enrich_process(&self, log_name: &str) -> Child {
-        // A child cannot tell the test which port it bound: it gets a free
-        // one, so `metrics()` and `wait_ready()` reach it.
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        self.set_overlay_key(
-            &["enrich", "http_addr"],
-            toml::Value::String(addr.to_string()),
-        );
-        *lock(&self.enrich_addr) = Some(addr);
         self.spawn_process("enrich", log_name)
     }
 
