@@ -6,6 +6,7 @@
 --   replicas or a double click make one change.
 -- published_version: the last version written to the alert-state topic; a
 --   row behind is published again (at least once).
+-- group_key: the alert's group key when its pipeline groups alerts.
 -- channel_id / message_ts / pipeline / base_text / base_blocks: the message
 --   the state is shown on and its content as rendered (undecorated), so a
 --   click re-renders the content with the new state.
@@ -23,6 +24,7 @@ CREATE TABLE alert_states (
     channel_id        TEXT,
     message_ts        TEXT,
     pipeline          TEXT NOT NULL DEFAULT '',
+    group_key         TEXT,
     base_text         TEXT,
     base_blocks       TEXT
 );

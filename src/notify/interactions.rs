@@ -120,6 +120,10 @@ pub fn place_from_payload(payload: &Value, interaction: &SlackInteraction) -> Pl
         channel_id: interaction.channel_id.clone(),
         message_ts: interaction.message_ts.clone(),
         pipeline: String::new(),
+        // A group's summary names its group key.
+        group_key: message["metadata"]["event_payload"]["group_key"]
+            .as_str()
+            .map(str::to_owned),
         text: message["text"].as_str().map(str::to_owned),
         blocks: message["blocks"]
             .is_array()
@@ -339,6 +343,7 @@ mod tests {
                 channel_id: Some("C1".into()),
                 message_ts: Some("1.2".into()),
                 pipeline: String::new(),
+                group_key: None,
                 text: Some("t".into()),
                 blocks: Some(r#"[{"type":"divider"}]"#.into()),
             }

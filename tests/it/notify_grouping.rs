@@ -536,7 +536,13 @@ async fn the_summary_buttons_act_on_every_member() {
     .await;
     for m in &members {
         assert_eq!(acknowledged[&m.alert_id]["actorId"], "U7", "{}", m.alert_id);
+        assert_eq!(
+            acknowledged[&m.alert_id]["groupKey"], "org-1",
+            "{}",
+            m.alert_id
+        );
     }
+    assert_eq!(acknowledged[&group]["groupKey"], "org-1");
     let shown = eventually(WAIT, "the summary saying who acknowledged", || async {
         slack
             .messages()

@@ -41,6 +41,7 @@ async fn a_change_left_unpublished_is_published_by_the_next_run() {
         channel_id: Some("C1".into()),
         message_ts: Some("1700000000.000100".into()),
         pipeline: "test".into(),
+        group_key: None,
         text: Some("t".into()),
         blocks: Some("[]".into()),
     };

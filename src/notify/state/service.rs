@@ -87,7 +87,7 @@ pub fn state_record(row: &StateRow) -> Value {
         "actorName": actor.and_then(|a| a.name.clone()),
         "at": row.state.at,
         "snoozedUntil": row.state.snoozed_until,
-        "groupKey": Value::Null,
+        "groupKey": row.place.group_key,
         "channelId": row.place.channel_id,
         "messageTs": row.place.message_ts,
         "pipeline": row.place.pipeline,
@@ -276,6 +276,7 @@ impl AlertStates {
             channel_id: Some(channel.to_owned()),
             message_ts: Some(ts.to_owned()),
             pipeline: message.pipeline.clone(),
+            group_key: message.group_key.clone(),
             text: Some(message.text.clone()),
             blocks: Some(message.blocks.clone()),
         };
@@ -463,6 +464,7 @@ mod tests {
                 channel_id: Some("C1".into()),
                 message_ts: Some("1.2".into()),
                 pipeline: "p".into(),
+                group_key: Some("org-1".into()),
                 text: Some("t".into()),
                 blocks: Some("[]".into()),
             },
@@ -470,7 +472,7 @@ mod tests {
         assert_eq!(
             state_record(&row),
             json!({"alertId": "A-1", "state": "snoozed", "actorId": "U1", "actorName": "ada",
-                   "at": 5, "snoozedUntil": 9, "groupKey": null, "channelId": "C1",
+                   "at": 5, "snoozedUntil": 9, "groupKey": "org-1", "channelId": "C1",
                    "messageTs": "1.2", "pipeline": "p"})
         );
         assert_eq!(decorated_blocks("not json", &row), "not json");

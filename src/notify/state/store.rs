@@ -16,6 +16,8 @@ pub struct Place {
     pub channel_id: Option<String>,
     pub message_ts: Option<String>,
     pub pipeline: String,
+    /// The alert's group key, when its pipeline groups alerts.
+    pub group_key: Option<String>,
     pub text: Option<String>,
     pub blocks: Option<String>,
 }
@@ -35,7 +37,7 @@ pub struct StateStore {
 }
 
 const COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed_at, snoozed_until, \
-     occurrence, version, published_version, channel_id, message_ts, pipeline, base_text, base_blocks";
+     occurrence, version, published_version, channel_id, message_ts, pipeline, group_key, base_text, base_blocks";
 
 fn int(row: &AnyRow, column: &str) -> Result<i64, sqlx::Error> {
     row.try_get::<i64, _>(column)
@@ -75,6 +77,7 @@ fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
             channel_id: row.try_get("channel_id")?,
             message_ts: row.try_get("message_ts")?,
             pipeline: row.try_get("pipeline")?,
+            group_key: row.try_get("group_key")?,
             text: row.try_get("base_text")?,
             blocks: row.try_get("base_blocks")?,
         },
@@ -115,16 +118,16 @@ impl StateStore {
             None => {
                 "INSERT INTO alert_states (alert_id, state, actor_id, actor_name, changed_at, \
                  snoozed_until, occurrence, channel_id, message_ts, pipeline, base_text, base_blocks, \
-                 version, published_version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, 0) \
+                 group_key, version, published_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, 0) \
                  ON CONFLICT (alert_id) DO NOTHING"
             }
             Some(_) => {
                 "UPDATE alert_states SET state = $2, actor_id = $3, actor_name = $4, \
                  changed_at = $5, snoozed_until = $6, occurrence = $7, channel_id = $8, \
                  message_ts = $9, pipeline = $10, base_text = $11, base_blocks = $12, \
-                 version = version + 1 \
-                 WHERE alert_id = $1 AND version = $13"
+                 group_key = $13, version = version + 1 \
+                 WHERE alert_id = $1 AND version = $14"
             }
         };
         let mut query = sqlx::query(sql)
@@ -139,7 +142,8 @@ impl StateStore {
             .bind(place.message_ts.clone())
             .bind(place.pipeline.clone())
             .bind(place.text.clone())
-            .bind(place.blocks.clone());
+            .bind(place.blocks.clone())
+            .bind(place.group_key.clone());
         if let Some(version) = expected {
             query = query.bind(version);
         }
@@ -152,7 +156,7 @@ impl StateStore {
     pub async fn set_place(&self, alert_id: &str, place: &Place) -> Result<(), LedgerError> {
         sqlx::query(
             "UPDATE alert_states SET channel_id = $2, message_ts = $3, pipeline = $4, \
-             base_text = $5, base_blocks = $6 WHERE alert_id = $1",
+             base_text = $5, base_blocks = $6, group_key = $7 WHERE alert_id = $1",
         )
         .bind(alert_id)
         .bind(place.channel_id.clone())
@@ -160,6 +164,7 @@ impl StateStore {
         .bind(place.pipeline.clone())
         .bind(place.text.clone())
         .bind(place.blocks.clone())
+        .bind(place.group_key.clone())
         .execute(&self.pool)
         .await?;
         Ok(())
