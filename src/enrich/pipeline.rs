@@ -133,7 +133,7 @@ pub enum RecordError {
 }
 
 impl RecordError {
-    /// The stage that failed, as written to the `alertsvc.error.stage` header.
+    /// The stage that failed, as written to the `alertsvc.dlq.stage` header.
     pub fn stage(&self) -> &'static str {
         match self {
             RecordError::JsonField { .. } => "decode",
