@@ -115,17 +115,6 @@ mod tests {
     }
 
     #[test]
-    fn since_takes_a_time_or_a_duration() {
-        let now = 1_800_000_000_000;
-        assert_eq!(
-            Since::parse("2026-11-26T10:00:00Z", now),
-            Ok(Since(1_795_687_200_000))
-        );
-        assert_eq!(Since::parse("24h", now), Ok(Since(now - 86_400_000)));
-        assert!(Since::parse("yesterday", now).is_err());
-    }
-
-    #[test]
     fn filters_compare_the_record_time_and_the_reason() {
         let l = letter(&[(dlq_headers::REASON, "template failed: x")], Some(1000));
         let opts = |since: Option<i64>, reason: Option<&str>| Options {

@@ -8,11 +8,11 @@
 //! Schema Registry outage is waited out on the record it hit. Either way no
 //! record is skipped, and the bootstrap (hence readiness) waits for both.
 //!
-//! Rows are kept as their codec's [`Compact`] bytes and decoded on each
-//! lookup: a million small rows add ~180 MB resident instead of ~900 MB as
-//! JSON trees. The bootstrap fills the loader's own build without a lock
-//! per record and publishes it once; later updates go live one record at a
-//! time into one of the table's shards.
+//! Rows are kept as their codec's [`Compact`](crate::avro::Compact) bytes
+//! and decoded on each lookup: a million small rows add ~180 MB resident
+//! instead of ~900 MB as JSON trees. The bootstrap fills the loader's own
+//! build without a lock per record and publishes it once; later updates go
+//! live one record at a time into one of the table's shards.
 
 mod loader;
 mod store;
