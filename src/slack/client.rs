@@ -1,0 +1,335 @@
+//! The Slack Web API client: post (top-level or in a thread), update, find
+//! a message by its metadata.
+
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use slack_morphism::prelude::*;
+
+use super::{AlertRef, ReplyRef, SlackError};
+
+const HISTORY_PAGES: usize = 5;
+
+/// A message as Slack stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    pub channel: String,
+    pub ts: String,
+}
+
+type Connector = SlackClientHyperConnector<HttpsConnector<HttpConnector>>;
+
+pub struct SlackApi {
+    pub(super) client: SlackClient<Connector>,
+    pub(super) token: SlackApiToken,
+    timeout: Duration,
+}
+
+impl SlackApi {
+    /// `api_url` is Slack's (`https://slack.com/api`) or a local server's.
+    pub fn new(api_url: &str, token: &str, timeout: Duration) -> Self {
+        // https and plain http: the demo's and the tests' Slack is local.
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        // slack-morphism joins the base and the method with a '/'.
+        let api_url = api_url.trim_end_matches('/');
+        let connector =
+            SlackClientHyperConnector::with_connector(https).with_slack_api_url(api_url);
+        SlackApi {
+            client: SlackClient::new(connector),
+            token: SlackApiToken::new(SlackApiTokenValue(token.to_owned())),
+            timeout,
+        }
+    }
+
+    pub(super) async fn call<T, F>(&self, request: F) -> Result<T, SlackError>
+    where
+        F: std::future::Future<Output = ClientResult<T>>,
+    {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(result) => result.map_err(SlackError::from),
+            Err(_) => Err(SlackError::Timeout(self.timeout)),
+        }
+    }
+
+    pub(super) fn content(
+        text: &str,
+        blocks: Option<&str>,
+        metadata: Option<SlackMessageMetadata>,
+    ) -> Result<SlackMessageContent, SlackError> {
+        let mut content = SlackMessageContent::new().with_text(text.to_owned());
+        if let Some(blocks) = blocks {
+            let blocks: Vec<SlackBlock> = serde_json::from_str(blocks)
+                .map_err(|e| SlackError::InvalidBlocks(e.to_string()))?;
+            content = content.with_blocks(blocks);
+        }
+        if let Some(metadata) = metadata {
+            content = content.with_metadata(metadata);
+        }
+        Ok(content)
+    }
+
+    /// `chat.postMessage` with the alert id and occurrence in the
+    /// message metadata.
+    pub async fn post(
+        &self,
+        channel: &str,
+        text: &str,
+        blocks: &str,
+        alert: &AlertRef<'_>,
+    ) -> Result<Posted, SlackError> {
+        self.post_message(
+            channel,
+            Self::content(text, Some(blocks), Some(alert.metadata()))?,
+            None,
+        )
+        .await
+    }
+
+    /// Like [`SlackApi::post`], into `thread` (an occurrence recurring
+    /// under an earlier one).
+    pub async fn post_in_thread(
+        &self,
+        channel: &str,
+        text: &str,
+        blocks: &str,
+        alert: &AlertRef<'_>,
+        thread: &Thread<'_>,
+    ) -> Result<Posted, SlackError> {
+        self.post_message(
+            channel,
+            Self::content(text, Some(blocks), Some(alert.metadata()))?,
+            Some(thread),
+        )
+        .await
+    }
+
+    /// A reply about an alert in its thread (never broadcast): metadata
+    /// [`REPLY_METADATA_EVENT`] names the alert and which reply it is.
+    pub async fn reply(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        text: &str,
+        blocks: Option<&str>,
+        reply: &ReplyRef<'_>,
+    ) -> Result<Posted, SlackError> {
+        let thread = Thread {
+            ts: thread_ts,
+            broadcast: false,
+        };
+        self.post_message(
+            channel,
+            Self::content(text, blocks, Some(reply.metadata()))?,
+            Some(&thread),
+        )
+        .await
+    }
+
+    pub(super) async fn post_message(
+        &self,
+        channel: &str,
+        content: SlackMessageContent,
+        thread: Option<&Thread<'_>>,
+    ) -> Result<Posted, SlackError> {
+        let mut request =
+            SlackApiChatPostMessageRequest::new(SlackChannelId(channel.to_owned()), content);
+        if let Some(thread) = thread {
+            request = request.with_thread_ts(SlackTs(thread.ts.to_owned()));
+            if thread.broadcast {
+                request = request.with_reply_broadcast(true);
+            }
+        }
+        let session = self.client.open_session(&self.token);
+        let response = self.call(session.chat_post_message(&request)).await?;
+        Ok(Posted {
+            channel: response.channel.0,
+            ts: response.ts.0,
+        })
+    }
+
+    /// `chat.update` of an earlier message.
+    pub async fn update(
+        &self,
+        channel: &str,
+        ts: &str,
+        text: &str,
+        blocks: &str,
+        alert: Option<&AlertRef<'_>>,
+    ) -> Result<Posted, SlackError> {
+        let request = SlackApiChatUpdateRequest::new(
+            SlackChannelId(channel.to_owned()),
+            Self::content(text, Some(blocks), alert.map(AlertRef::metadata))?,
+            SlackTs(ts.to_owned()),
+        );
+        let session = self.client.open_session(&self.token);
+        let response = self.call(session.chat_update(&request)).await?;
+        Ok(Posted {
+            channel: response.channel.0,
+            ts: response.ts.0,
+        })
+    }
+
+    /// `auth.test`: a cheap call that tells whether Slack answers (and the
+    /// token is good).
+    pub async fn auth_test(&self) -> Result<(), SlackError> {
+        let session = self.client.open_session(&self.token);
+        self.call(session.auth_test()).await.map(drop)
+    }
+
+    /// The DM conversation (`D…`) with a user (`U…`/`W…`):
+    /// `conversations.open`. History, updates and the ledger need it; a
+    /// user id is not a conversation.
+    pub async fn open_dm(&self, user: &str) -> Result<String, SlackError> {
+        let request =
+            SlackApiConversationsOpenRequest::new().with_users(vec![SlackUserId(user.to_owned())]);
+        let session = self.client.open_session(&self.token);
+        let response = self.call(session.conversations_open(&request)).await?;
+        Ok(response.channel.id.0)
+    }
+
+    /// Looks for an alert's occurrence already posted to `channel` (by its
+    /// metadata) among messages since `oldest_ms`: after an ambiguous answer
+    /// or a crash between Slack's answer and the ledger write, this is how
+    /// a second post is avoided.
+    pub async fn find_alert(
+        &self,
+        channel: &str,
+        alert: &AlertRef<'_>,
+        oldest_ms: Option<i64>,
+    ) -> Result<Option<String>, SlackError> {
+        self.find_message(channel, None, oldest_ms, |meta| alert.matches(meta))
+            .await
+    }
+
+    /// Like [`SlackApi::find_alert`], for an occurrence posted into the
+    /// thread of `thread_ts`.
+    pub async fn find_alert_in_thread(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        alert: &AlertRef<'_>,
+        oldest_ms: Option<i64>,
+    ) -> Result<Option<String>, SlackError> {
+        self.find_message(channel, Some(thread_ts), oldest_ms, |meta| {
+            alert.matches(meta)
+        })
+        .await
+    }
+
+    /// Looks for a reply about an alert in its thread (by its metadata),
+    /// among replies since `oldest_ms`.
+    pub async fn find_reply(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        reply: &ReplyRef<'_>,
+        oldest_ms: Option<i64>,
+    ) -> Result<Option<String>, SlackError> {
+        self.find_message(channel, Some(thread_ts), oldest_ms, |meta| {
+            reply.matches(meta)
+        })
+        .await
+    }
+
+    /// The ts of the first message whose metadata `wanted` accepts, in the
+    /// conversation's history or, given `thread_ts`, in that thread
+    /// (`conversations.replies`: history lists no replies but broadcast
+    /// ones). Slack's method page says bot tokens may read channel threads
+    /// only in DMs; granular bot tokens with the `*:history` scopes are
+    /// answered (without them Slack answers `missing_scope` naming those).
+    pub(super) async fn find_message(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        oldest_ms: Option<i64>,
+        wanted: impl Fn(&SlackMessageMetadata) -> bool,
+    ) -> Result<Option<String>, SlackError> {
+        let session = self.client.open_session(&self.token);
+        let oldest = oldest_ms.map(|oldest_ms| {
+            let oldest = oldest_ms.max(0);
+            format!("{}.{:06}", oldest / 1000, (oldest % 1000) * 1000)
+        });
+        let mut cursor: Option<SlackCursorId> = None;
+        for _ in 0..HISTORY_PAGES {
+            let (messages, next, has_more) = match thread_ts {
+                None => {
+                    let mut request = SlackApiConversationsHistoryRequest::new()
+                        .with_channel(SlackChannelId(channel.to_owned()))
+                        .with_limit(200)
+                        .with_include_all_metadata(true);
+                    if let Some(oldest) = &oldest {
+                        request = request.with_oldest(SlackTs(oldest.clone()));
+                    }
+                    if let Some(cursor) = cursor.take() {
+                        request = request.with_cursor(cursor);
+                    }
+                    let response = self.call(session.conversations_history(&request)).await?;
+                    (
+                        response.messages,
+                        response.response_metadata.and_then(|m| m.next_cursor),
+                        response.has_more,
+                    )
+                }
+                Some(thread_ts) => {
+                    // slack-morphism's request type has no
+                    // `include_all_metadata`, without which Slack leaves
+                    // the metadata out.
+                    let params: Vec<(&str, Option<String>)> = vec![
+                        ("channel", Some(channel.to_owned())),
+                        ("ts", Some(thread_ts.to_owned())),
+                        ("limit", Some("200".to_owned())),
+                        ("include_all_metadata", Some("true".to_owned())),
+                        ("oldest", oldest.clone()),
+                        ("cursor", cursor.take().map(|c| c.0)),
+                    ];
+                    let response: SlackApiConversationsRepliesResponse = self
+                        .call(session.http_session_api.http_get(
+                            "conversations.replies",
+                            &params,
+                            None,
+                        ))
+                        .await?;
+                    (
+                        response.messages,
+                        response.response_metadata.and_then(|m| m.next_cursor),
+                        response.has_more,
+                    )
+                }
+            };
+            let found = messages
+                .iter()
+                .find(|m| m.content.metadata.as_ref().is_some_and(&wanted));
+            if let Some(message) = found {
+                return Ok(Some(message.origin.ts.0.clone()));
+            }
+            match next {
+                Some(next) if !next.0.is_empty() && has_more.unwrap_or(false) => {
+                    cursor = Some(next)
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Whether a target is a user (posted to as a DM) rather than a
+/// conversation.
+pub fn is_user_id(target: &str) -> bool {
+    target.len() > 1
+        && (target.starts_with('U') || target.starts_with('W'))
+        && target[1..].chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// Where a post goes: into the thread of `ts`, also shown in the channel
+/// when `broadcast` (`reply_broadcast`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thread<'a> {
+    pub ts: &'a str,
+    pub broadcast: bool,
+}

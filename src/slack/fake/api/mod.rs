@@ -1,0 +1,292 @@
+//! The Web API methods of the fake. Bad input gets the error code Slack
+//! would give it, never a panic: a fake that crashes on what notify sends
+//! would hide the bug it should show.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::faults::PostAnswer;
+use super::{dm_channel, lock, FakeMessage, Shared, SlackState};
+use crate::slack::blockkit;
+
+mod auth;
+mod chat;
+mod conversations;
+
+use auth::auth_test;
+use chat::{post_message, update_message};
+use conversations::{history_get, history_post, open_conversation, replies_get, replies_post};
+
+pub(super) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/api/chat.postMessage", post(post_message))
+        .route("/api/chat.update", post(update_message))
+        .route(
+            "/api/conversations.history",
+            get(history_get).post(history_post),
+        )
+        .route(
+            "/api/conversations.replies",
+            get(replies_get).post(replies_post),
+        )
+        .route("/api/conversations.open", post(open_conversation))
+        .route("/api/auth.test", get(auth_test).post(auth_test))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::server::outage,
+        ))
+        .with_state(state)
+}
+
+fn slack_ok(body: Value) -> Response {
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+fn slack_error(code: &str) -> Response {
+    slack_ok(json!({"ok": false, "error": code}))
+}
+
+/// Why a call is refused, answered as Slack answers it.
+enum Refusal {
+    Code(&'static str),
+    RateLimited { retry_after_secs: u64 },
+}
+
+impl From<&'static str> for Refusal {
+    fn from(code: &'static str) -> Self {
+        Refusal::Code(code)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Code(code) => slack_error(code),
+            Refusal::RateLimited { retry_after_secs } => rate_limited(retry_after_secs),
+        }
+    }
+}
+
+/// A method's answer: the success body or the refusal.
+fn answer(result: Result<Value, Refusal>) -> Response {
+    match result {
+        Ok(body) => slack_ok(body),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+fn rate_limited(retry_after_secs: u64) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, retry_after_secs.to_string())],
+        axum::Json(json!({"ok": false, "error": "ratelimited"})),
+    )
+        .into_response()
+}
+
+/// A JSON or form body as a JSON object; Slack's codes for bodies it
+/// cannot read.
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, &'static str> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return match serde_json::from_slice(body) {
+            Ok(object @ Value::Object(_)) => Ok(object),
+            Ok(_) => Err("json_not_object"),
+            Err(_) => Err("invalid_json"),
+        };
+    }
+    let mut object = serde_json::Map::new();
+    for (k, v) in form_urlencoded::parse(body).into_owned() {
+        let value = match k.as_str() {
+            "blocks" | "metadata" => serde_json::from_str(&v).unwrap_or(Value::String(v)),
+            _ => Value::String(v),
+        };
+        object.insert(k, value);
+    }
+    Ok(Value::Object(object))
+}
+
+/// A string argument; absent is `None`, any other type is Slack's
+/// `invalid_arguments`.
+fn string_arg<'a>(request: &'a Value, name: &str) -> Result<Option<&'a str>, &'static str> {
+    match &request[name] {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        _ => Err("invalid_arguments"),
+    }
+}
+
+fn flag(v: &Value) -> bool {
+    v.as_bool()
+        .unwrap_or_else(|| v.as_str() == Some("true") || v.as_str() == Some("1"))
+}
+
+/// Common gate of every call past the outage: injected faults, latency,
+/// auth.
+async fn gate(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let (latency, failure) = {
+        let mut s = lock(state);
+        let failure = s.fail_next.pop_front();
+        if failure.is_some() {
+            s.stats.server_errors += 1;
+        }
+        (s.latency, failure)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(status) = failure {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Err((status, "upstream failure (injected)").into_response());
+    }
+    let s = lock(state);
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        None => Err(slack_error("not_authed")),
+        Some(t) if t != s.config.token => Err(slack_error("invalid_auth")),
+        Some(_) if s.revoked => Err(slack_error("token_revoked")),
+        Some(_) => Ok(()),
+    }
+}
+
+fn is_user_id(id: &str) -> bool {
+    id.starts_with('U') || id.starts_with('W')
+}
+
+/// Where a post to `channel` lands: a user id means the app's DM with
+/// that user, as in Slack.
+fn post_target(s: &SlackState, channel: &str) -> Result<String, &'static str> {
+    if !is_user_id(channel) {
+        return Ok(channel.to_owned());
+    }
+    if s.config.users.iter().any(|u| u == channel) {
+        Ok(dm_channel(channel))
+    } else {
+        Err("channel_not_found")
+    }
+}
+
+/// Whether the app can use conversation `channel`; user ids are not
+/// conversations (Slack: `channel_not_found`).
+fn check_channel(s: &SlackState, channel: &str) -> Result<(), &'static str> {
+    if s.config.archived.iter().any(|c| c == channel) {
+        return Err("is_archived");
+    }
+    if s.config.not_in_channel.iter().any(|c| c == channel) {
+        return Err("not_in_channel");
+    }
+    if !s.config.channels.iter().any(|c| c == channel) && s.dm_user(channel).is_none() {
+        return Err("channel_not_found");
+    }
+    Ok(())
+}
+
+/// Token bucket per channel; `Err(seconds)` when the caller must wait.
+fn take_token(s: &mut SlackState, channel: &str) -> Result<(), u64> {
+    let Some(rate) = s.config.per_channel_per_second else {
+        return Ok(());
+    };
+    let burst = f64::from(s.config.burst.max(1));
+    let now = Instant::now();
+    let bucket = s
+        .buckets
+        .entry(channel.to_owned())
+        .or_insert(super::Bucket {
+            tokens: burst,
+            updated: now,
+        });
+    bucket.tokens =
+        (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate).min(burst);
+    bucket.updated = now;
+    if bucket.tokens >= 1.0 {
+        bucket.tokens -= 1.0;
+        Ok(())
+    } else {
+        Err(((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64)
+    }
+}
+
+fn check_content(text: Option<&str>, blocks: Option<&Value>) -> Result<(), &'static str> {
+    if text.is_none_or(str::is_empty) && blocks.is_none() {
+        return Err("no_text");
+    }
+    if text.is_some_and(|t| t.chars().count() > blockkit::MAX_MESSAGE_TEXT) {
+        return Err("msg_too_long");
+    }
+    if let Some(blocks) = blocks {
+        if blockkit::validate_message(text.unwrap_or("fallback"), blocks).is_err() {
+            return Err("invalid_blocks");
+        }
+    }
+    Ok(())
+}
+
+/// What `chat.postMessage` and `chat.update` both check: the channel, then
+/// the content; a refusal is counted and named by Slack's error code.
+fn admit(s: &mut SlackState, channel: &str, request: &Value) -> Result<(), &'static str> {
+    let text = request["text"].as_str();
+    let blocks = request.get("blocks").filter(|b| !b.is_null());
+    let checked = check_channel(s, channel).and_then(|()| check_content(text, blocks));
+    if checked.is_err() {
+        s.stats.rejected += 1;
+    }
+    checked
+}
+
+/// A message as Slack lists it: a reply names its thread (and is a
+/// `thread_broadcast` when also sent to the channel); a parent with
+/// replies carries `thread_ts` (its own ts), `reply_count`,
+/// `reply_users_count`, `reply_users` and `latest_reply`.
+fn message_json(s: &SlackState, m: &FakeMessage, with_metadata: bool) -> Value {
+    let mut v = json!({"type": "message", "ts": m.ts, "text": m.text, "blocks": m.blocks,
+                       "bot_id": "B0ALERTSVC", "user": BOT_USER, "channel": m.channel});
+    if with_metadata {
+        if let Some(meta) = &m.metadata {
+            v["metadata"] = meta.clone();
+        }
+    }
+    if m.edits > 0 {
+        v["edited"] = json!({"user": "B0ALERTSVC", "ts": m.ts});
+    }
+    match &m.thread_ts {
+        Some(parent) => {
+            v["thread_ts"] = json!(parent);
+            v["parent_user_id"] = json!(BOT_USER);
+            if m.reply_broadcast {
+                v["subtype"] = json!("thread_broadcast");
+            }
+        }
+        None => {
+            let replies: Vec<&FakeMessage> = s
+                .messages
+                .iter()
+                .filter(|r| r.channel == m.channel && r.thread_ts.as_deref() == Some(&m.ts))
+                .collect();
+            if let Some(latest) = replies.last() {
+                v["thread_ts"] = json!(m.ts);
+                v["reply_count"] = json!(replies.len());
+                v["reply_users_count"] = json!(1);
+                v["reply_users"] = json!([BOT_USER]);
+                v["latest_reply"] = json!(latest.ts);
+            }
+        }
+    }
+    v
+}
+
+/// The app's bot user, author of every message the fake stores.
+const BOT_USER: &str = "U0ALERTSVC";
