@@ -3,18 +3,35 @@
 
 use super::*;
 
+/// A GET's query parameters as the request body a POST would carry.
+fn query_args(query: HashMap<String, String>) -> Result<Value, &'static str> {
+    Ok(Value::Object(
+        query
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    ))
+}
+
+/// A read method, whichever way it was called: token first, then the page.
+async fn read_call(
+    state: Shared,
+    headers: HeaderMap,
+    request: Result<Value, &'static str>,
+    page: fn(&Shared, Result<Value, &'static str>) -> Result<Value, Refusal>,
+) -> Response {
+    if let Err(response) = gate(&state, &headers).await {
+        return response;
+    }
+    answer(page(&state, request))
+}
+
 pub(super) async fn history_get(
     State(state): State<Shared>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let request = Value::Object(
-        query
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect(),
-    );
-    history(state, headers, Ok(request)).await
+    read_call(state, headers, query_args(query), history_page).await
 }
 
 pub(super) async fn history_post(
@@ -23,18 +40,7 @@ pub(super) async fn history_post(
     body: Bytes,
 ) -> Response {
     let request = parse_body(&headers, &body);
-    history(state, headers, request).await
-}
-
-async fn history(
-    state: Shared,
-    headers: HeaderMap,
-    request: Result<Value, &'static str>,
-) -> Response {
-    if let Err(response) = gate(&state, &headers).await {
-        return response;
-    }
-    answer(history_page(&state, request))
+    read_call(state, headers, request, history_page).await
 }
 
 fn history_page(state: &Shared, request: Result<Value, &'static str>) -> Result<Value, Refusal> {
@@ -90,13 +96,7 @@ pub(super) async fn replies_get(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let request = Value::Object(
-        query
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect(),
-    );
-    replies(state, headers, Ok(request)).await
+    read_call(state, headers, query_args(query), replies_page).await
 }
 
 pub(super) async fn replies_post(
@@ -105,18 +105,7 @@ pub(super) async fn replies_post(
     body: Bytes,
 ) -> Response {
     let request = parse_body(&headers, &body);
-    replies(state, headers, request).await
-}
-
-async fn replies(
-    state: Shared,
-    headers: HeaderMap,
-    request: Result<Value, &'static str>,
-) -> Response {
-    if let Err(response) = gate(&state, &headers).await {
-        return response;
-    }
-    answer(replies_page(&state, request))
+    read_call(state, headers, request, replies_page).await
 }
 
 /// `conversations.replies`: a thread, oldest first — its parent, then the
