@@ -5,6 +5,10 @@
 //!       429s seen and the share of the allowed rate achieved.
 //!   cargo bench --bench notify -- unlimited [MESSAGES]
 //!       no limits, no latency: posts/s through the whole path.
+//!
+//! The ledger is a SQLite file in a temporary directory; with
+//! `ALERTSVC_BENCH_POSTGRES=postgres://user@host:port` it is a new database
+//! on that server instead.
 
 use std::time::{Duration, Instant};
 
@@ -55,6 +59,7 @@ async fn run(
     .await
     .expect("fake slack");
     let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger_url(dir.path()).await;
     let overlay = testkit::bench_overlay(
         dir.path(),
         &bootstrap,
@@ -62,11 +67,10 @@ async fn run(
             "[notify]\nhttp_addr = \"127.0.0.1:0\"\n\
              [notify.slack]\napi_url = \"{}\"\nbot_token = \"{TOKEN}\"\n\
              [notify.pacing]\nper_channel_per_second = {}\nper_channel_burst = {}\nworkspace_per_second = 1000000\nworkspace_burst = 1000000\n\
-             [notify.ledger]\ndatabase_url = \"sqlite://{}?mode=rwc\"\n",
+             [notify.ledger]\ndatabase_url = \"{ledger}\"\n",
             slack.url,
             pacing.0,
             pacing.1,
-            dir.path().join("ledger.db").display()
         ),
     );
     let settings = load_settings(Some(overlay));
@@ -154,6 +158,36 @@ async fn run(
     Run { elapsed, slack }
 }
 
+/// A SQLite file in `dir`, or a new PostgreSQL database (see the top).
+async fn ledger_url(dir: &std::path::Path) -> String {
+    use sqlx::Connection;
+    let Ok(base) = std::env::var("ALERTSVC_BENCH_POSTGRES") else {
+        return format!("sqlite://{}?mode=rwc", dir.join("ledger.db").display());
+    };
+    let name = format!(
+        "alertsvc_bench_{}_{}",
+        std::process::id(),
+        fastrand::u64(..)
+    );
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("ALERTSVC_BENCH_POSTGRES reachable");
+    // `name` is built here from digits and a fixed prefix.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    format!("{base}/{name}")
+}
+
+fn ledger_kind() -> &'static str {
+    if std::env::var_os("ALERTSVC_BENCH_POSTGRES").is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    }
+}
+
 fn main() {
     let args = testkit::bench_init();
     let number =
@@ -184,9 +218,10 @@ fn main() {
             let total = number(1, 20_000);
             let r = runtime.block_on(run(200, total / 200, None, (1_000_000, 1_000_000)));
             println!(
-                "unlimited: {total} messages in {:.2?}: {:.0} posts/s (fake Slack, SQLite ledger, responses acked)",
+                "unlimited: {total} messages in {:.2?}: {:.0} posts/s (fake Slack, {} ledger, responses acked)",
                 r.elapsed,
-                total as f64 / r.elapsed.as_secs_f64()
+                total as f64 / r.elapsed.as_secs_f64(),
+                ledger_kind()
             );
         }
         other => {

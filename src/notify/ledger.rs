@@ -218,22 +218,32 @@ impl Ledger {
         now_ms: i64,
         lease_until: i64,
     ) -> Result<Claim, LedgerError> {
-        sqlx::query(
+        // One round trip when the claim is taken (the common case): the
+        // upsert returns the row it wrote, and returns nothing when the
+        // conflict's condition kept a live peer's claim.
+        let taken: Option<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
              created_at, updated_at, owner, owner_run, lease_until) \
              VALUES ($1, $2, NULL, '', 'new', 0, NULL, $3, $3, $4, $5, $6) \
              ON CONFLICT (alert_id) DO UPDATE SET owner = $4, owner_run = $5, lease_until = $6 \
              WHERE deliveries.owner IS NULL OR deliveries.lease_until IS NULL \
-             OR deliveries.lease_until < $3 OR deliveries.owner = $4",
-        )
+             OR deliveries.lease_until < $3 OR deliveries.owner = $4 \
+             RETURNING {COLUMNS}"
+        )))
         .bind(alert_id)
         .bind(channel_id)
         .bind(now_ms)
         .bind(&owner.instance)
         .bind(&owner.run)
         .bind(lease_until)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
+        if let Some(row) = taken {
+            let entry = entry_from_row(&row)?;
+            if entry.owner_run.as_deref() == Some(owner.run.as_str()) {
+                return Ok(Claim::Held(Box::new(entry)));
+            }
+        }
         let entry = self
             .get(alert_id)
             .await?
