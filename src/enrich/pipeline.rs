@@ -12,6 +12,7 @@ use cel::{Context as CelContext, Env as CelEnv, Program, Value as CelValue};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value as JinjaValue};
 use serde_json::Value as Json;
 
+use self::cel_paths::{ProjectError, Reads};
 use super::blockkit::{self, BlockKitError};
 use super::markup;
 use crate::config::{resolve_path, ConfigError, JoinKind, PipelineSettings};
@@ -167,6 +168,8 @@ pub struct Pipeline {
     cel_env: Arc<CelEnv>,
     filter: Option<Program>,
     joins: Vec<CompiledJoin>,
+    /// What the filter and the join keys read of each variable.
+    cel_reads: Reads,
     templates: Environment<'static>,
     vars: JinjaValue,
     /// Whether `message.status` is set; without it every message fires.
@@ -279,6 +282,7 @@ impl Pipeline {
             output: settings.output.clone(),
             json_fields: settings.json_fields.clone(),
             cel_env,
+            cel_reads: Reads::of(filter.iter().chain(joins.iter().map(|j| &j.key))),
             filter,
             joins,
             templates,
@@ -309,28 +313,33 @@ impl Pipeline {
         event: &Json,
         tables: &dyn TableLookup,
     ) -> Result<Verdict, RecordError> {
-        let parsed;
-        let event = if self.json_fields.is_empty() {
-            event
-        } else {
-            parsed = self.parse_json_fields(event)?;
-            &parsed
-        };
-
+        // CEL gets only what its programs read (see [`cel_paths`]); the
+        // templates get the whole event, parsed once the record is emitted.
         let mut cel = CelContext::with_env(self.cel_env.clone());
         if self.filter.is_some() || !self.joins.is_empty() {
-            let key = match source.key {
-                None => CelValue::Null,
-                Some(Json::String(text)) => CelValue::from(text.clone()),
-                Some(other) => {
-                    cel::to_value(other).map_err(|e| RecordError::Filter(e.to_string()))?
-                }
+            let projected = |name: &str, value: &Json| match self.cel_reads.get(name) {
+                Some(reads) => cel_paths::project(value, reads).map(Some),
+                None => Ok(None),
             };
-            cel.add_variable_from_value("key", key);
+            let key = match source.key {
+                None => Some(CelValue::Null),
+                Some(key) => projected("key", key).map_err(RecordError::Filter)?,
+            };
+            if let Some(key) = key {
+                cel.add_variable_from_value("key", key);
+            }
             cel.add_variable_from_value("topic", source.topic.to_owned());
-            let event_value =
-                cel::to_value(event).map_err(|e| RecordError::Filter(e.to_string()))?;
-            cel.add_variable_from_value("event", event_value);
+            let event =
+                cel_paths::project_event(event, self.cel_reads.get("event"), &self.json_fields)
+                    .map_err(|e| match e {
+                        ProjectError::JsonField { field, reason } => {
+                            RecordError::JsonField { field, reason }
+                        }
+                        ProjectError::Value(reason) => RecordError::Filter(reason),
+                    })?;
+            if let Some(event) = event {
+                cel.add_variable_from_value("event", event);
+            }
         }
         if let Some(filter) = &self.filter {
             match filter.execute(&cel) {
@@ -378,18 +387,21 @@ impl Pipeline {
                 });
             }
             if join.needed_by_cel {
-                let value = match &found {
-                    Some(v) => cel::to_value(&**v).map_err(|e| RecordError::JoinKey {
-                        join: join.name.clone(),
-                        reason: e.to_string(),
-                    })?,
-                    None => CelValue::Null,
+                let value = match (&found, self.cel_reads.get(&join.name)) {
+                    (Some(v), Some(reads)) => {
+                        cel_paths::project(v, reads).map_err(|reason| RecordError::JoinKey {
+                            join: join.name.clone(),
+                            reason,
+                        })?
+                    }
+                    _ => CelValue::Null,
                 };
                 cel.add_variable_from_value(join.name.clone(), value);
             }
             joined.push((join.name.as_str(), found));
         }
 
+        let event = Arc::new(self.parse_json_fields(event)?);
         self.render(source, event, &joined).map(Verdict::Emit)
     }
 
@@ -413,7 +425,7 @@ impl Pipeline {
     fn render(
         &self,
         source: &Source<'_>,
-        event: &Json,
+        event: Arc<Json>,
         joined: &[(&str, Option<Arc<Json>>)],
     ) -> Result<SlackMessage, RecordError> {
         let mut context: BTreeMap<&str, JinjaValue> = BTreeMap::new();
@@ -423,7 +435,7 @@ impl Pipeline {
             Some(other) => JinjaValue::from_serialize(other),
         };
         context.insert("key", key);
-        context.insert("event", JinjaValue::from_serialize(event));
+        context.insert("event", jinja_json::lazy(event));
         context.insert("topic", JinjaValue::from(source.topic));
         context.insert("partition", JinjaValue::from(source.partition));
         context.insert("offset", JinjaValue::from(source.offset));
@@ -432,7 +444,7 @@ impl Pipeline {
         context.insert("vars", self.vars.clone());
         for (name, value) in joined {
             let value = match value {
-                Some(v) => JinjaValue::from_serialize(&**v),
+                Some(v) => jinja_json::lazy(v.clone()),
                 None => JinjaValue::from(()),
             };
             context.insert(name, value);
@@ -440,14 +452,13 @@ impl Pipeline {
         // The status comes first: every other template may read it (a
         // green header once resolved), and none may change it.
         let status = if self.has_status {
-            let rendered =
-                self.render_one(STATUS_TEMPLATE, &JinjaValue::from_serialize(&context))?;
+            let rendered = self.render_one(STATUS_TEMPLATE, &jinja_map(&context))?;
             AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))?
         } else {
             AlertStatus::Firing
         };
         context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
-        let context = JinjaValue::from_serialize(&context);
+        let context = jinja_map(&context);
 
         let alert_id = self.render_one("alert_id", &context)?;
         let channel_id = self.render_one("channel", &context)?;
@@ -494,6 +505,13 @@ impl Pipeline {
         }
         Ok(trimmed.to_owned())
     }
+}
+
+fn jinja_map(context: &BTreeMap<&str, JinjaValue>) -> JinjaValue {
+    context
+        .iter()
+        .map(|(name, value)| (*name, value.clone()))
+        .collect()
 }
 
 /// `truncate(n)`: at most `n` characters, ending in `…` when cut, so long
@@ -578,6 +596,9 @@ fn write_json_string_content(out: &mut minijinja::Output, text: &str) -> std::fm
     }
     out.write_str(&text[start..])
 }
+
+mod cel_paths;
+mod jinja_json;
 
 #[cfg(test)]
 mod tests;
