@@ -7,6 +7,7 @@
 
 pub mod blockkit;
 pub mod markup;
+pub mod parallel;
 pub mod pipeline;
 pub mod processor;
 pub mod readiness;

@@ -13,7 +13,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value as JinjaValue}
 use serde_json::Value as Json;
 
 use self::cel_paths::{ProjectError, Reads};
-use super::blockkit::{self, BlockKitError};
+use super::blockkit::{self, BlockKitError, RenderedError};
 use super::markup;
 use crate::config::{resolve_path, ConfigError, JoinKind, PipelineSettings};
 use crate::messages::{AlertStatus, RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
@@ -464,14 +464,15 @@ impl Pipeline {
         let channel_id = self.render_one("channel", &context)?;
         let text = self.render_one(TEXT_TEMPLATE, &context)?;
         let blocks_text = self.render_template(BLOCKS_TEMPLATE, &context)?;
-        let blocks: Json = serde_json::from_str(&blocks_text)
-            .map_err(|e| RecordError::BlocksJson(e.to_string()))?;
-        blockkit::validate_message(&text, &blocks)?;
+        let blocks = blockkit::check_rendered(&text, &blocks_text).map_err(|e| match e {
+            RenderedError::Json(reason) => RecordError::BlocksJson(reason),
+            RenderedError::BlockKit(e) => RecordError::BlockKit(e),
+        })?;
         Ok(SlackMessage {
             alert_id,
             channel_id,
             text,
-            blocks: blocks.to_string(),
+            blocks,
             created_at: source.timestamp_ms,
             pipeline: self.name.clone(),
             source_topic: source.topic.to_owned(),

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::parallel;
 use super::pipeline::{Pipeline, Source, Verdict};
 use super::readiness::Readiness;
 use super::table::Tables;
@@ -268,9 +269,23 @@ impl Processor {
         batch: &[OwnedMessage],
         hard_stop: &CancellationToken,
     ) -> Result<(), BatchError> {
+        let workers = parallel::workers_for(batch.len(), parallel::cores());
+        let chunks = if workers > 1 {
+            // Each worker runs its records' (normally ready) registry
+            // lookups on this runtime; the first error in input order wins,
+            // as it did processing them one by one.
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::block_in_place(|| {
+                parallel::map_chunks(batch, workers, |chunk| {
+                    runtime.block_on(self.process_chunk(chunk))
+                })
+            })
+        } else {
+            vec![self.process_chunk(batch).await]
+        };
         let mut outputs = Vec::new();
-        for message in batch {
-            outputs.extend(self.process(message).await?);
+        for chunk in chunks {
+            outputs.extend(chunk?);
         }
         let emitted: Vec<Emitted> = outputs
             .iter()
@@ -429,6 +444,15 @@ impl Processor {
                 Ok(assigned)
             },
         )
+    }
+
+    /// [`Self::process`] for each record in order; stops at the first error.
+    async fn process_chunk(&self, records: &[OwnedMessage]) -> Result<Vec<Output>, BatchError> {
+        let mut outputs = Vec::new();
+        for message in records {
+            outputs.extend(self.process(message).await?);
+        }
+        Ok(outputs)
     }
 
     /// Applies every pipeline reading this record's topic; returns the
