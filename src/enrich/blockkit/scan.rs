@@ -46,18 +46,14 @@ impl<'de> Deserialize<'de> for Text<'de> {
 }
 
 /// A member as the rules see it.
+#[derive(Default)]
 enum Member<'de, T> {
+    #[default]
     Absent,
     Str(Text<'de>),
     Object(T),
     /// Present, neither a string nor an object.
     Other,
-}
-
-impl<T> Default for Member<'_, T> {
-    fn default() -> Self {
-        Member::Absent
-    }
 }
 
 impl<T> Member<'_, T> {
@@ -144,16 +140,12 @@ impl<'de, T: FromMap<'de>> Deserialize<'de> for Member<'de, T> {
 }
 
 /// A member that should be an array.
+#[derive(Default)]
 enum List<'de, T> {
+    #[default]
     Absent,
     Items(Vec<Member<'de, T>>),
     Other,
-}
-
-impl<T> Default for List<'_, T> {
-    fn default() -> Self {
-        List::Absent
-    }
 }
 
 struct ListVisitor<T>(PhantomData<T>);
