@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::parallel;
 use super::pipeline::{Pipeline, Source, Verdict};
 use super::readiness::Readiness;
 use super::table::Tables;
@@ -69,6 +70,8 @@ pub struct Processor {
     pub metrics: EnrichMetrics,
     pub readiness: Arc<Readiness>,
     pub max_batch_records: usize,
+    /// Threads processing one batch (`enrich.workers`).
+    pub workers: usize,
     pub max_batch_wait: Duration,
     pub kafka_timeout: Duration,
 }
@@ -368,8 +371,30 @@ impl Processor {
     }
 
     async fn process_batch(&self, batch: &[OwnedMessage]) -> Result<Vec<Output>, BatchError> {
+        let workers = parallel::workers_for(batch.len(), self.workers);
+        if workers <= 1 {
+            return self.process_chunk(batch).await;
+        }
+        // Each worker runs its records' (normally ready) registry lookups
+        // on this runtime; the first error in input order wins, as it did
+        // processing them one by one.
+        let runtime = tokio::runtime::Handle::current();
+        let chunks = tokio::task::block_in_place(|| {
+            parallel::map_chunks(batch, workers, |chunk| {
+                runtime.block_on(self.process_chunk(chunk))
+            })
+        });
+        let mut outputs = Vec::with_capacity(batch.len());
+        for chunk in chunks {
+            outputs.extend(chunk?);
+        }
+        Ok(outputs)
+    }
+
+    /// [`Self::process`] for each record in order; stops at the first error.
+    async fn process_chunk(&self, records: &[OwnedMessage]) -> Result<Vec<Output>, BatchError> {
         let mut outputs = Vec::new();
-        for message in batch {
+        for message in records {
             outputs.extend(self.process(message).await?);
         }
         Ok(outputs)
