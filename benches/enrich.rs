@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use alertsvc::avro::{build_codecs, Codec, Codecs, KeyCodec};
 use alertsvc::config::Settings;
+use alertsvc::enrich::parallel::map_chunks;
 use alertsvc::enrich::pipeline::{Pipeline, Source, TableLookup, Verdict};
 use alertsvc::enrich::readiness::Readiness;
 use alertsvc::enrich::table::{BootstrapProgress, TableLoader, Tables};
@@ -102,7 +103,7 @@ fn run_core(
     input: &Codec,
     output: &Codec,
     records: &[(Value, Vec<u8>)],
-    tables: &dyn TableLookup,
+    tables: &(dyn TableLookup + Sync),
     rounds: usize,
 ) -> (Duration, usize, usize) {
     let mut emitted = 0usize;
@@ -171,7 +172,7 @@ fn bench_core(events: usize) {
         .collect();
 
     let mut rates = [0.0; 2];
-    let mix: [(&str, &dyn TableLookup); 2] = [
+    let mix: [(&str, &(dyn TableLookup + Sync)); 2] = [
         ("tables as decoded trees", &trees),
         ("tables as enrich keeps them (compact)", &tables),
     ];
@@ -195,6 +196,35 @@ fn bench_core(events: usize) {
         "  compact tables: {:.3} × the decoded trees' rate",
         rates[1] / rates[0]
     );
+
+    // As the processor runs a batch: records of a batch of 1,000 split
+    // among workers (threads started per batch), outputs in input order.
+    let cores = alertsvc::enrich::parallel::cores();
+    let mut one_core = 0.0;
+    for workers in [1, 2] {
+        let started = Instant::now();
+        let (mut emitted, mut in_order) = (0usize, true);
+        for _ in 0..rounds {
+            for batch in records.chunks(1000) {
+                let chunks = map_chunks(batch, workers, |chunk| {
+                    run_core(&pipeline, input, output, chunk, &tables, 1)
+                });
+                in_order &= chunks.len() == workers.min(batch.len());
+                emitted += chunks.iter().map(|(_, e, _)| e).sum::<usize>();
+            }
+        }
+        let elapsed = started.elapsed();
+        let events = rounds * records.len();
+        let rate = events as f64 / elapsed.as_secs_f64();
+        if workers == 1 {
+            one_core = rate;
+        }
+        println!(
+            "core, batches of 1,000 on {workers} worker(s) ({cores} cores): {events} events ({emitted} emitted) in {elapsed:.2?}: {rate:.0} events/s, {:.2} × one worker{}",
+            rate / one_core,
+            if in_order { "" } else { " (CHUNKS MISSING)" }
+        );
+    }
 
     // Cost of each step alone, to show where the time goes.
     let (key, payload) = (&records[1].0, &records[1].1);
@@ -228,6 +258,23 @@ fn bench_core(events: usize) {
     time("filtered event (parse data, CEL filter)", &|| {
         pipeline.apply(&source, &filtered, &tables);
     });
+    time("filtered event, decode included", &|| {
+        let event = block_on(input.decode(&records[0].1)).expect("decode");
+        assert!(matches!(
+            pipeline.apply(&source, &event, &tables),
+            Verdict::Filtered
+        ));
+    });
+    time(
+        "emitted event, decode and encode included (compact tables)",
+        &|| {
+            let event = block_on(input.decode(payload)).expect("decode");
+            let Verdict::Emit(message) = pipeline.apply(&source, &event, &tables) else {
+                panic!("record 1 emits")
+            };
+            block_on(output.encode(&message.to_json())).expect("encode");
+        },
+    );
     for (label, lookup) in mix {
         time(
             &format!("emitted event (filter, 2 joins, render, Block Kit check), {label}"),

@@ -28,6 +28,9 @@ pub struct EnrichSettings {
     pub processing_guarantee: ProcessingGuarantee,
     /// Records per transaction at most.
     pub max_batch_records: usize,
+    /// Threads that process one batch's records (contiguous chunks,
+    /// outputs in input order); 1 processes them on the consumer's task.
+    pub workers: usize,
     /// How long a transaction may collect records before it commits.
     #[serde(with = "humantime_serde")]
     pub max_batch_wait: Duration,
@@ -177,6 +180,7 @@ impl EnrichSettings {
     /// Cross-field checks that the types alone cannot express.
     pub(crate) fn validate(&self, settings: &Settings) -> Result<(), ConfigError> {
         validate_at_least_one("enrich.max_batch_records", self.max_batch_records as u64)?;
+        validate_at_least_one("enrich.workers", self.workers as u64)?;
         for (id, table) in &self.tables {
             settings.topic_at(&format!("enrich.tables.{id}.topic"), &table.topic)?;
         }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod markup;
+pub mod parallel;
 pub mod pipeline;
 pub mod processor;
 pub mod readiness;
@@ -431,6 +432,7 @@ fn build_processor(
         metrics,
         readiness,
         max_batch_records: enrich.max_batch_records,
+        workers: enrich.workers,
         max_batch_wait: enrich.max_batch_wait,
         kafka_timeout: Duration::from_secs(30),
     })

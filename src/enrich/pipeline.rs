@@ -4,21 +4,22 @@
 //! every rule is unit-tested directly and benchmarked without a broker.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use cel::{Context as CelContext, Env as CelEnv, Program, Value as CelValue};
+use cel::{Env as CelEnv, Program};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value as JinjaValue};
 use serde_json::Value as Json;
 
+use self::cel_paths::Reads;
 use super::markup;
 use crate::config::{resolve_path, BlocksSource, ConfigError, JoinKind, PipelineSettings};
-use crate::messages::{AlertStatus, RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
-use crate::slack::blockkit::{self, BlockKitError};
+use crate::messages::{RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
+use crate::slack::blockkit::BlockKitError;
 use join_key::{JoinKey, KeyExpr, ALERT_ID};
-use suppress::{Suppress, NOW};
+use suppress::Suppress;
 
+mod apply;
 mod join_key;
 mod suppress;
 
@@ -183,6 +184,9 @@ pub struct Pipeline {
     filter: Option<Program>,
     joins: Vec<CompiledJoin>,
     suppress: Option<Suppress>,
+    /// What the filter, the CEL join keys and `suppress` read of each
+    /// variable: all CEL is handed of a record.
+    cel_reads: Reads,
     templates: Environment<'static>,
     vars: JinjaValue,
     /// Whether `message.status` is set; without it every message fires.
@@ -318,6 +322,14 @@ impl Pipeline {
             output: settings.output.clone(),
             json_fields: settings.json_fields.clone(),
             cel_env,
+            // suppress reads the same record as the filter: it must see
+            // every field it names, not only the filter's.
+            cel_reads: Reads::of(
+                filter
+                    .iter()
+                    .chain(joins.iter().filter_map(|j| j.key.cel_program()))
+                    .chain(suppress.iter().map(Suppress::program)),
+            ),
             filter,
             joins,
             suppress,
@@ -353,293 +365,6 @@ impl Pipeline {
             Ok(verdict) => verdict,
             Err(e) => Verdict::Reject(e),
         }
-    }
-
-    fn try_apply(
-        &self,
-        source: &Source<'_>,
-        event: &Json,
-        tables: &dyn TableLookup,
-        now_ms: i64,
-    ) -> Result<Verdict, RecordError> {
-        let parsed;
-        let event = if self.json_fields.is_empty() {
-            event
-        } else {
-            parsed = self.parse_json_fields(event)?;
-            &parsed
-        };
-
-        let mut cel = CelContext::with_env(self.cel_env.clone());
-        if self.filter.is_some() || !self.joins.is_empty() || self.suppress.is_some() {
-            let key = match source.key {
-                None => CelValue::Null,
-                Some(Json::String(text)) => CelValue::from(text.clone()),
-                Some(other) => {
-                    cel::to_value(other).map_err(|e| RecordError::Filter(e.to_string()))?
-                }
-            };
-            cel.add_variable_from_value("key", key);
-            cel.add_variable_from_value("topic", source.topic.to_owned());
-            let event_value =
-                cel::to_value(event).map_err(|e| RecordError::Filter(e.to_string()))?;
-            cel.add_variable_from_value("event", event_value);
-        }
-        if let Some(filter) = &self.filter {
-            match filter.execute(&cel) {
-                Ok(CelValue::Bool(true)) => {}
-                Ok(CelValue::Bool(false)) => return Ok(Verdict::Filtered),
-                Ok(other) => {
-                    return Err(RecordError::Filter(format!(
-                        "returned {other:?}, not a boolean"
-                    )))
-                }
-                Err(e) => return Err(RecordError::Filter(e.to_string())),
-            }
-        }
-
-        let mut joined: Vec<(&str, Option<Arc<Json>>)> = Vec::with_capacity(self.joins.len());
-        // The templates' context, built when a key or `suppress` first needs
-        // it and kept current as joins complete: one build per record.
-        let mut context: Option<BTreeMap<&str, JinjaValue>> = None;
-        // Rendered once, when a key or `suppress` first reads it.
-        let mut alert_id: Option<String> = None;
-        for join in &self.joins {
-            let key_error = |reason: String| RecordError::JoinKey {
-                join: join.name.clone(),
-                reason,
-            };
-            if join.key.reads_alert_id() && alert_id.is_none() {
-                let context =
-                    context.get_or_insert_with(|| self.template_context(source, event, &joined));
-                // A failing alert_id template is a render error, wherever
-                // it is first needed.
-                let id = self.render_one(ALERT_ID, &JinjaValue::from_serialize(&*context))?;
-                cel.add_variable_from_value(ALERT_ID, id.clone());
-                alert_id = Some(id);
-            }
-            let lookup_key = match &join.key.expr {
-                KeyExpr::Cel(program) => join_key::cel_key_text(
-                    program
-                        .execute(&cel)
-                        .map_err(|e| key_error(e.to_string()))?,
-                )
-                .map_err(key_error)?,
-                KeyExpr::Template(template) => {
-                    let context = context
-                        .get_or_insert_with(|| self.template_context(source, event, &joined));
-                    // Key templates alone see `alert_id`: the message
-                    // templates keep the context they always had.
-                    if let Some(id) = &alert_id {
-                        context.insert(ALERT_ID, JinjaValue::from(id.as_str()));
-                    }
-                    let rendered =
-                        self.render_template(template, &JinjaValue::from_serialize(&*context));
-                    context.remove(ALERT_ID);
-                    join_key::template_key_text(&rendered.map_err(|e| key_error(e.to_string()))?)
-                }
-            };
-            let found = lookup_key.and_then(|k| tables.lookup(&join.table, &k));
-            if found.is_none() && join.kind == JoinKind::Inner {
-                return Ok(Verdict::JoinMiss {
-                    join: join.name.clone(),
-                    table: join.table.clone(),
-                });
-            }
-            if join.needed_by_cel {
-                let value = match &found {
-                    Some(v) => cel::to_value(&**v).map_err(|e| RecordError::JoinKey {
-                        join: join.name.clone(),
-                        reason: e.to_string(),
-                    })?,
-                    None => CelValue::Null,
-                };
-                cel.add_variable_from_value(join.name.clone(), value);
-            }
-            if let Some(context) = &mut context {
-                context.insert(join.name.as_str(), jinja_row(&found));
-            }
-            joined.push((join.name.as_str(), found));
-        }
-        let mut context = context.unwrap_or_else(|| self.template_context(source, event, &joined));
-
-        let mut status = None;
-        if let Some(suppress) = &self.suppress {
-            let (suppressed, rendered) =
-                self.suppress(suppress, &mut cel, &context, alert_id.is_some(), now_ms)?;
-            if suppressed {
-                return Ok(Verdict::Suppressed);
-            }
-            status = rendered;
-        }
-
-        // The status comes first: every other template may read it (a
-        // green header once resolved), and none may change it.
-        let status = match status {
-            Some(status) => status,
-            None => self.render_status(&context)?,
-        };
-        context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
-        self.render(source, &JinjaValue::from_serialize(&context), status)
-            .map(Verdict::Emit)
-    }
-
-    /// Binds what `suppress` reads that the joins did not (`now`,
-    /// `alert_id` unless bound, `status`) and evaluates it; returns its
-    /// decision and the status if it was rendered for it.
-    fn suppress(
-        &self,
-        suppress: &Suppress,
-        cel: &mut CelContext,
-        context: &BTreeMap<&str, JinjaValue>,
-        alert_id_bound: bool,
-        now_ms: i64,
-    ) -> Result<(bool, Option<AlertStatus>), RecordError> {
-        if suppress.reads(NOW) {
-            cel.add_variable_from_value(NOW, now_ms);
-        }
-        if suppress.reads(ALERT_ID) && !alert_id_bound {
-            let id = self.render_one(ALERT_ID, &JinjaValue::from_serialize(context))?;
-            cel.add_variable_from_value(ALERT_ID, id);
-        }
-        let mut status = None;
-        if suppress.reads(STATUS_TEMPLATE) {
-            let rendered = self.render_status(context)?;
-            cel.add_variable_from_value(STATUS_TEMPLATE, rendered.as_str());
-            status = Some(rendered);
-        }
-        Ok((suppress.decide(cel)?, status))
-    }
-
-    fn parse_json_fields(&self, event: &Json) -> Result<Json, RecordError> {
-        let mut event = event.clone();
-        for field in &self.json_fields {
-            if let Some(slot) = event.get_mut(field.as_str()) {
-                if let Json::String(text) = slot {
-                    let parsed =
-                        serde_json::from_str(text).map_err(|e| RecordError::JsonField {
-                            field: field.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    *slot = parsed;
-                }
-            }
-        }
-        Ok(event)
-    }
-
-    /// Renders the message; `context` is the templates' whole context,
-    /// `status` included.
-    fn render(
-        &self,
-        source: &Source<'_>,
-        context: &JinjaValue,
-        status: AlertStatus,
-    ) -> Result<SlackMessage, RecordError> {
-        let alert_id = self.render_one("alert_id", context)?;
-        let channel_id = self.render_one("channel", context)?;
-        let text = self.render_one(TEXT_TEMPLATE, context)?;
-        let blocks_text = self.render_template(BLOCKS_TEMPLATE, context)?;
-        let blocks: Json = serde_json::from_str(&blocks_text)
-            .map_err(|e| RecordError::BlocksJson(e.to_string()))?;
-        blockkit::validate_message(&text, &blocks)?;
-        let group_key = if self.group_window_ms > 0 {
-            let rendered = self.render_template(GROUP_KEY_TEMPLATE, context)?;
-            Some(rendered.trim().to_owned()).filter(|k| !k.is_empty())
-        } else {
-            None
-        };
-        Ok(SlackMessage {
-            alert_id,
-            channel_id,
-            text,
-            blocks: blocks.to_string(),
-            created_at: source.timestamp_ms,
-            pipeline: self.name.clone(),
-            source_topic: source.topic.to_owned(),
-            source_partition: source.partition,
-            source_offset: source.offset,
-            status,
-            updates: self.updates,
-            recurrence: self.recurrence,
-            resolved_unposted: self.resolved_unposted,
-            group_window_ms: if group_key.is_some() {
-                self.group_window_ms
-            } else {
-                0
-            },
-            group_key,
-        })
-    }
-
-    /// The templates' context before `status`: the record, the joins so
-    /// far, the pipeline's constants.
-    fn template_context<'a>(
-        &'a self,
-        source: &Source<'a>,
-        event: &Json,
-        joined: &[(&'a str, Option<Arc<Json>>)],
-    ) -> BTreeMap<&'a str, JinjaValue> {
-        let mut context: BTreeMap<&str, JinjaValue> = BTreeMap::new();
-        let key = match source.key {
-            None => JinjaValue::from(()),
-            Some(Json::String(text)) => JinjaValue::from(text.as_str()),
-            Some(other) => JinjaValue::from_serialize(other),
-        };
-        context.insert("key", key);
-        context.insert("event", JinjaValue::from_serialize(event));
-        context.insert("topic", JinjaValue::from(source.topic));
-        context.insert("partition", JinjaValue::from(source.partition));
-        context.insert("offset", JinjaValue::from(source.offset));
-        context.insert("timestamp", JinjaValue::from(source.timestamp_ms));
-        context.insert("pipeline", JinjaValue::from(self.name.as_str()));
-        context.insert("vars", self.vars.clone());
-        for (name, value) in joined {
-            context.insert(name, jinja_row(value));
-        }
-        context
-    }
-
-    /// `message.status`, or `firing` for a pipeline without one.
-    fn render_status(
-        &self,
-        context: &BTreeMap<&str, JinjaValue>,
-    ) -> Result<AlertStatus, RecordError> {
-        if !self.has_status {
-            return Ok(AlertStatus::Firing);
-        }
-        let rendered = self.render_one(STATUS_TEMPLATE, &JinjaValue::from_serialize(context))?;
-        AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))
-    }
-
-    fn render_template(&self, name: &str, context: &JinjaValue) -> Result<String, RecordError> {
-        let fail = |e: minijinja::Error| RecordError::Render {
-            template: name.to_owned(),
-            reason: format!("{e:#}"),
-        };
-        self.templates
-            .get_template(name)
-            .map_err(fail)?
-            .render(context)
-            .map_err(fail)
-    }
-
-    /// Renders a one-line template; surrounding whitespace is not content.
-    fn render_one(&self, name: &str, context: &JinjaValue) -> Result<String, RecordError> {
-        let rendered = self.render_template(name, context)?;
-        let trimmed = rendered.trim();
-        if trimmed.is_empty() {
-            return Err(RecordError::Empty(name.to_owned()));
-        }
-        Ok(trimmed.to_owned())
-    }
-}
-
-/// A joined row as templates see it: `none` for no row.
-fn jinja_row(row: &Option<Arc<Json>>) -> JinjaValue {
-    match row {
-        Some(row) => JinjaValue::from_serialize(&**row),
-        None => JinjaValue::from(()),
     }
 }
 
@@ -726,7 +451,12 @@ fn write_json_string_content(out: &mut minijinja::Output, text: &str) -> std::fm
     out.write_str(&text[start..])
 }
 
+mod cel_paths;
+mod jinja_json;
+
 #[cfg(test)]
 mod group_tests;
+#[cfg(test)]
+mod projection_tests;
 #[cfg(test)]
 mod tests;

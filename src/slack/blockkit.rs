@@ -39,6 +39,51 @@ fn fail(path: impl Into<String>, reason: impl Into<String>) -> BlockKitError {
     }
 }
 
+mod canonical;
+#[cfg(test)]
+mod rendered_tests;
+mod scan;
+
+pub use canonical::canonical_json;
+
+/// Why rendered blocks were refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RenderedError {
+    /// Not one JSON document (serde_json's reason).
+    Json(String),
+    BlockKit(BlockKitError),
+}
+
+/// Checks a message's fallback text and its blocks as rendered (JSON text),
+/// as [`validate_message`] checks them parsed; returns the blocks in the
+/// compact form `serde_json::Value::to_string` gives them.
+pub fn check_rendered(text: &str, blocks_json: &str) -> Result<String, RenderedError> {
+    // The reason as a parse into a tree words it (a reader that skips what
+    // it does not need names the expected token differently).
+    let json_error = |e: serde_json::Error| {
+        RenderedError::Json(
+            serde_json::from_str::<Value>(blocks_json)
+                .err()
+                .unwrap_or(e)
+                .to_string(),
+        )
+    };
+    let blocks = canonical_json(blocks_json).map_err(json_error)?;
+    // The scan does not know static_select menus (rare: interactive
+    // messages); those take the tree path, so both answer alike.
+    if blocks.contains("\"static_select\"") {
+        let tree: Value = serde_json::from_str(&blocks).map_err(json_error)?;
+        return validate_message(text, &tree)
+            .map(|()| blocks)
+            .map_err(RenderedError::BlockKit);
+    }
+    match scan::validate_message_text(text, &blocks) {
+        Ok(()) => Ok(blocks),
+        Err(scan::ScanError::BlockKit(e)) => Err(RenderedError::BlockKit(e)),
+        Err(scan::ScanError::Json(e)) => Err(json_error(e)),
+    }
+}
+
 /// Checks a message's fallback text and its blocks.
 pub fn validate_message(text: &str, blocks: &Value) -> Result<(), BlockKitError> {
     if text.trim().is_empty() {

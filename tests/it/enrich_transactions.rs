@@ -238,3 +238,46 @@ async fn exactly_once_consumer_lag_comes_down_to_zero() {
     .await;
     enrich.stop().await.expect("clean stop");
 }
+
+/// A batch large enough to be split among `enrich.workers` threads comes
+/// out exactly as one worker would write it: every alert and every
+/// dead letter, in input order, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_processed_in_parallel_keeps_input_order() {
+    let env = TestEnv::new("[enrich]\nworkers = 2\n").await;
+    env.put_assignment("org-1", "a@example.com", "One").await;
+    env.put_slack_user("a@example.com", "U1").await;
+    let (mut expected_alerts, mut expected_dead) = (Vec::new(), Vec::new());
+    // All keyed by one org: one input partition, one output partition (one
+    // channel), so the topics' order is the processing order.
+    for i in 0..400 {
+        let mut event = connector_event(&format!("e{i}"), "env", &format!("c{i}"), "Provisioning");
+        match i % 5 {
+            0 => event = connector_event(&format!("e{i}"), "env", &format!("c{i}"), "Running"),
+            3 => event["data"] = "{not json".into(),
+            _ => {}
+        }
+        let (_, offset) = env.produce_event("org-1", &event).await;
+        match i % 5 {
+            0 => {}
+            3 => expected_dead.push(offset.to_string()),
+            _ => expected_alerts.push((format!("org-1-env-c{i}-connector-failure"), offset)),
+        }
+    }
+    let enrich = env.start_enrich().await;
+    let messages = env.read_messages(expected_alerts.len(), WAIT).await;
+    let got: Vec<(String, i64)> = messages
+        .iter()
+        .map(|(_, m)| (m.alert_id.clone(), m.source_offset))
+        .collect();
+    assert_eq!(got, expected_alerts);
+    let dead = env
+        .read(&env.dlq("notifications"), expected_dead.len(), WAIT)
+        .await;
+    let dead_offsets: Vec<String> = dead
+        .iter()
+        .map(|r| r.headers["alertsvc.dlq.source.offset"].clone())
+        .collect();
+    assert_eq!(dead_offsets, expected_dead);
+    enrich.stop().await.expect("clean stop");
+}

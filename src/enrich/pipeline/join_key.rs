@@ -38,6 +38,14 @@ impl JoinKey {
         self.reads.contains(name)
     }
 
+    /// The CEL program, for a key that is one (not a template).
+    pub fn cel_program(&self) -> Option<&Program> {
+        match &self.expr {
+            KeyExpr::Cel(program) => Some(program),
+            KeyExpr::Template(_) => None,
+        }
+    }
+
     pub fn reads_alert_id(&self) -> bool {
         self.reads(ALERT_ID)
     }

@@ -34,6 +34,11 @@ impl Suppress {
         Ok(Suppress { program })
     }
 
+    /// The compiled expression (for what it reads of the record).
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
     /// Whether the expression reads the variable `name` (so it must be
     /// computed and bound before [`Suppress::decide`]).
     pub fn reads(&self, name: &str) -> bool {

@@ -5,6 +5,8 @@ use serde_json::json;
 
 use super::*;
 use crate::config::{Settings, Sources};
+use crate::messages::AlertStatus;
+use crate::slack::blockkit;
 
 pub(super) struct Tables(HashMap<(String, String), Arc<Json>>);
 

@@ -1,0 +1,340 @@
+//! Applying a compiled [`Pipeline`] to one record: filter, joins,
+//! `suppress`, render, Block Kit check. Split from the pipeline's compiler
+//! so each stays readable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cel::{Context as CelContext, Value as CelValue};
+use minijinja::Value as JinjaValue;
+use serde_json::Value as Json;
+
+use super::cel_paths::{self, ProjectError};
+use super::jinja_json;
+use super::join_key::{self, KeyExpr, ALERT_ID};
+use super::suppress::{Suppress, NOW};
+use super::{
+    Pipeline, RecordError, Source, TableLookup, Verdict, BLOCKS_TEMPLATE, GROUP_KEY_TEMPLATE,
+    STATUS_TEMPLATE, TEXT_TEMPLATE,
+};
+use crate::config::JoinKind;
+use crate::messages::{AlertStatus, SlackMessage};
+use crate::slack::blockkit::{self, RenderedError};
+
+impl Pipeline {
+    pub(super) fn try_apply(
+        &self,
+        source: &Source<'_>,
+        event: &Json,
+        tables: &dyn TableLookup,
+        now_ms: i64,
+    ) -> Result<Verdict, RecordError> {
+        // CEL gets only what its programs (filter, CEL join keys, suppress)
+        // read, see [`cel_paths`]; the templates get the whole event, parsed
+        // once the record passed the filter.
+        let mut cel = CelContext::with_env(self.cel_env.clone());
+        if self.filter.is_some() || !self.joins.is_empty() || self.suppress.is_some() {
+            self.bind_record(&mut cel, source, event)?;
+        }
+        if let Some(filter) = &self.filter {
+            match filter.execute(&cel) {
+                Ok(CelValue::Bool(true)) => {}
+                Ok(CelValue::Bool(false)) => return Ok(Verdict::Filtered),
+                Ok(other) => {
+                    return Err(RecordError::Filter(format!(
+                        "returned {other:?}, not a boolean"
+                    )))
+                }
+                Err(e) => return Err(RecordError::Filter(e.to_string())),
+            }
+        }
+        let event = Arc::new(self.parse_json_fields(event)?);
+
+        let mut joined: Vec<(&str, Option<Arc<Json>>)> = Vec::with_capacity(self.joins.len());
+        // The templates' context, built when a key or `suppress` first needs
+        // it and kept current as joins complete: one build per record.
+        let mut context: Option<BTreeMap<&str, JinjaValue>> = None;
+        // Rendered once, when a key or `suppress` first reads it.
+        let mut alert_id: Option<String> = None;
+        for join in &self.joins {
+            let key_error = |reason: String| RecordError::JoinKey {
+                join: join.name.clone(),
+                reason,
+            };
+            if join.key.reads_alert_id() && alert_id.is_none() {
+                let context =
+                    context.get_or_insert_with(|| self.template_context(source, &event, &joined));
+                // A failing alert_id template is a render error, wherever
+                // it is first needed.
+                let id = self.render_one(ALERT_ID, &jinja_map(context))?;
+                cel.add_variable_from_value(ALERT_ID, id.clone());
+                alert_id = Some(id);
+            }
+            let lookup_key = match &join.key.expr {
+                KeyExpr::Cel(program) => join_key::cel_key_text(
+                    program
+                        .execute(&cel)
+                        .map_err(|e| key_error(e.to_string()))?,
+                )
+                .map_err(key_error)?,
+                KeyExpr::Template(template) => {
+                    let context = context
+                        .get_or_insert_with(|| self.template_context(source, &event, &joined));
+                    // Key templates alone see `alert_id`: the message
+                    // templates keep the context they always had.
+                    if let Some(id) = &alert_id {
+                        context.insert(ALERT_ID, JinjaValue::from(id.as_str()));
+                    }
+                    let rendered = self.render_template(template, &jinja_map(context));
+                    context.remove(ALERT_ID);
+                    join_key::template_key_text(&rendered.map_err(|e| key_error(e.to_string()))?)
+                }
+            };
+            let found = lookup_key.and_then(|k| tables.lookup(&join.table, &k));
+            if found.is_none() && join.kind == JoinKind::Inner {
+                return Ok(Verdict::JoinMiss {
+                    join: join.name.clone(),
+                    table: join.table.clone(),
+                });
+            }
+            if join.needed_by_cel {
+                let value = match (&found, self.cel_reads.get(&join.name)) {
+                    (Some(v), Some(reads)) => {
+                        cel_paths::project(v, reads).map_err(|reason| RecordError::JoinKey {
+                            join: join.name.clone(),
+                            reason,
+                        })?
+                    }
+                    _ => CelValue::Null,
+                };
+                cel.add_variable_from_value(join.name.clone(), value);
+            }
+            if let Some(context) = &mut context {
+                context.insert(join.name.as_str(), jinja_row(&found));
+            }
+            joined.push((join.name.as_str(), found));
+        }
+        let mut context = context.unwrap_or_else(|| self.template_context(source, &event, &joined));
+
+        let mut status = None;
+        if let Some(suppress) = &self.suppress {
+            let (suppressed, rendered) =
+                self.suppress(suppress, &mut cel, &context, alert_id.is_some(), now_ms)?;
+            if suppressed {
+                return Ok(Verdict::Suppressed);
+            }
+            status = rendered;
+        }
+
+        // The status comes first: every other template may read it (a
+        // green header once resolved), and none may change it.
+        let status = match status {
+            Some(status) => status,
+            None => self.render_status(&context)?,
+        };
+        context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
+        self.render(source, &jinja_map(&context), status)
+            .map(Verdict::Emit)
+    }
+
+    /// Binds `key`, `topic` and `event` for CEL, each projected to what the
+    /// programs read of it.
+    fn bind_record(
+        &self,
+        cel: &mut CelContext,
+        source: &Source<'_>,
+        event: &Json,
+    ) -> Result<(), RecordError> {
+        let key = match source.key {
+            None => Some(CelValue::Null),
+            Some(key) => match self.cel_reads.get("key") {
+                Some(reads) => Some(cel_paths::project(key, reads).map_err(RecordError::Filter)?),
+                None => None,
+            },
+        };
+        if let Some(key) = key {
+            cel.add_variable_from_value("key", key);
+        }
+        cel.add_variable_from_value("topic", source.topic.to_owned());
+        let event = cel_paths::project_event(event, self.cel_reads.get("event"), &self.json_fields)
+            .map_err(|e| match e {
+                ProjectError::JsonField { field, reason } => {
+                    RecordError::JsonField { field, reason }
+                }
+                ProjectError::Value(reason) => RecordError::Filter(reason),
+            })?;
+        if let Some(event) = event {
+            cel.add_variable_from_value("event", event);
+        }
+        Ok(())
+    }
+
+    /// Binds what `suppress` reads that the joins did not (`now`,
+    /// `alert_id` unless bound, `status`) and evaluates it; returns its
+    /// decision and the status if it was rendered for it.
+    fn suppress(
+        &self,
+        suppress: &Suppress,
+        cel: &mut CelContext,
+        context: &BTreeMap<&str, JinjaValue>,
+        alert_id_bound: bool,
+        now_ms: i64,
+    ) -> Result<(bool, Option<AlertStatus>), RecordError> {
+        if suppress.reads(NOW) {
+            cel.add_variable_from_value(NOW, now_ms);
+        }
+        if suppress.reads(ALERT_ID) && !alert_id_bound {
+            let id = self.render_one(ALERT_ID, &jinja_map(context))?;
+            cel.add_variable_from_value(ALERT_ID, id);
+        }
+        let mut status = None;
+        if suppress.reads(STATUS_TEMPLATE) {
+            let rendered = self.render_status(context)?;
+            cel.add_variable_from_value(STATUS_TEMPLATE, rendered.as_str());
+            status = Some(rendered);
+        }
+        Ok((suppress.decide(cel)?, status))
+    }
+
+    fn parse_json_fields(&self, event: &Json) -> Result<Json, RecordError> {
+        let mut event = event.clone();
+        for field in &self.json_fields {
+            if let Some(slot) = event.get_mut(field.as_str()) {
+                if let Json::String(text) = slot {
+                    let parsed =
+                        serde_json::from_str(text).map_err(|e| RecordError::JsonField {
+                            field: field.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    *slot = parsed;
+                }
+            }
+        }
+        Ok(event)
+    }
+
+    /// Renders the message; `context` is the templates' whole context,
+    /// `status` included. Block Kit limits are checked on the rendered text
+    /// (no tree is built); the blocks leave in canonical compact form.
+    fn render(
+        &self,
+        source: &Source<'_>,
+        context: &JinjaValue,
+        status: AlertStatus,
+    ) -> Result<SlackMessage, RecordError> {
+        let alert_id = self.render_one(ALERT_ID, context)?;
+        let channel_id = self.render_one("channel", context)?;
+        let text = self.render_one(TEXT_TEMPLATE, context)?;
+        let blocks_text = self.render_template(BLOCKS_TEMPLATE, context)?;
+        let blocks = blockkit::check_rendered(&text, &blocks_text).map_err(|e| match e {
+            RenderedError::Json(reason) => RecordError::BlocksJson(reason),
+            RenderedError::BlockKit(e) => RecordError::BlockKit(e),
+        })?;
+        let group_key = if self.group_window_ms > 0 {
+            let rendered = self.render_template(GROUP_KEY_TEMPLATE, context)?;
+            Some(rendered.trim().to_owned()).filter(|k| !k.is_empty())
+        } else {
+            None
+        };
+        Ok(SlackMessage {
+            alert_id,
+            channel_id,
+            text,
+            blocks,
+            created_at: source.timestamp_ms,
+            pipeline: self.name.clone(),
+            source_topic: source.topic.to_owned(),
+            source_partition: source.partition,
+            source_offset: source.offset,
+            status,
+            updates: self.updates,
+            recurrence: self.recurrence,
+            resolved_unposted: self.resolved_unposted,
+            group_window_ms: if group_key.is_some() {
+                self.group_window_ms
+            } else {
+                0
+            },
+            group_key,
+        })
+    }
+
+    /// The templates' context before `status`: the record, the joins so
+    /// far, the pipeline's constants.
+    fn template_context<'a>(
+        &'a self,
+        source: &Source<'a>,
+        event: &Arc<Json>,
+        joined: &[(&'a str, Option<Arc<Json>>)],
+    ) -> BTreeMap<&'a str, JinjaValue> {
+        let mut context: BTreeMap<&str, JinjaValue> = BTreeMap::new();
+        let key = match source.key {
+            None => JinjaValue::from(()),
+            Some(Json::String(text)) => JinjaValue::from(text.as_str()),
+            Some(other) => JinjaValue::from_serialize(other),
+        };
+        context.insert("key", key);
+        context.insert("event", jinja_json::lazy(event.clone()));
+        context.insert("topic", JinjaValue::from(source.topic));
+        context.insert("partition", JinjaValue::from(source.partition));
+        context.insert("offset", JinjaValue::from(source.offset));
+        context.insert("timestamp", JinjaValue::from(source.timestamp_ms));
+        context.insert("pipeline", JinjaValue::from(self.name.as_str()));
+        context.insert("vars", self.vars.clone());
+        for (name, value) in joined {
+            context.insert(name, jinja_row(value));
+        }
+        context
+    }
+
+    /// `message.status`, or `firing` for a pipeline without one.
+    fn render_status(
+        &self,
+        context: &BTreeMap<&str, JinjaValue>,
+    ) -> Result<AlertStatus, RecordError> {
+        if !self.has_status {
+            return Ok(AlertStatus::Firing);
+        }
+        let rendered = self.render_one(STATUS_TEMPLATE, &jinja_map(context))?;
+        AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))
+    }
+
+    fn render_template(&self, name: &str, context: &JinjaValue) -> Result<String, RecordError> {
+        let fail = |e: minijinja::Error| RecordError::Render {
+            template: name.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        self.templates
+            .get_template(name)
+            .map_err(fail)?
+            .render(context)
+            .map_err(fail)
+    }
+
+    /// Renders a one-line template; surrounding whitespace is not content.
+    fn render_one(&self, name: &str, context: &JinjaValue) -> Result<String, RecordError> {
+        let rendered = self.render_template(name, context)?;
+        let trimmed = rendered.trim();
+        if trimmed.is_empty() {
+            return Err(RecordError::Empty(name.to_owned()));
+        }
+        Ok(trimmed.to_owned())
+    }
+}
+
+/// A joined row as templates see it (read lazily): `none` for no row.
+fn jinja_row(row: &Option<Arc<Json>>) -> JinjaValue {
+    match row {
+        Some(row) => jinja_json::lazy(row.clone()),
+        None => JinjaValue::from(()),
+    }
+}
+
+/// The context as one template value, its members (lazy views included)
+/// handed over as they are rather than serialized.
+fn jinja_map(context: &BTreeMap<&str, JinjaValue>) -> JinjaValue {
+    context
+        .iter()
+        .map(|(name, value)| (*name, value.clone()))
+        .collect()
+}

@@ -1,0 +1,126 @@
+//! A JSON object as a template sees it, read on access: converting a whole
+//! event and two table rows into template values for every alert cost more
+//! than rendering the few fields a template shows.
+
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Object, ObjectRepr};
+use minijinja::Value as JinjaValue;
+use serde_json::Value as Json;
+
+/// `root` at `path` (object member names from the root). The root is
+/// shared, so a nested object costs a path, not a copy.
+#[derive(Debug)]
+struct JsonObject {
+    root: Arc<Json>,
+    path: Vec<String>,
+}
+
+impl JsonObject {
+    fn members(&self) -> Option<&serde_json::Map<String, Json>> {
+        let mut node = &*self.root;
+        for name in &self.path {
+            node = node.get(name)?;
+        }
+        node.as_object()
+    }
+}
+
+/// `value` (held by `root`, at `path`) as a template value: scalars
+/// directly, objects as lazy views, arrays converted (rare in records).
+fn to_jinja(root: &Arc<Json>, path: impl FnOnce() -> Vec<String>, value: &Json) -> JinjaValue {
+    match value {
+        Json::Null => JinjaValue::from(()),
+        Json::Bool(b) => JinjaValue::from(*b),
+        Json::String(s) => JinjaValue::from(s.as_str()),
+        Json::Object(_) => JinjaValue::from_object(JsonObject {
+            root: root.clone(),
+            path: path(),
+        }),
+        // Numbers and arrays as `from_serialize` makes them.
+        other => JinjaValue::from_serialize(other),
+    }
+}
+
+/// The template value of a shared JSON value, without converting it.
+pub fn lazy(root: Arc<Json>) -> JinjaValue {
+    to_jinja(&root, Vec::new, &root)
+}
+
+impl Object for JsonObject {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &JinjaValue) -> Option<JinjaValue> {
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<JinjaValue> {
+        let value = self.members()?.get(key)?;
+        let path = || {
+            let mut path = self.path.clone();
+            path.push(key.to_owned());
+            path
+        };
+        Some(to_jinja(&self.root, path, value))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let keys: Vec<JinjaValue> = self
+            .members()
+            .map(|m| m.keys().map(|k| JinjaValue::from(k.as_str())).collect())
+            .unwrap_or_default();
+        Enumerator::Values(keys)
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        Some(self.members().map_or(0, |m| m.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use minijinja::Environment;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Every template renders the same with the lazy view as with the
+    /// converted value.
+    #[test]
+    fn lazy_values_render_as_converted_ones() {
+        let event = json!({"s": "text <b>", "n": 5, "neg": -2, "f": 1.5, "null": null, "t": true,
+            "o": {"a": {"b": "deep"}, "l": [1, "two", {"x": 1}], "e": {}},
+            "empty": {}});
+        let mut env = Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        let templates = [
+            "{{ e.s }} {{ e.n + 1 }} {{ e.neg }} {{ e.f }} {{ e.null }} {{ e.t }}",
+            "{{ e.o.a.b }} {{ e.o.l[1] }} {{ e.o.l[2].x }} {{ e.o.l | length }}",
+            "{{ e.o.a }} {{ e.o }}",
+            "{{ e.o | tojson }} {{ e | tojson }}",
+            "{{ e.missing | default('d') }} {{ e.o.a.missing | default('m') }}",
+            "{% if e.empty %}y{% else %}n{% endif %}{% if e.o %}y{% endif %}{% if e.null %}y{% else %}n{% endif %}",
+            "{% for k in e.o %}{{ k }},{% endfor %}{% for k, v in e.o.a | items %}{{ k }}={{ v }}{% endfor %}",
+            "{{ e.o | length }} {{ e.o.a is mapping }} {{ e.s is string }} {{ e.null or 'x' }}",
+            "{{ e.o.a == {'b': 'deep'} }} {{ e.o.e | length }} {{ 'a' in e.o }}",
+        ];
+        let root = Arc::new(event.clone());
+        for source in templates {
+            let template = env.template_from_str(source).unwrap();
+            let converted = template
+                .render(minijinja::context! { e => JinjaValue::from_serialize(&event) })
+                .unwrap();
+            let lazy = template
+                .render(minijinja::context! { e => lazy(root.clone()) })
+                .unwrap();
+            assert_eq!(lazy, converted, "{source}");
+        }
+        // A strict undefined still fails the same way.
+        let template = env.template_from_str("{{ e.o.missing }}").unwrap();
+        assert!(template
+            .render(minijinja::context! { e => lazy(root) })
+            .is_err());
+    }
+}
