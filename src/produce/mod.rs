@@ -149,8 +149,8 @@ impl Produce {
     }
 }
 
-/// Checks that the schema registry accepts what the jobs write, then
-/// connects what every run shares.
+/// Finds the schema ids the jobs' topics write with (a schema the registry
+/// refuses stops produce here), then connects what every run shares.
 async fn start(
     settings: &Settings,
     jobs: &[CompiledJob],
@@ -234,5 +234,54 @@ impl Work for Scheduled {
         futures::future::join_all(loops).await;
         let _ = server.await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+
+    fn serving_on(http_addr: std::net::SocketAddr) -> (Settings, std::path::PathBuf) {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut settings = Settings::load(&Sources {
+            dir: dir.clone(),
+            env_name: None,
+            extra_file: None,
+            use_env_vars: false,
+        })
+        .unwrap();
+        settings.produce.as_mut().unwrap().http_addr = http_addr;
+        (settings, dir)
+    }
+
+    #[tokio::test]
+    async fn on_a_schedule_produce_binds_at_build_and_once_it_serves_nothing() {
+        let (settings, dir) = serving_on("127.0.0.1:0".parse().unwrap());
+        let scheduled = Produce::build(&settings, &dir, &Options::default())
+            .await
+            .unwrap();
+        let handle = scheduled
+            .handle()
+            .expect("a scheduled produce has endpoints");
+        assert_ne!(handle.addr.port(), 0);
+
+        let taken = Produce::build(&serving_on(handle.addr).0, &dir, &Options::default())
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            taken
+                .as_deref()
+                .is_some_and(|e| e.starts_with(&format!("cannot listen on {}: ", handle.addr))),
+            "{taken:?}"
+        );
+
+        let once = Options {
+            once: true,
+            ..Options::default()
+        };
+        let once = Produce::build(&settings, &dir, &once).await.unwrap();
+        assert!(once.handle().is_none());
     }
 }
