@@ -39,6 +39,8 @@ pub enum Stop {
 }
 
 /// What to read: `topic`'s `partitions`, each from its offset, to `until`.
+/// With [`Until::ListedEnds`] every partition needs its end listed, or it
+/// is never done ([`BoundedRead::listed`] builds both from watermarks).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BoundedRead<'a> {
     pub topic: &'a str,
