@@ -680,7 +680,7 @@ async fn raw_copy(bootstrap: String, events: usize) -> Duration {
 }
 
 fn table_consumer(bootstrap: &str, group: &str) -> StreamConsumer<StageContext> {
-    // As enrich::run sets up its table consumers.
+    // As enrich sets up its table consumers.
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)

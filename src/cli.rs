@@ -318,7 +318,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enrich => {
             let settings = load_settings(&cli)?;
             crate::telemetry::init(settings.log.format, &settings.log.level);
-            crate::enrich::run(&settings, &cli.config_dir, on_signal())
+            crate::enrich::Enrich::run(&settings, &cli.config_dir, on_signal())
                 .await
                 .context("enrich failed")
         }
@@ -328,7 +328,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for warning in deployment_warnings(&settings)? {
                 tracing::warn!("{warning}");
             }
-            crate::notify::run(&settings, &cli.config_dir, on_signal())
+            crate::notify::Notify::run(&settings, &cli.config_dir, on_signal())
                 .await
                 .context("notify failed")
         }

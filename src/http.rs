@@ -124,11 +124,20 @@ pub struct Ops {
     handle: StageHandle,
 }
 
+/// A stage's endpoints could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve HTTP on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
 impl Ops {
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<Ops> {
-        let listener = TcpListener::bind(addr).await?;
+    pub async fn bind(addr: SocketAddr) -> Result<Ops, BindError> {
+        let error = |source| BindError { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(error)?;
         let handle = StageHandle {
-            addr: listener.local_addr()?,
+            addr: listener.local_addr().map_err(error)?,
             health: Arc::new(Health::default()),
             registry: Registry::new(),
         };

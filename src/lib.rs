@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod notify;
 pub mod produce;
 pub mod slack;
+pub mod stage;
 pub mod telemetry;

@@ -109,9 +109,9 @@ pub async fn run(
     outcome
 }
 
-/// Binds enrich and notify first (the preview needs notify's address, the
-/// progress check reads both stages' registries), then runs the three
-/// stages until `stages` is cancelled.
+/// Binds the three stages first (the preview needs notify's address, the
+/// progress check reads enrich's and notify's registries; a taken port
+/// fails before anything runs), then runs them until `stages` is cancelled.
 async fn start_stages(
     settings: &Settings,
     config_dir: &Path,
@@ -127,6 +127,10 @@ async fn start_stages(
     let notify = crate::notify::Notify::build(settings, config_dir)
         .await
         .map_err(|e| failed("notify", &e))?;
+    let produce =
+        crate::produce::Produce::build(settings, config_dir, &crate::produce::Options::default())
+            .await
+            .map_err(|e| failed("produce", &e))?;
     let handles = Handles {
         enrich: enrich.handle(),
         notify: notify.handle(),
@@ -142,10 +146,11 @@ async fn start_stages(
         "notify",
         notify.run_until_stopped(stages.clone()),
     );
-    let (s, d, t) = (settings.clone(), config_dir.to_owned(), stages.clone());
-    spawn_stage(&mut tasks, "produce", async move {
-        crate::produce::run(&s, &d, &crate::produce::Options::default(), t).await
-    });
+    spawn_stage(
+        &mut tasks,
+        "produce",
+        produce.run_until_stopped(stages.clone()),
+    );
     Ok((handles, tasks))
 }
 

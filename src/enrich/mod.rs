@@ -14,7 +14,8 @@ pub mod readiness;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::avro::{build_codecs, build_key_codecs, AvroError, Codec};
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, EnrichSettings, ProcessingGuarantee, Settings};
-use crate::http::{Ops, StageHandle};
+use crate::http::BindError;
 use crate::kafka::{client_config, Commits, Role, StageContext};
 use crate::metrics::{EnrichMetrics, MetricsError};
+use crate::stage::{Bound, Stage, Work};
 use pipeline::Pipeline;
 use processor::{BatchError, InputTopic, Processor, Route};
 use readiness::Readiness;
@@ -45,11 +47,8 @@ pub enum EnrichError {
     Codec { topic: String, source: AvroError },
     #[error(transparent)]
     Metrics(#[from] MetricsError),
-    #[error("cannot serve HTTP on {addr}: {source}")]
-    Http {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Http(#[from] BindError),
     #[error("cannot create the Kafka {client}: {source}")]
     Client {
         client: &'static str,
@@ -89,59 +88,34 @@ fn instance_id() -> String {
 }
 
 /// enrich, bound but not yet working: its HTTP endpoints' address, health
-/// and metrics are known before [`Enrich::run_until_stopped`] starts the
-/// tables and the stream.
-pub struct Enrich {
-    settings: Settings,
-    config_dir: PathBuf,
-    ops: Ops,
-}
+/// and metrics are known before `run_until_stopped` starts the tables and
+/// the stream (`enrich.http_addr`; port 0 picks one). `Enrich::run` is
+/// build-then-run for the CLI.
+pub type Enrich = Stage<EnrichWork>;
 
-impl Enrich {
-    /// Binds enrich's HTTP endpoints (`enrich.http_addr`; port 0 picks one).
-    pub async fn build(settings: &Settings, config_dir: &Path) -> Result<Enrich, EnrichError> {
-        let enrich = settings.enrich.as_ref().ok_or(EnrichError::NotConfigured)?;
-        let ops = Ops::bind(enrich.http_addr)
-            .await
-            .map_err(|source| EnrichError::Http {
-                addr: enrich.http_addr,
-                source,
-            })?;
-        Ok(Enrich {
-            settings: settings.clone(),
-            config_dir: config_dir.to_owned(),
-            ops,
-        })
+/// enrich's part of its [`Stage`]: until shutdown, then it commits or
+/// aborts the open batch.
+#[derive(Debug, Default)]
+pub struct EnrichWork;
+
+impl Work for EnrichWork {
+    type Error = EnrichError;
+
+    fn http_addr(&self, settings: &Settings) -> Result<SocketAddr, EnrichError> {
+        Ok(settings
+            .enrich
+            .as_ref()
+            .ok_or(EnrichError::NotConfigured)?
+            .http_addr)
     }
 
-    pub fn handle(&self) -> StageHandle {
-        self.ops.handle().clone()
-    }
-
-    /// Runs enrich until `shutdown`, then commits or aborts the open batch.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), EnrichError> {
-        run_with(&self.settings, &self.config_dir, self.ops, shutdown).await
+    async fn run(self, bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), EnrichError> {
+        run_with(bound, shutdown).await
     }
 }
 
-/// Runs enrich until `shutdown`, then commits or aborts the open batch.
-pub async fn run(
-    settings: &Settings,
-    config_dir: &Path,
-    shutdown: CancellationToken,
-) -> Result<(), EnrichError> {
-    Enrich::build(settings, config_dir)
-        .await?
-        .run_until_stopped(shutdown)
-        .await
-}
-
-async fn run_with(
-    settings: &Settings,
-    config_dir: &Path,
-    ops: Ops,
-    shutdown: CancellationToken,
-) -> Result<(), EnrichError> {
+async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), EnrichError> {
+    let (settings, config_dir, ops) = (bound.settings, bound.config_dir, bound.ops);
     let enrich = settings.enrich.as_ref().ok_or(EnrichError::NotConfigured)?;
     let registry = ops.handle().registry.clone();
     let metrics = EnrichMetrics::register(&registry)?;

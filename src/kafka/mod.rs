@@ -8,6 +8,8 @@
 //! - [`dead_letter`]: one dead-letter builder and one sender that retries
 //!   until the broker acknowledges.
 //! - [`watermarks`]: a topic's partitions and their low and high offsets.
+//! - [`bounded_read`]: reading partitions from given offsets to their end
+//!   (produce's read-back, the dead-letter replay).
 //! - here: the client context that feeds logs and lag metrics, and
 //!   producing with back-pressure.
 
@@ -21,10 +23,12 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 
+pub mod bounded_read;
 pub mod clients;
 pub mod dead_letter;
 pub mod watermarks;
 
+pub use bounded_read::{bounded_read, BoundedRead, BoundedReadError, Stop, Until};
 pub use clients::{
     check_client_properties, client_config, client_warnings, Commits, Role, DLQ_REPLAY_GROUP,
     PRODUCE_LINGER_MS, PRODUCE_READBACK_GROUP,
@@ -32,7 +36,7 @@ pub use clients::{
 pub use dead_letter::{
     dlq_headers, send_dead_letter, DeadLetterCancelled, DeadLetterRecord, SourcePosition,
 };
-pub use watermarks::{partition_watermarks, WatermarkError, Watermarks};
+pub use watermarks::{partition_watermarks, topic_partitions, WatermarkError, Watermarks};
 
 /// Client context of every alertsvc client: records consumer lag from
 /// librdkafka's statistics and logs rebalances.

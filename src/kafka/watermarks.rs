@@ -1,6 +1,7 @@
 //! A topic's partitions and their low and high watermarks, asked of the
-//! broker: where enrich's table bootstrap ends, where produce's read-back
-//! and the dead-letter replay stop. Blocking: call it from a blocking task.
+//! broker: where enrich's table bootstrap ends, where produce's run begins
+//! and the dead-letter replay stops, which partitions produce's read-back
+//! reads. Blocking: call it from a blocking task.
 
 use std::time::Duration;
 
@@ -75,4 +76,24 @@ where
             })
         })
         .collect()
+}
+
+/// The partitions of `topic` the broker lists, without their offsets;
+/// none when it does not list the topic.
+pub fn topic_partitions<C, K>(
+    consumer: &K,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, KafkaError>
+where
+    C: ConsumerContext,
+    K: Consumer<C>,
+{
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
 }

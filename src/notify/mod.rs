@@ -24,7 +24,7 @@ pub mod slack_health;
 pub mod state;
 pub mod worker;
 
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,10 +36,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::avro::{build_codecs, build_key_codecs, AvroError};
 use crate::config::Settings;
-use crate::http::{Ops, StageHandle};
+use crate::http::BindError;
 use crate::kafka::{client_config, Commits, Role, StageContext};
 use crate::metrics::{MetricsError, NotifyMetrics};
 use crate::slack::SlackApi;
+use crate::stage::{Bound, Stage, Work};
 use decision::Rules;
 use delivery::{now_ms, Deliverer, DeliverySettings};
 use dispatch::{Assignment, Dispatcher, NotifyContext};
@@ -61,11 +62,8 @@ pub enum NotifyError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    #[error("cannot serve HTTP on {addr}: {source}")]
-    Http {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Http(#[from] BindError),
     #[error("Kafka {stage}: {source}")]
     Kafka {
         stage: &'static str,
@@ -95,59 +93,35 @@ pub fn instance_id(configured: Option<&str>) -> String {
 
 /// notify, bound but not yet working: its HTTP endpoints' address (the
 /// interactions endpoint included), health and metrics are known before
-/// [`Notify::run_until_stopped`] connects the ledger and starts consuming.
-pub struct Notify {
-    settings: Settings,
-    config_dir: PathBuf,
-    ops: Ops,
-}
+/// `run_until_stopped` connects the ledger and starts consuming
+/// (`notify.http_addr`; port 0 picks one). `Notify::run` is build-then-run
+/// for the CLI.
+pub type Notify = Stage<NotifyWork>;
 
-impl Notify {
-    /// Binds notify's HTTP endpoints (`notify.http_addr`; port 0 picks one).
-    pub async fn build(settings: &Settings, config_dir: &Path) -> Result<Notify, NotifyError> {
-        let notify = settings.notify.as_ref().ok_or(NotifyError::NotConfigured)?;
-        let ops = Ops::bind(notify.http_addr)
-            .await
-            .map_err(|source| NotifyError::Http {
-                addr: notify.http_addr,
-                source,
-            })?;
-        Ok(Notify {
-            settings: settings.clone(),
-            config_dir: config_dir.to_owned(),
-            ops,
-        })
+/// notify's part of its [`Stage`]: connects the ledger (migrating it if
+/// configured), serves HTTP, consumes and delivers until shutdown, then
+/// commits.
+#[derive(Debug, Default)]
+pub struct NotifyWork;
+
+impl Work for NotifyWork {
+    type Error = NotifyError;
+
+    fn http_addr(&self, settings: &Settings) -> Result<SocketAddr, NotifyError> {
+        Ok(settings
+            .notify
+            .as_ref()
+            .ok_or(NotifyError::NotConfigured)?
+            .http_addr)
     }
 
-    pub fn handle(&self) -> StageHandle {
-        self.ops.handle().clone()
-    }
-
-    /// Runs notify until `shutdown`: connects the ledger (migrating it if
-    /// configured), serves HTTP, consumes and delivers, then commits.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), NotifyError> {
-        run_with(&self.settings, &self.config_dir, self.ops, shutdown).await
+    async fn run(self, bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), NotifyError> {
+        run_with(bound, shutdown).await
     }
 }
 
-/// Binds, then runs notify until `shutdown` (see [`Notify`]).
-pub async fn run(
-    settings: &Settings,
-    config_dir: &Path,
-    shutdown: CancellationToken,
-) -> Result<(), NotifyError> {
-    Notify::build(settings, config_dir)
-        .await?
-        .run_until_stopped(shutdown)
-        .await
-}
-
-async fn run_with(
-    settings: &Settings,
-    config_dir: &Path,
-    ops: Ops,
-    shutdown: CancellationToken,
-) -> Result<(), NotifyError> {
+async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), NotifyError> {
+    let (settings, config_dir, ops) = (bound.settings, bound.config_dir, bound.ops);
     let notify = settings.notify.as_ref().ok_or(NotifyError::NotConfigured)?;
     let token = notify
         .slack

@@ -10,6 +10,7 @@ use rdkafka::error::KafkaError;
 
 use crate::avro::AvroError;
 use crate::config::CheckpointKind;
+use crate::http::BindError;
 use crate::metrics::MetricsError;
 
 use super::job::RunError;
@@ -134,6 +135,17 @@ pub const EXIT_OVER_BYTES_LIMIT: u8 = 4;
 /// `--once` exit status when another run holds the job (EX_TEMPFAIL: try
 /// again later); distinct from 1 so a CronJob can tell it from a failure.
 pub const EXIT_LEASE_HELD: u8 = 75;
+
+/// The message stays produce's own, the I/O error part of it (not a
+/// chained source).
+impl From<BindError> for ProduceError {
+    fn from(e: BindError) -> ProduceError {
+        ProduceError::Listen {
+            addr: e.addr,
+            error: e.source,
+        }
+    }
+}
 
 impl ProduceError {
     /// [`EXIT_DEAD_LETTERS`] when the only trouble is rows sent to the

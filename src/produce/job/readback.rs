@@ -1,15 +1,18 @@
 //! The target topic as seen by a run: its end offsets when the run begins,
 //! and what an unfinished run sent, read back from those offsets.
 
-use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset};
 
-use crate::kafka::{partition_watermarks, StageContext, WatermarkError};
+use crate::kafka::{
+    bounded_read, partition_watermarks, topic_partitions, BoundedRead, BoundedReadError,
+    StageContext, Stop, Until, WatermarkError,
+};
 
 use super::super::state::UnfinishedRun;
 use super::event_headers;
@@ -88,57 +91,29 @@ fn read_back_blocking(
     job: &str,
 ) -> Result<Vec<(String, String)>, ReadBackError> {
     let topic = run.topic.as_str();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(|error| ReadBackError::Metadata {
+    let partitions = topic_partitions(consumer, topic, METADATA_TIMEOUT).map_err(|error| {
+        ReadBackError::Metadata {
             topic: topic.to_owned(),
             error,
-        })?;
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining: HashSet<i32> = HashSet::new();
-    for partition in metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-    {
-        // Partitions added since the run began are read from their start.
-        let start = match run.start_offsets.get(&partition) {
-            Some(offset) => Offset::Offset(*offset),
-            None => Offset::Beginning,
-        };
-        assignment
-            .add_partition_offset(topic, partition, start)
-            .map_err(ReadBackError::Assignment)?;
-        remaining.insert(partition);
-    }
-    let mut found = Vec::new();
-    if remaining.is_empty() {
-        return Ok(found);
-    }
-    let read_error = |error| ReadBackError::Read {
-        topic: topic.to_owned(),
-        error,
-    };
-    consumer.assign(&assignment).map_err(read_error)?;
-    let deadline = Instant::now() + READ_BACK_LIMIT;
-    while !remaining.is_empty() {
-        if Instant::now() > deadline {
-            return Err(ReadBackError::TooSlow {
-                topic: topic.to_owned(),
-            });
         }
-        let message = match consumer.poll(Duration::from_millis(200)) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                remaining.remove(&partition);
-                continue;
-            }
-            Some(Err(e)) => return Err(read_error(e)),
-            Some(Ok(message)) => message,
-        };
+    })?;
+    let read = BoundedRead {
+        topic,
+        partitions: partitions
+            .into_iter()
+            // Partitions added since the run began are read from their start.
+            .map(|p| match run.start_offsets.get(&p) {
+                Some(offset) => (p, Offset::Offset(*offset)),
+                None => (p, Offset::Beginning),
+            })
+            .collect(),
+        until: Until::PartitionEof,
+        stop: Stop::TimeLimit(READ_BACK_LIMIT),
+    };
+    let mut found = Vec::new();
+    bounded_read(consumer, &read, |message| {
         let Some(headers) = message.headers() else {
-            continue;
+            return;
         };
         let value = |name: &str| {
             headers
@@ -152,6 +127,20 @@ fn read_back_blocking(
                 found.push((event_id, value(event_headers::POSITION).unwrap_or_default()));
             }
         }
-    }
+    })
+    .map_err(|e| match e {
+        BoundedReadError::Assignment(error) => ReadBackError::Assignment(error),
+        BoundedReadError::Assign(error)
+        | BoundedReadError::Poll(error)
+        | BoundedReadError::Position(error) => ReadBackError::Read {
+            topic: topic.to_owned(),
+            error,
+        },
+        BoundedReadError::TimeLimit(_) | BoundedReadError::Stalled { .. } => {
+            ReadBackError::TooSlow {
+                topic: topic.to_owned(),
+            }
+        }
+    })?;
     Ok(found)
 }
