@@ -56,7 +56,7 @@ impl SlackApi {
         }
     }
 
-    pub(super) fn content(
+    fn content(
         text: &str,
         blocks: Option<&str>,
         metadata: Option<SlackMessageMetadata>,
@@ -82,12 +82,8 @@ impl SlackApi {
         blocks: &str,
         alert: &AlertRef<'_>,
     ) -> Result<Posted, SlackError> {
-        self.post_message(
-            channel,
-            Self::content(text, Some(blocks), Some(alert.metadata()))?,
-            None,
-        )
-        .await
+        self.post_message(channel, text, Some(blocks), alert.metadata(), None)
+            .await
     }
 
     /// Like [`SlackApi::post`], into `thread` (an occurrence recurring
@@ -100,12 +96,8 @@ impl SlackApi {
         alert: &AlertRef<'_>,
         thread: &Thread<'_>,
     ) -> Result<Posted, SlackError> {
-        self.post_message(
-            channel,
-            Self::content(text, Some(blocks), Some(alert.metadata()))?,
-            Some(thread),
-        )
-        .await
+        self.post_message(channel, text, Some(blocks), alert.metadata(), Some(thread))
+            .await
     }
 
     /// A reply about an alert in its thread (never broadcast): metadata
@@ -122,20 +114,21 @@ impl SlackApi {
             ts: thread_ts,
             broadcast: false,
         };
-        self.post_message(
-            channel,
-            Self::content(text, blocks, Some(reply.metadata()))?,
-            Some(&thread),
-        )
-        .await
+        self.post_message(channel, text, blocks, reply.metadata(), Some(&thread))
+            .await
     }
 
+    /// `chat.postMessage`: every post carries metadata saying what it is,
+    /// by which it is found again after an ambiguous answer.
     pub(super) async fn post_message(
         &self,
         channel: &str,
-        content: SlackMessageContent,
+        text: &str,
+        blocks: Option<&str>,
+        metadata: SlackMessageMetadata,
         thread: Option<&Thread<'_>>,
     ) -> Result<Posted, SlackError> {
+        let content = Self::content(text, blocks, Some(metadata))?;
         let mut request =
             SlackApiChatPostMessageRequest::new(SlackChannelId(channel.to_owned()), content);
         if let Some(thread) = thread {
@@ -161,9 +154,22 @@ impl SlackApi {
         blocks: &str,
         alert: Option<&AlertRef<'_>>,
     ) -> Result<Posted, SlackError> {
+        self.update_message(channel, ts, text, blocks, alert.map(AlertRef::metadata))
+            .await
+    }
+
+    /// `chat.update`; without `metadata` the message keeps what it had.
+    pub(super) async fn update_message(
+        &self,
+        channel: &str,
+        ts: &str,
+        text: &str,
+        blocks: &str,
+        metadata: Option<SlackMessageMetadata>,
+    ) -> Result<Posted, SlackError> {
         let request = SlackApiChatUpdateRequest::new(
             SlackChannelId(channel.to_owned()),
-            Self::content(text, Some(blocks), alert.map(AlertRef::metadata))?,
+            Self::content(text, Some(blocks), metadata)?,
             SlackTs(ts.to_owned()),
         );
         let session = self.client.open_session(&self.token);

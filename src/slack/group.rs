@@ -48,12 +48,8 @@ impl SlackApi {
         blocks: &str,
         group: &GroupRef<'_>,
     ) -> Result<Posted, SlackError> {
-        self.post_message(
-            channel,
-            Self::content(text, Some(blocks), Some(group.metadata()))?,
-            None,
-        )
-        .await
+        self.post_message(channel, text, Some(blocks), group.metadata(), None)
+            .await
     }
 
     /// `chat.update` of a group's summary.
@@ -65,17 +61,8 @@ impl SlackApi {
         blocks: &str,
         group: &GroupRef<'_>,
     ) -> Result<Posted, SlackError> {
-        let request = SlackApiChatUpdateRequest::new(
-            SlackChannelId(channel.to_owned()),
-            Self::content(text, Some(blocks), Some(group.metadata()))?,
-            SlackTs(ts.to_owned()),
-        );
-        let session = self.client.open_session(&self.token);
-        let response = self.call(session.chat_update(&request)).await?;
-        Ok(Posted {
-            channel: response.channel.0,
-            ts: response.ts.0,
-        })
+        self.update_message(channel, ts, text, blocks, Some(group.metadata()))
+            .await
     }
 
     /// Looks for a group's summary already posted to `channel` among
