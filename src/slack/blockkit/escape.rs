@@ -60,4 +60,21 @@ mod tests {
             assert_eq!(format!("\"{}\"", escaped(text)), serde, "{text:?}");
         }
     }
+
+    /// enrich wrote these two as `\u0008` and `\u000c` before it used this
+    /// function; its rendered blocks are canonicalised before they leave,
+    /// so what it emits is the same either way.
+    #[test]
+    fn backspace_and_form_feed_canonicalise_alike_in_either_spelling() {
+        let blocks = |inside: &str| {
+            format!(r#"[{{"type":"section","text":{{"type":"mrkdwn","text":"{inside}"}}}}]"#)
+        };
+        let long = blocks(r"a\u0008b\u000cc");
+        let short = blocks(&escaped("a\u{8}b\u{c}c"));
+        assert_eq!(short, blocks(r"a\bb\fc"));
+        assert_eq!(
+            super::super::canonical_json(&long).expect("valid JSON"),
+            super::super::canonical_json(&short).expect("valid JSON")
+        );
+    }
 }
