@@ -7,7 +7,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use slack_morphism::prelude::*;
 
-use super::{AlertRef, ReplyRef, SlackError};
+use super::{AlertRef, ReplyRef, SlackError, Tag};
 
 const HISTORY_PAGES: usize = 5;
 
@@ -73,16 +73,16 @@ impl SlackApi {
         Ok(content)
     }
 
-    /// `chat.postMessage` with the alert id and occurrence in the
-    /// message metadata.
+    /// `chat.postMessage` with what the message is (an alert's
+    /// occurrence, a group's summary) in its metadata.
     pub async fn post(
         &self,
         channel: &str,
         text: &str,
         blocks: &str,
-        alert: &AlertRef<'_>,
+        tag: &impl Tag,
     ) -> Result<Posted, SlackError> {
-        self.post_message(channel, text, Some(blocks), alert.metadata(), None)
+        self.post_message(channel, text, Some(blocks), tag.metadata(), None)
             .await
     }
 
@@ -120,7 +120,7 @@ impl SlackApi {
 
     /// `chat.postMessage`: every post carries metadata saying what it is,
     /// by which it is found again after an ambiguous answer.
-    pub(super) async fn post_message(
+    async fn post_message(
         &self,
         channel: &str,
         text: &str,
@@ -145,31 +145,19 @@ impl SlackApi {
         })
     }
 
-    /// `chat.update` of an earlier message.
+    /// `chat.update` of an earlier message; without `tag` the message
+    /// keeps the metadata it had.
     pub async fn update(
         &self,
         channel: &str,
         ts: &str,
         text: &str,
         blocks: &str,
-        alert: Option<&AlertRef<'_>>,
-    ) -> Result<Posted, SlackError> {
-        self.update_message(channel, ts, text, blocks, alert.map(AlertRef::metadata))
-            .await
-    }
-
-    /// `chat.update`; without `metadata` the message keeps what it had.
-    pub(super) async fn update_message(
-        &self,
-        channel: &str,
-        ts: &str,
-        text: &str,
-        blocks: &str,
-        metadata: Option<SlackMessageMetadata>,
+        tag: Option<&impl Tag>,
     ) -> Result<Posted, SlackError> {
         let request = SlackApiChatUpdateRequest::new(
             SlackChannelId(channel.to_owned()),
-            Self::content(text, Some(blocks), metadata)?,
+            Self::content(text, Some(blocks), tag.map(Tag::metadata))?,
             SlackTs(ts.to_owned()),
         );
         let session = self.client.open_session(&self.token);

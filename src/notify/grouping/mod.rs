@@ -269,7 +269,7 @@ impl Grouper {
         self.pacer.ready(&group.channel_id).await;
         let result = self
             .slack
-            .post_summary(
+            .post(
                 &group.channel_id,
                 &rendered.text,
                 &rendered.blocks,
@@ -382,12 +382,12 @@ impl Grouper {
         self.pacer.ready(&group.channel_id).await;
         let result = self
             .slack
-            .update_summary(
+            .update(
                 &group.channel_id,
                 &ts,
                 &rendered.text,
                 &rendered.blocks,
-                &summary_of(&group),
+                Some(&summary_of(&group)),
             )
             .await;
         match self.call(result) {
