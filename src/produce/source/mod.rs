@@ -52,7 +52,7 @@ pub enum SourceError {
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
     #[error("{0}")]
-    Driver(sqlx::Error),
+    Driver(#[from] sqlx::Error),
     #[error(
         "PostgreSQL type {0} is not supported; cast it in the query (::text, ::float8, ::bigint)"
     )]
