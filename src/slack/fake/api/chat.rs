@@ -106,11 +106,7 @@ pub(super) fn update(state: &Shared, request: Args) -> Result<Value, Refusal> {
         .to_owned();
     let ts = string_arg(&request, "ts")?.unwrap_or_default().to_owned();
     admit(&mut s, &channel, &request)?;
-    let Some(index) = s
-        .messages
-        .iter()
-        .position(|m| m.channel == channel && m.ts == ts)
-    else {
+    let Some(index) = position_of(&s, &channel, &ts) else {
         return Err("message_not_found".into());
     };
     let message = {

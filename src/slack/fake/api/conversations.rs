@@ -36,13 +36,10 @@ pub(super) fn replies(state: &Shared, request: Args) -> Result<Value, Refusal> {
     let channel = string_arg(&request, "channel")?.unwrap_or_default();
     check_channel(&s, channel)?;
     let ts = string_arg(&request, "ts")?.unwrap_or_default();
-    let Some(named) = s
-        .messages
-        .iter()
-        .find(|m| m.channel == channel && m.ts == ts)
-    else {
+    let Some(index) = position_of(&s, channel, ts) else {
         return Err("thread_not_found".into());
     };
+    let named = &s.messages[index];
     let parent_ts = named.thread_ts.clone().unwrap_or_else(|| named.ts.clone());
     let oldest = oldest_arg(&request)?;
     let thread: Vec<&FakeMessage> = s

@@ -252,6 +252,13 @@ fn check_channel(s: &SlackState, channel: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Where message `ts` of `channel` is among the stored messages.
+fn position_of(s: &SlackState, channel: &str, ts: &str) -> Option<usize> {
+    s.messages
+        .iter()
+        .position(|m| m.channel == channel && m.ts == ts)
+}
+
 /// Token bucket per channel; `Err(seconds)` when the caller must wait.
 fn take_token(s: &mut SlackState, channel: &str) -> Result<(), u64> {
     let Some(rate) = s.config.per_channel_per_second else {

@@ -5,12 +5,7 @@ use super::*;
 
 #[tokio::test]
 async fn messages_keep_every_text_they_showed() {
-    let slack = fake(FakeSlackConfig::default()).await;
-    let api = api(&slack, Duration::from_secs(5));
-    let posted = api
-        .post("U0ADA", "firing", BLOCKS, &alert_ref("a1"))
-        .await
-        .unwrap();
+    let (slack, api, posted) = with_a1_posted("U0ADA", "firing").await;
     for text in ["acknowledged", "resolved"] {
         api.update(
             &posted.channel,
@@ -68,12 +63,7 @@ fn listed_ts(list: &Value) -> Vec<&str> {
 /// and its parent counts it.
 #[tokio::test]
 async fn threads_hold_replies_out_of_the_channel_unless_broadcast() {
-    let slack = fake(FakeSlackConfig::default()).await;
-    let api = api(&slack, Duration::from_secs(5));
-    let parent = api
-        .post("C1", "firing", BLOCKS, &alert_ref("a1"))
-        .await
-        .unwrap();
+    let (slack, api, parent) = with_a1_posted("C1", "firing").await;
     let reply = api
         .reply(
             "C1",
