@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use futures::{Stream, TryStreamExt};
-use sqlx::postgres::{PgColumn, PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::sqlite::{SqliteColumn, SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgColumn, PgConnectOptions, PgRow};
+use sqlx::sqlite::{SqliteColumn, SqliteConnectOptions, SqliteRow};
 use sqlx::{Column, ConnectOptions, PgPool, Row as _, SqlitePool, TypeInfo, ValueRef};
 use tokio::sync::mpsc;
 
@@ -47,32 +48,12 @@ impl SqlSource {
             source_name: name.to_owned(),
             reason: one_line(e),
         };
-        // A job's query is one long cursor: sqlx's slow-statement warning
-        // would fire on every large run.
         let pool = if url.starts_with("sqlite") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(connect_error)?
-                .log_slow_statements(log::LevelFilter::Off, Duration::MAX);
-            Pool::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect_with(options)
-                    .await
-                    .map_err(connect_error)?,
-            )
+            let options = SqliteConnectOptions::from_str(url).map_err(connect_error)?;
+            Pool::Sqlite(open(options).await.map_err(connect_error)?)
         } else {
-            let options = PgConnectOptions::from_str(url)
-                .map_err(connect_error)?
-                .log_slow_statements(log::LevelFilter::Off, Duration::MAX);
-            Pool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect_with(options)
-                    .await
-                    .map_err(connect_error)?,
-            )
+            let options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+            Pool::Postgres(open(options).await.map_err(connect_error)?)
         };
         Ok(SqlSource {
             name: name.to_owned(),
@@ -122,6 +103,19 @@ impl SqlSource {
         }
         Ok(rx)
     }
+}
+
+/// A small pool of either dialect.
+async fn open<DB: sqlx::Database>(
+    options: <DB::Connection as sqlx::Connection>::Options,
+) -> Result<sqlx::Pool<DB>, sqlx::Error> {
+    PoolOptions::<DB>::new()
+        .max_connections(2)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        // A job's query is one long cursor: sqlx's slow-statement warning
+        // would fire on every large run.
+        .connect_with(options.log_slow_statements(log::LevelFilter::Off, Duration::MAX))
+        .await
 }
 
 type Query<DB> = sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>;
