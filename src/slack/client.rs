@@ -196,8 +196,7 @@ impl SlackApi {
         alert: &AlertRef<'_>,
         oldest_ms: Option<i64>,
     ) -> Result<Option<String>, SlackError> {
-        self.find_message(channel, None, oldest_ms, |meta| alert.matches(meta))
-            .await
+        self.find(channel, None, alert, oldest_ms).await
     }
 
     /// Like [`SlackApi::find_alert`], for an occurrence posted into the
@@ -209,10 +208,7 @@ impl SlackApi {
         alert: &AlertRef<'_>,
         oldest_ms: Option<i64>,
     ) -> Result<Option<String>, SlackError> {
-        self.find_message(channel, Some(thread_ts), oldest_ms, |meta| {
-            alert.matches(meta)
-        })
-        .await
+        self.find(channel, Some(thread_ts), alert, oldest_ms).await
     }
 
     /// Looks for a reply about an alert in its thread (by its metadata),
@@ -224,24 +220,21 @@ impl SlackApi {
         reply: &ReplyRef<'_>,
         oldest_ms: Option<i64>,
     ) -> Result<Option<String>, SlackError> {
-        self.find_message(channel, Some(thread_ts), oldest_ms, |meta| {
-            reply.matches(meta)
-        })
-        .await
+        self.find(channel, Some(thread_ts), reply, oldest_ms).await
     }
 
-    /// The ts of the first message whose metadata `wanted` accepts, in the
+    /// The ts of the first message whose metadata is `tag`'s, in the
     /// conversation's history or, given `thread_ts`, in that thread
     /// (`conversations.replies`: history lists no replies but broadcast
     /// ones). Slack's method page says bot tokens may read channel threads
     /// only in DMs; granular bot tokens with the `*:history` scopes are
     /// answered (without them Slack answers `missing_scope` naming those).
-    pub(super) async fn find_message(
+    pub async fn find(
         &self,
         channel: &str,
         thread_ts: Option<&str>,
+        tag: &impl Tag,
         oldest_ms: Option<i64>,
-        wanted: impl Fn(&SlackMessageMetadata) -> bool,
     ) -> Result<Option<String>, SlackError> {
         let session = self.client.open_session(&self.token);
         let oldest = oldest_ms.map(|oldest_ms| {
@@ -295,9 +288,12 @@ impl SlackApi {
                     )
                 }
             };
-            let found = messages
-                .iter()
-                .find(|m| m.content.metadata.as_ref().is_some_and(&wanted));
+            let found = messages.iter().find(|m| {
+                m.content
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|meta| tag.matches(meta))
+            });
             if let Some(message) = found {
                 return Ok(Some(message.origin.ts.0.clone()));
             }

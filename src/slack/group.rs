@@ -1,12 +1,12 @@
-//! A group's summary message in Slack: posted and edited (by
-//! [`SlackApi::post`], [`SlackApi::update`]) with metadata naming the group
-//! ([`GROUP_METADATA_EVENT`]), and found by it after an ambiguous answer,
-//! like an alert's message.
+//! A group's summary message in Slack: posted, edited and found after an
+//! ambiguous answer (by `SlackApi::post`, `update` and `find`) with
+//! metadata naming the group ([`GROUP_METADATA_EVENT`]), like an alert's
+//! message.
 
 use slack_morphism::prelude::*;
 
 use super::metadata::metadata_of;
-use super::{SlackApi, SlackError, Tag};
+use super::Tag;
 
 /// Event type of the metadata of a group's summary message.
 pub const GROUP_METADATA_EVENT: &str = "alertsvc_group";
@@ -36,20 +36,6 @@ impl Tag for GroupRef<'_> {
                 .as_ref()
                 .and_then(|p| p.get("group_id"))
                 .is_some_and(|id| id == self.group_id)
-    }
-}
-
-impl SlackApi {
-    /// Looks for a group's summary already posted to `channel` among
-    /// messages since `oldest_ms`.
-    pub async fn find_summary(
-        &self,
-        channel: &str,
-        group: &GroupRef<'_>,
-        oldest_ms: Option<i64>,
-    ) -> Result<Option<String>, SlackError> {
-        self.find_message(channel, None, oldest_ms, |meta| group.matches(meta))
-            .await
     }
 }
 

@@ -316,7 +316,7 @@ impl Grouper {
         self.pacer.history_ready().await;
         let result = self
             .slack
-            .find_summary(&group.channel_id, &summary_of(group), Some(oldest))
+            .find(&group.channel_id, None, &summary_of(group), Some(oldest))
             .await;
         let found = match self.call(result) {
             Outcome::Done(found) => found,
