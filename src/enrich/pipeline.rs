@@ -423,32 +423,7 @@ fn slack_formatter(
     if mode == SLACK_TEXT_ESCAPE {
         return out.write_str(&slack_text).map_err(io_error);
     }
-    write_json_string_content(out, &slack_text).map_err(io_error)
-}
-
-/// Writes `text` escaped as the inside of a JSON string literal, copying
-/// unescaped runs as they are.
-fn write_json_string_content(out: &mut minijinja::Output, text: &str) -> std::fmt::Result {
-    let mut start = 0;
-    for (i, byte) in text.bytes().enumerate() {
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.write_str(&text[start..i])?;
-        if escape.is_empty() {
-            out.write_str(&format!("\\u{byte:04x}"))?;
-        } else {
-            out.write_str(escape)?;
-        }
-        start = i + 1;
-    }
-    out.write_str(&text[start..])
+    crate::slack::blockkit::write_json_string_content(out, &slack_text).map_err(io_error)
 }
 
 mod cel_paths;

@@ -40,11 +40,13 @@ fn fail(path: impl Into<String>, reason: impl Into<String>) -> BlockKitError {
 }
 
 mod canonical;
+mod escape;
 #[cfg(test)]
 mod rendered_tests;
 mod scan;
 
 pub use canonical::canonical_json;
+pub use escape::write_json_string_content;
 
 /// Why rendered blocks were refused.
 #[derive(Debug, Clone, PartialEq)]

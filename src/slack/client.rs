@@ -7,7 +7,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use slack_morphism::prelude::*;
 
-use super::{AlertRef, ReplyRef, SlackError};
+use super::{AlertRef, ReplyRef, SlackError, Tag};
 
 const HISTORY_PAGES: usize = 5;
 
@@ -56,7 +56,7 @@ impl SlackApi {
         }
     }
 
-    pub(super) fn content(
+    fn content(
         text: &str,
         blocks: Option<&str>,
         metadata: Option<SlackMessageMetadata>,
@@ -73,21 +73,17 @@ impl SlackApi {
         Ok(content)
     }
 
-    /// `chat.postMessage` with the alert id and occurrence in the
-    /// message metadata.
+    /// `chat.postMessage` with what the message is (an alert's
+    /// occurrence, a group's summary) in its metadata.
     pub async fn post(
         &self,
         channel: &str,
         text: &str,
         blocks: &str,
-        alert: &AlertRef<'_>,
+        tag: &impl Tag,
     ) -> Result<Posted, SlackError> {
-        self.post_message(
-            channel,
-            Self::content(text, Some(blocks), Some(alert.metadata()))?,
-            None,
-        )
-        .await
+        self.post_message(channel, text, Some(blocks), tag.metadata(), None)
+            .await
     }
 
     /// Like [`SlackApi::post`], into `thread` (an occurrence recurring
@@ -100,12 +96,8 @@ impl SlackApi {
         alert: &AlertRef<'_>,
         thread: &Thread<'_>,
     ) -> Result<Posted, SlackError> {
-        self.post_message(
-            channel,
-            Self::content(text, Some(blocks), Some(alert.metadata()))?,
-            Some(thread),
-        )
-        .await
+        self.post_message(channel, text, Some(blocks), alert.metadata(), Some(thread))
+            .await
     }
 
     /// A reply about an alert in its thread (never broadcast): metadata
@@ -122,20 +114,21 @@ impl SlackApi {
             ts: thread_ts,
             broadcast: false,
         };
-        self.post_message(
-            channel,
-            Self::content(text, blocks, Some(reply.metadata()))?,
-            Some(&thread),
-        )
-        .await
+        self.post_message(channel, text, blocks, reply.metadata(), Some(&thread))
+            .await
     }
 
-    pub(super) async fn post_message(
+    /// `chat.postMessage`: every post carries metadata saying what it is,
+    /// by which it is found again after an ambiguous answer.
+    async fn post_message(
         &self,
         channel: &str,
-        content: SlackMessageContent,
+        text: &str,
+        blocks: Option<&str>,
+        metadata: SlackMessageMetadata,
         thread: Option<&Thread<'_>>,
     ) -> Result<Posted, SlackError> {
+        let content = Self::content(text, blocks, Some(metadata))?;
         let mut request =
             SlackApiChatPostMessageRequest::new(SlackChannelId(channel.to_owned()), content);
         if let Some(thread) = thread {
@@ -152,18 +145,19 @@ impl SlackApi {
         })
     }
 
-    /// `chat.update` of an earlier message.
+    /// `chat.update` of an earlier message; without `tag` the message
+    /// keeps the metadata it had.
     pub async fn update(
         &self,
         channel: &str,
         ts: &str,
         text: &str,
         blocks: &str,
-        alert: Option<&AlertRef<'_>>,
+        tag: Option<&impl Tag>,
     ) -> Result<Posted, SlackError> {
         let request = SlackApiChatUpdateRequest::new(
             SlackChannelId(channel.to_owned()),
-            Self::content(text, Some(blocks), alert.map(AlertRef::metadata))?,
+            Self::content(text, Some(blocks), tag.map(Tag::metadata))?,
             SlackTs(ts.to_owned()),
         );
         let session = self.client.open_session(&self.token);
@@ -202,8 +196,7 @@ impl SlackApi {
         alert: &AlertRef<'_>,
         oldest_ms: Option<i64>,
     ) -> Result<Option<String>, SlackError> {
-        self.find_message(channel, None, oldest_ms, |meta| alert.matches(meta))
-            .await
+        self.find(channel, None, alert, oldest_ms).await
     }
 
     /// Like [`SlackApi::find_alert`], for an occurrence posted into the
@@ -215,10 +208,7 @@ impl SlackApi {
         alert: &AlertRef<'_>,
         oldest_ms: Option<i64>,
     ) -> Result<Option<String>, SlackError> {
-        self.find_message(channel, Some(thread_ts), oldest_ms, |meta| {
-            alert.matches(meta)
-        })
-        .await
+        self.find(channel, Some(thread_ts), alert, oldest_ms).await
     }
 
     /// Looks for a reply about an alert in its thread (by its metadata),
@@ -230,24 +220,21 @@ impl SlackApi {
         reply: &ReplyRef<'_>,
         oldest_ms: Option<i64>,
     ) -> Result<Option<String>, SlackError> {
-        self.find_message(channel, Some(thread_ts), oldest_ms, |meta| {
-            reply.matches(meta)
-        })
-        .await
+        self.find(channel, Some(thread_ts), reply, oldest_ms).await
     }
 
-    /// The ts of the first message whose metadata `wanted` accepts, in the
+    /// The ts of the first message whose metadata is `tag`'s, in the
     /// conversation's history or, given `thread_ts`, in that thread
     /// (`conversations.replies`: history lists no replies but broadcast
     /// ones). Slack's method page says bot tokens may read channel threads
     /// only in DMs; granular bot tokens with the `*:history` scopes are
     /// answered (without them Slack answers `missing_scope` naming those).
-    pub(super) async fn find_message(
+    pub async fn find(
         &self,
         channel: &str,
         thread_ts: Option<&str>,
+        tag: &impl Tag,
         oldest_ms: Option<i64>,
-        wanted: impl Fn(&SlackMessageMetadata) -> bool,
     ) -> Result<Option<String>, SlackError> {
         let session = self.client.open_session(&self.token);
         let oldest = oldest_ms.map(|oldest_ms| {
@@ -301,9 +288,12 @@ impl SlackApi {
                     )
                 }
             };
-            let found = messages
-                .iter()
-                .find(|m| m.content.metadata.as_ref().is_some_and(&wanted));
+            let found = messages.iter().find(|m| {
+                m.content
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|meta| tag.matches(meta))
+            });
             if let Some(message) = found {
                 return Ok(Some(message.origin.ts.0.clone()));
             }

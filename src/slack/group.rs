@@ -1,12 +1,12 @@
-//! A group's summary message in Slack: posted and edited with metadata
-//! naming the group ([`GROUP_METADATA_EVENT`]), and found by it after an
-//! ambiguous answer, like an alert's message.
-
-use std::collections::HashMap;
+//! A group's summary message in Slack: posted, edited and found after an
+//! ambiguous answer (by `SlackApi::post`, `update` and `find`) with
+//! metadata naming the group ([`GROUP_METADATA_EVENT`]), like an alert's
+//! message.
 
 use slack_morphism::prelude::*;
 
-use super::{Posted, SlackApi, SlackError};
+use super::metadata::metadata_of;
+use super::Tag;
 
 /// Event type of the metadata of a group's summary message.
 pub const GROUP_METADATA_EVENT: &str = "alertsvc_group";
@@ -18,15 +18,15 @@ pub struct GroupRef<'a> {
     pub group_key: &'a str,
 }
 
-impl GroupRef<'_> {
+impl Tag for GroupRef<'_> {
     fn metadata(&self) -> SlackMessageMetadata {
-        SlackMessageMetadata {
-            event_type: GROUP_METADATA_EVENT.to_owned(),
-            event_payload: Some(HashMap::from([
-                ("group_id".to_owned(), self.group_id.to_owned()),
-                ("group_key".to_owned(), self.group_key.to_owned()),
-            ])),
-        }
+        metadata_of(
+            GROUP_METADATA_EVENT,
+            [
+                ("group_id", self.group_id.to_owned()),
+                ("group_key", self.group_key.to_owned()),
+            ],
+        )
     }
 
     fn matches(&self, meta: &SlackMessageMetadata) -> bool {
@@ -36,58 +36,6 @@ impl GroupRef<'_> {
                 .as_ref()
                 .and_then(|p| p.get("group_id"))
                 .is_some_and(|id| id == self.group_id)
-    }
-}
-
-impl SlackApi {
-    /// `chat.postMessage` of a group's summary.
-    pub async fn post_summary(
-        &self,
-        channel: &str,
-        text: &str,
-        blocks: &str,
-        group: &GroupRef<'_>,
-    ) -> Result<Posted, SlackError> {
-        self.post_message(
-            channel,
-            Self::content(text, Some(blocks), Some(group.metadata()))?,
-            None,
-        )
-        .await
-    }
-
-    /// `chat.update` of a group's summary.
-    pub async fn update_summary(
-        &self,
-        channel: &str,
-        ts: &str,
-        text: &str,
-        blocks: &str,
-        group: &GroupRef<'_>,
-    ) -> Result<Posted, SlackError> {
-        let request = SlackApiChatUpdateRequest::new(
-            SlackChannelId(channel.to_owned()),
-            Self::content(text, Some(blocks), Some(group.metadata()))?,
-            SlackTs(ts.to_owned()),
-        );
-        let session = self.client.open_session(&self.token);
-        let response = self.call(session.chat_update(&request)).await?;
-        Ok(Posted {
-            channel: response.channel.0,
-            ts: response.ts.0,
-        })
-    }
-
-    /// Looks for a group's summary already posted to `channel` among
-    /// messages since `oldest_ms`.
-    pub async fn find_summary(
-        &self,
-        channel: &str,
-        group: &GroupRef<'_>,
-        oldest_ms: Option<i64>,
-    ) -> Result<Option<String>, SlackError> {
-        self.find_message(channel, None, oldest_ms, |meta| group.matches(meta))
-            .await
     }
 }
 

@@ -19,6 +19,30 @@ pub struct AlertRef<'a> {
     pub occurrence: i64,
 }
 
+/// What a message is, as its metadata says: it is posted with it, and
+/// found again by it after an ambiguous answer.
+pub trait Tag {
+    fn metadata(&self) -> SlackMessageMetadata;
+    /// Whether a found message's metadata names this very message.
+    fn matches(&self, meta: &SlackMessageMetadata) -> bool;
+}
+
+/// Metadata of `event_type` with these payload fields.
+pub(super) fn metadata_of<const N: usize>(
+    event_type: &str,
+    fields: [(&str, String); N],
+) -> SlackMessageMetadata {
+    SlackMessageMetadata {
+        event_type: event_type.to_owned(),
+        event_payload: Some(
+            fields
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect(),
+        ),
+    }
+}
+
 /// Messages posted before occurrences existed are occurrence 1.
 fn occurrence_of(payload: &HashMap<String, String>) -> i64 {
     payload
@@ -27,26 +51,34 @@ fn occurrence_of(payload: &HashMap<String, String>) -> i64 {
         .unwrap_or(1)
 }
 
-impl AlertRef<'_> {
-    pub(super) fn metadata(&self) -> SlackMessageMetadata {
-        SlackMessageMetadata {
-            event_type: ALERT_METADATA_EVENT.to_owned(),
-            event_payload: Some(HashMap::from([
-                ("alert_id".to_owned(), self.alert_id.to_owned()),
-                ("occurrence".to_owned(), self.occurrence.to_string()),
-            ])),
-        }
+/// The payload of `meta` when it is of `event_type` and about this
+/// occurrence of `alert_id`.
+fn payload_about<'m>(
+    meta: &'m SlackMessageMetadata,
+    event_type: &str,
+    alert_id: &str,
+    occurrence: i64,
+) -> Option<&'m HashMap<String, String>> {
+    let payload = meta.event_payload.as_ref()?;
+    (meta.event_type == event_type
+        && payload.get("alert_id").is_some_and(|id| id == alert_id)
+        && occurrence_of(payload) == occurrence)
+        .then_some(payload)
+}
+
+impl Tag for AlertRef<'_> {
+    fn metadata(&self) -> SlackMessageMetadata {
+        metadata_of(
+            ALERT_METADATA_EVENT,
+            [
+                ("alert_id", self.alert_id.to_owned()),
+                ("occurrence", self.occurrence.to_string()),
+            ],
+        )
     }
 
-    pub(super) fn matches(&self, meta: &SlackMessageMetadata) -> bool {
-        let Some(payload) = meta.event_payload.as_ref() else {
-            return false;
-        };
-        meta.event_type == ALERT_METADATA_EVENT
-            && payload
-                .get("alert_id")
-                .is_some_and(|id| id == self.alert_id)
-            && occurrence_of(payload) == self.occurrence
+    fn matches(&self, meta: &SlackMessageMetadata) -> bool {
+        payload_about(meta, ALERT_METADATA_EVENT, self.alert_id, self.occurrence).is_some()
     }
 }
 
@@ -60,28 +92,21 @@ pub struct ReplyRef<'a> {
     pub key: &'a str,
 }
 
-impl ReplyRef<'_> {
-    pub(super) fn metadata(&self) -> SlackMessageMetadata {
-        SlackMessageMetadata {
-            event_type: REPLY_METADATA_EVENT.to_owned(),
-            event_payload: Some(HashMap::from([
-                ("alert_id".to_owned(), self.alert_id.to_owned()),
-                ("occurrence".to_owned(), self.occurrence.to_string()),
-                ("reply".to_owned(), self.key.to_owned()),
-            ])),
-        }
+impl Tag for ReplyRef<'_> {
+    fn metadata(&self) -> SlackMessageMetadata {
+        metadata_of(
+            REPLY_METADATA_EVENT,
+            [
+                ("alert_id", self.alert_id.to_owned()),
+                ("occurrence", self.occurrence.to_string()),
+                ("reply", self.key.to_owned()),
+            ],
+        )
     }
 
-    pub(super) fn matches(&self, meta: &SlackMessageMetadata) -> bool {
-        let Some(payload) = meta.event_payload.as_ref() else {
-            return false;
-        };
-        meta.event_type == REPLY_METADATA_EVENT
-            && payload
-                .get("alert_id")
-                .is_some_and(|id| id == self.alert_id)
-            && occurrence_of(payload) == self.occurrence
-            && payload.get("reply").is_some_and(|key| key == self.key)
+    fn matches(&self, meta: &SlackMessageMetadata) -> bool {
+        payload_about(meta, REPLY_METADATA_EVENT, self.alert_id, self.occurrence)
+            .is_some_and(|payload| payload.get("reply").is_some_and(|key| key == self.key))
     }
 }
 

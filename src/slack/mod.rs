@@ -23,4 +23,4 @@ mod metadata;
 pub use client::{is_user_id, Posted, SlackApi, Thread};
 pub use error::{ErrorClass, SlackError};
 pub use group::{GroupRef, GROUP_METADATA_EVENT};
-pub use metadata::{AlertRef, ReplyRef, ALERT_METADATA_EVENT, REPLY_METADATA_EVENT};
+pub use metadata::{AlertRef, ReplyRef, Tag, ALERT_METADATA_EVENT, REPLY_METADATA_EVENT};

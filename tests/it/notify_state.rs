@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use alertsvc::messages::{AlertStatus, DeliveryOutcome};
+use alertsvc::messages::{AlertStatus, DeliveryOutcome, SlackMessage};
 use alertsvc::notify::ledger::Ledger;
 use alertsvc::notify::state::service::Applied;
 use alertsvc::notify::state::store::{StateRow, StateStore};
@@ -18,6 +18,7 @@ use crate::common::slack::{
     button, click, menu_choice, no_dead_letters, notify_env, now_ms, read_alert_states,
     stateful_message, wait_message, Backend, NotifyEnv,
 };
+use crate::common::RunningStage;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 pub(crate) const HOUR_MS: i64 = 3_600_000;
@@ -87,42 +88,70 @@ pub(crate) fn ada() -> Option<Actor> {
     })
 }
 
+/// Where both lifecycles start: notify on `backend` has posted each of
+/// these stateful alerts (id, text) to C1.
+struct Started {
+    env: NotifyEnv,
+    notify: RunningStage,
+    /// Per alert, in the order given: the message produced, its ts, and
+    /// the message as Slack shows it.
+    sent: Vec<SlackMessage>,
+    ts: Vec<String>,
+    shown: Vec<FakeMessage>,
+}
+
+async fn post_alerts(backend: Backend, alerts: &[(&str, &str)]) -> Started {
+    let env = notify_env(&["C1"], None, backend, 50).await;
+    let sent: Vec<SlackMessage> = alerts
+        .iter()
+        .map(|(alert_id, text)| stateful_message(alert_id, "C1", text))
+        .collect();
+    for message in &sent {
+        env.env.produce_message(message).await;
+    }
+    let notify = env.env.start_notify().await;
+    let responses = env.env.read_responses(sent.len(), WAIT).await;
+    let mut ts = Vec::new();
+    let mut shown = Vec::new();
+    for message in &sent {
+        let response = responses.iter().find(|r| r.alert_id == message.alert_id);
+        ts.push(response.and_then(|r| r.ts.clone()).expect("posted"));
+        shown.push(wait_message(&env.slack, &message.alert_id, |_| true, WAIT).await);
+    }
+    Started {
+        env,
+        notify,
+        sent,
+        ts,
+        shown,
+    }
+}
+
 /// Posted (firing) → Acknowledge → Acknowledge again (nothing) → new
 /// content (edited, still acknowledged) → Snooze 4h.
 async fn acknowledge_then_snooze(backend: Backend) {
+    let started = post_alerts(backend, &[("st-1", "Connector failed")]).await;
     let NotifyEnv {
-        slack,
-        env,
-        ledger,
-        ledger_dir: _ledger_dir,
-    } = notify_env(&["C1"], None, backend, 50).await;
-    let first = stateful_message("st-1", "C1", "Connector failed");
-    env.produce_message(&first).await;
-    let notify = env.start_notify().await;
-    let responses = env.read_responses(1, WAIT).await;
-    let ts = responses[0].ts.clone().expect("posted");
-    let posted = wait_message(&slack, "st-1", |_| true, WAIT).await;
-    assert_eq!(
-        state_line(&posted),
-        None,
-        "a firing alert has no state line"
-    );
+        slack, env, ledger, ..
+    } = &started.env;
+    let (first, ts, posted) = (&started.sent[0], &started.ts[0], &started.shown[0]);
+    assert_eq!(state_line(posted), None, "a firing alert has no state line");
 
     // Posting is the first state: firing, by nobody.
-    let fired = state_of(&ledger, "st-1").await;
+    let fired = state_of(ledger, "st-1").await;
     assert_eq!(
         (fired.state.kind, &fired.state.actor, fired.state.occurrence),
         (StateKind::Firing, &None, 1)
     );
-    let states = read_alert_states(&env, 1, WAIT).await;
-    assert_eq!(states, [(Some("st-1".into()), record(&fired, &ts))]);
+    let states = read_alert_states(env, 1, WAIT).await;
+    assert_eq!(states, [(Some("st-1".into()), record(&fired, ts))]);
 
     let before = now_ms();
     let ack = button("alertsvc_acknowledge", "st-1");
-    assert_eq!(click(&env, &posted, ("U0ADA", "ada"), ack).await, 200);
+    assert_eq!(click(env, posted, ("U0ADA", "ada"), ack).await, 200);
     let after = now_ms();
-    let acked_message = wait_message(&slack, "st-1", |m| m.edits >= 1, WAIT).await;
-    let acked = state_of(&ledger, "st-1").await;
+    let acked_message = wait_message(slack, "st-1", |m| m.edits >= 1, WAIT).await;
+    let acked = state_of(ledger, "st-1").await;
     assert_eq!(
         (acked.state.kind, &acked.state.actor),
         (StateKind::Acknowledged, &ada())
@@ -146,8 +175,8 @@ async fn acknowledge_then_snooze(backend: Backend) {
     // Acknowledged again (a second person, or a double click): answered,
     // nothing changes.
     let again = button("alertsvc_acknowledge", "st-1");
-    assert_eq!(click(&env, &posted, ("U0BOB", "bob"), again).await, 200);
-    assert_eq!(state_of(&ledger, "st-1").await, acked, "no second state");
+    assert_eq!(click(env, posted, ("U0BOB", "bob"), again).await, 200);
+    assert_eq!(state_of(ledger, "st-1").await, acked, "no second state");
 
     // New content: edited in place, still saying who acknowledged it.
     let mut newer = stateful_message("st-1", "C1", "Connector failed again: auth error");
@@ -159,7 +188,7 @@ async fn acknowledge_then_snooze(backend: Backend) {
         DeliveryOutcome::Updated,
         "{responses:?}"
     );
-    let edited = wait_message(&slack, "st-1", |m| m.edits >= 2, WAIT).await;
+    let edited = wait_message(slack, "st-1", |m| m.edits >= 2, WAIT).await;
     assert_eq!(edited.text, "Connector failed again: auth error");
     assert_eq!(
         edited.blocks[0]["text"]["text"],
@@ -170,9 +199,9 @@ async fn acknowledge_then_snooze(backend: Backend) {
 
     // Snooze for 4 hours, from the menu.
     let snooze = menu_choice("alertsvc_snooze", "4h");
-    assert_eq!(click(&env, &edited, ("U0ADA", "ada"), snooze).await, 200);
-    let snoozed_message = wait_message(&slack, "st-1", |m| m.edits >= 3, WAIT).await;
-    let snoozed = state_of(&ledger, "st-1").await;
+    assert_eq!(click(env, &edited, ("U0ADA", "ada"), snooze).await, 200);
+    let snoozed_message = wait_message(slack, "st-1", |m| m.edits >= 3, WAIT).await;
+    let snoozed = state_of(ledger, "st-1").await;
     assert_eq!(
         (snoozed.state.kind, &snoozed.state.actor),
         (StateKind::Snoozed, &ada())
@@ -199,9 +228,8 @@ async fn acknowledge_then_snooze(backend: Backend) {
 
     // Exactly: firing, acknowledged, snoozed — nothing for the second
     // click or the content edit; and three edits in all.
-    let states = read_alert_states(&env, 3, WAIT).await;
-    let expected =
-        [&fired, &acked, &snoozed].map(|row| (Some("st-1".to_owned()), record(row, &ts)));
+    let states = read_alert_states(env, 3, WAIT).await;
+    let expected = [&fired, &acked, &snoozed].map(|row| (Some("st-1".to_owned()), record(row, ts)));
     assert_eq!(states, expected);
     assert_eq!(
         states[2].1["snoozedUntil"],
@@ -212,8 +240,8 @@ async fn acknowledge_then_snooze(backend: Backend) {
         3,
         "one edit per change and the content edit"
     );
-    notify.stop().await.expect("clean stop");
-    no_dead_letters(&env).await;
+    started.notify.stop().await.expect("clean stop");
+    no_dead_letters(env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,40 +258,18 @@ async fn acknowledge_then_snooze_postgres() {
 /// acknowledgement (no actor): both end resolved, with their line and no
 /// state buttons; a click on a resolved alert changes nothing.
 async fn resolve_by_button_and_upstream(backend: Backend) {
+    let started = post_alerts(backend, &[("rb", "Disk full"), ("up", "Connector failed")]).await;
     let NotifyEnv {
-        slack,
-        env,
-        ledger,
-        ledger_dir: _ledger_dir,
-    } = notify_env(&["C1"], None, backend, 50).await;
-    let button_alert = stateful_message("rb", "C1", "Disk full");
-    let upstream_alert = stateful_message("up", "C1", "Connector failed");
-    env.produce_message(&button_alert).await;
-    env.produce_message(&upstream_alert).await;
-    let notify = env.start_notify().await;
-    let responses = env.read_responses(2, WAIT).await;
-    let ts_of = |alert: &str| {
-        responses
-            .iter()
-            .find(|r| r.alert_id == alert)
-            .and_then(|r| r.ts.clone())
-            .expect("posted")
-    };
-    let rb = wait_message(&slack, "rb", |_| true, WAIT).await;
-    let up = wait_message(&slack, "up", |_| true, WAIT).await;
+        slack, env, ledger, ..
+    } = &started.env;
+    let (rb, up, upstream_alert) = (&started.shown[0], &started.shown[1], &started.sent[1]);
 
     assert_eq!(
-        click(
-            &env,
-            &rb,
-            ("U0BOB", "bob"),
-            button("alertsvc_resolve", "rb")
-        )
-        .await,
+        click(env, rb, ("U0BOB", "bob"), button("alertsvc_resolve", "rb")).await,
         200
     );
-    let resolved_message = wait_message(&slack, "rb", |m| m.edits >= 1, WAIT).await;
-    let resolved = state_of(&ledger, "rb").await;
+    let resolved_message = wait_message(slack, "rb", |m| m.edits >= 1, WAIT).await;
+    let resolved = state_of(ledger, "rb").await;
     let bob = Some(Actor {
         id: "U0BOB".into(),
         name: Some("bob".into()),
@@ -289,17 +295,17 @@ async fn resolve_by_button_and_upstream(backend: Backend) {
     );
 
     let ack = button("alertsvc_acknowledge", "up");
-    assert_eq!(click(&env, &up, ("U0ADA", "ada"), ack).await, 200);
-    wait_message(&slack, "up", |m| m.edits >= 1, WAIT).await;
-    let acked = state_of(&ledger, "up").await;
+    assert_eq!(click(env, up, ("U0ADA", "ada"), ack).await, 200);
+    wait_message(slack, "up", |m| m.edits >= 1, WAIT).await;
+    let acked = state_of(ledger, "up").await;
     let mut recovered = stateful_message("up", "C1", "Resolved: the connector runs again");
     recovered.status = AlertStatus::Resolved;
     recovered.source_offset = upstream_alert.source_offset + 1;
     env.produce_message(&recovered).await;
     let responses_now = env.read_responses(3, WAIT).await;
     assert_eq!(responses_now[2].outcome, DeliveryOutcome::Updated);
-    let upstream_message = wait_message(&slack, "up", |m| m.edits >= 2, WAIT).await;
-    let upstream = state_of(&ledger, "up").await;
+    let upstream_message = wait_message(slack, "up", |m| m.edits >= 2, WAIT).await;
+    let upstream = state_of(ledger, "up").await;
     assert_eq!(
         (upstream.state.kind, &upstream.state.actor),
         (StateKind::Resolved, &None)
@@ -313,11 +319,11 @@ async fn resolve_by_button_and_upstream(backend: Backend) {
 
     // A click left on a resolved alert's old message: nothing changes.
     let late = button("alertsvc_acknowledge", "rb");
-    assert_eq!(click(&env, &rb, ("U0ADA", "ada"), late).await, 200);
-    assert_eq!(state_of(&ledger, "rb").await, resolved);
+    assert_eq!(click(env, rb, ("U0ADA", "ada"), late).await, 200);
+    assert_eq!(state_of(ledger, "rb").await, resolved);
 
-    let states = read_alert_states(&env, 5, WAIT).await;
-    let (rb_ts, up_ts) = (ts_of("rb"), ts_of("up"));
+    let states = read_alert_states(env, 5, WAIT).await;
+    let (rb_ts, up_ts) = (&started.ts[0], &started.ts[1]);
     let of = |alert: &str| -> Vec<Value> {
         states
             .iter()
@@ -327,12 +333,12 @@ async fn resolve_by_button_and_upstream(backend: Backend) {
     };
     assert_eq!(of("rb").len(), 2, "{states:?}");
     assert_eq!(of("rb")[0]["state"], "firing");
-    assert_eq!(of("rb")[1], record(&resolved, &rb_ts));
+    assert_eq!(of("rb")[1], record(&resolved, rb_ts));
     let up_records = of("up");
     assert_eq!(up_records.len(), 3, "{states:?}");
     assert_eq!(up_records[0]["state"], "firing");
-    assert_eq!(up_records[1], record(&acked, &up_ts));
-    assert_eq!(up_records[2], record(&upstream, &up_ts));
+    assert_eq!(up_records[1], record(&acked, up_ts));
+    assert_eq!(up_records[2], record(&upstream, up_ts));
     assert_eq!(up_records[2]["actorId"], Value::Null);
     assert_eq!(states.len(), 5, "nothing else: {states:?}");
     assert_eq!(
@@ -340,8 +346,8 @@ async fn resolve_by_button_and_upstream(backend: Backend) {
         3,
         "resolve click, ack click, upstream edit"
     );
-    notify.stop().await.expect("clean stop");
-    no_dead_letters(&env).await;
+    started.notify.stop().await.expect("clean stop");
+    no_dead_letters(env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,14 @@ fn member_of(message: &SlackMessage) -> Member {
     }
 }
 
+/// How Slack's side names the group's summary message (its metadata).
+fn summary_of(group: &GroupRow) -> GroupRef<'_> {
+    GroupRef {
+        group_id: &group.group_id,
+        group_key: &group.group_key,
+    }
+}
+
 async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> Result<(), DeliverError> {
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(()),
@@ -259,17 +267,13 @@ impl Grouper {
         // Durable before Slack sees it: whoever finds it looks first.
         self.save(group, true).await?;
         self.pacer.ready(&group.channel_id).await;
-        let group_ref = GroupRef {
-            group_id: &group.group_id,
-            group_key: &group.group_key,
-        };
         let result = self
             .slack
-            .post_summary(
+            .post(
                 &group.channel_id,
                 &rendered.text,
                 &rendered.blocks,
-                &group_ref,
+                &summary_of(group),
             )
             .await;
         match self.call(result) {
@@ -310,13 +314,9 @@ impl Grouper {
     async fn reconcile(&self, group: &mut GroupRow) -> Result<Option<GroupThread>, DeliverError> {
         let oldest = group.updated_at - 5 * 60 * 1000;
         self.pacer.history_ready().await;
-        let group_ref = GroupRef {
-            group_id: &group.group_id,
-            group_key: &group.group_key,
-        };
         let result = self
             .slack
-            .find_summary(&group.channel_id, &group_ref, Some(oldest))
+            .find(&group.channel_id, None, &summary_of(group), Some(oldest))
             .await;
         let found = match self.call(result) {
             Outcome::Done(found) => found,
@@ -380,18 +380,14 @@ impl Grouper {
         let members = self.ledger.members(group_id).await?;
         let rendered = summary::render(&group.group_id, &group.group_key, &members);
         self.pacer.ready(&group.channel_id).await;
-        let group_ref = GroupRef {
-            group_id: &group.group_id,
-            group_key: &group.group_key,
-        };
         let result = self
             .slack
-            .update_summary(
+            .update(
                 &group.channel_id,
                 &ts,
                 &rendered.text,
                 &rendered.blocks,
-                &group_ref,
+                Some(&summary_of(&group)),
             )
             .await;
         match self.call(result) {

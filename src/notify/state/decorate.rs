@@ -106,20 +106,25 @@ fn escape(text: &str) -> String {
 
 /// `<!date^SECS^{time}|14:02 UTC>`: each reader sees their own time zone.
 fn slack_time(millis: i64) -> Option<String> {
-    let at = chrono::DateTime::from_timestamp_millis(millis)?;
-    Some(format!(
-        "<!date^{}^{{time}}|{}>",
-        at.timestamp(),
-        at.format("%H:%M UTC")
-    ))
+    slack_date(millis, "{time}", "%H:%M UTC")
 }
 
 fn slack_date_time(millis: i64) -> Option<String> {
+    slack_date(
+        millis,
+        "{date_short_pretty} at {time}",
+        "%Y-%m-%d %H:%M UTC",
+    )
+}
+
+/// Slack's date formatting: `tokens` in the reader's time zone, `fallback`
+/// (a chrono format, in UTC) where Slack cannot.
+fn slack_date(millis: i64, tokens: &str, fallback: &str) -> Option<String> {
     let at = chrono::DateTime::from_timestamp_millis(millis)?;
     Some(format!(
-        "<!date^{}^{{date_short_pretty}} at {{time}}|{}>",
+        "<!date^{}^{tokens}|{}>",
         at.timestamp(),
-        at.format("%Y-%m-%d %H:%M UTC")
+        at.format(fallback)
     ))
 }
 

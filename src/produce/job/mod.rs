@@ -22,7 +22,7 @@ use super::checkpoint::{window_start, Param};
 use super::lease::{Lease, LeaseLost};
 use super::mapping::{ColumnsError, MappedEvent, Mapping, RowError};
 use super::row::Row;
-use super::source::{QueryCost, QueryOptions, Source, SourceError};
+use super::source::{QueryCost, QueryOptions, Source, SourceError, Statement};
 use super::state::StateStore;
 use super::ProduceError;
 
@@ -170,9 +170,7 @@ impl CompiledJob {
             estimated_bytes: self.estimate(cx.source, &begun.params).await?,
             ..RunReport::default()
         };
-        let pages = cx
-            .source
-            .query(&self.sql, &begun.params, &self.query_options)?;
+        let pages = cx.source.query(&self.statement(&begun.params))?;
         let emitted = Emitter::new(self, cx, None, begun.emitted, report, started)
             .run(pages)
             .await?;
@@ -195,9 +193,7 @@ impl CompiledJob {
             recovered,
             ..RunReport::default()
         };
-        let pages = cx
-            .source
-            .query(&self.sql, &begun.params, &self.query_options)?;
+        let pages = cx.source.query(&self.statement(&begun.params))?;
         let mut emitted = Emitter::new(self, cx, Some(lease), begun.emitted, report, started)
             .run(pages)
             .await?;
@@ -334,6 +330,15 @@ impl CompiledJob {
         Ok((key, value))
     }
 
+    /// The job's query with this run's parameter values.
+    fn statement<'a>(&'a self, params: &'a BTreeMap<String, Param>) -> Statement<'a> {
+        Statement {
+            sql: &self.sql,
+            params,
+            options: &self.query_options,
+        }
+    }
+
     /// A dry run asks BigQuery what the query would process (a dry-run
     /// query, free); over the job's byte limit it stops there, as the real
     /// query would be refused.
@@ -343,7 +348,7 @@ impl CompiledJob {
         params: &BTreeMap<String, Param>,
     ) -> Result<Option<u64>, ProduceError> {
         let estimate = source
-            .estimate(&self.sql, params, &self.query_options)
+            .estimate(&self.statement(params))
             .await
             .map_err(|e| match e {
                 SourceError::BytesBilledLimitExceeded { .. } => self.over_limit(e),

@@ -52,7 +52,7 @@ pub enum SourceError {
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
     #[error("{0}")]
-    Driver(sqlx::Error),
+    Driver(#[from] sqlx::Error),
     #[error(
         "PostgreSQL type {0} is not supported; cast it in the query (::text, ::float8, ::bigint)"
     )]
@@ -84,6 +84,15 @@ pub struct QueryOptions {
     pub maximum_bytes_billed: Option<u64>,
     /// Labels on the query job, for cost attribution.
     pub labels: BTreeMap<String, String>,
+}
+
+/// One query as a job runs it: the SQL (with `@name` parameters), their
+/// values, and what is asked of the source besides.
+#[derive(Debug, Clone, Copy)]
+pub struct Statement<'a> {
+    pub sql: &'a str,
+    pub params: &'a BTreeMap<String, Param>,
+    pub options: &'a QueryOptions,
 }
 
 /// What a query scanned and billed, as the warehouse reported it once the
@@ -138,31 +147,21 @@ impl Source {
         })
     }
 
-    /// Starts `sql` (with `@name` parameters) and returns its pages.
-    pub fn query(
-        &self,
-        sql: &str,
-        params: &BTreeMap<String, Param>,
-        options: &QueryOptions,
-    ) -> Result<PageStream, SourceError> {
+    /// Starts the statement and returns its pages.
+    pub fn query(&self, statement: &Statement<'_>) -> Result<PageStream, SourceError> {
         match self {
-            Source::Sql(s) => s.query(sql, params),
-            Source::BigQuery(s) => s.query(sql, params, options),
+            Source::Sql(s) => s.query(statement.sql, statement.params),
+            Source::BigQuery(s) => s.query(statement),
         }
     }
 
-    /// The warehouse's own estimate of the bytes `sql` would process,
-    /// without running it (a BigQuery dry-run query); `None` from sources
-    /// that have no such estimate.
-    pub async fn estimate(
-        &self,
-        sql: &str,
-        params: &BTreeMap<String, Param>,
-        options: &QueryOptions,
-    ) -> Result<Option<u64>, SourceError> {
+    /// The warehouse's own estimate of the bytes the statement would
+    /// process, without running it (a BigQuery dry-run query); `None` from
+    /// sources that have no such estimate.
+    pub async fn estimate(&self, statement: &Statement<'_>) -> Result<Option<u64>, SourceError> {
         match self {
             Source::Sql(_) => Ok(None),
-            Source::BigQuery(s) => s.estimate(sql, params, options).await.map(Some),
+            Source::BigQuery(s) => s.estimate(statement).await.map(Some),
         }
     }
 

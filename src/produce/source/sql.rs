@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use futures::{Stream, TryStreamExt};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgColumn, PgConnectOptions, PgRow};
+use sqlx::sqlite::{SqliteColumn, SqliteConnectOptions, SqliteRow};
 use sqlx::{Column, ConnectOptions, PgPool, Row as _, SqlitePool, TypeInfo, ValueRef};
 use tokio::sync::mpsc;
 
@@ -47,32 +48,12 @@ impl SqlSource {
             source_name: name.to_owned(),
             reason: one_line(e),
         };
-        // A job's query is one long cursor: sqlx's slow-statement warning
-        // would fire on every large run.
         let pool = if url.starts_with("sqlite") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(connect_error)?
-                .log_slow_statements(log::LevelFilter::Off, Duration::MAX);
-            Pool::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect_with(options)
-                    .await
-                    .map_err(connect_error)?,
-            )
+            let options = SqliteConnectOptions::from_str(url).map_err(connect_error)?;
+            Pool::Sqlite(open(options).await.map_err(connect_error)?)
         } else {
-            let options = PgConnectOptions::from_str(url)
-                .map_err(connect_error)?
-                .log_slow_statements(log::LevelFilter::Off, Duration::MAX);
-            Pool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect_with(options)
-                    .await
-                    .map_err(connect_error)?,
-            )
+            let options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+            Pool::Postgres(open(options).await.map_err(connect_error)?)
         };
         Ok(SqlSource {
             name: name.to_owned(),
@@ -105,7 +86,7 @@ impl SqlSource {
                         values,
                         DateTime::<Utc>::from_timestamp_micros,
                     );
-                    pump(&name, query.fetch(&pool), decode_postgres, tx, page_size).await;
+                    pump(&name, query.fetch(&pool), postgres_cell, tx, page_size).await;
                 });
             }
             Pool::Sqlite(pool) => {
@@ -116,12 +97,25 @@ impl SqlSource {
                         values,
                         format_sql_datetime,
                     );
-                    pump(&name, query.fetch(&pool), decode_sqlite, tx, page_size).await;
+                    pump(&name, query.fetch(&pool), sqlite_cell, tx, page_size).await;
                 });
             }
         }
         Ok(rx)
     }
+}
+
+/// A small pool of either dialect.
+async fn open<DB: sqlx::Database>(
+    options: <DB::Connection as sqlx::Connection>::Options,
+) -> Result<sqlx::Pool<DB>, sqlx::Error> {
+    PoolOptions::<DB>::new()
+        .max_connections(2)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        // A job's query is one long cursor: sqlx's slow-statement warning
+        // would fire on every large run.
+        .connect_with(options.log_slow_statements(log::LevelFilter::Off, Duration::MAX))
+        .await
 }
 
 type Query<DB> = sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>;
@@ -155,16 +149,44 @@ where
 /// A row's cells, or the column that cannot be read and why.
 type Decoded = Result<Vec<Cell>, (String, CellError)>;
 
+/// How a dialect decodes the non-NULL value of column `i`.
+type CellDecoder<R> = fn(
+    &R,
+    usize,
+    &<<R as sqlx::Row>::Database as sqlx::Database>::Column,
+) -> Result<Cell, CellError>;
+
+/// A row's cells: NULL is NULL in every dialect; any other value as the
+/// dialect's `cell` decodes it.
+fn decode_row<R>(row: &R, cell: CellDecoder<R>) -> Decoded
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+{
+    let mut cells = Vec::with_capacity(row.columns().len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let named = |e: CellError| (column.name().to_owned(), e);
+        let null = row.try_get_raw(i).map_err(|e| named(e.into()))?.is_null();
+        cells.push(if null {
+            Cell::Null
+        } else {
+            cell(row, i, column).map_err(named)?
+        });
+    }
+    Ok(cells)
+}
+
 /// Moves rows from the cursor into pages until the result ends, an error
 /// occurs, or the receiver goes away.
 async fn pump<R, S>(
     source_name: &str,
     rows: S,
-    decode: fn(&R) -> Decoded,
+    cell: CellDecoder<R>,
     tx: mpsc::Sender<Result<Page, SourceError>>,
     page_size: usize,
 ) where
     R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
     S: Stream<Item = Result<R, sqlx::Error>>,
 {
     futures::pin_mut!(rows);
@@ -192,7 +214,7 @@ async fn pump<R, S>(
                 Arc::from(names)
             })
             .clone();
-        match decode(&row) {
+        match decode_row(&row, cell) {
             Ok(cells) => page.push(Row { columns, cells }),
             Err((column, error)) => {
                 let _ = tx
@@ -217,78 +239,82 @@ async fn pump<R, S>(
     }
 }
 
-fn decode_postgres(row: &PgRow) -> Decoded {
-    let mut cells = Vec::with_capacity(row.columns().len());
-    for (i, column) in row.columns().iter().enumerate() {
-        let fail = |e: sqlx::Error| (column.name().to_owned(), CellError::Driver(e));
-        if row.try_get_raw(i).map_err(fail)?.is_null() {
-            cells.push(Cell::Null);
-            continue;
+fn postgres_cell(row: &PgRow, i: usize, column: &PgColumn) -> Result<Cell, CellError> {
+    Ok(match column.type_info().name() {
+        "BOOL" => Cell::Bool(row.try_get(i)?),
+        "INT2" => Cell::Int(row.try_get::<i16, _>(i)?.into()),
+        "INT4" => Cell::Int(row.try_get::<i32, _>(i)?.into()),
+        "INT8" => Cell::Int(row.try_get(i)?),
+        "FLOAT4" => Cell::Float(row.try_get::<f32, _>(i)?.into()),
+        "FLOAT8" => Cell::Float(row.try_get(i)?),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => Cell::Text(row.try_get(i)?),
+        "TIMESTAMPTZ" => Cell::Timestamp(row.try_get::<DateTime<Utc>, _>(i)?.timestamp_micros()),
+        "TIMESTAMP" => Cell::Timestamp(
+            row.try_get::<NaiveDateTime, _>(i)?
+                .and_utc()
+                .timestamp_micros(),
+        ),
+        "DATE" => Cell::Text(row.try_get::<NaiveDate, _>(i)?.to_string()),
+        "JSON" | "JSONB" => {
+            Cell::Json(row.try_get::<sqlx::types::Json<serde_json::Value>, _>(i)?.0)
         }
-        let cell = match column.type_info().name() {
-            "BOOL" => Cell::Bool(row.try_get(i).map_err(fail)?),
-            "INT2" => Cell::Int(row.try_get::<i16, _>(i).map_err(fail)?.into()),
-            "INT4" => Cell::Int(row.try_get::<i32, _>(i).map_err(fail)?.into()),
-            "INT8" => Cell::Int(row.try_get(i).map_err(fail)?),
-            "FLOAT4" => Cell::Float(row.try_get::<f32, _>(i).map_err(fail)?.into()),
-            "FLOAT8" => Cell::Float(row.try_get(i).map_err(fail)?),
-            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
-                Cell::Text(row.try_get(i).map_err(fail)?)
-            }
-            "TIMESTAMPTZ" => Cell::Timestamp(
-                row.try_get::<DateTime<Utc>, _>(i)
-                    .map_err(fail)?
-                    .timestamp_micros(),
-            ),
-            "TIMESTAMP" => Cell::Timestamp(
-                row.try_get::<NaiveDateTime, _>(i)
-                    .map_err(fail)?
-                    .and_utc()
-                    .timestamp_micros(),
-            ),
-            "DATE" => Cell::Text(row.try_get::<NaiveDate, _>(i).map_err(fail)?.to_string()),
-            "JSON" | "JSONB" => Cell::Json(
-                row.try_get::<sqlx::types::Json<serde_json::Value>, _>(i)
-                    .map_err(fail)?
-                    .0,
-            ),
-            other => {
-                return Err((
-                    column.name().to_owned(),
-                    CellError::UnsupportedPostgresType(other.to_owned()),
-                ))
-            }
-        };
-        cells.push(cell);
-    }
-    Ok(cells)
+        other => return Err(CellError::UnsupportedPostgresType(other.to_owned())),
+    })
 }
 
-fn decode_sqlite(row: &SqliteRow) -> Decoded {
-    let mut cells = Vec::with_capacity(row.columns().len());
-    for (i, column) in row.columns().iter().enumerate() {
-        let fail = |e: sqlx::Error| (column.name().to_owned(), CellError::Driver(e));
-        let raw = row.try_get_raw(i).map_err(fail)?;
-        if raw.is_null() {
-            cells.push(Cell::Null);
-            continue;
-        }
-        // SQLite types values, not columns: decode by the value's own type.
-        let storage = raw.type_info().name().to_owned();
-        let declared = column.type_info().name().to_ascii_uppercase();
-        let cell = match storage.as_str() {
-            "INTEGER" if declared == "BOOLEAN" => Cell::Bool(row.try_get(i).map_err(fail)?),
-            "INTEGER" => Cell::Int(row.try_get(i).map_err(fail)?),
-            "REAL" => Cell::Float(row.try_get(i).map_err(fail)?),
-            "TEXT" => Cell::Text(row.try_get(i).map_err(fail)?),
-            other => {
-                return Err((
-                    column.name().to_owned(),
-                    CellError::UnsupportedSqliteValue(other.to_owned()),
-                ))
-            }
+fn sqlite_cell(row: &SqliteRow, i: usize, column: &SqliteColumn) -> Result<Cell, CellError> {
+    // SQLite types values, not columns: decode by the value's own type.
+    let storage = row.try_get_raw(i)?.type_info().name().to_owned();
+    let declared = column.type_info().name().to_ascii_uppercase();
+    Ok(match storage.as_str() {
+        "INTEGER" if declared == "BOOLEAN" => Cell::Bool(row.try_get(i)?),
+        "INTEGER" => Cell::Int(row.try_get(i)?),
+        "REAL" => Cell::Float(row.try_get(i)?),
+        "TEXT" => Cell::Text(row.try_get(i)?),
+        other => return Err(CellError::UnsupportedSqliteValue(other.to_owned())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[tokio::test]
+    async fn sqlite_values_decode_by_their_own_type_and_null_is_null() {
+        let settings = SqlSourceSettings {
+            url: Secret::new("sqlite::memory:"),
+            page_size: 10,
         };
-        cells.push(cell);
+        let source = SqlSource::connect("mem", &settings)
+            .await
+            .expect("in-memory SQLite");
+        let no_params = BTreeMap::new();
+        let mut pages = source
+            .query("SELECT NULL AS n, 1 AS i, 1.5 AS f, 'a' AS t", &no_params)
+            .expect("started");
+        let page = pages.recv().await.expect("a page").expect("rows");
+        assert_eq!(
+            page[0].cells,
+            [
+                Cell::Null,
+                Cell::Int(1),
+                Cell::Float(1.5),
+                Cell::Text("a".into())
+            ]
+        );
+        let mut pages = source
+            .query("SELECT 1 AS i, x'00' AS b", &no_params)
+            .expect("started");
+        match pages.recv().await.expect("an answer") {
+            Err(SourceError::Decode { column, error, .. }) => {
+                assert_eq!(column, "b");
+                assert!(
+                    matches!(*error, CellError::UnsupportedSqliteValue(ref t) if t == "BLOB"),
+                    "{error:?}"
+                );
+            }
+            other => panic!("a BLOB is not decoded: {other:?}"),
+        }
     }
-    Ok(cells)
 }

@@ -7,8 +7,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, Row};
 
 use crate::db::DbError;
 
@@ -80,6 +81,12 @@ pub struct StateStore {
 const INSERT_CHUNK: usize = 500;
 
 impl StateStore {
+    /// Runs an update of this run's record; false when it changed
+    /// nothing: the record is no longer this run's.
+    async fn changed_one(&self, query: Query<'_, Any, AnyArguments>) -> Result<bool, StateError> {
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
     pub async fn connect(url: &str, max_connections: u32) -> Result<StateStore, StateError> {
         Ok(StateStore {
             pool: crate::db::connect(url, max_connections).await?,
@@ -183,7 +190,7 @@ impl StateStore {
         now_ms: i64,
         lease_until_ms: i64,
     ) -> Result<bool, StateError> {
-        let updated = sqlx::query(
+        let query = sqlx::query(
             "UPDATE produce_runs SET run_id = $1, owner = $2, lease_until = $3 \
              WHERE job = $4 AND run_id = $5 AND lease_until <= $6",
         )
@@ -192,11 +199,8 @@ impl StateStore {
         .bind(lease_until_ms)
         .bind(job)
         .bind(&dead.run_id)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated == 1)
+        .bind(now_ms);
+        self.changed_one(query).await
     }
 
     /// After recovering a dead run's events: this run's own start offsets.
@@ -210,7 +214,7 @@ impl StateStore {
         started_at_ms: i64,
     ) -> Result<bool, StateError> {
         let offsets = serde_json::to_string(start_offsets).unwrap_or_else(|_| "{}".into());
-        let updated = sqlx::query(
+        let query = sqlx::query(
             "UPDATE produce_runs SET topic = $1, start_offsets = $2, started_at = $3 \
              WHERE job = $4 AND run_id = $5",
         )
@@ -218,11 +222,8 @@ impl StateStore {
         .bind(offsets)
         .bind(started_at_ms)
         .bind(job)
-        .bind(run_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated == 1)
+        .bind(run_id);
+        self.changed_one(query).await
     }
 
     /// The run is alive at `now_ms` and holds the job until `lease_until_ms`.
@@ -235,18 +236,15 @@ impl StateStore {
         now_ms: i64,
         lease_until_ms: i64,
     ) -> Result<bool, StateError> {
-        let updated = sqlx::query(
+        let query = sqlx::query(
             "UPDATE produce_runs SET last_active_at = $1, lease_until = $2 \
              WHERE job = $3 AND run_id = $4",
         )
         .bind(now_ms)
         .bind(lease_until_ms)
         .bind(job)
-        .bind(run_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated == 1)
+        .bind(run_id);
+        self.changed_one(query).await
     }
 
     /// A failed run lets go of its lease at once but leaves its record: the

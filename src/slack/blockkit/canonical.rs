@@ -33,31 +33,8 @@ impl<'de> DeserializeSeed<'de> for Canonical<'_> {
 /// `text` as a JSON string literal, escaped exactly as serde_json does.
 fn write_str(out: &mut String, text: &str) {
     out.push('"');
-    let mut start = 0;
-    for (i, byte) in text.bytes().enumerate() {
-        let short = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&text[start..i]);
-        if short.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(HEX[usize::from(byte >> 4)] as char);
-            out.push(HEX[usize::from(byte & 0xf)] as char);
-        } else {
-            out.push_str(short);
-        }
-        start = i + 1;
-    }
-    out.push_str(&text[start..]);
+    // Writing to a String cannot fail.
+    let _ = super::write_json_string_content(out, text);
     out.push('"');
 }
 

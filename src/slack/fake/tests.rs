@@ -8,7 +8,7 @@ use serde_json::json;
 use slack_morphism::prelude::*;
 
 use super::*;
-use crate::slack::{SlackApi, SlackError};
+use crate::slack::{Posted, SlackApi, SlackError};
 
 const TOKEN: &str = "xoxb-fake-token";
 const BLOCKS: &str = r#"[{"type":"section","text":{"type":"mrkdwn","text":"*hi*"}}]"#;
@@ -58,18 +58,24 @@ async fn json_of(response: reqwest::Response) -> Value {
     response.json().await.expect("a JSON answer")
 }
 
+/// A fake, the client on it, and alert a1's message posted to `channel`.
+async fn with_a1_posted(channel: &str, text: &str) -> (FakeSlack, SlackApi, Posted) {
+    let slack = fake(FakeSlackConfig::default()).await;
+    let api = api(&slack, Duration::from_secs(5));
+    let posted = api
+        .post(channel, text, BLOCKS, &alert_ref("a1"))
+        .await
+        .unwrap();
+    (slack, api, posted)
+}
+
 fn api_error(code: &str) -> SlackError {
     SlackError::Api { code: code.into() }
 }
 
 #[tokio::test]
 async fn a_post_to_a_user_lands_in_the_dm_and_only_the_dm_id_works_after() {
-    let slack = fake(FakeSlackConfig::default()).await;
-    let api = api(&slack, Duration::from_secs(5));
-    let posted = api
-        .post("U0ADA", "hi", BLOCKS, &alert_ref("a1"))
-        .await
-        .unwrap();
+    let (slack, api, posted) = with_a1_posted("U0ADA", "hi").await;
     assert_eq!(posted.channel, "D0ADA");
     assert_eq!(slack.messages()[0].channel, "D0ADA");
     assert_eq!(slack.dm_user("D0ADA").as_deref(), Some("U0ADA"));

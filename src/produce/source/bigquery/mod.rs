@@ -7,7 +7,6 @@
 //! the bytes processed and billed, before the first page is handed over, so
 //! a run that fails later still accounts for what its query cost.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ use crate::produce::checkpoint::Param;
 use crate::produce::sql::{parse, Placeholder};
 
 use super::{
-    one_line, ordered_params, page_channel, Page, PageStream, QueryCost, QueryOptions, SourceError,
+    one_line, ordered_params, page_channel, Page, PageStream, QueryCost, SourceError, Statement,
 };
 
 mod decode;
@@ -99,14 +98,9 @@ impl BigQuerySource {
         })
     }
 
-    fn request(
-        &self,
-        sql: &str,
-        params: &BTreeMap<String, Param>,
-        options: &QueryOptions,
-    ) -> Result<QueryRequest, SourceError> {
-        let parsed = parse(sql, Placeholder::Named);
-        let values = ordered_params(&parsed.names, params)?;
+    fn request(&self, statement: &Statement<'_>) -> Result<QueryRequest, SourceError> {
+        let parsed = parse(statement.sql, Placeholder::Named);
+        let values = ordered_params(&parsed.names, statement.params)?;
         let mut request = QueryRequest::new(parsed.text);
         request.use_legacy_sql = false;
         request.parameter_mode = Some("NAMED".into());
@@ -124,6 +118,7 @@ impl BigQuerySource {
         request.format_options = Some(DataFormatOptions {
             use_int64_timestamp: Some(true),
         });
+        let options = statement.options;
         request.maximum_bytes_billed = options.maximum_bytes_billed.map(|b| b.to_string());
         if !options.labels.is_empty() {
             request.labels = Some(options.labels.clone().into_iter().collect());
@@ -131,16 +126,11 @@ impl BigQuerySource {
         Ok(request)
     }
 
-    pub fn query(
-        &self,
-        sql: &str,
-        params: &BTreeMap<String, Param>,
-        options: &QueryOptions,
-    ) -> Result<PageStream, SourceError> {
-        let request = self.request(sql, params, options)?;
+    pub fn query(&self, statement: &Statement<'_>) -> Result<PageStream, SourceError> {
+        let request = self.request(statement)?;
         let (tx, rx) = page_channel();
         let (source, cost) = (self.clone(), rx.cost_cell());
-        let limit = options.maximum_bytes_billed;
+        let limit = statement.options.maximum_bytes_billed;
         tokio::spawn(async move {
             if let Err(e) = source.pump(request, limit, &cost, &tx).await {
                 let _ = tx.send(Err(e)).await;
@@ -151,15 +141,10 @@ impl BigQuerySource {
 
     /// BigQuery's estimate of the bytes the query would process: the same
     /// request as a dry run, which reads and bills nothing.
-    pub async fn estimate(
-        &self,
-        sql: &str,
-        params: &BTreeMap<String, Param>,
-        options: &QueryOptions,
-    ) -> Result<u64, SourceError> {
-        let mut request = self.request(sql, params, options)?;
+    pub async fn estimate(&self, statement: &Statement<'_>) -> Result<u64, SourceError> {
+        let mut request = self.request(statement)?;
         request.dry_run = Some(true);
-        let limit = options.maximum_bytes_billed;
+        let limit = statement.options.maximum_bytes_billed;
         let response = self
             .call(
                 "jobs.query (dry run)",

@@ -2,15 +2,8 @@
 
 use super::*;
 
-pub(super) async fn post_message(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(response) = gate(&state, &headers).await {
-        return response;
-    }
-    let (fate, body) = match store_post(&state, &headers, &body) {
+pub(super) async fn post_message(call: Call) -> Response {
+    let (fate, body) = match store_post(&call.state, call.args) {
         Ok(stored) => stored,
         Err(refusal) => return refusal.into_response(),
     };
@@ -29,18 +22,14 @@ pub(super) async fn post_message(
 }
 
 /// Checks and stores a post; the answer it gets and the success body.
-fn store_post(
-    state: &Shared,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(PostAnswer, Value), Refusal> {
+fn store_post(state: &Shared, request: Args) -> Result<(PostAnswer, Value), Refusal> {
     let mut s = lock(state);
     // Slack limits before it reads the request.
     if let Some(retry_after_secs) = s.faults.injected_rate_limit() {
         s.stats.rate_limited += 1;
         return Err(Refusal::RateLimited { retry_after_secs });
     }
-    let request = parse_body(headers, body)?;
+    let request = request?;
     let asked = string_arg(&request, "channel")?.unwrap_or_default();
     let channel = post_target(&s, asked).inspect_err(|_| s.stats.rejected += 1)?;
     admit(&mut s, &channel, &request)?;
@@ -108,30 +97,16 @@ fn store_post(
     Ok((fate, body))
 }
 
-pub(super) async fn update_message(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(response) = gate(&state, &headers).await {
-        return response;
-    }
-    answer(apply_update(&state, &headers, &body))
-}
-
-fn apply_update(state: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Value, Refusal> {
-    let request = parse_body(headers, body)?;
+/// `chat.update`: an earlier message's new content.
+pub(super) fn update(state: &Shared, request: Args) -> Result<Value, Refusal> {
+    let request = request?;
     let mut s = lock(state);
     let channel = string_arg(&request, "channel")?
         .unwrap_or_default()
         .to_owned();
     let ts = string_arg(&request, "ts")?.unwrap_or_default().to_owned();
     admit(&mut s, &channel, &request)?;
-    let Some(index) = s
-        .messages
-        .iter()
-        .position(|m| m.channel == channel && m.ts == ts)
-    else {
+    let Some(index) = position_of(&s, &channel, &ts) else {
         return Err("message_not_found".into());
     };
     let message = {

@@ -3,47 +3,8 @@
 
 use super::*;
 
-/// A GET's query parameters as the request body a POST would carry.
-fn query_args(query: HashMap<String, String>) -> Result<Value, &'static str> {
-    Ok(Value::Object(
-        query
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect(),
-    ))
-}
-
-/// A read method, whichever way it was called: token first, then the page.
-async fn read_call(
-    state: Shared,
-    headers: HeaderMap,
-    request: Result<Value, &'static str>,
-    page: fn(&Shared, Result<Value, &'static str>) -> Result<Value, Refusal>,
-) -> Response {
-    if let Err(response) = gate(&state, &headers).await {
-        return response;
-    }
-    answer(page(&state, request))
-}
-
-pub(super) async fn history_get(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    read_call(state, headers, query_args(query), history_page).await
-}
-
-pub(super) async fn history_post(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let request = parse_body(&headers, &body);
-    read_call(state, headers, request, history_page).await
-}
-
-fn history_page(state: &Shared, request: Result<Value, &'static str>) -> Result<Value, Refusal> {
+/// `conversations.history`: the channel's messages, newest first.
+pub(super) fn history(state: &Shared, request: Args) -> Result<Value, Refusal> {
     let mut s = lock(state);
     s.stats.history_calls += 1;
     if let Err(retry_after_secs) = s.faults.admit_history(Instant::now()) {
@@ -53,20 +14,7 @@ fn history_page(state: &Shared, request: Result<Value, &'static str>) -> Result<
     let request = request?;
     let channel = string_arg(&request, "channel")?.unwrap_or_default();
     check_channel(&s, channel)?;
-    let with_metadata = flag(&request["include_all_metadata"]);
-    let limit = request["limit"]
-        .as_u64()
-        .or_else(|| request["limit"].as_str().and_then(|l| l.parse().ok()))
-        .unwrap_or(100)
-        .clamp(1, 999) as usize;
-    let offset: usize = request["cursor"]
-        .as_str()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    // `oldest`: only messages after this ts (a decimal string, as Slack's).
-    let oldest: f64 = string_arg(&request, "oldest")?
-        .and_then(|o| o.parse().ok())
-        .unwrap_or(0.0);
+    let oldest = oldest_arg(&request)?;
     // The channel's messages: replies only when broadcast.
     let newest_first: Vec<&FakeMessage> = s
         .messages
@@ -75,70 +23,25 @@ fn history_page(state: &Shared, request: Result<Value, &'static str>) -> Result<
         .filter(|m| m.channel == channel && m.in_channel())
         .filter(|m| m.ts.parse::<f64>().is_ok_and(|ts| ts > oldest))
         .collect();
-    let page: Vec<Value> = newest_first
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|m| message_json(&s, m, with_metadata))
-        .collect();
-    let has_more = newest_first.len() > offset + limit;
-    let next_cursor = if has_more {
-        (offset + limit).to_string()
-    } else {
-        String::new()
-    };
-    Ok(json!({"ok": true, "messages": page, "has_more": has_more,
-              "response_metadata": {"next_cursor": next_cursor}}))
-}
-
-pub(super) async fn replies_get(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    read_call(state, headers, query_args(query), replies_page).await
-}
-
-pub(super) async fn replies_post(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let request = parse_body(&headers, &body);
-    read_call(state, headers, request, replies_page).await
+    Ok(page(&s, &request, &newest_first, HISTORY_LIMITS))
 }
 
 /// `conversations.replies`: a thread, oldest first — its parent, then the
 /// replies after `oldest`. `ts` may name the parent or a reply in it;
 /// anything else is `thread_not_found`.
-fn replies_page(state: &Shared, request: Result<Value, &'static str>) -> Result<Value, Refusal> {
+pub(super) fn replies(state: &Shared, request: Args) -> Result<Value, Refusal> {
     let mut s = lock(state);
     s.stats.replies_calls += 1;
     let request = request?;
     let channel = string_arg(&request, "channel")?.unwrap_or_default();
     check_channel(&s, channel)?;
     let ts = string_arg(&request, "ts")?.unwrap_or_default();
-    let Some(named) = s
-        .messages
-        .iter()
-        .find(|m| m.channel == channel && m.ts == ts)
-    else {
+    let Some(index) = position_of(&s, channel, ts) else {
         return Err("thread_not_found".into());
     };
+    let named = &s.messages[index];
     let parent_ts = named.thread_ts.clone().unwrap_or_else(|| named.ts.clone());
-    let with_metadata = flag(&request["include_all_metadata"]);
-    let limit = request["limit"]
-        .as_u64()
-        .or_else(|| request["limit"].as_str().and_then(|l| l.parse().ok()))
-        .unwrap_or(10)
-        .clamp(1, 1000) as usize;
-    let offset: usize = request["cursor"]
-        .as_str()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let oldest: f64 = string_arg(&request, "oldest")?
-        .and_then(|o| o.parse().ok())
-        .unwrap_or(0.0);
+    let oldest = oldest_arg(&request)?;
     let thread: Vec<&FakeMessage> = s
         .messages
         .iter()
@@ -149,31 +52,49 @@ fn replies_page(state: &Shared, request: Result<Value, &'static str>) -> Result<
                     && m.ts.parse::<f64>().is_ok_and(|ts| ts > oldest))
         })
         .collect();
-    let page: Vec<Value> = thread
+    Ok(page(&s, &request, &thread, REPLIES_LIMITS))
+}
+
+/// `limit`'s default and maximum, as Slack documents them per method.
+const HISTORY_LIMITS: (u64, u64) = (100, 999);
+const REPLIES_LIMITS: (u64, u64) = (10, 1000);
+
+/// `oldest`: only messages after this ts (a decimal string, as Slack's).
+fn oldest_arg(request: &Value) -> Result<f64, &'static str> {
+    Ok(string_arg(request, "oldest")?
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// One page of `listed` as Slack pages a list: `limit` messages (within
+/// `limits`) from the offset the `cursor` names, and the next cursor while
+/// more are left.
+fn page(s: &SlackState, request: &Value, listed: &[&FakeMessage], limits: (u64, u64)) -> Value {
+    let (default_limit, max_limit) = limits;
+    let with_metadata = flag(&request["include_all_metadata"]);
+    let limit = request["limit"]
+        .as_u64()
+        .or_else(|| request["limit"].as_str().and_then(|l| l.parse().ok()))
+        .unwrap_or(default_limit)
+        .clamp(1, max_limit) as usize;
+    let offset: usize = request["cursor"]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let messages: Vec<Value> = listed
         .iter()
         .skip(offset)
         .take(limit)
-        .map(|m| message_json(&s, m, with_metadata))
+        .map(|m| message_json(s, m, with_metadata))
         .collect();
-    let has_more = thread.len() > offset + limit;
+    let has_more = listed.len() > offset + limit;
     let next_cursor = if has_more {
         (offset + limit).to_string()
     } else {
         String::new()
     };
-    Ok(json!({"ok": true, "messages": page, "has_more": has_more,
-              "response_metadata": {"next_cursor": next_cursor}}))
-}
-
-pub(super) async fn open_conversation(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(response) = gate(&state, &headers).await {
-        return response;
-    }
-    answer(open_dm(&state, &headers, &body))
+    json!({"ok": true, "messages": messages, "has_more": has_more,
+           "response_metadata": {"next_cursor": next_cursor}})
 }
 
 /// `users` as slack-morphism sends it (a JSON array) or as Slack documents
@@ -195,10 +116,11 @@ fn user_list(request: &Value) -> Result<Vec<String>, &'static str> {
     }
 }
 
-fn open_dm(state: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Value, Refusal> {
+/// `conversations.open`: the app's DM with one user.
+pub(super) fn open(state: &Shared, request: Args) -> Result<Value, Refusal> {
     let mut s = lock(state);
     s.stats.opens += 1;
-    let request = parse_body(headers, body)?;
+    let request = request?;
     let users = user_list(&request)?;
     let resume = string_arg(&request, "channel")?;
     let dm = match (users.as_slice(), resume) {

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -21,24 +22,22 @@ mod auth;
 mod chat;
 mod conversations;
 
-use auth::auth_test;
-use chat::{post_message, update_message};
-use conversations::{history_get, history_post, open_conversation, replies_get, replies_post};
-
 pub(super) fn router(state: Shared) -> Router {
+    let history = |call: Call| async move { call.answer(conversations::history) };
+    let replies = |call: Call| async move { call.answer(conversations::replies) };
     Router::new()
-        .route("/api/chat.postMessage", post(post_message))
-        .route("/api/chat.update", post(update_message))
+        .route("/api/chat.postMessage", post(chat::post_message))
         .route(
-            "/api/conversations.history",
-            get(history_get).post(history_post),
+            "/api/chat.update",
+            post(|call: Call| async move { call.answer(chat::update) }),
         )
+        .route("/api/conversations.history", get(history).post(history))
+        .route("/api/conversations.replies", get(replies).post(replies))
         .route(
-            "/api/conversations.replies",
-            get(replies_get).post(replies_post),
+            "/api/conversations.open",
+            post(|call: Call| async move { call.answer(conversations::open) }),
         )
-        .route("/api/conversations.open", post(open_conversation))
-        .route("/api/auth.test", get(auth_test).post(auth_test))
+        .route("/api/auth.test", get(auth::auth_test).post(auth::auth_test))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             super::server::outage,
@@ -75,12 +74,70 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// A method's answer: the success body or the refusal.
-fn answer(result: Result<Value, Refusal>) -> Response {
-    match result {
-        Ok(body) => slack_ok(body),
-        Err(refusal) => refusal.into_response(),
+/// A method's arguments, or Slack's code for a request it cannot read.
+type Args = Result<Value, &'static str>;
+
+/// A call past the [`gate`], with its arguments as a GET's query or a
+/// POST's form or JSON body, whichever way it came. Unreadable arguments
+/// are kept for the method to refuse in its own order (a rate limit comes
+/// before them, as in Slack).
+struct Call {
+    state: Shared,
+    args: Args,
+}
+
+impl Call {
+    /// The answer of a method that needs nothing but its arguments.
+    fn answer(self, method: fn(&Shared, Args) -> Result<Value, Refusal>) -> Response {
+        match method(&self.state, self.args) {
+            Ok(body) => slack_ok(body),
+            Err(refusal) => refusal.into_response(),
+        }
     }
+}
+
+impl FromRequest<Shared> for Call {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &Shared) -> Result<Self, Response> {
+        let headers = request.headers().clone();
+        let args = if matches!(*request.method(), Method::GET | Method::HEAD) {
+            let Query(query) = Query::<HashMap<String, String>>::try_from_uri(request.uri())
+                .map_err(IntoResponse::into_response)?;
+            Ok(query_args(query))
+        } else {
+            let body = Bytes::from_request(request, state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+            parse_body(&headers, &body)
+        };
+        gate(state, &headers).await?;
+        Ok(Call {
+            state: state.clone(),
+            args,
+        })
+    }
+}
+
+/// A call past the [`gate`] to a method that takes no arguments.
+struct Gated;
+
+impl FromRequestParts<Shared> for Gated {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Response> {
+        gate(state, &parts.headers).await.map(|()| Gated)
+    }
+}
+
+/// A GET's query parameters as the body a POST would carry.
+fn query_args(query: HashMap<String, String>) -> Value {
+    Value::Object(
+        query
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    )
 }
 
 fn rate_limited(retry_after_secs: u64) -> Response {
@@ -193,6 +250,13 @@ fn check_channel(s: &SlackState, channel: &str) -> Result<(), &'static str> {
         return Err("channel_not_found");
     }
     Ok(())
+}
+
+/// Where message `ts` of `channel` is among the stored messages.
+fn position_of(s: &SlackState, channel: &str, ts: &str) -> Option<usize> {
+    s.messages
+        .iter()
+        .position(|m| m.channel == channel && m.ts == ts)
 }
 
 /// Token bucket per channel; `Err(seconds)` when the caller must wait.

@@ -5,12 +5,7 @@ use super::*;
 
 #[tokio::test]
 async fn messages_keep_every_text_they_showed() {
-    let slack = fake(FakeSlackConfig::default()).await;
-    let api = api(&slack, Duration::from_secs(5));
-    let posted = api
-        .post("U0ADA", "firing", BLOCKS, &alert_ref("a1"))
-        .await
-        .unwrap();
+    let (slack, api, posted) = with_a1_posted("U0ADA", "firing").await;
     for text in ["acknowledged", "resolved"] {
         api.update(
             &posted.channel,
@@ -52,18 +47,23 @@ fn reply_ref<'a>(alert_id: &'a str, key: &'a str) -> crate::slack::ReplyRef<'a> 
     }
 }
 
+/// The ts of each message a list method answered, in its order.
+fn listed_ts(list: &Value) -> Vec<&str> {
+    list["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ts"].as_str().unwrap())
+        .collect()
+}
+
 /// Threads as Slack keeps them: a reply must name a top-level message of
 /// its conversation, is listed by `conversations.replies` (with metadata
 /// only when asked) and not by `conversations.history` unless broadcast,
 /// and its parent counts it.
 #[tokio::test]
 async fn threads_hold_replies_out_of_the_channel_unless_broadcast() {
-    let slack = fake(FakeSlackConfig::default()).await;
-    let api = api(&slack, Duration::from_secs(5));
-    let parent = api
-        .post("C1", "firing", BLOCKS, &alert_ref("a1"))
-        .await
-        .unwrap();
+    let (slack, api, parent) = with_a1_posted("C1", "firing").await;
     let reply = api
         .reply(
             "C1",
@@ -112,13 +112,10 @@ async fn threads_hold_replies_out_of_the_channel_unless_broadcast() {
         .await,
     )
     .await;
-    let listed: Vec<&str> = history["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["ts"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, [broadcast.ts.as_str(), parent.ts.as_str()]);
+    assert_eq!(
+        listed_ts(&history),
+        [broadcast.ts.as_str(), parent.ts.as_str()]
+    );
     let top = &history["messages"][1];
     assert_eq!(top["reply_count"], 2);
     assert_eq!(top["latest_reply"], broadcast.ts.as_str());
@@ -137,13 +134,7 @@ async fn threads_hold_replies_out_of_the_channel_unless_broadcast() {
             .await,
         )
         .await;
-        let listed: Vec<&str> = thread["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["ts"].as_str().unwrap())
-            .collect();
-        assert_eq!(listed, [&parent.ts, &reply.ts, &broadcast.ts]);
+        assert_eq!(listed_ts(&thread), [&parent.ts, &reply.ts, &broadcast.ts]);
         assert!(
             thread["messages"][1].get("metadata").is_none(),
             "metadata only when asked"
