@@ -7,7 +7,8 @@ use alertsvc::messages::DeliveryOutcome;
 use alertsvc::slack::fake::FakeMessage;
 
 use crate::common::slack::{
-    by_alert, leave_pending, message, notify_env, now_ms, posts_per_alert, Backend, NotifyEnv,
+    by_alert, leave_pending, message, no_dead_letters, notify_env, now_ms, posts_per_alert,
+    Backend, NotifyEnv,
 };
 use crate::common::{eventually, http_get, metric_value, wait_ready_at};
 
@@ -125,6 +126,50 @@ async fn rate_limited_channel_waits_without_holding_back_others() {
     let metrics = env.notify_metrics().await;
     assert!(metric_value(&metrics, "alertsvc_slack_rate_limited_total").unwrap_or(0.0) >= 1.0);
     notify.stop().await.expect("clean stop");
+}
+
+/// `chat.update` is tier-limited workspace-wide (Tier 3): edits past the
+/// limit are answered 429 before Slack reads them, and notify waits out each
+/// `Retry-After`; every edit lands once, no alert is posted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_past_slacks_update_tier_wait_and_all_land() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1", "C2"], None, Backend::Sqlite, 50).await;
+    slack.set_update_limit(Some(2), Duration::from_secs(1));
+    let alerts: Vec<(String, &str)> = (0..4)
+        .map(|i| (format!("a-{i}"), if i % 2 == 0 { "C1" } else { "C2" }))
+        .collect();
+    for (alert, channel) in &alerts {
+        env.produce_message(&message(alert, channel, "first")).await;
+    }
+    let notify = env.start_notify().await;
+    env.read_responses(4, WAIT).await;
+    for (alert, channel) in &alerts {
+        env.produce_message(&message(alert, channel, "second"))
+            .await;
+    }
+    let responses = env.read_responses(8, WAIT).await;
+    notify.stop().await.expect("clean stop");
+
+    assert!(slack.stats().rate_limited >= 2, "{:?}", slack.stats());
+    let shown = slack.messages();
+    assert_eq!(shown.len(), 4, "no second post: {shown:?}");
+    for m in &shown {
+        assert_eq!((m.text.as_str(), m.edits), ("second", 1), "{m:?}");
+    }
+    for (alert, outcomes) in by_alert(&responses) {
+        let seen: Vec<_> = outcomes.iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            seen,
+            [DeliveryOutcome::Posted, DeliveryOutcome::Updated],
+            "{alert}"
+        );
+    }
+    no_dead_letters(&env).await;
 }
 
 async fn redelivery_is_not_posted_twice_and_changes_update(backend: Backend) {

@@ -29,8 +29,6 @@ pub(super) enum PostAnswer {
     Late(Duration),
 }
 
-/// How long Slack counts history calls against the tier limit.
-const HISTORY_WINDOW: Duration = Duration::from_secs(60);
 /// Keeps the generators of the different faults apart.
 const RATE_LIMIT_STREAM: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -43,8 +41,50 @@ pub(super) struct Faults {
     rate_limit_rate: f64,
     retry_after_secs: u64,
     rate_limit_rng: fastrand::Rng,
-    pub history_per_minute: Option<u32>,
-    history_calls: VecDeque<Instant>,
+    pub history: TierLimit,
+    pub updates: TierLimit,
+}
+
+/// A Web API tier limit (Slack's Tier 3 is "50+ per minute"): calls within
+/// a sliding window, the ones beyond answered 429 with a `Retry-After` that
+/// lasts until the oldest call leaves the window. `calls: None` = no limit.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TierLimit {
+    pub calls: Option<u32>,
+    pub window: Duration,
+    recent: VecDeque<Instant>,
+}
+
+impl TierLimit {
+    pub fn new(calls: Option<u32>, window: Duration) -> Self {
+        TierLimit {
+            calls,
+            window,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Counts a call made at `now`; `Err(Retry-After seconds)` beyond the
+    /// limit (a refused call does not count).
+    pub fn admit(&mut self, now: Instant) -> Result<(), u64> {
+        let Some(limit) = self.calls else {
+            return Ok(());
+        };
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() < limit as usize {
+            self.recent.push_back(now);
+            return Ok(());
+        }
+        let oldest = self.recent.front().copied().unwrap_or(now);
+        let wait = self.window.saturating_sub(now.duration_since(oldest));
+        Err(wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
 }
 
 /// A probability from a caller's rate: NaN and out-of-range values clamp.
@@ -57,7 +97,7 @@ fn probability(rate: f64) -> f64 {
 }
 
 impl Faults {
-    pub fn new(seed: u64, history_per_minute: Option<u32>) -> Self {
+    pub fn new(seed: u64, history: TierLimit, updates: TierLimit) -> Self {
         Faults {
             outage: None,
             ambiguous_rate: 0.0,
@@ -67,8 +107,8 @@ impl Faults {
             rate_limit_rate: 0.0,
             retry_after_secs: 1,
             rate_limit_rng: fastrand::Rng::with_seed(seed ^ RATE_LIMIT_STREAM),
-            history_per_minute,
-            history_calls: VecDeque::new(),
+            history,
+            updates,
         }
     }
 
@@ -103,28 +143,6 @@ impl Faults {
             PostAnswer::Late(self.late_answer)
         }
     }
-
-    /// Counts a `conversations.history` call against the tier limit;
-    /// `Err(Retry-After seconds)` beyond it.
-    pub fn admit_history(&mut self, now: Instant) -> Result<(), u64> {
-        let Some(limit) = self.history_per_minute else {
-            return Ok(());
-        };
-        while self
-            .history_calls
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= HISTORY_WINDOW)
-        {
-            self.history_calls.pop_front();
-        }
-        if self.history_calls.len() < limit as usize {
-            self.history_calls.push_back(now);
-            return Ok(());
-        }
-        let oldest = self.history_calls.front().copied().unwrap_or(now);
-        let wait = HISTORY_WINDOW.saturating_sub(now.duration_since(oldest));
-        Err(wait.as_secs_f64().ceil().max(1.0) as u64)
-    }
 }
 
 #[cfg(test)]
@@ -132,31 +150,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn history_limit_slides_over_a_minute() {
-        let mut faults = Faults::new(1, Some(2));
+    fn a_tier_limit_slides_over_its_window() {
+        let mut limit = TierLimit::new(Some(2), Duration::from_secs(60));
         let start = Instant::now();
-        assert_eq!(faults.admit_history(start), Ok(()));
-        assert_eq!(
-            faults.admit_history(start + Duration::from_secs(10)),
-            Ok(())
-        );
-        assert_eq!(
-            faults.admit_history(start + Duration::from_secs(20)),
-            Err(40)
-        );
-        assert_eq!(
-            faults.admit_history(start + Duration::from_secs(60)),
-            Ok(())
-        );
-        assert_eq!(
-            faults.admit_history(start + Duration::from_millis(69_500)),
-            Err(1)
-        );
+        assert_eq!(limit.admit(start), Ok(()));
+        assert_eq!(limit.admit(start + Duration::from_secs(10)), Ok(()));
+        assert_eq!(limit.admit(start + Duration::from_secs(20)), Err(40));
+        assert_eq!(limit.admit(start + Duration::from_secs(60)), Ok(()));
+        assert_eq!(limit.admit(start + Duration::from_millis(69_500)), Err(1));
+        let mut unlimited = TierLimit::new(None, Duration::from_secs(60));
+        assert!((0..1000).all(|_| unlimited.admit(start).is_ok()));
     }
 
     #[test]
     fn ambiguous_answers_alternate_and_rates_clamp() {
-        let mut faults = Faults::new(1, None);
+        let mut faults = Faults::new(1, TierLimit::default(), TierLimit::default());
         faults.set_ambiguous(7.0, Duration::from_secs(3));
         assert_eq!(faults.post_answer(), PostAnswer::ServerError);
         assert_eq!(

@@ -7,8 +7,8 @@
 //! conversation, and only the `D…` id works for updates and history),
 //! Block Kit and length checks (`invalid_blocks`, `msg_too_long`), a
 //! per-channel rate limit answered with HTTP 429 and `Retry-After`,
-//! `chat.update`, `conversations.history` with message metadata (and its
-//! tier limit), `conversations.open`, and threads as Slack keeps them: a
+//! `chat.update` (and its tier limit), `conversations.history` with message
+//! metadata (and its tier limit), `conversations.open`, and threads as Slack keeps them: a
 //! `thread_ts` must name a top-level message of that conversation
 //! (`thread_not_found`), replies are listed by `conversations.replies` and
 //! not by `conversations.history` unless sent with `reply_broadcast`, and a
@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use faults::Faults;
 pub use faults::OutageMode;
+use faults::{Faults, TierLimit};
 
 #[derive(Debug, Clone)]
 pub struct FakeSlackConfig {
@@ -52,6 +52,12 @@ pub struct FakeSlackConfig {
     /// `conversations.history` calls per minute before 429s (Slack's tier
     /// limit); `None` = no limit.
     pub history_per_minute: Option<u32>,
+    /// `chat.update` calls per minute before 429s (Tier 3, workspace-wide:
+    /// Slack documents "50+"); `None` = no limit.
+    pub updates_per_minute: Option<u32>,
+    /// The "minute" of the tier limits: tests shorten it so a `Retry-After`
+    /// is waited out in seconds.
+    pub tier_window: Duration,
     /// Seeds the injected faults' random choices.
     pub seed: u64,
 }
@@ -67,6 +73,8 @@ impl Default for FakeSlackConfig {
             per_channel_per_second: Some(1.0),
             burst: 1,
             history_per_minute: None,
+            updates_per_minute: None,
+            tier_window: Duration::from_secs(60),
             seed: 0,
         }
     }
@@ -140,7 +148,7 @@ pub struct FakeStats {
     /// `conversations.history` calls past auth, rate-limited ones included.
     pub history_calls: usize,
     /// 429 answers: the per-channel limit, injected ones and the history
-    /// tier limit.
+    /// and update tier limits.
     pub rate_limited: usize,
     /// Answers from [`FakeSlack::fail_next`].
     pub server_errors: usize,
@@ -222,7 +230,11 @@ impl FakeSlack {
 
     pub async fn start_on(addr: SocketAddr, config: FakeSlackConfig) -> std::io::Result<FakeSlack> {
         let state = Arc::new(Mutex::new(SlackState {
-            faults: Faults::new(config.seed, config.history_per_minute),
+            faults: Faults::new(
+                config.seed,
+                TierLimit::new(config.history_per_minute, config.tier_window),
+                TierLimit::new(config.updates_per_minute, config.tier_window),
+            ),
             config,
             messages: Vec::new(),
             buckets: HashMap::new(),
@@ -325,11 +337,19 @@ impl FakeSlack {
             .set_rate_limit_injection(rate, retry_after_secs);
     }
 
+    /// Changes [`FakeSlackConfig::updates_per_minute`], counted over
+    /// `window` instead of a minute.
+    pub fn set_update_limit(&self, limit: Option<u32>, window: Duration) {
+        let mut s = self.lock();
+        s.config.updates_per_minute = limit;
+        s.faults.updates = TierLimit::new(limit, window);
+    }
+
     /// Changes [`FakeSlackConfig::history_per_minute`].
     pub fn set_history_per_minute(&self, limit: Option<u32>) {
         let mut s = self.lock();
         s.config.history_per_minute = limit;
-        s.faults.history_per_minute = limit;
+        s.faults.history.calls = limit;
     }
 
     /// Every message stored from now on, as it is stored or updated.

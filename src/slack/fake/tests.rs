@@ -349,6 +349,44 @@ async fn history_beyond_its_tier_limit_is_429() {
     assert_eq!(api.find_alert("C1", &alert_ref("a1"), None).await, Ok(None));
 }
 
+#[tokio::test]
+async fn updates_beyond_their_tier_limit_are_429_until_the_window_passes() {
+    let slack = fake(FakeSlackConfig {
+        updates_per_minute: Some(2),
+        tier_window: Duration::from_secs(1),
+        ..FakeSlackConfig::default()
+    })
+    .await;
+    let api = api(&slack, Duration::from_secs(5));
+    let posted = api
+        .post("C1", "v1", "[]", &alert_ref("a1"))
+        .await
+        .expect("posted");
+    let update = |text: &'static str| {
+        let (api, ts) = (&api, posted.ts.clone());
+        async move {
+            api.update("C1", &ts, text, "[]", Some(&alert_ref("a1")))
+                .await
+        }
+    };
+    assert!(update("v2").await.is_ok());
+    assert!(update("v3").await.is_ok());
+    match update("v4").await {
+        Err(SlackError::RateLimited {
+            retry_after: Some(wait),
+        }) => assert_eq!(wait, Duration::from_secs(1)),
+        other => panic!("expected a 429, got {other:?}"),
+    }
+    // Refused before it was read: the message still shows v3.
+    let shown = slack.messages();
+    assert_eq!(shown[0].text, "v3");
+    assert_eq!(shown[0].revisions, ["v1", "v2", "v3"]);
+    assert_eq!(slack.stats().rate_limited, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(update("v4").await.is_ok());
+    assert_eq!(slack.messages()[0].text, "v4");
+}
+
 mod threads;
 
 fn alert_ref(alert_id: &str) -> crate::slack::AlertRef<'_> {

@@ -99,8 +99,13 @@ fn store_post(state: &Shared, request: Args) -> Result<(PostAnswer, Value), Refu
 
 /// `chat.update`: an earlier message's new content.
 pub(super) fn update(state: &Shared, request: Args) -> Result<Value, Refusal> {
-    let request = request?;
     let mut s = lock(state);
+    // A tier limit, counted before the request is read, as for posts.
+    if let Err(retry_after_secs) = s.faults.updates.admit(Instant::now()) {
+        s.stats.rate_limited += 1;
+        return Err(Refusal::RateLimited { retry_after_secs });
+    }
+    let request = request?;
     let channel = string_arg(&request, "channel")?
         .unwrap_or_default()
         .to_owned();

@@ -7,7 +7,7 @@ use super::*;
 pub(super) fn history(state: &Shared, request: Args) -> Result<Value, Refusal> {
     let mut s = lock(state);
     s.stats.history_calls += 1;
-    if let Err(retry_after_secs) = s.faults.admit_history(Instant::now()) {
+    if let Err(retry_after_secs) = s.faults.history.admit(Instant::now()) {
         s.stats.rate_limited += 1;
         return Err(Refusal::RateLimited { retry_after_secs });
     }
