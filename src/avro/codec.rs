@@ -9,7 +9,7 @@ use apache_avro::Schema;
 use serde_json::Value as Json;
 
 use super::schema::shipped_predecessors;
-use super::{load_schema_file, AvroError, Confluent, SchemaFile, SingleObject, SubjectUse};
+use super::{load_schema_file, AvroError, Confluent, Scalar, SchemaFile, SingleObject, SubjectUse};
 use crate::config::{RegistryMode, SchemaRegistrySettings, Settings, TopicSettings, WireFormat};
 
 /// A record held in memory in a compact, already validated form: what
@@ -115,6 +115,16 @@ impl Codec {
             Codec::Json => Ok(serde_json::from_slice(bytes)?),
             Codec::SingleObject(c) => c.decode(bytes),
             Codec::Confluent(c) => c.decode(bytes).await,
+        }
+    }
+
+    /// The record's top-level fields as [`Codec::decode`] would give them,
+    /// without decoding it, when the codec can vouch that decoding succeeds
+    /// (see [`SingleObject::scan`]); `None`: decode it.
+    pub fn scan<'a>(&'a self, bytes: &'a [u8]) -> Option<Vec<(&'a str, Scalar<'a>)>> {
+        match self {
+            Codec::SingleObject(c) => c.scan(bytes),
+            Codec::Json | Codec::Confluent(_) => None,
         }
     }
 

@@ -46,6 +46,11 @@ impl TypedSchema {
         TypedSchema { schema, names }
     }
 
+    /// The named types, by name.
+    pub(super) fn names(&self) -> &HashMap<Name, Schema> {
+        &self.names
+    }
+
     /// Maps a JSON value onto the schema: objects become records (missing
     /// fields take their defaults), nullable unions pick their branch,
     /// integers become `timestamp-millis` where the schema says so.

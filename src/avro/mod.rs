@@ -20,6 +20,8 @@
 //! - `codec`: a topic's [`Codec`], [`Compact`] records, [`build_codecs`],
 //!   [`check_writes`].
 //! - `keys`: [`KeyCodec`], [`build_key_codecs`].
+//! - `scan`: a validating read of a datum's top-level fields that builds
+//!   nothing ([`Scalar`], [`Codec::scan`]), for enrich's filters.
 
 mod codec;
 mod confluent;
@@ -30,6 +32,7 @@ mod fixtures;
 mod json;
 mod keys;
 mod registry;
+mod scan;
 mod schema;
 mod single_object;
 
@@ -40,5 +43,6 @@ pub use fingerprint::{crc64_avro, parsing_canonical_form, spec_fingerprint};
 pub use json::{avro_to_json, TypedSchema};
 pub use keys::{build_key_codecs, KeyCodec, KeyCodecs};
 pub use registry::writable_as;
+pub use scan::Scalar;
 pub use schema::{load_schema, load_schema_file, SchemaFile};
 pub use single_object::SingleObject;

@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 
 use super::codec::{Compact, COMPACT_DATUM};
 use super::fingerprint::legacy_fingerprint;
+use super::scan::{Scalar, Shape};
 use super::{avro_to_json, spec_fingerprint, AvroError, SchemaFile, TypedSchema};
 
 /// Avro single-object encoding: `C3 01`, the CRC-64-AVRO fingerprint of the
@@ -24,6 +25,9 @@ pub struct SingleObject {
     /// Fingerprint → the writer's schema; `None` is the reader schema
     /// itself, decoded without resolution.
     writers: HashMap<[u8; 8], Option<Schema>>,
+    /// For [`SingleObject::scan`]; `None` when the reader schema has a type
+    /// a scan does not model.
+    shape: Option<Shape>,
 }
 
 impl SingleObject {
@@ -69,8 +73,10 @@ impl SingleObject {
         for (key, schema) in legacy {
             keys.entry(key).or_insert(schema);
         }
+        let schema = TypedSchema::new(reader.schema.clone());
         Ok(SingleObject {
-            schema: TypedSchema::new(reader.schema.clone()),
+            shape: Shape::of(&schema.schema, schema.names()),
+            schema,
             header,
             writers: keys,
         })
@@ -99,6 +105,17 @@ impl SingleObject {
     pub fn decode(&self, bytes: &[u8]) -> Result<Json, AvroError> {
         let (writer, body) = self.split(bytes)?;
         Ok(avro_to_json(self.read_datum(writer, body)?))
+    }
+
+    /// The record's top-level fields as [`SingleObject::decode`] would give
+    /// them, read without building the record; `None` when the scan cannot
+    /// vouch for it (bytes a decode would refuse, a record of an older
+    /// writer schema, a schema the scan does not model): then decode it.
+    pub fn scan<'a>(&'a self, bytes: &'a [u8]) -> Option<Vec<(&'a str, Scalar<'a>)>> {
+        match self.split(bytes) {
+            Ok((None, datum)) => self.shape.as_ref()?.scan(datum),
+            _ => None,
+        }
     }
 
     /// The writer's schema (`None`: the reader's) and the datum.

@@ -12,6 +12,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value as JinjaValue}
 use serde_json::Value as Json;
 
 use self::cel_paths::Reads;
+use self::fast_filter::FastFilter;
 use super::markup;
 use crate::config::{resolve_path, BlocksSource, ConfigError, JoinKind, PipelineSettings};
 use crate::messages::{RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
@@ -21,6 +22,8 @@ use suppress::Suppress;
 
 mod apply;
 mod join_key;
+
+pub use apply::Prefilter;
 mod suppress;
 
 /// Escape mode for Block Kit templates: an interpolated value is first
@@ -182,11 +185,16 @@ pub struct Pipeline {
     json_fields: Vec<String>,
     cel_env: Arc<CelEnv>,
     filter: Option<Program>,
+    /// The filter compiled for [`fast_filter`], when it is in the subset.
+    fast_filter: Option<FastFilter>,
     joins: Vec<CompiledJoin>,
     suppress: Option<Suppress>,
     /// What the filter, the CEL join keys and `suppress` read of each
     /// variable: all CEL is handed of a record.
     cel_reads: Reads,
+    /// What the CEL join keys and `suppress` read: all CEL is handed once
+    /// the fast filter let a record through.
+    rest_reads: Reads,
     templates: Environment<'static>,
     vars: JinjaValue,
     /// Whether `message.status` is set; without it every message fires.
@@ -330,6 +338,15 @@ impl Pipeline {
                     .chain(joins.iter().filter_map(|j| j.key.cel_program()))
                     .chain(suppress.iter().map(Suppress::program)),
             ),
+            rest_reads: Reads::of(
+                joins
+                    .iter()
+                    .filter_map(|j| j.key.cel_program())
+                    .chain(suppress.iter().map(Suppress::program)),
+            ),
+            fast_filter: filter
+                .as_ref()
+                .and_then(|f| FastFilter::compile(f.expression())),
             filter,
             joins,
             suppress,
@@ -361,7 +378,7 @@ impl Pipeline {
         tables: &dyn TableLookup,
         now_ms: i64,
     ) -> Verdict {
-        match self.try_apply(source, event, tables, now_ms) {
+        match self.try_apply(source, event, tables, now_ms, false) {
             Ok(verdict) => verdict,
             Err(e) => Verdict::Reject(e),
         }
@@ -427,6 +444,7 @@ fn slack_formatter(
 }
 
 mod cel_paths;
+mod fast_filter;
 mod jinja_json;
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::parallel;
-use super::pipeline::{Pipeline, Source, Verdict};
+use super::pipeline::{Pipeline, Prefilter, Source, Verdict};
 use super::readiness::Readiness;
 use super::table::Tables;
 use crate::avro::{AvroError, Codec, KeyCodec};

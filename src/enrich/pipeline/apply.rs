@@ -9,7 +9,7 @@ use cel::{Context as CelContext, Value as CelValue};
 use minijinja::Value as JinjaValue;
 use serde_json::Value as Json;
 
-use super::cel_paths::{self, ProjectError};
+use super::cel_paths::{self, ProjectError, Reads};
 use super::jinja_json;
 use super::join_key::{self, KeyExpr, ALERT_ID};
 use super::suppress::{Suppress, NOW};
@@ -17,35 +17,97 @@ use super::{
     Pipeline, RecordError, Source, TableLookup, Verdict, BLOCKS_TEMPLATE, GROUP_KEY_TEMPLATE,
     STATUS_TEMPLATE, TEXT_TEMPLATE,
 };
+use crate::avro::Scalar;
 use crate::config::JoinKind;
 use crate::messages::{AlertStatus, SlackMessage};
 use crate::slack::blockkit::{self, RenderedError};
 
+/// What a pipeline's filter says of a record before it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefilter {
+    Filtered,
+    /// Apply the rest with [`Pipeline::apply_passed`].
+    Passed,
+    /// Decode the record and [`Pipeline::apply`] it.
+    Undecided,
+}
+
 impl Pipeline {
+    /// The filter on the top-level fields of a record's validated Avro
+    /// datum ([`crate::avro::Codec::scan`]), so a filtered record is never
+    /// decoded. Undecided when the filter is not in the fast subset or
+    /// would fail (the record then fails as it always did).
+    pub fn prefilter(&self, source: &Source<'_>, fields: &[(&str, Scalar<'_>)]) -> Prefilter {
+        if self.filter.is_none() {
+            return Prefilter::Passed;
+        }
+        match self
+            .fast_filter
+            .as_ref()
+            .and_then(|f| f.eval_scan(source, fields, &self.json_fields))
+        {
+            Some(true) => Prefilter::Passed,
+            Some(false) => Prefilter::Filtered,
+            None => Prefilter::Undecided,
+        }
+    }
+
+    /// [`Pipeline::apply`] for a record [`Pipeline::prefilter`] passed:
+    /// everything after the filter.
+    pub fn apply_passed(
+        &self,
+        source: &Source<'_>,
+        event: &Json,
+        tables: &dyn TableLookup,
+    ) -> Verdict {
+        match self.try_apply(source, event, tables, super::suppress::now_millis(), true) {
+            Ok(verdict) => verdict,
+            Err(e) => Verdict::Reject(e),
+        }
+    }
+
+    /// `filter_passed`: the filter already let the record through.
     pub(super) fn try_apply(
         &self,
         source: &Source<'_>,
         event: &Json,
         tables: &dyn TableLookup,
         now_ms: i64,
+        filter_passed: bool,
     ) -> Result<Verdict, RecordError> {
         // CEL gets only what its programs (filter, CEL join keys, suppress)
         // read, see [`cel_paths`]; the templates get the whole event, parsed
-        // once the record passed the filter.
+        // once the record passed the filter. The fast filter reads the
+        // event itself; only what it cannot decide goes to the interpreter.
         let mut cel = CelContext::with_env(self.cel_env.clone());
-        if self.filter.is_some() || !self.joins.is_empty() || self.suppress.is_some() {
-            self.bind_record(&mut cel, source, event)?;
-        }
-        if let Some(filter) = &self.filter {
-            match filter.execute(&cel) {
-                Ok(CelValue::Bool(true)) => {}
-                Ok(CelValue::Bool(false)) => return Ok(Verdict::Filtered),
-                Ok(other) => {
-                    return Err(RecordError::Filter(format!(
-                        "returned {other:?}, not a boolean"
-                    )))
+        let fast = match (&self.fast_filter, filter_passed) {
+            (_, true) => Some(true),
+            (Some(fast), false) => fast.eval_json(source, event, &self.json_fields),
+            (None, false) => None,
+        };
+        match fast {
+            Some(false) => return Ok(Verdict::Filtered),
+            Some(true) => {
+                if !self.joins.is_empty() || self.suppress.is_some() {
+                    bind_record(&mut cel, &self.rest_reads, &self.json_fields, source, event)?;
                 }
-                Err(e) => return Err(RecordError::Filter(e.to_string())),
+            }
+            None => {
+                if self.filter.is_some() || !self.joins.is_empty() || self.suppress.is_some() {
+                    bind_record(&mut cel, &self.cel_reads, &self.json_fields, source, event)?;
+                }
+                if let Some(filter) = &self.filter {
+                    match filter.execute(&cel) {
+                        Ok(CelValue::Bool(true)) => {}
+                        Ok(CelValue::Bool(false)) => return Ok(Verdict::Filtered),
+                        Ok(other) => {
+                            return Err(RecordError::Filter(format!(
+                                "returned {other:?}, not a boolean"
+                            )))
+                        }
+                        Err(e) => return Err(RecordError::Filter(e.to_string())),
+                    }
+                }
             }
         }
         let event = Arc::new(self.parse_json_fields(event)?);
@@ -135,38 +197,6 @@ impl Pipeline {
         context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
         self.render(source, &jinja_map(&context), status)
             .map(Verdict::Emit)
-    }
-
-    /// Binds `key`, `topic` and `event` for CEL, each projected to what the
-    /// programs read of it.
-    fn bind_record(
-        &self,
-        cel: &mut CelContext,
-        source: &Source<'_>,
-        event: &Json,
-    ) -> Result<(), RecordError> {
-        let key = match source.key {
-            None => Some(CelValue::Null),
-            Some(key) => match self.cel_reads.get("key") {
-                Some(reads) => Some(cel_paths::project(key, reads).map_err(RecordError::Filter)?),
-                None => None,
-            },
-        };
-        if let Some(key) = key {
-            cel.add_variable_from_value("key", key);
-        }
-        cel.add_variable_from_value("topic", source.topic.to_owned());
-        let event = cel_paths::project_event(event, self.cel_reads.get("event"), &self.json_fields)
-            .map_err(|e| match e {
-                ProjectError::JsonField { field, reason } => {
-                    RecordError::JsonField { field, reason }
-                }
-                ProjectError::Value(reason) => RecordError::Filter(reason),
-            })?;
-        if let Some(event) = event {
-            cel.add_variable_from_value("event", event);
-        }
-        Ok(())
     }
 
     /// Binds what `suppress` reads that the joins did not (`now`,
@@ -337,4 +367,35 @@ fn jinja_map(context: &BTreeMap<&str, JinjaValue>) -> JinjaValue {
         .iter()
         .map(|(name, value)| (*name, value.clone()))
         .collect()
+}
+
+/// Binds `key`, `topic` and `event` for CEL, each projected to what
+/// `reads` says the programs read of it.
+pub(super) fn bind_record(
+    cel: &mut CelContext,
+    reads: &Reads,
+    json_fields: &[String],
+    source: &Source<'_>,
+    event: &Json,
+) -> Result<(), RecordError> {
+    let key = match source.key {
+        None => Some(CelValue::Null),
+        Some(key) => match reads.get("key") {
+            Some(reads) => Some(cel_paths::project(key, reads).map_err(RecordError::Filter)?),
+            None => None,
+        },
+    };
+    if let Some(key) = key {
+        cel.add_variable_from_value("key", key);
+    }
+    cel.add_variable_from_value("topic", source.topic.to_owned());
+    let event =
+        cel_paths::project_event(event, reads.get("event"), json_fields).map_err(|e| match e {
+            ProjectError::JsonField { field, reason } => RecordError::JsonField { field, reason },
+            ProjectError::Value(reason) => RecordError::Filter(reason),
+        })?;
+    if let Some(event) = event {
+        cel.add_variable_from_value("event", event);
+    }
+    Ok(())
 }

@@ -104,18 +104,6 @@ impl Processor {
                 None,
             )]);
         };
-        let event = match input.codec.decode(payload).await {
-            Ok(event) => event,
-            Err(e) if e.is_transient() => return Err(unavailable(e)),
-            Err(e) => {
-                all_pipelines_dlq("decode");
-                return Ok(vec![dead(
-                    "decode",
-                    format!("cannot decode value: {e}"),
-                    None,
-                )]);
-            }
-        };
         let source = Source {
             topic,
             partition: message.partition(),
@@ -123,12 +111,52 @@ impl Processor {
             key: key.as_ref(),
             timestamp_ms: message.timestamp().to_millis().unwrap_or_else(now_millis),
         };
+        // Filters read the fields of a record the codec can vouch for
+        // without decoding it: a record every pipeline filters out is never
+        // decoded. Any other record is decoded as before, so one that does
+        // not decode is dead-lettered as before.
+        let scan = input.codec.scan(payload);
+        let prefilters: Vec<Prefilter> = input
+            .routes
+            .iter()
+            .map(|route| match &scan {
+                Some(fields) => route.pipeline.prefilter(&source, fields),
+                None => Prefilter::Undecided,
+            })
+            .collect();
+        let all_filtered =
+            !prefilters.is_empty() && prefilters.iter().all(|p| *p == Prefilter::Filtered);
+        let event = if all_filtered {
+            None
+        } else {
+            match input.codec.decode(payload).await {
+                Ok(event) => Some(event),
+                Err(e) if e.is_transient() => return Err(unavailable(e)),
+                Err(e) => {
+                    all_pipelines_dlq("decode");
+                    return Ok(vec![dead(
+                        "decode",
+                        format!("cannot decode value: {e}"),
+                        None,
+                    )]);
+                }
+            }
+        };
 
         let mut out = Vec::new();
-        for route in &input.routes {
+        for (route, prefilter) in input.routes.iter().zip(prefilters) {
             let name = route.pipeline.name.as_str();
             self.metrics.records_in.with_label_values(&[name]).inc();
-            match route.pipeline.apply(&source, &event, self.tables.as_ref()) {
+            let tables = self.tables.as_ref();
+            // The event is decoded unless every pipeline filtered it.
+            let verdict = match (prefilter, &event) {
+                (Prefilter::Passed, Some(event)) => {
+                    route.pipeline.apply_passed(&source, event, tables)
+                }
+                (Prefilter::Undecided, Some(event)) => route.pipeline.apply(&source, event, tables),
+                (Prefilter::Filtered, _) | (_, None) => Verdict::Filtered,
+            };
+            match verdict {
                 Verdict::Emit(slack_message) => {
                     let encoded = match route.output_codec.encode(&slack_message.to_json()).await {
                         Ok(payload) => route

@@ -1,0 +1,196 @@
+use serde_json::{json, Number, Value as Json};
+
+use super::*;
+use crate::avro::fixtures::{codec, file, MESSAGE_SCHEMA, OLD_MESSAGE_SCHEMA};
+use crate::avro::SingleObject;
+
+/// Every type a scan models, nested where it can be (not recursive: a
+/// recursive schema is not scanned).
+const WIDE_SCHEMA: &str = r#"{"type":"record","name":"W","namespace":"t","fields":[
+    {"name":"s","type":"string"},
+    {"name":"i","type":"int"},
+    {"name":"l","type":"long"},
+    {"name":"f","type":"float"},
+    {"name":"d","type":"double"},
+    {"name":"b","type":"boolean"},
+    {"name":"by","type":"bytes"},
+    {"name":"fx","type":{"type":"fixed","name":"F2","size":2}},
+    {"name":"e","type":{"type":"enum","name":"E","symbols":["A","B","C"]}},
+    {"name":"u","type":["null","string","long"]},
+    {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+    {"name":"arr","type":{"type":"array","items":{"type":"record","name":"R","fields":[
+        {"name":"x","type":"long"},{"name":"y","type":["null",
+            {"type":"record","name":"Leaf","fields":[{"name":"x","type":"long"}]}]}]}}},
+    {"name":"m","type":{"type":"map","values":"double"}},
+    {"name":"r","type":"R"},
+    {"name":"n","type":"null"}
+]}"#;
+
+/// `scalar` as `avro_to_json` makes the value (`None`: a complex value).
+fn scalar_json(scalar: &Scalar<'_>) -> Option<Json> {
+    Some(match scalar {
+        Scalar::Null => Json::Null,
+        Scalar::Bool(b) => Json::Bool(*b),
+        Scalar::Long(i) => Json::from(*i),
+        Scalar::Double(d) => Number::from_f64(*d).map_or(Json::Null, Json::Number),
+        Scalar::Str(s) => Json::String(s.clone().into_owned()),
+        Scalar::Complex => return None,
+    })
+}
+
+/// A scan that vouches for `bytes` agrees with decoding them.
+fn check(codec: &SingleObject, bytes: &[u8]) -> bool {
+    let Some(fields) = codec.scan(bytes) else {
+        return false;
+    };
+    let decoded = codec
+        .decode(bytes)
+        .unwrap_or_else(|e| panic!("scanned but does not decode ({e}): {bytes:?}"));
+    let Json::Object(members) = &decoded else {
+        panic!("not a record: {decoded}")
+    };
+    assert_eq!(fields.len(), members.len());
+    for (name, scalar) in &fields {
+        let member = &members[*name];
+        match scalar_json(scalar) {
+            Some(value) => assert_eq!(&value, member, "{name}"),
+            None => assert!(member.is_array() || member.is_object(), "{name}: {member}"),
+        }
+    }
+    true
+}
+
+fn wide_record(rng: &mut fastrand::Rng) -> Json {
+    let text: String = (0..rng.usize(0..6))
+        .map(|_| rng.choice(['a', 'é', '"', '\u{1F600}', 'z']).unwrap_or('a'))
+        .collect();
+    let node =
+        |x: i64| json!({"x": x, "y": if x % 2 == 0 { json!({"x": -x}) } else { Json::Null }});
+    json!({
+        "s": text,
+        "i": rng.i32(..),
+        "l": rng.i64(..),
+        "f": rng.f32() * 100.0 - 50.0,
+        "d": rng.f64() * 1e9 - 5e8,
+        "b": rng.bool(),
+        "by": "xy",
+        "fx": "ab",
+        "e": rng.choice(["A", "B", "C"]).unwrap_or("A"),
+        "u": match rng.u8(0..3) { 0 => Json::Null, 1 => json!(text), _ => json!(rng.i64(..)) },
+        "ts": rng.i64(0..2_000_000_000_000),
+        "arr": (0..rng.i64(0..4)).map(node).collect::<Vec<_>>(),
+        "m": (0..rng.usize(0..3)).map(|i| (format!("k{i}"), json!(i as f64 / 3.0))).collect::<serde_json::Map<_, _>>(),
+        "r": node(rng.i64(-5..5)),
+        "n": null,
+    })
+}
+
+#[test]
+fn scans_agree_with_decoding() {
+    let codec = codec(WIDE_SCHEMA);
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..300 {
+        let bytes = codec.encode(&wide_record(&mut rng)).unwrap();
+        assert!(check(&codec, &bytes), "a well-formed record is scanned");
+    }
+}
+
+/// Truncated, extended and corrupted records: whatever the scan vouches
+/// for decodes to the same values; the rest is left to the decoder.
+#[test]
+fn damaged_records_are_never_vouched_for_wrongly() {
+    let codec = codec(WIDE_SCHEMA);
+    let mut rng = fastrand::Rng::with_seed(11);
+    let (mut vouched, mut refused) = (0, 0);
+    for _ in 0..200 {
+        let bytes = codec.encode(&wide_record(&mut rng)).unwrap();
+        for cut in 10..bytes.len() {
+            assert!(!check(&codec, &bytes[..cut]), "truncated at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(!check(&codec, &longer), "trailing byte");
+        for _ in 0..20 {
+            let mut damaged = bytes.clone();
+            let at = rng.usize(10..damaged.len());
+            damaged[at] = rng.u8(..);
+            if check(&codec, &damaged) {
+                vouched += 1;
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    // Both outcomes happen, or the test would not show anything.
+    assert!(
+        vouched > 100 && refused > 100,
+        "{vouched} vouched, {refused} refused"
+    );
+}
+
+#[test]
+fn invalid_values_are_left_to_the_decoder() {
+    let codec = codec(
+        r#"{"type":"record","name":"V","fields":[
+        {"name":"b","type":"boolean"},{"name":"s","type":"string"},
+        {"name":"e","type":{"type":"enum","name":"E","symbols":["A"]}},
+        {"name":"u","type":["null","long"]},{"name":"i","type":"int"}]}"#,
+    );
+    let good = codec
+        .encode(&json!({"b": true, "s": "é", "e": "A", "u": 3, "i": 1}))
+        .unwrap();
+    assert!(check(&codec, &good));
+    let datum = good[10..].to_vec();
+    let with = |datum: Vec<u8>| [&good[..10], &datum[..]].concat();
+    // [b=1][len 2 → 4]["é" c3 a9][e=0][u: branch 1 → 2][3 → 6][i 1 → 2]
+    assert_eq!(datum, [1, 4, 0xc3, 0xa9, 0, 2, 6, 2]);
+    for (at, byte) in [
+        (0, 2),    // a boolean is 0 or 1
+        (3, 0x28), // not UTF-8
+        (4, 2),    // no enum symbol 1
+        (5, 4),    // no union branch 2
+        (5, 1),    // negative branch
+    ] {
+        let mut bad = datum.clone();
+        bad[at] = byte;
+        let bytes = with(bad);
+        assert_eq!(codec.scan(&bytes), None, "byte {at} = {byte}");
+    }
+    // An int beyond 32 bits.
+    let mut bad = datum[..7].to_vec();
+    bad.extend([0x80, 0x80, 0x80, 0x80, 0x20]);
+    assert_eq!(codec.scan(&with(bad.clone())), None);
+    assert!(codec.decode(&with(bad)).is_err());
+    // A varint of eleven bytes.
+    let mut bad = datum[..7].to_vec();
+    bad.extend([0xff; 10]);
+    bad.push(0);
+    assert_eq!(codec.scan(&with(bad)), None);
+}
+
+#[test]
+fn records_of_older_writers_are_decoded_not_scanned() {
+    let reader = file("reader.avsc", MESSAGE_SCHEMA);
+    let codec = SingleObject::new(&reader, &[file("old.avsc", OLD_MESSAGE_SCHEMA)]).unwrap();
+    let old = crate::avro::fixtures::codec(OLD_MESSAGE_SCHEMA)
+        .encode(&json!({"id": "a", "legacy": 7, "at": 5}))
+        .unwrap();
+    assert_eq!(codec.scan(&old), None);
+    assert!(codec.decode(&old).is_ok());
+    let current = codec.encode(&json!({"id": "b", "at": 6})).unwrap();
+    assert!(check(&codec, &current));
+    assert_eq!(codec.scan(b"not avro"), None);
+}
+
+#[test]
+fn schemas_with_types_a_scan_does_not_model_are_not_scanned() {
+    let codec = codec(
+        r#"{"type":"record","name":"U","fields":[
+        {"name":"id","type":{"type":"string","logicalType":"uuid"}}]}"#,
+    );
+    let bytes = codec
+        .encode(&json!({"id": "67e55044-10b1-426f-9247-bb680e5fe0c8"}))
+        .unwrap();
+    assert_eq!(codec.scan(&bytes), None);
+    assert!(codec.decode(&bytes).is_ok());
+}
