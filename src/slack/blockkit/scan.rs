@@ -12,7 +12,8 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Vis
 use super::{
     fail, BlockKitError, MAX_ACTION_ELEMENTS, MAX_ACTION_ID, MAX_BLOCKS, MAX_BLOCK_ID,
     MAX_BUTTON_TEXT, MAX_BUTTON_VALUE, MAX_CONTEXT_ELEMENTS, MAX_FIELDS, MAX_FIELD_TEXT,
-    MAX_HEADER_TEXT, MAX_MESSAGE_TEXT, MAX_SECTION_TEXT, MAX_URL,
+    MAX_HEADER_TEXT, MAX_MESSAGE_TEXT, MAX_OPTIONS, MAX_OPTION_TEXT, MAX_OPTION_VALUE,
+    MAX_PLACEHOLDER, MAX_SECTION_TEXT, MAX_URL,
 };
 
 /// A string from the text, borrowed unless it had escapes.
@@ -193,6 +194,16 @@ struct Element<'de> {
     action_id: Member<'de, Opaque>,
     url: Member<'de, Opaque>,
     style: Member<'de, Opaque>,
+    /// A `static_select` menu's.
+    placeholder: Member<'de, TextObject<'de>>,
+    options: List<'de, SelectOption<'de>>,
+}
+
+/// One option of a `static_select` menu.
+#[derive(Default)]
+struct SelectOption<'de> {
+    text: Member<'de, TextObject<'de>>,
+    value: Member<'de, Opaque>,
 }
 
 #[derive(Default)]
@@ -234,8 +245,17 @@ impl<'de> FromMap<'de> for Element<'de> {
         read_members!(map, element, {
             "type" => kind, "text" => text, "value" => value,
             "action_id" => action_id, "url" => url, "style" => style,
+            "placeholder" => placeholder, "options" => options,
         });
         Ok(element)
+    }
+}
+
+impl<'de> FromMap<'de> for SelectOption<'de> {
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut option = SelectOption::default();
+        read_members!(map, option, {"text" => text, "value" => value});
+        Ok(option)
     }
 }
 
@@ -390,8 +410,10 @@ fn check_element(path: Path, element: &Member<'_, Element<'_>>) -> Result<(), Bl
     let Some(element) = element.object() else {
         return Ok(());
     };
-    if element.kind.as_str() != Some("button") {
-        return Ok(());
+    match element.kind.as_str() {
+        Some("button") => {}
+        Some("static_select") => return check_static_select(path, element),
+        _ => return Ok(()),
     }
     let text = text_object(
         &|| format!("{}.text", path()),
@@ -418,6 +440,53 @@ fn check_element(path: Path, element: &Member<'_, Element<'_>>) -> Result<(), Bl
                 format!("{style:?} is not \"primary\" or \"danger\""),
             ));
         }
+    }
+    Ok(())
+}
+
+fn check_static_select(path: Path, element: &Element<'_>) -> Result<(), BlockKitError> {
+    if !element.placeholder.is_absent() {
+        let text = text_object(
+            &|| format!("{}.placeholder", path()),
+            text_parts(&element.placeholder),
+            true,
+        )?;
+        max_len(
+            || format!("{}.placeholder.text", path()),
+            text,
+            MAX_PLACEHOLDER,
+        )?;
+    }
+    if !element.action_id.is_absent() {
+        let id = element
+            .action_id
+            .as_str()
+            .ok_or_else(|| fail(format!("{}.action_id", path()), "must be a string"))?;
+        max_len(|| format!("{}.action_id", path()), id, MAX_ACTION_ID)?;
+    }
+    let List::Items(options) = &element.options else {
+        return Err(fail(format!("{}.options", path()), "must be an array"));
+    };
+    if options.is_empty() || options.len() > MAX_OPTIONS {
+        return Err(fail(
+            format!("{}.options", path()),
+            format!("{} options, Slack allows 1 to {MAX_OPTIONS}", options.len()),
+        ));
+    }
+    for (i, option) in options.iter().enumerate() {
+        let p = || format!("{}.options[{i}]", path());
+        // An option that is not an object has neither member.
+        let option = option.object();
+        let text = text_object(
+            &|| format!("{}.text", p()),
+            option.and_then(|o| text_parts(&o.text)),
+            true,
+        )?;
+        max_len(|| format!("{}.text.text", p()), text, MAX_OPTION_TEXT)?;
+        let value = option
+            .and_then(|o| o.value.as_str())
+            .ok_or_else(|| fail(format!("{}.value", p()), "must be a string"))?;
+        max_len(|| format!("{}.value", p()), value, MAX_OPTION_VALUE)?;
     }
     Ok(())
 }
