@@ -216,8 +216,9 @@ impl Pipeline {
     }
 
     /// Renders the message; `context` is the templates' whole context,
-    /// `status` included; `alert_id` if a join key rendered it already. Block Kit limits are checked on the rendered text
-    /// (no tree is built); the blocks leave in canonical compact form.
+    /// `status` included; `alert_id` if a join key rendered it already.
+    /// Block Kit limits are checked on the rendered text (no tree is
+    /// built); the blocks leave in canonical compact form.
     fn render(
         &self,
         source: &Source<'_>,
