@@ -36,7 +36,7 @@ fn collect_names(schema: &Schema, names: &mut HashMap<Name, Schema>) {
 #[derive(Debug, Clone)]
 pub struct TypedSchema {
     pub schema: Schema,
-    names: HashMap<Name, Schema>,
+    pub(super) names: HashMap<Name, Schema>,
 }
 
 impl TypedSchema {
@@ -183,7 +183,7 @@ impl TypedSchema {
     }
 }
 
-fn accepts_null(schema: &Schema) -> bool {
+pub(super) fn accepts_null(schema: &Schema) -> bool {
     match schema {
         Schema::Null => true,
         Schema::Union(u) => u.variants().iter().any(|v| matches!(v, Schema::Null)),

@@ -11,7 +11,8 @@
 //! - `schema`: schema files and their loading; the built-in predecessors of
 //!   the shipped schemas (`SHIPPED_PREDECESSORS`).
 //! - `fingerprint`: Parsing Canonical Form and CRC-64-AVRO fingerprints.
-//! - `json`: the schema-guided JSON ⇄ Avro mapping ([`TypedSchema`]).
+//! - `json`: the schema-guided JSON ⇄ Avro mapping ([`TypedSchema`]);
+//!   `datum`: the same mapping written straight to a datum.
 //! - `single_object`: the `avro-single-object` format ([`SingleObject`]).
 //! - `confluent`: the `avro-confluent` format and its Schema Registry client
 //!   and registry modes ([`Confluent`]).
@@ -25,6 +26,7 @@
 
 mod codec;
 mod confluent;
+mod datum;
 mod error;
 mod fingerprint;
 #[cfg(test)]

@@ -93,6 +93,16 @@ impl SingleObject {
     // schema; they do the same work, and keep this type free of lifetimes.
     #[allow(deprecated)]
     pub fn encode(&self, json: &Json) -> Result<Vec<u8>, AvroError> {
+        // Top-level strings (a message's blocks) are most of a record.
+        let strings: usize = json.as_object().map_or(0, |o| {
+            o.values().filter_map(Json::as_str).map(str::len).sum()
+        });
+        let mut out = Vec::with_capacity(self.header.len() + 64 + strings + strings / 64);
+        out.extend_from_slice(&self.header);
+        if self.schema.write_datum(json, &mut out) {
+            return Ok(out);
+        }
+        // The tree path: its error, or a type the writer leaves to it.
         let value = self.schema.json_to_avro(json)?;
         let datum = apache_avro::to_avro_datum(&self.schema.schema, value)
             .map_err(|e| AvroError::Encode(Box::new(e)))?;

@@ -21,6 +21,7 @@ use join_key::{JoinKey, KeyExpr, ALERT_ID};
 use suppress::Suppress;
 
 mod apply;
+mod interned;
 mod join_key;
 
 pub use apply::Prefilter;
@@ -283,7 +284,7 @@ impl Pipeline {
                 key(&format!("message.{template}"))
             };
             templates
-                .add_template_owned(template, source)
+                .add_template(template, interned::intern(&source))
                 .map_err(|e| {
                     ConfigError::invalid(config_key, format!("invalid template: {e:#}"))
                 })?;

@@ -71,14 +71,6 @@ pub fn check_rendered(text: &str, blocks_json: &str) -> Result<String, RenderedE
         )
     };
     let blocks = canonical_json(blocks_json).map_err(json_error)?;
-    // The scan does not know static_select menus (rare: interactive
-    // messages); those take the tree path, so both answer alike.
-    if blocks.contains("\"static_select\"") {
-        let tree: Value = serde_json::from_str(&blocks).map_err(json_error)?;
-        return validate_message(text, &tree)
-            .map(|()| blocks)
-            .map_err(RenderedError::BlockKit);
-    }
     match scan::validate_message_text(text, &blocks) {
         Ok(()) => Ok(blocks),
         Err(scan::ScanError::BlockKit(e)) => Err(RenderedError::BlockKit(e)),

@@ -195,7 +195,9 @@ impl Pipeline {
             None => self.render_status(&context)?,
         };
         context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
-        self.render(source, &jinja_map(&context), status)
+        // A key's alert id is the message's: check_order refused every key
+        // whose alert id would read what was not known yet.
+        self.render(source, &jinja_map(&context), status, alert_id)
             .map(Verdict::Emit)
     }
 
@@ -244,15 +246,20 @@ impl Pipeline {
     }
 
     /// Renders the message; `context` is the templates' whole context,
-    /// `status` included. Block Kit limits are checked on the rendered text
-    /// (no tree is built); the blocks leave in canonical compact form.
+    /// `status` included; `alert_id` if a join key rendered it already.
+    /// Block Kit limits are checked on the rendered text (no tree is
+    /// built); the blocks leave in canonical compact form.
     fn render(
         &self,
         source: &Source<'_>,
         context: &JinjaValue,
         status: AlertStatus,
+        alert_id: Option<String>,
     ) -> Result<SlackMessage, RecordError> {
-        let alert_id = self.render_one(ALERT_ID, context)?;
+        let alert_id = match alert_id {
+            Some(id) => id,
+            None => self.render_one(ALERT_ID, context)?,
+        };
         let channel_id = self.render_one("channel", context)?;
         let text = self.render_one(TEXT_TEMPLATE, context)?;
         let blocks_text = self.render_template(BLOCKS_TEMPLATE, context)?;

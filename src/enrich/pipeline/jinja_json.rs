@@ -37,8 +37,15 @@ fn to_jinja(root: &Arc<Json>, path: impl FnOnce() -> Vec<String>, value: &Json) 
             root: root.clone(),
             path: path(),
         }),
-        // Numbers and arrays as `from_serialize` makes them.
-        other => JinjaValue::from_serialize(other),
+        // Numbers as `from_serialize` makes them (serde_json serializes a
+        // number as u64, i64 or f64, in that order), without a serializer.
+        Json::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => JinjaValue::from(u),
+            (None, Some(i)) => JinjaValue::from(i),
+            (None, None) => JinjaValue::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        // Arrays as `from_serialize` makes them.
+        Json::Array(_) => JinjaValue::from_serialize(value),
     }
 }
 
@@ -92,7 +99,8 @@ mod tests {
     fn lazy_values_render_as_converted_ones() {
         let event = json!({"s": "text <b>", "n": 5, "neg": -2, "f": 1.5, "null": null, "t": true,
             "o": {"a": {"b": "deep"}, "l": [1, "two", {"x": 1}], "e": {}},
-            "empty": {}});
+            "empty": {}, "big": 18446744073709551615_u64, "min": -9223372036854775808_i64,
+            "e3": 1e3});
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         let templates = [
@@ -105,6 +113,7 @@ mod tests {
             "{% for k in e.o %}{{ k }},{% endfor %}{% for k, v in e.o.a | items %}{{ k }}={{ v }}{% endfor %}",
             "{{ e.o | length }} {{ e.o.a is mapping }} {{ e.s is string }} {{ e.null or 'x' }}",
             "{{ e.o.a == {'b': 'deep'} }} {{ e.o.e | length }} {{ 'a' in e.o }}",
+            "{{ e.big }} {{ e.min }} {{ e.e3 }} {{ e.n / 2 }} {{ e.n is integer }} {{ e.f is float }} {{ e.e3 is float }} {{ e.big - 1 }}",
         ];
         let root = Arc::new(event.clone());
         for source in templates {

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use cel::{Env as CelEnv, Program, Value as CelValue};
 use minijinja::Environment;
 
+use super::interned::intern;
 use super::into_key_text;
 use crate::config::{ConfigError, JoinKeySource, JoinSettings};
 
@@ -85,7 +86,7 @@ pub(super) fn compile(
         JoinKeySource::Template(source) => {
             let name = template_name(index);
             templates
-                .add_template_owned(name.clone(), source.to_owned())
+                .add_template(intern(&name), intern(source))
                 .map_err(|e| {
                     ConfigError::invalid(
                         config_key("key_template"),

@@ -339,5 +339,6 @@ fn safe_inserts_raw_json() {
     assert_eq!(blocks[1]["text"]["text"], "<q>");
 }
 
+mod golden;
 mod keys;
 mod suppress;

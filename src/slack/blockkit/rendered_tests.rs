@@ -29,6 +29,21 @@ fn button(extra: Value) -> Value {
     b
 }
 
+/// A valid `static_select` menu, its members replaced by `extra`'s.
+fn select(extra: Value) -> Value {
+    let mut menu = json!({"type": "static_select", "action_id": "m",
+        "placeholder": {"type": "plain_text", "text": "Snooze"},
+        "options": [option("1 hour", "1h"), option("4 hours", "4h")]});
+    if let (Some(m), Some(extra)) = (menu.as_object_mut(), extra.as_object()) {
+        m.extend(extra.clone());
+    }
+    menu
+}
+
+fn option(text: &str, value: &str) -> Value {
+    json!({"text": {"type": "plain_text", "text": text}, "value": value})
+}
+
 #[test]
 fn valid_and_invalid_documents_get_the_same_answer() {
     let long = |n: usize| "é".repeat(n);
@@ -63,6 +78,36 @@ fn valid_and_invalid_documents_get_the_same_answer() {
         json!([{"type": "context"}]),
         json!([{"type": "actions", "elements": [button(json!({})), {"type": "static_select"}]}]),
         json!([{"type": "actions", "elements": [button(json!({"value": 1}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({}))]}]),
+        json!([{"type": "section", "text": {"type": "mrkdwn", "text": "t"},
+                "accessory": select(json!({"action_id": "a".repeat(256)}))}]),
+        json!([{"type": "actions", "elements": [select(json!({"action_id": 5}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"placeholder": null}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"placeholder": "p"}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"placeholder":
+                {"type": "mrkdwn", "text": "p"}}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"placeholder":
+                {"type": "plain_text", "text": long(151)}}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"placeholder":
+                {"type": "plain_text", "text": ""}}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": []}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": null}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": {"a": 1}}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": vec![option("o", "v"); 100]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": vec![option("o", "v"); 101]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": [option("o", "v"), "s"]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": [7]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": [{"value": "v"}]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": [{"text": null, "value": "v"}]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options":
+                [{"text": {"type": "mrkdwn", "text": "o"}, "value": "v"}]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": [option(&long(76), "v")]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": [option(&long(75), "v")]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options": [option("o", &long(151))]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options":
+                [{"text": {"type": "plain_text", "text": "o"}}]}))]}]),
+        json!([{"type": "actions", "elements": [select(json!({"options":
+                [{"text": {"type": "plain_text", "text": "o"}, "value": 1}]}))]}]),
         json!([{"type": "actions", "elements": [button(json!({"url": "u".repeat(3001)}))]}]),
         json!([{"type": "actions", "elements": [button(json!({"action_id": null}))]}]),
         json!([{"type": "actions", "elements": [button(json!({"text": {"type": "mrkdwn", "text": "b"}}))]}]),

@@ -3,252 +3,17 @@
 //! their error paths are [`super::validate_message`]'s; the tests hold the
 //! two to the same answers.
 
-use std::borrow::Cow;
-use std::fmt;
-use std::marker::PhantomData;
-
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-
 use super::{
     fail, BlockKitError, MAX_ACTION_ELEMENTS, MAX_ACTION_ID, MAX_BLOCKS, MAX_BLOCK_ID,
     MAX_BUTTON_TEXT, MAX_BUTTON_VALUE, MAX_CONTEXT_ELEMENTS, MAX_FIELDS, MAX_FIELD_TEXT,
-    MAX_HEADER_TEXT, MAX_MESSAGE_TEXT, MAX_SECTION_TEXT, MAX_URL,
+    MAX_HEADER_TEXT, MAX_MESSAGE_TEXT, MAX_OPTIONS, MAX_OPTION_TEXT, MAX_OPTION_VALUE,
+    MAX_PLACEHOLDER, MAX_SECTION_TEXT, MAX_URL,
 };
 
-/// A string from the text, borrowed unless it had escapes.
-pub struct Text<'de>(Cow<'de, str>);
+mod read;
 
-impl Text<'_> {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-struct TextVisitor;
-
-impl<'de> Visitor<'de> for TextVisitor {
-    type Value = Text<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string")
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Owned(v.to_owned())))
-    }
-}
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(TextVisitor)
-    }
-}
-
-/// A member as the rules see it.
-#[derive(Default)]
-enum Member<'de, T> {
-    #[default]
-    Absent,
-    Str(Text<'de>),
-    Object(T),
-    /// Present, neither a string nor an object.
-    Other,
-}
-
-impl<T> Member<'_, T> {
-    fn is_absent(&self) -> bool {
-        matches!(self, Member::Absent)
-    }
-    fn as_str(&self) -> Option<&str> {
-        match self {
-            Member::Str(text) => Some(text.as_str()),
-            _ => None,
-        }
-    }
-    fn object(&self) -> Option<&T> {
-        match self {
-            Member::Object(object) => Some(object),
-            _ => None,
-        }
-    }
-}
-
-/// An object read into the members some rule looks at.
-trait FromMap<'de>: Sized {
-    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
-}
-
-/// An object no rule looks into.
-struct Opaque;
-
-impl<'de> FromMap<'de> for Opaque {
-    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Opaque)
-    }
-}
-
-/// A scalar where an object or array is looked for: `$other`.
-macro_rules! other_on_scalars {
-    ($other:expr) => {
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-    };
-}
-
-struct MemberVisitor<T>(PhantomData<T>);
-
-impl<'de, T: FromMap<'de>> Visitor<'de> for MemberVisitor<T> {
-    type Value = Member<'de, T>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    other_on_scalars!(Member::Other);
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Member::Str(Text(Cow::Borrowed(v))))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Member::Str(Text(Cow::Owned(v.to_owned()))))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Member::Other)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Ok(Member::Object(T::from_map(map)?))
-    }
-}
-
-impl<'de, T: FromMap<'de>> Deserialize<'de> for Member<'de, T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(MemberVisitor(PhantomData))
-    }
-}
-
-/// A member that should be an array.
-#[derive(Default)]
-enum List<'de, T> {
-    #[default]
-    Absent,
-    Items(Vec<Member<'de, T>>),
-    Other,
-}
-
-struct ListVisitor<T>(PhantomData<T>);
-
-impl<'de, T: FromMap<'de>> Visitor<'de> for ListVisitor<T> {
-    type Value = List<'de, T>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    other_on_scalars!(List::Other);
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(List::Other)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(List::Items(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Opaque::from_map(map)?;
-        Ok(List::Other)
-    }
-}
-
-impl<'de, T: FromMap<'de>> Deserialize<'de> for List<'de, T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ListVisitor(PhantomData))
-    }
-}
-
-/// `{type, text}`: a text object, or a context element.
-#[derive(Default)]
-struct TextObject<'de> {
-    kind: Member<'de, Opaque>,
-    text: Member<'de, Opaque>,
-}
-
-#[derive(Default)]
-struct Element<'de> {
-    kind: Member<'de, Opaque>,
-    text: Member<'de, TextObject<'de>>,
-    value: Member<'de, Opaque>,
-    action_id: Member<'de, Opaque>,
-    url: Member<'de, Opaque>,
-    style: Member<'de, Opaque>,
-}
-
-#[derive(Default)]
-struct Block<'de> {
-    kind: Member<'de, Opaque>,
-    block_id: Member<'de, Opaque>,
-    text: Member<'de, TextObject<'de>>,
-    fields: List<'de, TextObject<'de>>,
-    accessory: Member<'de, Element<'de>>,
-    elements: List<'de, Element<'de>>,
-}
-
-/// Reads the named members into `$target`, skips the rest; of duplicates
-/// the last counts, as in a parsed tree.
-macro_rules! read_members {
-    ($map:ident, $target:ident, { $($name:literal => $field:ident),* $(,)? }) => {{
-        while let Some(name) = $map.next_key::<Text<'de>>()? {
-            match name.as_str() {
-                $($name => $target.$field = $map.next_value()?,)*
-                _ => {
-                    $map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-    }};
-}
-
-impl<'de> FromMap<'de> for TextObject<'de> {
-    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        let mut object = TextObject::default();
-        read_members!(map, object, {"type" => kind, "text" => text});
-        Ok(object)
-    }
-}
-
-impl<'de> FromMap<'de> for Element<'de> {
-    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        let mut element = Element::default();
-        read_members!(map, element, {
-            "type" => kind, "text" => text, "value" => value,
-            "action_id" => action_id, "url" => url, "style" => style,
-        });
-        Ok(element)
-    }
-}
-
-impl<'de> FromMap<'de> for Block<'de> {
-    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        let mut block = Block::default();
-        read_members!(map, block, {
-            "type" => kind, "block_id" => block_id, "text" => text,
-            "fields" => fields, "accessory" => accessory, "elements" => elements,
-        });
-        Ok(block)
-    }
-}
+pub use read::Text;
+use read::{Block, Element, List, Member, TextObject};
 
 /// Why rendered blocks were refused.
 #[derive(Debug)]
@@ -390,8 +155,10 @@ fn check_element(path: Path, element: &Member<'_, Element<'_>>) -> Result<(), Bl
     let Some(element) = element.object() else {
         return Ok(());
     };
-    if element.kind.as_str() != Some("button") {
-        return Ok(());
+    match element.kind.as_str() {
+        Some("button") => {}
+        Some("static_select") => return check_static_select(path, element),
+        _ => return Ok(()),
     }
     let text = text_object(
         &|| format!("{}.text", path()),
@@ -418,6 +185,53 @@ fn check_element(path: Path, element: &Member<'_, Element<'_>>) -> Result<(), Bl
                 format!("{style:?} is not \"primary\" or \"danger\""),
             ));
         }
+    }
+    Ok(())
+}
+
+fn check_static_select(path: Path, element: &Element<'_>) -> Result<(), BlockKitError> {
+    if !element.placeholder.is_absent() {
+        let text = text_object(
+            &|| format!("{}.placeholder", path()),
+            text_parts(&element.placeholder),
+            true,
+        )?;
+        max_len(
+            || format!("{}.placeholder.text", path()),
+            text,
+            MAX_PLACEHOLDER,
+        )?;
+    }
+    if !element.action_id.is_absent() {
+        let id = element
+            .action_id
+            .as_str()
+            .ok_or_else(|| fail(format!("{}.action_id", path()), "must be a string"))?;
+        max_len(|| format!("{}.action_id", path()), id, MAX_ACTION_ID)?;
+    }
+    let List::Items(options) = &element.options else {
+        return Err(fail(format!("{}.options", path()), "must be an array"));
+    };
+    if options.is_empty() || options.len() > MAX_OPTIONS {
+        return Err(fail(
+            format!("{}.options", path()),
+            format!("{} options, Slack allows 1 to {MAX_OPTIONS}", options.len()),
+        ));
+    }
+    for (i, option) in options.iter().enumerate() {
+        let p = || format!("{}.options[{i}]", path());
+        // An option that is not an object has neither member.
+        let option = option.object();
+        let text = text_object(
+            &|| format!("{}.text", p()),
+            option.and_then(|o| text_parts(&o.text)),
+            true,
+        )?;
+        max_len(|| format!("{}.text.text", p()), text, MAX_OPTION_TEXT)?;
+        let value = option
+            .and_then(|o| o.value.as_str())
+            .ok_or_else(|| fail(format!("{}.value", p()), "must be a string"))?;
+        max_len(|| format!("{}.value", p()), value, MAX_OPTION_VALUE)?;
     }
     Ok(())
 }
