@@ -5,6 +5,13 @@
 //!       429s seen and the share of the allowed rate achieved.
 //!   cargo bench --bench notify -- unlimited [MESSAGES]
 //!       no limits, no latency: posts/s through the whole path.
+//!   cargo bench --bench notify -- slack [MESSAGES]
+//!       the ceiling Slack's side sets: notify's client posting to the fake
+//!       from 200 tasks (one per channel), no ledger, no Kafka.
+//!   cargo bench --bench notify -- kafka [MESSAGES]
+//!       the ceiling the broker sets: response-sized records through
+//!       notify's producer to the mock broker, each awaited by one of 200
+//!       tasks (as a worker did), then all in flight at once.
 //!
 //! The ledger is a SQLite file in a temporary directory; with
 //! `ALERTSVC_BENCH_POSTGRES=postgres://user@host:port` it is a new database
@@ -30,6 +37,7 @@ use testkit::{config_dir, load_settings, mock_cluster};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TOKEN: &str = "xoxb-bench";
+const BLOCKS: &str = r#"[{"type":"section","text":{"type":"mrkdwn","text":"*Connector failed* for org-1 in env-1"}}]"#;
 
 struct Run {
     elapsed: Duration,
@@ -83,14 +91,13 @@ async fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let blocks = r#"[{"type":"section","text":{"type":"mrkdwn","text":"*Connector failed* for org-1 in env-1"}}]"#;
     for i in 0..per_channel {
         for channel in &names {
             let message = SlackMessage {
                 alert_id: format!("{channel}-{i}"),
                 channel_id: channel.clone(),
                 text: "Connector Failure".into(),
-                blocks: blocks.into(),
+                blocks: BLOCKS.into(),
                 created_at: now,
                 pipeline: "bench".into(),
                 source_topic: "bench".into(),
@@ -156,6 +163,115 @@ async fn run(
     shutdown.cancel();
     let _ = task.await;
     Run { elapsed, slack }
+}
+
+/// Posts `per_channel` messages to each of `channels` channels of the fake,
+/// one task per channel, with notify's Slack client.
+async fn slack_alone(channels: usize, per_channel: usize) -> (Duration, usize) {
+    use alertsvc::slack::{AlertRef, SlackApi};
+    use std::sync::Arc;
+    let names: Vec<String> = (0..channels).map(|c| format!("C{c:04}")).collect();
+    let slack = FakeSlack::start(FakeSlackConfig {
+        token: TOKEN.into(),
+        channels: names.clone(),
+        per_channel_per_second: None,
+        burst: 3,
+        ..FakeSlackConfig::default()
+    })
+    .await
+    .expect("fake slack");
+    let api = Arc::new(SlackApi::new(&slack.url, TOKEN, Duration::from_secs(10)));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for channel in names {
+        let api = api.clone();
+        tasks.spawn(async move {
+            for i in 0..per_channel {
+                let alert_id = format!("{channel}-{i}");
+                let alert = AlertRef {
+                    alert_id: &alert_id,
+                    occurrence: 1,
+                };
+                api.post(&channel, "Connector Failure", BLOCKS, &alert)
+                    .await
+                    .expect("posted");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("poster");
+    }
+    (started.elapsed(), slack.stats().posts)
+}
+
+/// Produces `per_task` response-sized records from each of `tasks` tasks,
+/// each awaiting its ack before the next; then the same number with all of
+/// them in flight at once. Returns both durations.
+async fn kafka_alone(tasks: usize, per_task: usize) -> (Duration, Duration) {
+    use alertsvc::kafka::{client_config, Role};
+    use std::sync::Arc;
+    let cluster = mock_cluster(&[("slack-responses", 32)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overlay = testkit::bench_overlay(dir.path(), &cluster.bootstrap_servers(), "");
+    let settings = load_settings(Some(overlay));
+    let producer: FutureProducer = client_config(
+        &settings.kafka,
+        "bench",
+        &Role::IdempotentProducer { linger_ms: 5 },
+    )
+    .create()
+    .expect("producer");
+    let producer = Arc::new(producer);
+    // About a SlackResponse's size in Avro.
+    let payload = vec![b'r'; 160];
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let (producer, payload) = (producer.clone(), payload.clone());
+        set.spawn(async move {
+            for i in 0..per_task {
+                let key = format!("C{t:04}-{i}");
+                producer
+                    .send_result(
+                        FutureRecord::to("slack-responses")
+                            .key(&key)
+                            .payload(&payload),
+                    )
+                    .map_err(|(e, _)| e)
+                    .expect("enqueued")
+                    .await
+                    .expect("not cancelled")
+                    .map_err(|(e, _)| e)
+                    .expect("acked");
+            }
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("producer task");
+    }
+    let serial = started.elapsed();
+    let started = Instant::now();
+    let mut acks = Vec::with_capacity(tasks * per_task);
+    for n in 0..tasks * per_task {
+        let key = format!("K{n}");
+        acks.push(
+            producer
+                .send_result(
+                    FutureRecord::to("slack-responses")
+                        .key(&key)
+                        .payload(&payload),
+                )
+                .map_err(|(e, _)| e)
+                .expect("enqueued"),
+        );
+    }
+    for ack in acks {
+        ack.await
+            .expect("not cancelled")
+            .map_err(|(e, _)| e)
+            .expect("acked");
+    }
+    (serial, started.elapsed())
 }
 
 /// A SQLite file in `dir`, or a new PostgreSQL database (see the top).
@@ -224,8 +340,27 @@ fn main() {
                 ledger_kind()
             );
         }
+        "slack" => {
+            let total = number(1, 20_000);
+            let (elapsed, posts) = runtime.block_on(slack_alone(200, total / 200));
+            println!(
+                "slack: {posts} posts from 200 tasks in {elapsed:.2?}: {:.0} posts/s (notify's client, fake Slack over HTTP, no ledger, no Kafka)",
+                posts as f64 / elapsed.as_secs_f64()
+            );
+        }
+        "kafka" => {
+            let total = number(1, 20_000);
+            let (serial, pipelined) = runtime.block_on(kafka_alone(200, total / 200));
+            let rate = |d: Duration| (total / 200 * 200) as f64 / d.as_secs_f64();
+            println!(
+                "kafka: {} response records: {:.0}/s awaited one at a time by 200 tasks ({serial:.2?}), {:.0}/s all in flight ({pipelined:.2?}) (notify's producer, mock broker)",
+                total / 200 * 200,
+                rate(serial),
+                rate(pipelined)
+            );
+        }
         other => {
-            eprintln!("unknown benchmark {other:?}: paced | unlimited");
+            eprintln!("unknown benchmark {other:?}: paced | unlimited | slack | kafka");
             std::process::exit(2);
         }
     }

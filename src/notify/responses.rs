@@ -1,11 +1,16 @@
 //! Every delivery's outcome goes to `slack-responses` (and a refused alert
 //! to the dead-letter topic) and is acknowledged by Kafka before the input
 //! offset may be committed.
+//!
+//! The response is enqueued by the channel's worker, in delivery order, and
+//! its acknowledgement awaited apart ([`Responses::acked`]), so a worker
+//! goes on to its next message while the producer batches the answers of
+//! many (group commit); the offset still waits for the acknowledgement.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{now_ms, Delivery};
@@ -26,6 +31,13 @@ pub struct Origin<'a> {
     pub payload: &'a [u8],
 }
 
+/// A response enqueued, its acknowledgement pending.
+pub struct Sent {
+    record: OutRecord,
+    /// `None`: enqueueing failed; [`Responses::acked`] tries again.
+    ack: Option<DeliveryFuture>,
+}
+
 pub struct Responses {
     pub producer: FutureProducer<StageContext>,
     pub topic: String,
@@ -38,14 +50,14 @@ pub struct Responses {
 }
 
 impl Responses {
-    /// Writes the response (and the dead letter) and waits for Kafka's
-    /// ack; false if `stop` came first (the message then stays unfinished).
-    pub async fn record(
+    /// Enqueues the response (after the dead letter, acknowledged);
+    /// `None` if it cannot be written (the message stays unfinished).
+    pub async fn send(
         &self,
         job: &Origin<'_>,
         delivery: &Delivery,
         stop: &CancellationToken,
-    ) -> bool {
+    ) -> Option<Sent> {
         let response = SlackResponse {
             alert_id: job.message.alert_id.clone(),
             channel_id: delivery.channel.clone(),
@@ -65,14 +77,14 @@ impl Responses {
             Ok(payload) => payload,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode SlackResponse");
-                return false;
+                return None;
             }
         };
         let key = match self.key_codec.encode_str(&job.message.alert_id).await {
             Ok(key) => key,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode the SlackResponse's key (its alert id)");
-                return false;
+                return None;
             }
         };
         // The dead letter first: a response is never written for an alert
@@ -107,10 +119,31 @@ impl Responses {
                 .await
                 .is_err()
             {
-                return false;
+                return None;
             }
         }
-        self.produce_until_acked(&record, stop).await
+        let ack = match enqueue(&self.producer, &record).await {
+            Ok(ack) => Some(ack),
+            Err(e) => {
+                tracing::warn!(topic = %record.topic, error = %e, "produce failed; retrying");
+                None
+            }
+        };
+        Some(Sent { record, ack })
+    }
+
+    /// Waits for Kafka's ack of a sent response, producing it again while
+    /// it fails; false if `stop` came first.
+    pub async fn acked(&self, sent: Sent, stop: &CancellationToken) -> bool {
+        if let Some(ack) = sent.ack {
+            let error = match ack.await {
+                Ok(Ok(_)) => return true,
+                Ok(Err((e, _))) => e.to_string(),
+                Err(_) => "delivery cancelled".to_owned(),
+            };
+            tracing::warn!(topic = %sent.record.topic, error = %error, "produce failed; retrying");
+        }
+        self.produce_until_acked(&sent.record, stop).await
     }
 
     pub async fn produce_until_acked(&self, record: &OutRecord, stop: &CancellationToken) -> bool {

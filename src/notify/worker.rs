@@ -1,6 +1,8 @@
 //! Channel workers: one task per target channel delivers its messages in
 //! order, one at a time, while channels proceed independently. A worker
-//! only executes; the dispatcher decides what it gets.
+//! only executes; the dispatcher decides what it gets. A message's response
+//! is acknowledged by Kafka in a task of its own while the worker goes on;
+//! the message is reported done only after that acknowledgement.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::delivery::{DeliverError, Deliverer};
-use super::responses::{Origin, Responses};
+use super::responses::{Origin, Responses, Sent};
 use crate::http::Health;
 use crate::messages::{DeliveryOutcome, SlackMessage};
 use crate::metrics::NotifyMetrics;
@@ -85,12 +87,20 @@ async fn channel_worker(
     }
 }
 
-async fn run(shared: &Shared, channel: &str, job: Job) {
-    let finished = if shared.draining.is_cancelled() || shared.halted.is_cancelled() {
-        false
+/// What became of a message in its worker.
+enum Processed {
+    /// It stays unfinished (shutdown, revocation, a bad token).
+    Unfinished,
+    /// Delivered, its response enqueued; done once Kafka acknowledges it.
+    Sent(Sent, DeliveryOutcome),
+}
+
+async fn run(shared: &Arc<Shared>, channel: &str, job: Job) {
+    let processed = if shared.draining.is_cancelled() || shared.halted.is_cancelled() {
+        Processed::Unfinished
     } else if job.stop.is_cancelled() {
         shared.metrics.dropped_on_revoke.inc();
-        false
+        Processed::Unfinished
     } else {
         let span = tracing::info_span!(
             "deliver",
@@ -101,22 +111,40 @@ async fn run(shared: &Shared, channel: &str, job: Job) {
         );
         process(shared, &job).instrument(span).await
     };
-    let _ = shared.done.send(Done {
+    let done = Done {
         channel: channel.to_owned(),
         partition: job.partition,
         offset: job.offset,
         generation: job.generation,
-        finished,
-    });
+        finished: false,
+    };
+    match processed {
+        Processed::Unfinished => {
+            let _ = shared.done.send(done);
+        }
+        Processed::Sent(sent, outcome) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let finished = shared.responses.acked(sent, &job.stop).await;
+                if finished {
+                    shared
+                        .metrics
+                        .deliveries
+                        .with_label_values(&[outcome_label(outcome)])
+                        .inc();
+                }
+                let _ = shared.done.send(Done { finished, ..done });
+            });
+        }
+    }
 }
 
-/// Delivers one message and records its outcome; false when it stays
-/// unfinished (shutdown, revocation, a bad token).
-async fn process(shared: &Shared, job: &Job) -> bool {
+/// Delivers one message and enqueues its outcome.
+async fn process(shared: &Shared, job: &Job) -> Processed {
     let mut ledger_failures = 0u32;
     loop {
         if shared.halted.is_cancelled() {
-            return false; // redelivered once the token is fixed
+            return Processed::Unfinished; // redelivered once the token is fixed
         }
         match shared
             .deliverer
@@ -131,22 +159,17 @@ async fn process(shared: &Shared, job: &Job) -> bool {
                     key: job.key.as_deref(),
                     payload: &job.payload,
                 };
-                if !shared.responses.record(&origin, &delivery, &job.stop).await {
-                    return false;
-                }
-                shared
-                    .metrics
-                    .deliveries
-                    .with_label_values(&[outcome_label(delivery.outcome)])
-                    .inc();
+                let Some(sent) = shared.responses.send(&origin, &delivery, &job.stop).await else {
+                    return Processed::Unfinished;
+                };
                 tracing::debug!(outcome = outcome_label(delivery.outcome), "delivered");
-                return true;
+                return Processed::Sent(sent, delivery.outcome);
             }
             Err(DeliverError::Auth(e)) => {
                 tracing::error!(error = %e, "Slack rejected the bot token: delivery stopped, readiness failing");
                 shared.health.set_ready(false);
                 shared.halted.cancel();
-                return false;
+                return Processed::Unfinished;
             }
             Err(DeliverError::Ledger(e)) => {
                 ledger_failures += 1;
@@ -154,14 +177,14 @@ async fn process(shared: &Shared, job: &Job) -> bool {
                 tracing::error!(error = %e, ?delay, "ledger unavailable; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = job.stop.cancelled() => return false,
+                    _ = job.stop.cancelled() => return Processed::Unfinished,
                 }
             }
             Err(DeliverError::Cancelled) => {
                 if !shared.draining.is_cancelled() {
                     shared.metrics.dropped_on_revoke.inc();
                 }
-                return false;
+                return Processed::Unfinished;
             }
         }
     }

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::{Actor, AlertState, StateKind};
-use crate::notify::ledger::{Ledger, LedgerError};
+use crate::notify::ledger::{Arg, Ledger, LedgerError};
 
 /// Where the state is shown: the alert's message and its content as notify
 /// rendered it (without the state's decoration).
@@ -31,9 +31,13 @@ pub struct StateRow {
     pub place: Place,
 }
 
+/// Reads on the pool; writes through the ledger's writer, sharing the
+/// delivery writes' transactions (on SQLite, a second writer would wait on
+/// the first's lock).
 #[derive(Clone)]
 pub struct StateStore {
     pool: AnyPool,
+    ledger: Ledger,
 }
 
 const COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed_at, snoozed_until, \
@@ -90,6 +94,7 @@ impl StateStore {
     pub fn new(ledger: &Ledger) -> StateStore {
         StateStore {
             pool: ledger.pool.clone(),
+            ledger: ledger.clone(),
         }
     }
 
@@ -130,56 +135,62 @@ impl StateStore {
                  WHERE alert_id = $1 AND version = $14"
             }
         };
-        let mut query = sqlx::query(sql)
-            .bind(alert_id)
-            .bind(state.kind.as_str())
-            .bind(actor_id)
-            .bind(actor_name)
-            .bind(state.at)
-            .bind(state.snoozed_until)
-            .bind(state.occurrence)
-            .bind(place.channel_id.clone())
-            .bind(place.message_ts.clone())
-            .bind(place.pipeline.clone())
-            .bind(place.text.clone())
-            .bind(place.blocks.clone())
-            .bind(place.group_key.clone());
+        let text = |v: &Option<String>| Arg::Text(v.clone());
+        let mut args = vec![
+            Arg::Text(Some(alert_id.to_owned())),
+            Arg::Text(Some(state.kind.as_str().to_owned())),
+            Arg::Text(actor_id),
+            Arg::Text(actor_name),
+            Arg::Int(Some(state.at)),
+            Arg::Int(state.snoozed_until),
+            Arg::Int(Some(state.occurrence)),
+            text(&place.channel_id),
+            text(&place.message_ts),
+            Arg::Text(Some(place.pipeline.clone())),
+            text(&place.text),
+            text(&place.blocks),
+            text(&place.group_key),
+        ];
         if let Some(version) = expected {
-            query = query.bind(version);
+            args.push(Arg::Int(Some(version)));
         }
-        let done = query.execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
+        Ok(self.ledger.write(sql, args).await? == 1)
     }
 
     /// Records where and with what content the alert is shown, without
     /// changing its state (a content edit).
     pub async fn set_place(&self, alert_id: &str, place: &Place) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE alert_states SET channel_id = $2, message_ts = $3, pipeline = $4, \
-             base_text = $5, base_blocks = $6, group_key = $7 WHERE alert_id = $1",
-        )
-        .bind(alert_id)
-        .bind(place.channel_id.clone())
-        .bind(place.message_ts.clone())
-        .bind(place.pipeline.clone())
-        .bind(place.text.clone())
-        .bind(place.blocks.clone())
-        .bind(place.group_key.clone())
-        .execute(&self.pool)
-        .await?;
+        let args = vec![
+            Arg::Text(Some(alert_id.to_owned())),
+            Arg::Text(place.channel_id.clone()),
+            Arg::Text(place.message_ts.clone()),
+            Arg::Text(Some(place.pipeline.clone())),
+            Arg::Text(place.text.clone()),
+            Arg::Text(place.blocks.clone()),
+            Arg::Text(place.group_key.clone()),
+        ];
+        self.ledger
+            .write(
+                "UPDATE alert_states SET channel_id = $2, message_ts = $3, pipeline = $4, \
+                 base_text = $5, base_blocks = $6, group_key = $7 WHERE alert_id = $1",
+                args,
+            )
+            .await?;
         Ok(())
     }
 
     /// `version` is on the alert-state topic.
     pub async fn mark_published(&self, alert_id: &str, version: i64) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE alert_states SET published_version = $2 \
-             WHERE alert_id = $1 AND published_version < $2",
-        )
-        .bind(alert_id)
-        .bind(version)
-        .execute(&self.pool)
-        .await?;
+        self.ledger
+            .write(
+                "UPDATE alert_states SET published_version = $2 \
+                 WHERE alert_id = $1 AND published_version < $2",
+                vec![
+                    Arg::Text(Some(alert_id.to_owned())),
+                    Arg::Int(Some(version)),
+                ],
+            )
+            .await?;
         Ok(())
     }
 

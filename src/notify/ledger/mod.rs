@@ -11,8 +11,13 @@
 //! noted in `reply_pending` the same way, and once made in `reply_key`, so
 //! no replay replies twice.
 
+mod writer;
+
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
+
+pub use self::writer::{Arg, WriterStats};
+use self::writer::{Op, Outcome, Writer};
 
 pub use super::decision::{Shown, Status, Version};
 use crate::messages::AlertStatus;
@@ -31,6 +36,10 @@ pub enum LedgerError {
     State { alert_id: String, state: String },
     #[error("the claim on {alert_id} was taken over (our lease ran out)")]
     ClaimLost { alert_id: String },
+    #[error("the ledger's writer stopped")]
+    WriterGone,
+    #[error("the ledger's writer answered a different kind of write")]
+    WriterAnswer,
 }
 
 impl Status {
@@ -132,6 +141,8 @@ pub enum Claim {
 pub struct Ledger {
     pub(super) pool: AnyPool,
     postgres: bool,
+    /// Claims and entry writes, committed in shared transactions.
+    writer: Writer,
 }
 
 const COLUMNS: &str =
@@ -185,9 +196,12 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, LedgerError> {
 
 impl Ledger {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Ledger, LedgerError> {
+        let pool = crate::db::connect(url, max_connections).await?;
+        let postgres = crate::db::is_postgres(url);
         Ok(Ledger {
-            pool: crate::db::connect(url, max_connections).await?,
-            postgres: crate::db::is_postgres(url),
+            writer: Writer::start(pool.clone(), writer_tasks(postgres, max_connections)),
+            pool,
+            postgres,
         })
     }
 
@@ -218,40 +232,22 @@ impl Ledger {
         now_ms: i64,
         lease_until: i64,
     ) -> Result<Claim, LedgerError> {
-        // One round trip when the claim is taken (the common case): the
-        // upsert returns the row it wrote, and returns nothing when the
-        // conflict's condition kept a live peer's claim.
-        let taken: Option<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
-             created_at, updated_at, owner, owner_run, lease_until) \
-             VALUES ($1, $2, NULL, '', 'new', 0, NULL, $3, $3, $4, $5, $6) \
-             ON CONFLICT (alert_id) DO UPDATE SET owner = $4, owner_run = $5, lease_until = $6 \
-             WHERE deliveries.owner IS NULL OR deliveries.lease_until IS NULL \
-             OR deliveries.lease_until < $3 OR deliveries.owner = $4 \
-             RETURNING {COLUMNS}"
-        )))
-        .bind(alert_id)
-        .bind(channel_id)
-        .bind(now_ms)
-        .bind(&owner.instance)
-        .bind(&owner.run)
-        .bind(lease_until)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = taken {
-            let entry = entry_from_row(&row)?;
-            if entry.owner_run.as_deref() == Some(owner.run.as_str()) {
-                return Ok(Claim::Held(Box::new(entry)));
-            }
-        }
-        let entry = self
-            .get(alert_id)
-            .await?
-            .ok_or_else(|| LedgerError::ClaimLost {
-                alert_id: alert_id.to_owned(),
-            })?;
+        let op = Op::Claim {
+            alert_id: alert_id.to_owned(),
+            channel_id: channel_id.to_owned(),
+            instance: owner.instance.clone(),
+            run: owner.run.clone(),
+            now_ms,
+            lease_until,
+        };
+        let Outcome::Row(row) = self.writer.submit(op).await? else {
+            return Err(LedgerError::WriterAnswer);
+        };
+        let entry = row.ok_or_else(|| LedgerError::ClaimLost {
+            alert_id: alert_id.to_owned(),
+        })?;
         if entry.owner_run.as_deref() == Some(owner.run.as_str()) {
-            Ok(Claim::Held(Box::new(entry)))
+            Ok(Claim::Held(entry))
         } else {
             Ok(Claim::Busy {
                 owner: entry.owner.unwrap_or_default(),
@@ -267,15 +263,12 @@ impl Ledger {
         owner: &Owner,
         lease_until: i64,
     ) -> Result<(), LedgerError> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET lease_until = $3 WHERE alert_id = $1 AND owner_run = $2",
-        )
-        .bind(alert_id)
-        .bind(&owner.run)
-        .bind(lease_until)
-        .execute(&self.pool)
-        .await?;
-        fenced(done.rows_affected(), alert_id)
+        let op = Op::Renew {
+            alert_id: alert_id.to_owned(),
+            run: owner.run.clone(),
+            lease_until,
+        };
+        fenced(self.writer.submit(op).await?, alert_id)
     }
 
     /// Writes `entry` under our claim, and either extends the claim to
@@ -287,52 +280,37 @@ impl Ledger {
         now_ms: i64,
         lease_until: Option<i64>,
     ) -> Result<(), LedgerError> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET channel_id = $3, ts = $4, content_hash = $5, status = $6, \
-             attempts = $7, error = $8, updated_at = $9, version_source = $10, version_offset = $11, \
-             version_created_at = $12, occurrence = $13, \
-             owner = CASE WHEN $14 = 1 THEN NULL ELSE owner END, \
-             owner_run = CASE WHEN $14 = 1 THEN NULL ELSE owner_run END, \
-             lease_until = $15, alert_status = $16, thread_ts = $17, reply_key = $18, \
-             reply_ts = $19, reply_pending = $20 \
-             WHERE alert_id = $1 AND owner_run = $2",
-        )
-        .bind(&entry.alert_id)
-        .bind(&owner.run)
-        .bind(&entry.channel_id)
-        .bind(&entry.ts)
-        .bind(&entry.content_hash)
-        .bind(entry.status.as_str())
-        .bind(entry.attempts)
-        .bind(&entry.error)
-        .bind(now_ms)
-        .bind(&entry.version.source)
-        .bind(entry.version.offset)
-        .bind(entry.version.created_at)
-        .bind(entry.occurrence)
-        .bind(i32::from(lease_until.is_none()))
-        .bind(lease_until)
-        .bind(entry.alert_status.as_str())
-        .bind(&entry.thread_ts)
-        .bind(&entry.reply_key)
-        .bind(&entry.reply_ts)
-        .bind(&entry.reply_pending)
-        .execute(&self.pool)
-        .await?;
-        fenced(done.rows_affected(), &entry.alert_id)
+        let op = Op::Save {
+            entry: Box::new(entry.clone()),
+            run: owner.run.clone(),
+            now_ms,
+            lease_until,
+        };
+        fenced(self.writer.submit(op).await?, &entry.alert_id)
     }
 
     /// Gives a claim up without changing the row.
     pub async fn release(&self, alert_id: &str, owner: &Owner) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE deliveries SET owner = NULL, owner_run = NULL, lease_until = NULL \
-             WHERE alert_id = $1 AND owner_run = $2",
-        )
-        .bind(alert_id)
-        .bind(&owner.run)
-        .execute(&self.pool)
-        .await?;
+        let op = Op::Release {
+            alert_id: alert_id.to_owned(),
+            run: owner.run.clone(),
+        };
+        self.writer.submit(op).await?;
         Ok(())
+    }
+
+    /// Runs one write to another table of the ledger's database in the
+    /// writer's next batch; returns the rows it changed.
+    pub async fn write(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64, LedgerError> {
+        match self.writer.submit(Op::Statement { sql, args }).await? {
+            Outcome::Rows(rows) => Ok(rows),
+            Outcome::Row(_) => Err(LedgerError::WriterAnswer),
+        }
+    }
+
+    /// How many transactions the ledger's writes shared.
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.writer.stats
     }
 
     /// Deletes rows untouched since `before` that nobody holds; returns how
@@ -360,8 +338,19 @@ impl Ledger {
     }
 }
 
-fn fenced(rows: u64, alert_id: &str) -> Result<(), LedgerError> {
-    if rows == 0 {
+/// SQLite has one writer whatever we do; PostgreSQL overlaps batches on
+/// several connections, leaving some of the pool to reads and the other
+/// tables' writes.
+fn writer_tasks(postgres: bool, max_connections: u32) -> usize {
+    if postgres {
+        usize::try_from(max_connections / 2).unwrap_or(1).max(1)
+    } else {
+        1
+    }
+}
+
+fn fenced(outcome: Outcome, alert_id: &str) -> Result<(), LedgerError> {
+    if matches!(outcome, Outcome::Rows(0)) {
         Err(LedgerError::ClaimLost {
             alert_id: alert_id.to_owned(),
         })

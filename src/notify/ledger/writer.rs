@@ -1,0 +1,340 @@
+//! Group commit for the ledger's writes. Channel workers submit their
+//! claims and entry writes here and wait for the answer; a writer task takes
+//! everything that is waiting and runs it in one transaction, so hundreds
+//! of workers share one commit (one `fsync` on PostgreSQL, one WAL append
+//! on SQLite) instead of paying one each.
+//!
+//! Nothing about durability changes: a worker is answered only after the
+//! transaction holding its write committed, so `pending` is still durable
+//! before Slack sees the post and `posted` before the offset moves. The
+//! statements run in submission order inside the transaction, each seeing
+//! the ones before it, so a claim's compare-and-set holds within a batch as
+//! it does between batches (and between replicas: each statement takes the
+//! row's lock).
+//!
+//! A failing statement fails only its submitter: the batch is rolled back
+//! and every write in it runs again on its own. Running one again is safe
+//! even if an uncertain commit did apply it: each delivery write is
+//! idempotent for its owner (a claim re-taken by the same run, an entry
+//! written with the same values, a lease set to the same time), and an
+//! alert state's compare-and-set then finds its own change and decides
+//! again from it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::{entry_from_row, Entry, LedgerError, COLUMNS};
+
+/// The most writes one transaction carries: bounds how long a batch holds
+/// its row locks (and a failed batch's retry one by one).
+const MAX_BATCH: usize = 512;
+
+/// One write, with what it needs to run on its own.
+pub(super) enum Op {
+    /// Takes the alert unless a live peer holds it; answers the row after.
+    Claim {
+        alert_id: String,
+        channel_id: String,
+        instance: String,
+        run: String,
+        now_ms: i64,
+        lease_until: i64,
+    },
+    /// Writes the entry under our claim (`lease_until: None` gives it up).
+    Save {
+        entry: Box<Entry>,
+        run: String,
+        now_ms: i64,
+        lease_until: Option<i64>,
+    },
+    Renew {
+        alert_id: String,
+        run: String,
+        lease_until: i64,
+    },
+    Release {
+        alert_id: String,
+        run: String,
+    },
+    /// A write to another table of the ledger's database (alert states):
+    /// one statement, answered with the rows it changed.
+    Statement {
+        sql: &'static str,
+        args: Vec<Arg>,
+    },
+    /// A statement the database refuses (tests of the failure path).
+    #[cfg(test)]
+    Invalid,
+}
+
+/// A value bound to an [`Op::Statement`].
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+pub(super) enum Outcome {
+    /// The alert's row after a claim attempt (`None`: there is none).
+    Row(Option<Box<Entry>>),
+    /// Rows a fenced update changed (0: the claim is not ours).
+    Rows(u64),
+}
+
+type Answer = Result<Outcome, LedgerError>;
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// How much sharing happened (for tests and benches).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub transactions: AtomicU64,
+    pub writes: AtomicU64,
+    /// Batches rolled back and run again write by write.
+    pub retried_batches: AtomicU64,
+}
+
+#[derive(Clone)]
+pub(super) struct Writer {
+    requests: mpsc::UnboundedSender<Request>,
+    pub(super) stats: Arc<WriterStats>,
+}
+
+impl Writer {
+    /// Starts `tasks` writer tasks on `pool`; they stop when the last
+    /// `Writer` is dropped. One task for SQLite (it has one writer anyway);
+    /// several for PostgreSQL, where a batch's statements are round trips
+    /// that other batches can overlap.
+    pub(super) fn start(pool: AnyPool, tasks: usize) -> Writer {
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let stats = Arc::new(WriterStats::default());
+        for _ in 0..tasks.max(1) {
+            tokio::spawn(write_loop(pool.clone(), receiver.clone(), stats.clone()));
+        }
+        Writer { requests, stats }
+    }
+
+    /// Runs `op` in the next batch; returns once that batch committed.
+    pub(super) async fn submit(&self, op: Op) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { op, reply })
+            .map_err(|_| LedgerError::WriterGone)?;
+        answer.await.map_err(|_| LedgerError::WriterGone)?
+    }
+}
+
+async fn write_loop(
+    pool: AnyPool,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
+    stats: Arc<WriterStats>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            // The lock is held while waiting: the next free task takes what
+            // arrived meanwhile, all of it, as one batch.
+            let mut receiver = receiver.lock().await;
+            if receiver.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+        }
+        run_batch(&pool, &mut batch, &stats).await;
+    }
+}
+
+/// Runs `batch` in one transaction and answers each request; on a
+/// database error, rolls back and runs each write on its own.
+async fn run_batch(pool: &AnyPool, batch: &mut Vec<Request>, stats: &WriterStats) {
+    stats.transactions.fetch_add(1, Ordering::Relaxed);
+    stats
+        .writes
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if batch.len() == 1 {
+        // Alone: the statement is its own transaction.
+        for request in batch.drain(..) {
+            let answer = alone(pool, &request.op).await;
+            let _ = request.reply.send(answer);
+        }
+        return;
+    }
+    match together(pool, batch).await {
+        Ok(answers) => {
+            for (request, answer) in batch.drain(..).zip(answers) {
+                let _ = request.reply.send(answer);
+            }
+        }
+        Err(e) => {
+            stats.retried_batches.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, writes = batch.len(), "ledger batch failed; running its writes one by one");
+            for request in batch.drain(..) {
+                stats.transactions.fetch_add(1, Ordering::Relaxed);
+                let answer = alone(pool, &request.op).await;
+                let _ = request.reply.send(answer);
+            }
+        }
+    }
+}
+
+async fn together(pool: &AnyPool, batch: &[Request]) -> Result<Vec<Answer>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut answers = Vec::with_capacity(batch.len());
+    for request in batch {
+        match execute(&mut tx, &request.op).await {
+            // PostgreSQL aborts the transaction on any error: nothing after
+            // it can run, and SQLite is kept to the same rule.
+            Err(LedgerError::Database(e)) => return Err(e),
+            answer => answers.push(answer),
+        }
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
+
+async fn alone(pool: &AnyPool, op: &Op) -> Answer {
+    let mut conn = pool.acquire().await?;
+    execute(&mut conn, op).await
+}
+
+async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
+    match op {
+        Op::Claim {
+            alert_id,
+            channel_id,
+            instance,
+            run,
+            now_ms,
+            lease_until,
+        } => {
+            // One round trip when the claim is taken (the common case): the
+            // upsert returns the row it wrote, and nothing when the
+            // conflict's condition kept a live peer's claim.
+            let taken: Option<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
+                 created_at, updated_at, owner, owner_run, lease_until) \
+                 VALUES ($1, $2, NULL, '', 'new', 0, NULL, $3, $3, $4, $5, $6) \
+                 ON CONFLICT (alert_id) DO UPDATE SET owner = $4, owner_run = $5, lease_until = $6 \
+                 WHERE deliveries.owner IS NULL OR deliveries.lease_until IS NULL \
+                 OR deliveries.lease_until < $3 OR deliveries.owner = $4 \
+                 RETURNING {COLUMNS}"
+            )))
+            .bind(alert_id)
+            .bind(channel_id)
+            .bind(now_ms)
+            .bind(instance)
+            .bind(run)
+            .bind(lease_until)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let row = match taken {
+                Some(row) => Some(row),
+                None => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {COLUMNS} FROM deliveries WHERE alert_id = $1"
+                    )))
+                    .bind(alert_id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                }
+            };
+            Ok(Outcome::Row(
+                row.as_ref().map(entry_from_row).transpose()?.map(Box::new),
+            ))
+        }
+        Op::Save {
+            entry,
+            run,
+            now_ms,
+            lease_until,
+        } => {
+            let done = sqlx::query(
+                "UPDATE deliveries SET channel_id = $3, ts = $4, content_hash = $5, status = $6, \
+                 attempts = $7, error = $8, updated_at = $9, version_source = $10, version_offset = $11, \
+                 version_created_at = $12, occurrence = $13, \
+                 owner = CASE WHEN $14 = 1 THEN NULL ELSE owner END, \
+                 owner_run = CASE WHEN $14 = 1 THEN NULL ELSE owner_run END, \
+                 lease_until = $15, alert_status = $16, thread_ts = $17, reply_key = $18, \
+                 reply_ts = $19, reply_pending = $20 \
+                 WHERE alert_id = $1 AND owner_run = $2",
+            )
+            .bind(&entry.alert_id)
+            .bind(run)
+            .bind(&entry.channel_id)
+            .bind(&entry.ts)
+            .bind(&entry.content_hash)
+            .bind(entry.status.as_str())
+            .bind(entry.attempts)
+            .bind(&entry.error)
+            .bind(now_ms)
+            .bind(&entry.version.source)
+            .bind(entry.version.offset)
+            .bind(entry.version.created_at)
+            .bind(entry.occurrence)
+            .bind(i32::from(lease_until.is_none()))
+            .bind(lease_until)
+            .bind(entry.alert_status.as_str())
+            .bind(&entry.thread_ts)
+            .bind(&entry.reply_key)
+            .bind(&entry.reply_ts)
+            .bind(&entry.reply_pending)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Outcome::Rows(done.rows_affected()))
+        }
+        Op::Renew {
+            alert_id,
+            run,
+            lease_until,
+        } => {
+            let done = sqlx::query(
+                "UPDATE deliveries SET lease_until = $3 WHERE alert_id = $1 AND owner_run = $2",
+            )
+            .bind(alert_id)
+            .bind(run)
+            .bind(lease_until)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Outcome::Rows(done.rows_affected()))
+        }
+        Op::Release { alert_id, run } => {
+            let done = sqlx::query(
+                "UPDATE deliveries SET owner = NULL, owner_run = NULL, lease_until = NULL \
+                 WHERE alert_id = $1 AND owner_run = $2",
+            )
+            .bind(alert_id)
+            .bind(run)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Outcome::Rows(done.rows_affected()))
+        }
+        Op::Statement { sql, args } => {
+            let mut query = sqlx::query(*sql);
+            for arg in args {
+                query = match arg {
+                    Arg::Text(value) => query.bind(value.clone()),
+                    Arg::Int(value) => query.bind(*value),
+                };
+            }
+            let done = query.execute(&mut *conn).await?;
+            Ok(Outcome::Rows(done.rows_affected()))
+        }
+        #[cfg(test)]
+        Op::Invalid => {
+            sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                .execute(&mut *conn)
+                .await?;
+            Ok(Outcome::Rows(1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
