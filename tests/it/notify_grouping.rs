@@ -561,6 +561,25 @@ async fn the_summary_buttons_act_on_every_member() {
     .await;
     assert_eq!(clicked, 200);
     let snoozed = eventually(WAIT, "every member snoozed", || expect_all("snoozed")).await;
+    eventually(WAIT, "the summary showing the snooze", || async {
+        slack
+            .messages()
+            .into_iter()
+            .find(|m| m.ts == summary.ts && m.blocks.to_string().contains(":zzz: Snoozed by <@U7>"))
+    })
+    .await;
+    // A member joining later changes the summary's count; the group's own
+    // state line stays on it.
+    env.produce_message(&failure(5, now)).await;
+    let recounted = summary_showing(&slack, "5 alerts: org-1").await;
+    assert!(
+        recounted
+            .blocks
+            .to_string()
+            .contains(":zzz: Snoozed by <@U7>"),
+        "{}",
+        recounted.blocks
+    );
     notify.stop().await.expect("clean stop");
     for m in &members {
         let until = snoozed[&m.alert_id]["snoozedUntil"]

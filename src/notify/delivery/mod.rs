@@ -31,6 +31,7 @@ use super::grouping::{GroupSettings, Grouper};
 use super::ledger::{Entry, Ledger, LedgerError, Owner, Status, Version};
 use super::pacing::Pacer;
 use super::slack_health::SlackHealth;
+use super::state::store::StateStore;
 use super::state::AlertStates;
 use crate::config::RetrySettings;
 use crate::messages::{DeliveryOutcome, SlackMessage};
@@ -187,6 +188,7 @@ impl Deliverer {
                 reconcile_delay: settings.reconcile_delay,
                 update_interval: settings.group_update_interval,
             },
+            StateStore::new(&ledger),
         ));
         Deliverer {
             slack,

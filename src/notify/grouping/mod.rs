@@ -28,9 +28,12 @@ use summary::Member;
 
 use super::decision::{classify, Failure};
 use super::delivery::{now_ms, DeliverError};
+use super::interactions::GROUP_PREFIX;
 use super::ledger::Owner;
 use super::pacing::Pacer;
 use super::slack_health::SlackHealth;
+use super::state::service::decorated_blocks;
+use super::state::store::StateStore;
 use crate::messages::SlackMessage;
 use crate::slack::{GroupRef, SlackApi, SlackError};
 
@@ -49,6 +52,9 @@ pub struct Grouper {
     health: Arc<SlackHealth>,
     owner: Owner,
     settings: GroupSettings,
+    /// The group's own state (a click on the summary acknowledged or
+    /// snoozed it), shown on every summary notify renders.
+    states: StateStore,
     /// One summary change at a time in this process: claims are per
     /// instance, so they only arbitrate between replicas.
     one_at_a_time: tokio::sync::Mutex<()>,
@@ -113,8 +119,10 @@ impl Grouper {
         health: Arc<SlackHealth>,
         owner: Owner,
         settings: GroupSettings,
+        states: StateStore,
     ) -> Grouper {
         Grouper {
+            states,
             slack,
             ledger,
             pacer,
@@ -127,6 +135,20 @@ impl Grouper {
 
     pub fn ledger(&self) -> &GroupLedger {
         &self.ledger
+    }
+
+    /// A freshly rendered summary knows nothing of clicks on it: without
+    /// the group's state applied, a count edit would drop its
+    /// "Acknowledged by" line. Shown as rendered if the state cannot be read.
+    async fn with_group_state(&self, group_id: &str, blocks: String) -> String {
+        match self.states.get(&format!("{GROUP_PREFIX}{group_id}")).await {
+            Ok(Some(row)) => decorated_blocks(&blocks, &row),
+            Ok(None) => blocks,
+            Err(e) => {
+                tracing::warn!(group_id, error = %e, "cannot read the group's state; the summary shows none");
+                blocks
+            }
+        }
     }
 
     /// The members of a group: what its summary's buttons act on.
@@ -261,7 +283,10 @@ impl Grouper {
         // between leaves the summary out of date, never shown as current.
         let revision = group.revision;
         let members = self.ledger.members(&group.group_id).await?;
-        let rendered = summary::render(&group.group_id, &group.group_key, &members);
+        let mut rendered = summary::render(&group.group_id, &group.group_key, &members);
+        rendered.blocks = self
+            .with_group_state(&group.group_id, rendered.blocks)
+            .await;
         group.status = GroupStatus::Pending;
         group.error = None;
         // Durable before Slack sees it: whoever finds it looks first.
@@ -378,7 +403,10 @@ impl Grouper {
             return Ok(false);
         };
         let members = self.ledger.members(group_id).await?;
-        let rendered = summary::render(&group.group_id, &group.group_key, &members);
+        let mut rendered = summary::render(&group.group_id, &group.group_key, &members);
+        rendered.blocks = self
+            .with_group_state(&group.group_id, rendered.blocks)
+            .await;
         self.pacer.ready(&group.channel_id).await;
         let result = self
             .slack
