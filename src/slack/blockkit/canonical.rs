@@ -147,6 +147,26 @@ fn write_str(out: &mut String, text: &str) {
     out.push('"');
 }
 
+/// `text`, read from the document unchanged, as a JSON string literal.
+/// serde_json borrows a string only when its source had no escape, and
+/// refuses a raw control character in one, so nothing in it needs an
+/// escape (serde_json escapes only `"`, `\\` and controls): its bytes are
+/// what the escape would write.
+fn write_unescaped_str(out: &mut String, text: &str) {
+    debug_assert!(!text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'));
+    out.push('"');
+    out.push_str(text);
+    out.push('"');
+}
+
+/// A member name as a JSON string literal.
+fn write_name(out: &mut String, name: &Text<'_>) {
+    match name.unescaped() {
+        Some(text) => write_unescaped_str(out, text),
+        None => write_str(out, name.as_str()),
+    }
+}
+
 impl<'de, S: Shape<'de>> Visitor<'de> for Canonical<'_, 'de, S> {
     type Value = S;
 
@@ -179,7 +199,7 @@ impl<'de, S: Shape<'de>> Visitor<'de> for Canonical<'_, 'de, S> {
         Ok(S::scalar())
     }
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<S, E> {
-        write_str(self.writer.out, v);
+        write_unescaped_str(self.writer.out, v);
         Ok(S::string(Text::borrowed(v)))
     }
     fn visit_str<E>(self, v: &str) -> Result<S, E> {
@@ -245,7 +265,7 @@ impl<'de, S: Shape<'de>> Visitor<'de> for Canonical<'_, 'de, S> {
                 out.push(',');
             }
             first = false;
-            write_str(out, name.as_str());
+            write_name(out, name);
             out.push(':');
             out.push_str(&scratch[range.clone()]);
         }

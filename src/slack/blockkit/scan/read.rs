@@ -22,6 +22,13 @@ impl<'de> Text<'de> {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// The text as it stood in the document (it had no escapes).
+    pub fn unescaped(&self) -> Option<&'de str> {
+        match self.0 {
+            Cow::Borrowed(text) => Some(text),
+            Cow::Owned(_) => None,
+        }
+    }
 }
 
 struct TextVisitor;
