@@ -70,9 +70,8 @@ pub fn check_rendered(text: &str, blocks_json: &str) -> Result<String, RenderedE
                 .to_string(),
         )
     };
-    let blocks = canonical_json(blocks_json).map_err(json_error)?;
-    match scan::validate_message_text(text, &blocks) {
-        Ok(()) => Ok(blocks),
+    match scan::canonical_checked(text, blocks_json) {
+        Ok(blocks) => Ok(blocks),
         Err(scan::ScanError::BlockKit(e)) => Err(RenderedError::BlockKit(e)),
         Err(scan::ScanError::Json(e)) => Err(json_error(e)),
     }

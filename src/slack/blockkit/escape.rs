@@ -9,31 +9,79 @@ use std::fmt;
 /// they are.
 pub fn write_json_string_content<W: fmt::Write + ?Sized>(out: &mut W, text: &str) -> fmt::Result {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
     let mut start = 0;
-    for (i, byte) in text.bytes().enumerate() {
-        let short = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
+    loop {
+        let i = next_escape(bytes, start);
+        // Escaped bytes are ASCII, so `i` is on a char boundary.
         out.write_str(&text[start..i])?;
-        if short.is_empty() {
-            out.write_str("\\u00")?;
-            out.write_char(char::from(HEX[usize::from(byte >> 4)]))?;
-            out.write_char(char::from(HEX[usize::from(byte & 0xf)]))?;
-        } else {
-            out.write_str(short)?;
+        let Some(&byte) = bytes.get(i) else {
+            return Ok(());
+        };
+        match ESCAPE[usize::from(byte)] {
+            b'u' => {
+                out.write_str("\\u00")?;
+                out.write_char(char::from(HEX[usize::from(byte >> 4)]))?;
+                out.write_char(char::from(HEX[usize::from(byte & 0xf)]))?;
+            }
+            short => {
+                out.write_char('\\')?;
+                out.write_char(char::from(short))?;
+            }
         }
         start = i + 1;
     }
-    out.write_str(&text[start..])
 }
+
+/// The index of the first byte at or after `from` that must be escaped,
+/// or `bytes.len()`. Rendered blocks are mostly plain text, so eight bytes
+/// are tested at a time (as serde_json's reader skips them) and only a word
+/// that holds an escape is looked at byte by byte.
+fn next_escape(bytes: &[u8], mut from: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    while let Some(word) = bytes.get(from..).and_then(<[u8]>::first_chunk::<8>) {
+        let word = u64::from_ne_bytes(*word);
+        // A byte below 0x20, or equal to `"` or `\`, sets its high bit in
+        // one of these (the classic "has a zero / a smaller byte" tests;
+        // exact for the word as a whole).
+        let control = word.wrapping_sub(ONES * 0x20) & !word;
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let quote = quote.wrapping_sub(ONES) & !quote;
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        let backslash = backslash.wrapping_sub(ONES) & !backslash;
+        if (control | quote | backslash) & HIGH != 0 {
+            break;
+        }
+        from += 8;
+    }
+    while let Some(&byte) = bytes.get(from) {
+        if ESCAPE[usize::from(byte)] != 0 {
+            break;
+        }
+        from += 1;
+    }
+    from
+}
+
+/// For each byte: 0 when it is written as it is, else the letter after
+/// the backslash (`u` for the `\u00XX` form), as serde_json escapes.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = b'u';
+        byte += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -55,9 +103,30 @@ mod tests {
             "lines\nand\r\ttabs",
             "\u{7f} é ✓ 🚨",
             &every_control,
+            "eight by eight \"then\" more plain text, a tab\t, a \u{1f} late",
+            "\u{80}\u{9f}\u{a0}\u{ff} bytes above 0x7f in every lane: éééééééé\"",
         ] {
             let serde = serde_json::to_string(text).expect("a str serializes");
             assert_eq!(format!("\"{}\"", escaped(text)), serde, "{text:?}");
+        }
+    }
+
+    /// Every position of every escaped byte in a word, with plain and
+    /// multi-byte text around it: the word test may not miss one.
+    #[test]
+    fn finds_an_escape_in_every_lane() {
+        for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', '\u{8}'] {
+            for len in 0..20 {
+                for at in 0..=len {
+                    for filler in ['a', 'é', '\u{7f}', ' ', '!', '#', '[', ']'] {
+                        let mut text: String = std::iter::repeat_n(filler, len).collect();
+                        let byte = text.char_indices().nth(at).map_or(text.len(), |(i, _)| i);
+                        text.insert(byte, special);
+                        let serde = serde_json::to_string(&text).expect("a str serializes");
+                        assert_eq!(format!("\"{}\"", escaped(&text)), serde, "{text:?}");
+                    }
+                }
+            }
         }
     }
 

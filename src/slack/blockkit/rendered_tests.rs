@@ -161,6 +161,9 @@ fn blocks_come_out_as_value_to_string_writes_them() {
         r#"  "just a string"  "#,
         "[[[{}]]]",
         r#"{"": 0, "é": 1, "e": 2, "E": 3, "ab": 4, "a": 5}"#,
+        // Unescaped names and strings (written as they stand) next to
+        // escaped ones, DEL and non-ASCII raw.
+        "{\"raw\u{7f}é/\": \"\u{7f} ✓ / 🚨\", \"esc\\u0001\": \"q\\\"\", \"a\\/b\": [\"\\u00e9\", \"é\"]}",
     ];
     for text in texts {
         let expected = serde_json::from_str::<Value>(text).unwrap().to_string();

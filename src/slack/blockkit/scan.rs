@@ -1,7 +1,8 @@
-//! Block Kit limits checked on JSON text: each block is read into the few
-//! borrowed members the limits are about, never into a tree. The rules and
-//! their error paths are [`super::validate_message`]'s; the tests hold the
-//! two to the same answers.
+//! Block Kit limits checked on JSON text: while the canonical form is
+//! written, each block is read into the few borrowed members the limits
+//! are about, never into a tree. The rules and their error paths are
+//! [`super::validate_message`]'s; the tests hold the two to the same
+//! answers.
 
 use super::{
     fail, BlockKitError, MAX_ACTION_ELEMENTS, MAX_ACTION_ID, MAX_BLOCKS, MAX_BLOCK_ID,
@@ -11,6 +12,8 @@ use super::{
 };
 
 mod read;
+
+use super::canonical::canonical_shaped;
 
 pub use read::Text;
 use read::{Block, Element, List, Member, TextObject};
@@ -22,10 +25,13 @@ pub enum ScanError {
     BlockKit(BlockKitError),
 }
 
-/// [`super::validate_message`] of `text` and the blocks in `blocks_json`.
-pub fn validate_message_text(text: &str, blocks_json: &str) -> Result<(), ScanError> {
-    let blocks: List<'_, Block<'_>> = serde_json::from_str(blocks_json).map_err(ScanError::Json)?;
-    check_message(text, &blocks).map_err(ScanError::BlockKit)
+/// The blocks in `blocks_json` in canonical form, once
+/// [`super::validate_message`] of `text` and them passes; one parse.
+pub fn canonical_checked(text: &str, blocks_json: &str) -> Result<String, ScanError> {
+    let (canonical, blocks) =
+        canonical_shaped::<List<'_, Block<'_>>>(blocks_json).map_err(ScanError::Json)?;
+    check_message(text, &blocks).map_err(ScanError::BlockKit)?;
+    Ok(canonical)
 }
 
 fn check_message(text: &str, blocks: &List<'_, Block<'_>>) -> Result<(), BlockKitError> {
