@@ -62,6 +62,27 @@ impl SlackHealth {
         }
     }
 
+    /// Tells the detector how a call ended: its value, or the error with
+    /// its class. Every Slack call's result goes through here.
+    pub(super) fn observe<T>(
+        &self,
+        result: Result<T, SlackError>,
+    ) -> Result<T, (SlackError, Failure)> {
+        let error = match result {
+            Ok(value) => {
+                self.answered();
+                return Ok(value);
+            }
+            Err(e) => e,
+        };
+        let failure = classify(&error);
+        match failure {
+            Failure::Unreachable | Failure::Ambiguous => self.no_answer(&error),
+            _ => self.answered(),
+        }
+        Err((error, failure))
+    }
+
     pub(super) fn answered(&self) {
         self.failures_in_a_row.store(0, Ordering::SeqCst);
         if self.unreachable.swap(false, Ordering::SeqCst) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Attempt, DeliverError, Deliverer, Delivery};
-use crate::notify::decision::{classify, Failure};
+use crate::notify::decision::Failure;
 use crate::notify::ledger::Entry;
 use crate::notify::pacing::retry_delay;
 use crate::slack::SlackError;
@@ -80,18 +80,10 @@ impl Deliverer {
         result: Result<T, SlackError>,
         unknown_errors: &mut u32,
     ) -> Called<T> {
-        let error = match result {
-            Ok(value) => {
-                self.health.answered();
-                return Called::Done(value);
-            }
-            Err(e) => e,
+        let (error, failure) = match self.health.observe(result) {
+            Ok(value) => return Called::Done(value),
+            Err(failed) => failed,
         };
-        let failure = classify(&error);
-        match failure {
-            Failure::Unreachable | Failure::Ambiguous => self.health.no_answer(&error),
-            _ => self.health.answered(),
-        }
         match failure {
             Failure::Permanent => Called::Refused(error),
             Failure::Auth => Called::Auth(error),

@@ -26,7 +26,7 @@ pub use ledger::GroupLedger;
 use plan::{FlushPlan, GroupRow, GroupStatus, SummaryPlan};
 use summary::Member;
 
-use super::decision::{classify, Failure};
+use super::decision::Failure;
 use super::delivery::{now_ms, DeliverError};
 use super::interactions::GROUP_PREFIX;
 use super::ledger::Owner;
@@ -200,18 +200,10 @@ impl Grouper {
     }
 
     fn call<T>(&self, result: Result<T, SlackError>) -> Outcome<T> {
-        let error = match result {
-            Ok(value) => {
-                self.health.answered();
-                return Outcome::Done(value);
-            }
-            Err(e) => e,
+        let (error, failure) = match self.health.observe(result) {
+            Ok(value) => return Outcome::Done(value),
+            Err(failed) => failed,
         };
-        let failure = classify(&error);
-        match failure {
-            Failure::Unreachable | Failure::Ambiguous => self.health.no_answer(&error),
-            _ => self.health.answered(),
-        }
         match failure {
             Failure::Permanent => Outcome::Refused(error),
             Failure::Auth => Outcome::Auth(error),
