@@ -63,6 +63,51 @@ pub struct Pacer {
     per_channel: ChannelLimiter,
     workspace: DirectLimiter,
     history: DirectLimiter,
+    answered: AnsweredLimiter,
+}
+
+/// Slack counts a request when it *arrives*, the limiters above when they
+/// let it go; when many channels start at once, a request can arrive late
+/// and the channel's next one less than a period after it (a 429). This
+/// per-channel GCRA at Slack's nominal rate and burst is charged with each
+/// request's *answer* time instead: a request arrives no later than it is
+/// answered, and a later arrival only moves the bucket's theoretical
+/// arrival time later, so whatever this lets go Slack's bucket admits
+/// whatever the transit delay. It is charged by [`Pacer::answered`], which
+/// a channel's worker calls before its next request.
+struct AnsweredLimiter {
+    period: Duration,
+    tolerance: Duration,
+    /// Theoretical arrival time per channel.
+    tat: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+}
+
+impl AnsweredLimiter {
+    fn new(per_second: u32, burst: u32) -> AnsweredLimiter {
+        let period = Duration::from_secs(1) / per_second.max(1);
+        AnsweredLimiter {
+            period,
+            tolerance: period * burst.max(1).saturating_sub(1),
+            tat: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// When a request to `channel` may go, if not now.
+    fn not_before(&self, channel: &str) -> Option<tokio::time::Instant> {
+        let tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        let at = tat.get(channel)?.checked_sub(self.tolerance)?;
+        (at > tokio::time::Instant::now()).then_some(at)
+    }
+
+    fn charge(&self, channel: &str) {
+        let now = tokio::time::Instant::now();
+        let mut tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        if tat.len() > 10_000 {
+            tat.retain(|_, at| *at > now);
+        }
+        let at = tat.entry(channel.to_owned()).or_insert(now);
+        *at = (*at).max(now) + self.period;
+    }
 }
 
 /// Sleeps (on tokio's timer) until `check` lets a request go.
@@ -109,7 +154,17 @@ impl Pacer {
                     ),
                 TokioClock,
             ),
+            answered: AnsweredLimiter::new(
+                settings.per_channel_per_second,
+                settings.per_channel_burst,
+            ),
         }
+    }
+
+    /// A request to `channel` let go by [`Pacer::ready`] was answered (or
+    /// failed): it reached Slack by now.
+    pub fn answered(&self, channel: &str) {
+        self.answered.charge(channel);
     }
 
     /// Waits until a `conversations.history` call may go.
@@ -120,6 +175,9 @@ impl Pacer {
     /// Waits until a message may go to `channel`; returns how long it waited.
     pub async fn ready(&self, channel: &str) -> Duration {
         let started = tokio::time::Instant::now();
+        while let Some(at) = self.answered.not_before(channel) {
+            tokio::time::sleep_until(at).await;
+        }
         let key = channel.to_owned();
         until_allowed(|| self.per_channel.check_key(&key)).await;
         until_allowed(|| self.workspace.check()).await;
@@ -208,6 +266,29 @@ mod tests {
             second >= Duration::from_millis(510) && second <= Duration::from_millis(530),
             "A waited {second:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_moves_the_channels_next_request_later() {
+        let pacer = Pacer::new(&PacingSettings {
+            per_channel_per_second: 1,
+            per_channel_burst: 2,
+            workspace_per_second: 1000,
+            workspace_burst: 1000,
+            history_per_minute: 50,
+        });
+        // A burst of two, the first answered (so: arrived) only 900 ms later.
+        assert_eq!(pacer.ready("A").await, Duration::ZERO);
+        tokio::time::advance(Duration::from_millis(900)).await;
+        pacer.answered("A");
+        assert_eq!(pacer.ready("A").await, Duration::ZERO);
+        pacer.answered("A");
+        // The grant-time limiter alone would let the third go at ~1.035 s;
+        // Slack saw the first at up to 900 ms, so it must wait until 1.9 s.
+        let third = pacer.ready("A").await;
+        assert_eq!(third, Duration::from_millis(1000), "waited {third:?}");
+        // Another channel is not held back.
+        assert_eq!(pacer.ready("B").await, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

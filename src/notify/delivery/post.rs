@@ -117,6 +117,7 @@ impl Deliverer {
                 .await
             }
         };
+        self.pacer.answered(&conversation);
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(posted) => {
                 self.metrics

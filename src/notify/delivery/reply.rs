@@ -49,6 +49,7 @@ impl Deliverer {
                     .reply(&channel, thread, &message.text, blocks.as_deref(), &reply),
             )
             .await;
+        self.pacer.answered(&channel);
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(posted) => {
                 let entry = &mut attempt.entry;

@@ -66,6 +66,7 @@ impl Deliverer {
                     .update(&channel, &ts, &message.text, blocks, Some(&alert)),
             )
             .await;
+        self.pacer.answered(&channel);
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(_) => {
                 if let (Some(states), Some(edit)) = (&self.states, &edit) {

@@ -293,6 +293,7 @@ impl Grouper {
                 &summary_of(group),
             )
             .await;
+        self.pacer.answered(&group.channel_id);
         match self.call(result) {
             Outcome::Done(posted) => {
                 group.status = GroupStatus::Posted;
@@ -410,6 +411,7 @@ impl Grouper {
                 Some(&summary_of(&group)),
             )
             .await;
+        self.pacer.answered(&group.channel_id);
         match self.call(result) {
             Outcome::Done(_) => {
                 group.shown_revision = revision;
