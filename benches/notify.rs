@@ -56,16 +56,7 @@ async fn run(
         ("slack-interactions", 32),
     ]);
     let bootstrap = cluster.bootstrap_servers();
-    let names: Vec<String> = (0..channels).map(|c| format!("C{c:04}")).collect();
-    let slack = FakeSlack::start(FakeSlackConfig {
-        token: TOKEN.into(),
-        channels: names.clone(),
-        per_channel_per_second: fake_limit,
-        burst: 3,
-        ..FakeSlackConfig::default()
-    })
-    .await
-    .expect("fake slack");
+    let (names, slack) = fake_slack(channels, fake_limit).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger_url(dir.path()).await;
     let overlay = testkit::bench_overlay(
@@ -165,21 +156,28 @@ async fn run(
     Run { elapsed, slack }
 }
 
-/// Posts `per_channel` messages to each of `channels` channels of the fake,
-/// one task per channel, with notify's Slack client.
-async fn slack_alone(channels: usize, per_channel: usize) -> (Duration, usize) {
-    use alertsvc::slack::{AlertRef, SlackApi};
-    use std::sync::Arc;
+/// The fake Slack with `channels` channels (`C0000`…), Slack's burst of 3
+/// and `limit` posts per second per channel.
+async fn fake_slack(channels: usize, limit: Option<f64>) -> (Vec<String>, FakeSlack) {
     let names: Vec<String> = (0..channels).map(|c| format!("C{c:04}")).collect();
     let slack = FakeSlack::start(FakeSlackConfig {
         token: TOKEN.into(),
         channels: names.clone(),
-        per_channel_per_second: None,
+        per_channel_per_second: limit,
         burst: 3,
         ..FakeSlackConfig::default()
     })
     .await
     .expect("fake slack");
+    (names, slack)
+}
+
+/// Posts `per_channel` messages to each of `channels` channels of the fake,
+/// one task per channel, with notify's Slack client.
+async fn slack_alone(channels: usize, per_channel: usize) -> (Duration, usize) {
+    use alertsvc::slack::{AlertRef, SlackApi};
+    use std::sync::Arc;
+    let (names, slack) = fake_slack(channels, None).await;
     let api = Arc::new(SlackApi::new(&slack.url, TOKEN, Duration::from_secs(10)));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
