@@ -142,13 +142,7 @@ mod tests {
 
     fn settings() -> (Settings, PathBuf) {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-        let settings = Settings::load(&Sources {
-            dir: dir.clone(),
-            env_name: None,
-            extra_file: None,
-            use_env_vars: false,
-        })
-        .unwrap();
+        let settings = Settings::load(&Sources::files_only(dir.clone())).unwrap();
         (settings, dir)
     }
 

@@ -25,6 +25,17 @@ impl Sources {
             use_env_vars: true,
         }
     }
+
+    /// The files in `dir` alone, without `ALERTSVC_ENV` or `ALERTSVC__*`:
+    /// what tests and benches load, whatever the environment they run in.
+    pub fn files_only(dir: PathBuf) -> Self {
+        Sources {
+            dir,
+            env_name: None,
+            extra_file: None,
+            use_env_vars: false,
+        }
+    }
 }
 
 impl Settings {

@@ -21,6 +21,7 @@ pub mod offsets;
 pub mod pacing;
 pub mod responses;
 pub mod slack_health;
+pub mod slack_side;
 pub mod state;
 pub mod worker;
 
@@ -48,6 +49,7 @@ use ledger::{Ledger, LedgerError, Owner};
 use pacing::Pacer;
 use responses::Responses;
 use slack_health::SlackHealth;
+use slack_side::SlackSide;
 use worker::Shared;
 
 #[derive(Debug, thiserror::Error)]
@@ -238,10 +240,14 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), N
         let every = notify.retry.initial_backoff.max(Duration::from_secs(1));
         tokio::spawn(async move { health.probe(&slack, every, &stop).await })
     };
+    let side = SlackSide {
+        api: slack,
+        pacer: Arc::new(Pacer::new(&notify.pacing)),
+        health: slack_health,
+    };
     let deliverer = Deliverer::new(
-        slack,
+        side,
         ledger.clone(),
-        Arc::new(Pacer::new(&notify.pacing)),
         DeliverySettings {
             retry: notify.retry.clone(),
             rules: Rules {
@@ -254,7 +260,6 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), N
         },
         owner,
         metrics.clone(),
-        slack_health,
     )
     .with_states(states.clone());
     let (done_tx, done_rx) = mpsc::unbounded_channel();

@@ -244,13 +244,7 @@ mod tests {
 
     fn serving_on(http_addr: std::net::SocketAddr) -> (Settings, std::path::PathBuf) {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-        let mut settings = Settings::load(&Sources {
-            dir: dir.clone(),
-            env_name: None,
-            extra_file: None,
-            use_env_vars: false,
-        })
-        .unwrap();
+        let mut settings = Settings::load(&Sources::files_only(dir.clone())).unwrap();
         settings.produce.as_mut().unwrap().http_addr = http_addr;
         (settings, dir)
     }

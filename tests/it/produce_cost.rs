@@ -14,7 +14,6 @@
 
 use std::time::Duration;
 
-use alertsvc::config::{Settings, Sources};
 use alertsvc::produce::Options;
 use serde_json::{json, Value};
 
@@ -260,13 +259,7 @@ async fn the_schedule_mode_counts_bytes_and_refused_runs() {
     let mut toml = produce_toml(dir.path(), &warehouse, "", "recovery_settle = \"100ms\"");
     toml.push_str("maximum_bytes_billed = \"1 GiB\"\n");
     let env = TestEnv::new(&toml).await;
-    let settings = Settings::load(&Sources {
-        dir: config_dir(),
-        env_name: None,
-        extra_file: Some(env.overlay.clone()),
-        use_env_vars: false,
-    })
-    .unwrap();
+    let settings = crate::common::testkit::load_settings(Some(env.overlay.clone()));
     let addr = settings.produce.as_ref().unwrap().http_addr;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = {

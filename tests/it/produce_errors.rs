@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use alertsvc::config::{Settings, Sources};
 use alertsvc::produce::Options;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
@@ -250,13 +249,7 @@ async fn the_schedule_mode_runs_repeatedly_and_serves_metrics() {
     let rows: Vec<Failure> = (0..5).map(failure).collect();
     warehouse.insert(&rows).await;
     let env = TestEnv::new(&produce_toml(dir.path(), &warehouse, "", "")).await;
-    let settings = Settings::load(&Sources {
-        dir: config_dir(),
-        env_name: None,
-        extra_file: Some(env.overlay.clone()),
-        use_env_vars: false,
-    })
-    .unwrap();
+    let settings = crate::common::testkit::load_settings(Some(env.overlay.clone()));
     let addr = settings.produce.as_ref().unwrap().http_addr;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = {

@@ -27,10 +27,8 @@ pub fn config_dir() -> PathBuf {
 /// without environment variables.
 pub fn load_settings(extra: Option<PathBuf>) -> Settings {
     Settings::load(&Sources {
-        dir: config_dir(),
-        env_name: None,
         extra_file: extra,
-        use_env_vars: false,
+        ..Sources::files_only(config_dir())
     })
     .expect("configuration loads")
 }

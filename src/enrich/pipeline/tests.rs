@@ -21,13 +21,7 @@ pub(super) fn config_dir() -> PathBuf {
 }
 
 pub(super) fn reference_pipeline() -> Pipeline {
-    let settings = Settings::load(&Sources {
-        dir: config_dir(),
-        env_name: None,
-        extra_file: None,
-        use_env_vars: false,
-    })
-    .unwrap();
+    let settings = Settings::load(&Sources::files_only(config_dir())).unwrap();
     let enrich = settings.enrich.unwrap();
     let name = "connector-provisioning-failure";
     Pipeline::compile(name, &enrich.pipelines[name], &config_dir()).unwrap()

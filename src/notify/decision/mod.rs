@@ -97,16 +97,18 @@ impl Shown {
 /// The message at hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incoming<'a> {
+    /// What the message shows, hashed: the same content is not sent twice.
     pub content_hash: &'a str,
     pub version: &'a Version,
+    pub status: AlertStatus,
+    /// The pipeline's rules for a later record of an alert already posted.
+    pub updates: UpdateMode,
+    pub recurrence: RecurrenceMode,
+    pub resolved_unposted: ResolvedUnposted,
     /// Re-injected from the dead-letter topic by `alertsvc dlq replay`
     /// (header `alertsvc.replayed.from`): an operator fixed the cause, so a
     /// refusal is tried again rather than repeated.
     pub replayed: bool,
-    pub status: AlertStatus,
-    pub updates: UpdateMode,
-    pub recurrence: RecurrenceMode,
-    pub resolved_unposted: ResolvedUnposted,
 }
 
 impl<'a> Incoming<'a> {

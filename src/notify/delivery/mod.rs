@@ -31,6 +31,7 @@ use super::grouping::{GroupSettings, Grouper};
 use super::ledger::{Entry, Ledger, LedgerError, Owner, Status, Version};
 use super::pacing::Pacer;
 use super::slack_health::SlackHealth;
+use super::slack_side::SlackSide;
 use super::state::store::StateStore;
 use super::state::AlertStates;
 use crate::config::RetrySettings;
@@ -169,19 +170,15 @@ impl Attempt<'_> {
 
 impl Deliverer {
     pub fn new(
-        slack: Arc<SlackApi>,
+        side: SlackSide,
         ledger: Ledger,
-        pacer: Arc<Pacer>,
         settings: DeliverySettings,
         owner: Owner,
         metrics: NotifyMetrics,
-        health: Arc<SlackHealth>,
     ) -> Deliverer {
         let grouper = Arc::new(Grouper::new(
-            slack.clone(),
+            side.clone(),
             ledger.groups(),
-            pacer.clone(),
-            health.clone(),
             owner.clone(),
             GroupSettings {
                 claim_lease: settings.claim_lease,
@@ -190,8 +187,9 @@ impl Deliverer {
             },
             StateStore::new(&ledger),
         ));
+        let SlackSide { api, pacer, health } = side;
         Deliverer {
-            slack,
+            slack: api,
             ledger,
             pacer,
             settings,

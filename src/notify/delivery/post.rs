@@ -8,6 +8,7 @@ use super::{now_ms, Attempt, DeliverError, Deliverer, Delivery};
 use crate::messages::DeliveryOutcome;
 use crate::metrics::seconds_since;
 use crate::notify::ledger::Status;
+use crate::notify::state::InSlack;
 use crate::slack::{is_user_id, AlertRef, SlackError, Thread};
 
 impl Deliverer {
@@ -132,7 +133,15 @@ impl Deliverer {
                 if let (Some(states), Some(ts)) = (&self.states, &attempt.entry.ts) {
                     let channel = &attempt.entry.channel_id;
                     if let Err(e) = states
-                        .after_post(message, occurrence, channel, ts, now_ms())
+                        .after_post(
+                            InSlack {
+                                message,
+                                occurrence,
+                                channel,
+                                ts,
+                            },
+                            now_ms(),
+                        )
                         .await
                     {
                         // The post stands; a first click records the state.

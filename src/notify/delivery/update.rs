@@ -7,6 +7,7 @@ use super::{now_ms, Attempt, DeliverError, Deliverer, Delivery};
 use crate::messages::DeliveryOutcome;
 use crate::notify::decision;
 use crate::notify::ledger::Status;
+use crate::notify::state::InSlack;
 use crate::slack::AlertRef;
 
 impl Deliverer {
@@ -42,7 +43,15 @@ impl Deliverer {
                 let occurrence = attempt.entry.occurrence;
                 Some(
                     states
-                        .before_edit(message, occurrence, &channel, &ts, now_ms())
+                        .before_edit(
+                            InSlack {
+                                message,
+                                occurrence,
+                                channel: &channel,
+                                ts: &ts,
+                            },
+                            now_ms(),
+                        )
                         .await?,
                 )
             }

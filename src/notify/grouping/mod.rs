@@ -32,6 +32,7 @@ use super::interactions::GROUP_PREFIX;
 use super::ledger::Owner;
 use super::pacing::Pacer;
 use super::slack_health::SlackHealth;
+use super::slack_side::SlackSide;
 use super::state::service::decorated_blocks;
 use super::state::store::StateStore;
 use crate::messages::SlackMessage;
@@ -113,17 +114,16 @@ async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> Result<(), 
 
 impl Grouper {
     pub fn new(
-        slack: Arc<SlackApi>,
+        side: SlackSide,
         ledger: GroupLedger,
-        pacer: Arc<Pacer>,
-        health: Arc<SlackHealth>,
         owner: Owner,
         settings: GroupSettings,
         states: StateStore,
     ) -> Grouper {
+        let SlackSide { api, pacer, health } = side;
         Grouper {
             states,
-            slack,
+            slack: api,
             ledger,
             pacer,
             health,

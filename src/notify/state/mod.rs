@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use decorate::decorate;
-pub use service::AlertStates;
+pub use service::{AlertStates, InSlack};
 
 pub const ACKNOWLEDGE_ACTION: &str = "alertsvc_acknowledge";
 pub const RESOLVE_ACTION: &str = "alertsvc_resolve";

@@ -52,6 +52,16 @@ impl Applied {
     }
 }
 
+/// An alert's message as it stands in Slack: the record shown, which
+/// occurrence it is, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct InSlack<'a> {
+    pub message: &'a SlackMessage,
+    pub occurrence: i64,
+    pub channel: &'a str,
+    pub ts: &'a str,
+}
+
 /// What an edit by notify sends, and the state version it shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edit {
@@ -210,13 +220,11 @@ impl AlertStates {
     /// are the message's, decorated with the resulting state.
     pub async fn before_edit(
         self: &Arc<Self>,
-        message: &SlackMessage,
-        occurrence: i64,
-        channel: &str,
-        ts: &str,
+        alert: InSlack<'_>,
         now: i64,
     ) -> Result<Edit, LedgerError> {
-        let applied = self.shown(message, occurrence, channel, ts, now).await?;
+        let message = alert.message;
+        let applied = self.shown(alert, now).await?;
         Ok(match applied.row() {
             Some(row) => Edit {
                 blocks: decorated_blocks(&message.blocks, row),
@@ -249,25 +257,19 @@ impl AlertStates {
     /// posted resolved record, resolved).
     pub async fn after_post(
         self: &Arc<Self>,
-        message: &SlackMessage,
-        occurrence: i64,
-        channel: &str,
-        ts: &str,
+        alert: InSlack<'_>,
         now: i64,
     ) -> Result<(), LedgerError> {
-        self.shown(message, occurrence, channel, ts, now)
-            .await
-            .map(drop)
+        self.shown(alert, now).await.map(drop)
     }
 
-    async fn shown(
-        self: &Arc<Self>,
-        message: &SlackMessage,
-        occurrence: i64,
-        channel: &str,
-        ts: &str,
-        now: i64,
-    ) -> Result<Applied, LedgerError> {
+    async fn shown(self: &Arc<Self>, alert: InSlack<'_>, now: i64) -> Result<Applied, LedgerError> {
+        let InSlack {
+            message,
+            occurrence,
+            channel,
+            ts,
+        } = alert;
         let action = match message.status {
             AlertStatus::Firing => Action::Fired { occurrence },
             AlertStatus::Resolved => Action::UpstreamResolved,

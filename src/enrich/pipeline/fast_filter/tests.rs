@@ -388,13 +388,7 @@ fn expressions_outside_the_subset_are_not_compiled() {
 fn shipped_filters_are_fast_and_agree() {
     use crate::config::{Settings, Sources};
     let dir = super::super::tests::config_dir();
-    let settings = Settings::load(&Sources {
-        dir: dir.clone(),
-        env_name: None,
-        extra_file: None,
-        use_env_vars: false,
-    })
-    .unwrap();
+    let settings = Settings::load(&Sources::files_only(dir.clone())).unwrap();
     let enrich = settings.enrich.unwrap();
     let schema =
         crate::avro::load_schema_file(&dir, "schemas/notifications_pipeline_event.avsc").unwrap();

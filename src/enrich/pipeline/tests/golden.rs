@@ -16,13 +16,7 @@ use crate::avro::build_codecs;
 const GOLDEN: &str = include_str!("golden_messages.txt");
 
 fn settings() -> Settings {
-    Settings::load(&Sources {
-        dir: config_dir(),
-        env_name: None,
-        extra_file: None,
-        use_env_vars: false,
-    })
-    .unwrap()
+    Settings::load(&Sources::files_only(config_dir())).unwrap()
 }
 
 fn data_event(data: Json, time: Json) -> Json {

@@ -100,21 +100,6 @@ impl<'de, T: Members<'de>> Shape<'de> for Member<'de, T> {
     }
 }
 
-/// An object no rule looks into.
-#[derive(Default)]
-pub(in super::super) struct Opaque;
-
-impl<'de> Members<'de> for Opaque {
-    fn member<A: MapAccess<'de>>(
-        &mut self,
-        _: &str,
-        map: &mut A,
-        writer: Writer<'_, 'de>,
-    ) -> Result<(), A::Error> {
-        map.next_value_seed(writer.seed::<()>())
-    }
-}
-
 /// A member that should be an array.
 #[derive(Default)]
 pub(in super::super) enum List<'de, T> {
@@ -127,7 +112,8 @@ pub(in super::super) enum List<'de, T> {
 impl<'de, T: Members<'de>> Shape<'de> for List<'de, T> {
     type Item = Member<'de, T>;
     type Items = Vec<Member<'de, T>>;
-    type Object = Opaque;
+    /// An object no rule looks into.
+    type Object = ();
     fn push(items: &mut Vec<Member<'de, T>>, item: Member<'de, T>) {
         items.push(item);
     }
@@ -140,7 +126,7 @@ impl<'de, T: Members<'de>> Shape<'de> for List<'de, T> {
     fn array(items: Vec<Member<'de, T>>) -> Self {
         List::Items(items)
     }
-    fn object(_: Opaque) -> Self {
+    fn object(_: ()) -> Self {
         List::Other
     }
 }
@@ -148,18 +134,18 @@ impl<'de, T: Members<'de>> Shape<'de> for List<'de, T> {
 /// `{type, text}`: a text object, or a context element.
 #[derive(Default)]
 pub(in super::super) struct TextObject<'de> {
-    pub(in super::super) kind: Member<'de, Opaque>,
-    pub(in super::super) text: Member<'de, Opaque>,
+    pub(in super::super) kind: Member<'de, ()>,
+    pub(in super::super) text: Member<'de, ()>,
 }
 
 #[derive(Default)]
 pub(in super::super) struct Element<'de> {
-    pub(in super::super) kind: Member<'de, Opaque>,
+    pub(in super::super) kind: Member<'de, ()>,
     pub(in super::super) text: Member<'de, TextObject<'de>>,
-    pub(in super::super) value: Member<'de, Opaque>,
-    pub(in super::super) action_id: Member<'de, Opaque>,
-    pub(in super::super) url: Member<'de, Opaque>,
-    pub(in super::super) style: Member<'de, Opaque>,
+    pub(in super::super) value: Member<'de, ()>,
+    pub(in super::super) action_id: Member<'de, ()>,
+    pub(in super::super) url: Member<'de, ()>,
+    pub(in super::super) style: Member<'de, ()>,
     /// A `static_select` menu's.
     pub(in super::super) placeholder: Member<'de, TextObject<'de>>,
     pub(in super::super) options: List<'de, SelectOption<'de>>,
@@ -169,13 +155,13 @@ pub(in super::super) struct Element<'de> {
 #[derive(Default)]
 pub(in super::super) struct SelectOption<'de> {
     pub(in super::super) text: Member<'de, TextObject<'de>>,
-    pub(in super::super) value: Member<'de, Opaque>,
+    pub(in super::super) value: Member<'de, ()>,
 }
 
 #[derive(Default)]
 pub(in super::super) struct Block<'de> {
-    pub(in super::super) kind: Member<'de, Opaque>,
-    pub(in super::super) block_id: Member<'de, Opaque>,
+    pub(in super::super) kind: Member<'de, ()>,
+    pub(in super::super) block_id: Member<'de, ()>,
     pub(in super::super) text: Member<'de, TextObject<'de>>,
     pub(in super::super) fields: List<'de, TextObject<'de>>,
     pub(in super::super) accessory: Member<'de, Element<'de>>,
