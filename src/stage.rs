@@ -13,6 +13,19 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::http::{BindError, Ops, StageHandle};
 
+/// This replica's name: `configured`, else `ALERTSVC_INSTANCE_ID`, else the
+/// host name (the pod's, on Kubernetes: stable across restarts, unique
+/// among live replicas). `None` when none of them says anything.
+pub fn replica_name(configured: Option<&str>) -> Option<String> {
+    configured
+        .map(str::to_owned)
+        .or_else(|| std::env::var("ALERTSVC_INSTANCE_ID").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
 /// What a stage does once its endpoints are bound.
 pub trait Work: Send + Sized {
     type Error: From<BindError>;

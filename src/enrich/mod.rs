@@ -78,13 +78,7 @@ pub fn compile_pipelines(
 /// Stable per replica, so a restarted replica fences its predecessor's
 /// open transaction.
 fn instance_id() -> String {
-    std::env::var("ALERTSVC_INSTANCE_ID")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "0".to_owned())
+    crate::stage::replica_name(None).unwrap_or_else(|| "0".to_owned())
 }
 
 /// enrich, bound but not yet working: its HTTP endpoints' address, health

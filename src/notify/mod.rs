@@ -83,14 +83,7 @@ fn kafka(stage: &'static str) -> impl FnOnce(KafkaError) -> NotifyError {
 /// The name this replica claims alerts under: unique among live replicas,
 /// stable across its restarts.
 pub fn instance_id(configured: Option<&str>) -> String {
-    configured
-        .map(str::to_owned)
-        .or_else(|| std::env::var("ALERTSVC_INSTANCE_ID").ok())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "notify".to_owned())
+    crate::stage::replica_name(configured).unwrap_or_else(|| "notify".to_owned())
 }
 
 /// notify, bound but not yet working: its HTTP endpoints' address (the

@@ -71,13 +71,7 @@ pub struct Acquired {
 
 /// The process a lease names: host (the pod, on Kubernetes) and pid.
 pub fn owner() -> String {
-    let host = std::env::var("ALERTSVC_INSTANCE_ID")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown-host".to_owned());
+    let host = crate::stage::replica_name(None).unwrap_or_else(|| "unknown-host".to_owned());
     format!("{host} (pid {})", std::process::id())
 }
 
