@@ -73,8 +73,9 @@ pub enum NotifyError {
     },
 }
 
-/// How often states whose publish failed are published again.
-const STATE_REPUBLISH_EVERY: Duration = Duration::from_secs(5);
+/// How often states not yet on the topic are published, and states not yet
+/// on their message shown.
+const STATE_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 fn kafka(stage: &'static str) -> impl FnOnce(KafkaError) -> NotifyError {
     move |source| NotifyError::Kafka { stage, source }
@@ -154,11 +155,18 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), N
     if notify.ledger.migrate_on_start {
         ledger.migrate().await?;
     }
-    let slack = Arc::new(SlackApi::new(
-        &notify.slack.api_url,
-        token.expose(),
-        notify.slack.request_timeout,
-    ));
+    let side = SlackSide {
+        api: Arc::new(SlackApi::new(
+            &notify.slack.api_url,
+            token.expose(),
+            notify.slack.request_timeout,
+        )),
+        pacer: Arc::new(Pacer::new(&notify.pacing)),
+        health: Arc::new(SlackHealth::new(
+            notify.unreachable_after,
+            metrics.slack_unreachable.clone(),
+        )),
+    };
     let context = StageContext {
         lag: Some(metrics.consumer_lag.clone()),
     };
@@ -181,7 +189,7 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), N
                 codec: codecs[id].clone(),
                 key_codec: key_codecs[id].clone(),
             }),
-        Some(slack.clone()),
+        Some(side.clone()),
     ));
     let health = ops.handle().health.clone();
     let interaction_state = Arc::new(interactions::InteractionState {
@@ -224,19 +232,10 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), N
 
     let owner = Owner::new(&instance_id(notify.instance_id.as_deref()));
     tracing::info!(instance = %owner.instance, "claiming alerts as this instance");
-    let slack_health = Arc::new(SlackHealth::new(
-        notify.unreachable_after,
-        metrics.slack_unreachable.clone(),
-    ));
     let probing = {
-        let (health, slack, stop) = (slack_health.clone(), slack.clone(), shutdown.clone());
+        let (health, slack, stop) = (side.health.clone(), side.api.clone(), shutdown.clone());
         let every = notify.retry.initial_backoff.max(Duration::from_secs(1));
         tokio::spawn(async move { health.probe(&slack, every, &stop).await })
-    };
-    let side = SlackSide {
-        api: slack,
-        pacer: Arc::new(Pacer::new(&notify.pacing)),
-        health: slack_health,
     };
     let deliverer = Deliverer::new(
         side,
@@ -276,7 +275,7 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), N
     let publishing = tokio::spawn(
         states
             .clone()
-            .run_publisher(STATE_REPUBLISH_EVERY, shutdown.clone()),
+            .run_background(STATE_SWEEP_EVERY, shutdown.clone()),
     );
     let flushing = tokio::spawn(
         shared

@@ -1,19 +1,23 @@
 //! What notify does with alert states on its own: a change whose publish
-//! never happened is published by the next run, and an alert whose snooze
-//! ended is firing again — on the topic and on its message.
+//! never happened is published by the next run, a change Slack could not
+//! show (an outage, its rate limit, a crash before the edit) reaches the
+//! message later, and an alert whose snooze ended is firing again — on the
+//! topic and on its message.
 
 use std::time::Duration;
 
 use alertsvc::notify::ledger::Ledger;
 use alertsvc::notify::state::store::{Place, StateStore};
-use alertsvc::notify::state::StateKind;
+use alertsvc::notify::state::{AlertState, StateKind};
+use alertsvc::slack::fake::{FakeMessage, OutageMode};
 use serde_json::Value;
 
+use crate::common::eventually;
 use crate::common::slack::{
-    click, menu_choice, notify_env, read_alert_states, stateful_message, wait_message, Backend,
-    NotifyEnv,
+    button, click, menu_choice, notify_env, now_ms, read_alert_states, stateful_message,
+    wait_message, Backend, NotifyEnv,
 };
-use crate::notify_state::{ada, controls, record, state_line, state_of, HOUR_MS, WAIT};
+use crate::notify_state::{ada, at, controls, record, state_line, state_of, HOUR_MS, WAIT};
 
 /// A change written to the ledger whose publish never happened (the
 /// replica died in between) is published by the next run.
@@ -46,7 +50,7 @@ async fn a_change_left_unpublished_is_published_by_the_next_run() {
         blocks: Some("[]".into()),
     };
     assert!(store
-        .compare_and_set("orphan", None, &state, &place)
+        .compare_and_set("orphan", None, &state, &place, true)
         .await
         .expect("write"));
     let row = store.get("orphan").await.expect("read").expect("row");
@@ -60,20 +64,167 @@ async fn a_change_left_unpublished_is_published_by_the_next_run() {
     );
     // Marked published: the next sweep leaves it alone. Polled, since the
     // mark follows the broker's acknowledgement.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while store
-        .get("orphan")
-        .await
-        .expect("read")
-        .map(|r| r.published_version)
-        != Some(1)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never marked published"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually(WAIT, "the row marked published", async || {
+        let row = store.get("orphan").await.expect("read")?;
+        (row.published_version == 1).then_some(())
+    })
+    .await;
+    notify.stop().await.expect("clean stop");
+}
+
+/// The acknowledgement line `ada` leaves on a message at `at_ms`.
+fn acknowledged_line(at_ms: i64) -> String {
+    format!(":eyes: Acknowledged by <@U0ADA> at {}", at(at_ms))
+}
+
+/// Waits until `alert_id`'s message shows `ada`'s acknowledgement recorded
+/// in the ledger, and its row says so; returns the message.
+async fn wait_acknowledged_shown(
+    slack: &alertsvc::slack::fake::FakeSlack,
+    ledger: &str,
+    alert_id: &str,
+) -> FakeMessage {
+    let row = eventually(WAIT, "the acknowledgement shown", async || {
+        let row = state_of(ledger, alert_id).await;
+        (row.state.kind == StateKind::Acknowledged && row.shown_version == row.version)
+            .then_some(row)
+    })
+    .await;
+    let line = acknowledged_line(row.state.at);
+    wait_message(
+        slack,
+        alert_id,
+        |m| state_line(m).as_deref() == Some(line.as_str()),
+        WAIT,
+    )
+    .await
+}
+
+/// A click while every Slack call answers 503 for longer than the click's
+/// own tries: the state is recorded at once, and shown on the message by
+/// the background sweep once Slack is back, with one edit.
+async fn a_click_during_an_outage_is_shown_once_slack_is_back(backend: Backend) {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger,
+        ledger_dir: _ledger_dir,
+    } = notify_env(&["C1"], None, backend, 50).await;
+    env.produce_message(&stateful_message("out-1", "C1", "Connector failed"))
+        .await;
+    let notify = env.start_notify().await;
+    env.read_responses(1, WAIT).await;
+    let posted = wait_message(&slack, "out-1", |_| true, WAIT).await;
+
+    slack.set_outage(Some(OutageMode::ServerError(503)));
+    let ack = button("alertsvc_acknowledge", "out-1");
+    assert_eq!(click(&env, &posted, ("U0ADA", "ada"), ack).await, 200);
+    let acked = state_of(&ledger, "out-1").await;
+    assert_eq!(
+        (acked.state.kind, acked.version, acked.shown_version),
+        (StateKind::Acknowledged, 2, 1),
+        "recorded, not shown while Slack is down"
+    );
+    let refused = slack.stats().outage_rejections;
+    eventually(WAIT, "the edit tried during the outage", async || {
+        (slack.stats().outage_rejections > refused).then_some(())
+    })
+    .await;
+    // The outage outlasts the click's own tries (three, a second apart):
+    // what shows the state afterwards is the background sweep.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    slack.set_outage(None);
+    let shown = wait_acknowledged_shown(&slack, &ledger, "out-1").await;
+    assert_eq!(shown.edits, 1);
+    assert_eq!(slack.stats().updates, 1, "one edit once Slack is back");
+    notify.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_during_an_outage_is_shown_once_slack_is_back_sqlite() {
+    a_click_during_an_outage_is_shown_once_slack_is_back(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_during_an_outage_is_shown_once_slack_is_back_postgres() {
+    a_click_during_an_outage_is_shown_once_slack_is_back(Backend::Postgres).await;
+}
+
+/// Three clicks at once where Slack allows one `chat.update` per two
+/// seconds: the 429s are waited out and every message shows its state,
+/// each edited once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_past_slacks_update_limit_are_all_shown() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger,
+        ledger_dir: _ledger_dir,
+    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
+    let ids = ["lim-1", "lim-2", "lim-3"];
+    for id in ids {
+        env.produce_message(&stateful_message(id, "C1", "Connector failed"))
+            .await;
     }
+    let notify = env.start_notify().await;
+    env.read_responses(ids.len(), WAIT).await;
+    slack.set_update_limit(Some(1), Duration::from_secs(2));
+    for id in ids {
+        let posted = wait_message(&slack, id, |_| true, WAIT).await;
+        let ack = button("alertsvc_acknowledge", id);
+        assert_eq!(click(&env, &posted, ("U0ADA", "ada"), ack).await, 200);
+    }
+    for id in ids {
+        let shown = wait_acknowledged_shown(&slack, &ledger, id).await;
+        assert_eq!(shown.edits, 1, "{id}");
+    }
+    let stats = slack.stats();
+    assert_eq!(stats.updates, 3);
+    assert!(stats.rate_limited > 0, "the limit was reached: {stats:?}");
+    notify.stop().await.expect("clean stop");
+}
+
+/// A click recorded by a replica that died before its edit (the row's
+/// shown version behind its version): the next run shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_left_unshown_is_shown_by_the_next_run() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger,
+        ledger_dir: _ledger_dir,
+    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
+    env.produce_message(&stateful_message("crash-1", "C1", "Connector failed"))
+        .await;
+    let notify = env.start_notify().await;
+    env.read_responses(1, WAIT).await;
+    wait_message(&slack, "crash-1", |_| true, WAIT).await;
+    notify.stop().await.expect("clean stop");
+
+    let posted = state_of(&ledger, "crash-1").await;
+    assert_eq!(
+        (posted.version, posted.shown_version),
+        (1, 1),
+        "the post shows its state"
+    );
+    let db = Ledger::connect(&ledger, 1).await.expect("ledger");
+    let acknowledged = AlertState {
+        kind: StateKind::Acknowledged,
+        actor: ada(),
+        at: now_ms(),
+        snoozed_until: None,
+        occurrence: 1,
+    };
+    assert!(StateStore::new(&db)
+        .compare_and_set("crash-1", Some(1), &acknowledged, &posted.place, false)
+        .await
+        .expect("write"));
+
+    let notify = env.start_notify().await;
+    let shown = wait_acknowledged_shown(&slack, &ledger, "crash-1").await;
+    assert_eq!(shown.edits, 1);
+    assert_eq!(slack.stats().updates, 1);
     notify.stop().await.expect("clean stop");
 }
 

@@ -10,6 +10,7 @@
 
 pub mod decorate;
 pub mod service;
+mod show;
 pub mod store;
 
 use std::time::Duration;

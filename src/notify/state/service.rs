@@ -14,13 +14,14 @@ use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::show::{Show, ShowLocks};
 use super::store::{Place, StateRow, StateStore};
 use super::{decorate, transition, Action, NoChange, Transition};
 use crate::avro::{Codec, KeyCodec};
 use crate::kafka::{enqueue, OutRecord, StageContext};
 use crate::messages::{AlertStatus, SlackMessage};
 use crate::notify::ledger::LedgerError;
-use crate::slack::{AlertRef, SlackApi};
+use crate::notify::slack_side::SlackSide;
 
 /// How long a publish waits for the broker before leaving the row to the
 /// background publisher.
@@ -79,12 +80,14 @@ enum Placing<'a> {
 }
 
 pub struct AlertStates {
-    store: StateStore,
+    pub(super) store: StateStore,
     publisher: Option<Publisher>,
-    slack: Option<Arc<SlackApi>>,
+    pub(super) slack: Option<SlackSide>,
     /// One publish at a time per process, each of the row's latest state,
     /// so an older state never lands after a newer one from here.
     publishing: tokio::sync::Mutex<()>,
+    /// Per alert, the show in flight in this process (see `show.rs`).
+    pub(super) showing: ShowLocks,
 }
 
 /// The record for the `alert-state` topic (`config/schemas/alert_state.avsc`).
@@ -117,13 +120,14 @@ impl AlertStates {
     pub fn new(
         store: StateStore,
         publisher: Option<Publisher>,
-        slack: Option<Arc<SlackApi>>,
+        slack: Option<SlackSide>,
     ) -> AlertStates {
         AlertStates {
             store,
             publisher,
             slack,
             publishing: tokio::sync::Mutex::new(()),
+            showing: ShowLocks::default(),
         }
     }
 
@@ -162,16 +166,24 @@ impl AlertStates {
                 (Placing::Keep { if_absent }, None) => if_absent.cloned().unwrap_or_default(),
             };
             let expected = current.as_ref().map(|r| r.version);
+            // notify's own post or edit carries the state it sets.
+            let shown = matches!(placing, Placing::Set(_));
             if self
                 .store
-                .compare_and_set(alert_id, expected, &state, &place)
+                .compare_and_set(alert_id, expected, &state, &place, shown)
                 .await?
             {
+                let version = expected.map_or(1, |v| v + 1);
                 return Ok(Applied::Changed(StateRow {
                     alert_id: alert_id.to_owned(),
                     state,
-                    version: expected.map_or(1, |v| v + 1),
+                    version,
                     published_version: current.as_ref().map_or(0, |r| r.published_version),
+                    shown_version: match (shown, &current) {
+                        (true, _) => version,
+                        (false, Some(row)) => row.shown_version,
+                        (false, None) => 0,
+                    },
                     place,
                 }));
             }
@@ -207,7 +219,7 @@ impl AlertStates {
                 let (states, row) = (self.clone(), row.clone());
                 tokio::spawn(async move {
                     states.publish(&row.alert_id).await;
-                    states.show(&row).await;
+                    states.show_retrying(&row, Show::Change).await;
                 });
             }
             results.push(applied);
@@ -244,7 +256,7 @@ impl AlertStates {
         match self.store.get(alert_id).await {
             Ok(Some(row)) if Some(row.version) != edit.version => {
                 let states = self.clone();
-                tokio::spawn(async move { states.show(&row).await });
+                tokio::spawn(async move { states.show_retrying(&row, Show::AfterEdit).await });
             }
             Ok(_) => {}
             Err(e) => {
@@ -290,42 +302,6 @@ impl AlertStates {
             tokio::spawn(async move { states.publish(&alert_id).await });
         }
         Ok(applied)
-    }
-
-    /// Edits the alert's message to show its latest state (`row`'s, or a
-    /// newer one written since).
-    async fn show(&self, row: &StateRow) -> bool {
-        let fresh = match self.store.get(&row.alert_id).await {
-            Ok(Some(fresh)) if fresh.version >= row.version => fresh,
-            _ => row.clone(),
-        };
-        let row = &fresh;
-        let (Some(slack), Some(channel), Some(ts), Some(blocks)) = (
-            &self.slack,
-            &row.place.channel_id,
-            &row.place.message_ts,
-            &row.place.blocks,
-        ) else {
-            tracing::warn!(alert_id = %row.alert_id, "no message known to show the alert's state on");
-            return false;
-        };
-        let text = row.place.text.as_deref().unwrap_or("Alert");
-        let blocks = decorated_blocks(blocks, row);
-        let alert = AlertRef {
-            alert_id: &row.alert_id,
-            occurrence: row.state.occurrence,
-        };
-        match slack.update(channel, ts, text, &blocks, Some(&alert)).await {
-            Ok(_) => {
-                let actor = row.state.actor.as_ref().map(|a| a.id.as_str());
-                tracing::info!(alert_id = %row.alert_id, state = row.state.kind.as_str(), actor, "alert state shown");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(alert_id = %row.alert_id, error = %e, "cannot show the alert's state on its message");
-                false
-            }
-        }
     }
 
     /// Publishes the alert's latest state; `true` once the broker has it.
@@ -410,9 +386,17 @@ impl AlertStates {
         Ok(ended)
     }
 
-    /// [`Self::publish_pending`] and [`Self::end_snoozes`] every `every`
-    /// until `stop`.
-    pub async fn run_publisher(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+    /// Until `stop`: every `every`, [`Self::end_snoozes`] and
+    /// [`Self::publish_pending`]; beside them, [`Self::show_pending`] (its
+    /// edits wait for Slack's pacing, which must not hold up the others).
+    pub async fn run_background(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        tokio::join!(
+            self.clone().run_show_sweep(every, stop.clone()),
+            self.run_publish_sweep(every, stop)
+        );
+    }
+
+    async fn run_publish_sweep(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         loop {
             let now = crate::notify::delivery::now_ms();
             match self.end_snoozes(now).await {
@@ -462,6 +446,7 @@ mod tests {
             },
             version: 3,
             published_version: 2,
+            shown_version: 3,
             place: Place {
                 channel_id: Some("C1".into()),
                 message_ts: Some("1.2".into()),

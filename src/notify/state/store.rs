@@ -28,6 +28,8 @@ pub struct StateRow {
     pub state: AlertState,
     pub version: i64,
     pub published_version: i64,
+    /// The last version shown on the message (or given up on).
+    pub shown_version: i64,
     pub place: Place,
 }
 
@@ -41,7 +43,7 @@ pub struct StateStore {
 }
 
 const COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed_at, snoozed_until, \
-     occurrence, version, published_version, channel_id, message_ts, pipeline, group_key, base_text, base_blocks";
+     occurrence, version, published_version, shown_version, channel_id, message_ts, pipeline, group_key, base_text, base_blocks";
 
 fn int(row: &AnyRow, column: &str) -> Result<i64, sqlx::Error> {
     row.try_get::<i64, _>(column)
@@ -77,6 +79,7 @@ fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
         },
         version: int(row, "version")?,
         published_version: int(row, "published_version")?,
+        shown_version: int(row, "shown_version")?,
         place: Place {
             channel_id: row.try_get("channel_id")?,
             message_ts: row.try_get("message_ts")?,
@@ -109,13 +112,16 @@ impl StateStore {
     }
 
     /// Writes `state` (and `place`) if the row is still at `expected`
-    /// (`None`: absent); `false` when someone changed it first.
+    /// (`None`: absent); `false` when someone changed it first. `shown`:
+    /// the message notify is sending shows this state already (its own post
+    /// or edit), so the background sweep has nothing to show.
     pub async fn compare_and_set(
         &self,
         alert_id: &str,
         expected: Option<i64>,
         state: &AlertState,
         place: &Place,
+        shown: bool,
     ) -> Result<bool, LedgerError> {
         let actor_id = state.actor.as_ref().map(|a| a.id.clone());
         let actor_name = state.actor.as_ref().and_then(|a| a.name.clone());
@@ -123,16 +129,18 @@ impl StateStore {
             None => {
                 "INSERT INTO alert_states (alert_id, state, actor_id, actor_name, changed_at, \
                  snoozed_until, occurrence, channel_id, message_ts, pipeline, base_text, base_blocks, \
-                 group_key, version, published_version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, 0) \
+                 group_key, shown_version, version, published_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, 0) \
                  ON CONFLICT (alert_id) DO NOTHING"
             }
             Some(_) => {
                 "UPDATE alert_states SET state = $2, actor_id = $3, actor_name = $4, \
                  changed_at = $5, snoozed_until = $6, occurrence = $7, channel_id = $8, \
                  message_ts = $9, pipeline = $10, base_text = $11, base_blocks = $12, \
-                 group_key = $13, version = version + 1 \
-                 WHERE alert_id = $1 AND version = $14"
+                 group_key = $13, \
+                 shown_version = CASE WHEN $14 = 1 THEN version + 1 ELSE shown_version END, \
+                 version = version + 1 \
+                 WHERE alert_id = $1 AND version = $15"
             }
         };
         let text = |v: &Option<String>| Arg::Text(v.clone());
@@ -150,6 +158,7 @@ impl StateStore {
             text(&place.text),
             text(&place.blocks),
             text(&place.group_key),
+            Arg::Int(Some(i64::from(shown))),
         ];
         if let Some(version) = expected {
             args.push(Arg::Int(Some(version)));
@@ -194,11 +203,37 @@ impl StateStore {
         Ok(())
     }
 
+    /// `version` is on the alert's message (or will never be).
+    pub async fn mark_shown(&self, alert_id: &str, version: i64) -> Result<(), LedgerError> {
+        self.ledger
+            .write(
+                "UPDATE alert_states SET shown_version = $2 \
+                 WHERE alert_id = $1 AND shown_version < $2",
+                vec![
+                    Arg::Text(Some(alert_id.to_owned())),
+                    Arg::Int(Some(version)),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` rows whose latest change is not known to be on the
+    /// alert's message, oldest change first.
+    pub async fn unshown(&self, limit: i64) -> Result<Vec<StateRow>, LedgerError> {
+        self.behind("shown_version", limit).await
+    }
+
     /// Up to `limit` rows whose latest change is not known to be on the
     /// topic, oldest change first.
     pub async fn unpublished(&self, limit: i64) -> Result<Vec<StateRow>, LedgerError> {
+        self.behind("published_version", limit).await
+    }
+
+    /// Rows whose `marker` column is behind their version.
+    async fn behind(&self, marker: &'static str, limit: i64) -> Result<Vec<StateRow>, LedgerError> {
         let rows: Vec<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM alert_states WHERE published_version < version \
+            "SELECT {COLUMNS} FROM alert_states WHERE {marker} < version \
              ORDER BY changed_at LIMIT $1"
         )))
         .bind(limit)
