@@ -195,7 +195,7 @@ impl Codec {
 }
 
 /// Finds, at a stage's start, the schema ids the codecs of the topics it
-/// writes (`(label, codec)`) will use. A final answer — our schema not
+/// writes (`(label, codec)`: values and encoded keys) will use. A final answer — our schema not
 /// registered under a subject alertsvc may only read, a latest version our
 /// records cannot be written as — is returned, so the stage stops with it
 /// instead of failing every record. A registry that cannot answer now is

@@ -82,9 +82,10 @@ impl Confluent {
         let sr = builder
             .build()
             .map_err(|e| AvroError::Registry(e.error.clone()))?;
+        // An unnamed schema (a key's `"string"`) is named by its text.
         let name = schema
             .name()
-            .map_or_else(|| "(unnamed)".to_owned(), |n| n.fullname(None));
+            .map_or_else(|| schema.canonical_form(), |n| n.fullname(None));
         Ok(Confluent {
             subject: format!("{topic}-{}", if is_key { "key" } else { "value" }),
             mode,

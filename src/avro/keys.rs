@@ -83,6 +83,15 @@ impl KeyCodec {
         }
     }
 
+    /// The codec of an encoded key format (`None` for `string` keys), for
+    /// what every codec needs, such as [`Codec::prepare_writes`].
+    pub fn encoded(&self) -> Option<&Codec> {
+        match self {
+            KeyCodec::Text => None,
+            KeyCodec::Encoded(codec) => Some(codec),
+        }
+    }
+
     /// The keys alertsvc writes (a channel id, an alert id, a key column)
     /// are text: a JSON string for `json`, an Avro string for Avro keys.
     pub async fn encode_str(&self, key: &str) -> Result<Vec<u8>, AvroError> {

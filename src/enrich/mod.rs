@@ -25,7 +25,7 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::avro::{build_codecs, build_key_codecs, AvroError, Codec};
+use crate::avro::{build_codecs, build_key_codecs, AvroError, Codec, KeyCodec};
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, EnrichSettings, ProcessingGuarantee, Settings};
 use crate::http::BindError;
@@ -205,10 +205,13 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), E
             .push(route);
     }
 
-    let outputs: BTreeMap<String, Arc<Codec>> = inputs
+    let outputs: BTreeMap<String, (Arc<Codec>, Arc<KeyCodec>)> = inputs
         .values()
         .flat_map(|input| &input.routes)
-        .map(|route| (route.pipeline.output.clone(), route.output_codec.clone()))
+        .map(|route| {
+            let codecs = (route.output_codec.clone(), route.output_key_codec.clone());
+            (route.pipeline.output.clone(), codecs)
+        })
         .collect();
 
     let processor = build_processor(
@@ -285,7 +288,8 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), E
 /// First and longest wait between tries to find an output's schema id.
 const PREPARE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
 
-/// Finds the schema id every output topic writes with before the first
+/// Finds the schema id every output topic writes with (its values', and
+/// its keys' when they are encoded) before the first
 /// record is read. A schema missing from a subject alertsvc may not
 /// register in, or a latest version our records cannot be written as, is a
 /// configuration error: enrich stops with it at startup instead of
@@ -293,11 +297,16 @@ const PREPARE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Durat
 /// our key) is waited for, not ready meanwhile, with the reason on
 /// `/readyz`.
 async fn prepare_outputs(
-    outputs: &BTreeMap<String, Arc<Codec>>,
+    outputs: &BTreeMap<String, (Arc<Codec>, Arc<KeyCodec>)>,
     readiness: &Readiness,
     stop: &CancellationToken,
 ) -> Result<(), EnrichError> {
-    for (topic, codec) in outputs {
+    let mut written: Vec<(&String, &Codec)> = Vec::new();
+    for (topic, (codec, key)) in outputs {
+        written.push((topic, codec));
+        written.extend(key.encoded().map(|key| (topic, key)));
+    }
+    for (topic, codec) in written {
         let reader = format!("output topic {topic}");
         let mut backoff = Backoff::new(PREPARE_BACKOFF.0, PREPARE_BACKOFF.1);
         let mut waited = false;

@@ -141,7 +141,13 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), N
     let written: Vec<(&str, &crate::avro::Codec)> = [&notify.responses, &notify.interactions]
         .into_iter()
         .chain(notify.alert_state.as_ref())
-        .map(|id| (id.as_str(), codecs[id].as_ref()))
+        .flat_map(|id| {
+            let key = key_codecs[id].encoded();
+            [Some(codecs[id].as_ref()), key]
+                .into_iter()
+                .flatten()
+                .map(move |codec| (id.as_str(), codec))
+        })
         .collect();
     crate::avro::check_writes(&written)
         .await

@@ -159,7 +159,12 @@ async fn start(
 ) -> Result<Runtime, ProduceError> {
     let written: Vec<(&str, &Codec)> = jobs
         .iter()
-        .map(|job| (job.topic.as_str(), job.codec.as_ref()))
+        .flat_map(|job| {
+            [Some(job.codec.as_ref()), job.key_codec.encoded()]
+                .into_iter()
+                .flatten()
+                .map(|codec| (job.topic.as_str(), codec))
+        })
         .collect();
     crate::avro::check_writes(&written)
         .await

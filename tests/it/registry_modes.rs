@@ -338,6 +338,61 @@ async fn a_schema_missing_from_a_read_only_subject_stops_enrich_at_startup() {
     );
 }
 
+/// The same for an output's keys (`avro-confluent`, subject `<topic>-key`):
+/// with the value's schema registered and the key's not, enrich stops at
+/// startup naming the key subject, before it reads a record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_schema_missing_from_a_read_only_subject_stops_enrich_at_startup() {
+    let key_schema = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/keys/string_key.avsc");
+    let (registry, env) = read_only_env(&format!(
+        r#"
+        [schema_registry]
+        auto_register = false
+        [topics.slack_messages]
+        key_format = "avro-confluent"
+        key_schema = "{}"
+        "#,
+        key_schema.display()
+    ))
+    .await;
+    let topic = env.topic("slack_messages");
+    registry.register(
+        &value_subject(&topic),
+        &shipped_schema("slack_message.avsc"),
+    );
+    let registered = registry.calls().len();
+    env.produce_event("org-1", &connector_event("e0", "env", "c0", "Provisioning"))
+        .await;
+    let enrich = env.start_enrich().await;
+    let error = tokio::time::timeout(WAIT, enrich.handle)
+        .await
+        .expect("enrich stops by itself")
+        .expect("enrich task")
+        .expect_err("a configuration error");
+    let subject = format!("{topic}-key");
+    assert_eq!(
+        error,
+        format!(
+            "topic slack_messages: schema \"string\" is not registered under subject \
+             {subject} (HTTP request to schema registry failed with status 404 Not Found: \
+             error_code: 40401, message: Subject '{subject}' not found.); with auto_register = false \
+             alertsvc only looks it up: register it under that subject (as the pipeline that owns \
+             the subject does), or set auto_register = true"
+        )
+    );
+    assert_eq!(
+        registrations(&registry.calls()[registered..]),
+        Vec::<&Call>::new()
+    );
+    assert_eq!(env.end_offsets(&env.dlq("notifications"), 1), [0]);
+    assert_eq!(
+        env.end_offsets(&topic, 3).iter().sum::<i64>(),
+        0,
+        "nothing written"
+    );
+}
+
 /// produce writes its events with the id its read-only key looks up; with
 /// the schema not registered yet it stops before reading a row, instead of
 /// dead-lettering every one of them.

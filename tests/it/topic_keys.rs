@@ -266,9 +266,10 @@ async fn keys_avro_confluent_use_the_key_subject_and_wait_out_an_outage() {
         payloads.push(env.encode("notifications", &event(i)).await);
     }
 
-    registry.start_outage(StatusCode::SERVICE_UNAVAILABLE);
+    // Ready first: enrich finds its output key's schema id at startup.
     let enrich = env.start_enrich().await;
     env.wait_ready(WAIT).await;
+    registry.start_outage(StatusCode::SERVICE_UNAVAILABLE);
     for payload in &payloads[..2] {
         env.produce_raw_key(&topic, Some(&key), Some(payload)).await;
     }
