@@ -300,6 +300,40 @@ async fn a_read_only_key_with_auto_register_waits_with_the_fix_on_readyz() {
     enrich.stop().await.expect("clean stop");
 }
 
+/// Starts enrich with one event waiting and returns the error it stops
+/// with at startup, having registered, dead-lettered and written nothing.
+async fn refused_at_startup(registry: &FakeRegistry, env: &TestEnv) -> String {
+    let calls_before = registry.calls().len();
+    env.produce_event("org-1", &connector_event("e0", "env", "c0", "Provisioning"))
+        .await;
+    let enrich = env.start_enrich().await;
+    let error = tokio::time::timeout(WAIT, enrich.handle)
+        .await
+        .expect("enrich stops by itself")
+        .expect("enrich task")
+        .expect_err("a configuration error");
+    assert_eq!(
+        registrations(&registry.calls()[calls_before..]),
+        Vec::<&Call>::new()
+    );
+    assert_eq!(env.end_offsets(&env.dlq("notifications"), 1), [0]);
+    let written = env.end_offsets(&env.topic("slack_messages"), 3);
+    assert_eq!(written.iter().sum::<i64>(), 0);
+    error
+}
+
+/// What a stage says when `schema` is missing from `subject` and it may
+/// only look schemas up.
+fn not_registered(schema: &str, subject: &str) -> String {
+    format!(
+        "topic slack_messages: schema {schema} is not registered under subject \
+         {subject} (HTTP request to schema registry failed with status 404 Not Found: \
+         error_code: 40401, message: Subject '{subject}' not found.); with auto_register = false \
+         alertsvc only looks it up: register it under that subject (as the pipeline that owns \
+         the subject does), or set auto_register = true"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_missing_from_a_read_only_subject_stops_enrich_at_startup() {
     let (registry, env) = read_only_env(
@@ -310,31 +344,9 @@ async fn a_schema_missing_from_a_read_only_subject_stops_enrich_at_startup() {
     )
     .await;
     let subject = value_subject(&env.topic("slack_messages"));
-    env.produce_event("org-1", &connector_event("e0", "env", "c0", "Provisioning"))
-        .await;
-    let enrich = env.start_enrich().await;
-    let error = tokio::time::timeout(WAIT, enrich.handle)
-        .await
-        .expect("enrich stops by itself")
-        .expect("enrich task")
-        .expect_err("a configuration error");
     assert_eq!(
-        error,
-        format!(
-            "topic slack_messages: schema io.alertsvc.SlackMessage is not registered under subject \
-             {subject} (HTTP request to schema registry failed with status 404 Not Found: \
-             error_code: 40401, message: Subject '{subject}' not found.); with auto_register = false \
-             alertsvc only looks it up: register it under that subject (as the pipeline that owns \
-             the subject does), or set auto_register = true"
-        )
-    );
-    assert_eq!(registrations(&registry.calls()), Vec::<&Call>::new());
-    assert_eq!(env.end_offsets(&env.dlq("notifications"), 1), [0]);
-    assert_eq!(
-        env.end_offsets(&env.topic("slack_messages"), 3)
-            .iter()
-            .sum::<i64>(),
-        0
+        refused_at_startup(&registry, &env).await,
+        not_registered("io.alertsvc.SlackMessage", &subject)
     );
 }
 
@@ -361,35 +373,9 @@ async fn a_key_schema_missing_from_a_read_only_subject_stops_enrich_at_startup()
         &value_subject(&topic),
         &shipped_schema("slack_message.avsc"),
     );
-    let registered = registry.calls().len();
-    env.produce_event("org-1", &connector_event("e0", "env", "c0", "Provisioning"))
-        .await;
-    let enrich = env.start_enrich().await;
-    let error = tokio::time::timeout(WAIT, enrich.handle)
-        .await
-        .expect("enrich stops by itself")
-        .expect("enrich task")
-        .expect_err("a configuration error");
-    let subject = format!("{topic}-key");
     assert_eq!(
-        error,
-        format!(
-            "topic slack_messages: schema \"string\" is not registered under subject \
-             {subject} (HTTP request to schema registry failed with status 404 Not Found: \
-             error_code: 40401, message: Subject '{subject}' not found.); with auto_register = false \
-             alertsvc only looks it up: register it under that subject (as the pipeline that owns \
-             the subject does), or set auto_register = true"
-        )
-    );
-    assert_eq!(
-        registrations(&registry.calls()[registered..]),
-        Vec::<&Call>::new()
-    );
-    assert_eq!(env.end_offsets(&env.dlq("notifications"), 1), [0]);
-    assert_eq!(
-        env.end_offsets(&topic, 3).iter().sum::<i64>(),
-        0,
-        "nothing written"
+        refused_at_startup(&registry, &env).await,
+        not_registered("\"string\"", &format!("{topic}-key"))
     );
 }
 

@@ -92,6 +92,36 @@ fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
     })
 }
 
+/// A version a row's change has reached: the topic, or the message.
+#[derive(Debug, Clone, Copy)]
+enum Marker {
+    Published,
+    Shown,
+}
+
+impl Marker {
+    fn column(self) -> &'static str {
+        match self {
+            Marker::Published => "published_version",
+            Marker::Shown => "shown_version",
+        }
+    }
+
+    /// The ledger's writer takes static statements.
+    fn advance_sql(self) -> &'static str {
+        match self {
+            Marker::Published => {
+                "UPDATE alert_states SET published_version = $2 \
+                 WHERE alert_id = $1 AND published_version < $2"
+            }
+            Marker::Shown => {
+                "UPDATE alert_states SET shown_version = $2 \
+                 WHERE alert_id = $1 AND shown_version < $2"
+            }
+        }
+    }
+}
+
 impl StateStore {
     /// The states in `ledger`'s database (migration 0007).
     pub fn new(ledger: &Ledger) -> StateStore {
@@ -190,50 +220,46 @@ impl StateStore {
 
     /// `version` is on the alert-state topic.
     pub async fn mark_published(&self, alert_id: &str, version: i64) -> Result<(), LedgerError> {
-        self.ledger
-            .write(
-                "UPDATE alert_states SET published_version = $2 \
-                 WHERE alert_id = $1 AND published_version < $2",
-                vec![
-                    Arg::Text(Some(alert_id.to_owned())),
-                    Arg::Int(Some(version)),
-                ],
-            )
-            .await?;
-        Ok(())
+        self.advance(Marker::Published, alert_id, version).await
     }
 
     /// `version` is on the alert's message (or will never be).
     pub async fn mark_shown(&self, alert_id: &str, version: i64) -> Result<(), LedgerError> {
-        self.ledger
-            .write(
-                "UPDATE alert_states SET shown_version = $2 \
-                 WHERE alert_id = $1 AND shown_version < $2",
-                vec![
-                    Arg::Text(Some(alert_id.to_owned())),
-                    Arg::Int(Some(version)),
-                ],
-            )
-            .await?;
+        self.advance(Marker::Shown, alert_id, version).await
+    }
+
+    /// Moves the row's `marker` up to `version`, never back.
+    async fn advance(
+        &self,
+        marker: Marker,
+        alert_id: &str,
+        version: i64,
+    ) -> Result<(), LedgerError> {
+        let args = vec![
+            Arg::Text(Some(alert_id.to_owned())),
+            Arg::Int(Some(version)),
+        ];
+        self.ledger.write(marker.advance_sql(), args).await?;
         Ok(())
     }
 
     /// Up to `limit` rows whose latest change is not known to be on the
     /// alert's message, oldest change first.
     pub async fn unshown(&self, limit: i64) -> Result<Vec<StateRow>, LedgerError> {
-        self.behind("shown_version", limit).await
+        self.behind(Marker::Shown, limit).await
     }
 
     /// Up to `limit` rows whose latest change is not known to be on the
     /// topic, oldest change first.
     pub async fn unpublished(&self, limit: i64) -> Result<Vec<StateRow>, LedgerError> {
-        self.behind("published_version", limit).await
+        self.behind(Marker::Published, limit).await
     }
 
-    /// Rows whose `marker` column is behind their version.
-    async fn behind(&self, marker: &'static str, limit: i64) -> Result<Vec<StateRow>, LedgerError> {
+    /// Rows whose `marker` is behind their version.
+    async fn behind(&self, marker: Marker, limit: i64) -> Result<Vec<StateRow>, LedgerError> {
+        let column = marker.column();
         let rows: Vec<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM alert_states WHERE {marker} < version \
+            "SELECT {COLUMNS} FROM alert_states WHERE {column} < version \
              ORDER BY changed_at LIMIT $1"
         )))
         .bind(limit)
