@@ -224,15 +224,7 @@ async fn redelivery_is_not_posted_twice_and_changes_update(backend: Backend) {
     assert_eq!(outcomes["a-0"][2].ts.as_deref(), Some(updated.ts.as_str()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivery_sqlite() {
-    redelivery_is_not_posted_twice_and_changes_update(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivery_postgres() {
-    redelivery_is_not_posted_twice_and_changes_update(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(redelivery_is_not_posted_twice_and_changes_update => redelivery_sqlite, redelivery_postgres);
 
 async fn pending_entry_is_reconciled_before_any_repost(backend: Backend) {
     let NotifyEnv {
@@ -292,15 +284,7 @@ async fn pending_entry_is_reconciled_before_any_repost(backend: Backend) {
     assert_eq!(entry.status, alertsvc::notify::ledger::Status::Posted);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_reconciled_sqlite() {
-    pending_entry_is_reconciled_before_any_repost(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_reconciled_postgres() {
-    pending_entry_is_reconciled_before_any_repost(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(pending_entry_is_reconciled_before_any_repost => pending_reconciled_sqlite, pending_reconciled_postgres);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_errors_are_dead_lettered_transient_ones_retried_and_stale_alerts_expire() {

@@ -217,15 +217,7 @@ async fn a_burst_becomes_one_summary_with_every_alert_in_its_thread(backend: Bac
     no_dead_letters(&env).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_becomes_one_summary_sqlite() {
-    a_burst_becomes_one_summary_with_every_alert_in_its_thread(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_becomes_one_summary_postgres() {
-    a_burst_becomes_one_summary_with_every_alert_in_its_thread(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(a_burst_becomes_one_summary_with_every_alert_in_its_thread => a_burst_becomes_one_summary_sqlite, a_burst_becomes_one_summary_postgres);
 
 /// Two replicas both deliver the same burst (as during a rebalance): one
 /// summary, one reply per alert.

@@ -76,15 +76,7 @@ async fn migrate_twice_then_use(backend: Backend) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_sqlite() {
-    migrate_twice_then_use(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_postgres() {
-    migrate_twice_then_use(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(migrate_twice_then_use => migrate_sqlite, migrate_postgres);
 
 #[test]
 fn a_bad_database_url_is_refused_without_echoing_it() {
@@ -178,12 +170,4 @@ async fn claims_are_exclusive_and_pruning_spares_held_rows(backend: Backend) {
     assert!(ledger.get("a2").await.unwrap().is_some());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claims_sqlite() {
-    claims_are_exclusive_and_pruning_spares_held_rows(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claims_postgres() {
-    claims_are_exclusive_and_pruning_spares_held_rows(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(claims_are_exclusive_and_pruning_spares_held_rows => claims_sqlite, claims_postgres);

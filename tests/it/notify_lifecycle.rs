@@ -139,15 +139,7 @@ async fn firing_then_resolved_edits_in_place_and_replies_once(backend: Backend) 
     no_dead_letters(&env).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resolved_in_place_sqlite() {
-    firing_then_resolved_edits_in_place_and_replies_once(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resolved_in_place_postgres() {
-    firing_then_resolved_edits_in_place_and_replies_once(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(firing_then_resolved_edits_in_place_and_replies_once => resolved_in_place_sqlite, resolved_in_place_postgres);
 
 /// A resolved record for an alert never posted is answered
 /// `resolved_unposted` and posts nothing; the older firing record arriving

@@ -244,15 +244,7 @@ async fn acknowledge_then_snooze(backend: Backend) {
     no_dead_letters(env).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledge_then_snooze_sqlite() {
-    acknowledge_then_snooze(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledge_then_snooze_postgres() {
-    acknowledge_then_snooze(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(acknowledge_then_snooze => acknowledge_then_snooze_sqlite, acknowledge_then_snooze_postgres);
 
 /// Resolve from the button (by bob), and resolved upstream after an
 /// acknowledgement (no actor): both end resolved, with their line and no
@@ -350,15 +342,7 @@ async fn resolve_by_button_and_upstream(backend: Backend) {
     no_dead_letters(env).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resolve_by_button_and_upstream_sqlite() {
-    resolve_by_button_and_upstream(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resolve_by_button_and_upstream_postgres() {
-    resolve_by_button_and_upstream(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(resolve_by_button_and_upstream => resolve_by_button_and_upstream_sqlite, resolve_by_button_and_upstream_postgres);
 
 /// Eight people click Acknowledge at once (or two replicas apply one
 /// click): compare-and-set lets exactly one change through.
@@ -411,12 +395,4 @@ async fn concurrent_clicks_make_one_change(backend: Backend) {
     assert_eq!((row.version, row.state.kind), (1, StateKind::Acknowledged));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_clicks_make_one_change_sqlite() {
-    concurrent_clicks_make_one_change(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_clicks_make_one_change_postgres() {
-    concurrent_clicks_make_one_change(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(concurrent_clicks_make_one_change => concurrent_clicks_make_one_change_sqlite, concurrent_clicks_make_one_change_postgres);

@@ -141,15 +141,7 @@ async fn a_click_during_an_outage_is_shown_once_slack_is_back(backend: Backend) 
     notify.stop().await.expect("clean stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_click_during_an_outage_is_shown_once_slack_is_back_sqlite() {
-    a_click_during_an_outage_is_shown_once_slack_is_back(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_click_during_an_outage_is_shown_once_slack_is_back_postgres() {
-    a_click_during_an_outage_is_shown_once_slack_is_back(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(a_click_during_an_outage_is_shown_once_slack_is_back => a_click_during_an_outage_is_shown_once_slack_is_back_sqlite, a_click_during_an_outage_is_shown_once_slack_is_back_postgres);
 
 /// Three clicks at once where Slack allows one `chat.update` per two
 /// seconds: the 429s are waited out and every message shows its state,
@@ -266,12 +258,4 @@ async fn a_snooze_ends_by_itself(backend: Backend) {
     notify.stop().await.expect("clean stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snooze_ends_by_itself_sqlite() {
-    a_snooze_ends_by_itself(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snooze_ends_by_itself_postgres() {
-    a_snooze_ends_by_itself(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(a_snooze_ends_by_itself => a_snooze_ends_by_itself_sqlite, a_snooze_ends_by_itself_postgres);

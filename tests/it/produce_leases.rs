@@ -109,15 +109,7 @@ async fn two_runs_started_together(state: Backend) {
     assert_events(&env, &warehouse, &rows).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_runs_started_together_emit_every_row_once_sqlite_state() {
-    two_runs_started_together(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_runs_started_together_emit_every_row_once_postgres_state() {
-    two_runs_started_together(Backend::Postgres).await;
-}
+crate::on_both_ledgers!(two_runs_started_together => two_runs_started_together_emit_every_row_once_sqlite_state, two_runs_started_together_emit_every_row_once_postgres_state);
 
 /// A first run whose query takes 6 s — longer than `recovery_settle` (1 s)
 /// and than its lease (3 s), which it keeps renewing. Started 1.5 s after

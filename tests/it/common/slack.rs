@@ -16,10 +16,29 @@ pub const TOKEN: &str = "xoxb-test-token";
 pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 pub const POSTGRES_ENV: &str = "ALERTSVC_TEST_POSTGRES";
 
+/// The database a ledger (notify's, produce's state) lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+/// One scenario (`async fn(Backend)`) as two tests, on a SQLite and on a
+/// PostgreSQL ledger: `on_both_ledgers!(scenario => scenario_sqlite,
+/// scenario_postgres);`.
+#[macro_export]
+macro_rules! on_both_ledgers {
+    ($scenario:ident => $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $scenario($crate::common::slack::Backend::Sqlite).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            $scenario($crate::common::slack::Backend::Postgres).await;
+        }
+    };
 }
 
 /// The fake Slack with these conversations. Names that are user ids
