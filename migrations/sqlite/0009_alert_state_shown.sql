@@ -6,4 +6,5 @@
 ALTER TABLE alert_states ADD COLUMN shown_version INTEGER NOT NULL DEFAULT 0;
 -- Rows from before this column were shown (or given up on) back then.
 UPDATE alert_states SET shown_version = version;
-CREATE INDEX alert_states_unshown ON alert_states (shown_version, version);
+-- Partial: the sweep reads only the rows behind, oldest change first.
+CREATE INDEX alert_states_unshown ON alert_states (changed_at) WHERE shown_version < version;
