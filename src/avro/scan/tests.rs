@@ -199,9 +199,7 @@ fn schemas_with_types_a_scan_does_not_model_are_not_scanned() {
 #[allow(deprecated)]
 fn tree_json(codec: &SingleObject, mut datum: &[u8]) -> Option<Json> {
     let value = apache_avro::from_avro_datum(&codec.schema.schema, &mut datum, None).ok()?;
-    datum
-        .is_empty()
-        .then(|| crate::avro::avro_to_json(value))
+    datum.is_empty().then(|| crate::avro::avro_to_json(value))
 }
 
 /// `Shape::to_json` gives the tree path's value for every datum it reads,
@@ -238,18 +236,25 @@ fn json_reads_agree_with_the_tree_path() {
             }
         }
     }
-    assert!(read > 100 && declined > 100, "{read} read, {declined} declined");
+    assert!(
+        read > 100 && declined > 100,
+        "{read} read, {declined} declined"
+    );
     // NaN and infinities read as null, as decoding makes them.
-    let nan = codec(r#"{"type":"record","name":"N","fields":[
-        {"name":"f","type":"float"},{"name":"d","type":"double"}]}"#);
+    let nan = codec(
+        r#"{"type":"record","name":"N","fields":[
+        {"name":"f","type":"float"},{"name":"d","type":"double"}]}"#,
+    );
     let shape = Shape::of(&nan.schema.schema, nan.schema.names()).unwrap();
     let mut datum = f32::NAN.to_le_bytes().to_vec();
     datum.extend(f64::INFINITY.to_le_bytes());
     assert_eq!(shape.to_json(&datum), Some(json!({"f": null, "d": null})));
     assert_eq!(shape.to_json(&datum), tree_json(&nan, &datum));
     // A map key written twice keeps its last value.
-    let map = codec(r#"{"type":"record","name":"M","fields":[
-        {"name":"m","type":{"type":"map","values":"long"}}]}"#);
+    let map = codec(
+        r#"{"type":"record","name":"M","fields":[
+        {"name":"m","type":{"type":"map","values":"long"}}]}"#,
+    );
     let shape = Shape::of(&map.schema.schema, map.schema.names()).unwrap();
     let datum = [4, 2, b'k', 2, 2, b'k', 4, 0];
     assert_eq!(shape.to_json(&datum), Some(json!({"m": {"k": 2}})));
