@@ -239,5 +239,6 @@ impl<'a> Reader<'a> {
     }
 }
 
+mod json;
 #[cfg(test)]
 mod tests;

@@ -114,6 +114,11 @@ impl SingleObject {
 
     pub fn decode(&self, bytes: &[u8]) -> Result<Json, AvroError> {
         let (writer, body) = self.split(bytes)?;
+        if writer.is_none() {
+            if let Some(json) = self.shape.as_ref().and_then(|s| s.to_json(body)) {
+                return Ok(json);
+            }
+        }
         Ok(avro_to_json(self.read_datum(writer, body)?))
     }
 
@@ -182,6 +187,9 @@ impl SingleObject {
 
     /// A datum [`SingleObject::compact`] kept, decoded.
     pub(super) fn expand(&self, datum: &[u8]) -> Result<Json, AvroError> {
+        if let Some(json) = self.shape.as_ref().and_then(|s| s.to_json(datum)) {
+            return Ok(json);
+        }
         Ok(avro_to_json(self.read_datum(None, datum)?))
     }
 }

@@ -58,18 +58,25 @@ pub fn as_markup(value: &Value) -> Option<&str> {
 /// Escapes `&`, `<` and `>` as Slack requires for text it must not read as
 /// markup.
 pub fn escape(text: &str) -> Cow<'_, str> {
-    if !text.contains(['&', '<', '>']) {
+    // The three are ASCII, so they are found byte by byte (a `char`
+    // pattern decodes every character first) and never split one.
+    let Some(first) = text.bytes().position(|b| matches!(b, b'&' | b'<' | b'>')) else {
         return Cow::Borrowed(text);
-    }
+    };
     let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            c => out.push(c),
-        }
+    let mut start = 0;
+    for (at, byte) in text.bytes().enumerate().skip(first) {
+        let entity = match byte {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            _ => continue,
+        };
+        out.push_str(&text[start..at]);
+        out.push_str(entity);
+        start = at + 1;
     }
+    out.push_str(&text[start..]);
     Cow::Owned(out)
 }
 
@@ -204,6 +211,8 @@ mod tests {
         assert!(matches!(escape("plain"), Cow::Borrowed("plain")));
         // Already-escaped text is escaped again: it is data, not markup.
         assert_eq!(escape("&lt;"), "&amp;lt;");
+        assert_eq!(escape("é<ü>&🚀>"), "é&lt;ü&gt;&amp;🚀&gt;");
+        assert_eq!(escape(">"), "&gt;");
         let width: usize = "a&<>".chars().map(escaped_width).sum();
         assert_eq!(width, escape("a&<>").chars().count());
     }

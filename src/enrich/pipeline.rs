@@ -189,6 +189,8 @@ pub struct Pipeline {
     /// The filter compiled for [`fast_filter`], when it is in the subset.
     fast_filter: Option<FastFilter>,
     joins: Vec<CompiledJoin>,
+    /// The joins' names in order, shared by every record's template context.
+    join_names: Arc<[String]>,
     suppress: Option<Suppress>,
     /// What the filter, the CEL join keys and `suppress` read of each
     /// variable: all CEL is handed of a record.
@@ -349,6 +351,7 @@ impl Pipeline {
                 .as_ref()
                 .and_then(|f| FastFilter::compile(f.expression())),
             filter,
+            join_names: joins.iter().map(|j| j.name.clone()).collect(),
             joins,
             suppress,
             templates,
@@ -445,6 +448,7 @@ fn slack_formatter(
 }
 
 mod cel_paths;
+mod context;
 mod fast_filter;
 mod jinja_json;
 

@@ -194,3 +194,69 @@ fn schemas_with_types_a_scan_does_not_model_are_not_scanned() {
     assert_eq!(codec.scan(&bytes), None);
     assert!(codec.decode(&bytes).is_ok());
 }
+
+/// The value `apache_avro` decodes from `datum`, as `avro_to_json` makes it.
+#[allow(deprecated)]
+fn tree_json(codec: &SingleObject, mut datum: &[u8]) -> Option<Json> {
+    let value = apache_avro::from_avro_datum(&codec.schema.schema, &mut datum, None).ok()?;
+    datum.is_empty().then(|| crate::avro::avro_to_json(value))
+}
+
+/// `Shape::to_json` gives the tree path's value for every datum it reads,
+/// and reads every well-formed one; damaged ones it declines or reads as
+/// the tree path does.
+#[test]
+fn json_reads_agree_with_the_tree_path() {
+    let wide = codec(WIDE_SCHEMA);
+    let shape = Shape::of(&wide.schema.schema, wide.schema.names()).unwrap();
+    let mut rng = fastrand::Rng::with_seed(13);
+    let (mut read, mut declined) = (0, 0);
+    for _ in 0..200 {
+        let record = wide_record(&mut rng);
+        let bytes = wide.encode(&record).unwrap();
+        let datum = &bytes[10..];
+        let json = shape.to_json(datum).expect("a well-formed datum is read");
+        assert_eq!(Some(&json), tree_json(&wide, datum).as_ref());
+        for cut in 0..datum.len() {
+            assert_eq!(shape.to_json(&datum[..cut]), None, "truncated at {cut}");
+        }
+        let mut longer = datum.to_vec();
+        longer.push(0);
+        assert_eq!(shape.to_json(&longer), None, "trailing byte");
+        for _ in 0..20 {
+            let mut damaged = datum.to_vec();
+            let at = rng.usize(..damaged.len());
+            damaged[at] = rng.u8(..);
+            match shape.to_json(&damaged) {
+                Some(json) => {
+                    assert_eq!(Some(json), tree_json(&wide, &damaged), "{damaged:?}");
+                    read += 1;
+                }
+                None => declined += 1,
+            }
+        }
+    }
+    assert!(
+        read > 100 && declined > 100,
+        "{read} read, {declined} declined"
+    );
+    // NaN and infinities read as null, as decoding makes them.
+    let nan = codec(
+        r#"{"type":"record","name":"N","fields":[
+        {"name":"f","type":"float"},{"name":"d","type":"double"}]}"#,
+    );
+    let shape = Shape::of(&nan.schema.schema, nan.schema.names()).unwrap();
+    let mut datum = f32::NAN.to_le_bytes().to_vec();
+    datum.extend(f64::INFINITY.to_le_bytes());
+    assert_eq!(shape.to_json(&datum), Some(json!({"f": null, "d": null})));
+    assert_eq!(shape.to_json(&datum), tree_json(&nan, &datum));
+    // A map key written twice keeps its last value.
+    let map = codec(
+        r#"{"type":"record","name":"M","fields":[
+        {"name":"m","type":{"type":"map","values":"long"}}]}"#,
+    );
+    let shape = Shape::of(&map.schema.schema, map.schema.names()).unwrap();
+    let datum = [4, 2, b'k', 2, 2, b'k', 4, 0];
+    assert_eq!(shape.to_json(&datum), Some(json!({"m": {"k": 2}})));
+    assert_eq!(shape.to_json(&datum), tree_json(&map, &datum));
+}

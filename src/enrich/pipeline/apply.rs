@@ -2,7 +2,6 @@
 //! `suppress`, render, Block Kit check. Split from the pipeline's compiler
 //! so each stays readable.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cel::{Context as CelContext, Value as CelValue};
@@ -10,6 +9,7 @@ use minijinja::Value as JinjaValue;
 use serde_json::Value as Json;
 
 use super::cel_paths::{self, ProjectError, Reads};
+use super::context::RenderContext;
 use super::jinja_json;
 use super::join_key::{self, KeyExpr, ALERT_ID};
 use super::suppress::{Suppress, NOW};
@@ -115,7 +115,7 @@ impl Pipeline {
         let mut joined: Vec<(&str, Option<Arc<Json>>)> = Vec::with_capacity(self.joins.len());
         // The templates' context, built when a key or `suppress` first needs
         // it and kept current as joins complete: one build per record.
-        let mut context: Option<BTreeMap<&str, JinjaValue>> = None;
+        let mut context: Option<Arc<RenderContext>> = None;
         // Rendered once, when a key or `suppress` first reads it.
         let mut alert_id: Option<String> = None;
         for join in &self.joins {
@@ -128,7 +128,7 @@ impl Pipeline {
                     context.get_or_insert_with(|| self.template_context(source, &event, &joined));
                 // A failing alert_id template is a render error, wherever
                 // it is first needed.
-                let id = self.render_one(ALERT_ID, &jinja_map(context))?;
+                let id = self.render_one(ALERT_ID, &context.value())?;
                 cel.add_variable_from_value(ALERT_ID, id.clone());
                 alert_id = Some(id);
             }
@@ -144,11 +144,9 @@ impl Pipeline {
                         .get_or_insert_with(|| self.template_context(source, &event, &joined));
                     // Key templates alone see `alert_id`: the message
                     // templates keep the context they always had.
-                    if let Some(id) = &alert_id {
-                        context.insert(ALERT_ID, JinjaValue::from(id.as_str()));
-                    }
-                    let rendered = self.render_template(template, &jinja_map(context));
-                    context.remove(ALERT_ID);
+                    context.set_alert_id(alert_id.as_deref());
+                    let rendered = self.render_template(template, &context.value());
+                    context.set_alert_id(None);
                     join_key::template_key_text(&rendered.map_err(|e| key_error(e.to_string()))?)
                 }
             };
@@ -172,7 +170,7 @@ impl Pipeline {
                 cel.add_variable_from_value(join.name.clone(), value);
             }
             if let Some(context) = &mut context {
-                context.insert(join.name.as_str(), jinja_row(&found));
+                context.push_join(jinja_row(&found));
             }
             joined.push((join.name.as_str(), found));
         }
@@ -194,10 +192,10 @@ impl Pipeline {
             Some(status) => status,
             None => self.render_status(&context)?,
         };
-        context.insert(STATUS_TEMPLATE, JinjaValue::from(status.as_str()));
+        context.set_status(status.as_str());
         // A key's alert id is the message's: check_order refused every key
         // whose alert id would read what was not known yet.
-        self.render(source, &jinja_map(&context), status, alert_id)
+        self.render(source, &context.value(), status, alert_id)
             .map(Verdict::Emit)
     }
 
@@ -208,7 +206,7 @@ impl Pipeline {
         &self,
         suppress: &Suppress,
         cel: &mut CelContext,
-        context: &BTreeMap<&str, JinjaValue>,
+        context: &Arc<RenderContext>,
         alert_id_bound: bool,
         now_ms: i64,
     ) -> Result<(bool, Option<AlertStatus>), RecordError> {
@@ -216,7 +214,7 @@ impl Pipeline {
             cel.add_variable_from_value(NOW, now_ms);
         }
         if suppress.reads(ALERT_ID) && !alert_id_bound {
-            let id = self.render_one(ALERT_ID, &jinja_map(context))?;
+            let id = self.render_one(ALERT_ID, &context.value())?;
             cel.add_variable_from_value(ALERT_ID, id);
         }
         let mut status = None;
@@ -298,41 +296,42 @@ impl Pipeline {
 
     /// The templates' context before `status`: the record, the joins so
     /// far, the pipeline's constants.
-    fn template_context<'a>(
-        &'a self,
-        source: &Source<'a>,
+    fn template_context(
+        &self,
+        source: &Source<'_>,
         event: &Arc<Json>,
-        joined: &[(&'a str, Option<Arc<Json>>)],
-    ) -> BTreeMap<&'a str, JinjaValue> {
-        let mut context: BTreeMap<&str, JinjaValue> = BTreeMap::new();
+        joined: &[(&str, Option<Arc<Json>>)],
+    ) -> Arc<RenderContext> {
         let key = match source.key {
             None => JinjaValue::from(()),
             Some(Json::String(text)) => JinjaValue::from(text.as_str()),
             Some(other) => JinjaValue::from_serialize(other),
         };
-        context.insert("key", key);
-        context.insert("event", jinja_json::lazy(event.clone()));
-        context.insert("topic", JinjaValue::from(source.topic));
-        context.insert("partition", JinjaValue::from(source.partition));
-        context.insert("offset", JinjaValue::from(source.offset));
-        context.insert("timestamp", JinjaValue::from(source.timestamp_ms));
-        context.insert("pipeline", JinjaValue::from(self.name.as_str()));
-        context.insert("vars", self.vars.clone());
-        for (name, value) in joined {
-            context.insert(name, jinja_row(value));
+        let mut context = RenderContext::new(
+            [
+                key,
+                jinja_json::lazy(event.clone()),
+                JinjaValue::from(source.topic),
+                JinjaValue::from(source.partition),
+                JinjaValue::from(source.offset),
+                JinjaValue::from(source.timestamp_ms),
+                JinjaValue::from(self.name.as_str()),
+                self.vars.clone(),
+            ],
+            self.join_names.clone(),
+        );
+        for (_, value) in joined {
+            context.push_join(jinja_row(value));
         }
         context
     }
 
     /// `message.status`, or `firing` for a pipeline without one.
-    fn render_status(
-        &self,
-        context: &BTreeMap<&str, JinjaValue>,
-    ) -> Result<AlertStatus, RecordError> {
+    fn render_status(&self, context: &Arc<RenderContext>) -> Result<AlertStatus, RecordError> {
         if !self.has_status {
             return Ok(AlertStatus::Firing);
         }
-        let rendered = self.render_one(STATUS_TEMPLATE, &jinja_map(context))?;
+        let rendered = self.render_one(STATUS_TEMPLATE, &context.value())?;
         AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))
     }
 
@@ -365,15 +364,6 @@ fn jinja_row(row: &Option<Arc<Json>>) -> JinjaValue {
         Some(row) => jinja_json::lazy(row.clone()),
         None => JinjaValue::from(()),
     }
-}
-
-/// The context as one template value, its members (lazy views included)
-/// handed over as they are rather than serialized.
-fn jinja_map(context: &BTreeMap<&str, JinjaValue>) -> JinjaValue {
-    context
-        .iter()
-        .map(|(name, value)| (*name, value.clone()))
-        .collect()
 }
 
 /// Binds `key`, `topic` and `event` for CEL, each projected to what

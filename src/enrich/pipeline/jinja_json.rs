@@ -2,40 +2,52 @@
 //! event and two table rows into template values for every alert cost more
 //! than rendering the few fields a template shows.
 
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::Value as JinjaValue;
-use serde_json::Value as Json;
+use serde_json::{Map, Value as Json};
 
-/// `root` at `path` (object member names from the root). The root is
-/// shared, so a nested object costs a path, not a copy.
+/// An object inside the JSON tree `root`. The tree is shared, so a nested
+/// object costs a pointer, not a copy; a member is found in its own object
+/// (walking a path of names from the root on every access, and cloning
+/// that path for every nested object, cost more than the rest of a render).
 #[derive(Debug)]
 struct JsonObject {
+    /// Keeps `members` alive and unchanged: it owns the tree `members`
+    /// points into, and a tree behind an `Arc` this holds a count of is
+    /// never mutated (`Arc::get_mut` needs the only count, `make_mut`
+    /// copies).
     root: Arc<Json>,
-    path: Vec<String>,
+    members: NonNull<Map<String, Json>>,
 }
 
+// SAFETY: `members` is a shared borrow of data `root` owns and never
+// changes (see the field); `Json` is `Send` and `Sync`, so sharing or
+// sending that borrow with its owner is as safe as sharing `&Json`.
+unsafe impl Send for JsonObject {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for JsonObject {}
+
 impl JsonObject {
-    fn members(&self) -> Option<&serde_json::Map<String, Json>> {
-        let mut node = &*self.root;
-        for name in &self.path {
-            node = node.get(name)?;
-        }
-        node.as_object()
+    fn members(&self) -> &Map<String, Json> {
+        // SAFETY: points into `self.root`, alive and unchanged while
+        // `self` is (see the field).
+        unsafe { self.members.as_ref() }
     }
 }
 
-/// `value` (held by `root`, at `path`) as a template value: scalars
-/// directly, objects as lazy views, arrays converted (rare in records).
-fn to_jinja(root: &Arc<Json>, path: impl FnOnce() -> Vec<String>, value: &Json) -> JinjaValue {
+/// `value` (inside the tree `root`) as a template value: scalars directly,
+/// objects as lazy views, arrays converted (rare in records).
+fn to_jinja(root: &Arc<Json>, value: &Json) -> JinjaValue {
     match value {
         Json::Null => JinjaValue::from(()),
         Json::Bool(b) => JinjaValue::from(*b),
         Json::String(s) => JinjaValue::from(s.as_str()),
-        Json::Object(_) => JinjaValue::from_object(JsonObject {
+        Json::Object(members) => JinjaValue::from_object(JsonObject {
             root: root.clone(),
-            path: path(),
+            members: NonNull::from(members),
         }),
         // Numbers as `from_serialize` makes them (serde_json serializes a
         // number as u64, i64 or f64, in that order), without a serializer.
@@ -51,7 +63,7 @@ fn to_jinja(root: &Arc<Json>, path: impl FnOnce() -> Vec<String>, value: &Json) 
 
 /// The template value of a shared JSON value, without converting it.
 pub fn lazy(root: Arc<Json>) -> JinjaValue {
-    to_jinja(&root, Vec::new, &root)
+    to_jinja(&root, &root)
 }
 
 impl Object for JsonObject {
@@ -64,25 +76,21 @@ impl Object for JsonObject {
     }
 
     fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<JinjaValue> {
-        let value = self.members()?.get(key)?;
-        let path = || {
-            let mut path = self.path.clone();
-            path.push(key.to_owned());
-            path
-        };
-        Some(to_jinja(&self.root, path, value))
+        let value = self.members().get(key)?;
+        Some(to_jinja(&self.root, value))
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         let keys: Vec<JinjaValue> = self
             .members()
-            .map(|m| m.keys().map(|k| JinjaValue::from(k.as_str())).collect())
-            .unwrap_or_default();
+            .keys()
+            .map(|k| JinjaValue::from(k.as_str()))
+            .collect();
         Enumerator::Values(keys)
     }
 
     fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
-        Some(self.members().map_or(0, |m| m.len()))
+        Some(self.members().len())
     }
 }
 
