@@ -37,7 +37,7 @@ pub fn write_json_string_content<W: fmt::Write + ?Sized>(out: &mut W, text: &str
 /// or `bytes.len()`. Rendered blocks are mostly plain text, so eight bytes
 /// are tested at a time (as serde_json's reader skips them) and only a word
 /// that holds an escape is looked at byte by byte.
-fn next_escape(bytes: &[u8], mut from: usize) -> usize {
+pub(super) fn next_escape(bytes: &[u8], mut from: usize) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     while let Some(word) = bytes.get(from..).and_then(<[u8]>::first_chunk::<8>) {
@@ -62,6 +62,18 @@ fn next_escape(bytes: &[u8], mut from: usize) -> usize {
         from += 1;
     }
     from
+}
+
+/// `c` as serde_json writes it inside a JSON string.
+pub(super) fn push_escaped_char(out: &mut String, c: char) {
+    match u8::try_from(c).map(|byte| ESCAPE[usize::from(byte)]) {
+        Ok(0) | Err(_) => out.push(c),
+        Ok(_) => {
+            let mut bytes = [0; 4];
+            // Writing to a String cannot fail.
+            let _ = write_json_string_content(out, c.encode_utf8(&mut bytes));
+        }
+    }
 }
 
 /// For each byte: 0 when it is written as it is, else the letter after
