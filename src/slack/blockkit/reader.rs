@@ -58,7 +58,7 @@ struct Reader<'de> {
     scratch: String,
     /// The members of the objects being read, an object's above its
     /// parent's: each name and where `"name":value` stands in `out`.
-    members: Vec<(Text<'de>, Range<usize>)>,
+    members: Vec<(&'de str, Range<usize>)>,
     depth: u32,
 }
 
@@ -218,14 +218,16 @@ impl<'de> Reader<'de> {
                     return Err(Bail);
                 }
                 let member_start = self.out.len();
-                let name = self.string()?;
+                // Names are plain words in templates; one with an escape is
+                // left to serde_json (so names here borrow from the text).
+                let name = self.string()?.unescaped().ok_or(Bail)?;
                 self.skip_whitespace();
                 if self.peek() != Some(b':') {
                     return Err(Bail);
                 }
                 self.pos += 1;
                 self.out.push(':');
-                object.member(name.as_str(), ReaderValue(self))?;
+                object.member(name, ReaderValue(self))?;
                 self.members.push((name, member_start..self.out.len()));
                 self.skip_whitespace();
                 match self.peek() {
@@ -260,20 +262,17 @@ impl<'de> Reader<'de> {
             ..
         } = self;
         let own = &mut members[base..];
-        if own.windows(2).all(|w| w[0].0.as_str() < w[1].0.as_str()) {
+        if own.windows(2).all(|w| w[0].0 < w[1].0) {
             return;
         }
         scratch.clear();
         scratch.push_str(&out[start..]);
         out.truncate(start);
         // Stable: of equal names the last comes last, and is the one kept.
-        own.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        own.sort_by(|a, b| a.0.cmp(b.0));
         let mut first = true;
         for (i, (name, range)) in own.iter().enumerate() {
-            if own
-                .get(i + 1)
-                .is_some_and(|next| next.0.as_str() == name.as_str())
-            {
+            if own.get(i + 1).is_some_and(|next| next.0 == *name) {
                 continue;
             }
             if !first {
