@@ -4,7 +4,8 @@
 //! (its string scans and member keys were most of the pass's cost).
 //!
 //! It decides only documents it is sure of. Anything else — not JSON, a
-//! lone surrogate escape, nesting near serde_json's limit — ends it with
+//! lone surrogate escape, nesting near serde_json's limit, a member name
+//! with an escape — ends it with
 //! [`Bail`], and the serde_json path decides: the same answer, or the error
 //! worded as serde_json words it. Numbers other than plain 64-bit integers
 //! are parsed by serde_json itself (its float rounding is its own).
