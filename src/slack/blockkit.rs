@@ -41,6 +41,7 @@ fn fail(path: impl Into<String>, reason: impl Into<String>) -> BlockKitError {
 
 mod canonical;
 mod escape;
+mod reader;
 #[cfg(test)]
 mod rendered_tests;
 mod scan;

@@ -5,7 +5,9 @@
 //! them into a tree, so notify's content hashes don't change.
 //!
 //! The same pass reads the few members the Block Kit limits are about
-//! (a [`Shape`], see `scan::read`), so the rendered text is parsed once.
+//! (a [`Shape`], see `scan::read`), so the rendered text is parsed once:
+//! by the byte-level reader (`super::reader`), or, for a document it
+//! leaves (not JSON, or not one it is sure of), by serde_json here.
 
 use std::fmt::{self, Write as _};
 use std::marker::PhantomData;
@@ -13,6 +15,7 @@ use std::ops::Range;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
+use super::reader;
 use super::scan::Text;
 
 /// `text` (one JSON document) in compact canonical form.
@@ -22,6 +25,15 @@ pub fn canonical_json(text: &str) -> Result<String, serde_json::Error> {
 
 /// `text` in compact canonical form, and the document read as `S`.
 pub(super) fn canonical_shaped<'de, S: Shape<'de>>(
+    text: &'de str,
+) -> Result<(String, S), serde_json::Error> {
+    // The reader writes and reads what this path would, or leaves the
+    // document to it (and serde_json's error to word).
+    reader::canonical_shaped(text).or_else(|reader::Bail| serde_shaped(text))
+}
+
+/// `canonical_shaped` through serde_json alone.
+pub(super) fn serde_shaped<'de, S: Shape<'de>>(
     text: &'de str,
 ) -> Result<(String, S), serde_json::Error> {
     let mut out = String::with_capacity(text.len());
@@ -59,15 +71,17 @@ pub(super) trait Shape<'de>: Sized {
 
 /// An object's members as some shape reads them.
 pub(super) trait Members<'de>: Default {
-    /// Reads the value of the member `name` (with `writer.seed()` of the
-    /// shape it wants); called again for a duplicate, whose value is the
-    /// one kept, as in a tree.
-    fn member<A: MapAccess<'de>>(
-        &mut self,
-        name: &str,
-        map: &mut A,
-        writer: Writer<'_, 'de>,
-    ) -> Result<(), A::Error>;
+    /// Reads the value of the member `name` (`value.read()` as the shape
+    /// it wants); called again for a duplicate, whose value is the one
+    /// kept, as in a tree.
+    fn member<V: MemberValue<'de>>(&mut self, name: &str, value: V) -> Result<(), V::Error>;
+}
+
+/// A member's value, yet to be read (and written): by serde_json or by
+/// the reader.
+pub(super) trait MemberValue<'de> {
+    type Error;
+    fn read<S: Shape<'de>>(self) -> Result<S, Self::Error>;
 }
 
 /// Nothing read: the canonical form only.
@@ -83,13 +97,21 @@ impl<'de> Shape<'de> for () {
 }
 
 impl<'de> Members<'de> for () {
-    fn member<A: MapAccess<'de>>(
-        &mut self,
-        _: &str,
-        map: &mut A,
-        writer: Writer<'_, 'de>,
-    ) -> Result<(), A::Error> {
-        map.next_value_seed(writer.seed::<()>())
+    fn member<V: MemberValue<'de>>(&mut self, _: &str, value: V) -> Result<(), V::Error> {
+        value.read::<()>()
+    }
+}
+
+/// The value serde_json's map is at, written where `writer` writes.
+struct SerdeValue<'m, 'o, 'de, A> {
+    map: &'m mut A,
+    writer: Writer<'o, 'de>,
+}
+
+impl<'de, A: MapAccess<'de>> MemberValue<'de> for SerdeValue<'_, '_, 'de, A> {
+    type Error = A::Error;
+    fn read<S: Shape<'de>>(self) -> Result<S, A::Error> {
+        self.map.next_value_seed(self.writer.seed::<S>())
     }
 }
 
@@ -102,14 +124,14 @@ struct Buffers<'de> {
 }
 
 /// Where a value's canonical form is written.
-pub(super) struct Writer<'o, 'de> {
+struct Writer<'o, 'de> {
     out: &'o mut String,
     buffers: &'o mut Buffers<'de>,
 }
 
 impl<'o, 'de> Writer<'o, 'de> {
     /// A seed that writes the next value and reads it as `S`.
-    pub(super) fn seed<S: Shape<'de>>(self) -> Canonical<'o, 'de, S> {
+    fn seed<S: Shape<'de>>(self) -> Canonical<'o, 'de, S> {
         Canonical {
             writer: self,
             shape: PhantomData,
@@ -117,7 +139,7 @@ impl<'o, 'de> Writer<'o, 'de> {
     }
 }
 
-pub(super) struct Canonical<'o, 'de, S> {
+struct Canonical<'o, 'de, S> {
     writer: Writer<'o, 'de>,
     shape: PhantomData<S>,
 }
@@ -240,7 +262,11 @@ impl<'de, S: Shape<'de>> Visitor<'de> for Canonical<'_, 'de, S> {
         let base = self.writer.buffers.members.len();
         while let Some(name) = map.next_key::<Text<'de>>()? {
             let value_start = self.writer.out.len();
-            object.member(name.as_str(), &mut map, self.nested())?;
+            let value = SerdeValue {
+                map: &mut map,
+                writer: self.nested(),
+            };
+            object.member(name.as_str(), value)?;
             let range = value_start - start..self.writer.out.len() - start;
             self.writer.buffers.members.push((name, range));
         }

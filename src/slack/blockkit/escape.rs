@@ -35,33 +35,52 @@ pub fn write_json_string_content<W: fmt::Write + ?Sized>(out: &mut W, text: &str
 
 /// The index of the first byte at or after `from` that must be escaped,
 /// or `bytes.len()`. Rendered blocks are mostly plain text, so eight bytes
-/// are tested at a time (as serde_json's reader skips them) and only a word
-/// that holds an escape is looked at byte by byte.
-fn next_escape(bytes: &[u8], mut from: usize) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    while let Some(word) = bytes.get(from..).and_then(<[u8]>::first_chunk::<8>) {
-        let word = u64::from_ne_bytes(*word);
+/// are tested at a time (as serde_json's reader skips them); only the last
+/// few bytes of the text are looked at one by one.
+pub(super) fn next_escape(bytes: &[u8], from: usize) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let Some(rest) = bytes.get(from..) else {
+        return from;
+    };
+    let (words, _) = rest.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        // The first byte is the lowest: `trailing_zeros` finds it.
+        let word = u64::from_le_bytes(*word);
         // A byte below 0x20, or equal to `"` or `\`, sets its high bit in
-        // one of these (the classic "has a zero / a smaller byte" tests;
-        // exact for the word as a whole).
+        // one of these (the classic "has a zero / a smaller byte" tests).
+        // A byte above a flagged one may be flagged wrongly (the borrow
+        // runs upward), the lowest flagged byte never: it is the answer.
         let control = word.wrapping_sub(ONES * 0x20) & !word;
         let quote = word ^ (ONES * u64::from(b'"'));
         let quote = quote.wrapping_sub(ONES) & !quote;
         let backslash = word ^ (ONES * u64::from(b'\\'));
         let backslash = backslash.wrapping_sub(ONES) & !backslash;
-        if (control | quote | backslash) & HIGH != 0 {
-            break;
+        let found = (control | quote | backslash) & HIGH;
+        if found != 0 {
+            return from + i * 8 + (found.trailing_zeros() / 8) as usize;
         }
-        from += 8;
     }
-    while let Some(&byte) = bytes.get(from) {
+    let mut at = from + words.len() * 8;
+    while let Some(&byte) = bytes.get(at) {
         if ESCAPE[usize::from(byte)] != 0 {
             break;
         }
-        from += 1;
+        at += 1;
     }
-    from
+    at
+}
+
+/// `c` as serde_json writes it inside a JSON string.
+pub(super) fn push_escaped_char(out: &mut String, c: char) {
+    match u8::try_from(c).map(|byte| ESCAPE[usize::from(byte)]) {
+        Ok(0) | Err(_) => out.push(c),
+        Ok(_) => {
+            let mut bytes = [0; 4];
+            // Writing to a String cannot fail.
+            let _ = write_json_string_content(out, c.encode_utf8(&mut bytes));
+        }
+    }
 }
 
 /// For each byte: 0 when it is written as it is, else the letter after

@@ -16,7 +16,8 @@ mod read;
 use super::canonical::canonical_shaped;
 
 pub use read::Text;
-use read::{Block, Element, List, Member, TextObject};
+pub(super) use read::{Block, List};
+use read::{Element, Member, TextObject};
 
 /// Why rendered blocks were refused.
 #[derive(Debug)]
@@ -30,6 +31,19 @@ pub enum ScanError {
 pub fn canonical_checked(text: &str, blocks_json: &str) -> Result<String, ScanError> {
     let (canonical, blocks) =
         canonical_shaped::<List<'_, Block<'_>>>(blocks_json).map_err(ScanError::Json)?;
+    check_message(text, &blocks).map_err(ScanError::BlockKit)?;
+    Ok(canonical)
+}
+
+/// [`canonical_checked`] with serde_json reading the blocks, as before the
+/// reader: what the reader's answers are held to.
+#[cfg(test)]
+pub(super) fn canonical_checked_by_serde(
+    text: &str,
+    blocks_json: &str,
+) -> Result<String, ScanError> {
+    let (canonical, blocks) = super::canonical::serde_shaped::<List<'_, Block<'_>>>(blocks_json)
+        .map_err(ScanError::Json)?;
     check_message(text, &blocks).map_err(ScanError::BlockKit)?;
     Ok(canonical)
 }

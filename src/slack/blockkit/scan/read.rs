@@ -5,9 +5,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, Visitor};
 
-use super::super::canonical::{Members, Shape, Writer};
+use super::super::canonical::{MemberValue, Members, Shape};
 
 /// A string from the text, borrowed unless it had escapes.
 pub struct Text<'de>(Cow<'de, str>);
@@ -18,6 +18,10 @@ impl<'de> Text<'de> {
     }
     pub fn owned(text: &str) -> Self {
         Text(Cow::Owned(text.to_owned()))
+    }
+    /// A string whose escapes were decoded into `text`.
+    pub fn decoded(text: String) -> Self {
+        Text(Cow::Owned(text))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -173,15 +177,14 @@ pub(in super::super) struct Block<'de> {
 macro_rules! members {
     ($type:ident { $($name:literal => $field:ident),* $(,)? }) => {
         impl<'de> Members<'de> for $type<'de> {
-            fn member<A: MapAccess<'de>>(
+            fn member<V: MemberValue<'de>>(
                 &mut self,
                 name: &str,
-                map: &mut A,
-                writer: Writer<'_, 'de>,
-            ) -> Result<(), A::Error> {
+                value: V,
+            ) -> Result<(), V::Error> {
                 match name {
-                    $($name => self.$field = map.next_value_seed(writer.seed())?,)*
-                    _ => map.next_value_seed(writer.seed::<()>())?,
+                    $($name => self.$field = value.read()?,)*
+                    _ => value.read::<()>()?,
                 }
                 Ok(())
             }
