@@ -15,7 +15,8 @@
 //!
 //! The ledger is a SQLite file in a temporary directory; with
 //! `ALERTSVC_BENCH_POSTGRES=postgres://user@host:port` it is a new database
-//! on that server instead.
+//! on that server instead. `ALERTSVC_BENCH_LEDGER_CONNECTIONS=N` sets
+//! `notify.ledger.max_connections` (default config: 5).
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,11 @@ async fn run(
     let (names, slack) = fake_slack(channels, fake_limit).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger_url(dir.path()).await;
+    let connections = std::env::var("ALERTSVC_BENCH_LEDGER_CONNECTIONS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .map(|n| format!("max_connections = {n}\n"))
+        .unwrap_or_default();
     let overlay = testkit::bench_overlay(
         dir.path(),
         &bootstrap,
@@ -66,7 +72,7 @@ async fn run(
             "[notify]\nhttp_addr = \"127.0.0.1:0\"\n\
              [notify.slack]\napi_url = \"{}\"\nbot_token = \"{TOKEN}\"\n\
              [notify.pacing]\nper_channel_per_second = {}\nper_channel_burst = {}\nworkspace_per_second = 1000000\nworkspace_burst = 1000000\n\
-             [notify.ledger]\ndatabase_url = \"{ledger}\"\n",
+             [notify.ledger]\ndatabase_url = \"{ledger}\"\n{connections}",
             slack.url,
             pacing.0,
             pacing.1,

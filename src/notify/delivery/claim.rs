@@ -5,12 +5,63 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{millis, now_ms, DeliverError, Deliverer};
+use super::{millis, now_ms, Attempt, DeliverError, Deliverer};
 use crate::messages::SlackMessage;
 use crate::notify::decision::{self, ClaimView, Incoming, Plan};
 use crate::notify::ledger::{Claim, Entry, Version};
+use crate::slack::is_user_id;
 
 impl Deliverer {
+    /// Takes the alert's claim into `attempt.entry`. An alert the ledger
+    /// has no row for, which the decision would simply post (into a
+    /// channel, ungrouped, top-level), is claimed already `pending`: one
+    /// statement instead of the claim and the `pending` write, and durable
+    /// before Slack sees anything all the same. Its occurrence is returned
+    /// then: post it now. Only a row the statement created counts, so a
+    /// `pending` row left by a crashed run is reconciled as ever.
+    pub(super) async fn claim_pending(
+        &self,
+        attempt: &mut Attempt<'_>,
+        replayed: bool,
+        stop: &CancellationToken,
+    ) -> Result<Option<i64>, DeliverError> {
+        let message = attempt.message;
+        if !is_user_id(&message.channel_id) && message.group().is_none() {
+            let now = now_ms();
+            let lease_until = now + millis(self.settings.claim_lease);
+            attempt.entry = Entry::claimed_new(
+                &message.alert_id,
+                &message.channel_id,
+                &self.owner,
+                now,
+                lease_until,
+            );
+            let plan = decision::decide(
+                &ClaimView::Held(Some(attempt.entry.shown())),
+                &attempt.incoming(replayed),
+                now,
+                &self.settings.rules,
+            );
+            if let Plan::Post {
+                occurrence,
+                thread: None,
+            } = plan
+            {
+                attempt.pending(occurrence, None, &message.channel_id);
+                if let (Claim::Held(entry), inserted) = self
+                    .ledger
+                    .claim_fresh(&attempt.entry, now, lease_until)
+                    .await?
+                {
+                    attempt.entry = *entry;
+                    return Ok(inserted.then_some(occurrence));
+                }
+            }
+        }
+        attempt.entry = self.claim(message, stop).await?;
+        Ok(None)
+    }
+
     /// Waits until this instance holds the alert's claim.
     pub(super) async fn claim(
         &self,

@@ -253,12 +253,12 @@ impl Deliverer {
         replayed: bool,
         stop: &CancellationToken,
     ) -> Result<Delivery, DeliverError> {
-        let entry = self.claim(message, stop).await?;
         let mut attempt = Attempt {
             message,
             hash: content_hash(message),
             version: version_of(message),
-            entry,
+            // Replaced by the claim's row right below.
+            entry: Entry::claimed_new(&message.alert_id, &message.channel_id, &self.owner, 0, 0),
             sends: 0,
             failures: 0,
             unknown_errors: 0,
@@ -268,6 +268,15 @@ impl Deliverer {
             http_status: None,
             grouped: false,
         };
+        if let Some(occurrence) = self.claim_pending(&mut attempt, replayed, stop).await? {
+            let conversation = message.channel_id.as_str();
+            if let Some(delivery) = self
+                .send_post(&mut attempt, occurrence, None, conversation, stop)
+                .await?
+            {
+                return Ok(delivery);
+            }
+        }
         loop {
             if stop.is_cancelled() {
                 self.release(&attempt.entry).await;

@@ -8,8 +8,31 @@ use super::{now_ms, Attempt, DeliverError, Deliverer, Delivery};
 use crate::messages::DeliveryOutcome;
 use crate::metrics::seconds_since;
 use crate::notify::ledger::Status;
-use crate::notify::state::InSlack;
+use crate::notify::state::{AlertStates, InSlack};
 use crate::slack::{is_user_id, AlertRef, SlackError, Thread};
+
+impl Attempt<'_> {
+    /// The entry for a post of `occurrence` into `conversation`, about to
+    /// be sent.
+    pub(super) fn pending(&mut self, occurrence: i64, thread: Option<String>, conversation: &str) {
+        let entry = &mut self.entry;
+        if entry.occurrence != occurrence {
+            // A new occurrence: its own message, its own replies.
+            entry.ts = None;
+            entry.reply_key = None;
+            entry.reply_ts = None;
+        }
+        entry.thread_ts = thread;
+        entry.alert_status = self.message.status;
+        entry.status = Status::Pending;
+        entry.channel_id = conversation.to_owned();
+        entry.content_hash = self.hash.clone();
+        entry.version = self.version.clone();
+        entry.occurrence = occurrence;
+        entry.attempts += 1;
+        entry.error = None;
+    }
+}
 
 impl Deliverer {
     /// The conversation to post into: a user id's DM, opened (and cached)
@@ -60,28 +83,26 @@ impl Deliverer {
             // Opening a DM twice is harmless: an unknown answer is retried.
             Called::Uncertain(_) => return self.retry_later(attempt, None, stop).await,
         };
-        {
-            let entry = &mut attempt.entry;
-            if entry.occurrence != occurrence {
-                // A new occurrence: its own message, its own replies.
-                entry.ts = None;
-                entry.reply_key = None;
-                entry.reply_ts = None;
-            }
-            entry.thread_ts = thread.clone();
-            entry.alert_status = message.status;
-            entry.status = Status::Pending;
-            entry.channel_id = conversation.clone();
-            entry.content_hash = attempt.hash.clone();
-            entry.version = attempt.version.clone();
-            entry.occurrence = occurrence;
-            entry.attempts += 1;
-            entry.error = None;
-        }
+        attempt.pending(occurrence, thread.clone(), &conversation);
         // `pending` is durable before Slack sees anything: whoever finds it
         // later looks before posting again.
         self.save(&attempt.entry, false).await?;
-        self.paced(&attempt.entry, &conversation).await?;
+        self.send_post(attempt, occurrence, thread, &conversation, stop)
+            .await
+    }
+
+    /// Posts the message whose `pending` entry is durable; `None` when the
+    /// loop must decide again.
+    pub(super) async fn send_post(
+        &self,
+        attempt: &mut Attempt<'_>,
+        occurrence: i64,
+        thread: Option<String>,
+        conversation: &str,
+        stop: &CancellationToken,
+    ) -> Result<Option<Delivery>, DeliverError> {
+        let message = attempt.message;
+        self.paced(&attempt.entry, conversation).await?;
         if stop.is_cancelled() {
             attempt.entry.status = Status::New;
             self.save(&attempt.entry, true).await?;
@@ -102,7 +123,7 @@ impl Deliverer {
                     broadcast: !attempt.grouped,
                 };
                 self.timed(self.slack.post_in_thread(
-                    &conversation,
+                    conversation,
                     &message.text,
                     &message.blocks,
                     &alert,
@@ -113,12 +134,12 @@ impl Deliverer {
             None => {
                 self.timed(
                     self.slack
-                        .post(&conversation, &message.text, &message.blocks, &alert),
+                        .post(conversation, &message.text, &message.blocks, &alert),
                 )
                 .await
             }
         };
-        self.pacer.answered(&conversation);
+        self.pacer.answered(conversation);
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(posted) => {
                 self.metrics
@@ -128,26 +149,8 @@ impl Deliverer {
                 entry.status = Status::Posted;
                 entry.channel_id = posted.channel;
                 entry.ts = Some(posted.ts);
-                self.save(entry, true).await?;
+                self.save_posted(attempt, occurrence).await?;
                 attempt.http_status = Some(200);
-                if let (Some(states), Some(ts)) = (&self.states, &attempt.entry.ts) {
-                    let channel = &attempt.entry.channel_id;
-                    if let Err(e) = states
-                        .after_post(
-                            InSlack {
-                                message,
-                                occurrence,
-                                channel,
-                                ts,
-                            },
-                            now_ms(),
-                        )
-                        .await
-                    {
-                        // The post stands; a first click records the state.
-                        tracing::warn!(alert_id = %message.alert_id, error = %e, "cannot record the alert's state");
-                    }
-                }
                 Ok(Some(self.answer(attempt, DeliveryOutcome::Posted)))
             }
             Called::Refused(SlackError::Api { code })
@@ -183,6 +186,47 @@ impl Deliverer {
                 self.retry_later(attempt, after, stop).await
             }
         }
+    }
+
+    /// Writes the posted entry (giving the claim up) and the alert's state:
+    /// the state an alert without one gets is written in the same
+    /// transaction; otherwise it is applied after.
+    async fn save_posted(
+        &self,
+        attempt: &Attempt<'_>,
+        occurrence: i64,
+    ) -> Result<(), DeliverError> {
+        let entry = &attempt.entry;
+        let (Some(states), Some(ts)) = (&self.states, &entry.ts) else {
+            return self.save(entry, true).await;
+        };
+        let shown = InSlack {
+            message: attempt.message,
+            occurrence,
+            channel: &entry.channel_id,
+            ts,
+        };
+        let now = now_ms();
+        let result = match AlertStates::first_state(shown, now) {
+            Some((statement, first)) => {
+                let written = self
+                    .ledger
+                    .save_then(entry, &self.owner, now, None, statement)
+                    .await?;
+                states
+                    .after_first_post(shown, now_ms(), first, written)
+                    .await
+            }
+            None => {
+                self.save(entry, true).await?;
+                states.after_post(shown, now_ms()).await
+            }
+        };
+        if let Err(e) = result {
+            // The post stands; a first click records the state.
+            tracing::warn!(alert_id = %attempt.message.alert_id, error = %e, "cannot record the alert's state");
+        }
+        Ok(())
     }
 
     /// Slack refused the post for good: the alert is not posted and goes to

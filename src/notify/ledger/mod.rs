@@ -16,7 +16,7 @@ mod writer;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-pub use self::writer::{Arg, WriterStats};
+pub use self::writer::{Arg, Statement, WriterStats};
 use self::writer::{Op, Outcome, Writer};
 
 pub use super::decision::{Shown, Status, Version};
@@ -112,6 +112,41 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The row a claim creates for an alert the ledger has none for (the
+    /// schema's defaults, `new`, held by `owner`).
+    pub fn claimed_new(
+        alert_id: &str,
+        channel_id: &str,
+        owner: &Owner,
+        now_ms: i64,
+        lease_until: i64,
+    ) -> Entry {
+        Entry {
+            alert_id: alert_id.to_owned(),
+            channel_id: channel_id.to_owned(),
+            ts: None,
+            content_hash: String::new(),
+            status: Status::New,
+            attempts: 0,
+            error: None,
+            version: Version {
+                source: String::new(),
+                offset: -1,
+                created_at: 0,
+            },
+            occurrence: 1,
+            updated_at: now_ms,
+            owner: Some(owner.instance.clone()),
+            owner_run: Some(owner.run.clone()),
+            lease_until: Some(lease_until),
+            alert_status: AlertStatus::Firing,
+            thread_ts: None,
+            reply_key: None,
+            reply_ts: None,
+            reply_pending: None,
+        }
+    }
+
     /// What the decision core reads; `None` for a row nothing was sent for.
     pub fn shown(&self) -> Shown {
         Shown {
@@ -256,6 +291,41 @@ impl Ledger {
         }
     }
 
+    /// Creates the alert's row as `fresh` (held by its owner) if the ledger
+    /// has none, in one statement; `true` with it then. Otherwise claims the
+    /// row there as [`Ledger::claim`] does (`false`).
+    pub async fn claim_fresh(
+        &self,
+        fresh: &Entry,
+        now_ms: i64,
+        lease_until: i64,
+    ) -> Result<(Claim, bool), LedgerError> {
+        let op = Op::ClaimFresh {
+            fresh: Box::new(fresh.clone()),
+            now_ms,
+            lease_until,
+        };
+        let row = match self.writer.submit(op).await? {
+            Outcome::Inserted(entry) => return Ok((Claim::Held(entry), true)),
+            Outcome::Row(row) => row,
+            _ => return Err(LedgerError::WriterAnswer),
+        };
+        let entry = row.ok_or_else(|| LedgerError::ClaimLost {
+            alert_id: fresh.alert_id.clone(),
+        })?;
+        if entry.owner_run.is_some() && entry.owner_run == fresh.owner_run {
+            Ok((Claim::Held(entry), false))
+        } else {
+            Ok((
+                Claim::Busy {
+                    owner: entry.owner.unwrap_or_default(),
+                    lease_until: entry.lease_until.unwrap_or(now_ms),
+                },
+                false,
+            ))
+        }
+    }
+
     /// Extends our claim; fails if a peer took it over.
     pub async fn renew(
         &self,
@@ -289,6 +359,32 @@ impl Ledger {
         fenced(self.writer.submit(op).await?, &entry.alert_id)
     }
 
+    /// [`Ledger::save`], then `then` in the same transaction: the rows
+    /// `then` changed (`None`: it failed, the entry's write stands).
+    pub async fn save_then(
+        &self,
+        entry: &Entry,
+        owner: &Owner,
+        now_ms: i64,
+        lease_until: Option<i64>,
+        then: Statement,
+    ) -> Result<Option<u64>, LedgerError> {
+        let op = Op::SaveThen {
+            entry: Box::new(entry.clone()),
+            run: owner.run.clone(),
+            now_ms,
+            lease_until,
+            then,
+        };
+        match self.writer.submit(op).await? {
+            Outcome::Saved { rows: 0, .. } => Err(LedgerError::ClaimLost {
+                alert_id: entry.alert_id.clone(),
+            }),
+            Outcome::Saved { then, .. } => Ok(then),
+            _ => Err(LedgerError::WriterAnswer),
+        }
+    }
+
     /// Gives a claim up without changing the row.
     pub async fn release(&self, alert_id: &str, owner: &Owner) -> Result<(), LedgerError> {
         let op = Op::Release {
@@ -304,7 +400,7 @@ impl Ledger {
     pub async fn write(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64, LedgerError> {
         match self.writer.submit(Op::Statement { sql, args }).await? {
             Outcome::Rows(rows) => Ok(rows),
-            Outcome::Row(_) => Err(LedgerError::WriterAnswer),
+            _ => Err(LedgerError::WriterAnswer),
         }
     }
 

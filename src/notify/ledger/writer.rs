@@ -44,12 +44,29 @@ pub(super) enum Op {
         now_ms: i64,
         lease_until: i64,
     },
+    /// A claim that first tries to create the row as `fresh` (already
+    /// claimed by its owner); a row already there is claimed as
+    /// [`Op::Claim`] does.
+    ClaimFresh {
+        fresh: Box<Entry>,
+        now_ms: i64,
+        lease_until: i64,
+    },
     /// Writes the entry under our claim (`lease_until: None` gives it up).
     Save {
         entry: Box<Entry>,
         run: String,
         now_ms: i64,
         lease_until: Option<i64>,
+    },
+    /// [`Op::Save`], then (if it wrote the row) `then` in the same
+    /// transaction.
+    SaveThen {
+        entry: Box<Entry>,
+        run: String,
+        now_ms: i64,
+        lease_until: Option<i64>,
+        then: Statement,
     },
     Renew {
         alert_id: String,
@@ -71,6 +88,13 @@ pub(super) enum Op {
     Invalid,
 }
 
+/// A write to another table, to run after an entry's write.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub sql: &'static str,
+    pub args: Vec<Arg>,
+}
+
 /// A value bound to an [`Op::Statement`].
 #[derive(Debug, Clone)]
 pub enum Arg {
@@ -83,6 +107,11 @@ pub(super) enum Outcome {
     Row(Option<Box<Entry>>),
     /// Rows a fenced update changed (0: the claim is not ours).
     Rows(u64),
+    /// [`Op::ClaimFresh`] created the row as given.
+    Inserted(Box<Entry>),
+    /// [`Op::SaveThen`]: the entry's rows, and the follow-up's (`None`: it
+    /// did not run, or failed when run on its own).
+    Saved { rows: u64, then: Option<u64> },
 }
 
 type Answer = Result<Outcome, LedgerError>;
@@ -201,6 +230,29 @@ async fn together(pool: &AnyPool, batch: &[Request]) -> Result<Vec<Answer>, sqlx
 
 async fn alone(pool: &AnyPool, op: &Op) -> Answer {
     let mut conn = pool.acquire().await?;
+    if let Op::SaveThen {
+        entry,
+        run,
+        now_ms,
+        lease_until,
+        then,
+    } = op
+    {
+        // Without a transaction the entry's write stands on its own: a
+        // failing follow-up must not turn it into an error.
+        let rows = save_entry(&mut conn, entry, run, *now_ms, *lease_until).await?;
+        if rows == 0 {
+            return Ok(Outcome::Saved { rows, then: None });
+        }
+        let then = match statement(&mut conn, then.sql, &then.args).await {
+            Ok(then) => Some(then),
+            Err(e) => {
+                tracing::debug!(error = %e, "the write after the entry's failed");
+                None
+            }
+        };
+        return Ok(Outcome::Saved { rows, then });
+    }
     execute(&mut conn, op).await
 }
 
@@ -214,80 +266,56 @@ async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
             now_ms,
             lease_until,
         } => {
-            // One round trip when the claim is taken (the common case): the
-            // upsert returns the row it wrote, and nothing when the
-            // conflict's condition kept a live peer's claim.
-            let taken: Option<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
-                 created_at, updated_at, owner, owner_run, lease_until) \
-                 VALUES ($1, $2, NULL, '', 'new', 0, NULL, $3, $3, $4, $5, $6) \
-                 ON CONFLICT (alert_id) DO UPDATE SET owner = $4, owner_run = $5, lease_until = $6 \
-                 WHERE deliveries.owner IS NULL OR deliveries.lease_until IS NULL \
-                 OR deliveries.lease_until < $3 OR deliveries.owner = $4 \
-                 RETURNING {COLUMNS}"
-            )))
-            .bind(alert_id)
-            .bind(channel_id)
-            .bind(now_ms)
-            .bind(instance)
-            .bind(run)
-            .bind(lease_until)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let row = match taken {
-                Some(row) => Some(row),
-                None => {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT {COLUMNS} FROM deliveries WHERE alert_id = $1"
-                    )))
-                    .bind(alert_id)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                }
+            let claimed = Claimant {
+                alert_id,
+                channel_id,
+                instance,
+                run,
+                now_ms: *now_ms,
+                lease_until: *lease_until,
             };
-            Ok(Outcome::Row(
-                row.as_ref().map(entry_from_row).transpose()?.map(Box::new),
-            ))
+            Ok(Outcome::Row(claim(conn, &claimed).await?))
+        }
+        Op::ClaimFresh {
+            fresh,
+            now_ms,
+            lease_until,
+        } => {
+            if let Some(row) = insert_fresh(conn, fresh, *now_ms).await? {
+                return Ok(Outcome::Inserted(row));
+            }
+            let claimed = Claimant {
+                alert_id: &fresh.alert_id,
+                channel_id: &fresh.channel_id,
+                instance: fresh.owner.as_deref().unwrap_or_default(),
+                run: fresh.owner_run.as_deref().unwrap_or_default(),
+                now_ms: *now_ms,
+                lease_until: *lease_until,
+            };
+            Ok(Outcome::Row(claim(conn, &claimed).await?))
         }
         Op::Save {
             entry,
             run,
             now_ms,
             lease_until,
+        } => Ok(Outcome::Rows(
+            save_entry(conn, entry, run, *now_ms, *lease_until).await?,
+        )),
+        Op::SaveThen {
+            entry,
+            run,
+            now_ms,
+            lease_until,
+            then,
         } => {
-            let done = sqlx::query(
-                "UPDATE deliveries SET channel_id = $3, ts = $4, content_hash = $5, status = $6, \
-                 attempts = $7, error = $8, updated_at = $9, version_source = $10, version_offset = $11, \
-                 version_created_at = $12, occurrence = $13, \
-                 owner = CASE WHEN $14 = 1 THEN NULL ELSE owner END, \
-                 owner_run = CASE WHEN $14 = 1 THEN NULL ELSE owner_run END, \
-                 lease_until = $15, alert_status = $16, thread_ts = $17, reply_key = $18, \
-                 reply_ts = $19, reply_pending = $20 \
-                 WHERE alert_id = $1 AND owner_run = $2",
-            )
-            .bind(&entry.alert_id)
-            .bind(run)
-            .bind(&entry.channel_id)
-            .bind(&entry.ts)
-            .bind(&entry.content_hash)
-            .bind(entry.status.as_str())
-            .bind(entry.attempts)
-            .bind(&entry.error)
-            .bind(now_ms)
-            .bind(&entry.version.source)
-            .bind(entry.version.offset)
-            .bind(entry.version.created_at)
-            .bind(entry.occurrence)
-            .bind(i32::from(lease_until.is_none()))
-            .bind(lease_until)
-            .bind(entry.alert_status.as_str())
-            .bind(&entry.thread_ts)
-            .bind(&entry.reply_key)
-            .bind(&entry.reply_ts)
-            .bind(&entry.reply_pending)
-            .execute(&mut *conn)
-            .await?;
-            Ok(Outcome::Rows(done.rows_affected()))
+            let rows = save_entry(conn, entry, run, *now_ms, *lease_until).await?;
+            let then = if rows == 0 {
+                None
+            } else {
+                Some(statement(conn, then.sql, &then.args).await?)
+            };
+            Ok(Outcome::Saved { rows, then })
         }
         Op::Renew {
             alert_id,
@@ -315,17 +343,7 @@ async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
             .await?;
             Ok(Outcome::Rows(done.rows_affected()))
         }
-        Op::Statement { sql, args } => {
-            let mut query = sqlx::query(*sql);
-            for arg in args {
-                query = match arg {
-                    Arg::Text(value) => query.bind(value.clone()),
-                    Arg::Int(value) => query.bind(*value),
-                };
-            }
-            let done = query.execute(&mut *conn).await?;
-            Ok(Outcome::Rows(done.rows_affected()))
-        }
+        Op::Statement { sql, args } => Ok(Outcome::Rows(statement(conn, sql, args).await?)),
         #[cfg(test)]
         Op::Invalid => {
             sqlx::query("INSERT INTO no_such_table VALUES (1)")
@@ -334,6 +352,158 @@ async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
             Ok(Outcome::Rows(1))
         }
     }
+}
+
+/// Who claims which alert, and until when.
+struct Claimant<'a> {
+    alert_id: &'a str,
+    channel_id: &'a str,
+    instance: &'a str,
+    run: &'a str,
+    now_ms: i64,
+    lease_until: i64,
+}
+
+/// Takes the alert unless a live peer holds it; the row after.
+async fn claim(
+    conn: &mut AnyConnection,
+    c: &Claimant<'_>,
+) -> Result<Option<Box<Entry>>, LedgerError> {
+    // One round trip when the claim is taken (the common case): the
+    // upsert returns the row it wrote, and nothing when the conflict's
+    // condition kept a live peer's claim.
+    let taken: Option<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
+         created_at, updated_at, owner, owner_run, lease_until) \
+         VALUES ($1, $2, NULL, '', 'new', 0, NULL, $3, $3, $4, $5, $6) \
+         ON CONFLICT (alert_id) DO UPDATE SET owner = $4, owner_run = $5, lease_until = $6 \
+         WHERE deliveries.owner IS NULL OR deliveries.lease_until IS NULL \
+         OR deliveries.lease_until < $3 OR deliveries.owner = $4 \
+         RETURNING {COLUMNS}"
+    )))
+    .bind(c.alert_id)
+    .bind(c.channel_id)
+    .bind(c.now_ms)
+    .bind(c.instance)
+    .bind(c.run)
+    .bind(c.lease_until)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let row = match taken {
+        Some(row) => Some(row),
+        None => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM deliveries WHERE alert_id = $1"
+            )))
+            .bind(c.alert_id)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+    };
+    Ok(row.as_ref().map(entry_from_row).transpose()?.map(Box::new))
+}
+
+/// Creates the alert's row as `fresh` if there is none; the row created.
+/// Only an insert that happened returns a row, so a row left by a crashed
+/// run is never mistaken for this one's.
+async fn insert_fresh(
+    conn: &mut AnyConnection,
+    fresh: &Entry,
+    now_ms: i64,
+) -> Result<Option<Box<Entry>>, LedgerError> {
+    let inserted: Option<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
+         created_at, updated_at, version_source, version_offset, version_created_at, occurrence, \
+         owner, owner_run, lease_until, alert_status, thread_ts, reply_key, reply_ts, reply_pending) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18, $19, $20) \
+         ON CONFLICT (alert_id) DO NOTHING RETURNING {COLUMNS}"
+    )))
+    .bind(&fresh.alert_id)
+    .bind(&fresh.channel_id)
+    .bind(&fresh.ts)
+    .bind(&fresh.content_hash)
+    .bind(fresh.status.as_str())
+    .bind(fresh.attempts)
+    .bind(&fresh.error)
+    .bind(now_ms)
+    .bind(&fresh.version.source)
+    .bind(fresh.version.offset)
+    .bind(fresh.version.created_at)
+    .bind(fresh.occurrence)
+    .bind(&fresh.owner)
+    .bind(&fresh.owner_run)
+    .bind(fresh.lease_until)
+    .bind(fresh.alert_status.as_str())
+    .bind(&fresh.thread_ts)
+    .bind(&fresh.reply_key)
+    .bind(&fresh.reply_ts)
+    .bind(&fresh.reply_pending)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(inserted
+        .as_ref()
+        .map(entry_from_row)
+        .transpose()?
+        .map(Box::new))
+}
+
+/// Writes the entry if we still hold its claim; the rows written.
+async fn save_entry(
+    conn: &mut AnyConnection,
+    entry: &Entry,
+    run: &str,
+    now_ms: i64,
+    lease_until: Option<i64>,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET channel_id = $3, ts = $4, content_hash = $5, status = $6, \
+         attempts = $7, error = $8, updated_at = $9, version_source = $10, version_offset = $11, \
+         version_created_at = $12, occurrence = $13, \
+         owner = CASE WHEN $14 = 1 THEN NULL ELSE owner END, \
+         owner_run = CASE WHEN $14 = 1 THEN NULL ELSE owner_run END, \
+         lease_until = $15, alert_status = $16, thread_ts = $17, reply_key = $18, \
+         reply_ts = $19, reply_pending = $20 \
+         WHERE alert_id = $1 AND owner_run = $2",
+    )
+    .bind(&entry.alert_id)
+    .bind(run)
+    .bind(&entry.channel_id)
+    .bind(&entry.ts)
+    .bind(&entry.content_hash)
+    .bind(entry.status.as_str())
+    .bind(entry.attempts)
+    .bind(&entry.error)
+    .bind(now_ms)
+    .bind(&entry.version.source)
+    .bind(entry.version.offset)
+    .bind(entry.version.created_at)
+    .bind(entry.occurrence)
+    .bind(i32::from(lease_until.is_none()))
+    .bind(lease_until)
+    .bind(entry.alert_status.as_str())
+    .bind(&entry.thread_ts)
+    .bind(&entry.reply_key)
+    .bind(&entry.reply_ts)
+    .bind(&entry.reply_pending)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+async fn statement(
+    conn: &mut AnyConnection,
+    sql: &'static str,
+    args: &[Arg],
+) -> Result<u64, sqlx::Error> {
+    let mut query = sqlx::query(sql);
+    for arg in args {
+        query = match arg {
+            Arg::Text(value) => query.bind(value.clone()),
+            Arg::Int(value) => query.bind(*value),
+        };
+    }
+    Ok(query.execute(&mut *conn).await?.rows_affected())
 }
 
 #[cfg(test)]

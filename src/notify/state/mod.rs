@@ -9,6 +9,7 @@
 //! together for clicks and for notify's own posts and edits.
 
 pub mod decorate;
+pub mod first_post;
 pub mod service;
 mod show;
 pub mod store;

@@ -63,6 +63,28 @@ pub struct InSlack<'a> {
     pub ts: &'a str,
 }
 
+impl InSlack<'_> {
+    /// What showing this message does to the alert's state, and where it
+    /// is shown now.
+    pub(super) fn shown(&self) -> (Action, Place) {
+        let action = match self.message.status {
+            AlertStatus::Firing => Action::Fired {
+                occurrence: self.occurrence,
+            },
+            AlertStatus::Resolved => Action::UpstreamResolved,
+        };
+        let place = Place {
+            channel_id: Some(self.channel.to_owned()),
+            message_ts: Some(self.ts.to_owned()),
+            pipeline: self.message.pipeline.clone(),
+            group_key: self.message.group_key.clone(),
+            text: Some(self.message.text.clone()),
+            blocks: Some(self.message.blocks.clone()),
+        };
+        (action, place)
+    }
+}
+
 /// What an edit by notify sends, and the state version it shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edit {
@@ -276,26 +298,9 @@ impl AlertStates {
     }
 
     async fn shown(self: &Arc<Self>, alert: InSlack<'_>, now: i64) -> Result<Applied, LedgerError> {
-        let InSlack {
-            message,
-            occurrence,
-            channel,
-            ts,
-        } = alert;
-        let action = match message.status {
-            AlertStatus::Firing => Action::Fired { occurrence },
-            AlertStatus::Resolved => Action::UpstreamResolved,
-        };
-        let place = Place {
-            channel_id: Some(channel.to_owned()),
-            message_ts: Some(ts.to_owned()),
-            pipeline: message.pipeline.clone(),
-            group_key: message.group_key.clone(),
-            text: Some(message.text.clone()),
-            blocks: Some(message.blocks.clone()),
-        };
+        let (action, place) = alert.shown();
         let applied = self
-            .apply(&message.alert_id, &action, now, Placing::Set(&place))
+            .apply(&alert.message.alert_id, &action, now, Placing::Set(&place))
             .await?;
         if let Applied::Changed(row) = &applied {
             let (states, alert_id) = (self.clone(), row.alert_id.clone());

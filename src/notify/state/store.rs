@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::{Actor, AlertState, StateKind};
-use crate::notify::ledger::{Arg, Ledger, LedgerError};
+use crate::notify::ledger::{Arg, Ledger, LedgerError, Statement};
 
 /// Where the state is shown: the alert's message and its content as notify
 /// rendered it (without the state's decoration).
@@ -153,47 +153,8 @@ impl StateStore {
         place: &Place,
         shown: bool,
     ) -> Result<bool, LedgerError> {
-        let actor_id = state.actor.as_ref().map(|a| a.id.clone());
-        let actor_name = state.actor.as_ref().and_then(|a| a.name.clone());
-        let sql = match expected {
-            None => {
-                "INSERT INTO alert_states (alert_id, state, actor_id, actor_name, changed_at, \
-                 snoozed_until, occurrence, channel_id, message_ts, pipeline, base_text, base_blocks, \
-                 group_key, shown_version, version, published_version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, 0) \
-                 ON CONFLICT (alert_id) DO NOTHING"
-            }
-            Some(_) => {
-                "UPDATE alert_states SET state = $2, actor_id = $3, actor_name = $4, \
-                 changed_at = $5, snoozed_until = $6, occurrence = $7, channel_id = $8, \
-                 message_ts = $9, pipeline = $10, base_text = $11, base_blocks = $12, \
-                 group_key = $13, \
-                 shown_version = CASE WHEN $14 = 1 THEN version + 1 ELSE shown_version END, \
-                 version = version + 1 \
-                 WHERE alert_id = $1 AND version = $15"
-            }
-        };
-        let text = |v: &Option<String>| Arg::Text(v.clone());
-        let mut args = vec![
-            Arg::Text(Some(alert_id.to_owned())),
-            Arg::Text(Some(state.kind.as_str().to_owned())),
-            Arg::Text(actor_id),
-            Arg::Text(actor_name),
-            Arg::Int(Some(state.at)),
-            Arg::Int(state.snoozed_until),
-            Arg::Int(Some(state.occurrence)),
-            text(&place.channel_id),
-            text(&place.message_ts),
-            Arg::Text(Some(place.pipeline.clone())),
-            text(&place.text),
-            text(&place.blocks),
-            text(&place.group_key),
-            Arg::Int(Some(i64::from(shown))),
-        ];
-        if let Some(version) = expected {
-            args.push(Arg::Int(Some(version)));
-        }
-        Ok(self.ledger.write(sql, args).await? == 1)
+        let statement = set_statement(alert_id, expected, state, place, shown);
+        Ok(self.ledger.write(statement.sql, statement.args).await? == 1)
     }
 
     /// Records where and with what content the alert is shown, without
@@ -295,4 +256,57 @@ impl StateStore {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// The compare-and-set of [`StateStore::compare_and_set`] as a statement,
+/// for the ledger's writer: it changes one row when the row is still at
+/// `expected` (`None`: absent), none otherwise; `shown` as there.
+pub fn set_statement(
+    alert_id: &str,
+    expected: Option<i64>,
+    state: &AlertState,
+    place: &Place,
+    shown: bool,
+) -> Statement {
+    let actor_id = state.actor.as_ref().map(|a| a.id.clone());
+    let actor_name = state.actor.as_ref().and_then(|a| a.name.clone());
+    let sql = match expected {
+        None => {
+            "INSERT INTO alert_states (alert_id, state, actor_id, actor_name, changed_at, \
+             snoozed_until, occurrence, channel_id, message_ts, pipeline, base_text, base_blocks, \
+             group_key, shown_version, version, published_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, 0) \
+             ON CONFLICT (alert_id) DO NOTHING"
+        }
+        Some(_) => {
+            "UPDATE alert_states SET state = $2, actor_id = $3, actor_name = $4, \
+             changed_at = $5, snoozed_until = $6, occurrence = $7, channel_id = $8, \
+             message_ts = $9, pipeline = $10, base_text = $11, base_blocks = $12, \
+             group_key = $13, \
+             shown_version = CASE WHEN $14 = 1 THEN version + 1 ELSE shown_version END, \
+             version = version + 1 \
+             WHERE alert_id = $1 AND version = $15"
+        }
+    };
+    let text = |v: &Option<String>| Arg::Text(v.clone());
+    let mut args = vec![
+        Arg::Text(Some(alert_id.to_owned())),
+        Arg::Text(Some(state.kind.as_str().to_owned())),
+        Arg::Text(actor_id),
+        Arg::Text(actor_name),
+        Arg::Int(Some(state.at)),
+        Arg::Int(state.snoozed_until),
+        Arg::Int(Some(state.occurrence)),
+        text(&place.channel_id),
+        text(&place.message_ts),
+        Arg::Text(Some(place.pipeline.clone())),
+        text(&place.text),
+        text(&place.blocks),
+        text(&place.group_key),
+        Arg::Int(Some(i64::from(shown))),
+    ];
+    if let Some(version) = expected {
+        args.push(Arg::Int(Some(version)));
+    }
+    Statement { sql, args }
 }
