@@ -11,13 +11,16 @@
 //! noted in `reply_pending` the same way, and once made in `reply_key`, so
 //! no replay replies twice.
 
+mod op;
 mod writer;
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-pub use self::writer::{Arg, Statement, WriterStats};
-use self::writer::{Op, Outcome, Writer};
+pub use self::op::{Arg, Statement};
+use self::op::{Op, Outcome};
+use self::writer::Writer;
+pub use self::writer::WriterStats;
 
 pub use super::decision::{Shown, Status, Version};
 use crate::messages::AlertStatus;

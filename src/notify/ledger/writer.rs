@@ -27,92 +27,12 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::op::{Arg, Op, Outcome};
 use super::{entry_from_row, Entry, LedgerError, COLUMNS};
 
 /// The most writes one transaction carries: bounds how long a batch holds
 /// its row locks (and a failed batch's retry one by one).
 const MAX_BATCH: usize = 512;
-
-/// One write, with what it needs to run on its own.
-pub(super) enum Op {
-    /// Takes the alert unless a live peer holds it; answers the row after.
-    Claim {
-        alert_id: String,
-        channel_id: String,
-        instance: String,
-        run: String,
-        now_ms: i64,
-        lease_until: i64,
-    },
-    /// A claim that first tries to create the row as `fresh` (already
-    /// claimed by its owner); a row already there is claimed as
-    /// [`Op::Claim`] does.
-    ClaimFresh {
-        fresh: Box<Entry>,
-        now_ms: i64,
-        lease_until: i64,
-    },
-    /// Writes the entry under our claim (`lease_until: None` gives it up).
-    Save {
-        entry: Box<Entry>,
-        run: String,
-        now_ms: i64,
-        lease_until: Option<i64>,
-    },
-    /// [`Op::Save`], then (if it wrote the row) `then` in the same
-    /// transaction.
-    SaveThen {
-        entry: Box<Entry>,
-        run: String,
-        now_ms: i64,
-        lease_until: Option<i64>,
-        then: Statement,
-    },
-    Renew {
-        alert_id: String,
-        run: String,
-        lease_until: i64,
-    },
-    Release {
-        alert_id: String,
-        run: String,
-    },
-    /// A write to another table of the ledger's database (alert states):
-    /// one statement, answered with the rows it changed.
-    Statement {
-        sql: &'static str,
-        args: Vec<Arg>,
-    },
-    /// A statement the database refuses (tests of the failure path).
-    #[cfg(test)]
-    Invalid,
-}
-
-/// A write to another table, to run after an entry's write.
-#[derive(Debug, Clone)]
-pub struct Statement {
-    pub sql: &'static str,
-    pub args: Vec<Arg>,
-}
-
-/// A value bound to an [`Op::Statement`].
-#[derive(Debug, Clone)]
-pub enum Arg {
-    Text(Option<String>),
-    Int(Option<i64>),
-}
-
-pub(super) enum Outcome {
-    /// The alert's row after a claim attempt (`None`: there is none).
-    Row(Option<Box<Entry>>),
-    /// Rows a fenced update changed (0: the claim is not ours).
-    Rows(u64),
-    /// [`Op::ClaimFresh`] created the row as given.
-    Inserted(Box<Entry>),
-    /// [`Op::SaveThen`]: the entry's rows, and the follow-up's (`None`: it
-    /// did not run, or failed when run on its own).
-    Saved { rows: u64, then: Option<u64> },
-}
 
 type Answer = Result<Outcome, LedgerError>;
 
