@@ -161,20 +161,24 @@ impl PipelineSettings {
     }
 }
 
-/// Variable names the pipeline context defines itself.
-pub const RESERVED_NAMES: &[&str] = &[
+/// The variables every record's template context defines, in the order
+/// the render context keeps their values.
+pub const RECORD_NAMES: [&str; 8] = [
     "key",
     "event",
     "topic",
     "partition",
     "offset",
     "timestamp",
-    "vars",
     "pipeline",
-    "status",
-    "alert_id",
-    "now",
+    "vars",
 ];
+
+/// A variable name the pipeline context defines itself (a join may not
+/// take it): the record's, and what is computed per alert.
+pub fn is_reserved(name: &str) -> bool {
+    RECORD_NAMES.contains(&name) || ["status", "alert_id", "now"].contains(&name)
+}
 
 impl EnrichSettings {
     /// Cross-field checks that the types alone cannot express.
@@ -195,7 +199,7 @@ impl EnrichSettings {
                         format!("no table {:?} in [enrich.tables]", join.table),
                     ));
                 }
-                if RESERVED_NAMES.contains(&join.name.as_str()) {
+                if is_reserved(&join.name) {
                     return Err(ConfigError::invalid(
                         key(&format!("joins[{i}].name")),
                         format!("{:?} is reserved", join.name),

@@ -12,11 +12,11 @@ use alertsvc::notify::state::{AlertState, StateKind};
 use alertsvc::slack::fake::{FakeMessage, OutageMode};
 use serde_json::Value;
 
-use crate::common::eventually;
 use crate::common::slack::{
     button, click, menu_choice, notify_env, now_ms, read_alert_states, stateful_message,
     wait_message, Backend, NotifyEnv,
 };
+use crate::common::{eventually, RunningStage};
 use crate::notify_state::{ada, at, controls, record, state_line, state_of, HOUR_MS, WAIT};
 
 /// A change written to the ledger whose publish never happened (the
@@ -72,6 +72,19 @@ async fn a_change_left_unpublished_is_published_by_the_next_run() {
     notify.stop().await.expect("clean stop");
 }
 
+/// notify on `backend` has posted the stateful alert `alert_id` to C1:
+/// the environment, the running notify and the message as Slack shows it.
+async fn one_posted(backend: Backend, alert_id: &str) -> (NotifyEnv, RunningStage, FakeMessage) {
+    let env = notify_env(&["C1"], None, backend, 50).await;
+    env.env
+        .produce_message(&stateful_message(alert_id, "C1", "Connector failed"))
+        .await;
+    let notify = env.env.start_notify().await;
+    env.env.read_responses(1, WAIT).await;
+    let posted = wait_message(&env.slack, alert_id, |_| true, WAIT).await;
+    (env, notify, posted)
+}
+
 /// The acknowledgement line `ada` leaves on a message at `at_ms`.
 fn acknowledged_line(at_ms: i64) -> String {
     format!(":eyes: Acknowledged by <@U0ADA> at {}", at(at_ms))
@@ -104,22 +117,15 @@ async fn wait_acknowledged_shown(
 /// own tries: the state is recorded at once, and shown on the message by
 /// the background sweep once Slack is back, with one edit.
 async fn a_click_during_an_outage_is_shown_once_slack_is_back(backend: Backend) {
+    let (started, notify, posted) = one_posted(backend, "out-1").await;
     let NotifyEnv {
-        slack,
-        env,
-        ledger,
-        ledger_dir: _ledger_dir,
-    } = notify_env(&["C1"], None, backend, 50).await;
-    env.produce_message(&stateful_message("out-1", "C1", "Connector failed"))
-        .await;
-    let notify = env.start_notify().await;
-    env.read_responses(1, WAIT).await;
-    let posted = wait_message(&slack, "out-1", |_| true, WAIT).await;
+        slack, env, ledger, ..
+    } = &started;
 
     slack.set_outage(Some(OutageMode::ServerError(503)));
     let ack = button("alertsvc_acknowledge", "out-1");
-    assert_eq!(click(&env, &posted, ("U0ADA", "ada"), ack).await, 200);
-    let acked = state_of(&ledger, "out-1").await;
+    assert_eq!(click(env, &posted, ("U0ADA", "ada"), ack).await, 200);
+    let acked = state_of(ledger, "out-1").await;
     assert_eq!(
         (acked.state.kind, acked.version, acked.shown_version),
         (StateKind::Acknowledged, 2, 1),
@@ -135,7 +141,7 @@ async fn a_click_during_an_outage_is_shown_once_slack_is_back(backend: Backend) 
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     slack.set_outage(None);
-    let shown = wait_acknowledged_shown(&slack, &ledger, "out-1").await;
+    let shown = wait_acknowledged_shown(slack, ledger, "out-1").await;
     assert_eq!(shown.edits, 1);
     assert_eq!(slack.stats().updates, 1, "one edit once Slack is back");
     notify.stop().await.expect("clean stop");
@@ -181,26 +187,19 @@ async fn clicks_past_slacks_update_limit_are_all_shown() {
 /// shown version behind its version): the next run shows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_left_unshown_is_shown_by_the_next_run() {
-    let NotifyEnv {
-        slack,
-        env,
-        ledger,
-        ledger_dir: _ledger_dir,
-    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
-    env.produce_message(&stateful_message("crash-1", "C1", "Connector failed"))
-        .await;
-    let notify = env.start_notify().await;
-    env.read_responses(1, WAIT).await;
-    wait_message(&slack, "crash-1", |_| true, WAIT).await;
+    let (started, notify, _) = one_posted(Backend::Sqlite, "crash-1").await;
     notify.stop().await.expect("clean stop");
+    let NotifyEnv {
+        slack, env, ledger, ..
+    } = &started;
 
-    let posted = state_of(&ledger, "crash-1").await;
+    let posted = state_of(ledger, "crash-1").await;
     assert_eq!(
         (posted.version, posted.shown_version),
         (1, 1),
         "the post shows its state"
     );
-    let db = Ledger::connect(&ledger, 1).await.expect("ledger");
+    let db = Ledger::connect(ledger, 1).await.expect("ledger");
     let acknowledged = AlertState {
         kind: StateKind::Acknowledged,
         actor: ada(),
@@ -214,7 +213,7 @@ async fn a_change_left_unshown_is_shown_by_the_next_run() {
         .expect("write"));
 
     let notify = env.start_notify().await;
-    let shown = wait_acknowledged_shown(&slack, &ledger, "crash-1").await;
+    let shown = wait_acknowledged_shown(slack, ledger, "crash-1").await;
     assert_eq!(shown.edits, 1);
     assert_eq!(slack.stats().updates, 1);
     notify.stop().await.expect("clean stop");
@@ -224,28 +223,21 @@ async fn a_change_left_unshown_is_shown_by_the_next_run() {
 /// again by itself — a record with no actor, and the message back to all
 /// its buttons without the snooze line.
 async fn a_snooze_ends_by_itself(backend: Backend) {
+    let (started, notify, posted) = one_posted(backend, "nap").await;
     let NotifyEnv {
-        slack,
-        env,
-        ledger,
-        ledger_dir: _ledger_dir,
-    } = notify_env(&["C1"], None, backend, 50).await;
-    env.produce_message(&stateful_message("nap", "C1", "Connector failed"))
-        .await;
-    let notify = env.start_notify().await;
-    let responses = env.read_responses(1, WAIT).await;
-    let ts = responses[0].ts.clone().expect("posted");
-    let posted = wait_message(&slack, "nap", |_| true, WAIT).await;
+        slack, env, ledger, ..
+    } = &started;
+    let ts = &posted.ts;
     let all_controls = controls(&posted);
     let snooze = menu_choice("alertsvc_snooze", "2s");
-    assert_eq!(click(&env, &posted, ("U0ADA", "ada"), snooze).await, 200);
-    let awake = wait_message(&slack, "nap", |m| m.edits >= 2, WAIT).await;
-    let firing = state_of(&ledger, "nap").await;
+    assert_eq!(click(env, &posted, ("U0ADA", "ada"), snooze).await, 200);
+    let awake = wait_message(slack, "nap", |m| m.edits >= 2, WAIT).await;
+    let firing = state_of(ledger, "nap").await;
     assert_eq!(
         (firing.state.kind, &firing.state.actor),
         (StateKind::Firing, &None)
     );
-    let states = read_alert_states(&env, 3, WAIT).await;
+    let states = read_alert_states(env, 3, WAIT).await;
     let kinds: Vec<&Value> = states.iter().map(|(_, v)| &v["state"]).collect();
     assert_eq!(kinds, ["firing", "snoozed", "firing"], "{states:?}");
     let due = states[1].1["snoozedUntil"].as_i64().expect("until");
@@ -253,7 +245,7 @@ async fn a_snooze_ends_by_itself(backend: Backend) {
     assert!(firing.state.at >= due, "{firing:?} before {due}");
     assert_eq!(state_line(&awake), None, "no snooze line once it ended");
     assert_eq!(controls(&awake), all_controls);
-    assert_eq!(states[2].1, record(&firing, &ts));
+    assert_eq!(states[2].1, record(&firing, ts));
     assert_eq!(slack.stats().updates, 2, "the snooze and its end");
     notify.stop().await.expect("clean stop");
 }

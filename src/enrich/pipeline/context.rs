@@ -8,6 +8,8 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::Value as JinjaValue;
 
+use crate::enrich::config::RECORD_NAMES as BASE;
+
 /// What the templates see of a record: the record, the joins so far (in
 /// the pipeline's order), the pipeline's constants, and `alert_id` and
 /// `status` when set. A later member hides an earlier one of the same name
@@ -23,17 +25,6 @@ pub(super) struct RenderContext {
     alert_id: Option<JinjaValue>,
     status: Option<JinjaValue>,
 }
-
-const BASE: [&str; 8] = [
-    "key",
-    "event",
-    "topic",
-    "partition",
-    "offset",
-    "timestamp",
-    "pipeline",
-    "vars",
-];
 
 impl RenderContext {
     pub fn new(base: [JinjaValue; 8], join_names: Arc<[String]>) -> Arc<RenderContext> {
