@@ -25,7 +25,7 @@ use alertsvc::messages::SlackMessage;
 use alertsvc::notify::Notify;
 use alertsvc::slack::fake::{FakeSlack, FakeSlackConfig};
 use futures::executor::block_on;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -208,6 +208,18 @@ async fn slack_alone(channels: usize, per_channel: usize) -> (Duration, usize) {
     (started.elapsed(), slack.stats().posts)
 }
 
+/// A response-sized record for `slack-responses`, enqueued (the broker's
+/// ack is the future returned).
+fn enqueue(producer: &FutureProducer, key: &str, payload: &[u8]) -> DeliveryFuture {
+    producer
+        .send_result(
+            FutureRecord::to("slack-responses")
+                .key(key)
+                .payload(payload),
+        )
+        .map_err(|(e, _)| e)
+        .expect("enqueued")
+}
 /// Produces `per_task` response-sized records from each of `tasks` tasks,
 /// each awaiting its ack before the next; then the same number with all of
 /// them in flight at once. Returns both durations.
@@ -234,15 +246,7 @@ async fn kafka_alone(tasks: usize, per_task: usize) -> (Duration, Duration) {
         let (producer, payload) = (producer.clone(), payload.clone());
         set.spawn(async move {
             for i in 0..per_task {
-                let key = format!("C{t:04}-{i}");
-                producer
-                    .send_result(
-                        FutureRecord::to("slack-responses")
-                            .key(&key)
-                            .payload(&payload),
-                    )
-                    .map_err(|(e, _)| e)
-                    .expect("enqueued")
+                enqueue(&producer, &format!("C{t:04}-{i}"), &payload)
                     .await
                     .expect("not cancelled")
                     .map_err(|(e, _)| e)
@@ -257,17 +261,7 @@ async fn kafka_alone(tasks: usize, per_task: usize) -> (Duration, Duration) {
     let started = Instant::now();
     let mut acks = Vec::with_capacity(tasks * per_task);
     for n in 0..tasks * per_task {
-        let key = format!("K{n}");
-        acks.push(
-            producer
-                .send_result(
-                    FutureRecord::to("slack-responses")
-                        .key(&key)
-                        .payload(&payload),
-                )
-                .map_err(|(e, _)| e)
-                .expect("enqueued"),
-        );
+        acks.push(enqueue(&producer, &format!("K{n}"), &payload));
     }
     for ack in acks {
         ack.await
