@@ -1,6 +1,7 @@
 //! The state database shared by notify's ledger and produce's checkpoints:
 //! SQLite by default, PostgreSQL when several replicas run. One schema,
-//! `migrations/{sqlite,postgres}`, embedded in the binary.
+//! `migrations/{sqlite,postgres}`, embedded in the binary. Also SQLite's
+//! datetime text form, which produce binds and the demo's warehouse writes.
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
@@ -70,4 +71,35 @@ pub async fn migrate(pool: &AnyPool, postgres: bool) -> Result<(), DbError> {
         sqlx::migrate!("./migrations/sqlite").run(pool).await?;
     }
     Ok(())
+}
+
+/// `2026-11-21 10:00:00.25`: SQLite's own datetime form, so a bound
+/// value (produce's checkpoint, the demo's warehouse rows) compares as text
+/// against columns written by `datetime()` or `CURRENT_TIMESTAMP`.
+pub fn sqlite_datetime(micros: i64) -> String {
+    let Some(t) = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros) else {
+        return micros.to_string();
+    };
+    let base = t.format("%Y-%m-%d %H:%M:%S").to_string();
+    let fraction = micros.rem_euclid(1_000_000);
+    if fraction == 0 {
+        base
+    } else {
+        let digits = format!("{fraction:06}");
+        format!("{base}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_datetime;
+
+    const T: i64 = 1_763_719_200_000_000; // 2025-11-21T10:00:00Z
+
+    #[test]
+    fn sqlite_datetimes_keep_time_order_as_text() {
+        assert_eq!(sqlite_datetime(T), "2025-11-21 10:00:00");
+        assert_eq!(sqlite_datetime(T + 250_000), "2025-11-21 10:00:00.25");
+        assert!(sqlite_datetime(T + 1) > sqlite_datetime(T));
+    }
 }

@@ -26,6 +26,11 @@ pub fn replica_name(configured: Option<&str>) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// What a stage logs (at `info`) once its endpoints are bound, the address
+/// right after it: with `http_addr` on port 0 the log is where operators
+/// and the tests that start `alertsvc` as a child learn the port.
+pub const SERVING_ON: &str = "serving /healthz, /readyz and /metrics on http://";
+
 /// What a stage does once its endpoints are bound.
 pub trait Work: Send + Sized {
     type Error: From<BindError>;
@@ -69,6 +74,8 @@ impl<W: Work> Stage<W> {
         config_dir: &Path,
     ) -> Result<Stage<W>, W::Error> {
         let ops = Ops::bind(work.http_addr(settings)?).await?;
+        let addr = ops.handle().addr;
+        tracing::info!(%addr, "{SERVING_ON}{addr}");
         Ok(Stage {
             work,
             settings: settings.clone(),

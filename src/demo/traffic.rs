@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use sqlx::Connection;
 
 use super::DemoError;
-use crate::produce::row::format_sql_datetime;
+use crate::db::sqlite_datetime;
 
 /// One row of `failures.csv`: a connector status change template — a
 /// failure, or (`new_status` `Running`) a recovery of the connector last
@@ -138,7 +138,7 @@ impl FailureWriter {
             .bind(&template.old_status)
             .bind(&template.new_status)
             .bind(reason)
-            .bind(format_sql_datetime(self.last_micros))
+            .bind(sqlite_datetime(self.last_micros))
             .execute(&mut conn)
             .await
             .map_err(|e| DemoError::Warehouse(e.to_string()))?;

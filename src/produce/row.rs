@@ -139,23 +139,6 @@ pub fn format_rfc3339(micros: i64) -> String {
     }
 }
 
-/// `2026-11-21 10:00:00.25`: SQLite's own datetime form, so the bound
-/// checkpoint compares as text against columns written by `datetime()` or
-/// `CURRENT_TIMESTAMP`.
-pub fn format_sql_datetime(micros: i64) -> String {
-    let Some(t) = DateTime::<Utc>::from_timestamp_micros(micros) else {
-        return micros.to_string();
-    };
-    let base = t.format("%Y-%m-%d %H:%M:%S").to_string();
-    let fraction = micros.rem_euclid(1_000_000);
-    if fraction == 0 {
-        base
-    } else {
-        let digits = format!("{fraction:06}");
-        format!("{base}.{}", digits.trim_end_matches('0'))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,12 +159,8 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_format_for_json_and_for_sqlite() {
+    fn timestamps_format_for_json() {
         assert_eq!(format_rfc3339(T), "2025-11-21T10:00:00Z");
         assert_eq!(format_rfc3339(T + 250_000), "2025-11-21T10:00:00.250Z");
-        assert_eq!(format_sql_datetime(T), "2025-11-21 10:00:00");
-        assert_eq!(format_sql_datetime(T + 250_000), "2025-11-21 10:00:00.25");
-        // Text order agrees with time order for the SQLite form.
-        assert!(format_sql_datetime(T + 1) > format_sql_datetime(T));
     }
 }

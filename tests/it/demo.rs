@@ -11,37 +11,23 @@ use std::time::Duration;
 use alertsvc::slack::fake::{FakeSlack, FakeSlackConfig};
 use serde_json::Value;
 
-use crate::common::testkit::KillOnDrop as Killed;
+use crate::common::testkit::{address_after, KillOnDrop as Killed};
 use crate::common::{config_dir, eventually, free_port, http_get};
 
-/// The demo's ports, all free ones (never the shipped 8090/818x).
-struct Ports {
-    env: Vec<(String, String)>,
-    preview: u16,
-}
-
-fn ports() -> Ports {
-    let preview = free_port();
-    let env = [
-        ("ALERTSVC__DEMO__HTTP_ADDR", preview),
-        ("ALERTSVC__ENRICH__HTTP_ADDR", free_port()),
-        ("ALERTSVC__NOTIFY__HTTP_ADDR", free_port()),
-        ("ALERTSVC__PRODUCE__HTTP_ADDR", free_port()),
-    ]
-    .into_iter()
-    .map(|(k, port)| (k.to_owned(), format!("127.0.0.1:{port}")))
-    .collect();
-    Ports { env, preview }
-}
-
-fn demo_command(args: &[&str], ports: &Ports) -> Command {
+/// `alertsvc demo ARGS` with every endpoint on port 0 (never the shipped
+/// 8090/818x): each binds a free port, and the demo prints the preview
+/// page's address.
+fn demo_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_alertsvc"));
     command
         .arg("--config-dir")
         .arg(config_dir())
         .arg("demo")
         .args(args)
-        .envs(ports.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(
+            ["DEMO", "ENRICH", "NOTIFY", "PRODUCE"]
+                .map(|stage| (format!("ALERTSVC__{stage}__HTTP_ADDR"), "127.0.0.1:0")),
+        )
         .env_remove("ALERTSVC_ENV")
         .env_remove("RUST_LOG");
     command
@@ -114,11 +100,7 @@ async fn the_demo_delivers_exactly_the_expected_alerts_and_exits() {
         (8, 2),
         "the sample data makes alerts, non-alerts and recoveries"
     );
-    let ports = ports();
-    let mut command = demo_command(
-        &["--events", &events.to_string(), "--exit-after", "120s"],
-        &ports,
-    );
+    let mut command = demo_command(&["--events", &events.to_string(), "--exit-after", "120s"]);
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()
@@ -336,17 +318,20 @@ async fn the_preview_page_shows_threads_and_edits_in_a_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_preview_page_renders_alerts_and_acknowledges_in_a_browser() {
     crate::common::init();
-    let ports = ports();
     // Live mode writes its first failure at once (an acme one, which
     // alerts); the next would come in an hour.
-    let demo = demo_command(&["--exit-after", "180s"], &ports)
-        .env("ALERTSVC__DEMO__EVENT_INTERVAL", "1h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn demo");
-    let _demo = Killed(demo);
-    let base = format!("http://127.0.0.1:{}", ports.preview);
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = dir.path().join("demo.out");
+    let mut demo = Killed(
+        demo_command(&["--exit-after", "180s"])
+            .env("ALERTSVC__DEMO__EVENT_INTERVAL", "1h")
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn demo"),
+    );
+    let preview = address_after(&stdout, 0, "preview page: http://", &mut demo.0);
+    let base = format!("http://{preview}");
     eventually(
         Duration::from_secs(90),
         &format!("one alert on {base}"),

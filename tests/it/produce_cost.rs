@@ -14,12 +14,11 @@
 
 use std::time::Duration;
 
-use alertsvc::produce::Options;
 use serde_json::{json, Value};
 
 use crate::common::bigquery_proxy::{billed_for, BigQueryProxy};
 use crate::common::warehouse::{emulator, failure, produce_toml, Failure, Warehouse};
-use crate::common::{config_dir, eventually, http_get, metric_value, Broker, TestEnv};
+use crate::common::{eventually, http_get, metric_value, Broker, TestEnv};
 use crate::config_check::{assert_refused, check};
 use crate::produce_sources::assert_events;
 
@@ -259,19 +258,8 @@ async fn the_schedule_mode_counts_bytes_and_refused_runs() {
     let mut toml = produce_toml(dir.path(), &warehouse, "", "recovery_settle = \"100ms\"");
     toml.push_str("maximum_bytes_billed = \"1 GiB\"\n");
     let env = TestEnv::new(&toml).await;
-    let settings = crate::common::testkit::load_settings(Some(env.overlay.clone()));
-    let addr = settings.produce.as_ref().unwrap().http_addr;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = {
-        let (settings, shutdown) = (settings.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let options = Options {
-                schedule: Some("* * * * * *".into()),
-                ..Options::default()
-            };
-            alertsvc::produce::run(&settings, &config_dir(), &options, shutdown).await
-        })
-    };
+    let produce = env.start_produce_scheduled("* * * * * *").await;
+    let addr = produce.http_addr;
     let series = |name: &str, labels: &str| {
         format!("alertsvc_produce_{name}{{job=\"connector-failures\"{labels}}}")
     };
@@ -281,12 +269,10 @@ async fn the_schedule_mode_counts_bytes_and_refused_runs() {
         metric_value(&text, &refused).map(|_| text)
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running)
+    produce
+        .stop()
         .await
-        .expect("stops on shutdown")
-        .unwrap()
-        .unwrap();
+        .expect("produce stops cleanly on shutdown");
 
     let value = |series: &str| metric_value(&text, series);
     assert_eq!(

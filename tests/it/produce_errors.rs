@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use alertsvc::produce::Options;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::common::warehouse::{failure, produce_toml, Failure, Warehouse};
@@ -249,19 +248,8 @@ async fn the_schedule_mode_runs_repeatedly_and_serves_metrics() {
     let rows: Vec<Failure> = (0..5).map(failure).collect();
     warehouse.insert(&rows).await;
     let env = TestEnv::new(&produce_toml(dir.path(), &warehouse, "", "")).await;
-    let settings = crate::common::testkit::load_settings(Some(env.overlay.clone()));
-    let addr = settings.produce.as_ref().unwrap().http_addr;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = {
-        let (settings, shutdown) = (settings.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let options = Options {
-                schedule: Some("* * * * * *".into()),
-                ..Options::default()
-            };
-            alertsvc::produce::run(&settings, &config_dir(), &options, shutdown).await
-        })
-    };
+    let produce = env.start_produce_scheduled("* * * * * *").await;
+    let addr = produce.http_addr;
     let metrics_url = format!("http://{addr}/metrics");
     let series = "alertsvc_produce_runs_total{job=\"connector-failures\",outcome=\"ok\"}";
     let text = eventually(Duration::from_secs(20), "a second run", || async {
@@ -283,12 +271,10 @@ async fn the_schedule_mode_runs_repeatedly_and_serves_metrics() {
             .map(|r| r.0),
         Some(200)
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running)
+    produce
+        .stop()
         .await
-        .expect("stops on shutdown")
-        .unwrap()
-        .unwrap();
+        .expect("produce stops cleanly on shutdown");
     assert_events(&env, &warehouse, &rows).await;
 }
 

@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::slack::{ledger_url, Backend};
-use crate::common::testkit::KillOnDrop;
+use crate::common::testkit::{address_after, KillOnDrop};
 use crate::common::warehouse::{failure, produce_toml, Failure, Warehouse};
 use crate::common::{eventually, http_get, kill_child, metric_value, TestEnv};
 use crate::produce_sources::assert_events;
@@ -176,10 +176,17 @@ async fn scheduled_runs_skip_while_another_run_holds_the_job() {
     let rows: Vec<Failure> = (0..50).map(failure).collect();
     warehouse.insert(&rows).await;
     let env = slow_env(&dir, &warehouse, 4, "").await;
-    let addr = env.settings.produce.as_ref().expect("produce").http_addr;
     let once = spawn(&env, &["--once"]);
     wait_until_held(&dir).await;
-    let mut scheduled = KillOnDrop(spawn(&env, &["--schedule", "* * * * * *"]));
+    let log = dir.path().join("scheduled.log");
+    let mut scheduled = KillOnDrop(
+        env.produce_command(&["--schedule", "* * * * * *"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn alertsvc produce"),
+    );
+    let addr = address_after(&log, 0, alertsvc::stage::SERVING_ON, &mut scheduled.0);
 
     let url = format!("http://{addr}/metrics");
     let conflicts = "alertsvc_produce_lease_conflicts_total{job=\"connector-failures\"}";

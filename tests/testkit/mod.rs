@@ -42,17 +42,61 @@ pub fn write_overlay(dir: &Path, name: &str, toml: &str) -> PathBuf {
 }
 
 /// A port that was free a moment ago. The port is released before it is
-/// used, so another process may take it first: use it only where a process
-/// must be told its port up front (alertsvc, the demo, chromedriver and the
-/// BigQuery emulator as children; produce, which has no `StageHandle` yet),
-/// or for an address where nothing listens. enrich and notify started
-/// in-process bind port 0 instead and report the address they got
-/// (`StageHandle::addr`).
+/// used, so another process may take it first: use it only for programs
+/// that must be told their port up front (chromedriver, the BigQuery
+/// emulator) or for an address where nothing listens. alertsvc binds port
+/// 0 and reports the address it got: in-process through
+/// `StageHandle::addr`, as a child in its log ([`address_after`]).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// The address a child wrote right after `marker` into the file `path`
+/// (its log or its stdout), looking only past byte `from` (the file's
+/// length when the child started: a restarted child appends to the same
+/// log). Waits up to 30 s while `child` runs; fails with what the file
+/// holds if the child exits first. Blocking: a child's start takes
+/// milliseconds and needs nothing from the caller's runtime.
+pub fn address_after(
+    path: &Path,
+    from: u64,
+    marker: &str,
+    child: &mut Child,
+) -> std::net::SocketAddr {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+        let text = String::from_utf8_lossy(&bytes[start..]);
+        if let Some(at) = text.find(marker) {
+            let rest = &text[at + marker.len()..];
+            let is_addr = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']');
+            // Only a whole address: the line may still be being written.
+            if let Some(end) = rest.find(|c: char| !is_addr(c)) {
+                return rest[..end]
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{}: `{}`: {e}", path.display(), &rest[..end]));
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the child exited ({status}) before writing `{marker}`:\n{text}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{marker}` in {} after 30 s:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The length of the file at `path`, 0 when there is none yet: where a
+/// child appending to it starts ([`address_after`]).
+pub fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Polls `condition` every 50 ms until it yields a value, which is

@@ -15,8 +15,9 @@ use sqlx::{Column, ConnectOptions, PgPool, Row as _, SqlitePool, TypeInfo, Value
 use tokio::sync::mpsc;
 
 use crate::config::SqlSourceSettings;
+use crate::db::sqlite_datetime;
 use crate::produce::checkpoint::Param;
-use crate::produce::row::{format_sql_datetime, Cell, Columns, Row};
+use crate::produce::row::{Cell, Columns, Row};
 use crate::produce::sql::{parse, Placeholder};
 
 use super::{one_line, ordered_params, page_channel, CellError, Page, PageStream, SourceError};
@@ -95,7 +96,7 @@ impl SqlSource {
                     let query = bind_params(
                         sqlx::query(sqlx::AssertSqlSafe(parsed.text)),
                         values,
-                        format_sql_datetime,
+                        sqlite_datetime,
                     );
                     pump(&name, query.fetch(&pool), sqlite_cell, tx, page_size).await;
                 });

@@ -440,6 +440,23 @@ impl TestEnv {
         RunningStage::spawn(handle, |stop| notify.run_until_stopped(stop))
     }
 
+    /// produce in-process on `schedule` (a cron expression), its endpoints
+    /// bound where its settings say (port 0 in [`warehouse::produce_toml`]).
+    pub async fn start_produce_scheduled(&self, schedule: &str) -> RunningStage {
+        let settings = testkit::load_settings(Some(self.overlay.clone()));
+        let options = alertsvc::produce::Options {
+            schedule: Some(schedule.to_owned()),
+            ..Default::default()
+        };
+        let produce = alertsvc::produce::Produce::build(&settings, &config_dir(), &options)
+            .await
+            .expect("produce builds");
+        let handle = produce
+            .handle()
+            .expect("a scheduled produce serves endpoints");
+        RunningStage::spawn(handle, |stop| produce.run_until_stopped(stop))
+    }
+
     /// The address of the notify started last, in-process or as a child.
     pub fn notify_addr(&self) -> SocketAddr {
         lock(&self.notify_addr).expect("notify was started")
@@ -465,22 +482,26 @@ impl TestEnv {
 
     /// `alertsvc <stage>` (enrich or notify) as a child process (killable
     /// like a crashed pod), its HTTP endpoints where [`TestEnv::enrich_addr`]
-    /// or [`TestEnv::notify_addr`] say.
+    /// or [`TestEnv::notify_addr`] say: it binds port 0 and the address is
+    /// read from its log before this returns.
     fn spawn_process(&self, stage: &str, log_name: &str) -> Child {
-        // A child cannot report the port it bound, so it is told one.
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = self.dir.path().join(log_name);
+        let from = testkit::file_len(&log);
+        let mut child = self
+            .process_command(stage, log_name, "crash-test")
+            .env(
+                format!("ALERTSVC__{}__HTTP_ADDR", stage.to_uppercase()),
+                "127.0.0.1:0",
+            )
+            .spawn()
+            .expect("spawn alertsvc");
+        let addr = testkit::address_after(&log, from, alertsvc::stage::SERVING_ON, &mut child);
         let slot = match stage {
             "enrich" => &self.enrich_addr,
             _ => &self.notify_addr,
         };
         *lock(slot) = Some(addr);
-        self.process_command(stage, log_name, "crash-test")
-            .env(
-                format!("ALERTSVC__{}__HTTP_ADDR", stage.to_uppercase()),
-                addr.to_string(),
-            )
-            .spawn()
-            .expect("spawn alertsvc")
+        child
     }
 
     fn process_command(&self, stage: &str, log_name: &str, instance: &str) -> Command {
@@ -755,8 +776,8 @@ impl RunningStage {
         self.token.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.handle)
             .await
-            .expect("enrich stops within 30 s")
-            .expect("enrich task")
+            .expect("the stage stops within 30 s")
+            .expect("the stage's task")
     }
 }
 

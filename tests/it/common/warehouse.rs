@@ -5,7 +5,7 @@
 
 use std::process::Child;
 
-use alertsvc::produce::row::format_sql_datetime;
+use alertsvc::db::sqlite_datetime;
 use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
 use gcp_bigquery_client::Client;
 use serde_json::{json, Value};
@@ -159,7 +159,7 @@ impl Warehouse {
     /// How an event id spells the row's `failed_at`.
     pub fn id_time(&self, seconds: i64) -> String {
         match self {
-            Warehouse::Sqlite { .. } => format_sql_datetime(seconds * 1_000_000),
+            Warehouse::Sqlite { .. } => sqlite_datetime(seconds * 1_000_000),
             _ => alertsvc::produce::row::format_rfc3339(seconds * 1_000_000),
         }
     }
@@ -173,7 +173,7 @@ impl Warehouse {
                     let at = row
                         .failed_at_text
                         .clone()
-                        .unwrap_or_else(|| format_sql_datetime(row.failed_at * 1_000_000));
+                        .unwrap_or_else(|| sqlite_datetime(row.failed_at * 1_000_000));
                     bind_failure(sqlx::query(INSERT_SQLITE), row)
                         .bind(at)
                         .execute(&mut *tx)
@@ -317,13 +317,10 @@ pub fn produce_toml(
     }
     let sql_path = dir.join("connector_failures.sql");
     std::fs::write(&sql_path, sql).expect("write SQL");
-    // Told up front: produce runs as a child process, and in-process it has
-    // no `StageHandle` reporting a port-0 address yet.
-    let port = super::free_port();
     format!(
         r#"
         [produce]
-        http_addr = "127.0.0.1:{port}"
+        http_addr = "127.0.0.1:0"
         progress_interval = "1s"
         {produce_keys}
         [produce.state]
