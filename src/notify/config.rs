@@ -37,11 +37,15 @@ pub struct PacingSettings {
     pub workspace_burst: u32,
     /// `conversations.history` calls per minute (Slack's Tier 3 is about
     /// 50), spent on looking for posts an ambiguous answer may have made.
-    #[serde(default = "default_history_per_minute")]
+    #[serde(default = "tier_3_per_minute")]
     pub history_per_minute: u32,
+    /// `chat.update` calls per minute for the whole workspace (Tier 3,
+    /// about 50): resolutions, state changes and group summaries.
+    #[serde(default = "tier_3_per_minute")]
+    pub updates_per_minute: u32,
 }
 
-fn default_history_per_minute() -> u32 {
+fn tier_3_per_minute() -> u32 {
     50
 }
 
@@ -194,6 +198,10 @@ impl NotifySettings {
             (
                 "notify.pacing.history_per_minute",
                 pacing.history_per_minute,
+            ),
+            (
+                "notify.pacing.updates_per_minute",
+                pacing.updates_per_minute,
             ),
             ("notify.retry.max_attempts", self.retry.max_attempts),
         ] {

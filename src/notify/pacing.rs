@@ -63,6 +63,9 @@ pub struct Pacer {
     per_channel: ChannelLimiter,
     workspace: DirectLimiter,
     history: DirectLimiter,
+    /// `chat.update`'s own tier (Tier 3), workspace-wide: a burst of
+    /// resolutions or clicks would otherwise run into 429s together.
+    updates: DirectLimiter,
     answered: AnsweredLimiter,
 }
 
@@ -130,6 +133,19 @@ fn quota(per_second: u32, burst: u32) -> Quota {
         .allow_burst(burst)
 }
 
+/// A quota for one of Slack's per-minute tiers, which Slack counts over
+/// any minute: a burst of a tenth of the calls (at most 5), the rest spread
+/// so that a burst plus what follows within a minute stays at
+/// `per_minute`, with 2% to spare for requests that reach Slack unevenly.
+fn per_minute_quota(per_minute: u32) -> Quota {
+    let per_minute = per_minute.max(1);
+    let burst = (per_minute / 10).clamp(1, 5);
+    let period = (Duration::from_secs(60) / (per_minute - burst + 1)).mul_f64(1.02);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+}
+
 /// Extra spacing between two messages to one channel, at most 2% of the
 /// period.
 const PACING_MARGIN_MICROS: u64 = 15_000;
@@ -146,12 +162,11 @@ impl Pacer {
                 TokioClock,
             ),
             history: RateLimiter::direct_with_clock(
-                Quota::with_period(Duration::from_secs(60) / settings.history_per_minute.max(1))
-                    .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
-                    .allow_burst(
-                        NonZeroU32::new(settings.history_per_minute.clamp(1, 10))
-                            .unwrap_or(NonZeroU32::MIN),
-                    ),
+                per_minute_quota(settings.history_per_minute),
+                TokioClock,
+            ),
+            updates: RateLimiter::direct_with_clock(
+                per_minute_quota(settings.updates_per_minute),
                 TokioClock,
             ),
             answered: AnsweredLimiter::new(
@@ -170,6 +185,16 @@ impl Pacer {
     /// Waits until a `conversations.history` call may go.
     pub async fn history_ready(&self) {
         until_allowed(|| self.history.check()).await;
+    }
+
+    /// Waits until a `chat.update` of a message in `channel` may go: the
+    /// channel's pace, then the method's tier; returns how long it waited.
+    /// The tier comes last so that the call follows its grant at once.
+    pub async fn update_ready(&self, channel: &str) -> Duration {
+        let waited = self.ready(channel).await;
+        let started = tokio::time::Instant::now();
+        until_allowed(|| self.updates.check()).await;
+        waited + started.elapsed()
     }
 
     /// Waits until a message may go to `channel`; returns how long it waited.
@@ -257,6 +282,7 @@ mod tests {
             workspace_per_second: 1000,
             workspace_burst: 1000,
             history_per_minute: 50,
+            updates_per_minute: 50,
         });
         assert_eq!(pacer.ready("A").await, Duration::ZERO);
         assert_eq!(pacer.ready("B").await, Duration::ZERO, "B waits for nobody");
@@ -276,6 +302,7 @@ mod tests {
             workspace_per_second: 1000,
             workspace_burst: 1000,
             history_per_minute: 50,
+            updates_per_minute: 50,
         });
         // A burst of two, the first answered (so: arrived) only 900 ms later.
         assert_eq!(pacer.ready("A").await, Duration::ZERO);
@@ -299,6 +326,7 @@ mod tests {
             workspace_per_second: 2,
             workspace_burst: 1,
             history_per_minute: 50,
+            updates_per_minute: 50,
         });
         assert_eq!(pacer.ready("A").await, Duration::ZERO);
         let other = pacer.ready("B").await;
@@ -306,5 +334,60 @@ mod tests {
             other >= Duration::from_millis(510) && other <= Duration::from_millis(530),
             "B waited {other:?}"
         );
+    }
+
+    /// Grant times of `calls` calls of one per-minute tier.
+    async fn tier_grants(calls: usize, call: impl AsyncFn(&Pacer, usize)) -> Vec<Duration> {
+        let pacer = Pacer::new(&PacingSettings {
+            per_channel_per_second: 1000,
+            per_channel_burst: 1000,
+            workspace_per_second: 1000,
+            workspace_burst: 1000,
+            history_per_minute: 50,
+            updates_per_minute: 50,
+        });
+        let start = tokio::time::Instant::now();
+        let mut grants = Vec::new();
+        for n in 0..calls {
+            call(&pacer, n).await;
+            grants.push(start.elapsed());
+        }
+        grants
+    }
+
+    /// Slack counts a tier over any minute (the fake keeps a sliding
+    /// window): 51 calls must never fall within 60 s, and a short burst
+    /// still goes at once.
+    fn assert_within_tier(grants: &[Duration], per_minute: usize) {
+        assert!(grants[..5].iter().all(|g| g.is_zero()), "{grants:?}");
+        assert!(grants[5] > Duration::ZERO, "{grants:?}");
+        for (first, last) in grants.iter().zip(&grants[per_minute..]) {
+            assert!(
+                *last - *first >= Duration::from_secs(60),
+                "{} calls within {:?}",
+                per_minute + 1,
+                *last - *first
+            );
+        }
+        // ...and not much slower than the tier allows: the 150th call
+        // within 195 s (Slack's own window would allow it after 120 s; the
+        // burst and the 2% spare cost the rest).
+        let last = grants[grants.len() - 1];
+        assert!(last <= Duration::from_secs(195), "{last:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn updates_keep_to_their_tier_in_any_minute_across_channels() {
+        let grants = tier_grants(150, async |pacer, n| {
+            pacer.update_ready(&format!("C{}", n % 7)).await;
+        })
+        .await;
+        assert_within_tier(&grants, 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_calls_keep_to_their_tier_in_any_minute() {
+        let grants = tier_grants(150, async |pacer, _| pacer.history_ready().await).await;
+        assert_within_tier(&grants, 50);
     }
 }

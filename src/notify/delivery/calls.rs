@@ -57,6 +57,20 @@ impl Deliverer {
     /// database write there would bunch requests up at Slack (429s).
     pub(super) async fn paced(&self, entry: &Entry, channel: &str) -> Result<(), DeliverError> {
         let waited = self.pacer.ready(channel).await;
+        self.after_pacing(entry, waited).await
+    }
+
+    /// [`Self::paced`] for a `chat.update`, which also waits for its tier.
+    pub(super) async fn paced_update(
+        &self,
+        entry: &Entry,
+        channel: &str,
+    ) -> Result<(), DeliverError> {
+        let waited = self.pacer.update_ready(channel).await;
+        self.after_pacing(entry, waited).await
+    }
+
+    async fn after_pacing(&self, entry: &Entry, waited: Duration) -> Result<(), DeliverError> {
         if waited > Duration::from_millis(1) {
             self.metrics
                 .pacing_wait_seconds

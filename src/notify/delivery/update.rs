@@ -59,7 +59,7 @@ impl Deliverer {
         };
         let blocks = edit.as_ref().map_or(&message.blocks, |e| &e.blocks);
         self.renew(&attempt.entry).await?;
-        self.paced(&attempt.entry, &channel).await?;
+        self.paced_update(&attempt.entry, &channel).await?;
         if stop.is_cancelled() {
             self.release(&attempt.entry).await;
             return Err(DeliverError::Cancelled);

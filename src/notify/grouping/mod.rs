@@ -400,7 +400,7 @@ impl Grouper {
         rendered.blocks = self
             .with_group_state(&group.group_id, rendered.blocks)
             .await;
-        self.pacer.ready(&group.channel_id).await;
+        self.pacer.update_ready(&group.channel_id).await;
         let result = self
             .slack
             .update(

@@ -144,7 +144,7 @@ impl AlertStates {
             alert_id: &row.alert_id,
             occurrence: row.state.occurrence,
         };
-        slack.pacer.ready(channel).await;
+        slack.pacer.update_ready(channel).await;
         let result = slack
             .api
             .update(channel, ts, text, &blocks, Some(&alert))
