@@ -72,6 +72,102 @@ async fn a_change_left_unpublished_is_published_by_the_next_run() {
     notify.stop().await.expect("clean stop");
 }
 
+/// Replicas publish an alert's state independently, so a replica's publish
+/// of an older state can land on the topic after a peer's newer one, and
+/// compaction would keep the older for good. The ledger follows the record
+/// last on the topic, whichever mark arrives first, and the next sweep
+/// publishes the row's state again.
+async fn an_older_state_landing_last_is_published_again(backend: Backend) {
+    let NotifyEnv {
+        env,
+        ledger,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, backend, 50).await;
+    let db = Ledger::connect(&ledger, 1).await.expect("ledger");
+    db.migrate().await.expect("migrate");
+    let store = StateStore::new(&db);
+    let ts = "1700000000.000100";
+    let place = Place {
+        channel_id: Some("C1".into()),
+        message_ts: Some(ts.into()),
+        pipeline: "test".into(),
+        group_key: None,
+        text: Some("t".into()),
+        blocks: Some("[]".into()),
+    };
+    let now = now_ms();
+    let firing = AlertState {
+        kind: StateKind::Firing,
+        actor: None,
+        at: now,
+        snoozed_until: None,
+        occurrence: 1,
+    };
+    let acknowledged = AlertState {
+        kind: StateKind::Acknowledged,
+        actor: ada(),
+        at: now + 1_000,
+        ..firing.clone()
+    };
+    assert!(store
+        .compare_and_set("raced", None, &firing, &place, true)
+        .await
+        .expect("write"));
+    let older = store.get("raced").await.expect("read").expect("row");
+    assert!(store
+        .compare_and_set("raced", Some(1), &acknowledged, &place, true)
+        .await
+        .expect("write"));
+    let newer = store.get("raced").await.expect("read").expect("row");
+    assert_eq!((older.version, newer.version), (1, 2));
+
+    // Replica B publishes version 2; replica A, which read version 1 just
+    // before the click, lands its record after B's.
+    let key = Value::String("raced".into());
+    let (partition, first) = env
+        .produce_keyed("alert_state", &key, &record(&newer, ts))
+        .await;
+    let (same, last) = env
+        .produce_keyed("alert_state", &key, &record(&older, ts))
+        .await;
+    assert_eq!(same, partition, "one key, one partition");
+    assert!(last > first);
+    let published = async || store.get("raced").await.expect("read").expect("row");
+    store
+        .mark_published("raced", 1, partition, last)
+        .await
+        .expect("mark");
+    // B's mark, arriving later, is for a record that is no longer last.
+    store
+        .mark_published("raced", 2, partition, first)
+        .await
+        .expect("mark");
+    assert_eq!(published().await.published_version, 1);
+
+    let notify = env.start_notify().await;
+    let states: Vec<Value> = read_alert_states(&env, 3, WAIT)
+        .await
+        .into_iter()
+        .map(|(key, value)| {
+            assert_eq!(key.as_deref(), Some("raced"));
+            value
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [record(&newer, ts), record(&older, ts), record(&newer, ts)],
+        "the last record is the alert's state"
+    );
+    eventually(WAIT, "the row marked published at version 2", async || {
+        (published().await.published_version == 2).then_some(())
+    })
+    .await;
+    notify.stop().await.expect("clean stop");
+}
+
+crate::on_both_ledgers!(an_older_state_landing_last_is_published_again => an_older_state_landing_last_is_published_again_sqlite, an_older_state_landing_last_is_published_again_postgres);
+
 /// notify on `backend` has posted the stateful alert `alert_id` to C1:
 /// the environment, the running notify and the message as Slack shows it.
 async fn one_posted(backend: Backend, alert_id: &str) -> (NotifyEnv, RunningStage, FakeMessage) {

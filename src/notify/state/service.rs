@@ -353,11 +353,18 @@ impl AlertStates {
                 .map_err(|(e, _)| e.to_string())
         }
         .await;
-        if let Err(e) = sent {
-            tracing::warn!(alert_id, error = %e, "alert state not published; trying again later");
-            return false;
-        }
-        if let Err(e) = self.store.mark_published(alert_id, row.version).await {
+        let landed = match sent {
+            Ok(landed) => landed,
+            Err(e) => {
+                tracing::warn!(alert_id, error = %e, "alert state not published; trying again later");
+                return false;
+            }
+        };
+        if let Err(e) = self
+            .store
+            .mark_published(alert_id, row.version, landed.partition, landed.offset)
+            .await
+        {
             // Published again later: harmless, the value is the same.
             tracing::warn!(alert_id, error = %e, "cannot record the alert state as published");
         }

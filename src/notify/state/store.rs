@@ -106,21 +106,20 @@ impl Marker {
             Marker::Shown => "shown_version",
         }
     }
-
-    /// The ledger's writer takes static statements.
-    fn advance_sql(self) -> &'static str {
-        match self {
-            Marker::Published => {
-                "UPDATE alert_states SET published_version = $2 \
-                 WHERE alert_id = $1 AND published_version < $2"
-            }
-            Marker::Shown => {
-                "UPDATE alert_states SET shown_version = $2 \
-                 WHERE alert_id = $1 AND shown_version < $2"
-            }
-        }
-    }
 }
+
+/// The shown marker only moves up: an edit shows the row as it was read,
+/// and a later version is shown by a later edit.
+const ADVANCE_SHOWN: &str = "UPDATE alert_states SET shown_version = $2 \
+     WHERE alert_id = $1 AND shown_version < $2";
+
+/// The published marker follows the record last on the topic, whatever its
+/// version: compaction keeps that one. A replica's publish that lands after
+/// a peer's newer one moves the marker back, and the row is published again.
+const PUBLISHED_AT: &str = "UPDATE alert_states \
+     SET published_version = $2, published_partition = $3, published_offset = $4 \
+     WHERE alert_id = $1 AND (published_offset IS NULL \
+       OR published_partition <> $3 OR published_offset < $4)";
 
 impl StateStore {
     /// The states in `ledger`'s database (migration 0007).
@@ -179,28 +178,34 @@ impl StateStore {
         Ok(())
     }
 
-    /// `version` is on the alert-state topic.
-    pub async fn mark_published(&self, alert_id: &str, version: i64) -> Result<(), LedgerError> {
-        self.advance(Marker::Published, alert_id, version).await
-    }
-
-    /// `version` is on the alert's message (or will never be).
-    pub async fn mark_shown(&self, alert_id: &str, version: i64) -> Result<(), LedgerError> {
-        self.advance(Marker::Shown, alert_id, version).await
-    }
-
-    /// Moves the row's `marker` up to `version`, never back.
-    async fn advance(
+    /// `version`'s record landed at `offset` of `partition` of the
+    /// alert-state topic; the marker moves to it if no record of the alert
+    /// is known to be later there.
+    pub async fn mark_published(
         &self,
-        marker: Marker,
         alert_id: &str,
         version: i64,
+        partition: i32,
+        offset: i64,
     ) -> Result<(), LedgerError> {
         let args = vec![
             Arg::Text(Some(alert_id.to_owned())),
             Arg::Int(Some(version)),
+            Arg::Int(Some(partition.into())),
+            Arg::Int(Some(offset)),
         ];
-        self.ledger.write(marker.advance_sql(), args).await?;
+        self.ledger.write(PUBLISHED_AT, args).await?;
+        Ok(())
+    }
+
+    /// `version` is on the alert's message (or will never be); the marker
+    /// moves up to it, never back.
+    pub async fn mark_shown(&self, alert_id: &str, version: i64) -> Result<(), LedgerError> {
+        let args = vec![
+            Arg::Text(Some(alert_id.to_owned())),
+            Arg::Int(Some(version)),
+        ];
+        self.ledger.write(ADVANCE_SHOWN, args).await?;
         Ok(())
     }
 
