@@ -8,7 +8,10 @@ use std::time::Duration;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use crate::common::{broker::Broker, connector_event, eventually, metric_value, TestEnv};
+use crate::common::{
+    broker::Broker, connector_event, eventually, metric_value, sorted_alert_ids, RunningStage,
+    TestEnv,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -55,10 +58,17 @@ async fn offsets_committed_and_restart_resumes(env: &TestEnv, processed: usize) 
     enrich.stop().await.expect("clean stop");
 }
 
-fn alert_ids(
-    messages: &[(crate::common::Record, alertsvc::messages::SlackMessage)],
-) -> Vec<String> {
-    messages.iter().map(|(_, m)| m.alert_id.clone()).collect()
+/// enrich, started, once it has written one message for each `expected`
+/// alert.
+async fn start_and_read_each_once(env: &TestEnv, expected: &BTreeSet<String>) -> RunningStage {
+    let enrich = env.start_enrich().await;
+    let messages = env.read_messages(expected.len(), WAIT).await;
+    assert_eq!(
+        sorted_alert_ids(&messages),
+        Vec::from_iter(expected.iter().cloned()),
+        "one message per alert"
+    );
+    enrich
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,13 +132,7 @@ async fn failed_transaction_is_aborted_and_its_records_reprocessed() {
 async fn at_least_once_commits_offsets_after_outputs_are_acknowledged() {
     let env = TestEnv::new("[enrich]\nprocessing_guarantee = \"at_least_once\"\n").await;
     let expected = seed(&env, 8).await;
-    let enrich = env.start_enrich().await;
-    let messages = env.read_messages(expected.len(), WAIT).await;
-    assert_eq!(
-        alert_ids(&messages).into_iter().collect::<BTreeSet<_>>(),
-        expected
-    );
-    assert_eq!(messages.len(), expected.len());
+    let enrich = start_and_read_each_once(&env, &expected).await;
     enrich.stop().await.expect("clean stop");
 
     offsets_committed_and_restart_resumes(&env, expected.len()).await;
@@ -145,13 +149,7 @@ async fn eos_commits_outputs_and_offsets_in_one_transaction() {
     );
     let env = TestEnv::new("").await;
     let expected = seed(&env, 6).await;
-    let enrich = env.start_enrich().await;
-    let messages = env.read_messages(expected.len(), WAIT).await;
-    assert_eq!(
-        alert_ids(&messages).into_iter().collect::<BTreeSet<_>>(),
-        expected
-    );
-    assert_eq!(messages.len(), expected.len());
+    let enrich = start_and_read_each_once(&env, &expected).await;
     env.wait_metric(
         "alertsvc_enrich_commits_total{outcome=\"committed\"}",
         1.0,
@@ -214,12 +212,7 @@ async fn exactly_once_consumer_lag_comes_down_to_zero() {
         }
     }
     env.put_slack_user("a@example.com", "U1").await;
-    let enrich = env.start_enrich().await;
-    let messages = env.read_messages(expected.len(), WAIT).await;
-    assert_eq!(
-        alert_ids(&messages).into_iter().collect::<BTreeSet<_>>(),
-        expected
-    );
+    let enrich = start_and_read_each_once(&env, &expected).await;
 
     // librdkafka reports statistics every 15 s (statistics.interval.ms).
     let input = env.topic("notifications");

@@ -11,8 +11,8 @@ use alertsvc::notify::ledger::Ledger;
 use alertsvc::slack::fake::{FakeMessage, OutageMode};
 
 use crate::common::slack::{
-    by_alert, leave_pending, message, no_dead_letters, notify_env, notify_settings, now_ms,
-    posts_per_alert, version, wait_notify_metric, Backend, NotifyEnv,
+    by_alert, deliver_all, leave_pending, message, no_dead_letters, notify_env, notify_settings,
+    now_ms, outcomes, posts_per_alert, version, wait_notify_metric, Backend, NotifyEnv,
 };
 use crate::common::{eventually, http_get, RunningStage};
 
@@ -350,19 +350,10 @@ async fn versions_never_go_backwards_and_a_late_recurrence_is_posted_anew() {
     let v2 = version("conn-1", "C1", "v2 still failing", 11, now - 50_000);
     // The same content again 40 s later, past a 30 s dedup window.
     let again = version("conn-1", "C1", "v2 still failing", 12, now - 10_000);
-    for m in [&v1, &v2, &v1, &again] {
-        env.produce_message(m).await;
-    }
-    let notify = env
-        .start_notify_with(notify_settings(&env, |n| {
-            n.dedup_window = Duration::from_secs(30);
-        }))
-        .await;
-    let responses = env.read_responses(4, WAIT).await;
-    notify.stop().await.expect("clean stop");
-    let outcomes: Vec<_> = responses.iter().map(|r| r.outcome).collect();
+    let settings = notify_settings(&env, |n| n.dedup_window = Duration::from_secs(30));
+    let responses = deliver_all(&env, &[&v1, &v2, &v1, &again], settings).await;
     assert_eq!(
-        outcomes,
+        outcomes(&responses),
         [
             DeliveryOutcome::Posted,
             DeliveryOutcome::Updated,

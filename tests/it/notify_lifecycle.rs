@@ -16,7 +16,8 @@ use alertsvc::slack::fake::{FakeMessage, FakeSlack};
 use serde_json::{json, Value};
 
 use crate::common::slack::{
-    by_alert, no_dead_letters, notify_env, notify_settings, now_ms, version, Backend, NotifyEnv,
+    by_alert, deliver_all, no_dead_letters, notify_env, notify_settings, now_ms, outcomes, version,
+    Backend, NotifyEnv,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -240,15 +241,10 @@ async fn new_content_goes_to_the_thread_as_configured() {
         both(version("b", "C1", "b v1", 3, now - 7_000)),
         both(version("b", "C1", "b v2", 4, now - 6_000)),
     ];
-    for m in &messages {
-        env.produce_message(m).await;
-    }
-    let notify = env.start_notify().await;
-    let responses = env.read_responses(5, WAIT).await;
-    notify.stop().await.expect("clean stop");
-    let outcomes: Vec<_> = responses.iter().map(|r| r.outcome).collect();
+    let messages: Vec<&SlackMessage> = messages.iter().collect();
+    let responses = deliver_all(&env, &messages, env.settings.clone()).await;
     assert_eq!(
-        outcomes,
+        outcomes(&responses),
         [
             DeliveryOutcome::Posted,
             DeliveryOutcome::Updated,
@@ -309,19 +305,10 @@ async fn a_recurrence_goes_into_the_first_thread_and_resolves_there() {
         version("conn-9", "C1", "running again", 3, now - 5_000),
         AlertStatus::Resolved,
     );
-    for m in [&first, &again, &resolved] {
-        env.produce_message(m).await;
-    }
-    let notify = env
-        .start_notify_with(notify_settings(&env, |n| {
-            n.dedup_window = Duration::from_secs(30);
-        }))
-        .await;
-    let responses = env.read_responses(3, WAIT).await;
-    notify.stop().await.expect("clean stop");
-    let outcomes: Vec<_> = responses.iter().map(|r| r.outcome).collect();
+    let settings = notify_settings(&env, |n| n.dedup_window = Duration::from_secs(30));
+    let responses = deliver_all(&env, &[&first, &again, &resolved], settings).await;
     assert_eq!(
-        outcomes,
+        outcomes(&responses),
         [
             DeliveryOutcome::Posted,
             DeliveryOutcome::Posted,

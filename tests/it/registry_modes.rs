@@ -20,26 +20,22 @@ const PIPELINE: &str = "connector-provisioning-failure";
 const KEY: &str = "READONLYKEY";
 const SECRET: &str = "read-only-secret-9f";
 
+/// The registry's schemas are registered by the pipeline, not by alertsvc.
+const NO_AUTO_REGISTER: &str = "[schema_registry]\nauto_register = false\n";
+
 /// A registry with one read-only key, and a test environment using it with
 /// `topics` (TOML) on top: the stream and the output in `avro-confluent`,
 /// the assignments table in JSON.
 async fn read_only_env(topics: &str) -> (FakeRegistry, TestEnv) {
     let registry = FakeRegistry::start().await;
     registry.add_key(KEY, SECRET, Access::ReadOnly);
-    let base = format!(
-        r#"
-        [schema_registry]
-        url = "{}"
-        username = "{KEY}"
-        password = "{SECRET}"
-        [topics.notifications]
-        format = "avro-confluent"
-        [topics.slack_messages]
-        format = "avro-confluent"
-        [topics.csdr_assignment]
-        format = "json"
-        "#,
-        registry.url
+    let base = registry.overlay(
+        Some((KEY, SECRET)),
+        &[
+            ("notifications", "avro-confluent"),
+            ("slack_messages", "avro-confluent"),
+            ("csdr_assignment", "json"),
+        ],
     );
     let env = TestEnv::with_layers(Broker::start(), &[&base, topics]).await;
     // What the pipeline owning the stream registered.
@@ -138,13 +134,7 @@ async fn one_alert(env: &TestEnv) -> ((i32, i64), Record) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_register_false_writes_with_the_id_the_pipeline_registered() {
-    let (registry, env) = read_only_env(
-        r#"
-        [schema_registry]
-        auto_register = false
-        "#,
-    )
-    .await;
+    let (registry, env) = read_only_env(NO_AUTO_REGISTER).await;
     let subject = value_subject(&env.topic("slack_messages"));
     let schema = shipped_schema("slack_message.avsc");
     // Another schema first, so the output's id is not 1 by chance.
@@ -336,13 +326,7 @@ fn not_registered(schema: &str, subject: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_missing_from_a_read_only_subject_stops_enrich_at_startup() {
-    let (registry, env) = read_only_env(
-        r#"
-        [schema_registry]
-        auto_register = false
-        "#,
-    )
-    .await;
+    let (registry, env) = read_only_env(NO_AUTO_REGISTER).await;
     let subject = value_subject(&env.topic("slack_messages"));
     assert_eq!(
         refused_at_startup(&registry, &env).await,

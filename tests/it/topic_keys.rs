@@ -10,8 +10,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::registry::FakeRegistry;
+use crate::common::registry::{assert_nothing_written, FakeRegistry};
 use crate::common::slack::{fake_slack, ledger_url, message, notify_toml, Backend};
+use crate::common::sorted_alert_ids;
 use crate::common::warehouse::{failure, produce_toml, Failure, Warehouse};
 use crate::common::{connector_event, metric_value, Broker, Record, TestEnv};
 
@@ -287,21 +288,12 @@ async fn keys_avro_confluent_use_the_key_subject_and_wait_out_an_outage() {
     .await;
     env.wait_metric("alertsvc_enrich_registry_unavailable", 1.0, WAIT)
         .await;
-    assert_eq!(env.end_offsets(&env.dlq("notifications"), 1), [0]);
-    assert_eq!(
-        env.end_offsets(&env.topic("slack_messages"), 3)
-            .iter()
-            .sum::<i64>(),
-        0,
-        "nothing is written while the registry is out"
-    );
+    assert_nothing_written(&env);
 
     registry.end_outage();
     let messages = env.read_messages(2, WAIT).await;
-    let mut alert_ids: Vec<&str> = messages.iter().map(|(_, m)| m.alert_id.as_str()).collect();
-    alert_ids.sort();
     assert_eq!(
-        alert_ids,
+        sorted_alert_ids(&messages),
         [
             "org-1-env-c0-connector-failure",
             "org-1-env-c1-connector-failure"

@@ -226,12 +226,7 @@ impl TestEnv {
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        let delivery = self
-            .producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
-        (delivery.partition, delivery.offset)
+        self.send(record).await
     }
 
     /// A key in the topic's key format (`topics.<id>.key_format`).
@@ -257,7 +252,10 @@ impl TestEnv {
             .await
     }
 
-    async fn send(&self, record: FutureRecord<'_, str, [u8]>) -> (i32, i64) {
+    async fn send<K: rdkafka::message::ToBytes + ?Sized>(
+        &self,
+        record: FutureRecord<'_, K, [u8]>,
+    ) -> (i32, i64) {
         let topic = record.topic.to_owned();
         let delivery = self
             .producer
@@ -403,27 +401,42 @@ impl TestEnv {
         records
     }
 
+    /// Up to `expected` records of topic `topic_id` (as [`TestEnv::read`]),
+    /// each with its value decoded by the topic's codec.
+    pub async fn read_decoded(
+        &self,
+        topic_id: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Vec<(Record, Value)> {
+        let records = self.read(&self.topic(topic_id), expected, timeout).await;
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let value = self.codecs[topic_id]
+                .decode(record.payload.as_deref().expect("payload"))
+                .await
+                .unwrap_or_else(|e| panic!("decode a {topic_id} record: {e}"));
+            out.push((record, value));
+        }
+        out
+    }
+
     /// The Slack messages written so far, decoded.
     pub async fn read_messages(
         &self,
         expected: usize,
         timeout: Duration,
     ) -> Vec<(Record, SlackMessage)> {
-        let records = self
-            .read(&self.topic("slack_messages"), expected, timeout)
-            .await;
-        let mut out = Vec::new();
-        for record in records {
-            let value = self.codecs["slack_messages"]
-                .decode(record.payload.as_deref().expect("payload"))
-                .await
-                .expect("decode slack message");
-            out.push((
-                record,
-                SlackMessage::from_json(value).expect("SlackMessage"),
-            ));
-        }
-        out
+        self.read_decoded("slack_messages", expected, timeout)
+            .await
+            .into_iter()
+            .map(|(record, value)| {
+                (
+                    record,
+                    SlackMessage::from_json(value).expect("SlackMessage"),
+                )
+            })
+            .collect()
     }
 
     pub async fn start_notify(&self) -> RunningStage {
@@ -579,18 +592,11 @@ impl TestEnv {
 
     /// Every record of a topic, decoded with the topic's codec: (key, value).
     pub async fn read_events(&self, topic_id: &str, expected: usize) -> Vec<(String, Value)> {
-        let records = self
-            .read(&self.topic(topic_id), expected, Duration::from_secs(30))
-            .await;
-        let mut events = Vec::new();
-        for record in records {
-            let value = self.codecs[topic_id]
-                .decode(record.payload.as_deref().expect("payload"))
-                .await
-                .expect("decode event");
-            events.push((record.key.clone().unwrap_or_default(), value));
-        }
-        events
+        self.read_decoded(topic_id, expected, Duration::from_secs(30))
+            .await
+            .into_iter()
+            .map(|(record, value)| (record.key.unwrap_or_default(), value))
+            .collect()
     }
 
     /// Writes a `SlackMessage` with record headers.
@@ -632,18 +638,11 @@ impl TestEnv {
         expected: usize,
         timeout: Duration,
     ) -> Vec<alertsvc::messages::SlackResponse> {
-        let records = self
-            .read(&self.topic("slack_responses"), expected, timeout)
-            .await;
-        let mut out = Vec::new();
-        for record in records {
-            let value = self.codecs["slack_responses"]
-                .decode(record.payload.as_deref().expect("payload"))
-                .await
-                .expect("decode response");
-            out.push(serde_json::from_value(value).expect("SlackResponse"));
-        }
-        out
+        self.read_decoded("slack_responses", expected, timeout)
+            .await
+            .into_iter()
+            .map(|(_, value)| serde_json::from_value(value).expect("SlackResponse"))
+            .collect()
     }
 
     pub async fn notify_metrics(&self) -> String {
@@ -819,4 +818,11 @@ impl Record {
             timestamp: m.timestamp().to_millis(),
         }
     }
+}
+
+/// The alert ids of `messages`, sorted.
+pub fn sorted_alert_ids(messages: &[(Record, alertsvc::messages::SlackMessage)]) -> Vec<String> {
+    let mut ids: Vec<String> = messages.iter().map(|(_, m)| m.alert_id.clone()).collect();
+    ids.sort();
+    ids
 }

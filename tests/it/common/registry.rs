@@ -66,6 +66,19 @@ pub struct FakeRegistry {
 }
 
 impl FakeRegistry {
+    /// A configuration overlay: this registry (with `credentials`, a key
+    /// and its secret, if given) and each `(topic id, format)`.
+    pub fn overlay(&self, credentials: Option<(&str, &str)>, formats: &[(&str, &str)]) -> String {
+        let mut toml = format!("[schema_registry]\nurl = \"{}\"\n", self.url);
+        if let Some((key, secret)) = credentials {
+            toml.push_str(&format!("username = \"{key}\"\npassword = \"{secret}\"\n"));
+        }
+        for (topic, format) in formats {
+            toml.push_str(&format!("[topics.{topic}]\nformat = \"{format}\"\n"));
+        }
+        toml
+    }
+
     pub async fn start() -> FakeRegistry {
         let state: Shared = Arc::default();
         let app = Router::new()
@@ -474,4 +487,17 @@ pub fn with_field(schema: &str, field: Value) -> String {
 /// The subject of a topic's values (TopicNameStrategy).
 pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")
+}
+
+/// enrich held everything while the registry was out: no dead letter for
+/// the stream and no output.
+pub fn assert_nothing_written(env: &super::TestEnv) {
+    assert_eq!(env.end_offsets(&env.dlq("notifications"), 1), [0]);
+    assert_eq!(
+        env.end_offsets(&env.topic("slack_messages"), 3)
+            .iter()
+            .sum::<i64>(),
+        0,
+        "nothing is written while the registry is out"
+    );
 }

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use alertsvc::messages::{
-    AlertStatus, RecurrenceMode, ResolvedUnposted, SlackMessage, SlackResponse, UpdateMode,
+    AlertStatus, DeliveryOutcome, RecurrenceMode, ResolvedUnposted, SlackMessage, SlackResponse,
+    UpdateMode,
 };
 use alertsvc::notify::delivery::{content_hash, version_of};
 use alertsvc::notify::ledger::{Claim, Ledger, Owner, Status};
@@ -242,6 +243,29 @@ pub fn version(
     m
 }
 
+/// Produces `messages` in order, runs notify with `settings` until it has
+/// answered each of them, and stops it: the responses, in order.
+pub async fn deliver_all(
+    env: &super::TestEnv,
+    messages: &[&SlackMessage],
+    settings: alertsvc::config::Settings,
+) -> Vec<SlackResponse> {
+    for message in messages {
+        env.produce_message(message).await;
+    }
+    let notify = env.start_notify_with(settings).await;
+    let responses = env
+        .read_responses(messages.len(), std::time::Duration::from_secs(60))
+        .await;
+    notify.stop().await.expect("clean stop");
+    responses
+}
+
+/// What notify did with each message, in order.
+pub fn outcomes(responses: &[SlackResponse]) -> Vec<DeliveryOutcome> {
+    responses.iter().map(|r| r.outcome).collect()
+}
+
 /// The test's settings with notify's changed by `change`.
 pub fn notify_settings(
     env: &super::TestEnv,
@@ -388,13 +412,9 @@ pub async fn read_alert_states(
     expected: usize,
     timeout: std::time::Duration,
 ) -> Vec<(Option<String>, serde_json::Value)> {
-    let mut out = Vec::new();
-    for record in env.read(&env.topic("alert_state"), expected, timeout).await {
-        let value = env.codecs["alert_state"]
-            .decode(record.payload.as_deref().expect("payload"))
-            .await
-            .expect("decode AlertState");
-        out.push((record.key, value));
-    }
-    out
+    env.read_decoded("alert_state", expected, timeout)
+        .await
+        .into_iter()
+        .map(|(record, value)| (record.key, value))
+        .collect()
 }
