@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alertsvc::avro::{build_codecs, Codec, Codecs, KeyCodec};
+use alertsvc::clock::now_ms;
 use alertsvc::config::Settings;
 use alertsvc::enrich::parallel::map_chunks;
 use alertsvc::enrich::pipeline::{Pipeline, Prefilter, Source, TableLookup, Verdict};
@@ -463,13 +464,6 @@ impl Drain {
             .expect("progress")
             .expect("message")
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
 }
 
 /// The `q` quantile (0..1) of sorted values.

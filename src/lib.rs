@@ -5,6 +5,7 @@
 pub mod avro;
 pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod demo;

@@ -7,10 +7,6 @@ use sqlx::{AnyPool, Row};
 
 use super::ReplayError;
 
-pub(super) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// (partition, offset) of every dead letter of `dlq_topic` already replayed.
 pub(super) async fn replayed(
     pool: &AnyPool,

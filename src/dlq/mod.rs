@@ -26,7 +26,8 @@ mod ledger;
 mod letter;
 mod read;
 
-use ledger::{now_ms, record_replayed, replayed};
+use crate::clock::now_ms;
+use ledger::{record_replayed, replayed};
 use letter::{target_of, DeadLetter};
 use read::read_all;
 

@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use rdkafka::producer::FutureProducer;
 use serde_json::Value;
 
-use super::grouping::GroupLedger;
+use super::grouping::{GroupLedger, GROUP_PREFIX};
 use super::state::service::{describe, Applied};
 use super::state::store::Place;
 use super::state::{action_for, Actor, AlertStates};
@@ -94,9 +94,6 @@ pub fn interaction_from_payload(payload: &Value, now_ms: i64) -> Option<SlackInt
         payload: stored_payload(payload),
     })
 }
-
-/// How a group's summary names its group, as the alert id of its clicks.
-pub const GROUP_PREFIX: &str = "group:";
 
 /// A click on a group's summary: the group's id, and the value the click's
 /// action reads (the summary's snooze options are `group:<id>|4h`).

@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::avro::{build_codecs, build_key_codecs, AvroError};
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::http::BindError;
 use crate::kafka::{client_config, Commits, Role, StageContext};
@@ -43,8 +44,9 @@ use crate::metrics::{MetricsError, NotifyMetrics};
 use crate::slack::SlackApi;
 use crate::stage::{Bound, Stage, Work};
 use decision::Rules;
-use delivery::{now_ms, Deliverer, DeliverySettings};
+use delivery::{Deliverer, DeliverySettings};
 use dispatch::{Assignment, Dispatcher, NotifyContext};
+use grouping::GroupLedger;
 use ledger::{Ledger, LedgerError, Owner};
 use pacing::Pacer;
 use responses::Responses;
@@ -207,7 +209,7 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), N
         replay: crate::slack::signing::ReplayGuard::default(),
         metrics: metrics.clone(),
         states: Some(states.clone()),
-        groups: Some(ledger.groups()),
+        groups: Some(GroupLedger::new(&ledger)),
     });
     let interactions_route = axum::Router::new()
         .route(
@@ -355,8 +357,7 @@ async fn prune_ledger(
             }
             Err(e) => tracing::warn!(error = %e, "ledger pruning failed; trying again later"),
         }
-        if let Err(e) = ledger
-            .groups()
+        if let Err(e) = GroupLedger::new(&ledger)
             .prune(now.saturating_sub(retention_ms))
             .await
         {

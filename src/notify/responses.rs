@@ -13,8 +13,9 @@ use std::time::Duration;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{now_ms, Delivery};
+use super::delivery::Delivery;
 use crate::avro::{Codec, KeyCodec};
+use crate::clock::now_ms;
 use crate::kafka::{
     dlq_headers, enqueue, send_dead_letter, DeadLetterRecord, OutRecord, SourcePosition,
     StageContext,

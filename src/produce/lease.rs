@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::job::now_ms;
 use super::state::{Acquire, StateError, StateStore, UnfinishedRun};
+use crate::clock::now_ms;
 
 /// How often, while waiting for a lease, the holder is looked up again.
 const WAIT_POLL: Duration = Duration::from_secs(1);

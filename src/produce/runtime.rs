@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::kafka::{client_config, Role, StageContext, PRODUCE_LINGER_MS, PRODUCE_READBACK_GROUP};
 use crate::metrics::ProduceMetrics;
 
-use super::job::{self, CompiledJob, RunContext, RunReport};
+use super::job::{CompiledJob, RunContext, RunReport};
 use super::source::Source;
 use super::state::StateStore;
 use super::{lease, settings_of, Options, ProduceError};
@@ -191,7 +191,7 @@ impl Runtime {
             self.metrics
                 .last_success
                 .with_label_values(&[&job.name])
-                .set(job::now_ms() / 1000);
+                .set(crate::clock::now_ms() / 1000);
         }
         self.metrics
             .runs

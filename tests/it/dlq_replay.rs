@@ -6,6 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use alertsvc::clock::now_ms;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -20,10 +21,6 @@ struct Letter {
     /// `None`: one of produce's rows (job and row headers instead).
     source: Option<(i32, i64)>,
     timestamp_ms: i64,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 async fn env(dir: &tempfile::TempDir) -> TestEnv {

@@ -5,8 +5,9 @@
 //! `slack-messages`. Each phase ends with a marker alert produced last on
 //! the same partition, so reading up to it proves what did not come.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use alertsvc::clock::now_ms;
 use alertsvc::messages::AlertStatus;
 use serde_json::json;
 
@@ -17,13 +18,6 @@ const PIPELINE: &str = "connector-provisioning-failure";
 
 fn alert(connector: &str) -> String {
     format!("org-a-env-1-{connector}-connector-failure")
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn suppressed_series() -> String {

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use alertsvc::clock::now_ms;
 use alertsvc::messages::{DeliveryOutcome, SlackResponse};
 use alertsvc::slack::fake::{dm_channel, FakeSlack, OutageMode};
 
@@ -422,8 +423,4 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
         percentile(&mut calm, 0.95),
         calm.len(),
     );
-}
-
-fn now_ms() -> i64 {
-    crate::common::slack::now_ms()
 }

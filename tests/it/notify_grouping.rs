@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use alertsvc::messages::{AlertStatus, DeliveryOutcome, SlackMessage};
+use alertsvc::notify::grouping::GroupLedger;
 use alertsvc::notify::ledger::Ledger;
 use alertsvc::slack::fake::{FakeMessage, FakeSlack};
 use alertsvc::slack::GROUP_METADATA_EVENT;
@@ -163,7 +164,10 @@ async fn a_burst_becomes_one_summary_with_every_alert_in_its_thread(backend: Bac
         assert_eq!(r.thread_ts.as_deref(), Some(summary.ts.as_str()), "{r:?}");
     }
     let ledger = Ledger::connect(&ledger_url, 1).await.expect("ledger");
-    let members = ledger.groups().members(&group_id).await.expect("members");
+    let members = GroupLedger::new(&ledger)
+        .members(&group_id)
+        .await
+        .expect("members");
     assert_eq!(members.len(), ALERTS);
 
     // Three recover: each gets its resolved reply in the summary's thread
@@ -319,7 +323,7 @@ async fn a_window_is_opened_once_and_closed_groups_are_pruned() {
     let url = crate::common::slack::ledger_url(Backend::Sqlite, dir.path()).await;
     let ledger = Ledger::connect(&url, 1).await.expect("ledger");
     ledger.migrate().await.expect("migrate");
-    let groups = ledger.groups();
+    let groups = GroupLedger::new(&ledger);
     let first = joins(None, "C1", "org-1", 1_000, 600_000);
     // Another replica, with another alert of the same window, a moment later.
     let rival = joins(None, "C1", "org-1", 2_000, 600_000);

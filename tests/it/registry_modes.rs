@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use alertsvc::clock::now_ms;
 use serde_json::{json, Value};
 
 use crate::common::registry::{
@@ -107,13 +108,6 @@ fn without_blocks_and_time(mut alert: Value, written_after_ms: i64) -> Value {
         format!("Alert `org-1-env-c0-connector-failure` · pipeline {PIPELINE}")
     );
     alert
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn registrations(calls: &[Call]) -> Vec<&Call> {

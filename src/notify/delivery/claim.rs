@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{millis, now_ms, Attempt, DeliverError, Deliverer};
+use super::{millis, Attempt, DeliverError, Deliverer};
+use crate::clock::now_ms;
 use crate::messages::SlackMessage;
 use crate::notify::decision::{self, ClaimView, Incoming, Plan};
 use crate::notify::ledger::{Claim, Entry, Version};

@@ -11,6 +11,7 @@
 mod answer;
 mod calls;
 mod claim;
+pub(super) mod error;
 mod group;
 mod in_process;
 mod lookup;
@@ -25,9 +26,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+pub use self::error::DeliverError;
 use self::in_process::InProcess;
 use super::decision::{self, ClaimView, Incoming, Plan, Rules};
-use super::grouping::{GroupSettings, Grouper};
+use super::grouping::{GroupLedger, GroupSettings, Grouper};
 use super::ledger::{Entry, Ledger, LedgerError, Owner, Status, Version};
 use super::pacing::Pacer;
 use super::slack_health::SlackHealth;
@@ -59,16 +61,6 @@ pub struct Delivery {
     pub dead_letter: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DeliverError {
-    #[error("Slack rejected the bot token ({0}); delivery stopped")]
-    Auth(SlackError),
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error("stopped (shutdown or partition revoked)")]
-    Cancelled,
-}
-
 /// Hash of what a message shows, to tell a redelivery from a change.
 pub fn content_hash(message: &SlackMessage) -> String {
     let mut hasher = Sha256::new();
@@ -85,13 +77,6 @@ pub fn version_of(message: &SlackMessage) -> Version {
         offset: message.source_offset,
         created_at: message.created_at,
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn millis(d: Duration) -> i64 {
@@ -178,7 +163,7 @@ impl Deliverer {
     ) -> Deliverer {
         let grouper = Arc::new(Grouper::new(
             side.clone(),
-            ledger.groups(),
+            GroupLedger::new(&ledger),
             owner.clone(),
             GroupSettings {
                 claim_lease: settings.claim_lease,
@@ -285,7 +270,7 @@ impl Deliverer {
             let plan = decision::decide(
                 &ClaimView::Held(Some(attempt.entry.shown())),
                 &attempt.incoming(replayed),
-                now_ms(),
+                crate::clock::now_ms(),
                 &self.settings.rules,
             );
             match plan {

@@ -4,7 +4,8 @@
 use tokio_util::sync::CancellationToken;
 
 use super::calls::Called;
-use super::{now_ms, Attempt, DeliverError, Deliverer, Delivery};
+use super::{Attempt, DeliverError, Deliverer, Delivery};
+use crate::clock::now_ms;
 use crate::messages::DeliveryOutcome;
 use crate::metrics::seconds_since;
 use crate::notify::ledger::Status;

@@ -3,7 +3,8 @@
 use tokio_util::sync::CancellationToken;
 
 use super::calls::Called;
-use super::{now_ms, Attempt, DeliverError, Deliverer, Delivery};
+use super::{Attempt, DeliverError, Deliverer, Delivery};
+use crate::clock::now_ms;
 use crate::messages::DeliveryOutcome;
 use crate::notify::decision;
 use crate::notify::ledger::Status;

@@ -9,7 +9,7 @@ use sqlx::{AnyPool, Row};
 use super::plan::{GroupRow, GroupStatus, Head};
 use super::summary::Member;
 use crate::messages::AlertStatus;
-use crate::notify::ledger::{LedgerError, Owner};
+use crate::notify::ledger::{Ledger, LedgerError, Owner};
 
 #[derive(Clone)]
 pub struct GroupLedger {
@@ -61,8 +61,11 @@ fn fenced(rows: u64, group_id: &str) -> Result<(), LedgerError> {
 }
 
 impl GroupLedger {
-    pub fn new(pool: AnyPool) -> GroupLedger {
-        GroupLedger { pool }
+    /// The groups in `ledger`'s database (migration 0008).
+    pub fn new(ledger: &Ledger) -> GroupLedger {
+        GroupLedger {
+            pool: ledger.pool.clone(),
+        }
     }
 
     /// The group `channel`'s `key` takes members into now.

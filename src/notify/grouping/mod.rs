@@ -23,18 +23,22 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use ledger::GroupLedger;
+
+/// How a group's summary names its group, as the alert id of its clicks
+/// and of its state.
+pub const GROUP_PREFIX: &str = "group:";
 use plan::{FlushPlan, GroupRow, GroupStatus, SummaryPlan};
 use summary::Member;
 
 use super::decision::Failure;
-use super::delivery::{now_ms, DeliverError};
-use super::interactions::GROUP_PREFIX;
+use super::delivery::error::DeliverError;
 use super::ledger::Owner;
 use super::pacing::Pacer;
 use super::slack_health::SlackHealth;
 use super::slack_side::SlackSide;
-use super::state::service::decorated_blocks;
+use super::state::decorate::decorated_blocks;
 use super::state::store::StateStore;
+use crate::clock::now_ms;
 use crate::messages::SlackMessage;
 use crate::slack::{GroupRef, SlackApi, SlackError};
 
@@ -142,7 +146,7 @@ impl Grouper {
     /// "Acknowledged by" line. Shown as rendered if the state cannot be read.
     async fn with_group_state(&self, group_id: &str, blocks: String) -> String {
         match self.states.get(&format!("{GROUP_PREFIX}{group_id}")).await {
-            Ok(Some(row)) => decorated_blocks(&blocks, &row),
+            Ok(Some(row)) => decorated_blocks(&blocks, &row.state),
             Ok(None) => blocks,
             Err(e) => {
                 tracing::warn!(group_id, error = %e, "cannot read the group's state; the summary shows none");

@@ -426,11 +426,6 @@ impl Ledger {
         Ok(done.rows_affected())
     }
 
-    /// The grouped alerts' tables, in the same database.
-    pub fn groups(&self) -> super::grouping::GroupLedger {
-        super::grouping::GroupLedger::new(self.pool.clone())
-    }
-
     pub async fn ping(&self) -> Result<(), LedgerError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

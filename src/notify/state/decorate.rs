@@ -128,6 +128,15 @@ fn slack_date(millis: i64, tokens: &str, fallback: &str) -> Option<String> {
     ))
 }
 
+/// `blocks` (serialized) decorated for `state`; unparsable blocks are
+/// returned as they are (Slack will say what is wrong with them).
+pub fn decorated_blocks(blocks: &str, state: &AlertState) -> String {
+    match serde_json::from_str::<Value>(blocks) {
+        Ok(parsed) => decorate(&parsed, state).to_string(),
+        Err(_) => blocks.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

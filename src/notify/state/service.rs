@@ -14,9 +14,10 @@ use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::decorate::decorated_blocks;
 use super::show::{Show, ShowLocks};
 use super::store::{Place, StateRow, StateStore};
-use super::{decorate, transition, Action, NoChange, Transition};
+use super::{transition, Action, NoChange, Transition};
 use crate::avro::{Codec, KeyCodec};
 use crate::kafka::{enqueue, OutRecord, StageContext};
 use crate::messages::{AlertStatus, SlackMessage};
@@ -127,15 +128,6 @@ pub fn state_record(row: &StateRow) -> Value {
         "messageTs": row.place.message_ts,
         "pipeline": row.place.pipeline,
     })
-}
-
-/// `blocks` (serialized) decorated for `row`'s state; unparsable blocks
-/// are returned as they are (Slack will say what is wrong with them).
-pub fn decorated_blocks(blocks: &str, row: &StateRow) -> String {
-    match serde_json::from_str::<Value>(blocks) {
-        Ok(parsed) => decorate(&parsed, &row.state).to_string(),
-        Err(_) => blocks.to_owned(),
-    }
 }
 
 impl AlertStates {
@@ -261,7 +253,7 @@ impl AlertStates {
         let applied = self.shown(alert, now).await?;
         Ok(match applied.row() {
             Some(row) => Edit {
-                blocks: decorated_blocks(&message.blocks, row),
+                blocks: decorated_blocks(&message.blocks, &row.state),
                 version: Some(row.version),
             },
             None => Edit {
@@ -410,7 +402,7 @@ impl AlertStates {
 
     async fn run_publish_sweep(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         loop {
-            let now = crate::notify::delivery::now_ms();
+            let now = crate::clock::now_ms();
             match self.end_snoozes(now).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(ended = n, "snoozes ended; alerts firing again"),
@@ -474,6 +466,6 @@ mod tests {
                    "at": 5, "snoozedUntil": 9, "groupKey": "org-1", "channelId": "C1",
                    "messageTs": "1.2", "pipeline": "p"})
         );
-        assert_eq!(decorated_blocks("not json", &row), "not json");
+        assert_eq!(decorated_blocks("not json", &row.state), "not json");
     }
 }

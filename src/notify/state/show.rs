@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
-use super::service::{decorated_blocks, AlertStates};
+use super::decorate::decorated_blocks;
+use super::service::AlertStates;
 use super::store::StateRow;
 use crate::notify::ledger::LedgerError;
 use crate::slack::{AlertRef, ErrorClass};
@@ -139,7 +140,7 @@ impl AlertStates {
             return Shown::GaveUp;
         };
         let text = row.place.text.as_deref().unwrap_or("Alert");
-        let blocks = decorated_blocks(blocks, row);
+        let blocks = decorated_blocks(blocks, &row.state);
         let alert = AlertRef {
             alert_id: &row.alert_id,
             occurrence: row.state.occurrence,

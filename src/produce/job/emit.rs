@@ -22,7 +22,8 @@ use super::super::row::{Columns, Row};
 use super::super::source::{Page, PageStream, SourceError};
 use super::checkpointing::Greatest;
 use super::report::log_progress;
-use super::{event_headers, now_ms, CompiledJob, RunContext, RunError, RunReport, RunStart};
+use super::{event_headers, CompiledJob, RunContext, RunError, RunReport, RunStart};
+use crate::clock::now_ms;
 use crate::produce::ProduceError;
 
 /// Acknowledged ids written to the database at a time.

@@ -147,7 +147,7 @@ impl CompiledJob {
     pub async fn run(&self, cx: &RunContext<'_>) -> Result<RunReport, ProduceError> {
         let started = RunStart {
             at: Instant::now(),
-            ms: now_ms(),
+            ms: crate::clock::now_ms(),
         };
         if cx.producer.is_none() {
             return self.dry_run(cx, started).await;
@@ -276,7 +276,7 @@ impl CompiledJob {
                 lease.run_id(),
                 plan.stored.as_ref(),
                 plan.prune,
-                now_ms(),
+                crate::clock::now_ms(),
             )
             .await?;
         if !finished {
@@ -422,8 +422,4 @@ impl CompiledJob {
         }
         letter
     }
-}
-
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }

@@ -9,7 +9,8 @@ use super::super::lease::{self, Lease, LeaseError};
 use super::super::row::format_rfc3339;
 use super::super::state::UnfinishedRun;
 use super::readback::{end_offsets, read_back};
-use super::{now_ms, CompiledJob, RunContext, RunError};
+use super::{CompiledJob, RunContext, RunError};
+use crate::clock::now_ms;
 use crate::produce::ProduceError;
 
 /// The job's lease, and how many events of a dead run were recovered.

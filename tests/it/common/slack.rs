@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+pub use alertsvc::clock::now_ms;
 use alertsvc::messages::{
     AlertStatus, DeliveryOutcome, RecurrenceMode, ResolvedUnposted, SlackMessage, SlackResponse,
     UpdateMode,
@@ -108,13 +109,6 @@ pub fn notify_toml(slack: &FakeSlack, ledger: &str, per_channel_per_second: u32)
         "#,
         slack.url
     )
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub fn message(alert_id: &str, channel: &str, text: &str) -> SlackMessage {
