@@ -231,9 +231,14 @@ impl AlertStates {
                 .await;
             if let Ok(Applied::Changed(row)) = &applied {
                 let (states, row) = (self.clone(), row.clone());
+                // Side by side: the person who clicked sees the edit without
+                // waiting for the broker's acknowledgement (up to 10 s when
+                // Kafka is slow); each has its own retry sweep.
                 tokio::spawn(async move {
-                    states.publish(&row.alert_id).await;
-                    states.show_retrying(&row, Show::Change).await;
+                    tokio::join!(
+                        states.publish(&row.alert_id),
+                        states.show_retrying(&row, Show::Change)
+                    );
                 });
             }
             results.push(applied);
