@@ -423,12 +423,21 @@ fn slack_formatter(
     value: &JinjaValue,
 ) -> Result<(), minijinja::Error> {
     let mode = state.auto_escape();
-    if mode != SLACK_JSON_ESCAPE && mode != SLACK_TEXT_ESCAPE {
-        return minijinja::escape_formatter(out, state, value);
-    }
+    let json = match mode {
+        SLACK_JSON_ESCAPE => true,
+        SLACK_TEXT_ESCAPE => false,
+        _ => return minijinja::escape_formatter(out, state, value),
+    };
     let io_error = |_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed");
     if value.is_safe() {
         return out.write_str(&value.to_string()).map_err(io_error);
+    }
+    // Most values are plain strings with nothing to escape: written as
+    // they are (what both escapes below would write), in one pass over them.
+    if let Some(text) = value.as_str() {
+        if !needs_escape(text, json) {
+            return out.write_str(text).map_err(io_error);
+        }
     }
     let owned;
     let slack_text = match markup::as_markup(value) {
@@ -441,11 +450,39 @@ fn slack_formatter(
             }
         },
     };
-    if mode == SLACK_TEXT_ESCAPE {
+    if !json {
         return out.write_str(&slack_text).map_err(io_error);
     }
     crate::slack::blockkit::write_json_string_content(out, &slack_text).map_err(io_error)
 }
+
+/// Whether [`slack_formatter`] would change `text`: Slack's `&`, `<`, `>`,
+/// and where it is JSON string content also `"`, the backslash and control
+/// characters.
+fn needs_escape(text: &str, json: bool) -> bool {
+    let mask = if json { SLACK | JSON } else { SLACK };
+    text.bytes()
+        .any(|byte| ESCAPED_BY[usize::from(byte)] & mask != 0)
+}
+
+const SLACK: u8 = 1;
+const JSON: u8 = 2;
+
+/// For each byte, which escapes change it ([`SLACK`], [`JSON`]).
+static ESCAPED_BY: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = JSON;
+        byte += 1;
+    }
+    table[b'"' as usize] = JSON;
+    table[b'\\' as usize] = JSON;
+    table[b'&' as usize] = SLACK;
+    table[b'<' as usize] = SLACK;
+    table[b'>' as usize] = SLACK;
+    table
+};
 
 mod cel_paths;
 mod context;

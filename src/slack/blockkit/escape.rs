@@ -71,14 +71,27 @@ pub(super) fn next_escape(bytes: &[u8], from: usize) -> usize {
     at
 }
 
-/// `c` as serde_json writes it inside a JSON string.
-pub(super) fn push_escaped_char(out: &mut String, c: char) {
-    match u8::try_from(c).map(|byte| ESCAPE[usize::from(byte)]) {
-        Ok(0) | Err(_) => out.push(c),
-        Ok(_) => {
+/// `c` as serde_json writes it inside a JSON string (as
+/// [`write_json_string_content`] writes it), in UTF-8.
+pub(super) fn push_escaped_char(out: &mut Vec<u8>, c: char) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // `u8::try_from` takes every char below U+0100: only ASCII is one byte.
+    match u8::try_from(c).ok().filter(u8::is_ascii) {
+        Some(byte) => match ESCAPE[usize::from(byte)] {
+            0 => out.push(byte),
+            b'u' => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]),
+            short => out.extend_from_slice(&[b'\\', short]),
+        },
+        None => {
             let mut bytes = [0; 4];
-            // Writing to a String cannot fail.
-            let _ = write_json_string_content(out, c.encode_utf8(&mut bytes));
+            out.extend_from_slice(c.encode_utf8(&mut bytes).as_bytes());
         }
     }
 }
@@ -146,6 +159,26 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Each character as the reader writes it is what the string escape
+    /// writes: ASCII, the two-byte range `u8::try_from` also takes, beyond.
+    #[test]
+    fn an_escaped_char_is_written_as_the_string_escape_writes_it() {
+        let chars = (0..0x3000_u32)
+            .chain([
+                0xD7FF, 0xE000, 0xFFFD, 0xFFFF, 0x1_0000, 0x1_F680, 0x10_FFFF,
+            ])
+            .filter_map(char::from_u32);
+        for c in chars {
+            let mut bytes = Vec::new();
+            push_escaped_char(&mut bytes, c);
+            assert_eq!(
+                String::from_utf8(bytes).as_deref(),
+                Ok(escaped(c.encode_utf8(&mut [0; 4])).as_str()),
+                "{c:?}"
+            );
         }
     }
 

@@ -14,7 +14,7 @@ impl<'de> Reader<'de> {
             // No escape: the text is its own escaped form, quotes included.
             Some(b'"') => {
                 self.pos = end + 1;
-                self.out.push_str(&self.text[start - 1..=end]);
+                self.out.extend_from_slice(&self.bytes[start - 1..=end]);
                 Ok(Text::borrowed(&self.text[start..end]))
             }
             Some(b'\\') => self.escaped_string(start, end),
@@ -27,17 +27,17 @@ impl<'de> Reader<'de> {
     /// first escape is at `at`. Decoded and rewritten in one pass.
     fn escaped_string(&mut self, start: usize, mut at: usize) -> Read<Text<'de>> {
         let mut decoded = String::with_capacity(at - start + 32);
-        self.out.push('"');
+        self.out.push(b'"');
         let mut run = start;
         loop {
             // Every byte `next_escape` stops at is ASCII: `at` is on a char
             // boundary.
             let plain = &self.text[run..at];
             decoded.push_str(plain);
-            self.out.push_str(plain);
+            self.out.extend_from_slice(plain.as_bytes());
             match self.bytes.get(at) {
                 Some(b'"') => {
-                    self.out.push('"');
+                    self.out.push(b'"');
                     self.pos = at + 1;
                     return Ok(Text::decoded(decoded));
                 }
