@@ -354,6 +354,9 @@ impl Pipeline {
         if trimmed.is_empty() {
             return Err(RecordError::Empty(name.to_owned()));
         }
+        if trimmed.len() == rendered.len() {
+            return Ok(rendered);
+        }
         Ok(trimmed.to_owned())
     }
 }

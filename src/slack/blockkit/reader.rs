@@ -80,8 +80,18 @@ impl Member<'_> {
     }
 }
 
-/// [`Member::key`] of `name`.
-fn name_key(name: &[u8]) -> u64 {
+/// [`Member::key`] of the `len` bytes at `at`: one load, the bytes past
+/// the name masked off (byte by byte at the end of the text).
+fn name_key(bytes: &[u8], at: usize, len: usize) -> u64 {
+    if let Some(word) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let keep = if len >= 8 {
+            u64::MAX
+        } else {
+            !(u64::MAX >> (8 * len))
+        };
+        return u64::from_be_bytes(*word) & keep;
+    }
+    let name = bytes.get(at..at + len).unwrap_or_default();
     let mut key = 0;
     for (i, &byte) in name.iter().take(8).enumerate() {
         key |= u64::from(byte) << (56 - 8 * i);
@@ -260,10 +270,11 @@ impl<'de> Reader<'de> {
                     return Err(Bail);
                 }
                 let member_start = self.out.len();
+                let name_at = self.pos + 1;
                 // Names are plain words in templates; one with an escape is
                 // left to serde_json (so names here borrow from the text).
                 let name = self.string()?.unescaped().ok_or(Bail)?;
-                let key = name_key(name.as_bytes());
+                let key = name_key(self.bytes, name_at, name.len());
                 self.skip_whitespace();
                 if self.peek() != Some(b':') {
                     return Err(Bail);
