@@ -133,12 +133,15 @@ impl Pipeline {
                 alert_id = Some(id);
             }
             let lookup_key = match &join.key.expr {
-                KeyExpr::Cel(program) => join_key::cel_key_text(
-                    program
-                        .execute(&cel)
-                        .map_err(|e| key_error(e.to_string()))?,
-                )
-                .map_err(key_error)?,
+                KeyExpr::Cel(program) => match path_key(&join.key, source, &joined, &alert_id) {
+                    Some(text) => Some(text),
+                    None => join_key::cel_key_text(
+                        program
+                            .execute(&cel)
+                            .map_err(|e| key_error(e.to_string()))?,
+                    )
+                    .map_err(key_error)?,
+                },
                 KeyExpr::Template(template) => {
                     let context = context
                         .get_or_insert_with(|| self.template_context(source, &event, &joined));
@@ -359,6 +362,31 @@ impl Pipeline {
         }
         Ok(trimmed.to_owned())
     }
+}
+
+/// A CEL key that selects a string from `key`, `alert_id` or an earlier
+/// join's row, read from the JSON CEL's variable is bound from (see
+/// [`join_key::KeyPath`]); `None`: CEL computes it.
+fn path_key(
+    key: &join_key::JoinKey,
+    source: &Source<'_>,
+    joined: &[(&str, Option<Arc<Json>>)],
+    alert_id: &Option<String>,
+) -> Option<String> {
+    let path = key.path.as_ref()?;
+    let root = match path.root.as_str() {
+        ALERT_ID => return alert_id.clone().filter(|_| path.is_root()),
+        "key" => source.key?,
+        // A later join of the same name hides an earlier one, as a CEL
+        // variable bound again does.
+        name => joined
+            .iter()
+            .rev()
+            .find(|(join, _)| *join == name)?
+            .1
+            .as_deref()?,
+    };
+    path.string_in(root).map(str::to_owned)
 }
 
 /// A joined row as templates see it (read lazily): `none` for no row.
