@@ -177,6 +177,15 @@ struct CompiledJoin {
     /// so it must be handed to CEL (converting it costs; templates get it
     /// regardless).
     needed_by_cel: bool,
+    /// Whether a CEL program that runs on every record reads it (a later
+    /// key that [`CompiledJoin::deferred`] does not cover, or `suppress`):
+    /// it is handed to CEL as soon as it is joined; otherwise only once a
+    /// key falls back to CEL.
+    needed_eagerly: bool,
+    /// Whether this join's key is a [`join_key::KeyPath`] on `key`,
+    /// `alert_id` or a join: what it reads is handed to CEL only when the
+    /// path does not give a string and CEL computes the key.
+    deferred: bool,
 }
 
 pub struct Pipeline {
@@ -198,6 +207,12 @@ pub struct Pipeline {
     /// What the CEL join keys and `suppress` read: all CEL is handed once
     /// the fast filter let a record through.
     rest_reads: Reads,
+    /// What the CEL join keys not [`CompiledJoin::deferred`] and `suppress`
+    /// read: what CEL is handed first once the fast filter let a record
+    /// through; the rest of `rest_reads` when a deferred key needs CEL.
+    eager_reads: Reads,
+    /// Whether a program that runs on every record reads `alert_id`.
+    alert_id_eager: bool,
     templates: Environment<'static>,
     vars: JinjaValue,
     /// Whether `message.status` is set; without it every message fires.
@@ -302,6 +317,15 @@ impl Pipeline {
                 key: join_key::compile(name, i, join, &cel_env, &mut templates)?,
                 kind: join.kind,
                 needed_by_cel: false,
+                needed_eagerly: false,
+                deferred: false,
+            });
+        }
+        for i in 0..joins.len() {
+            joins[i].deferred = joins[i].key.path.as_ref().is_some_and(|path| {
+                path.root == "key"
+                    || path.root == ALERT_ID
+                    || joins[..i].iter().any(|j| j.name == path.root)
             });
         }
         let alert_id_reads = templates
@@ -321,11 +345,18 @@ impl Pipeline {
             .transpose()?;
         for i in 0..joins.len() {
             let name = joins[i].name.clone();
-            joins[i].needed_by_cel = joins[i + 1..]
-                .iter()
-                .any(|later| matches!(later.key.expr, KeyExpr::Cel(_)) && later.key.reads(&name))
-                || suppress.as_ref().is_some_and(|s| s.reads(&name));
+            let read_by = |later: &CompiledJoin| {
+                matches!(later.key.expr, KeyExpr::Cel(_)) && later.key.reads(&name)
+            };
+            let by_suppress = suppress.as_ref().is_some_and(|s| s.reads(&name));
+            joins[i].needed_by_cel = joins[i + 1..].iter().any(read_by) || by_suppress;
+            joins[i].needed_eagerly =
+                joins[i + 1..].iter().any(|j| !j.deferred && read_by(j)) || by_suppress;
         }
+        let alert_id_eager = suppress.as_ref().is_some_and(|s| s.reads(ALERT_ID))
+            || joins
+                .iter()
+                .any(|j| !j.deferred && j.key.cel_program().is_some() && j.key.reads(ALERT_ID));
 
         Ok(Pipeline {
             name: name.to_owned(),
@@ -347,6 +378,14 @@ impl Pipeline {
                     .filter_map(|j| j.key.cel_program())
                     .chain(suppress.iter().map(Suppress::program)),
             ),
+            eager_reads: Reads::of(
+                joins
+                    .iter()
+                    .filter(|j| !j.deferred)
+                    .filter_map(|j| j.key.cel_program())
+                    .chain(suppress.iter().map(Suppress::program)),
+            ),
+            alert_id_eager,
             fast_filter: filter
                 .as_ref()
                 .and_then(|f| FastFilter::compile(f.expression())),
