@@ -92,13 +92,15 @@ impl Pipeline {
             Some(false) => return Ok(Verdict::Filtered),
             Some(true) => {
                 if !self.joins.is_empty() || self.suppress.is_some() {
-                    bind_record(
-                        &mut cel,
-                        &self.eager_reads,
-                        &self.json_fields,
-                        source,
-                        event,
-                    )?;
+                    // A malformed JSON field fails the record in
+                    // `parse_json_fields` right after (the same field first,
+                    // the same reason): checked here only when CEL reads the
+                    // event, which parses what it reads.
+                    let json_fields: &[String] = match self.eager_reads.get("event") {
+                        Some(_) => &self.json_fields,
+                        None => &[],
+                    };
+                    bind_record(&mut cel, &self.eager_reads, json_fields, source, event)?;
                 }
             }
             None => {

@@ -142,3 +142,38 @@ fn path_keys_that_are_not_strings_fall_back_to_cel() {
     let msg = emitted(p.apply(&source(&json!("org-s")), &json!({}), &tables));
     assert_eq!(msg.text, "S US US");
 }
+
+/// A record the filter passed whose JSON field is malformed fails with
+/// the field's parse error, whether or not CEL reads the event.
+#[test]
+fn a_malformed_json_field_fails_a_passed_record_with_its_parse_error() {
+    let reason = serde_json::from_str::<Json>("{\"a\": [1,")
+        .unwrap_err()
+        .to_string();
+    for key in ["key", "event.org"] {
+        let settings: PipelineSettings = toml::from_str(&format!(
+            r#"
+            input = "in"
+            output = "out"
+            json_fields = ["data", "more"]
+            joins = [{{ name = "assignment", table = "csdr_assignment", key = "{key}", kind = "inner" }}]
+            [message]
+            alert_id = "a"
+            channel = "C1"
+            text = "t"
+            blocks = '[]'
+            "#
+        ))
+        .unwrap();
+        let p = Pipeline::compile("p", &settings, &config_dir()).unwrap();
+        let event = json!({"org": "org-1", "data": "{\"a\": [1,", "more": "also bad"});
+        assert_eq!(
+            p.apply_passed(&source(&json!("org-1")), &event, &tables()),
+            Verdict::Reject(RecordError::JsonField {
+                field: "data".into(),
+                reason: reason.clone()
+            }),
+            "{key}"
+        );
+    }
+}
