@@ -471,7 +471,10 @@ pub(super) fn bind_record(
     if let Some(key) = key {
         cel.add_variable_from_value("key", key);
     }
-    cel.add_variable_from_value("topic", source.topic.to_owned());
+    // A variable no program names is never looked up.
+    if reads.get("topic").is_some() {
+        cel.add_variable_from_value("topic", source.topic.to_owned());
+    }
     let event =
         cel_paths::project_event(event, reads.get("event"), json_fields).map_err(|e| match e {
             ProjectError::JsonField { field, reason } => RecordError::JsonField { field, reason },

@@ -177,3 +177,37 @@ fn a_malformed_json_field_fails_a_passed_record_with_its_parse_error() {
         );
     }
 }
+
+/// `topic` reaches CEL wherever a program names it: a join key, a
+/// filter, `suppress`.
+#[test]
+fn programs_that_name_the_topic_see_it() {
+    let settings: PipelineSettings = toml::from_str(
+        r#"
+        input = "in"
+        output = "out"
+        filter = 'topic.startsWith("data-")'
+        joins = [{ name = "assignment", table = "csdr_assignment", key = "topic", kind = "inner" }]
+        suppress = 'topic == "muted"'
+        [message]
+        alert_id = "a"
+        channel = "C1"
+        text = "{{ assignment.org_name }}"
+        blocks = '[]'
+        "#,
+    )
+    .unwrap();
+    let p = Pipeline::compile("p", &settings, &config_dir()).unwrap();
+    let mut tables = tables();
+    tables.0.insert(
+        (
+            "csdr_assignment".into(),
+            "data-notifications-pipeline".into(),
+        ),
+        Arc::new(json!({"org_name": "By topic"})),
+    );
+    let msg = emitted(p.apply(&source(&json!("k")), &json!({}), &tables));
+    assert_eq!(msg.text, "By topic");
+    let passed = p.apply_passed(&source(&json!("k")), &json!({}), &tables);
+    assert_eq!(emitted(passed).text, "By topic");
+}

@@ -7,6 +7,9 @@ use crate::slack::blockkit::escape::push_escaped_char;
 
 impl<'de> Reader<'de> {
     /// The string whose opening quote is at `pos`, written to `out`.
+    // Inlined where a string is read: most are plain, and the call cost
+    // as much as copying one.
+    #[inline]
     pub(super) fn string(&mut self) -> Read<Text<'de>> {
         let start = self.pos + 1;
         let end = next_escape(self.bytes, start);
@@ -25,6 +28,8 @@ impl<'de> Reader<'de> {
 
     /// The rest of a string with escapes, from its content's `start`; the
     /// first escape is at `at`. Decoded and rewritten in one pass.
+    // Kept out of `string` so the plain case stays small.
+    #[inline(never)]
     fn escaped_string(&mut self, start: usize, mut at: usize) -> Read<Text<'de>> {
         let mut decoded = String::with_capacity(at - start + 32);
         self.out.push(b'"');
