@@ -177,6 +177,15 @@ struct CompiledJoin {
     /// so it must be handed to CEL (converting it costs; templates get it
     /// regardless).
     needed_by_cel: bool,
+    /// Whether a CEL program that runs on every record reads it (a later
+    /// key that [`CompiledJoin::deferred`] does not cover, or `suppress`):
+    /// it is handed to CEL as soon as it is joined; otherwise only once a
+    /// key falls back to CEL.
+    needed_eagerly: bool,
+    /// Whether this join's key is a [`join_key::KeyPath`] on `key`,
+    /// `alert_id` or a join: what it reads is handed to CEL only when the
+    /// path does not give a string and CEL computes the key.
+    deferred: bool,
 }
 
 pub struct Pipeline {
@@ -198,6 +207,12 @@ pub struct Pipeline {
     /// What the CEL join keys and `suppress` read: all CEL is handed once
     /// the fast filter let a record through.
     rest_reads: Reads,
+    /// What the CEL join keys not [`CompiledJoin::deferred`] and `suppress`
+    /// read: what CEL is handed first once the fast filter let a record
+    /// through; the rest of `rest_reads` when a deferred key needs CEL.
+    eager_reads: Reads,
+    /// Whether a program that runs on every record reads `alert_id`.
+    alert_id_eager: bool,
     templates: Environment<'static>,
     vars: JinjaValue,
     /// Whether `message.status` is set; without it every message fires.
@@ -302,6 +317,15 @@ impl Pipeline {
                 key: join_key::compile(name, i, join, &cel_env, &mut templates)?,
                 kind: join.kind,
                 needed_by_cel: false,
+                needed_eagerly: false,
+                deferred: false,
+            });
+        }
+        for i in 0..joins.len() {
+            joins[i].deferred = joins[i].key.path.as_ref().is_some_and(|path| {
+                path.root == "key"
+                    || path.root == ALERT_ID
+                    || joins[..i].iter().any(|j| j.name == path.root)
             });
         }
         let alert_id_reads = templates
@@ -321,11 +345,18 @@ impl Pipeline {
             .transpose()?;
         for i in 0..joins.len() {
             let name = joins[i].name.clone();
-            joins[i].needed_by_cel = joins[i + 1..]
-                .iter()
-                .any(|later| matches!(later.key.expr, KeyExpr::Cel(_)) && later.key.reads(&name))
-                || suppress.as_ref().is_some_and(|s| s.reads(&name));
+            let read_by = |later: &CompiledJoin| {
+                matches!(later.key.expr, KeyExpr::Cel(_)) && later.key.reads(&name)
+            };
+            let by_suppress = suppress.as_ref().is_some_and(|s| s.reads(&name));
+            joins[i].needed_by_cel = joins[i + 1..].iter().any(read_by) || by_suppress;
+            joins[i].needed_eagerly =
+                joins[i + 1..].iter().any(|j| !j.deferred && read_by(j)) || by_suppress;
         }
+        let alert_id_eager = suppress.as_ref().is_some_and(|s| s.reads(ALERT_ID))
+            || joins
+                .iter()
+                .any(|j| !j.deferred && j.key.cel_program().is_some() && j.key.reads(ALERT_ID));
 
         Ok(Pipeline {
             name: name.to_owned(),
@@ -347,6 +378,14 @@ impl Pipeline {
                     .filter_map(|j| j.key.cel_program())
                     .chain(suppress.iter().map(Suppress::program)),
             ),
+            eager_reads: Reads::of(
+                joins
+                    .iter()
+                    .filter(|j| !j.deferred)
+                    .filter_map(|j| j.key.cel_program())
+                    .chain(suppress.iter().map(Suppress::program)),
+            ),
+            alert_id_eager,
             fast_filter: filter
                 .as_ref()
                 .and_then(|f| FastFilter::compile(f.expression())),
@@ -423,12 +462,21 @@ fn slack_formatter(
     value: &JinjaValue,
 ) -> Result<(), minijinja::Error> {
     let mode = state.auto_escape();
-    if mode != SLACK_JSON_ESCAPE && mode != SLACK_TEXT_ESCAPE {
-        return minijinja::escape_formatter(out, state, value);
-    }
+    let json = match mode {
+        SLACK_JSON_ESCAPE => true,
+        SLACK_TEXT_ESCAPE => false,
+        _ => return minijinja::escape_formatter(out, state, value),
+    };
     let io_error = |_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed");
     if value.is_safe() {
         return out.write_str(&value.to_string()).map_err(io_error);
+    }
+    // Most values are plain strings with nothing to escape: written as
+    // they are (what both escapes below would write), in one pass over them.
+    if let Some(text) = value.as_str() {
+        if !needs_escape(text, json) {
+            return out.write_str(text).map_err(io_error);
+        }
     }
     let owned;
     let slack_text = match markup::as_markup(value) {
@@ -441,11 +489,39 @@ fn slack_formatter(
             }
         },
     };
-    if mode == SLACK_TEXT_ESCAPE {
+    if !json {
         return out.write_str(&slack_text).map_err(io_error);
     }
     crate::slack::blockkit::write_json_string_content(out, &slack_text).map_err(io_error)
 }
+
+/// Whether [`slack_formatter`] would change `text`: Slack's `&`, `<`, `>`,
+/// and where it is JSON string content also `"`, the backslash and control
+/// characters.
+fn needs_escape(text: &str, json: bool) -> bool {
+    let mask = if json { SLACK | JSON } else { SLACK };
+    text.bytes()
+        .any(|byte| ESCAPED_BY[usize::from(byte)] & mask != 0)
+}
+
+const SLACK: u8 = 1;
+const JSON: u8 = 2;
+
+/// For each byte, which escapes change it ([`SLACK`], [`JSON`]).
+static ESCAPED_BY: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = JSON;
+        byte += 1;
+    }
+    table[b'"' as usize] = JSON;
+    table[b'\\' as usize] = JSON;
+    table[b'&' as usize] = SLACK;
+    table[b'<' as usize] = SLACK;
+    table[b'>' as usize] = SLACK;
+    table
+};
 
 mod cel_paths;
 mod context;

@@ -14,8 +14,8 @@ use super::jinja_json;
 use super::join_key::{self, KeyExpr, ALERT_ID};
 use super::suppress::{Suppress, NOW};
 use super::{
-    Pipeline, RecordError, Source, TableLookup, Verdict, BLOCKS_TEMPLATE, GROUP_KEY_TEMPLATE,
-    STATUS_TEMPLATE, TEXT_TEMPLATE,
+    CompiledJoin, Pipeline, RecordError, Source, TableLookup, Verdict, BLOCKS_TEMPLATE,
+    GROUP_KEY_TEMPLATE, STATUS_TEMPLATE, TEXT_TEMPLATE,
 };
 use crate::avro::Scalar;
 use crate::config::JoinKind;
@@ -80,6 +80,9 @@ impl Pipeline {
         // once the record passed the filter. The fast filter reads the
         // event itself; only what it cannot decide goes to the interpreter.
         let mut cel = CelContext::with_env(self.cel_env.clone());
+        // Whether CEL has everything `rest_reads` names (else the deferred
+        // keys' variables are handed over when one falls back to CEL).
+        let mut cel_complete = false;
         let fast = match (&self.fast_filter, filter_passed) {
             (_, true) => Some(true),
             (Some(fast), false) => fast.eval_json(source, event, &self.json_fields),
@@ -89,13 +92,22 @@ impl Pipeline {
             Some(false) => return Ok(Verdict::Filtered),
             Some(true) => {
                 if !self.joins.is_empty() || self.suppress.is_some() {
-                    bind_record(&mut cel, &self.rest_reads, &self.json_fields, source, event)?;
+                    // A malformed JSON field fails the record in
+                    // `parse_json_fields` right after (the same field first,
+                    // the same reason): checked here only when CEL reads the
+                    // event, which parses what it reads.
+                    let json_fields: &[String] = match self.eager_reads.get("event") {
+                        Some(_) => &self.json_fields,
+                        None => &[],
+                    };
+                    bind_record(&mut cel, &self.eager_reads, json_fields, source, event)?;
                 }
             }
             None => {
                 if self.filter.is_some() || !self.joins.is_empty() || self.suppress.is_some() {
                     bind_record(&mut cel, &self.cel_reads, &self.json_fields, source, event)?;
                 }
+                cel_complete = true;
                 if let Some(filter) = &self.filter {
                     match filter.execute(&cel) {
                         Ok(CelValue::Bool(true)) => {}
@@ -110,6 +122,7 @@ impl Pipeline {
                 }
             }
         }
+        let raw_event = event;
         let event = Arc::new(self.parse_json_fields(event)?);
 
         let mut joined: Vec<(&str, Option<Arc<Json>>)> = Vec::with_capacity(self.joins.len());
@@ -129,16 +142,27 @@ impl Pipeline {
                 // A failing alert_id template is a render error, wherever
                 // it is first needed.
                 let id = self.render_one(ALERT_ID, &context.value())?;
-                cel.add_variable_from_value(ALERT_ID, id.clone());
+                if self.alert_id_eager || cel_complete {
+                    cel.add_variable_from_value(ALERT_ID, id.clone());
+                }
                 alert_id = Some(id);
             }
             let lookup_key = match &join.key.expr {
-                KeyExpr::Cel(program) => join_key::cel_key_text(
-                    program
-                        .execute(&cel)
-                        .map_err(|e| key_error(e.to_string()))?,
-                )
-                .map_err(key_error)?,
+                KeyExpr::Cel(program) => match path_key(&join.key, source, &joined, &alert_id) {
+                    Some(text) => Some(text),
+                    None => {
+                        if !cel_complete {
+                            self.complete_cel(&mut cel, source, raw_event, &joined, &alert_id)?;
+                            cel_complete = true;
+                        }
+                        join_key::cel_key_text(
+                            program
+                                .execute(&cel)
+                                .map_err(|e| key_error(e.to_string()))?,
+                        )
+                        .map_err(key_error)?
+                    }
+                },
                 KeyExpr::Template(template) => {
                     let context = context
                         .get_or_insert_with(|| self.template_context(source, &event, &joined));
@@ -157,17 +181,8 @@ impl Pipeline {
                     table: join.table.clone(),
                 });
             }
-            if join.needed_by_cel {
-                let value = match (&found, self.cel_reads.get(&join.name)) {
-                    (Some(v), Some(reads)) => {
-                        cel_paths::project(v, reads).map_err(|reason| RecordError::JoinKey {
-                            join: join.name.clone(),
-                            reason,
-                        })?
-                    }
-                    _ => CelValue::Null,
-                };
-                cel.add_variable_from_value(join.name.clone(), value);
+            if join.needed_by_cel && (join.needed_eagerly || cel_complete) {
+                self.bind_join(&mut cel, join, &found)?;
             }
             if let Some(context) = &mut context {
                 context.push_join(jinja_row(&found));
@@ -197,6 +212,49 @@ impl Pipeline {
         // whose alert id would read what was not known yet.
         self.render(source, &context.value(), status, alert_id)
             .map(Verdict::Emit)
+    }
+
+    /// Hands CEL what the deferred keys read and it was not given yet (see
+    /// [`CompiledJoin::deferred`]): the record as `rest_reads` names it,
+    /// the joins so far, `alert_id`.
+    fn complete_cel(
+        &self,
+        cel: &mut CelContext,
+        source: &Source<'_>,
+        event: &Json,
+        joined: &[(&str, Option<Arc<Json>>)],
+        alert_id: &Option<String>,
+    ) -> Result<(), RecordError> {
+        bind_record(cel, &self.rest_reads, &self.json_fields, source, event)?;
+        for (join, (_, found)) in self.joins.iter().zip(joined) {
+            if join.needed_by_cel && !join.needed_eagerly {
+                self.bind_join(cel, join, found)?;
+            }
+        }
+        if let (Some(id), false) = (alert_id, self.alert_id_eager) {
+            cel.add_variable_from_value(ALERT_ID, id.clone());
+        }
+        Ok(())
+    }
+
+    /// Hands CEL a join's row, projected to what CEL reads of it.
+    fn bind_join(
+        &self,
+        cel: &mut CelContext,
+        join: &CompiledJoin,
+        found: &Option<Arc<Json>>,
+    ) -> Result<(), RecordError> {
+        let value = match (found, self.cel_reads.get(&join.name)) {
+            (Some(v), Some(reads)) => {
+                cel_paths::project(v, reads).map_err(|reason| RecordError::JoinKey {
+                    join: join.name.clone(),
+                    reason,
+                })?
+            }
+            _ => CelValue::Null,
+        };
+        cel.add_variable_from_value(join.name.clone(), value);
+        Ok(())
     }
 
     /// Binds what `suppress` reads that the joins did not (`now`,
@@ -354,8 +412,36 @@ impl Pipeline {
         if trimmed.is_empty() {
             return Err(RecordError::Empty(name.to_owned()));
         }
+        if trimmed.len() == rendered.len() {
+            return Ok(rendered);
+        }
         Ok(trimmed.to_owned())
     }
+}
+
+/// A CEL key that selects a string from `key`, `alert_id` or an earlier
+/// join's row, read from the JSON CEL's variable is bound from (see
+/// [`join_key::KeyPath`]); `None`: CEL computes it.
+fn path_key(
+    key: &join_key::JoinKey,
+    source: &Source<'_>,
+    joined: &[(&str, Option<Arc<Json>>)],
+    alert_id: &Option<String>,
+) -> Option<String> {
+    let path = key.path.as_ref()?;
+    let root = match path.root.as_str() {
+        ALERT_ID => return alert_id.clone().filter(|_| path.is_root()),
+        "key" => source.key?,
+        // A later join of the same name hides an earlier one, as a CEL
+        // variable bound again does.
+        name => joined
+            .iter()
+            .rev()
+            .find(|(join, _)| *join == name)?
+            .1
+            .as_deref()?,
+    };
+    path.string_in(root).map(str::to_owned)
 }
 
 /// A joined row as templates see it (read lazily): `none` for no row.
@@ -385,7 +471,10 @@ pub(super) fn bind_record(
     if let Some(key) = key {
         cel.add_variable_from_value("key", key);
     }
-    cel.add_variable_from_value("topic", source.topic.to_owned());
+    // A variable no program names is never looked up.
+    if reads.get("topic").is_some() {
+        cel.add_variable_from_value("topic", source.topic.to_owned());
+    }
     let event =
         cel_paths::project_event(event, reads.get("event"), json_fields).map_err(|e| match e {
             ProjectError::JsonField { field, reason } => RecordError::JsonField { field, reason },

@@ -9,8 +9,10 @@
 
 use std::collections::HashSet;
 
-use cel::{Env as CelEnv, Program, Value as CelValue};
+use cel::common::ast::Expr;
+use cel::{Env as CelEnv, IdedExpr, Program, Value as CelValue};
 use minijinja::Environment;
+use serde_json::Value as Json;
 
 use super::interned::intern;
 use super::into_key_text;
@@ -29,9 +31,52 @@ pub(super) enum KeyExpr {
 
 pub(super) struct JoinKey {
     pub expr: KeyExpr,
+    /// For a CEL key that is a variable or a chain of member selections.
+    pub path: Option<KeyPath>,
     /// Top-level names the key reads (CEL variables or template variables;
     /// a comprehension's own variables may appear too).
     reads: HashSet<String>,
+}
+
+/// A CEL key that only selects members (`key`, `assignment.csdr_email`):
+/// where it ends on a JSON string, that string is the value CEL gives it
+/// (a JSON string is a CEL string, a member a map lookup), read without
+/// the interpreter; anywhere else the interpreter decides.
+pub(super) struct KeyPath {
+    pub root: String,
+    fields: Vec<String>,
+}
+
+impl KeyPath {
+    fn of(expr: &IdedExpr) -> Option<KeyPath> {
+        match &expr.expr {
+            Expr::Ident(name) => Some(KeyPath {
+                root: name.clone(),
+                fields: Vec::new(),
+            }),
+            Expr::Select(select) if !select.test => {
+                let mut path = KeyPath::of(&select.operand)?;
+                path.fields.push(select.field.clone());
+                Some(path)
+            }
+            _ => None,
+        }
+    }
+
+    /// The string at the end of the path from `root`, the JSON the root
+    /// variable is bound from; `None` when it is not one.
+    pub fn string_in<'j>(&self, root: &'j Json) -> Option<&'j str> {
+        let mut at = root;
+        for field in &self.fields {
+            at = at.as_object()?.get(field)?;
+        }
+        at.as_str()
+    }
+
+    /// Whether the path is the variable itself.
+    pub fn is_root(&self) -> bool {
+        self.fields.is_empty()
+    }
 }
 
 impl JoinKey {
@@ -79,6 +124,7 @@ pub(super) fn compile(
                 .map(str::to_owned)
                 .collect();
             Ok(JoinKey {
+                path: KeyPath::of(program.expression()),
                 expr: KeyExpr::Cel(program),
                 reads,
             })
@@ -99,6 +145,7 @@ pub(super) fn compile(
                 .undeclared_variables(false);
             Ok(JoinKey {
                 expr: KeyExpr::Template(name),
+                path: None,
                 reads,
             })
         }
@@ -185,6 +232,56 @@ pub(super) fn template_key_text(rendered: &str) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Where a path key reads a string, it is the key CEL computes from
+    /// the same JSON; anything but member selections is no path.
+    #[test]
+    fn a_path_key_reads_what_cel_computes() {
+        let env = std::sync::Arc::new(CelEnv::stdlib());
+        let values = [
+            json!("s"),
+            json!(""),
+            json!("with \"quotes\" é"),
+            json!(1),
+            json!(null),
+            json!({"a": "x"}),
+            json!({"a": {"b": "y"}}),
+            json!({"a": {"b": "y", "c": 1}, "d": "e"}),
+            json!({"a": 1}),
+            json!({"b": "z"}),
+            json!([1]),
+            json!({"a": {"b": null}}),
+            json!({"a": ["b"]}),
+        ];
+        let mut read = 0;
+        for source in ["v", "v.a", "v.a.b", " v . a "] {
+            let program = env.compile(source).unwrap();
+            let path = KeyPath::of(program.expression()).expect(source);
+            assert_eq!(path.root, "v");
+            for value in &values {
+                let Some(fast) = path.string_in(value) else {
+                    continue;
+                };
+                read += 1;
+                let mut cel = cel::Context::with_env(env.clone());
+                cel.add_variable_from_value("v", cel::to_value(value).unwrap());
+                let by_cel = cel_key_text(program.execute(&cel).unwrap());
+                assert_eq!(by_cel, Ok(Some(fast.to_owned())), "{source} on {value}");
+            }
+        }
+        assert!(read >= 5);
+        for source in [
+            "v == 'a'",
+            "has(v.a)",
+            "v['a']",
+            "'v'",
+            "v.a + 'x'",
+            "string(v)",
+        ] {
+            let program = env.compile(source).unwrap();
+            assert!(KeyPath::of(program.expression()).is_none(), "{source}");
+        }
+    }
 
     fn join(toml_text: &str) -> JoinSettings {
         toml::from_str(&format!(

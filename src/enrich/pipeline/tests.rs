@@ -336,3 +336,33 @@ fn safe_inserts_raw_json() {
 mod golden;
 mod keys;
 mod suppress;
+
+/// The formatter's shortcut: a value it writes unchanged is one neither
+/// escape would change, and every value one of them changes is escaped.
+#[test]
+fn values_without_anything_to_escape_are_written_as_they_are() {
+    let mut texts: Vec<String> = (0u8..=0x7f)
+        .map(|b| format!("a{}b", char::from(b)))
+        .collect();
+    texts.extend(
+        [
+            "",
+            "plain",
+            "é ü 🚀 \u{2028}",
+            "\u{7f}",
+            "x&y",
+            "<!here>",
+            "a\"b",
+            "\\",
+            "\t",
+        ]
+        .map(String::from),
+    );
+    for text in &texts {
+        let slack = markup::escape(text);
+        let mut json = String::new();
+        blockkit::write_json_string_content(&mut json, &slack).unwrap();
+        assert_eq!(needs_escape(text, false), slack != *text, "{text:?}");
+        assert_eq!(needs_escape(text, true), json != *text, "{text:?}");
+    }
+}

@@ -34,29 +34,25 @@ pub fn write_json_string_content<W: fmt::Write + ?Sized>(out: &mut W, text: &str
 }
 
 /// The index of the first byte at or after `from` that must be escaped,
-/// or `bytes.len()`. Rendered blocks are mostly plain text, so eight bytes
-/// are tested at a time (as serde_json's reader skips them); only the last
-/// few bytes of the text are looked at one by one.
+/// or `bytes.len()`. Rendered blocks are mostly plain text, so sixteen
+/// bytes are tested at a time ([`flagged`]), then eight (as serde_json's
+/// reader skips them); only the last few bytes of the text are looked at
+/// one by one.
 pub(super) fn next_escape(bytes: &[u8], from: usize) -> usize {
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
     let Some(rest) = bytes.get(from..) else {
         return from;
     };
-    let (words, _) = rest.as_chunks::<8>();
+    let (blocks, tail) = rest.as_chunks::<16>();
+    for (i, block) in blocks.iter().enumerate() {
+        let mask = flagged(block);
+        if mask != 0 {
+            return from + i * 16 + mask.trailing_zeros() as usize;
+        }
+    }
+    let from = from + blocks.len() * 16;
+    let (words, _) = tail.as_chunks::<8>();
     for (i, word) in words.iter().enumerate() {
-        // The first byte is the lowest: `trailing_zeros` finds it.
-        let word = u64::from_le_bytes(*word);
-        // A byte below 0x20, or equal to `"` or `\`, sets its high bit in
-        // one of these (the classic "has a zero / a smaller byte" tests).
-        // A byte above a flagged one may be flagged wrongly (the borrow
-        // runs upward), the lowest flagged byte never: it is the answer.
-        let control = word.wrapping_sub(ONES * 0x20) & !word;
-        let quote = word ^ (ONES * u64::from(b'"'));
-        let quote = quote.wrapping_sub(ONES) & !quote;
-        let backslash = word ^ (ONES * u64::from(b'\\'));
-        let backslash = backslash.wrapping_sub(ONES) & !backslash;
-        let found = (control | quote | backslash) & HIGH;
+        let found = flagged_word(u64::from_le_bytes(*word));
         if found != 0 {
             return from + i * 8 + (found.trailing_zeros() / 8) as usize;
         }
@@ -71,14 +67,82 @@ pub(super) fn next_escape(bytes: &[u8], from: usize) -> usize {
     at
 }
 
-/// `c` as serde_json writes it inside a JSON string.
-pub(super) fn push_escaped_char(out: &mut String, c: char) {
-    match u8::try_from(c).map(|byte| ESCAPE[usize::from(byte)]) {
-        Ok(0) | Err(_) => out.push(c),
-        Ok(_) => {
+/// Bit `i` set when byte `i` of `block` must be escaped (SSE2, which every
+/// x86_64 has: one compare per kind for all sixteen bytes).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+fn flagged(block: &[u8; 16]) -> u32 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    // SAFETY: the build enables SSE2 (the `cfg` above), so its intrinsics
+    // run on this machine; `block` is sixteen readable bytes, and `loadu`
+    // takes any alignment.
+    let mask = unsafe {
+        let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // A byte is below 0x20 exactly when the unsigned minimum of it and
+        // 0x1f is itself.
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control))
+    };
+    // The sixteen sign bits: the other bits of the i32 are zero.
+    mask as u32
+}
+
+/// [`flagged`] without SSE2: two words.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+fn flagged(block: &[u8; 16]) -> u32 {
+    let (words, _) = block.as_chunks::<8>();
+    let mut mask = 0;
+    for (half, word) in words.iter().enumerate() {
+        let found = flagged_word(u64::from_le_bytes(*word));
+        if found != 0 {
+            mask |= 1 << (half * 8 + (found.trailing_zeros() / 8) as usize);
+        }
+    }
+    mask
+}
+
+/// The high bit of the lowest byte of `word` (little-endian) that must be
+/// escaped, and perhaps of bytes above it; 0 when none must be.
+fn flagged_word(word: u64) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    // A byte below 0x20, or equal to `"` or `\`, sets its high bit in one
+    // of these (the classic "has a zero / a smaller byte" tests). A byte
+    // above a flagged one may be flagged wrongly (the borrow runs upward),
+    // the lowest flagged byte never: it is the answer.
+    let control = word.wrapping_sub(ONES * 0x20) & !word;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let quote = quote.wrapping_sub(ONES) & !quote;
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (control | quote | backslash) & HIGH
+}
+
+/// `c` as serde_json writes it inside a JSON string (as
+/// [`write_json_string_content`] writes it), in UTF-8.
+pub(super) fn push_escaped_char(out: &mut Vec<u8>, c: char) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // `u8::try_from` takes every char below U+0100: only ASCII is one byte.
+    match u8::try_from(c).ok().filter(u8::is_ascii) {
+        Some(byte) => match ESCAPE[usize::from(byte)] {
+            0 => out.push(byte),
+            b'u' => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]),
+            short => out.extend_from_slice(&[b'\\', short]),
+        },
+        None => {
             let mut bytes = [0; 4];
-            // Writing to a String cannot fail.
-            let _ = write_json_string_content(out, c.encode_utf8(&mut bytes));
+            out.extend_from_slice(c.encode_utf8(&mut bytes).as_bytes());
         }
     }
 }
@@ -130,12 +194,34 @@ mod tests {
         }
     }
 
+    /// Every byte value at every position of a block, a word and the tail,
+    /// searched from every start: the first byte the table escapes.
+    #[test]
+    fn next_escape_finds_the_first_escaped_byte_from_any_start() {
+        for special in 0..=u8::MAX {
+            for at in 0..40 {
+                let mut bytes = [b'a'; 40];
+                bytes[at] = special;
+                for from in 0..=40 {
+                    let want = (from..40)
+                        .find(|&i| ESCAPE[usize::from(bytes[i])] != 0)
+                        .unwrap_or(40);
+                    assert_eq!(
+                        next_escape(&bytes, from),
+                        want,
+                        "{special} at {at} from {from}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Every position of every escaped byte in a word, with plain and
     /// multi-byte text around it: the word test may not miss one.
     #[test]
     fn finds_an_escape_in_every_lane() {
         for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', '\u{8}'] {
-            for len in 0..20 {
+            for len in 0..40 {
                 for at in 0..=len {
                     for filler in ['a', 'é', '\u{7f}', ' ', '!', '#', '[', ']'] {
                         let mut text: String = std::iter::repeat_n(filler, len).collect();
@@ -146,6 +232,26 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Each character as the reader writes it is what the string escape
+    /// writes: ASCII, the two-byte range `u8::try_from` also takes, beyond.
+    #[test]
+    fn an_escaped_char_is_written_as_the_string_escape_writes_it() {
+        let chars = (0..0x3000_u32)
+            .chain([
+                0xD7FF, 0xE000, 0xFFFD, 0xFFFF, 0x1_0000, 0x1_F680, 0x10_FFFF,
+            ])
+            .filter_map(char::from_u32);
+        for c in chars {
+            let mut bytes = Vec::new();
+            push_escaped_char(&mut bytes, c);
+            assert_eq!(
+                String::from_utf8(bytes).as_deref(),
+                Ok(escaped(c.encode_utf8(&mut [0; 4])).as_str()),
+                "{c:?}"
+            );
         }
     }
 

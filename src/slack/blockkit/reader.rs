@@ -10,6 +10,8 @@
 //! worded as serde_json words it. Numbers other than plain 64-bit integers
 //! are parsed by serde_json itself (its float rounding is its own).
 
+use std::cmp::Ordering;
+use std::io::Write as _;
 use std::ops::Range;
 
 use super::canonical::{MemberValue, Members, Shape};
@@ -36,8 +38,8 @@ pub(super) fn canonical_shaped<'de, S: Shape<'de>>(text: &'de str) -> Result<(St
         text,
         bytes: text.as_bytes(),
         pos: 0,
-        out: String::with_capacity(text.len()),
-        scratch: String::new(),
+        out: Vec::with_capacity(text.len()),
+        scratch: Vec::new(),
         members: Vec::new(),
         depth: 0,
     };
@@ -46,7 +48,55 @@ pub(super) fn canonical_shaped<'de, S: Shape<'de>>(text: &'de str) -> Result<(St
     if reader.pos != reader.bytes.len() {
         return Err(Bail);
     }
-    Ok((reader.out, shape))
+    // Everything written is whole characters: runs of `text` cut at ASCII
+    // bytes, ASCII punctuation, decoded escapes. Bytes are written without
+    // a check each; the one check is here (never failing, or serde_json
+    // would decide).
+    let out = String::from_utf8(reader.out).map_err(|_| Bail)?;
+    Ok((out, shape))
+}
+
+/// A member on the stack of the objects being read.
+struct Member<'de> {
+    /// The name's first eight bytes, big-endian, zero-padded: names
+    /// compare as these do unless they are equal (names hold no NUL: a raw
+    /// control character is refused, an escaped one bails).
+    key: u64,
+    name: &'de str,
+    /// Where `"name":value` stands in `out`.
+    range: Range<usize>,
+}
+
+impl Member<'_> {
+    /// Name order, as `str`'s `Ord` (byte order).
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key
+            .cmp(&other.key)
+            .then_with(|| self.name.cmp(other.name))
+    }
+
+    fn same_name(&self, other: &Self) -> bool {
+        self.key == other.key && self.name == other.name
+    }
+}
+
+/// [`Member::key`] of the `len` bytes at `at`: one load, the bytes past
+/// the name masked off (byte by byte at the end of the text).
+fn name_key(bytes: &[u8], at: usize, len: usize) -> u64 {
+    if let Some(word) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let keep = if len >= 8 {
+            u64::MAX
+        } else {
+            !(u64::MAX >> (8 * len))
+        };
+        return u64::from_be_bytes(*word) & keep;
+    }
+    let name = bytes.get(at..at + len).unwrap_or_default();
+    let mut key = 0;
+    for (i, &byte) in name.iter().take(8).enumerate() {
+        key |= u64::from(byte) << (56 - 8 * i);
+    }
+    key
 }
 
 struct Reader<'de> {
@@ -54,12 +104,13 @@ struct Reader<'de> {
     bytes: &'de [u8],
     /// The next byte to read.
     pos: usize,
-    out: String,
+    /// The canonical form so far (UTF-8, checked once at the end).
+    out: Vec<u8>,
     /// An object's members while they are put in name order.
-    scratch: String,
+    scratch: Vec<u8>,
     /// The members of the objects being read, an object's above its
-    /// parent's: each name and where `"name":value` stands in `out`.
-    members: Vec<(&'de str, Range<usize>)>,
+    /// parent's.
+    members: Vec<Member<'de>>,
     depth: u32,
 }
 
@@ -104,7 +155,7 @@ impl<'de> Reader<'de> {
             return Err(Bail);
         }
         self.pos += word.len();
-        self.out.push_str(word);
+        self.out.extend_from_slice(word.as_bytes());
         Ok(S::scalar())
     }
 
@@ -139,12 +190,12 @@ impl<'de> Reader<'de> {
         self.pos = i;
         let token = &self.text[start..i];
         if integer && int_digits <= 18 && token != "-0" {
-            self.out.push_str(token);
+            self.out.extend_from_slice(token.as_bytes());
             return Ok(());
         }
         let number: serde_json::Number = serde_json::from_str(token).map_err(|_| Bail)?;
-        // Writing to a String cannot fail.
-        let _ = std::fmt::Write::write_fmt(&mut self.out, format_args!("{number}"));
+        // Writing to a Vec cannot fail.
+        let _ = write!(self.out, "{number}");
         Ok(())
     }
 
@@ -178,7 +229,7 @@ impl<'de> Reader<'de> {
     fn array<S: Shape<'de>>(&mut self) -> Read<S> {
         self.enter()?;
         let mut items = S::Items::default();
-        self.out.push('[');
+        self.out.push(b'[');
         if self.peek() == Some(b']') {
             self.pos += 1;
         } else {
@@ -188,7 +239,7 @@ impl<'de> Reader<'de> {
                 match self.peek() {
                     Some(b',') => {
                         self.pos += 1;
-                        self.out.push(',');
+                        self.out.push(b',');
                     }
                     Some(b']') => {
                         self.pos += 1;
@@ -198,7 +249,7 @@ impl<'de> Reader<'de> {
                 }
             }
         }
-        self.out.push(']');
+        self.out.push(b']');
         self.depth -= 1;
         Ok(S::array(items))
     }
@@ -208,7 +259,7 @@ impl<'de> Reader<'de> {
     fn object<S: Shape<'de>>(&mut self) -> Read<S> {
         self.enter()?;
         let mut object = S::Object::default();
-        self.out.push('{');
+        self.out.push(b'{');
         let start = self.out.len();
         let base = self.members.len();
         if self.peek() == Some(b'}') {
@@ -219,22 +270,28 @@ impl<'de> Reader<'de> {
                     return Err(Bail);
                 }
                 let member_start = self.out.len();
+                let name_at = self.pos + 1;
                 // Names are plain words in templates; one with an escape is
                 // left to serde_json (so names here borrow from the text).
                 let name = self.string()?.unescaped().ok_or(Bail)?;
+                let key = name_key(self.bytes, name_at, name.len());
                 self.skip_whitespace();
                 if self.peek() != Some(b':') {
                     return Err(Bail);
                 }
                 self.pos += 1;
-                self.out.push(':');
+                self.out.push(b':');
                 object.member(name, ReaderValue(self))?;
-                self.members.push((name, member_start..self.out.len()));
+                self.members.push(Member {
+                    key,
+                    name,
+                    range: member_start..self.out.len(),
+                });
                 self.skip_whitespace();
                 match self.peek() {
                     Some(b',') => {
                         self.pos += 1;
-                        self.out.push(',');
+                        self.out.push(b',');
                         self.skip_whitespace();
                     }
                     Some(b'}') => {
@@ -246,7 +303,7 @@ impl<'de> Reader<'de> {
             }
             self.order_members(start, base);
         }
-        self.out.push('}');
+        self.out.push(b'}');
         self.members.truncate(base);
         self.depth -= 1;
         Ok(S::object(object))
@@ -263,24 +320,24 @@ impl<'de> Reader<'de> {
             ..
         } = self;
         let own = &mut members[base..];
-        if own.windows(2).all(|w| w[0].0 < w[1].0) {
+        if own.windows(2).all(|w| w[0].cmp(&w[1]) == Ordering::Less) {
             return;
         }
         scratch.clear();
-        scratch.push_str(&out[start..]);
+        scratch.extend_from_slice(&out[start..]);
         out.truncate(start);
         // Stable: of equal names the last comes last, and is the one kept.
-        own.sort_by(|a, b| a.0.cmp(b.0));
+        own.sort_by(Member::cmp);
         let mut first = true;
-        for (i, (name, range)) in own.iter().enumerate() {
-            if own.get(i + 1).is_some_and(|next| next.0 == *name) {
+        for (i, member) in own.iter().enumerate() {
+            if own.get(i + 1).is_some_and(|next| next.same_name(member)) {
                 continue;
             }
             if !first {
-                out.push(',');
+                out.push(b',');
             }
             first = false;
-            out.push_str(&scratch[range.start - start..range.end - start]);
+            out.extend_from_slice(&scratch[member.range.start - start..member.range.end - start]);
         }
     }
 }

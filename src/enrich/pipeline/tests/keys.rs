@@ -95,3 +95,119 @@ fn a_missing_key_is_null() {
         Verdict::Reject(RecordError::Filter(_))
     ));
 }
+
+/// Keys that select members are read without CEL when they end on a
+/// string; when they do not, CEL computes them with every variable they
+/// read (the record's key, earlier joins, `alert_id`), as before.
+#[test]
+fn path_keys_that_are_not_strings_fall_back_to_cel() {
+    let settings: PipelineSettings = toml::from_str(
+        r#"
+        input = "in"
+        output = "out"
+        joins = [
+          { name = "assignment", table = "csdr_assignment", key = "key", kind = "inner" },
+          { name = "by_number", table = "slack_users", key = "assignment.updated_at", kind = "left" },
+          { name = "by_id", table = "slack_users", key = "alert_id", kind = "left" },
+        ]
+        suppress = 'status == "resolved"'
+        [message]
+        alert_id = "id-{{ key }}"
+        channel = "C1"
+        text = "{{ assignment.org_name }} {{ by_number.slack_user_id if by_number else '-' }} {{ by_id.slack_user_id if by_id else '-' }}"
+        blocks = '[]'
+        "#,
+    )
+    .unwrap();
+    let p = Pipeline::compile("p", &settings, &config_dir()).unwrap();
+    let mut tables = tables();
+    for (key, row) in [
+        ("7", json!({"org_name": "Seven", "updated_at": 42})),
+        ("org-s", json!({"org_name": "S", "updated_at": "id-org-s"})),
+    ] {
+        tables
+            .0
+            .insert(("csdr_assignment".into(), key.into()), Arc::new(row));
+    }
+    for (key, user) in [("42", "U42"), ("id-org-s", "US"), ("id-7", "U7")] {
+        tables.0.insert(
+            ("slack_users".into(), key.into()),
+            Arc::new(json!({"slack_user_id": user})),
+        );
+    }
+    // A number key and a number member: CEL turns both into text.
+    let msg = emitted(p.apply(&source(&json!(7)), &json!({}), &tables));
+    assert_eq!(msg.text, "Seven U42 U7");
+    // Strings all the way: no CEL for the keys.
+    let msg = emitted(p.apply(&source(&json!("org-s")), &json!({}), &tables));
+    assert_eq!(msg.text, "S US US");
+}
+
+/// A record the filter passed whose JSON field is malformed fails with
+/// the field's parse error, whether or not CEL reads the event.
+#[test]
+fn a_malformed_json_field_fails_a_passed_record_with_its_parse_error() {
+    let reason = serde_json::from_str::<Json>("{\"a\": [1,")
+        .unwrap_err()
+        .to_string();
+    for key in ["key", "event.org"] {
+        let settings: PipelineSettings = toml::from_str(&format!(
+            r#"
+            input = "in"
+            output = "out"
+            json_fields = ["data", "more"]
+            joins = [{{ name = "assignment", table = "csdr_assignment", key = "{key}", kind = "inner" }}]
+            [message]
+            alert_id = "a"
+            channel = "C1"
+            text = "t"
+            blocks = '[]'
+            "#
+        ))
+        .unwrap();
+        let p = Pipeline::compile("p", &settings, &config_dir()).unwrap();
+        let event = json!({"org": "org-1", "data": "{\"a\": [1,", "more": "also bad"});
+        assert_eq!(
+            p.apply_passed(&source(&json!("org-1")), &event, &tables()),
+            Verdict::Reject(RecordError::JsonField {
+                field: "data".into(),
+                reason: reason.clone()
+            }),
+            "{key}"
+        );
+    }
+}
+
+/// `topic` reaches CEL wherever a program names it: a join key, a
+/// filter, `suppress`.
+#[test]
+fn programs_that_name_the_topic_see_it() {
+    let settings: PipelineSettings = toml::from_str(
+        r#"
+        input = "in"
+        output = "out"
+        filter = 'topic.startsWith("data-")'
+        joins = [{ name = "assignment", table = "csdr_assignment", key = "topic", kind = "inner" }]
+        suppress = 'topic == "muted"'
+        [message]
+        alert_id = "a"
+        channel = "C1"
+        text = "{{ assignment.org_name }}"
+        blocks = '[]'
+        "#,
+    )
+    .unwrap();
+    let p = Pipeline::compile("p", &settings, &config_dir()).unwrap();
+    let mut tables = tables();
+    tables.0.insert(
+        (
+            "csdr_assignment".into(),
+            "data-notifications-pipeline".into(),
+        ),
+        Arc::new(json!({"org_name": "By topic"})),
+    );
+    let msg = emitted(p.apply(&source(&json!("k")), &json!({}), &tables));
+    assert_eq!(msg.text, "By topic");
+    let passed = p.apply_passed(&source(&json!("k")), &json!({}), &tables);
+    assert_eq!(emitted(passed).text, "By topic");
+}

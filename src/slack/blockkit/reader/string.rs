@@ -7,6 +7,9 @@ use crate::slack::blockkit::escape::push_escaped_char;
 
 impl<'de> Reader<'de> {
     /// The string whose opening quote is at `pos`, written to `out`.
+    // Inlined where a string is read: most are plain, and the call cost
+    // as much as copying one.
+    #[inline]
     pub(super) fn string(&mut self) -> Read<Text<'de>> {
         let start = self.pos + 1;
         let end = next_escape(self.bytes, start);
@@ -14,7 +17,7 @@ impl<'de> Reader<'de> {
             // No escape: the text is its own escaped form, quotes included.
             Some(b'"') => {
                 self.pos = end + 1;
-                self.out.push_str(&self.text[start - 1..=end]);
+                self.out.extend_from_slice(&self.bytes[start - 1..=end]);
                 Ok(Text::borrowed(&self.text[start..end]))
             }
             Some(b'\\') => self.escaped_string(start, end),
@@ -25,19 +28,21 @@ impl<'de> Reader<'de> {
 
     /// The rest of a string with escapes, from its content's `start`; the
     /// first escape is at `at`. Decoded and rewritten in one pass.
+    // Kept out of `string` so the plain case stays small.
+    #[inline(never)]
     fn escaped_string(&mut self, start: usize, mut at: usize) -> Read<Text<'de>> {
         let mut decoded = String::with_capacity(at - start + 32);
-        self.out.push('"');
+        self.out.push(b'"');
         let mut run = start;
         loop {
             // Every byte `next_escape` stops at is ASCII: `at` is on a char
             // boundary.
             let plain = &self.text[run..at];
             decoded.push_str(plain);
-            self.out.push_str(plain);
+            self.out.extend_from_slice(plain.as_bytes());
             match self.bytes.get(at) {
                 Some(b'"') => {
-                    self.out.push('"');
+                    self.out.push(b'"');
                     self.pos = at + 1;
                     return Ok(Text::decoded(decoded));
                 }

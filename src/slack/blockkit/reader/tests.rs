@@ -241,3 +241,52 @@ fn deep_nesting_is_left_to_serde_json() {
         );
     }
 }
+
+/// A member's 8-byte key orders names as `str` does, whether the name is
+/// read with one load (text after it) or byte by byte (at the text's end).
+#[test]
+fn name_keys_order_names_as_str_does() {
+    let names = [
+        "",
+        "a",
+        "ab",
+        "abc",
+        "type",
+        "text",
+        "emoji",
+        "elements",
+        "element",
+        "elementsx",
+        "action_id",
+        "action_i",
+        "placeholder",
+        "é",
+        "z",
+        "~",
+        "aaaaaaa",
+        "aaaaaaaa",
+        "aaaaaaaab",
+        "aaaaaaab",
+        "\u{7f}",
+        "ü_name_longer_than_eight",
+    ];
+    let keys = |name: &str| {
+        let followed = format!("{name}\":\"zzzzzzzzzzzz");
+        [
+            super::name_key(followed.as_bytes(), 0, name.len()),
+            super::name_key(name.as_bytes(), 0, name.len()),
+        ]
+    };
+    for a in names {
+        let [a_load, a_bytes] = keys(a);
+        assert_eq!(a_load, a_bytes, "{a:?}");
+        for b in names {
+            let [b_key, _] = keys(b);
+            assert_eq!(
+                a_load.cmp(&b_key).then_with(|| a.cmp(b)),
+                a.cmp(b),
+                "{a:?} {b:?}"
+            );
+        }
+    }
+}
