@@ -6,8 +6,9 @@
 //!
 //! Each writer task keeps one connection of the pool between batches (a
 //! connection taken from the pool each time is pinged first: one more
-//! round trip per batch), and gives it back after a database error so the
-//! next batch gets a checked one. Within a batch, the fresh claims and the
+//! round trip per batch) when the pool has more than the writers' (reads
+//! need one), and gives it back after a database error so the next batch
+//! gets a checked one. Within a batch, the fresh claims and the
 //! entry writes of alerts named once run merged, one statement each kind
 //! (`writer/merged.rs`).
 //!
@@ -66,11 +67,17 @@ pub struct WriterStats {
 struct Held {
     pool: AnyPool,
     conn: Option<PoolConnection<Any>>,
+    /// Kept after a batch, or given back at once.
+    keep: bool,
 }
 
 impl Held {
-    fn new(pool: AnyPool) -> Held {
-        Held { pool, conn: None }
+    fn new(pool: AnyPool, keep: bool) -> Held {
+        Held {
+            pool,
+            conn: None,
+            keep,
+        }
     }
 
     async fn get(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
@@ -101,8 +108,14 @@ impl Writer {
         let (requests, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(WriterStats::default());
-        for _ in 0..tasks.max(1) {
-            tokio::spawn(write_loop(pool.clone(), receiver.clone(), stats.clone()));
+        let tasks = tasks.max(1);
+        let keep = usize::try_from(pool.options().get_max_connections()).unwrap_or(0) > tasks;
+        for _ in 0..tasks {
+            tokio::spawn(write_loop(
+                Held::new(pool.clone(), keep),
+                receiver.clone(),
+                stats.clone(),
+            ));
         }
         Writer { requests, stats }
     }
@@ -118,12 +131,11 @@ impl Writer {
 }
 
 async fn write_loop(
-    pool: AnyPool,
+    mut held: Held,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
     stats: Arc<WriterStats>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut held = Held::new(pool);
     loop {
         {
             // The lock is held while waiting: the next free task takes what
@@ -134,6 +146,9 @@ async fn write_loop(
             }
         }
         run_batch(&mut held, &mut batch, &stats).await;
+        if !held.keep {
+            held.give_back();
+        }
     }
 }
 

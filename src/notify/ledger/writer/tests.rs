@@ -28,7 +28,7 @@ async fn batch(ledger: &Ledger, ops: Vec<Op>) -> Vec<Answer> {
         requests.push(Request { op, reply });
         answers.push(answer);
     }
-    let mut held = Held::new(ledger.pool.clone());
+    let mut held = Held::new(ledger.pool.clone(), false);
     run_batch(&mut held, &mut requests, &ledger.writer.stats).await;
     let mut out = Vec::new();
     for answer in answers {
