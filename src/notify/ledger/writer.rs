@@ -32,14 +32,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sqlx::any::AnyRow;
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Connection};
+use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::op::{Arg, Op, Outcome};
 use super::{entry_from_row, Entry, LedgerError, COLUMNS};
 
+mod held;
 mod merged;
+
+use self::held::Held;
 
 /// The most writes one transaction carries: bounds how long a batch holds
 /// its row locks (and a failed batch's retry one by one).
@@ -61,36 +63,6 @@ pub struct WriterStats {
     pub retried_batches: AtomicU64,
     /// Writes that ran as part of a multi-row statement.
     pub merged_writes: AtomicU64,
-}
-
-/// A writer task's connection, kept from batch to batch.
-struct Held {
-    pool: AnyPool,
-    conn: Option<PoolConnection<Any>>,
-    /// Kept after a batch, or given back at once.
-    keep: bool,
-}
-
-impl Held {
-    fn new(pool: AnyPool, keep: bool) -> Held {
-        Held {
-            pool,
-            conn: None,
-            keep,
-        }
-    }
-
-    async fn get(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
-        if self.conn.is_none() {
-            self.conn = Some(self.pool.acquire().await?);
-        }
-        self.conn.as_deref_mut().ok_or(sqlx::Error::PoolClosed)
-    }
-
-    /// Back to the pool, which checks it before anyone uses it again.
-    fn give_back(&mut self) {
-        self.conn = None;
-    }
 }
 
 #[derive(Clone)]
