@@ -42,7 +42,29 @@ const BLOCKS: &str = r#"[{"type":"section","text":{"type":"mrkdwn","text":"*Conn
 
 struct Run {
     elapsed: Duration,
+    /// CPU time the whole process (notify, the fake Slack, the mock
+    /// broker) used from the first post to the last.
+    cpu: Duration,
     slack: FakeSlack,
+}
+
+/// CPU time (user + system) this process used so far, from
+/// `/proc/self/stat` (in USER_HZ ticks, 100 per second on Linux); zero
+/// where there is no such file.
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // The fields after the command name, which is in parentheses: state is
+    // the first of them, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 async fn run(
@@ -145,6 +167,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let (mut last, mut progress) = (0, Instant::now());
     loop {
         let posts = stalled(progress);
@@ -157,9 +180,14 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = started.elapsed();
+    let cpu = process_cpu().saturating_sub(cpu_before);
     shutdown.cancel();
     let _ = task.await;
-    Run { elapsed, slack }
+    Run {
+        elapsed,
+        cpu,
+        slack,
+    }
 }
 
 /// The fake Slack with `channels` channels (`C0000`…), Slack's burst of 3
@@ -332,10 +360,12 @@ fn main() {
             let total = number(1, 20_000);
             let r = runtime.block_on(run(200, total / 200, None, (1_000_000, 1_000_000)));
             println!(
-                "unlimited: {total} messages in {:.2?}: {:.0} posts/s (fake Slack, {} ledger, responses acked)",
+                "unlimited: {total} messages in {:.2?}: {:.0} posts/s (fake Slack, {} ledger, responses acked); CPU {:.0} µs per post ({:.2?} for the process)",
                 r.elapsed,
                 total as f64 / r.elapsed.as_secs_f64(),
-                ledger_kind()
+                ledger_kind(),
+                r.cpu.as_secs_f64() * 1e6 / total as f64,
+                r.cpu
             );
         }
         "slack" => {

@@ -4,6 +4,14 @@
 //! of workers share one commit (one `fsync` on PostgreSQL, one WAL append
 //! on SQLite) instead of paying one each.
 //!
+//! Each writer task keeps one connection of the pool between batches (a
+//! connection taken from the pool each time is pinged first: one more
+//! round trip per batch) when the pool has more than the writers' (reads
+//! need one), and gives it back after a database error so the next batch
+//! gets a checked one. Within a batch, the fresh claims and the
+//! entry writes of alerts named once run merged, one statement each kind
+//! (`writer/merged.rs`).
+//!
 //! Nothing about durability changes: a worker is answered only after the
 //! transaction holding its write committed, so `pending` is still durable
 //! before Slack sees the post and `posted` before the offset moves. The
@@ -24,11 +32,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::op::{Arg, Op, Outcome};
 use super::{entry_from_row, Entry, LedgerError, COLUMNS};
+
+mod held;
+mod merged;
+
+use self::held::Held;
 
 /// The most writes one transaction carries: bounds how long a batch holds
 /// its row locks (and a failed batch's retry one by one).
@@ -48,6 +61,8 @@ pub struct WriterStats {
     pub writes: AtomicU64,
     /// Batches rolled back and run again write by write.
     pub retried_batches: AtomicU64,
+    /// Writes that ran as part of a multi-row statement.
+    pub merged_writes: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -65,8 +80,14 @@ impl Writer {
         let (requests, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(WriterStats::default());
-        for _ in 0..tasks.max(1) {
-            tokio::spawn(write_loop(pool.clone(), receiver.clone(), stats.clone()));
+        let tasks = tasks.max(1);
+        let keep = usize::try_from(pool.options().get_max_connections()).unwrap_or(0) > tasks;
+        for _ in 0..tasks {
+            tokio::spawn(write_loop(
+                Held::new(pool.clone(), keep),
+                receiver.clone(),
+                stats.clone(),
+            ));
         }
         Writer { requests, stats }
     }
@@ -82,7 +103,7 @@ impl Writer {
 }
 
 async fn write_loop(
-    pool: AnyPool,
+    mut held: Held,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
     stats: Arc<WriterStats>,
 ) {
@@ -96,13 +117,16 @@ async fn write_loop(
                 return;
             }
         }
-        run_batch(&pool, &mut batch, &stats).await;
+        run_batch(&mut held, &mut batch, &stats).await;
+        if !held.keep {
+            held.give_back();
+        }
     }
 }
 
 /// Runs `batch` in one transaction and answers each request; on a
 /// database error, rolls back and runs each write on its own.
-async fn run_batch(pool: &AnyPool, batch: &mut Vec<Request>, stats: &WriterStats) {
+async fn run_batch(held: &mut Held, batch: &mut Vec<Request>, stats: &WriterStats) {
     stats.transactions.fetch_add(1, Ordering::Relaxed);
     stats
         .writes
@@ -110,12 +134,12 @@ async fn run_batch(pool: &AnyPool, batch: &mut Vec<Request>, stats: &WriterStats
     if batch.len() == 1 {
         // Alone: the statement is its own transaction.
         for request in batch.drain(..) {
-            let answer = alone(pool, &request.op).await;
+            let answer = alone(held, &request.op).await;
             let _ = request.reply.send(answer);
         }
         return;
     }
-    match together(pool, batch).await {
+    match together(held, batch, stats).await {
         Ok(answers) => {
             for (request, answer) in batch.drain(..).zip(answers) {
                 let _ = request.reply.send(answer);
@@ -124,20 +148,33 @@ async fn run_batch(pool: &AnyPool, batch: &mut Vec<Request>, stats: &WriterStats
         Err(e) => {
             stats.retried_batches.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, writes = batch.len(), "ledger batch failed; running its writes one by one");
+            held.give_back();
             for request in batch.drain(..) {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
-                let answer = alone(pool, &request.op).await;
+                let answer = alone(held, &request.op).await;
                 let _ = request.reply.send(answer);
             }
         }
     }
 }
 
-async fn together(pool: &AnyPool, batch: &[Request]) -> Result<Vec<Answer>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+async fn together(
+    held: &mut Held,
+    batch: &[Request],
+    stats: &WriterStats,
+) -> Result<Vec<Answer>, sqlx::Error> {
+    let mut tx = held.get().await?.begin().await?;
+    let mut merged = merged::run(&mut tx, batch.iter().map(|r| &r.op)).await?;
+    stats
+        .merged_writes
+        .fetch_add(merged.writes() as u64, Ordering::Relaxed);
     let mut answers = Vec::with_capacity(batch.len());
-    for request in batch {
-        match execute(&mut tx, &request.op).await {
+    for (i, request) in batch.iter().enumerate() {
+        let answer = match merged.answer(&mut tx, i, &request.op).await {
+            Some(answer) => answer,
+            None => execute(&mut tx, &request.op).await,
+        };
+        match answer {
             // PostgreSQL aborts the transaction on any error: nothing after
             // it can run, and SQLite is kept to the same rule.
             Err(LedgerError::Database(e)) => return Err(e),
@@ -148,8 +185,17 @@ async fn together(pool: &AnyPool, batch: &[Request]) -> Result<Vec<Answer>, sqlx
     Ok(answers)
 }
 
-async fn alone(pool: &AnyPool, op: &Op) -> Answer {
-    let mut conn = pool.acquire().await?;
+/// A write on its own, outside any transaction; a database error gives
+/// the connection back.
+async fn alone(held: &mut Held, op: &Op) -> Answer {
+    let answer = alone_on(held.get().await?, op).await;
+    if matches!(answer, Err(LedgerError::Database(_))) {
+        held.give_back();
+    }
+    answer
+}
+
+async fn alone_on(conn: &mut AnyConnection, op: &Op) -> Answer {
     if let Op::SaveThen {
         entry,
         run,
@@ -160,11 +206,11 @@ async fn alone(pool: &AnyPool, op: &Op) -> Answer {
     {
         // Without a transaction the entry's write stands on its own: a
         // failing follow-up must not turn it into an error.
-        let rows = save_entry(&mut conn, entry, run, *now_ms, *lease_until).await?;
+        let rows = save_entry(conn, entry, run, *now_ms, *lease_until).await?;
         if rows == 0 {
             return Ok(Outcome::Saved { rows, then: None });
         }
-        let then = match statement(&mut conn, then.sql, &then.args).await {
+        let then = match statement(conn, then.sql, &then.args).await {
             Ok(then) => Some(then),
             Err(e) => {
                 tracing::debug!(error = %e, "the write after the entry's failed");
@@ -173,7 +219,7 @@ async fn alone(pool: &AnyPool, op: &Op) -> Answer {
         };
         return Ok(Outcome::Saved { rows, then });
     }
-    execute(&mut conn, op).await
+    execute(conn, op).await
 }
 
 async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
@@ -204,15 +250,7 @@ async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
             if let Some(row) = insert_fresh(conn, fresh, *now_ms).await? {
                 return Ok(Outcome::Inserted(row));
             }
-            let claimed = Claimant {
-                alert_id: &fresh.alert_id,
-                channel_id: &fresh.channel_id,
-                instance: fresh.owner.as_deref().unwrap_or_default(),
-                run: fresh.owner_run.as_deref().unwrap_or_default(),
-                now_ms: *now_ms,
-                lease_until: *lease_until,
-            };
-            Ok(Outcome::Row(claim(conn, &claimed).await?))
+            claim_existing(conn, fresh, *now_ms, *lease_until).await
         }
         Op::Save {
             entry,
@@ -272,6 +310,24 @@ async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
             Ok(Outcome::Rows(1))
         }
     }
+}
+
+/// The claim a fresh claim makes of a row that was there already.
+async fn claim_existing(
+    conn: &mut AnyConnection,
+    fresh: &Entry,
+    now_ms: i64,
+    lease_until: i64,
+) -> Answer {
+    let claimed = Claimant {
+        alert_id: &fresh.alert_id,
+        channel_id: &fresh.channel_id,
+        instance: fresh.owner.as_deref().unwrap_or_default(),
+        run: fresh.owner_run.as_deref().unwrap_or_default(),
+        now_ms,
+        lease_until,
+    };
+    Ok(Outcome::Row(claim(conn, &claimed).await?))
 }
 
 /// Who claims which alert, and until when.

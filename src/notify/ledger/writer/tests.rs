@@ -1,5 +1,5 @@
 use super::*;
-use crate::notify::ledger::{Claim, Ledger, Owner, Status};
+use crate::notify::ledger::{Claim, Ledger, Owner, Statement, Status};
 
 async fn ledger(dir: &tempfile::TempDir) -> Ledger {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
@@ -28,7 +28,8 @@ async fn batch(ledger: &Ledger, ops: Vec<Op>) -> Vec<Answer> {
         requests.push(Request { op, reply });
         answers.push(answer);
     }
-    run_batch(&ledger.pool, &mut requests, &ledger.writer.stats).await;
+    let mut held = Held::new(ledger.pool.clone(), false);
+    run_batch(&mut held, &mut requests, &ledger.writer.stats).await;
     let mut out = Vec::new();
     for answer in answers {
         out.push(answer.await.expect("answered"));
@@ -165,4 +166,136 @@ async fn a_failing_statement_fails_only_its_submitter() {
     assert_eq!(x.owner_run, Some(first.run));
     let y = ledger.get("y").await.unwrap().unwrap();
     assert_eq!(y.owner_run, Some(second.run));
+}
+
+fn fresh(alert_id: &str, owner: &Owner, now_ms: i64) -> Op {
+    let lease_until = now_ms + 60_000;
+    Op::ClaimFresh {
+        fresh: Box::new(Entry::claimed_new(
+            alert_id,
+            "C1",
+            owner,
+            now_ms,
+            lease_until,
+        )),
+        now_ms,
+        lease_until,
+    }
+}
+
+fn posted(alert_id: &str, owner: &Owner) -> Box<Entry> {
+    let mut entry = Entry::claimed_new(alert_id, "C1", owner, 2, 60_002);
+    entry.status = Status::Posted;
+    entry.ts = Some("1.0".into());
+    Box::new(entry)
+}
+
+/// Fresh claims and entry writes of alerts named once in a batch run as
+/// one statement each kind; every submitter gets what its write alone
+/// would have given, also when the batch fails and runs again one by one.
+async fn merged_batch(failing: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(&dir).await;
+    let (first, second) = (Owner::new("a"), Owner::new("b"));
+    for alert in ["c", "d", "e", "f"] {
+        batch(&ledger, vec![claim(alert, &first, 1)]).await;
+    }
+    let mut ops = vec![
+        fresh("a", &second, 2),
+        fresh("b", &second, 2),
+        fresh("c", &second, 2),
+        Op::Save {
+            entry: posted("d", &first),
+            run: first.run.clone(),
+            now_ms: 2,
+            lease_until: None,
+        },
+        Op::SaveThen {
+            entry: posted("e", &second),
+            run: second.run.clone(),
+            now_ms: 2,
+            lease_until: None,
+            then: Statement {
+                sql: "DELETE FROM alert_states WHERE alert_id = $1",
+                args: vec![Arg::Text(Some("e".into()))],
+            },
+        },
+        Op::SaveThen {
+            entry: posted("f", &first),
+            run: first.run.clone(),
+            now_ms: 2,
+            lease_until: Some(60_002),
+            then: Statement {
+                sql: "DELETE FROM alert_states WHERE alert_id = $1",
+                args: vec![Arg::Text(Some("f".into()))],
+            },
+        },
+    ];
+    if failing {
+        ops.push(Op::Invalid);
+    }
+    let answers = batch(&ledger, ops).await;
+    let stats = ledger.writer_stats();
+    assert_eq!(stats.merged_writes.load(Ordering::Relaxed), 6);
+    assert_eq!(
+        stats.retried_batches.load(Ordering::Relaxed),
+        u64::from(failing)
+    );
+    for answer in &answers[..2] {
+        let Ok(Outcome::Inserted(entry)) = answer else {
+            panic!("not inserted");
+        };
+        assert_eq!(entry.owner_run, Some(second.run.clone()));
+    }
+    assert_eq!(
+        run_of(&answers[2]),
+        Some(first.run.clone()),
+        "a row already there is claimed, not overwritten"
+    );
+    assert!(matches!(answers[3], Ok(Outcome::Rows(1))));
+    assert!(
+        matches!(
+            answers[4],
+            Ok(Outcome::Saved {
+                rows: 0,
+                then: None
+            })
+        ),
+        "fenced out, no follow-up"
+    );
+    assert!(matches!(
+        answers[5],
+        Ok(Outcome::Saved {
+            rows: 1,
+            then: Some(0)
+        })
+    ));
+    let get = |alert: &'static str| {
+        let ledger = ledger.clone();
+        async move { ledger.get(alert).await.unwrap().unwrap() }
+    };
+    assert_eq!(get("a").await.owner_run, Some(second.run.clone()));
+    assert_eq!(get("c").await.owner_run, Some(first.run.clone()));
+    let d = get("d").await;
+    assert_eq!((d.status, d.owner_run), (Status::Posted, None));
+    let e = get("e").await;
+    assert_eq!(
+        (e.status, e.owner_run),
+        (Status::New, Some(first.run.clone()))
+    );
+    let f = get("f").await;
+    assert_eq!(
+        (f.status, f.owner_run, f.lease_until),
+        (Status::Posted, Some(first.run.clone()), Some(60_002))
+    );
+}
+
+#[tokio::test]
+async fn merged_writes_answer_each_submitter_as_alone() {
+    merged_batch(false).await;
+}
+
+#[tokio::test]
+async fn a_failing_batch_with_merged_writes_runs_them_one_by_one() {
+    merged_batch(true).await;
 }
