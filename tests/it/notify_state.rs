@@ -10,7 +10,7 @@ use alertsvc::messages::{AlertStatus, DeliveryOutcome, SlackMessage};
 use alertsvc::notify::ledger::Ledger;
 use alertsvc::notify::state::service::Applied;
 use alertsvc::notify::state::store::{StateRow, StateStore};
-use alertsvc::notify::state::{Action, Actor, AlertStates, NoChange, StateKind};
+use alertsvc::notify::state::{Action, Actor, AlertState, AlertStates, NoChange, StateKind};
 use alertsvc::slack::fake::FakeMessage;
 use serde_json::{json, Value};
 
@@ -79,6 +79,12 @@ pub(crate) fn record(row: &StateRow, ts: &str) -> Value {
            "actorId": actor.map(|a| a.id.clone()), "actorName": actor.and_then(|a| a.name.clone()),
            "at": row.state.at, "snoozedUntil": row.state.snoozed_until, "groupKey": null,
            "channelId": "C1", "messageTs": ts, "pipeline": "test"})
+}
+
+/// A row's state and version, without the markers that follow it to the
+/// topic and the message: those move on their own, in the background.
+fn change_of(row: &StateRow) -> (AlertState, i64) {
+    (row.state.clone(), row.version)
 }
 
 pub(crate) fn ada() -> Option<Actor> {
@@ -176,7 +182,11 @@ async fn acknowledge_then_snooze(backend: Backend) {
     // nothing changes.
     let again = button("alertsvc_acknowledge", "st-1");
     assert_eq!(click(env, posted, ("U0BOB", "bob"), again).await, 200);
-    assert_eq!(state_of(ledger, "st-1").await, acked, "no second state");
+    assert_eq!(
+        change_of(&state_of(ledger, "st-1").await),
+        change_of(&acked),
+        "no second state"
+    );
 
     // New content: edited in place, still saying who acknowledged it.
     let mut newer = stateful_message("st-1", "C1", "Connector failed again: auth error");
@@ -312,7 +322,10 @@ async fn resolve_by_button_and_upstream(backend: Backend) {
     // A click left on a resolved alert's old message: nothing changes.
     let late = button("alertsvc_acknowledge", "rb");
     assert_eq!(click(env, rb, ("U0ADA", "ada"), late).await, 200);
-    assert_eq!(state_of(ledger, "rb").await, resolved);
+    assert_eq!(
+        change_of(&state_of(ledger, "rb").await),
+        change_of(&resolved)
+    );
 
     let states = read_alert_states(env, 5, WAIT).await;
     let (rb_ts, up_ts) = (&started.ts[0], &started.ts[1]);
