@@ -16,11 +16,12 @@ use self::fast_filter::FastFilter;
 use super::markup;
 use crate::config::{resolve_path, BlocksSource, ConfigError, JoinKind, PipelineSettings};
 use crate::messages::{RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
-use crate::slack::blockkit::BlockKitError;
+use crate::slack::blockkit::{BlockKitError, Plans};
 use join_key::{JoinKey, KeyExpr, ALERT_ID};
 use suppress::Suppress;
 
 mod apply;
+mod holes;
 mod interned;
 mod join_key;
 
@@ -214,6 +215,8 @@ pub struct Pipeline {
     /// Whether a program that runs on every record reads `alert_id`.
     alert_id_eager: bool,
     templates: Environment<'static>,
+    /// The blocks template's Block Kit plans, by skeleton.
+    blocks_plans: Plans,
     vars: JinjaValue,
     /// Whether `message.status` is set; without it every message fires.
     has_status: bool,
@@ -394,6 +397,7 @@ impl Pipeline {
             joins,
             suppress,
             templates,
+            blocks_plans: Plans::new(),
             vars: JinjaValue::from_serialize(&settings.vars),
             has_status: message.status.is_some(),
             updates: settings.updates,
@@ -455,8 +459,28 @@ fn truncate_chars(state: &minijinja::State, text: String, max: usize) -> String 
 
 /// Writes interpolated values according to the template's escape mode (see
 /// [`SLACK_JSON_ESCAPE`]): `|safe` values verbatim, `Markup` without Slack
-/// escaping, anything else Slack-escaped.
+/// escaping, anything else Slack-escaped. In a recorded render (the
+/// blocks', see [`holes`]) a value escaped as JSON string content is noted
+/// as a hole; any other makes the render's holes unknown.
 fn slack_formatter(
+    out: &mut minijinja::Output,
+    state: &minijinja::State,
+    value: &JinjaValue,
+) -> Result<(), minijinja::Error> {
+    let Some(start) = holes::start() else {
+        return write_value(out, state, value);
+    };
+    if state.auto_escape() != SLACK_JSON_ESCAPE || value.is_safe() {
+        holes::unknown();
+        return write_value(out, state, value);
+    }
+    write_value(out, state, value)?;
+    holes::hole(start);
+    Ok(())
+}
+
+/// [`slack_formatter`]'s writing.
+fn write_value(
     out: &mut minijinja::Output,
     state: &minijinja::State,
     value: &JinjaValue,

@@ -41,6 +41,7 @@ fn fail(path: impl Into<String>, reason: impl Into<String>) -> BlockKitError {
 
 mod canonical;
 mod escape;
+mod plan;
 mod reader;
 #[cfg(test)]
 mod rendered_tests;
@@ -48,6 +49,7 @@ mod scan;
 
 pub use canonical::canonical_json;
 pub use escape::write_json_string_content;
+pub use plan::Plans;
 
 /// Why rendered blocks were refused.
 #[derive(Debug, Clone, PartialEq)]

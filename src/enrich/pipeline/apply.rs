@@ -10,6 +10,7 @@ use serde_json::Value as Json;
 
 use super::cel_paths::{self, ProjectError, Reads};
 use super::context::RenderContext;
+use super::holes;
 use super::jinja_json;
 use super::join_key::{self, KeyExpr, ALERT_ID};
 use super::suppress::{Suppress, NOW};
@@ -318,11 +319,7 @@ impl Pipeline {
         };
         let channel_id = self.render_one("channel", context)?;
         let text = self.render_one(TEXT_TEMPLATE, context)?;
-        let blocks_text = self.render_template(BLOCKS_TEMPLATE, context)?;
-        let blocks = blockkit::check_rendered(&text, &blocks_text).map_err(|e| match e {
-            RenderedError::Json(reason) => RecordError::BlocksJson(reason),
-            RenderedError::BlockKit(e) => RecordError::BlockKit(e),
-        })?;
+        let blocks = self.render_blocks(&text, context)?;
         let group_key = if self.group_window_ms > 0 {
             let rendered = self.render_template(GROUP_KEY_TEMPLATE, context)?;
             Some(rendered.trim().to_owned()).filter(|k| !k.is_empty())
@@ -393,7 +390,34 @@ impl Pipeline {
         AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))
     }
 
-    fn render_template(&self, name: &str, context: &JinjaValue) -> Result<String, RecordError> {
+    /// The blocks rendered, checked with `text` and in canonical form:
+    /// through the skeleton's plan when the render's holes are known.
+    pub(super) fn render_blocks(
+        &self,
+        text: &str,
+        context: &JinjaValue,
+    ) -> Result<String, RecordError> {
+        let fail = |e: minijinja::Error| RecordError::Render {
+            template: BLOCKS_TEMPLATE.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let template = self.templates.get_template(BLOCKS_TEMPLATE).map_err(fail)?;
+        let rendered = holes::render(&template, context, template.source().len()).map_err(fail)?;
+        let checked = match &rendered.holes {
+            Some(holes) => self.blocks_plans.check(text, &rendered.text, holes),
+            None => blockkit::check_rendered(text, &rendered.text),
+        };
+        checked.map_err(|e| match e {
+            RenderedError::Json(reason) => RecordError::BlocksJson(reason),
+            RenderedError::BlockKit(e) => RecordError::BlockKit(e),
+        })
+    }
+
+    pub(super) fn render_template(
+        &self,
+        name: &str,
+        context: &JinjaValue,
+    ) -> Result<String, RecordError> {
         let fail = |e: minijinja::Error| RecordError::Render {
             template: name.to_owned(),
             reason: format!("{e:#}"),

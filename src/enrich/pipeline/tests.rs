@@ -335,6 +335,7 @@ fn safe_inserts_raw_json() {
 
 mod golden;
 mod keys;
+mod plans;
 mod suppress;
 
 /// The formatter's shortcut: a value it writes unchanged is one neither

@@ -49,10 +49,72 @@ pub(super) fn canonical_checked_by_serde(
 }
 
 fn check_message(text: &str, blocks: &List<'_, Block<'_>>) -> Result<(), BlockKitError> {
+    check_text(text)?;
+    check_blocks(&mut Exact, blocks)
+}
+
+/// The fallback text's limits (the first checked).
+pub(super) fn check_text(text: &str) -> Result<(), BlockKitError> {
     if text.trim().is_empty() {
         return Err(fail("text", "fallback text must not be empty"));
     }
-    max_len(|| "text".into(), text, MAX_MESSAGE_TEXT)?;
+    Exact.max_len(|| "text".into(), text, MAX_MESSAGE_TEXT)
+}
+
+/// What the rules do with the strings whose content they read: check
+/// them ([`Exact`]), or, for a document whose values are placeholders,
+/// note what the values must satisfy (`super::plan`). Generic, so the
+/// exact checks cost what they did before.
+pub(super) trait Rules {
+    /// At most `max` characters.
+    fn max_len(
+        &mut self,
+        path: impl FnOnce() -> String,
+        text: &str,
+        max: usize,
+    ) -> Result<(), BlockKitError>;
+    /// At least one character.
+    fn non_empty(&mut self, path: impl FnOnce() -> String, text: &str)
+        -> Result<(), BlockKitError>;
+    /// A string compared with the rules' words (a `type`, a `style`).
+    fn word<'a>(&mut self, text: Option<&'a str>) -> Option<&'a str>;
+}
+
+/// The rules applied to the strings as they are.
+pub(super) struct Exact;
+
+impl Rules for Exact {
+    #[inline]
+    fn max_len(
+        &mut self,
+        path: impl FnOnce() -> String,
+        text: &str,
+        max: usize,
+    ) -> Result<(), BlockKitError> {
+        max_len(path, text, max)
+    }
+    #[inline]
+    fn non_empty(
+        &mut self,
+        path: impl FnOnce() -> String,
+        text: &str,
+    ) -> Result<(), BlockKitError> {
+        if text.is_empty() {
+            return Err(fail(path(), "must not be empty"));
+        }
+        Ok(())
+    }
+    #[inline]
+    fn word<'a>(&mut self, text: Option<&'a str>) -> Option<&'a str> {
+        text
+    }
+}
+
+/// The blocks' limits, in the order [`super::validate_message`] checks them.
+pub(super) fn check_blocks<R: Rules>(
+    rules: &mut R,
+    blocks: &List<'_, Block<'_>>,
+) -> Result<(), BlockKitError> {
     let List::Items(blocks) = blocks else {
         return Err(fail("blocks", "must be a JSON array"));
     };
@@ -63,17 +125,21 @@ fn check_message(text: &str, blocks: &List<'_, Block<'_>>) -> Result<(), BlockKi
         ));
     }
     for (i, block) in blocks.iter().enumerate() {
-        check_block(&|| format!("blocks[{i}]"), block)?;
+        check_block(rules, &|| format!("blocks[{i}]"), block)?;
     }
     Ok(())
 }
 
 type Path<'a> = &'a dyn Fn() -> String;
 
-fn check_block(path: Path, block: &Member<'_, Block<'_>>) -> Result<(), BlockKitError> {
+fn check_block<R: Rules>(
+    rules: &mut R,
+    path: Path,
+    block: &Member<'_, Block<'_>>,
+) -> Result<(), BlockKitError> {
     let Some((block, kind)) = block
         .object()
-        .and_then(|b| b.kind.as_str().map(|kind| (b, kind)))
+        .and_then(|b| rules.word(b.kind.as_str()).map(|kind| (b, kind)))
     else {
         return Err(fail(path(), "block has no \"type\""));
     };
@@ -82,16 +148,17 @@ fn check_block(path: Path, block: &Member<'_, Block<'_>>) -> Result<(), BlockKit
             .block_id
             .as_str()
             .ok_or_else(|| fail(format!("{}.block_id", path()), "must be a string"))?;
-        max_len(|| format!("{}.block_id", path()), id, MAX_BLOCK_ID)?;
+        rules.max_len(|| format!("{}.block_id", path()), id, MAX_BLOCK_ID)?;
     }
     match kind {
         "header" => {
             let text = text_object(
+                rules,
                 &|| format!("{}.text", path()),
                 text_parts(&block.text),
                 true,
             )?;
-            max_len(|| format!("{}.text.text", path()), text, MAX_HEADER_TEXT)?;
+            rules.max_len(|| format!("{}.text.text", path()), text, MAX_HEADER_TEXT)?;
         }
         "section" => {
             if block.text.is_absent() && matches!(block.fields, List::Absent) {
@@ -99,11 +166,12 @@ fn check_block(path: Path, block: &Member<'_, Block<'_>>) -> Result<(), BlockKit
             }
             if !block.text.is_absent() {
                 let text = text_object(
+                    rules,
                     &|| format!("{}.text", path()),
                     text_parts(&block.text),
                     false,
                 )?;
-                max_len(|| format!("{}.text.text", path()), text, MAX_SECTION_TEXT)?;
+                rules.max_len(|| format!("{}.text.text", path()), text, MAX_SECTION_TEXT)?;
             }
             match &block.fields {
                 List::Absent => {}
@@ -117,13 +185,13 @@ fn check_block(path: Path, block: &Member<'_, Block<'_>>) -> Result<(), BlockKit
                     }
                     for (j, field) in fields.iter().enumerate() {
                         let p = || format!("{}.fields[{j}]", path());
-                        let text = text_object(&p, text_parts(field), false)?;
-                        max_len(|| format!("{}.text", p()), text, MAX_FIELD_TEXT)?;
+                        let text = text_object(rules, &p, text_parts(field), false)?;
+                        rules.max_len(|| format!("{}.text", p()), text, MAX_FIELD_TEXT)?;
                     }
                 }
             }
             if !block.accessory.is_absent() {
-                check_element(&|| format!("{}.accessory", path()), &block.accessory)?;
+                check_element(rules, &|| format!("{}.accessory", path()), &block.accessory)?;
             }
         }
         "context" => {
@@ -131,21 +199,21 @@ fn check_block(path: Path, block: &Member<'_, Block<'_>>) -> Result<(), BlockKit
             for (j, element) in elements.iter().enumerate() {
                 let p = || format!("{}.elements[{j}]", path());
                 let element = element.object();
-                if element.and_then(|e| e.kind.as_str()) == Some("image") {
+                if rules.word(element.and_then(|e| e.kind.as_str())) == Some("image") {
                     continue;
                 }
                 let parts = Some((
                     element.and_then(|e| e.kind.as_str()),
                     element.and_then(|e| e.text.as_str()),
                 ));
-                let text = text_object(&p, parts, false)?;
-                max_len(|| format!("{}.text", p()), text, MAX_SECTION_TEXT)?;
+                let text = text_object(rules, &p, parts, false)?;
+                rules.max_len(|| format!("{}.text", p()), text, MAX_SECTION_TEXT)?;
             }
         }
         "actions" => {
             let elements = elements(path, &block.elements, MAX_ACTION_ELEMENTS)?;
             for (j, element) in elements.iter().enumerate() {
-                check_element(&|| format!("{}.elements[{j}]", path()), element)?;
+                check_element(rules, &|| format!("{}.elements[{j}]", path()), element)?;
             }
         }
         "divider" | "image" | "rich_text" | "input" | "file" | "video" => {}
@@ -171,21 +239,26 @@ fn elements<'a, 'de>(
     Ok(elements)
 }
 
-fn check_element(path: Path, element: &Member<'_, Element<'_>>) -> Result<(), BlockKitError> {
+fn check_element<R: Rules>(
+    rules: &mut R,
+    path: Path,
+    element: &Member<'_, Element<'_>>,
+) -> Result<(), BlockKitError> {
     let Some(element) = element.object() else {
         return Ok(());
     };
-    match element.kind.as_str() {
+    match rules.word(element.kind.as_str()) {
         Some("button") => {}
-        Some("static_select") => return check_static_select(path, element),
+        Some("static_select") => return check_static_select(rules, path, element),
         _ => return Ok(()),
     }
     let text = text_object(
+        rules,
         &|| format!("{}.text", path()),
         text_parts(&element.text),
         true,
     )?;
-    max_len(|| format!("{}.text.text", path()), text, MAX_BUTTON_TEXT)?;
+    rules.max_len(|| format!("{}.text.text", path()), text, MAX_BUTTON_TEXT)?;
     for (name, member, max) in [
         ("value", &element.value, MAX_BUTTON_VALUE),
         ("action_id", &element.action_id, MAX_ACTION_ID),
@@ -195,10 +268,10 @@ fn check_element(path: Path, element: &Member<'_, Element<'_>>) -> Result<(), Bl
             let v = member
                 .as_str()
                 .ok_or_else(|| fail(format!("{}.{name}", path()), "must be a string"))?;
-            max_len(|| format!("{}.{name}", path()), v, max)?;
+            rules.max_len(|| format!("{}.{name}", path()), v, max)?;
         }
     }
-    if let Some(style) = element.style.as_str() {
+    if let Some(style) = rules.word(element.style.as_str()) {
         if style != "primary" && style != "danger" {
             return Err(fail(
                 format!("{}.style", path()),
@@ -209,14 +282,19 @@ fn check_element(path: Path, element: &Member<'_, Element<'_>>) -> Result<(), Bl
     Ok(())
 }
 
-fn check_static_select(path: Path, element: &Element<'_>) -> Result<(), BlockKitError> {
+fn check_static_select<R: Rules>(
+    rules: &mut R,
+    path: Path,
+    element: &Element<'_>,
+) -> Result<(), BlockKitError> {
     if !element.placeholder.is_absent() {
         let text = text_object(
+            rules,
             &|| format!("{}.placeholder", path()),
             text_parts(&element.placeholder),
             true,
         )?;
-        max_len(
+        rules.max_len(
             || format!("{}.placeholder.text", path()),
             text,
             MAX_PLACEHOLDER,
@@ -227,7 +305,7 @@ fn check_static_select(path: Path, element: &Element<'_>) -> Result<(), BlockKit
             .action_id
             .as_str()
             .ok_or_else(|| fail(format!("{}.action_id", path()), "must be a string"))?;
-        max_len(|| format!("{}.action_id", path()), id, MAX_ACTION_ID)?;
+        rules.max_len(|| format!("{}.action_id", path()), id, MAX_ACTION_ID)?;
     }
     let List::Items(options) = &element.options else {
         return Err(fail(format!("{}.options", path()), "must be an array"));
@@ -243,15 +321,16 @@ fn check_static_select(path: Path, element: &Element<'_>) -> Result<(), BlockKit
         // An option that is not an object has neither member.
         let option = option.object();
         let text = text_object(
+            rules,
             &|| format!("{}.text", p()),
             option.and_then(|o| text_parts(&o.text)),
             true,
         )?;
-        max_len(|| format!("{}.text.text", p()), text, MAX_OPTION_TEXT)?;
+        rules.max_len(|| format!("{}.text.text", p()), text, MAX_OPTION_TEXT)?;
         let value = option
             .and_then(|o| o.value.as_str())
             .ok_or_else(|| fail(format!("{}.value", p()), "must be a string"))?;
-        max_len(|| format!("{}.value", p()), value, MAX_OPTION_VALUE)?;
+        rules.max_len(|| format!("{}.value", p()), value, MAX_OPTION_VALUE)?;
     }
     Ok(())
 }
@@ -270,22 +349,21 @@ fn text_parts<'a>(
     ))
 }
 
-fn text_object<'a>(
+fn text_object<'a, R: Rules>(
+    rules: &mut R,
     path: Path,
     parts: Option<(Option<&str>, Option<&'a str>)>,
     plain_only: bool,
 ) -> Result<&'a str, BlockKitError> {
     let (kind, text) = parts.ok_or_else(|| fail(path(), "missing text object"))?;
-    match kind {
+    match rules.word(kind) {
         Some("plain_text") => {}
         Some("mrkdwn") if !plain_only => {}
         Some("mrkdwn") => return Err(fail(path(), "must be plain_text")),
         _ => return Err(fail(path(), "text object needs type plain_text or mrkdwn")),
     }
     let text = text.ok_or_else(|| fail(format!("{}.text", path()), "must be a string"))?;
-    if text.is_empty() {
-        return Err(fail(format!("{}.text", path()), "must not be empty"));
-    }
+    rules.non_empty(|| format!("{}.text", path()), text)?;
     Ok(text)
 }
 
