@@ -402,11 +402,16 @@ impl Pipeline {
             reason: format!("{e:#}"),
         };
         let template = self.templates.get_template(BLOCKS_TEMPLATE).map_err(fail)?;
-        let rendered = holes::render(&template, context, template.source().len()).map_err(fail)?;
-        let checked = match &rendered.holes {
-            Some(holes) => self.blocks_plans.check(text, &rendered.text, holes),
-            None => blockkit::check_rendered(text, &rendered.text),
-        };
+        let checked = holes::render(
+            &template,
+            context,
+            template.source().len(),
+            |blocks, holes| match holes {
+                Some(holes) => self.blocks_plans.check(text, blocks, holes),
+                None => blockkit::check_rendered(text, blocks),
+            },
+        )
+        .map_err(fail)?;
         checked.map_err(|e| match e {
             RenderedError::Json(reason) => RecordError::BlocksJson(reason),
             RenderedError::BlockKit(e) => RecordError::BlockKit(e),

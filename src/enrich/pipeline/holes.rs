@@ -40,40 +40,33 @@ struct Recording {
     holes: RefCell<Vec<Range<usize>>>,
 }
 
-/// A render's text, and its holes when every value was written as one.
-pub(super) struct Recorded {
-    pub text: String,
-    pub holes: Option<Vec<Range<usize>>>,
-}
-
-/// Renders `template` with `context`, recording the holes.
-pub(super) fn render(
+/// Renders `template` with `context`, recording the holes, and hands
+/// `then` the text and its holes when every value was written as one (the
+/// holes stay in the thread's buffer, reused from render to render).
+pub(super) fn render<R>(
     template: &Template<'_, '_>,
     context: &JinjaValue,
     size_hint: usize,
-) -> Result<Recorded, minijinja::Error> {
+    then: impl FnOnce(&str, Option<&[Range<usize>]>) -> R,
+) -> Result<R, minijinja::Error> {
     let mut writer = Writer {
         out: Vec::with_capacity(size_hint),
     };
-    let rendered = {
+    {
         let _active = Active::start();
         // `render_captured_to`, its successor, builds a `Captured` (an
         // allocated cell holding the template and state) nobody reads.
         #[allow(deprecated)]
-        template
-            .render_to_write(context, &mut writer)
-            .map(|_state| ())
-    };
-    let holes = RECORDING.with(|r| {
-        let holes = std::mem::take(&mut *r.holes.borrow_mut());
-        r.known.get().then_some(holes)
-    });
-    rendered?;
+        template.render_to_write(context, &mut writer)?;
+    }
     // The writer is handed `&str`s only; the check cannot fail.
     let text = String::from_utf8(writer.out).map_err(|_| {
         minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "render was not UTF-8")
     })?;
-    Ok(Recorded { text, holes })
+    Ok(RECORDING.with(|r| {
+        let holes = r.holes.borrow();
+        then(&text, r.known.get().then_some(&holes[..]))
+    }))
 }
 
 /// The render's length when a render is being recorded on this thread:

@@ -21,9 +21,7 @@ fn both(p: &Pipeline, text: &str, context: &JinjaValue) -> (Checked, Checked, Op
             })
         });
     let template = p.templates.get_template(BLOCKS_TEMPLATE).unwrap();
-    let known = holes::render(&template, context, 0)
-        .ok()
-        .map(|r| r.holes.is_some());
+    let known = holes::render(&template, context, 0, |_, holes| holes.is_some()).ok();
     (planned, full, known)
 }
 
