@@ -19,25 +19,17 @@ use std::ops::Range;
 
 use minijinja::{Template, Value as JinjaValue};
 
+// Separate cells, none with a destructor: the formatter's checks are a
+// plain thread-local load (a `Vec` in the same key would make every
+// access check its destructor's registration).
 thread_local! {
-    static RECORDING: Recording = const {
-        Recording {
-            active: Cell::new(false),
-            len: Cell::new(0),
-            known: Cell::new(true),
-            holes: RefCell::new(Vec::new()),
-        }
-    };
-}
-
-struct Recording {
     /// A recorded render is under way on this thread.
-    active: Cell<bool>,
+    static ACTIVE: Cell<bool> = const { Cell::new(false) };
     /// Bytes the render has written so far.
-    len: Cell<usize>,
+    static LEN: Cell<usize> = const { Cell::new(0) };
     /// No value was written other than as a hole.
-    known: Cell<bool>,
-    holes: RefCell<Vec<Range<usize>>>,
+    static KNOWN: Cell<bool> = const { Cell::new(true) };
+    static HOLES: RefCell<Vec<Range<usize>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Renders `template` with `context`, recording the holes, and hands
@@ -63,26 +55,23 @@ pub(super) fn render<R>(
     let text = String::from_utf8(writer.out).map_err(|_| {
         minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "render was not UTF-8")
     })?;
-    Ok(RECORDING.with(|r| {
-        let holes = r.holes.borrow();
-        then(&text, r.known.get().then_some(&holes[..]))
-    }))
+    Ok(HOLES.with_borrow(|holes| then(&text, KNOWN.get().then_some(&holes[..]))))
 }
 
 /// The render's length when a render is being recorded on this thread:
 /// the start of the value the formatter is about to write.
 pub(super) fn start() -> Option<usize> {
-    RECORDING.with(|r| r.active.get().then(|| r.len.get()))
+    ACTIVE.get().then(|| LEN.get())
 }
 
 /// The formatter wrote, since `start`, one value as JSON string content.
 pub(super) fn hole(start: usize) {
-    RECORDING.with(|r| r.holes.borrow_mut().push(start..r.len.get()));
+    HOLES.with_borrow_mut(|holes| holes.push(start..LEN.get()));
 }
 
 /// The formatter wrote a value some other way.
 pub(super) fn unknown() {
-    RECORDING.with(|r| r.known.set(false));
+    KNOWN.set(false);
 }
 
 /// Recording on this thread while it lives (also when the render panics).
@@ -90,19 +79,17 @@ struct Active;
 
 impl Active {
     fn start() -> Active {
-        RECORDING.with(|r| {
-            r.active.set(true);
-            r.len.set(0);
-            r.known.set(true);
-            r.holes.borrow_mut().clear();
-        });
+        ACTIVE.set(true);
+        LEN.set(0);
+        KNOWN.set(true);
+        HOLES.with_borrow_mut(Vec::clear);
         Active
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        RECORDING.with(|r| r.active.set(false));
+        ACTIVE.set(false);
     }
 }
 
@@ -118,7 +105,7 @@ impl io::Write for Writer {
 
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.extend_from_slice(bytes);
-        RECORDING.with(|r| r.len.set(self.out.len()));
+        LEN.set(self.out.len());
         Ok(())
     }
 
