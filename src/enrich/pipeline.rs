@@ -467,29 +467,34 @@ fn slack_formatter(
     state: &minijinja::State,
     value: &JinjaValue,
 ) -> Result<(), minijinja::Error> {
-    let Some(start) = holes::start() else {
-        return write_value(out, state, value);
+    // The mode is compared once (a custom mode compares by its name).
+    let json = match state.auto_escape() {
+        SLACK_JSON_ESCAPE => Some(true),
+        SLACK_TEXT_ESCAPE => Some(false),
+        _ => None,
     };
-    if state.auto_escape() != SLACK_JSON_ESCAPE || value.is_safe() {
+    let Some(start) = holes::start() else {
+        return write_value(out, state, value, json);
+    };
+    if json != Some(true) || value.is_safe() {
         holes::unknown();
-        return write_value(out, state, value);
+        return write_value(out, state, value, json);
     }
-    write_value(out, state, value)?;
+    write_value(out, state, value, json)?;
     holes::hole(start);
     Ok(())
 }
 
-/// [`slack_formatter`]'s writing.
+/// [`slack_formatter`]'s writing; `json`: whether the mode is the JSON
+/// one, `None` for a mode that is neither of ours.
 fn write_value(
     out: &mut minijinja::Output,
     state: &minijinja::State,
     value: &JinjaValue,
+    json: Option<bool>,
 ) -> Result<(), minijinja::Error> {
-    let mode = state.auto_escape();
-    let json = match mode {
-        SLACK_JSON_ESCAPE => true,
-        SLACK_TEXT_ESCAPE => false,
-        _ => return minijinja::escape_formatter(out, state, value),
+    let Some(json) = json else {
+        return minijinja::escape_formatter(out, state, value);
     };
     let io_error = |_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed");
     if value.is_safe() {
