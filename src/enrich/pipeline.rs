@@ -215,7 +215,7 @@ pub struct Pipeline {
     /// Whether a program that runs on every record reads `alert_id`.
     alert_id_eager: bool,
     templates: Environment<'static>,
-    /// The blocks template's Block Kit plans, by skeleton (per thread).
+    /// The blocks template's Block Kit plans, by skeleton.
     blocks_plans: Plans,
     vars: JinjaValue,
     /// Whether `message.status` is set; without it every message fires.

@@ -14,9 +14,8 @@
 //! goes through [`super::check_rendered`], so outputs and errors are what
 //! they always were, byte for byte.
 
-use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use super::canonical::canonical_shaped;
 use super::escape::next_escape;
@@ -26,7 +25,7 @@ use super::{check_rendered, BlockKitError, RenderedError};
 #[cfg(test)]
 mod tests;
 
-/// Skeletons kept per [`Plans`] and thread: a template's branches give a few; one
+/// Skeletons kept per [`Plans`]: a template's branches give a few; one
 /// whose literal text follows its data (a loop, an `if` on a value) could
 /// give many, and those past the bound are checked in full.
 const MAX_PLANS: usize = 64;
@@ -35,32 +34,15 @@ const MAX_HOLES: usize = 4096;
 /// The first placeholder: U+F0000 (private use) for hole 0, and so on.
 const PLACEHOLDER: u32 = 0xF_0000;
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Each thread's plans, by [`Plans::id`]: a plan depends on its
-    /// skeleton alone, so the workers need not share them, and an alert
-    /// takes no lock (a shared lock's counter moved between the cores on
-    /// every alert). A skeleton is planned once per worker.
-    static PLANS: RefCell<Vec<(u64, Vec<Entry>)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The plans of one blocks template (kept per thread, see [`PLANS`]).
+/// The plans of one blocks template, shared by the threads that render it.
+#[derive(Default)]
 pub struct Plans {
-    id: u64,
-}
-
-impl Default for Plans {
-    fn default() -> Plans {
-        Plans {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        }
-    }
+    entries: RwLock<Vec<Entry>>,
 }
 
 impl std::fmt::Debug for Plans {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plans").field("id", &self.id).finish()
+        f.debug_struct("Plans").finish_non_exhaustive()
     }
 }
 
@@ -69,27 +51,12 @@ impl Plans {
         Plans::default()
     }
 
-    /// This thread's (skeletons with a plan, skeletons checked in full),
-    /// for tests.
+    /// (skeletons with a plan, skeletons checked in full), for tests.
     #[cfg(test)]
     pub fn counts(&self) -> (usize, usize) {
-        self.with_entries(|entries| {
-            let planned = entries.iter().filter(|e| e.plan.is_some()).count();
-            (planned, entries.len() - planned)
-        })
-    }
-
-    fn with_entries<R>(&self, f: impl FnOnce(&mut Vec<Entry>) -> R) -> R {
-        PLANS.with_borrow_mut(|plans| {
-            let at = match plans.iter().position(|(id, _)| *id == self.id) {
-                Some(at) => at,
-                None => {
-                    plans.push((self.id, Vec::new()));
-                    plans.len() - 1
-                }
-            };
-            f(&mut plans[at].1)
-        })
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let planned = entries.iter().filter(|e| e.plan.is_some()).count();
+        (planned, entries.len() - planned)
     }
 
     /// [`check_rendered`] of `text` and `blocks_json`, where `holes` are
@@ -111,18 +78,29 @@ impl Plans {
             holes,
             literal_len: blocks_json.len() - filled,
         };
-        self.with_entries(|entries| {
+        {
+            let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = entries.iter().find(|e| e.skeleton_of(&render)) {
-                return entry.check(text, &render);
+                return match &entry.plan {
+                    Some(plan) => plan.apply(text, &render),
+                    None => check_rendered(text, blocks_json),
+                };
             }
             if entries.len() >= MAX_PLANS {
                 return check_rendered(text, blocks_json);
             }
-            let entry = Entry::of(&render);
-            let result = entry.check(text, &render);
+        }
+        let entry = Entry::of(&render);
+        let result = match &entry.plan {
+            Some(plan) => plan.apply(text, &render),
+            None => check_rendered(text, blocks_json),
+        };
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        // Another thread may have planned the same skeleton meanwhile.
+        if entries.len() < MAX_PLANS && !entries.iter().any(|e| e.skeleton_of(&render)) {
             entries.push(entry);
-            result
-        })
+        }
+        result
     }
 }
 
@@ -254,13 +232,6 @@ impl Entry {
             literals,
             ends: ends.into(),
             plan,
-        }
-    }
-
-    fn check(&self, text: &str, render: &Render<'_>) -> Result<String, RenderedError> {
-        match &self.plan {
-            Some(plan) => plan.apply(text, render),
-            None => check_rendered(text, render.text),
         }
     }
 
