@@ -35,6 +35,8 @@ const MAX_HOLES: usize = 4096;
 const PLACEHOLDER: u32 = 0xF_0000;
 
 /// The plans of one blocks template, shared by the threads that render it.
+/// (Kept per thread instead they would be lost with each batch's scoped
+/// worker thread, see `enrich::parallel`, and planned again.)
 #[derive(Default)]
 pub struct Plans {
     entries: RwLock<Vec<Entry>>,
