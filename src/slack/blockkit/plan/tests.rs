@@ -8,7 +8,7 @@ use super::super::escape::push_escaped_char;
 use super::super::write_json_string_content;
 use super::*;
 
-/// `c` escaped as a blocks template writes a value.
+/// `text` escaped as a blocks template writes a value.
 fn escaped(text: &str) -> String {
     let mut out = String::new();
     write_json_string_content(&mut out, text).expect("a String takes any text");
