@@ -59,7 +59,9 @@ struct Run {
 async fn states_published(url: &str, total: usize, limit: Duration) -> Option<Duration> {
     use sqlx::Row;
     let started = Instant::now();
-    let pool = alertsvc::db::connect(url, 1).await.expect("ledger to watch");
+    let pool = alertsvc::db::connect(url, 1)
+        .await
+        .expect("ledger to watch");
     loop {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM alert_states \

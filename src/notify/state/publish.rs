@@ -119,10 +119,15 @@ impl Drop for Leading<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
     /// On the topic: at `offset` of `partition`, to be marked.
-    Landed { partition: i32, offset: i64 },
+    Landed {
+        partition: i32,
+        offset: i64,
+    },
     /// The topic has it already (marked published), or it is not in the
     /// ledger: nothing to send.
-    Nothing { published: bool },
+    Nothing {
+        published: bool,
+    },
     Failed,
 }
 
@@ -189,9 +194,10 @@ impl AlertStates {
                 }
             }
         }
-        let landed = join_all(acks.into_iter().map(|(i, row, delivery)| async move {
-            (i, row, landed(delivery).await)
-        }))
+        let landed = join_all(
+            acks.into_iter()
+                .map(|(i, row, delivery)| async move { (i, row, landed(delivery).await) }),
+        )
         .await;
         let marks = settle(&mut sent, landed);
         self.mark_all(&marks).await;
@@ -202,7 +208,9 @@ impl AlertStates {
     async fn mark_all(&self, marks: &[(&StateRow, i32, i64)]) {
         let marks: Vec<(&str, i64, i32, i64)> = marks
             .iter()
-            .map(|(row, partition, offset)| (row.alert_id.as_str(), row.version, *partition, *offset))
+            .map(|(row, partition, offset)| {
+                (row.alert_id.as_str(), row.version, *partition, *offset)
+            })
             .collect();
         if let Err(e) = self.store.mark_published_many(&marks).await {
             // Published again later: harmless, the value is the same.
@@ -214,7 +222,10 @@ impl AlertStates {
 /// For each of `alert_ids`, what its row (in `rows`, if it has one) needs:
 /// nothing, or its record sent (`Failed` until it lands), and those to
 /// send with their place in the batch.
-fn to_send<'r>(alert_ids: &[&str], rows: &'r [StateRow]) -> (Vec<Sent>, Vec<(usize, &'r StateRow)>) {
+fn to_send<'r>(
+    alert_ids: &[&str],
+    rows: &'r [StateRow],
+) -> (Vec<Sent>, Vec<(usize, &'r StateRow)>) {
     let mut by_id: HashMap<&str, &StateRow> =
         rows.iter().map(|r| (r.alert_id.as_str(), r)).collect();
     let mut sending = Vec::new();
@@ -333,7 +344,10 @@ mod tests {
                 let _ = waiter.send(true);
             }
         }
-        assert_eq!((answered(&mut a1), answered(&mut a2)), (Some(true), Some(true)));
+        assert_eq!(
+            (answered(&mut a1), answered(&mut a2)),
+            (Some(true), Some(true))
+        );
     }
 
     #[test]
@@ -344,7 +358,10 @@ mod tests {
         }
         let first: Vec<String> = queue.next_batch(2).into_iter().map(|(id, _)| id).collect();
         let second: Vec<String> = queue.next_batch(2).into_iter().map(|(id, _)| id).collect();
-        assert_eq!((first, second), (vec!["a".into(), "b".into()], vec!["c".into()]));
+        assert_eq!(
+            (first, second),
+            (vec!["a".into(), "b".into()], vec!["c".into()])
+        );
     }
 
     #[test]
@@ -570,7 +587,10 @@ mod tests {
         assert!(states.publish("a-0").await);
         let (version, after) = offset_of("a-0").await;
         assert_eq!(version, 2);
-        assert!(after > before, "the newer record is later: {before} then {after}");
+        assert!(
+            after > before,
+            "the newer record is later: {before} then {after}"
+        );
         // Nothing behind: asked again, it is answered without a record.
         assert!(states.publish("a-0").await);
         assert_eq!(offset_of("a-0").await, (2, after));

@@ -371,4 +371,3 @@ pub fn set_statement(
     }
     Statement { sql, args }
 }
-

@@ -15,8 +15,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::super::op::{Op, Outcome};
-use super::super::{entry_from_row, Entry, LedgerError, COLUMNS};
 use super::super::tuples;
+use super::super::{entry_from_row, Entry, LedgerError, COLUMNS};
 use super::{claim_existing, statement, Answer};
 
 /// What the merged statements of a batch did, for answering their writes.

@@ -43,8 +43,8 @@ fn store_post(state: &Shared, request: Args) -> Result<(PostAnswer, Value), Refu
         .filter(|t| !t.is_empty())
         .map(str::to_owned);
     if let Some(parent) = &thread_ts {
-        let known = position_of(&s, &channel, parent)
-            .is_some_and(|i| s.messages[i].thread_ts.is_none());
+        let known =
+            position_of(&s, &channel, parent).is_some_and(|i| s.messages[i].thread_ts.is_none());
         if !known {
             s.stats.rejected += 1;
             return Err("thread_not_found".into());
