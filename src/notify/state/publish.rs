@@ -115,6 +115,10 @@ impl Drop for Leading<'_> {
     }
 }
 
+/// A record's place in its batch, its row, and where it landed (partition,
+/// offset) or why not.
+type Acked<'r> = (usize, &'r StateRow, Result<(i32, i64), String>);
+
 /// What happened to one alert's record in a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
@@ -246,10 +250,7 @@ fn to_send<'r>(
 /// Records where each acked record landed in `sent`; the marks to write
 /// (row, partition, offset): only for records the broker acked, so a
 /// failed one leaves its row's marker where it was.
-fn settle<'r>(
-    sent: &mut [Sent],
-    landed: Vec<(usize, &'r StateRow, Result<(i32, i64), String>)>,
-) -> Vec<(&'r StateRow, i32, i64)> {
+fn settle<'r>(sent: &mut [Sent], landed: Vec<Acked<'r>>) -> Vec<(&'r StateRow, i32, i64)> {
     let mut marks = Vec::with_capacity(landed.len());
     for (i, row, landed) in landed {
         match landed {
