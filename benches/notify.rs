@@ -45,7 +45,41 @@ struct Run {
     /// CPU time the whole process (notify, the fake Slack, the mock
     /// broker) used from the first post to the last.
     cpu: Duration,
+    /// From the last post until every alert's state was on the
+    /// `alert-state` topic and marked so in the ledger (`None`: not within
+    /// two minutes), and the process's CPU time over the same span.
+    states_lag: Option<Duration>,
+    states_cpu: Duration,
     slack: FakeSlack,
+}
+
+/// Waits until the ledger at `url` has `total` alert states, each marked
+/// published (the mark follows the broker's ack); how long that took, or
+/// `None` after `limit`.
+async fn states_published(url: &str, total: usize, limit: Duration) -> Option<Duration> {
+    use sqlx::Row;
+    let started = Instant::now();
+    let pool = alertsvc::db::connect(url, 1)
+        .await
+        .expect("ledger to watch");
+    loop {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM alert_states \
+             WHERE published_version >= version AND published_version > 0",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count published states");
+        let published: i64 = row.try_get("n").expect("a count");
+        if usize::try_from(published).is_ok_and(|n| n >= total) {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            eprintln!("{published} of {total} alert states published after {limit:?}");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// CPU time (user + system) this process used so far, from
@@ -180,12 +214,17 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = started.elapsed();
-    let cpu = process_cpu().saturating_sub(cpu_before);
+    let cpu_after = process_cpu();
+    let cpu = cpu_after.saturating_sub(cpu_before);
+    let states_lag = states_published(&ledger, total, Duration::from_secs(120)).await;
+    let states_cpu = process_cpu().saturating_sub(cpu_after);
     shutdown.cancel();
     let _ = task.await;
     Run {
         elapsed,
         cpu,
+        states_lag,
+        states_cpu,
         slack,
     }
 }
@@ -360,12 +399,15 @@ fn main() {
             let total = number(1, 20_000);
             let r = runtime.block_on(run(200, total / 200, None, (1_000_000, 1_000_000)));
             println!(
-                "unlimited: {total} messages in {:.2?}: {:.0} posts/s (fake Slack, {} ledger, responses acked); CPU {:.0} µs per post ({:.2?} for the process)",
+                "unlimited: {total} messages in {:.2?}: {:.0} posts/s (fake Slack, {} ledger, responses acked); CPU {:.0} µs per post ({:.2?} for the process); alert states all published {} after the last post (CPU {:.2?} meanwhile)",
                 r.elapsed,
                 total as f64 / r.elapsed.as_secs_f64(),
                 ledger_kind(),
                 r.cpu.as_secs_f64() * 1e6 / total as f64,
-                r.cpu
+                r.cpu,
+                r.states_lag
+                    .map_or_else(|| "not".to_owned(), |lag| format!("{lag:.2?}")),
+                r.states_cpu
             );
         }
         "slack" => {

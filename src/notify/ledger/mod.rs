@@ -243,6 +243,12 @@ impl Ledger {
         })
     }
 
+    /// Whether the database is PostgreSQL (else SQLite): which placeholders
+    /// a statement built at run time uses.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
     /// Applies `migrations/` (the schema shared with produce).
     pub async fn migrate(&self) -> Result<(), LedgerError> {
         Ok(crate::db::migrate(&self.pool, self.postgres).await?)
@@ -400,7 +406,12 @@ impl Ledger {
 
     /// Runs one write to another table of the ledger's database in the
     /// writer's next batch; returns the rows it changed.
-    pub async fn write(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64, LedgerError> {
+    pub async fn write(
+        &self,
+        sql: impl Into<std::borrow::Cow<'static, str>>,
+        args: Vec<Arg>,
+    ) -> Result<u64, LedgerError> {
+        let sql = sql.into();
         match self.writer.submit(Op::Statement { sql, args }).await? {
             Outcome::Rows(rows) => Ok(rows),
             _ => Err(LedgerError::WriterAnswer),
@@ -430,6 +441,31 @@ impl Ledger {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// `rows` tuples of `width` placeholders: numbered, `($1, $2), ($3, $4)`,
+/// or anonymous, `(?, ?), (?, ?)`.
+pub fn tuples(rows: usize, width: usize, numbered: bool) -> String {
+    let mut sql = String::with_capacity(rows * width * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            if numbered {
+                sql.push('$');
+                sql.push_str(&(row * width + column + 1).to_string());
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// SQLite has one writer whatever we do; PostgreSQL overlaps batches on

@@ -2,6 +2,8 @@
 //! is answered ([`Outcome`]): the vocabulary of the group commit in
 //! `writer.rs`.
 
+use std::borrow::Cow;
+
 use super::Entry;
 
 /// One write, with what it needs to run on its own.
@@ -49,9 +51,11 @@ pub(super) enum Op {
         run: String,
     },
     /// A write to another table of the ledger's database (alert states):
-    /// one statement, answered with the rows it changed.
+    /// one statement, answered with the rows it changed. A statement built
+    /// at run time (owned: a multi-row one, whose text depends on its rows)
+    /// is not kept prepared.
     Statement {
-        sql: &'static str,
+        sql: Cow<'static, str>,
         args: Vec<Arg>,
     },
     /// A statement the database refuses (tests of the failure path).

@@ -28,6 +28,7 @@
 //! alert state's compare-and-set then finds its own change and decides
 //! again from it.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -301,7 +302,14 @@ async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
             .await?;
             Ok(Outcome::Rows(done.rows_affected()))
         }
-        Op::Statement { sql, args } => Ok(Outcome::Rows(statement(conn, sql, args).await?)),
+        Op::Statement {
+            sql: Cow::Borrowed(sql),
+            args,
+        } => Ok(Outcome::Rows(statement(conn, sql, args).await?)),
+        Op::Statement {
+            sql: Cow::Owned(sql),
+            args,
+        } => Ok(Outcome::Rows(built_statement(conn, sql, args).await?)),
         #[cfg(test)]
         Op::Invalid => {
             sqlx::query("INSERT INTO no_such_table VALUES (1)")
@@ -472,7 +480,24 @@ async fn statement(
     sql: &'static str,
     args: &[Arg],
 ) -> Result<u64, sqlx::Error> {
-    let mut query = sqlx::query(sql);
+    run_statement(conn, sqlx::query(sql), args).await
+}
+
+/// A statement built at run time: not kept prepared (one per row count).
+async fn built_statement(
+    conn: &mut AnyConnection,
+    sql: &str,
+    args: &[Arg],
+) -> Result<u64, sqlx::Error> {
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).persistent(false);
+    run_statement(conn, query, args).await
+}
+
+async fn run_statement(
+    conn: &mut AnyConnection,
+    mut query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+    args: &[Arg],
+) -> Result<u64, sqlx::Error> {
     for arg in args {
         query = match arg {
             Arg::Text(value) => query.bind(value.clone()),

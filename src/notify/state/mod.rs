@@ -10,6 +10,7 @@
 
 pub mod decorate;
 pub mod first_post;
+mod publish;
 pub mod service;
 mod show;
 pub mod store;

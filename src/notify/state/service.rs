@@ -10,23 +10,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::decorate::decorated_blocks;
+use super::publish::PublishQueue;
 use super::show::{Show, ShowLocks};
 use super::store::{Place, StateRow, StateStore};
 use super::{transition, Action, NoChange, Transition};
 use crate::avro::{Codec, KeyCodec};
-use crate::kafka::{enqueue, OutRecord, StageContext};
+use crate::kafka::StageContext;
 use crate::messages::{AlertStatus, SlackMessage};
 use crate::notify::ledger::LedgerError;
 use crate::notify::slack_side::SlackSide;
 
-/// How long a publish waits for the broker before leaving the row to the
-/// background publisher.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 const PENDING_BATCH: i64 = 200;
 
 /// Where state changes are published.
@@ -104,11 +103,12 @@ enum Placing<'a> {
 
 pub struct AlertStates {
     pub(super) store: StateStore,
-    publisher: Option<Publisher>,
+    pub(super) publisher: Option<Publisher>,
     pub(super) slack: Option<SlackSide>,
-    /// One publish at a time per process, each of the row's latest state,
-    /// so an older state never lands after a newer one from here.
-    publishing: tokio::sync::Mutex<()>,
+    /// One batch of publishes at a time per process, each of the rows'
+    /// latest states, so an older state never lands after a newer one from
+    /// here (`publish.rs`).
+    pub(super) publishing: PublishQueue,
     /// Per alert, the show in flight in this process (see `show.rs`).
     pub(super) showing: ShowLocks,
 }
@@ -140,7 +140,7 @@ impl AlertStates {
             store,
             publisher,
             slack,
-            publishing: tokio::sync::Mutex::new(()),
+            publishing: PublishQueue::default(),
             showing: ShowLocks::default(),
         }
     }
@@ -306,78 +306,13 @@ impl AlertStates {
         Ok(applied)
     }
 
-    /// Publishes the alert's latest state; `true` once the broker has it.
-    pub async fn publish(&self, alert_id: &str) -> bool {
-        let Some(publisher) = &self.publisher else {
-            return false;
-        };
-        let _one = self.publishing.lock().await;
-        let row = match self.store.get(alert_id).await {
-            Ok(Some(row)) => row,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::warn!(alert_id, error = %e, "cannot read the alert's state to publish it");
-                return false;
-            }
-        };
-        if row.published_version >= row.version {
-            return true;
-        }
-        let sent = async {
-            let payload = publisher
-                .codec
-                .encode(&state_record(&row))
-                .await
-                .map_err(|e| e.to_string())?;
-            let key = publisher
-                .key_codec
-                .encode_str(alert_id)
-                .await
-                .map_err(|e| e.to_string())?;
-            let record = OutRecord {
-                topic: publisher.topic.clone(),
-                key: Some(key),
-                payload: Some(payload),
-                headers: None,
-            };
-            let delivery = enqueue(&publisher.producer, &record)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::time::timeout(PUBLISH_TIMEOUT, delivery)
-                .await
-                .map_err(|_| "timed out".to_owned())?
-                .map_err(|_| "cancelled".to_owned())?
-                .map_err(|(e, _)| e.to_string())
-        }
-        .await;
-        let landed = match sent {
-            Ok(landed) => landed,
-            Err(e) => {
-                tracing::warn!(alert_id, error = %e, "alert state not published; trying again later");
-                return false;
-            }
-        };
-        if let Err(e) = self
-            .store
-            .mark_published(alert_id, row.version, landed.partition, landed.offset)
-            .await
-        {
-            // Published again later: harmless, the value is the same.
-            tracing::warn!(alert_id, error = %e, "cannot record the alert state as published");
-        }
-        true
-    }
-
     /// Publishes every state the topic may not have (a failed publish, a
     /// crash right after a change); returns how many were published.
-    pub async fn publish_pending(&self) -> Result<usize, LedgerError> {
-        let mut published = 0;
-        for row in self.store.unpublished(PENDING_BATCH).await? {
-            if self.publish(&row.alert_id).await {
-                published += 1;
-            }
-        }
-        Ok(published)
+    pub async fn publish_pending(self: &Arc<Self>) -> Result<usize, LedgerError> {
+        let rows = self.store.unpublished(PENDING_BATCH).await?;
+        // Asked for together, they go out as one batch.
+        let published = join_all(rows.iter().map(|row| self.publish(&row.alert_id))).await;
+        Ok(published.into_iter().filter(|&p| p).count())
     }
 
     /// Alerts whose snooze ended are firing again: published, and their

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::{Actor, AlertState, StateKind};
-use crate::notify::ledger::{Arg, Ledger, LedgerError, Statement};
+use crate::notify::ledger::{tuples, Arg, Ledger, LedgerError, Statement};
 
 /// Where the state is shown: the alert's message and its content as notify
 /// rendered it (without the state's decoration).
@@ -140,6 +140,24 @@ impl StateStore {
         row.as_ref().map(row_to_state).transpose()
     }
 
+    /// The rows of those of `alert_ids` that have one, in one query.
+    pub async fn get_many(&self, alert_ids: &[&str]) -> Result<Vec<StateRow>, LedgerError> {
+        if alert_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM alert_states WHERE alert_id IN {}",
+            tuples(1, alert_ids.len(), self.ledger.is_postgres())
+        );
+        // Not kept prepared: one statement per batch size.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for alert_id in alert_ids {
+            query = query.bind(*alert_id);
+        }
+        let rows: Vec<AnyRow> = query.fetch_all(&self.pool).await?;
+        rows.iter().map(row_to_state).collect()
+    }
+
     /// Writes `state` (and `place`) if the row is still at `expected`
     /// (`None`: absent); `false` when someone changed it first. `shown`:
     /// the message notify is sending shows this state already (its own post
@@ -195,6 +213,44 @@ impl StateStore {
             Arg::Int(Some(offset)),
         ];
         self.ledger.write(PUBLISHED_AT, args).await?;
+        Ok(())
+    }
+
+    /// [`Self::mark_published`] for each of `marks` (alert id, version,
+    /// partition, offset; each alert once) in one statement.
+    pub async fn mark_published_many(
+        &self,
+        marks: &[(&str, i64, i32, i64)],
+    ) -> Result<(), LedgerError> {
+        match marks {
+            [] => return Ok(()),
+            [(alert_id, version, partition, offset)] => {
+                return self
+                    .mark_published(alert_id, *version, *partition, *offset)
+                    .await
+            }
+            _ => {}
+        }
+        let sql = format!(
+            "UPDATE alert_states SET published_version = v.column2, \
+             published_partition = v.column3, published_offset = v.column4 \
+             FROM (VALUES {}) AS v \
+             WHERE alert_states.alert_id = v.column1 \
+             AND (alert_states.published_offset IS NULL \
+               OR alert_states.published_partition <> v.column3 \
+               OR alert_states.published_offset < v.column4)",
+            tuples(marks.len(), 4, self.ledger.is_postgres())
+        );
+        let mut args = Vec::with_capacity(marks.len() * 4);
+        for (alert_id, version, partition, offset) in marks {
+            args.extend([
+                Arg::Text(Some((*alert_id).to_owned())),
+                Arg::Int(Some(*version)),
+                Arg::Int(Some((*partition).into())),
+                Arg::Int(Some(*offset)),
+            ]);
+        }
+        self.ledger.write(sql, args).await?;
         Ok(())
     }
 

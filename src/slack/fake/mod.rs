@@ -167,9 +167,21 @@ struct Bucket {
     updated: Instant,
 }
 
+/// A thread's replies as Slack sums them up on its parent.
+struct Thread {
+    replies: usize,
+    latest: String,
+}
+
 struct SlackState {
     config: FakeSlackConfig,
     messages: Vec<FakeMessage>,
+    /// Where each (channel, ts) is first in `messages`: lookups by ts
+    /// without a scan of every message stored.
+    positions: HashMap<(String, String), usize>,
+    /// Each thread's replies (by channel and parent ts): how many and the
+    /// latest, for the parent's `reply_count` and `latest_reply`.
+    threads: HashMap<(String, String), Thread>,
     buckets: HashMap<String, Bucket>,
     stats: FakeStats,
     next_ts: u64,
@@ -194,6 +206,25 @@ impl SlackState {
             .iter()
             .find(|u| dm_channel(u) == channel)
             .map(String::as_str)
+    }
+
+    /// Stores `message` last, indexed by its ts and its thread.
+    fn store(&mut self, message: FakeMessage) {
+        self.positions
+            .entry((message.channel.clone(), message.ts.clone()))
+            .or_insert(self.messages.len());
+        if let Some(parent) = &message.thread_ts {
+            let thread = self
+                .threads
+                .entry((message.channel.clone(), parent.clone()))
+                .or_insert(Thread {
+                    replies: 0,
+                    latest: String::new(),
+                });
+            thread.replies += 1;
+            thread.latest.clone_from(&message.ts);
+        }
+        self.messages.push(message);
     }
 
     fn count_post(&mut self, message: &FakeMessage) {
@@ -237,6 +268,8 @@ impl FakeSlack {
             ),
             config,
             messages: Vec::new(),
+            positions: HashMap::new(),
+            threads: HashMap::new(),
             buckets: HashMap::new(),
             stats: FakeStats::default(),
             next_ts: 1,
@@ -368,6 +401,6 @@ impl FakeSlack {
         }
         let mut s = self.lock();
         s.count_post(&message);
-        s.messages.push(message);
+        s.store(message);
     }
 }

@@ -15,6 +15,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::super::op::{Op, Outcome};
+use super::super::tuples;
 use super::super::{entry_from_row, Entry, LedgerError, COLUMNS};
 use super::{claim_existing, statement, Answer};
 
@@ -186,31 +187,6 @@ fn plan<'a>(ops: impl Iterator<Item = &'a Op> + Clone) -> Plan {
     plan
 }
 
-/// `rows` tuples of `width` placeholders: numbered, `($1, $2), ($3, $4)`,
-/// or anonymous, `(?, ?), (?, ?)`.
-fn tuples(rows: usize, width: usize, numbered: bool) -> String {
-    let mut sql = String::with_capacity(rows * width * 5);
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..width {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            if numbered {
-                sql.push('$');
-                sql.push_str(&(row * width + column + 1).to_string());
-            } else {
-                sql.push('?');
-            }
-        }
-        sql.push(')');
-    }
-    sql
-}
-
 /// Whether `conn` wants numbered placeholders. SQLite takes them too, but
 /// looks each one up by name in a list of all of them when it parses the
 /// statement and again when sqlx binds it: quadratic in a statement with
@@ -378,7 +354,7 @@ mod tests {
             save("f"),
             save("f"),
             Op::Statement {
-                sql: "UPDATE alert_states SET version = 1",
+                sql: "UPDATE alert_states SET version = 1".into(),
                 args: Vec::new(),
             },
         ];

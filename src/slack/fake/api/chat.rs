@@ -43,10 +43,8 @@ fn store_post(state: &Shared, request: Args) -> Result<(PostAnswer, Value), Refu
         .filter(|t| !t.is_empty())
         .map(str::to_owned);
     if let Some(parent) = &thread_ts {
-        let known = s
-            .messages
-            .iter()
-            .any(|m| m.channel == channel && &m.ts == parent && m.thread_ts.is_none());
+        let known =
+            position_of(&s, &channel, parent).is_some_and(|i| s.messages[i].thread_ts.is_none());
         if !known {
             s.stats.rejected += 1;
             return Err("thread_not_found".into());
@@ -86,7 +84,7 @@ fn store_post(state: &Shared, request: Args) -> Result<(PostAnswer, Value), Refu
         s.stats.replies += 1;
     }
     s.count_post(&message);
-    s.messages.push(message.clone());
+    s.store(message.clone());
     s.listeners.retain(|l| l.send(message.clone()).is_ok());
     let fate = s.faults.post_answer();
     if fate != PostAnswer::Success {

@@ -254,9 +254,9 @@ fn check_channel(s: &SlackState, channel: &str) -> Result<(), &'static str> {
 
 /// Where message `ts` of `channel` is among the stored messages.
 fn position_of(s: &SlackState, channel: &str, ts: &str) -> Option<usize> {
-    s.messages
-        .iter()
-        .position(|m| m.channel == channel && m.ts == ts)
+    s.positions
+        .get(&(channel.to_owned(), ts.to_owned()))
+        .copied()
 }
 
 /// Token bucket per channel; `Err(seconds)` when the caller must wait.
@@ -335,17 +335,12 @@ fn message_json(s: &SlackState, m: &FakeMessage, with_metadata: bool) -> Value {
             }
         }
         None => {
-            let replies: Vec<&FakeMessage> = s
-                .messages
-                .iter()
-                .filter(|r| r.channel == m.channel && r.thread_ts.as_deref() == Some(&m.ts))
-                .collect();
-            if let Some(latest) = replies.last() {
+            if let Some(thread) = s.threads.get(&(m.channel.clone(), m.ts.clone())) {
                 v["thread_ts"] = json!(m.ts);
-                v["reply_count"] = json!(replies.len());
+                v["reply_count"] = json!(thread.replies);
                 v["reply_users_count"] = json!(1);
                 v["reply_users"] = json!([BOT_USER]);
-                v["latest_reply"] = json!(latest.ts);
+                v["latest_reply"] = json!(thread.latest);
             }
         }
     }
