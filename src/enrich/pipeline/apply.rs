@@ -397,10 +397,7 @@ impl Pipeline {
         text: &str,
         context: &JinjaValue,
     ) -> Result<String, RecordError> {
-        let fail = |e: minijinja::Error| RecordError::Render {
-            template: BLOCKS_TEMPLATE.to_owned(),
-            reason: format!("{e:#}"),
-        };
+        let fail = render_failed(BLOCKS_TEMPLATE);
         let template = self.templates.get_template(BLOCKS_TEMPLATE).map_err(fail)?;
         let checked = holes::render(
             &template,
@@ -423,10 +420,7 @@ impl Pipeline {
         name: &str,
         context: &JinjaValue,
     ) -> Result<String, RecordError> {
-        let fail = |e: minijinja::Error| RecordError::Render {
-            template: name.to_owned(),
-            reason: format!("{e:#}"),
-        };
+        let fail = render_failed(name);
         self.templates
             .get_template(name)
             .map_err(fail)?
@@ -513,4 +507,12 @@ pub(super) fn bind_record(
         cel.add_variable_from_value("event", event);
     }
     Ok(())
+}
+
+/// A template's render error, naming the template.
+fn render_failed(template: &str) -> impl Fn(minijinja::Error) -> RecordError + Copy + '_ {
+    move |e| RecordError::Render {
+        template: template.to_owned(),
+        reason: format!("{e:#}"),
+    }
 }

@@ -83,20 +83,14 @@ impl Plans {
         {
             let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = entries.iter().find(|e| e.skeleton_of(&render)) {
-                return match &entry.plan {
-                    Some(plan) => plan.apply(text, &render),
-                    None => check_rendered(text, blocks_json),
-                };
+                return entry.check(text, &render);
             }
             if entries.len() >= MAX_PLANS {
                 return check_rendered(text, blocks_json);
             }
         }
         let entry = Entry::of(&render);
-        let result = match &entry.plan {
-            Some(plan) => plan.apply(text, &render),
-            None => check_rendered(text, blocks_json),
-        };
+        let result = entry.check(text, &render);
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         // Another thread may have planned the same skeleton meanwhile.
         if entries.len() < MAX_PLANS && !entries.iter().any(|e| e.skeleton_of(&render)) {
@@ -222,6 +216,14 @@ struct Entry {
 }
 
 impl Entry {
+    /// [`check_rendered`]'s answer for a render of this skeleton.
+    fn check(&self, text: &str, render: &Render<'_>) -> Result<String, RenderedError> {
+        match &self.plan {
+            Some(plan) => plan.apply(text, render),
+            None => check_rendered(text, render.text),
+        }
+    }
+
     fn of(render: &Render<'_>) -> Entry {
         let mut literals = String::with_capacity(render.literal_len);
         let mut ends = Vec::with_capacity(render.holes.len() + 1);
