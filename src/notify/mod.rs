@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod dispatch;
 pub mod grouping;
 pub mod interactions;
+pub mod keyed_locks;
 pub mod ledger;
 pub mod offsets;
 pub mod pacing;

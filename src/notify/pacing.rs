@@ -15,6 +15,9 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota, RateLimiter};
 
+use tokio::time::Instant;
+
+use super::keyed_locks::{KeyedGuard, KeyedLocks};
 use crate::config::{PacingSettings, RetrySettings};
 
 /// tokio's clock for governor: it stands still and jumps with
@@ -65,8 +68,89 @@ pub struct Pacer {
     history: DirectLimiter,
     /// `chat.update`'s own tier (Tier 3), workspace-wide: a burst of
     /// resolutions or clicks would otherwise run into 429s together.
-    updates: DirectLimiter,
+    updates: TierLimiter,
+    /// Edits waiting for the tier, first come first served: only the first
+    /// in line goes on to its channel, so the tier's grant is taken right
+    /// before its call while no channel is held waiting for the tier.
+    update_line: tokio::sync::Mutex<()>,
     answered: AnsweredLimiter,
+    /// One call at a time per channel, from its grant to its answer: the
+    /// answered limiter's charge then always follows the call it paced,
+    /// whichever task (a channel's worker, an edit waiting for its tier, a
+    /// click's edit, a group's summary) makes it.
+    lanes: KeyedLocks,
+}
+
+/// A request's turn at its channel: the caller makes its call and hands
+/// the turn back to [`Pacer::answered`]. Dropped unanswered (no call was
+/// made), the channel is simply free again.
+#[must_use = "hand the turn back to Pacer::answered once the call is answered"]
+pub struct Turn<'a> {
+    channel: String,
+    /// How long the request waited for its turn.
+    pub waited: Duration,
+    _lane: KeyedGuard<'a>,
+}
+
+/// The generic cell rate algorithm on tokio's clock: one request per
+/// `period` on average, `tolerance` ahead of that schedule at most (a
+/// burst of `tolerance / period + 1`). Pure: the caller keeps the
+/// theoretical arrival time (TAT).
+#[derive(Debug, Clone, Copy)]
+struct Gcra {
+    period: Duration,
+    tolerance: Duration,
+}
+
+impl Gcra {
+    fn new(period: Duration, burst: u32) -> Gcra {
+        Gcra {
+            period,
+            tolerance: period * burst.max(1).saturating_sub(1),
+        }
+    }
+
+    /// When the next request may go, if not at `now`.
+    fn not_before(&self, tat: Option<Instant>, now: Instant) -> Option<Instant> {
+        let at = tat?.checked_sub(self.tolerance)?;
+        (at > now).then_some(at)
+    }
+
+    /// The TAT after a request at `now`.
+    fn charged(&self, tat: Option<Instant>, now: Instant) -> Instant {
+        tat.map_or(now, |tat| tat.max(now)) + self.period
+    }
+}
+
+/// A [`Gcra`] with its one TAT, for a workspace-wide tier.
+struct TierLimiter {
+    gcra: Gcra,
+    tat: std::sync::Mutex<Option<Instant>>,
+}
+
+impl TierLimiter {
+    fn new(gcra: Gcra) -> TierLimiter {
+        TierLimiter {
+            gcra,
+            tat: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn not_before(&self) -> Option<Instant> {
+        let tat = *self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        self.gcra.not_before(tat, Instant::now())
+    }
+
+    async fn until_free(&self) {
+        while let Some(at) = self.not_before() {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+
+    fn take(&self) {
+        let mut tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        *tat = Some(self.gcra.charged(*tat, Instant::now()));
+    }
 }
 
 /// Slack counts a request when it *arrives*, the limiters above when they
@@ -76,40 +160,36 @@ pub struct Pacer {
 /// request's *answer* time instead: a request arrives no later than it is
 /// answered, and a later arrival only moves the bucket's theoretical
 /// arrival time later, so whatever this lets go Slack's bucket admits
-/// whatever the transit delay. It is charged by [`Pacer::answered`], which
-/// a channel's worker calls before its next request.
+/// whatever the transit delay. It is charged by [`Pacer::answered`].
 struct AnsweredLimiter {
-    period: Duration,
-    tolerance: Duration,
+    gcra: Gcra,
     /// Theoretical arrival time per channel.
-    tat: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    tat: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl AnsweredLimiter {
     fn new(per_second: u32, burst: u32) -> AnsweredLimiter {
-        let period = Duration::from_secs(1) / per_second.max(1);
         AnsweredLimiter {
-            period,
-            tolerance: period * burst.max(1).saturating_sub(1),
+            gcra: Gcra::new(Duration::from_secs(1) / per_second.max(1), burst),
             tat: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
     /// When a request to `channel` may go, if not now.
-    fn not_before(&self, channel: &str) -> Option<tokio::time::Instant> {
+    fn not_before(&self, channel: &str) -> Option<Instant> {
         let tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
-        let at = tat.get(channel)?.checked_sub(self.tolerance)?;
-        (at > tokio::time::Instant::now()).then_some(at)
+        self.gcra
+            .not_before(tat.get(channel).copied(), Instant::now())
     }
 
     fn charge(&self, channel: &str) {
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let mut tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
         if tat.len() > 10_000 {
             tat.retain(|_, at| *at > now);
         }
         let at = tat.entry(channel.to_owned()).or_insert(now);
-        *at = (*at).max(now) + self.period;
+        *at = self.gcra.charged(Some(*at), now);
     }
 }
 
@@ -133,14 +213,19 @@ fn quota(per_second: u32, burst: u32) -> Quota {
         .allow_burst(burst)
 }
 
-/// A quota for one of Slack's per-minute tiers, which Slack counts over
-/// any minute: a burst of a tenth of the calls (at most 5), the rest spread
-/// so that a burst plus what follows within a minute stays at
+/// The schedule of one of Slack's per-minute tiers, which Slack counts
+/// over any minute: a burst of a tenth of the calls (at most 5), the rest
+/// spread so that a burst plus what follows within a minute stays at
 /// `per_minute`, with 2% to spare for requests that reach Slack unevenly.
-fn per_minute_quota(per_minute: u32) -> Quota {
+fn per_minute_tier(per_minute: u32) -> (Duration, u32) {
     let per_minute = per_minute.max(1);
     let burst = (per_minute / 10).clamp(1, 5);
     let period = (Duration::from_secs(60) / (per_minute - burst + 1)).mul_f64(1.02);
+    (period, burst)
+}
+
+fn per_minute_quota(per_minute: u32) -> Quota {
+    let (period, burst) = per_minute_tier(per_minute);
     Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
         .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
@@ -165,21 +250,23 @@ impl Pacer {
                 per_minute_quota(settings.history_per_minute),
                 TokioClock,
             ),
-            updates: RateLimiter::direct_with_clock(
-                per_minute_quota(settings.updates_per_minute),
-                TokioClock,
-            ),
+            updates: TierLimiter::new({
+                let (period, burst) = per_minute_tier(settings.updates_per_minute);
+                Gcra::new(period, burst)
+            }),
+            update_line: tokio::sync::Mutex::new(()),
             answered: AnsweredLimiter::new(
                 settings.per_channel_per_second,
                 settings.per_channel_burst,
             ),
+            lanes: KeyedLocks::default(),
         }
     }
 
-    /// A request to `channel` let go by [`Pacer::ready`] was answered (or
-    /// failed): it reached Slack by now.
-    pub fn answered(&self, channel: &str) {
-        self.answered.charge(channel);
+    /// The request made in `turn` was answered (or failed): it reached
+    /// Slack by now, and the channel is free for the next.
+    pub fn answered(&self, turn: Turn<'_>) {
+        self.answered.charge(&turn.channel);
     }
 
     /// Waits until a `conversations.history` call may go.
@@ -187,19 +274,29 @@ impl Pacer {
         until_allowed(|| self.history.check()).await;
     }
 
-    /// Waits until a `chat.update` of a message in `channel` may go: the
-    /// channel's pace, then the method's tier; returns how long it waited.
-    /// The tier comes last so that the call follows its grant at once.
-    pub async fn update_ready(&self, channel: &str) -> Duration {
-        let waited = self.ready(channel).await;
-        let started = tokio::time::Instant::now();
-        until_allowed(|| self.updates.check()).await;
-        waited + started.elapsed()
+    /// Waits until a `chat.update` of a message in `channel` may go: in
+    /// line with the other edits until the method's tier has room, holding
+    /// no channel meanwhile; then the channel's turn, and the tier's grant
+    /// taken just before the call.
+    pub async fn update_ready(&self, channel: &str) -> Turn<'_> {
+        let started = Instant::now();
+        let first_in_line = self.update_line.lock().await;
+        self.updates.until_free().await;
+        let mut turn = self.ready(channel).await;
+        // Nobody else takes the tier while this edit is first in line: it
+        // is still free (waiting again is only for safety).
+        self.updates.until_free().await;
+        self.updates.take();
+        drop(first_in_line);
+        turn.waited = started.elapsed();
+        turn
     }
 
-    /// Waits until a message may go to `channel`; returns how long it waited.
-    pub async fn ready(&self, channel: &str) -> Duration {
-        let started = tokio::time::Instant::now();
+    /// Waits until a message may go to `channel`: its turn at the channel,
+    /// then the channel's and the workspace's pace.
+    pub async fn ready(&self, channel: &str) -> Turn<'_> {
+        let started = Instant::now();
+        let lane = self.lanes.lock(channel).await;
         while let Some(at) = self.answered.not_before(channel) {
             tokio::time::sleep_until(at).await;
         }
@@ -210,7 +307,11 @@ impl Pacer {
         if self.per_channel.len() > 10_000 {
             self.per_channel.retain_recent();
         }
-        started.elapsed()
+        Turn {
+            channel: key,
+            waited: started.elapsed(),
+            _lane: lane,
+        }
     }
 }
 
@@ -242,6 +343,8 @@ pub fn retry_delay(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn retry() -> RetrySettings {
@@ -284,10 +387,14 @@ mod tests {
             history_per_minute: 50,
             updates_per_minute: 50,
         });
-        assert_eq!(pacer.ready("A").await, Duration::ZERO);
-        assert_eq!(pacer.ready("B").await, Duration::ZERO, "B waits for nobody");
+        assert_eq!(pacer.ready("A").await.waited, Duration::ZERO);
+        assert_eq!(
+            pacer.ready("B").await.waited,
+            Duration::ZERO,
+            "B waits for nobody"
+        );
         // 2/s, slowed by 2% and a margin of at most 2% of the period.
-        let second = pacer.ready("A").await;
+        let second = pacer.ready("A").await.waited;
         assert!(
             second >= Duration::from_millis(510) && second <= Duration::from_millis(530),
             "A waited {second:?}"
@@ -305,17 +412,19 @@ mod tests {
             updates_per_minute: 50,
         });
         // A burst of two, the first answered (so: arrived) only 900 ms later.
-        assert_eq!(pacer.ready("A").await, Duration::ZERO);
+        let first = pacer.ready("A").await;
+        assert_eq!(first.waited, Duration::ZERO);
         tokio::time::advance(Duration::from_millis(900)).await;
-        pacer.answered("A");
-        assert_eq!(pacer.ready("A").await, Duration::ZERO);
-        pacer.answered("A");
+        pacer.answered(first);
+        let second = pacer.ready("A").await;
+        assert_eq!(second.waited, Duration::ZERO);
+        pacer.answered(second);
         // The grant-time limiter alone would let the third go at ~1.035 s;
         // Slack saw the first at up to 900 ms, so it must wait until 1.9 s.
-        let third = pacer.ready("A").await;
+        let third = pacer.ready("A").await.waited;
         assert_eq!(third, Duration::from_millis(1000), "waited {third:?}");
         // Another channel is not held back.
-        assert_eq!(pacer.ready("B").await, Duration::ZERO);
+        assert_eq!(pacer.ready("B").await.waited, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
@@ -328,12 +437,112 @@ mod tests {
             history_per_minute: 50,
             updates_per_minute: 50,
         });
-        assert_eq!(pacer.ready("A").await, Duration::ZERO);
-        let other = pacer.ready("B").await;
+        assert_eq!(pacer.ready("A").await.waited, Duration::ZERO);
+        let other = pacer.ready("B").await.waited;
         assert!(
             other >= Duration::from_millis(510) && other <= Duration::from_millis(530),
             "B waited {other:?}"
         );
+    }
+
+    fn settings(per_channel_per_second: u32, updates_per_minute: u32) -> PacingSettings {
+        PacingSettings {
+            per_channel_per_second,
+            per_channel_burst: 1,
+            workspace_per_second: 1000,
+            workspace_burst: 1000,
+            history_per_minute: 50,
+            updates_per_minute,
+        }
+    }
+
+    /// An edit waiting for `chat.update`'s tier holds no channel: its own
+    /// channel's next post and other channels go meanwhile, and the edit
+    /// goes when the tier has room.
+    #[tokio::test(start_paused = true)]
+    async fn an_edit_waiting_for_its_tier_holds_no_channel() {
+        // 6 a minute: a burst of 1, then one per 10.2 s.
+        let pacer = Arc::new(Pacer::new(&settings(100, 6)));
+        let start = Instant::now();
+        let first = pacer.update_ready("A").await;
+        assert_eq!(first.waited, Duration::ZERO);
+        pacer.answered(first);
+        let edit = tokio::spawn({
+            let pacer = pacer.clone();
+            async move {
+                let turn = pacer.update_ready("A").await;
+                let waited = turn.waited;
+                pacer.answered(turn);
+                (waited, start.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let post = pacer.ready("A").await;
+        assert_eq!(post.waited, Duration::ZERO, "A's next post does not wait");
+        pacer.answered(post);
+        let post = pacer.ready("A").await;
+        assert!(
+            post.waited <= Duration::from_millis(20),
+            "{:?}",
+            post.waited
+        );
+        pacer.answered(post);
+        assert!(!edit.is_finished(), "the tier has no room yet");
+        let (waited, at) = edit.await.unwrap();
+        assert!(
+            at >= Duration::from_millis(10_200) && at <= Duration::from_millis(10_220),
+            "the edit went at {at:?}"
+        );
+        assert!(waited >= Duration::from_millis(10_100), "{waited:?}");
+    }
+
+    /// Calls to one channel never overlap, whoever makes them: the next
+    /// turn starts when the last call is answered (or given up).
+    #[tokio::test(start_paused = true)]
+    async fn one_channel_has_one_call_in_flight() {
+        let pacer = Arc::new(Pacer::new(&settings(1000, 1000)));
+        let turn = pacer.ready("A").await;
+        let next = tokio::spawn({
+            let pacer = pacer.clone();
+            async move { pacer.ready("A").await.waited }
+        });
+        let edit = tokio::spawn({
+            let pacer = pacer.clone();
+            async move { pacer.update_ready("A").await.waited }
+        });
+        assert_eq!(pacer.ready("B").await.waited, Duration::ZERO);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!next.is_finished() && !edit.is_finished(), "A is busy");
+        pacer.answered(turn);
+        assert!(next.await.unwrap() >= Duration::from_secs(5));
+        assert!(edit.await.unwrap() >= Duration::from_secs(5));
+    }
+
+    /// Edits waiting for the tier go in the order they asked.
+    #[tokio::test(start_paused = true)]
+    async fn edits_wait_for_the_tier_in_line() {
+        let pacer = Arc::new(Pacer::new(&settings(100, 6)));
+        pacer.answered(pacer.update_ready("X").await);
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut edits = Vec::new();
+        for channel in ["C", "B", "A", "B"] {
+            let (pacer, order) = (pacer.clone(), order.clone());
+            edits.push(tokio::spawn(async move {
+                let turn = pacer.update_ready(channel).await;
+                order.lock().unwrap().push((channel, Instant::now()));
+                pacer.answered(turn);
+            }));
+            tokio::task::yield_now().await;
+        }
+        for edit in edits {
+            edit.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let channels: Vec<_> = order.iter().map(|(c, _)| *c).collect();
+        assert_eq!(channels, ["C", "B", "A", "B"]);
+        for pair in order.windows(2) {
+            assert!(pair[1].1 - pair[0].1 >= Duration::from_millis(10_200));
+        }
     }
 
     /// Grant times of `calls` calls of one per-minute tier.
@@ -379,7 +588,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn updates_keep_to_their_tier_in_any_minute_across_channels() {
         let grants = tier_grants(150, async |pacer, n| {
-            pacer.update_ready(&format!("C{}", n % 7)).await;
+            let turn = pacer.update_ready(&format!("C{}", n % 7)).await;
+            pacer.answered(turn);
         })
         .await;
         assert_within_tier(&grants, 50);

@@ -7,8 +7,8 @@ use alertsvc::messages::DeliveryOutcome;
 use alertsvc::slack::fake::FakeMessage;
 
 use crate::common::slack::{
-    by_alert, leave_pending, message, no_dead_letters, notify_env, now_ms, posts_per_alert,
-    Backend, NotifyEnv,
+    by_alert, leave_pending, message, no_dead_letters, notify_env, notify_settings, now_ms,
+    posts_per_alert, version, Backend, NotifyEnv,
 };
 use crate::common::{eventually, http_get, metric_value, wait_ready_at};
 
@@ -169,6 +169,85 @@ async fn edits_past_slacks_update_tier_wait_and_all_land() {
             "{alert}"
         );
     }
+    no_dead_letters(&env).await;
+}
+
+/// An edit waiting for `chat.update`'s tier (workspace-wide) does not hold
+/// up new alerts in its channel: they are posted while it waits. The
+/// alert's own later version still waits for that edit, and every edit
+/// lands in order, within the tier (no 429).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_waiting_for_its_tier_does_not_hold_up_its_channel() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1"], None, Backend::Sqlite, 50).await;
+    // 12 edits a minute: one at once, then one every 5.1 s.
+    slack.set_update_limit(Some(12), Duration::from_secs(60));
+    let settings = notify_settings(&env, |n| n.pacing.updates_per_minute = 12);
+    let now = now_ms();
+    env.produce_message(&version("a-0", "C1", "v1", 1, now))
+        .await;
+    let notify = env.start_notify_with(settings).await;
+    env.read_responses(1, WAIT).await;
+    env.produce_message(&version("a-0", "C1", "v2", 2, now))
+        .await;
+    env.produce_message(&version("a-0", "C1", "v3", 3, now))
+        .await;
+    // v2's edit took the tier's burst: v3's waits ~5 s from here.
+    env.read_responses(2, WAIT).await;
+    for i in 0..4 {
+        env.produce_message(&message(&format!("b-{i}"), "C1", "new"))
+            .await;
+    }
+    env.produce_message(&version("a-0", "C1", "v4", 4, now))
+        .await;
+    let responses = env.read_responses(8, WAIT).await;
+    notify.stop().await.expect("clean stop");
+
+    // Where each of a-0's answers is among all of them: v1, v2, v3, v4.
+    let a0_at: Vec<usize> = responses
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.alert_id == "a-0")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(a0_at.len(), 4, "{responses:?}");
+    let v3_edit = a0_at[2];
+    let posted_new: Vec<usize> = responses
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.alert_id.starts_with("b-"))
+        .map(|(i, r)| {
+            assert_eq!(r.outcome, DeliveryOutcome::Posted, "{r:?}");
+            i
+        })
+        .collect();
+    assert_eq!(posted_new.len(), 4, "{responses:?}");
+    assert!(
+        posted_new.iter().all(|i| *i < v3_edit),
+        "new alerts waited for the edit: {responses:?}"
+    );
+    let a0: Vec<_> = by_alert(&responses)["a-0"]
+        .iter()
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(
+        a0,
+        [
+            DeliveryOutcome::Posted,
+            DeliveryOutcome::Updated,
+            DeliveryOutcome::Updated,
+            DeliveryOutcome::Updated
+        ]
+    );
+    let fake = slack.messages();
+    assert_eq!(fake.len(), 5, "one post per alert: {fake:?}");
+    let shown = fake.iter().find(|m| m.alert_id() == Some("a-0")).unwrap();
+    assert_eq!(shown.revisions, ["v1", "v2", "v3", "v4"], "in order");
+    assert_eq!(slack.stats().rate_limited, 0, "{:?}", slack.stats());
     no_dead_letters(&env).await;
 }
 

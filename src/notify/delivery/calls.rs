@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Attempt, DeliverError, Deliverer, Delivery};
 use crate::notify::decision::Failure;
 use crate::notify::ledger::Entry;
-use crate::notify::pacing::retry_delay;
+use crate::notify::pacing::{retry_delay, Turn};
 use crate::slack::SlackError;
 
 /// How one Slack call ended, for the caller's loop.
@@ -55,19 +55,39 @@ impl Deliverer {
     /// Waits for the channel's and workspace's pace with a freshly renewed
     /// claim. Nothing else may come between the pacer and the call: a
     /// database write there would bunch requests up at Slack (429s).
-    pub(super) async fn paced(&self, entry: &Entry, channel: &str) -> Result<(), DeliverError> {
-        let waited = self.pacer.ready(channel).await;
-        self.after_pacing(entry, waited).await
+    pub(super) async fn paced(
+        &self,
+        entry: &Entry,
+        channel: &str,
+    ) -> Result<Turn<'_>, DeliverError> {
+        let turn = self.pacer.ready(channel).await;
+        self.after_pacing(entry, turn.waited).await?;
+        Ok(turn)
     }
 
-    /// [`Self::paced`] for a `chat.update`, which also waits for its tier.
+    /// [`Self::paced`] for a `chat.update`, which also waits for its tier
+    /// (renewing the claim while it waits: the line can be long).
     pub(super) async fn paced_update(
         &self,
         entry: &Entry,
         channel: &str,
-    ) -> Result<(), DeliverError> {
-        let waited = self.pacer.update_ready(channel).await;
-        self.after_pacing(entry, waited).await
+        stop: &CancellationToken,
+    ) -> Result<Turn<'_>, DeliverError> {
+        let ready = self.pacer.update_ready(channel);
+        tokio::pin!(ready);
+        let renew_every = self.settings.claim_lease / 4;
+        let turn = loop {
+            tokio::select! {
+                turn = &mut ready => break turn,
+                _ = tokio::time::sleep(renew_every) => self.renew(entry).await?,
+                _ = stop.cancelled() => {
+                    self.release(entry).await;
+                    return Err(DeliverError::Cancelled);
+                }
+            }
+        };
+        self.after_pacing(entry, turn.waited).await?;
+        Ok(turn)
     }
 
     async fn after_pacing(&self, entry: &Entry, waited: Duration) -> Result<(), DeliverError> {

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::DeliverError;
@@ -109,9 +110,33 @@ pub struct Deliverer {
     grouper: Arc<Grouper>,
 }
 
+/// Lets a delivery tell its channel's worker that it no longer needs the
+/// channel to itself: an edit waiting for `chat.update`'s workspace-wide
+/// tier would otherwise hold up every other alert of its channel. The
+/// default tells nobody.
+#[derive(Default)]
+pub struct ChannelRelease(Mutex<Option<oneshot::Sender<()>>>);
+
+impl ChannelRelease {
+    /// A release and what its worker waits on.
+    pub fn new() -> (ChannelRelease, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (ChannelRelease(Mutex::new(Some(tx))), rx)
+    }
+
+    fn release(&self) {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tx) = taken {
+            // The worker may be gone (shutting down): nobody to tell.
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// One delivery in progress: the claimed entry and the counters.
 struct Attempt<'a> {
     message: &'a SlackMessage,
+    channel: &'a ChannelRelease,
     hash: String,
     version: Version,
     entry: Entry,
@@ -208,16 +233,18 @@ impl Deliverer {
     }
 
     /// Delivers `message`; `replayed` when it was re-injected from the
-    /// dead-letter topic (`alertsvc dlq replay`).
+    /// dead-letter topic (`alertsvc dlq replay`); `channel` is told when the
+    /// delivery no longer holds up its channel.
     pub async fn deliver(
         &self,
         message: &SlackMessage,
         replayed: bool,
+        channel: &ChannelRelease,
         stop: &CancellationToken,
     ) -> Result<Delivery, DeliverError> {
         let _alone = self.in_process.enter(&message.alert_id).await;
         loop {
-            match self.deliver_claimed(message, replayed, stop).await {
+            match self.deliver_claimed(message, replayed, channel, stop).await {
                 // A peer took the alert over while we were stalled: start
                 // again from the ledger; it decides what is left to do.
                 Err(DeliverError::Ledger(LedgerError::ClaimLost { alert_id })) => {
@@ -236,10 +263,12 @@ impl Deliverer {
         &self,
         message: &SlackMessage,
         replayed: bool,
+        channel: &ChannelRelease,
         stop: &CancellationToken,
     ) -> Result<Delivery, DeliverError> {
         let mut attempt = Attempt {
             message,
+            channel,
             hash: content_hash(message),
             version: version_of(message),
             // Replaced by the claim's row right below.

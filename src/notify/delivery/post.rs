@@ -103,7 +103,7 @@ impl Deliverer {
         stop: &CancellationToken,
     ) -> Result<Option<Delivery>, DeliverError> {
         let message = attempt.message;
-        self.paced(&attempt.entry, conversation).await?;
+        let turn = self.paced(&attempt.entry, conversation).await?;
         if stop.is_cancelled() {
             attempt.entry.status = Status::New;
             self.save(&attempt.entry, true).await?;
@@ -140,7 +140,7 @@ impl Deliverer {
                 .await
             }
         };
-        self.pacer.answered(conversation);
+        self.pacer.answered(turn);
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(posted) => {
                 self.metrics

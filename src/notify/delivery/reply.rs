@@ -24,7 +24,7 @@ impl Deliverer {
         let channel = attempt.entry.channel_id.clone();
         attempt.entry.reply_pending = Some(key.to_owned());
         self.save(&attempt.entry, false).await?;
-        self.paced(&attempt.entry, &channel).await?;
+        let turn = self.paced(&attempt.entry, &channel).await?;
         if stop.is_cancelled() {
             attempt.entry.reply_pending = None;
             self.save(&attempt.entry, true).await?;
@@ -49,7 +49,7 @@ impl Deliverer {
                     .reply(&channel, thread, &message.text, blocks.as_deref(), &reply),
             )
             .await;
-        self.pacer.answered(&channel);
+        self.pacer.answered(turn);
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(posted) => {
                 let entry = &mut attempt.entry;

@@ -60,7 +60,10 @@ impl Deliverer {
         };
         let blocks = edit.as_ref().map_or(&message.blocks, |e| &e.blocks);
         self.renew(&attempt.entry).await?;
-        self.paced_update(&attempt.entry, &channel).await?;
+        // The tier is the workspace's: the channel's other alerts need
+        // not wait for it.
+        attempt.channel.release();
+        let turn = self.paced_update(&attempt.entry, &channel, stop).await?;
         if stop.is_cancelled() {
             self.release(&attempt.entry).await;
             return Err(DeliverError::Cancelled);
@@ -76,7 +79,7 @@ impl Deliverer {
                     .update(&channel, &ts, &message.text, blocks, Some(&alert)),
             )
             .await;
-        self.pacer.answered(&channel);
+        self.pacer.answered(turn);
         match self.called(result, &mut attempt.unknown_errors) {
             Called::Done(_) => {
                 if let (Some(states), Some(edit)) = (&self.states, &edit) {

@@ -287,7 +287,7 @@ impl Grouper {
         group.error = None;
         // Durable before Slack sees it: whoever finds it looks first.
         self.save(group, true).await?;
-        self.pacer.ready(&group.channel_id).await;
+        let turn = self.pacer.ready(&group.channel_id).await;
         let result = self
             .slack
             .post(
@@ -297,7 +297,7 @@ impl Grouper {
                 &summary_of(group),
             )
             .await;
-        self.pacer.answered(&group.channel_id);
+        self.pacer.answered(turn);
         match self.call(result) {
             Outcome::Done(posted) => {
                 group.status = GroupStatus::Posted;
@@ -404,7 +404,7 @@ impl Grouper {
         rendered.blocks = self
             .with_group_state(&group.group_id, rendered.blocks)
             .await;
-        self.pacer.update_ready(&group.channel_id).await;
+        let turn = self.pacer.update_ready(&group.channel_id).await;
         let result = self
             .slack
             .update(
@@ -415,7 +415,7 @@ impl Grouper {
                 Some(&summary_of(&group)),
             )
             .await;
-        self.pacer.answered(&group.channel_id);
+        self.pacer.answered(turn);
         match self.call(result) {
             Outcome::Done(_) => {
                 group.shown_revision = revision;

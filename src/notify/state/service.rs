@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::decorate::decorated_blocks;
 use super::publish::PublishQueue;
-use super::show::{Show, ShowLocks};
+use super::show::Show;
 use super::store::{Place, StateRow, StateStore};
 use super::{transition, Action, NoChange, Transition};
 use crate::avro::{Codec, KeyCodec};
 use crate::kafka::StageContext;
 use crate::messages::{AlertStatus, SlackMessage};
+use crate::notify::keyed_locks::KeyedLocks;
 use crate::notify::ledger::LedgerError;
 use crate::notify::slack_side::SlackSide;
 
@@ -110,7 +111,7 @@ pub struct AlertStates {
     /// here (`publish.rs`).
     pub(super) publishing: PublishQueue,
     /// Per alert, the show in flight in this process (see `show.rs`).
-    pub(super) showing: ShowLocks,
+    pub(super) showing: KeyedLocks,
 }
 
 /// The record for the `alert-state` topic (`config/schemas/alert_state.avsc`).
@@ -141,7 +142,7 @@ impl AlertStates {
             publisher,
             slack,
             publishing: PublishQueue::default(),
-            showing: ShowLocks::default(),
+            showing: KeyedLocks::default(),
         }
     }
 

@@ -5,11 +5,9 @@
 //! row whose `shown_version` is behind its `version` is shown again, so a
 //! click is never lost from the message, only late.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 use super::decorate::decorated_blocks;
@@ -55,29 +53,6 @@ pub(super) enum Shown {
     Later(Option<Duration>),
 }
 
-/// One lock per alert with a show in flight in this process.
-#[derive(Default)]
-pub(super) struct ShowLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
-
-impl ShowLocks {
-    fn lock_of(&self, alert_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(alert_id.to_owned()).or_default().clone()
-    }
-
-    /// Forgets the alert's lock once nobody else holds or waits for it.
-    fn release(&self, alert_id: &str, guard: OwnedMutexGuard<()>) {
-        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        drop(guard);
-        if locks
-            .get(alert_id)
-            .is_some_and(|lock| Arc::strong_count(lock) == 1)
-        {
-            locks.remove(alert_id);
-        }
-    }
-}
-
 /// What to wait before the next inline try after `outcome`, if any.
 pub(super) fn inline_retry(outcome: Shown, attempt: u32) -> Option<Duration> {
     match outcome {
@@ -107,17 +82,15 @@ impl AlertStates {
     /// Edits the alert's message to show its latest state (`row`'s, or a
     /// newer one written since), and records the version shown.
     pub(super) async fn show(&self, row: &StateRow, show: Show) -> Shown {
-        let lock = self.showing.lock_of(&row.alert_id);
-        let guard = match show {
-            Show::Sweep => match lock.try_lock_owned() {
-                Ok(guard) => guard,
-                Err(_) => return Shown::Skipped,
+        // One show in flight per alert in this process.
+        let _showing = match show {
+            Show::Sweep => match self.showing.try_lock(&row.alert_id) {
+                Some(guard) => guard,
+                None => return Shown::Skipped,
             },
-            Show::Change | Show::AfterEdit => lock.lock_owned().await,
+            Show::Change | Show::AfterEdit => self.showing.lock(&row.alert_id).await,
         };
-        let outcome = self.show_locked(row, show).await;
-        self.showing.release(&row.alert_id, guard);
-        outcome
+        self.show_locked(row, show).await
     }
 
     async fn show_locked(&self, row: &StateRow, show: Show) -> Shown {
@@ -145,12 +118,12 @@ impl AlertStates {
             alert_id: &row.alert_id,
             occurrence: row.state.occurrence,
         };
-        slack.pacer.update_ready(channel).await;
+        let turn = slack.pacer.update_ready(channel).await;
         let result = slack
             .api
             .update(channel, ts, text, &blocks, Some(&alert))
             .await;
-        slack.pacer.answered(channel);
+        slack.pacer.answered(turn);
         match result {
             Ok(_) => {
                 let actor = row.state.actor.as_ref().map(|a| a.id.as_str());
@@ -231,23 +204,5 @@ mod tests {
         for done in [Shown::Done, Shown::Skipped, Shown::GaveUp] {
             assert_eq!(after(done, 1), None);
         }
-    }
-
-    #[tokio::test]
-    async fn a_lock_is_forgotten_once_nobody_holds_it() {
-        let locks = ShowLocks::default();
-        let first = locks.lock_of("a").lock_owned().await;
-        let waiting = locks.lock_of("a");
-        assert!(waiting.clone().try_lock_owned().is_err(), "held");
-        locks.release("a", first);
-        assert_eq!(
-            locks.0.lock().map(|m| m.len()).unwrap_or(9),
-            1,
-            "still awaited"
-        );
-        drop(waiting);
-        let again = locks.lock_of("a").lock_owned().await;
-        locks.release("a", again);
-        assert!(locks.0.lock().map(|m| m.is_empty()).unwrap_or(false));
     }
 }
