@@ -97,7 +97,7 @@ impl OneLine {
             lstrip_blocks: env.lstrip_blocks(),
             trim_blocks: env.trim_blocks(),
         };
-        let tree = parse(source, "<one-line>", SyntaxConfig::default(), whitespace).ok()?;
+        let tree = parse(source, "<one-line>", SyntaxConfig, whitespace).ok()?;
         let ast::Stmt::Template(template) = tree else {
             return None;
         };

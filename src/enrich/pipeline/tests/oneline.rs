@@ -205,7 +205,10 @@ fn template(lcg: &mut Lcg) -> String {
     let mut out = String::new();
     for _ in 0..1 + lcg.next(3) {
         match lcg.next(6) {
-            0 => out.push_str(*lcg.pick(&[" ", "x-", "<&> ü ", "\n", "{# c #}"])),
+            0 => {
+                let text: &&str = lcg.pick(&[" ", "x-", "<&> ü ", "\n", "{# c #}"]);
+                out.push_str(text);
+            }
             1 | 2 => {
                 let depth = lcg.next(3);
                 out.push_str(&format!("{{{{ {} }}}}", expression(lcg, depth)));
