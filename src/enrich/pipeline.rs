@@ -13,6 +13,7 @@ use serde_json::Value as Json;
 
 use self::cel_paths::Reads;
 use self::fast_filter::FastFilter;
+use self::oneline::{Escape, OneLine};
 use super::markup;
 use crate::config::{resolve_path, BlocksSource, ConfigError, JoinKind, PipelineSettings};
 use crate::messages::{RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode};
@@ -43,6 +44,31 @@ const BLOCKS_TEMPLATE: &str = "blocks";
 const TEXT_TEMPLATE: &str = "text";
 const STATUS_TEMPLATE: &str = "status";
 const GROUP_KEY_TEMPLATE: &str = "group_key";
+/// The templates [`OneLine`] may render, in [`Pipeline::one_lines`]' order.
+const ONE_LINE_TEMPLATES: [&str; 4] = [ALERT_ID, "channel", STATUS_TEMPLATE, TEXT_TEMPLATE];
+
+/// The message templates' environment: strict undefined values, the
+/// escape mode by template name ([`auto_escape`]), [`slack_formatter`],
+/// the Slack filters and helpers.
+fn template_environment() -> Environment<'static> {
+    let mut templates = Environment::new();
+    templates.set_undefined_behavior(UndefinedBehavior::Strict);
+    templates.set_auto_escape_callback(auto_escape);
+    templates.set_formatter(slack_formatter);
+    templates.add_filter("truncate", truncate_chars);
+    markup::register(&mut templates);
+    templates
+}
+
+/// A template's escape mode, by its name. `alert_id` and `channel` are
+/// ids, not text Slack reads as mrkdwn: escaping would only change them.
+fn auto_escape(name: &str) -> AutoEscape {
+    match name {
+        BLOCKS_TEMPLATE => SLACK_JSON_ESCAPE,
+        TEXT_TEMPLATE => SLACK_TEXT_ESCAPE,
+        _ => AutoEscape::None,
+    }
+}
 
 /// Where a record came from; part of the template context and of errors.
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +241,9 @@ pub struct Pipeline {
     /// Whether a program that runs on every record reads `alert_id`.
     alert_id_eager: bool,
     templates: Environment<'static>,
+    /// [`ONE_LINE_TEMPLATES`] compiled for the evaluator, where they are
+    /// in its subset (`None`: rendered by minijinja).
+    one_lines: [Option<OneLine>; 4],
     /// The blocks template's Block Kit plans, by skeleton.
     blocks_plans: Plans,
     vars: JinjaValue,
@@ -255,18 +284,7 @@ impl Pipeline {
             .as_deref()
             .map(|f| compile_cel(key("filter"), f))
             .transpose()?;
-        let mut templates = Environment::new();
-        templates.set_undefined_behavior(UndefinedBehavior::Strict);
-        // `alert_id` and `channel` are ids, not text Slack reads as mrkdwn:
-        // escaping would only change them.
-        templates.set_auto_escape_callback(|name| match name {
-            BLOCKS_TEMPLATE => SLACK_JSON_ESCAPE,
-            TEXT_TEMPLATE => SLACK_TEXT_ESCAPE,
-            _ => AutoEscape::None,
-        });
-        templates.set_formatter(slack_formatter);
-        templates.add_filter("truncate", truncate_chars);
-        markup::register(&mut templates);
+        let mut templates = template_environment();
         let message = &settings.message;
         let blocks_source = match message.blocks_source(name)? {
             BlocksSource::File(file) => {
@@ -295,7 +313,16 @@ impl Pipeline {
         if let Some(group_key) = &settings.group_key {
             sources.push((GROUP_KEY_TEMPLATE, group_key.clone()));
         }
+        let mut one_lines: [Option<OneLine>; 4] = Default::default();
         for (template, source) in sources {
+            if let Some(at) = ONE_LINE_TEMPLATES.iter().position(|t| *t == template) {
+                let escape = match auto_escape(template) {
+                    AutoEscape::None => Some(Escape::None),
+                    SLACK_TEXT_ESCAPE => Some(Escape::SlackText),
+                    _ => None,
+                };
+                one_lines[at] = escape.and_then(|e| OneLine::compile(&templates, &source, e));
+            }
             let config_key = if template == BLOCKS_TEMPLATE && message.blocks_file.is_some() {
                 key("message.blocks_file")
             } else if template == GROUP_KEY_TEMPLATE {
@@ -397,6 +424,7 @@ impl Pipeline {
             joins,
             suppress,
             templates,
+            one_lines,
             blocks_plans: Plans::new(),
             vars: JinjaValue::from_serialize(&settings.vars),
             has_status: message.status.is_some(),
@@ -405,6 +433,12 @@ impl Pipeline {
             resolved_unposted: settings.resolved_unposted,
             group_window_ms,
         })
+    }
+
+    /// The evaluator of a one-line template, when it has one.
+    fn one_line(&self, name: &str) -> Option<&OneLine> {
+        let at = ONE_LINE_TEMPLATES.iter().position(|t| *t == name)?;
+        self.one_lines[at].as_ref()
     }
 
     /// Tables this pipeline joins against.
@@ -556,6 +590,7 @@ mod cel_paths;
 mod context;
 mod fast_filter;
 mod jinja_json;
+mod oneline;
 
 #[cfg(test)]
 mod group_tests;

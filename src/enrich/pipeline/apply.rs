@@ -142,7 +142,7 @@ impl Pipeline {
                     context.get_or_insert_with(|| self.template_context(source, &event, &joined));
                 // A failing alert_id template is a render error, wherever
                 // it is first needed.
-                let id = self.render_one(ALERT_ID, &context.value())?;
+                let id = self.render_one(ALERT_ID, context)?;
                 if self.alert_id_eager || cel_complete {
                     cel.add_variable_from_value(ALERT_ID, id.clone());
                 }
@@ -211,7 +211,7 @@ impl Pipeline {
         context.set_status(status.as_str());
         // A key's alert id is the message's: check_order refused every key
         // whose alert id would read what was not known yet.
-        self.render(source, &context.value(), status, alert_id)
+        self.render(source, &context, status, alert_id)
             .map(Verdict::Emit)
     }
 
@@ -273,7 +273,7 @@ impl Pipeline {
             cel.add_variable_from_value(NOW, now_ms);
         }
         if suppress.reads(ALERT_ID) && !alert_id_bound {
-            let id = self.render_one(ALERT_ID, &context.value())?;
+            let id = self.render_one(ALERT_ID, context)?;
             cel.add_variable_from_value(ALERT_ID, id);
         }
         let mut status = None;
@@ -309,7 +309,7 @@ impl Pipeline {
     fn render(
         &self,
         source: &Source<'_>,
-        context: &JinjaValue,
+        context: &Arc<RenderContext>,
         status: AlertStatus,
         alert_id: Option<String>,
     ) -> Result<SlackMessage, RecordError> {
@@ -319,9 +319,10 @@ impl Pipeline {
         };
         let channel_id = self.render_one("channel", context)?;
         let text = self.render_one(TEXT_TEMPLATE, context)?;
-        let blocks = self.render_blocks(&text, context)?;
+        let context = context.value();
+        let blocks = self.render_blocks(&text, &context)?;
         let group_key = if self.group_window_ms > 0 {
-            let rendered = self.render_template(GROUP_KEY_TEMPLATE, context)?;
+            let rendered = self.render_template(GROUP_KEY_TEMPLATE, &context)?;
             Some(rendered.trim().to_owned()).filter(|k| !k.is_empty())
         } else {
             None
@@ -351,7 +352,7 @@ impl Pipeline {
 
     /// The templates' context before `status`: the record, the joins so
     /// far, the pipeline's constants.
-    fn template_context(
+    pub(super) fn template_context(
         &self,
         source: &Source<'_>,
         event: &Arc<Json>,
@@ -386,7 +387,7 @@ impl Pipeline {
         if !self.has_status {
             return Ok(AlertStatus::Firing);
         }
-        let rendered = self.render_one(STATUS_TEMPLATE, &context.value())?;
+        let rendered = self.render_one(STATUS_TEMPLATE, context)?;
         AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))
     }
 
@@ -429,8 +430,13 @@ impl Pipeline {
     }
 
     /// Renders a one-line template; surrounding whitespace is not content.
-    fn render_one(&self, name: &str, context: &JinjaValue) -> Result<String, RecordError> {
-        let rendered = self.render_template(name, context)?;
+    /// Its evaluator answers when it can, minijinja otherwise.
+    fn render_one(&self, name: &str, context: &Arc<RenderContext>) -> Result<String, RecordError> {
+        let fast = self.one_line(name).and_then(|t| t.render(context));
+        let rendered = match fast {
+            Some(rendered) => rendered,
+            None => self.render_template(name, &context.value())?,
+        };
         let trimmed = rendered.trim();
         if trimmed.is_empty() {
             return Err(RecordError::Empty(name.to_owned()));

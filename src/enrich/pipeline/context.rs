@@ -56,6 +56,23 @@ impl RenderContext {
         JinjaValue::from_dyn_object(self.clone())
     }
 
+    /// The member `name`, as a template's lookup finds it.
+    pub fn get(&self, name: &str) -> Option<&JinjaValue> {
+        match name {
+            "status" if self.status.is_some() => return self.status.as_ref(),
+            "alert_id" if self.alert_id.is_some() => return self.alert_id.as_ref(),
+            _ => {}
+        }
+        let joins = self.join_names.iter().zip(&self.joins).rev();
+        for (join, value) in joins {
+            if join == name {
+                return Some(value);
+            }
+        }
+        let at = BASE.iter().position(|b| *b == name)?;
+        Some(&self.base[at])
+    }
+
     fn names(&self) -> impl Iterator<Item = &str> {
         let joins = self.join_names[..self.joins.len()].iter();
         BASE.into_iter()
@@ -75,19 +92,7 @@ impl Object for RenderContext {
     }
 
     fn get_value_by_str(self: &Arc<Self>, name: &str) -> Option<JinjaValue> {
-        match name {
-            "status" if self.status.is_some() => return self.status.clone(),
-            "alert_id" if self.alert_id.is_some() => return self.alert_id.clone(),
-            _ => {}
-        }
-        let joins = self.join_names.iter().zip(&self.joins).rev();
-        for (join, value) in joins {
-            if join == name {
-                return Some(value.clone());
-            }
-        }
-        let at = BASE.iter().position(|b| *b == name)?;
-        Some(self.base[at].clone())
+        self.get(name).cloned()
     }
 
     /// The names in order, each once, as the map this replaces listed them.

@@ -66,6 +66,25 @@ pub fn lazy(root: Arc<Json>) -> JinjaValue {
     to_jinja(&root, &root)
 }
 
+/// A member of the tree `root` as [`lazy`]'s views hand it out.
+pub fn member(root: &Arc<Json>, value: &Json) -> JinjaValue {
+    to_jinja(root, value)
+}
+
+/// The view of `members`, an object inside the tree `root`.
+pub fn object(root: &Arc<Json>, members: &Map<String, Json>) -> JinjaValue {
+    JinjaValue::from_object(JsonObject {
+        root: root.clone(),
+        members: NonNull::from(members),
+    })
+}
+
+/// The tree and members a view reads, when `value` is one.
+pub fn object_of(value: &JinjaValue) -> Option<(&Arc<Json>, &Map<String, Json>)> {
+    let view = value.downcast_object_ref::<JsonObject>()?;
+    Some((&view.root, view.members()))
+}
+
 impl Object for JsonObject {
     fn repr(self: &Arc<Self>) -> ObjectRepr {
         ObjectRepr::Map

@@ -335,6 +335,7 @@ fn safe_inserts_raw_json() {
 
 mod golden;
 mod keys;
+mod oneline;
 mod plans;
 mod suppress;
 
