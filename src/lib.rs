@@ -20,3 +20,5 @@ pub mod produce;
 pub mod slack;
 pub mod stage;
 pub mod telemetry;
+#[cfg(test)]
+mod test_rng;

@@ -9,21 +9,7 @@ use minijinja::Value as JinjaValue;
 use super::context::RenderContext;
 use super::oneline::{Escape, OneLine};
 use super::*;
-
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) as usize % n
-    }
-    fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
-        &from[self.next(from.len())]
-    }
-}
+use crate::test_rng::Lcg;
 
 /// A field's value: `None` leaves the field out.
 fn values() -> Vec<Option<Json>> {
@@ -547,13 +533,7 @@ fn templates_outside_the_subset_fall_back_to_minijinja() {
         assert!(p.one_line(name).is_none(), "{name}");
     }
     let key = json!("org-1");
-    let source = Source {
-        topic: "t",
-        partition: 0,
-        offset: 0,
-        key: Some(&key),
-        timestamp_ms: 0,
-    };
+    let source = source(&key);
     let event = json!({"n": 1, "s": "<long>"});
     let Verdict::Emit(message) = p.apply(&source, &event, &Tables(HashMap::new())) else {
         panic!("not emitted");
@@ -582,13 +562,7 @@ fn undefined_values_are_minijinjas_to_report() {
     .unwrap();
     let p = Pipeline::compile("p", &settings, &config_dir()).unwrap();
     let key = json!("k");
-    let source = Source {
-        topic: "t",
-        partition: 0,
-        offset: 0,
-        key: Some(&key),
-        timestamp_ms: 0,
-    };
+    let source = source(&key);
     let event = Arc::new(json!({"flag": false}));
     let context = p.template_context(&source, &event, &[]);
     for name in ["alert_id", "channel"] {

@@ -7,6 +7,7 @@ use std::ops::Range;
 use super::super::escape::push_escaped_char;
 use super::super::write_json_string_content;
 use super::*;
+use crate::test_rng::Lcg;
 
 /// `text` escaped as a blocks template writes a value.
 fn escaped(text: &str) -> String {
@@ -29,19 +30,6 @@ fn render(skeleton: &str, values: &[&str]) -> (String, Vec<Range<usize>>) {
         text.push_str(literal);
     }
     (text, holes)
-}
-
-/// A small deterministic generator (no dependency for a test).
-struct Lcg(u64);
-
-impl Lcg {
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        from[(self.0 >> 33) as usize % from.len()]
-    }
 }
 
 fn values() -> Vec<String> {
@@ -228,9 +216,9 @@ fn planned_renders_match_the_full_pass() {
         let holes = skeleton.matches('¤').count();
         let mut oks = 0;
         for round in 0..300 {
-            let picked: Vec<&str> = (0..holes.max(1)).map(|_| lcg.pick(&values)).collect();
+            let picked: Vec<&str> = (0..holes.max(1)).map(|_| *lcg.pick(&values)).collect();
             let text = if round % 10 == 9 {
-                lcg.pick(&texts)
+                *lcg.pick(&texts)
             } else {
                 "fallback"
             };
