@@ -92,7 +92,7 @@ const NOTIFY_THREADS: &str = "notify-rt";
 /// Each thread of this process: its name and CPU time (user + system),
 /// from `/proc/self/task/*/stat`, by thread id; empty where there is no
 /// such directory.
-fn thread_cpu() -> HashMap<u32, (String, Duration)> {
+fn thread_cpu() -> Threads {
     let mut threads = HashMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return threads;
@@ -145,13 +145,15 @@ fn side_of(tid: u32, name: &str, earlier: &HashSet<u32>) -> Side {
     }
 }
 
+/// Each thread's name and CPU time, by thread id.
+type Threads = HashMap<u32, (String, Duration)>;
+
+/// The CPU each side used, and notify's by thread name.
+type Split = (Vec<(Side, Duration)>, Vec<(String, Duration)>);
+
 /// The CPU each side used between two `thread_cpu` readings, and notify's
 /// by thread name.
-fn cpu_split(
-    before: &HashMap<u32, (String, Duration)>,
-    after: &HashMap<u32, (String, Duration)>,
-    earlier: &HashSet<u32>,
-) -> (Vec<(Side, Duration)>, Vec<(String, Duration)>) {
+fn cpu_split(before: &Threads, after: &Threads, earlier: &HashSet<u32>) -> Split {
     let mut sides: BTreeMap<Side, Duration> = BTreeMap::new();
     let mut names: BTreeMap<String, Duration> = BTreeMap::new();
     for (tid, (name, cpu)) in after {
@@ -166,7 +168,7 @@ fn cpu_split(
         }
     }
     let mut names: Vec<_> = names.into_iter().collect();
-    names.sort_by(|a, b| b.1.cmp(&a.1));
+    names.sort_by_key(|(_, cpu)| std::cmp::Reverse(*cpu));
     (sides.into_iter().collect(), names)
 }
 
