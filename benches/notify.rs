@@ -4,7 +4,9 @@
 //!       Slack's limits enforced by the fake (1/s per channel, burst 3):
 //!       429s seen and the share of the allowed rate achieved.
 //!   cargo bench --bench notify -- unlimited [MESSAGES]
-//!       no limits, no latency: posts/s through the whole path.
+//!       no limits, no latency: posts/s through the whole path, and the
+//!       CPU per post of notify's threads apart from the fake Slack's
+//!       (its own runtime) and the mock broker's.
 //!   cargo bench --bench notify -- slack [MESSAGES]
 //!       the ceiling Slack's side sets: notify's client posting to the fake
 //!       from 200 tasks (one per channel), no ledger, no Kafka.
@@ -16,8 +18,11 @@
 //! The ledger is a SQLite file in a temporary directory; with
 //! `ALERTSVC_BENCH_POSTGRES=postgres://user@host:port` it is a new database
 //! on that server instead. `ALERTSVC_BENCH_LEDGER_CONNECTIONS=N` sets
-//! `notify.ledger.max_connections` (default config: 5).
+//! `notify.ledger.max_connections` (default config: 5);
+//! `ALERTSVC_BENCH_KAFKA_CLIENT=linger.ms=1,batch.num.messages=100` sets
+//! `[kafka.client]` properties (every client of notify takes them).
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use alertsvc::avro::build_codecs;
@@ -50,7 +55,121 @@ struct Run {
     /// two minutes), and the process's CPU time over the same span.
     states_lag: Option<Duration>,
     states_cpu: Duration,
+    /// The posting window's CPU time by whose threads it was.
+    split: Vec<(Side, Duration)>,
+    /// Notify's share by thread name (numbers dropped), largest first.
+    notify_threads: Vec<(String, Duration)>,
     slack: FakeSlack,
+}
+
+/// Whose work a thread of the bench process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Side {
+    Notify,
+    FakeSlack,
+    MockBroker,
+    /// The bench's own thread (it watches the fake's counters) and the
+    /// clients that were there before notify started (the mock cluster's
+    /// handle).
+    Bench,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Notify => "notify",
+            Side::FakeSlack => "fake Slack",
+            Side::MockBroker => "mock broker",
+            Side::Bench => "bench and setup",
+        }
+    }
+}
+
+/// The fake Slack's runtime's threads, and notify's.
+const FAKE_SLACK_THREADS: &str = "fake-slack";
+const NOTIFY_THREADS: &str = "notify-rt";
+
+/// Each thread of this process: its name and CPU time (user + system),
+/// from `/proc/self/task/*/stat`, by thread id; empty where there is no
+/// such directory.
+fn thread_cpu() -> Threads {
+    let mut threads = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A thread that ended meanwhile has no file left.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, cpu)) = parse_stat(&stat) else {
+            continue;
+        };
+        threads.insert(tid, (name, cpu));
+    }
+    threads
+}
+
+/// The name (in parentheses, which it may contain) and utime + stime of a
+/// `stat` line.
+fn parse_stat(stat: &str) -> Option<(String, Duration)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    Some((name, Duration::from_millis(ticks * 10)))
+}
+
+/// Whose thread `tid` (named `name`) is; `earlier`: threads there before
+/// notify was built.
+fn side_of(tid: u32, name: &str, earlier: &HashSet<u32>) -> Side {
+    if name.starts_with(FAKE_SLACK_THREADS) {
+        Side::FakeSlack
+    } else if name == "rdk:mock" {
+        Side::MockBroker
+    } else if name.starts_with(NOTIFY_THREADS) || !earlier.contains(&tid) {
+        Side::Notify
+    } else {
+        Side::Bench
+    }
+}
+
+/// Each thread's name and CPU time, by thread id.
+type Threads = HashMap<u32, (String, Duration)>;
+
+/// The CPU each side used, and notify's by thread name.
+type Split = (Vec<(Side, Duration)>, Vec<(String, Duration)>);
+
+/// The CPU each side used between two `thread_cpu` readings, and notify's
+/// by thread name.
+fn cpu_split(before: &Threads, after: &Threads, earlier: &HashSet<u32>) -> Split {
+    let mut sides: BTreeMap<Side, Duration> = BTreeMap::new();
+    let mut names: BTreeMap<String, Duration> = BTreeMap::new();
+    for (tid, (name, cpu)) in after {
+        let was = before.get(tid).map_or(Duration::ZERO, |(_, cpu)| *cpu);
+        let used = cpu.saturating_sub(was);
+        let side = side_of(*tid, name, earlier);
+        *sides.entry(side).or_default() += used;
+        if side == Side::Notify {
+            // `rdk:broker1`, `sqlx-sqlite-worker-0`, … as one each.
+            let kind = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+            *names.entry(kind.to_owned()).or_default() += used;
+        }
+    }
+    let mut names: Vec<_> = names.into_iter().collect();
+    names.sort_by_key(|(_, cpu)| std::cmp::Reverse(*cpu));
+    (sides.into_iter().collect(), names)
 }
 
 /// Waits until the ledger at `url` has `total` alert states, each marked
@@ -106,6 +225,7 @@ async fn run(
     per_channel: usize,
     fake_limit: Option<f64>,
     pacing: (u32, u32),
+    slack_runtime: &tokio::runtime::Handle,
 ) -> Run {
     let cluster = mock_cluster(&[
         ("slack-messages", 32),
@@ -113,7 +233,12 @@ async fn run(
         ("slack-interactions", 32),
     ]);
     let bootstrap = cluster.bootstrap_servers();
-    let (names, slack) = fake_slack(channels, fake_limit).await;
+    // The fake serves on its own runtime's threads, so that their CPU is
+    // told apart from notify's.
+    let (names, slack) = slack_runtime
+        .spawn(fake_slack(channels, fake_limit))
+        .await
+        .expect("fake Slack started");
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger_url(dir.path()).await;
     let connections = std::env::var("ALERTSVC_BENCH_LEDGER_CONNECTIONS")
@@ -121,6 +246,12 @@ async fn run(
         .and_then(|n| n.parse::<u32>().ok())
         .map(|n| format!("max_connections = {n}\n"))
         .unwrap_or_default();
+    let client: String = std::env::var("ALERTSVC_BENCH_KAFKA_CLIENT")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| format!("{name:?} = {value:?}\n"))
+        .collect();
     let overlay = testkit::bench_overlay(
         dir.path(),
         &bootstrap,
@@ -128,7 +259,8 @@ async fn run(
             "[notify]\nhttp_addr = \"127.0.0.1:0\"\n\
              [notify.slack]\napi_url = \"{}\"\nbot_token = \"{TOKEN}\"\n\
              [notify.pacing]\nper_channel_per_second = {}\nper_channel_burst = {}\nworkspace_per_second = 1000000\nworkspace_burst = 1000000\n\
-             [notify.ledger]\ndatabase_url = \"{ledger}\"\n{connections}",
+             [notify.ledger]\ndatabase_url = \"{ledger}\"\n{connections}\
+             [kafka.client]\n{client}",
             slack.url,
             pacing.0,
             pacing.1,
@@ -177,6 +309,9 @@ async fn run(
         }
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
+    // Its threads end with it: those there now are not notify's.
+    drop(producer);
+    let earlier: HashSet<u32> = thread_cpu().into_keys().collect();
     let total = channels * per_channel;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -202,6 +337,7 @@ async fn run(
     }
     let started = Instant::now();
     let cpu_before = process_cpu();
+    let threads_before = thread_cpu();
     let (mut last, mut progress) = (0, Instant::now());
     loop {
         let posts = stalled(progress);
@@ -215,6 +351,7 @@ async fn run(
     }
     let elapsed = started.elapsed();
     let cpu_after = process_cpu();
+    let (split, notify_threads) = cpu_split(&threads_before, &thread_cpu(), &earlier);
     let cpu = cpu_after.saturating_sub(cpu_before);
     let states_lag = states_published(&ledger, total, Duration::from_secs(120)).await;
     let states_cpu = process_cpu().saturating_sub(cpu_after);
@@ -225,6 +362,8 @@ async fn run(
         cpu,
         states_lag,
         states_cpu,
+        split,
+        notify_threads,
         slack,
     }
 }
@@ -247,10 +386,17 @@ async fn fake_slack(channels: usize, limit: Option<f64>) -> (Vec<String>, FakeSl
 
 /// Posts `per_channel` messages to each of `channels` channels of the fake,
 /// one task per channel, with notify's Slack client.
-async fn slack_alone(channels: usize, per_channel: usize) -> (Duration, usize) {
+async fn slack_alone(
+    channels: usize,
+    per_channel: usize,
+    slack_runtime: &tokio::runtime::Handle,
+) -> (Duration, usize) {
     use alertsvc::slack::{AlertRef, SlackApi};
     use std::sync::Arc;
-    let (names, slack) = fake_slack(channels, None).await;
+    let (names, slack) = slack_runtime
+        .spawn(fake_slack(channels, None))
+        .await
+        .expect("fake Slack started");
     let api = Arc::new(SlackApi::new(&slack.url, TOKEN, Duration::from_secs(10)));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -375,13 +521,21 @@ fn main() {
         |i: usize, default: usize| args.get(i).and_then(|n| n.parse().ok()).unwrap_or(default);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(NOTIFY_THREADS)
         .enable_all()
         .build()
         .expect("runtime");
+    let slack_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(FAKE_SLACK_THREADS)
+        .enable_all()
+        .build()
+        .expect("the fake Slack's runtime");
+    let slack_handle = slack_runtime.handle();
     match args.first().map(String::as_str).unwrap_or("paced") {
         "paced" => {
             let (channels, per_channel) = (number(1, 200), number(2, 10));
-            let r = runtime.block_on(run(channels, per_channel, Some(1.0), (1, 3)));
+            let r = runtime.block_on(run(channels, per_channel, Some(1.0), (1, 3), slack_handle));
             let total = channels * per_channel;
             // Each channel may send a burst of 3 at once, then 1/s: the
             // fastest Slack allows is (per_channel - 3) seconds.
@@ -397,7 +551,13 @@ fn main() {
         }
         "unlimited" => {
             let total = number(1, 20_000);
-            let r = runtime.block_on(run(200, total / 200, None, (1_000_000, 1_000_000)));
+            let r = runtime.block_on(run(
+                200,
+                total / 200,
+                None,
+                (1_000_000, 1_000_000),
+                slack_handle,
+            ));
             println!(
                 "unlimited: {total} messages in {:.2?}: {:.0} posts/s (fake Slack, {} ledger, responses acked); CPU {:.0} µs per post ({:.2?} for the process); alert states all published {} after the last post (CPU {:.2?} meanwhile)",
                 r.elapsed,
@@ -409,10 +569,30 @@ fn main() {
                     .map_or_else(|| "not".to_owned(), |lag| format!("{lag:.2?}")),
                 r.states_cpu
             );
+            let per_post = |cpu: Duration| cpu.as_secs_f64() * 1e6 / total as f64;
+            let sides: Vec<String> = r
+                .split
+                .iter()
+                .map(|(side, cpu)| format!("{} {:.0} µs", side.name(), per_post(*cpu)))
+                .collect();
+            println!("  CPU per post by side: {}", sides.join(", "));
+            let threads: Vec<String> = r
+                .notify_threads
+                .iter()
+                .map(|(name, cpu)| format!("{name} {:.0}", per_post(*cpu)))
+                .collect();
+            println!("  notify's threads (µs per post): {}", threads.join(", "));
+            if let Some((_, notify)) = r.split.iter().find(|(side, _)| *side == Side::Notify) {
+                let us = per_post(*notify);
+                println!(
+                    "  notify alone: {us:.0} µs of CPU per post, at most {:.0} posts/s on 2 cores",
+                    2e6 / us
+                );
+            }
         }
         "slack" => {
             let total = number(1, 20_000);
-            let (elapsed, posts) = runtime.block_on(slack_alone(200, total / 200));
+            let (elapsed, posts) = runtime.block_on(slack_alone(200, total / 200, slack_handle));
             println!(
                 "slack: {posts} posts from 200 tasks in {elapsed:.2?}: {:.0} posts/s (notify's client, fake Slack over HTTP, no ledger, no Kafka)",
                 posts as f64 / elapsed.as_secs_f64()

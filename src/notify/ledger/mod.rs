@@ -17,7 +17,7 @@ mod writer;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-pub use self::op::{Arg, Statement};
+pub use self::op::{Arg, InsertRows, Statement};
 use self::op::{Op, Outcome};
 use self::writer::Writer;
 pub use self::writer::WriterStats;

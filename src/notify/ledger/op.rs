@@ -68,6 +68,58 @@ pub(super) enum Op {
 pub struct Statement {
     pub sql: &'static str,
     pub args: Vec<Arg>,
+    /// Set when `sql` is the one-row insert `rows` describes: the writer
+    /// may run it with others of its kind as one multi-row insert.
+    pub rows: Option<&'static InsertRows>,
+}
+
+/// A one-row `INSERT INTO {into} VALUES ($1, …, $n, {fixed}) ON CONFLICT
+/// ({key}) DO NOTHING` whose first argument is the row's `key` (text):
+/// several such rows, keys all different, run as one statement that
+/// returns the keys it inserted.
+#[derive(Debug)]
+pub struct InsertRows {
+    /// The table and its column list.
+    pub into: &'static str,
+    /// The values after the bound ones, the same in every row (literals).
+    pub fixed: &'static str,
+    pub key: &'static str,
+}
+
+impl InsertRows {
+    /// The statement for `rows` rows of `width` bound values each
+    /// (`numbered`: `$1` placeholders, else `?`), returning the keys it
+    /// inserted; one numbered row is the one-row statement plus its
+    /// `RETURNING`.
+    pub fn sql(&self, rows: usize, width: usize, numbered: bool) -> String {
+        let mut values = String::with_capacity(rows * (width * 5 + self.fixed.len() + 4));
+        for row in 0..rows {
+            if row > 0 {
+                values.push_str(", ");
+            }
+            values.push('(');
+            for column in 0..width {
+                if column > 0 {
+                    values.push_str(", ");
+                }
+                if numbered {
+                    values.push('$');
+                    values.push_str(&(row * width + column + 1).to_string());
+                } else {
+                    values.push('?');
+                }
+            }
+            if !self.fixed.is_empty() {
+                values.push_str(", ");
+                values.push_str(self.fixed);
+            }
+            values.push(')');
+        }
+        format!(
+            "INSERT INTO {} VALUES {values} ON CONFLICT ({}) DO NOTHING RETURNING {}",
+            self.into, self.key, self.key
+        )
+    }
 }
 
 /// A value bound to an [`Op::Statement`].

@@ -9,8 +9,9 @@
 //! round trip per batch) when the pool has more than the writers' (reads
 //! need one), and gives it back after a database error so the next batch
 //! gets a checked one. Within a batch, the fresh claims and the
-//! entry writes of alerts named once run merged, one statement each kind
-//! (`writer/merged.rs`).
+//! entry writes of alerts named once run merged, one statement each kind,
+//! and so do the entry writes' follow-ups when nothing else in the batch
+//! writes their table (`writer/merged.rs`).
 //!
 //! Nothing about durability changes: a worker is answered only after the
 //! transaction holding its write committed, so `pending` is still durable
@@ -64,6 +65,8 @@ pub struct WriterStats {
     pub retried_batches: AtomicU64,
     /// Writes that ran as part of a multi-row statement.
     pub merged_writes: AtomicU64,
+    /// Entry writes' follow-ups that ran as part of a multi-row insert.
+    pub merged_follow_ups: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -169,6 +172,9 @@ async fn together(
     stats
         .merged_writes
         .fetch_add(merged.writes() as u64, Ordering::Relaxed);
+    stats
+        .merged_follow_ups
+        .fetch_add(merged.follow_ups() as u64, Ordering::Relaxed);
     let mut answers = Vec::with_capacity(batch.len());
     for (i, request) in batch.iter().enumerate() {
         let answer = match merged.answer(&mut tx, i, &request.op).await {

@@ -179,7 +179,7 @@ impl AlertStates {
     /// Publishes the latest state of each of `alert_ids` (named once each):
     /// for each, whether the broker has it.
     async fn publish_batch(&self, publisher: &Publisher, alert_ids: &[&str]) -> Vec<bool> {
-        let rows = match self.store.get_many(alert_ids).await {
+        let rows = match self.store.get_records(alert_ids).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(alerts = alert_ids.len(), error = %e, "cannot read the alert states to publish them");
@@ -596,6 +596,47 @@ mod tests {
         assert!(states.publish("a-0").await);
         assert_eq!(offset_of("a-0").await, (2, after));
         assert!(!states.publish("no-such-alert").await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_publisher_reads_the_record_without_the_messages_content() {
+        let rig = rig().await;
+        let states = &rig.states;
+        let state = AlertState {
+            kind: StateKind::Snoozed,
+            actor: Some(crate::notify::state::Actor {
+                id: "U1".into(),
+                name: Some("Ann".into()),
+            }),
+            at: 5,
+            snoozed_until: Some(9),
+            occurrence: 2,
+        };
+        let place = Place {
+            channel_id: Some("C1".into()),
+            message_ts: Some("1.2".into()),
+            pipeline: "p".into(),
+            group_key: Some("g".into()),
+            text: Some("the text".into()),
+            blocks: Some("[{\"type\":\"divider\"}]".into()),
+        };
+        assert!(states
+            .store
+            .compare_and_set("x", None, &state, &place, false)
+            .await
+            .expect("write"));
+        let full = stored(states, "x").await;
+        assert_eq!(full.place.blocks, place.blocks, "the full row has it");
+        let records = states
+            .store
+            .get_records(&["none", "x"])
+            .await
+            .expect("read");
+        let mut expected = full.clone();
+        expected.place.text = None;
+        expected.place.blocks = None;
+        assert_eq!(records, vec![expected]);
+        assert_eq!(state_record(&records[0]), state_record(&full));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::{Actor, AlertState, StateKind};
-use crate::notify::ledger::{tuples, Arg, Ledger, LedgerError, Statement};
+use crate::notify::ledger::{tuples, Arg, InsertRows, Ledger, LedgerError, Statement};
 
 /// Where the state is shown: the alert's message and its content as notify
 /// rendered it (without the state's decoration).
@@ -45,6 +45,11 @@ pub struct StateStore {
 const COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed_at, snoozed_until, \
      occurrence, version, published_version, shown_version, channel_id, message_ts, pipeline, group_key, base_text, base_blocks";
 
+/// [`COLUMNS`] without the message's content: what a published record
+/// needs. The content is most of a row (the blocks are kilobytes).
+const RECORD_COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed_at, snoozed_until, \
+     occurrence, version, published_version, shown_version, channel_id, message_ts, pipeline, group_key";
+
 fn int(row: &AnyRow, column: &str) -> Result<i64, sqlx::Error> {
     row.try_get::<i64, _>(column)
         .or_else(|_| row.try_get::<i32, _>(column).map(i64::from))
@@ -58,6 +63,14 @@ fn opt_int(row: &AnyRow, column: &str) -> Result<Option<i64>, sqlx::Error> {
 }
 
 fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
+    let mut state = row_to_record(row)?;
+    state.place.text = row.try_get("base_text")?;
+    state.place.blocks = row.try_get("base_blocks")?;
+    Ok(state)
+}
+
+/// A row read with [`RECORD_COLUMNS`]: its place without content.
+fn row_to_record(row: &AnyRow) -> Result<StateRow, LedgerError> {
     let alert_id: String = row.try_get("alert_id")?;
     let kind: String = row.try_get("state")?;
     let kind = StateKind::parse(&kind).ok_or_else(|| LedgerError::State {
@@ -85,8 +98,8 @@ fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
             message_ts: row.try_get("message_ts")?,
             pipeline: row.try_get("pipeline")?,
             group_key: row.try_get("group_key")?,
-            text: row.try_get("base_text")?,
-            blocks: row.try_get("base_blocks")?,
+            text: None,
+            blocks: None,
         },
         alert_id,
     })
@@ -140,13 +153,15 @@ impl StateStore {
         row.as_ref().map(row_to_state).transpose()
     }
 
-    /// The rows of those of `alert_ids` that have one, in one query.
-    pub async fn get_many(&self, alert_ids: &[&str]) -> Result<Vec<StateRow>, LedgerError> {
+    /// The rows of those of `alert_ids` that have one, in one query,
+    /// without the message's content (`place.text` and `place.blocks` are
+    /// `None`): what their published records need.
+    pub async fn get_records(&self, alert_ids: &[&str]) -> Result<Vec<StateRow>, LedgerError> {
         if alert_ids.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {COLUMNS} FROM alert_states WHERE alert_id IN {}",
+            "SELECT {RECORD_COLUMNS} FROM alert_states WHERE alert_id IN {}",
             tuples(1, alert_ids.len(), self.ledger.is_postgres())
         );
         // Not kept prepared: one statement per batch size.
@@ -155,7 +170,7 @@ impl StateStore {
             query = query.bind(*alert_id);
         }
         let rows: Vec<AnyRow> = query.fetch_all(&self.pool).await?;
-        rows.iter().map(row_to_state).collect()
+        rows.iter().map(row_to_record).collect()
     }
 
     /// Writes `state` (and `place`) if the row is still at `expected`
@@ -331,23 +346,18 @@ pub fn set_statement(
 ) -> Statement {
     let actor_id = state.actor.as_ref().map(|a| a.id.clone());
     let actor_name = state.actor.as_ref().and_then(|a| a.name.clone());
-    let sql = match expected {
-        None => {
-            "INSERT INTO alert_states (alert_id, state, actor_id, actor_name, changed_at, \
-             snoozed_until, occurrence, channel_id, message_ts, pipeline, base_text, base_blocks, \
-             group_key, shown_version, version, published_version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, 0) \
-             ON CONFLICT (alert_id) DO NOTHING"
-        }
-        Some(_) => {
+    let (sql, rows) = match expected {
+        None => (INSERT_STATE, Some(&INSERT_STATE_ROWS)),
+        Some(_) => (
             "UPDATE alert_states SET state = $2, actor_id = $3, actor_name = $4, \
              changed_at = $5, snoozed_until = $6, occurrence = $7, channel_id = $8, \
              message_ts = $9, pipeline = $10, base_text = $11, base_blocks = $12, \
              group_key = $13, \
              shown_version = CASE WHEN $14 = 1 THEN version + 1 ELSE shown_version END, \
              version = version + 1 \
-             WHERE alert_id = $1 AND version = $15"
-        }
+             WHERE alert_id = $1 AND version = $15",
+            None,
+        ),
     };
     let text = |v: &Option<String>| Arg::Text(v.clone());
     let mut args = vec![
@@ -369,5 +379,48 @@ pub fn set_statement(
     if let Some(version) = expected {
         args.push(Arg::Int(Some(version)));
     }
-    Statement { sql, args }
+    Statement { sql, args, rows }
+}
+
+/// The first state of an alert, unless it has a row: [`INSERT_STATE_ROWS`]
+/// for one row (a test checks they agree).
+const INSERT_STATE: &str = "INSERT INTO alert_states (alert_id, state, actor_id, actor_name, \
+     changed_at, snoozed_until, occurrence, channel_id, message_ts, pipeline, base_text, \
+     base_blocks, group_key, shown_version, version, published_version) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, 0) \
+     ON CONFLICT (alert_id) DO NOTHING";
+
+/// [`INSERT_STATE`]'s shape, so that the ledger's writer can insert the
+/// first states of several posts in one statement.
+static INSERT_STATE_ROWS: InsertRows = InsertRows {
+    into: "alert_states (alert_id, state, actor_id, actor_name, \
+     changed_at, snoozed_until, occurrence, channel_id, message_ts, pipeline, base_text, \
+     base_blocks, group_key, shown_version, version, published_version)",
+    fixed: "1, 0",
+    key: "alert_id",
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_state_insert_has_the_shape_the_writer_merges() {
+        let one = INSERT_STATE_ROWS.sql(1, 14, true);
+        assert_eq!(one, format!("{INSERT_STATE} RETURNING alert_id"));
+        let state = AlertState {
+            kind: StateKind::Firing,
+            actor: None,
+            at: 1,
+            snoozed_until: None,
+            occurrence: 1,
+        };
+        let statement = set_statement("a", None, &state, &Place::default(), true);
+        assert_eq!(statement.args.len(), 14, "the bound values of one row");
+        assert!(matches!(statement.args[0], Arg::Text(Some(ref key)) if key == "a"));
+        assert!(statement.rows.is_some());
+        assert!(set_statement("a", Some(1), &state, &Place::default(), true)
+            .rows
+            .is_none());
+    }
 }

@@ -8,13 +8,22 @@
 //! Such a write touches a `deliveries` row nothing else in the transaction
 //! reads or writes, so running it before the others gives the same rows
 //! and answers as running it in its place.
+//!
+//! The follow-ups of merged entry writes (a post's first alert state) run
+//! as one multi-row insert too, but only in a batch where they are the
+//! only writes to another table: no [`Op::Statement`] and no follow-up that
+//! is not merged. Their keys all differ (checked), and each inserts a row
+//! unless its key has one, so no follow-up sees another's row and nothing
+//! else in the transaction reads their table: inserting them together
+//! after the entry writes leaves the same rows and answers as each in its
+//! place.
 
 use std::collections::{HashMap, HashSet};
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::super::op::{Op, Outcome};
+use super::super::op::{Arg, InsertRows, Op, Outcome, Statement};
 use super::super::tuples;
 use super::super::{entry_from_row, Entry, LedgerError, COLUMNS};
 use super::{claim_existing, statement, Answer};
@@ -26,6 +35,10 @@ pub(super) struct Ran {
     inserted: HashMap<String, AnyRow>,
     /// Alerts whose entry the merged update wrote.
     saved: HashSet<String>,
+    /// Keys the follow-ups' merged insert inserted.
+    followed: HashSet<String>,
+    /// How many follow-ups that insert carried.
+    follow_ups: usize,
 }
 
 /// Runs the merged statements of the batch `ops` on `conn` (in its
@@ -79,10 +92,26 @@ pub(super) async fn run<'a>(
     } else {
         save_entries(conn, &saves).await?
     };
+    // Only the follow-ups of entries written run, as they would unmerged;
+    // one alone still runs here: its answer is this statement's.
+    let thens: Vec<&Statement> = plan
+        .thens
+        .iter()
+        .filter_map(|&i| match ops[i] {
+            Op::SaveThen { entry, then, .. } if saved.contains(&entry.alert_id) => Some(then),
+            _ => None,
+        })
+        .collect();
+    let followed = match (thens.first().and_then(|then| then.rows), thens.len()) {
+        (Some(rows), 1..) => insert_rows(conn, rows, &thens).await?,
+        _ => HashSet::new(),
+    };
     Ok(Ran {
         plan,
         inserted,
         saved,
+        followed,
+        follow_ups: thens.len(),
     })
 }
 
@@ -90,6 +119,11 @@ impl Ran {
     /// How many writes ran merged.
     pub(super) fn writes(&self) -> usize {
         self.plan.fresh.len() + self.plan.saves.len()
+    }
+
+    /// How many follow-ups ran merged.
+    pub(super) fn follow_ups(&self) -> usize {
+        self.follow_ups
     }
 
     /// The answer to the batch's write `i` (`op`) if it ran merged, after
@@ -123,6 +157,17 @@ impl Ran {
             Op::Save { entry, .. } => Ok(Outcome::Rows(u64::from(
                 self.saved.contains(&entry.alert_id),
             ))),
+            Op::SaveThen { entry, then, .. }
+                if self.saved.contains(&entry.alert_id)
+                    && self.plan.thens.binary_search(&i).is_ok() =>
+            {
+                Ok(Outcome::Saved {
+                    rows: 1,
+                    then: Some(u64::from(
+                        key_of(then).is_some_and(|key| self.followed.contains(key)),
+                    )),
+                })
+            }
             Op::SaveThen { entry, then, .. } if self.saved.contains(&entry.alert_id) => {
                 match statement(conn, then.sql, &then.args).await {
                     Ok(rows) => Ok(Outcome::Saved {
@@ -146,6 +191,8 @@ impl Ran {
 struct Plan {
     fresh: Vec<usize>,
     saves: Vec<usize>,
+    /// Of `saves`, the entry writes whose follow-ups run merged.
+    thens: Vec<usize>,
 }
 
 /// The `deliveries` row `op` names (`None`: another table).
@@ -171,7 +218,7 @@ fn plan<'a>(ops: impl Iterator<Item = &'a Op> + Clone) -> Plan {
     }
     let alone = |op: &Op| alert_of(op).is_some_and(|a| seen.get(a) == Some(&1));
     let mut plan = Plan::default();
-    for (i, op) in ops.enumerate() {
+    for (i, op) in ops.clone().enumerate() {
         match op {
             Op::ClaimFresh { .. } if alone(op) => plan.fresh.push(i),
             Op::Save { .. } | Op::SaveThen { .. } if alone(op) => plan.saves.push(i),
@@ -184,7 +231,50 @@ fn plan<'a>(ops: impl Iterator<Item = &'a Op> + Clone) -> Plan {
     if plan.saves.len() < 2 {
         plan.saves.clear();
     }
+    plan.thens = follow_ups(ops, &plan.saves);
     plan
+}
+
+/// Of the merged entry writes `saves`, those whose follow-ups run as one
+/// insert: all of them or none. None when another write in `ops` goes to
+/// a table other than `deliveries` (a statement, a follow-up not merged or
+/// of another shape), when two follow-ups name one key, or when fewer than
+/// two would merge. Merged, they all have one shape and arity.
+fn follow_ups<'a>(ops: impl Iterator<Item = &'a Op>, saves: &[usize]) -> Vec<usize> {
+    let mut shape: Option<(&InsertRows, usize)> = None;
+    let mut keys = HashSet::new();
+    let mut thens = Vec::new();
+    for (i, op) in ops.enumerate() {
+        match op {
+            Op::Statement { .. } => return Vec::new(),
+            Op::SaveThen { then, .. } => {
+                let merged = saves.binary_search(&i).is_ok();
+                let (Some(rows), Some(key), true) = (then.rows, key_of(then), merged) else {
+                    return Vec::new();
+                };
+                let width = then.args.len();
+                let other = shape.is_some_and(|(s, w)| !std::ptr::eq(s, rows) || w != width);
+                if other || !keys.insert(key) {
+                    return Vec::new();
+                }
+                shape = Some((rows, width));
+                thens.push(i);
+            }
+            _ => {}
+        }
+    }
+    if thens.len() < 2 {
+        thens.clear();
+    }
+    thens
+}
+
+/// The key of a follow-up of a known shape: its first argument.
+fn key_of(then: &Statement) -> Option<&str> {
+    match then.args.first() {
+        Some(Arg::Text(Some(key))) if then.rows.is_some() => Some(key.as_str()),
+        _ => None,
+    }
 }
 
 /// Whether `conn` wants numbered placeholders. SQLite takes them too, but
@@ -241,6 +331,32 @@ async fn insert_fresh(
         by_alert.insert(row.try_get::<String, _>("alert_id")?, row);
     }
     Ok(by_alert)
+}
+
+/// The follow-ups `thens` (all of the shape `rows` with one arity, keys
+/// all different, as [`follow_ups`] plans them) as
+/// one multi-row insert: the keys it inserted.
+async fn insert_rows(
+    conn: &mut AnyConnection,
+    rows: &InsertRows,
+    thens: &[&Statement],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let width = thens.first().map_or(0, |then| then.args.len());
+    let sql = rows.sql(thens.len(), width, numbered(conn));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for then in thens {
+        for arg in &then.args {
+            query = match arg {
+                Arg::Text(value) => query.bind(value.clone()),
+                Arg::Int(value) => query.bind(*value),
+            };
+        }
+    }
+    let inserted = query.fetch_all(&mut *conn).await?;
+    inserted
+        .iter()
+        .map(|row| row.try_get::<String, _>(rows.key))
+        .collect()
 }
 
 /// One entry write: what `writer::save_entry` binds.
@@ -363,7 +479,117 @@ mod tests {
             Plan {
                 fresh: vec![0, 5],
                 saves: vec![1, 4],
+                thens: vec![],
             }
+        );
+    }
+
+    static ROWS: InsertRows = InsertRows {
+        into: "t (k, v)",
+        fixed: "0",
+        key: "k",
+    };
+    static OTHER_ROWS: InsertRows = InsertRows {
+        into: "u (k, v)",
+        fixed: "0",
+        key: "k",
+    };
+
+    fn save_then(alert: &str, key: &str, rows: Option<&'static InsertRows>, width: usize) -> Op {
+        let Op::Save {
+            entry,
+            run,
+            now_ms,
+            lease_until,
+        } = save(alert)
+        else {
+            unreachable!("save() makes a Save");
+        };
+        let mut args = vec![Arg::Text(Some(key.into()))];
+        args.resize_with(width, || Arg::Int(Some(1)));
+        Op::SaveThen {
+            entry,
+            run,
+            now_ms,
+            lease_until,
+            then: Statement {
+                sql: "INSERT INTO t (k, v) VALUES ($1, 0) ON CONFLICT (k) DO NOTHING",
+                args,
+                rows,
+            },
+        }
+    }
+
+    fn thens(ops: &[Op]) -> Vec<usize> {
+        plan(ops.iter()).thens
+    }
+
+    #[test]
+    fn follow_ups_merge_only_as_their_tables_sole_writes() {
+        let merged = |a: &str, key: &str| save_then(a, key, Some(&ROWS), 1);
+        assert_eq!(
+            thens(&[merged("a", "a"), renew("x"), merged("b", "b"), save("c")]),
+            vec![0, 2]
+        );
+        let statement = Op::Statement {
+            sql: "UPDATE t SET v = 1".into(),
+            args: Vec::new(),
+        };
+        assert_eq!(
+            thens(&[merged("a", "a"), merged("b", "b"), statement]),
+            Vec::<usize>::new(),
+            "another write to a table besides deliveries"
+        );
+        assert_eq!(
+            thens(&[
+                merged("a", "a"),
+                merged("b", "b"),
+                merged("c", "c"),
+                renew("c")
+            ]),
+            Vec::<usize>::new(),
+            "c's entry write runs in place, and so its follow-up"
+        );
+        assert_eq!(
+            thens(&[merged("a", "k"), merged("b", "k")]),
+            Vec::<usize>::new(),
+            "one key twice"
+        );
+        assert_eq!(
+            thens(&[
+                merged("a", "a"),
+                merged("b", "b"),
+                save_then("c", "c", None, 1)
+            ]),
+            Vec::<usize>::new(),
+            "a follow-up of no known shape"
+        );
+        assert_eq!(
+            thens(&[merged("a", "a"), save_then("b", "b", Some(&OTHER_ROWS), 1)]),
+            Vec::<usize>::new(),
+            "two shapes"
+        );
+        assert_eq!(
+            thens(&[merged("a", "a"), save_then("b", "b", Some(&ROWS), 2)]),
+            Vec::<usize>::new(),
+            "two arities"
+        );
+        assert_eq!(
+            thens(&[merged("a", "a"), save("b")]),
+            Vec::<usize>::new(),
+            "one follow-up runs as before"
+        );
+    }
+
+    #[test]
+    fn merged_rows_take_the_fixed_values_after_the_bound_ones() {
+        assert_eq!(
+            ROWS.sql(2, 1, true),
+            "INSERT INTO t (k, v) VALUES ($1, 0), ($2, 0) ON CONFLICT (k) DO NOTHING RETURNING k"
+        );
+        assert_eq!(
+            ROWS.sql(2, 2, false),
+            "INSERT INTO t (k, v) VALUES (?, ?, 0), (?, ?, 0) ON CONFLICT (k) DO NOTHING RETURNING k"
         );
     }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::notify::ledger::{Claim, Ledger, Owner, Statement, Status};
+use crate::notify::ledger::{Claim, InsertRows, Ledger, Owner, Statement, Status};
 
 async fn ledger(dir: &tempfile::TempDir) -> Ledger {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
@@ -218,6 +218,7 @@ async fn merged_batch(failing: bool) {
             then: Statement {
                 sql: "DELETE FROM alert_states WHERE alert_id = $1",
                 args: vec![Arg::Text(Some("e".into()))],
+                rows: None,
             },
         },
         Op::SaveThen {
@@ -228,6 +229,7 @@ async fn merged_batch(failing: bool) {
             then: Statement {
                 sql: "DELETE FROM alert_states WHERE alert_id = $1",
                 args: vec![Arg::Text(Some("f".into()))],
+                rows: None,
             },
         },
     ];
@@ -298,4 +300,274 @@ async fn merged_writes_answer_each_submitter_as_alone() {
 #[tokio::test]
 async fn a_failing_batch_with_merged_writes_runs_them_one_by_one() {
     merged_batch(true).await;
+}
+
+/// A new database on the test PostgreSQL server (`ALERTSVC_TEST_POSTGRES`,
+/// else the one `scripts/install-test-deps.sh` starts), as the integration
+/// tests make theirs.
+async fn postgres_url() -> String {
+    use sqlx::Connection;
+    let base = std::env::var("ALERTSVC_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("alertsvc_unit_{}_{}", std::process::id(), fastrand::u64(..));
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/install-test-deps.sh starts one)");
+    // `name` is built here from digits and a fixed prefix.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    format!("{base}/{name}")
+}
+
+async fn ledger_on(postgres: bool, dir: &tempfile::TempDir) -> Ledger {
+    if !postgres {
+        return ledger(dir).await;
+    }
+    let ledger = Ledger::connect(&postgres_url().await, 4)
+        .await
+        .expect("ledger");
+    ledger.migrate().await.expect("migrate");
+    ledger
+}
+
+/// A first state's insert in the shape `alert_states`' writes merge in
+/// (the real one is checked against its shape in `state::store`).
+static STATE_ROWS: InsertRows = InsertRows {
+    into: "alert_states (alert_id, state, changed_at, base_text, version, published_version)",
+    fixed: "1, 0",
+    key: "alert_id",
+};
+
+fn first_state(alert_id: &str, at: i64) -> Statement {
+    Statement {
+        sql: "INSERT INTO alert_states (alert_id, state, changed_at, base_text, version, \
+              published_version) VALUES ($1, $2, $3, $4, 1, 0) ON CONFLICT (alert_id) DO NOTHING",
+        args: vec![
+            Arg::Text(Some(alert_id.to_owned())),
+            Arg::Text(Some("firing".into())),
+            Arg::Int(Some(at)),
+            Arg::Text(None),
+        ],
+        rows: Some(&STATE_ROWS),
+    }
+}
+
+fn posted_then(alert_id: &str, owner: &Owner) -> Op {
+    Op::SaveThen {
+        entry: posted(alert_id, owner),
+        run: owner.run.clone(),
+        now_ms: 2,
+        lease_until: None,
+        then: first_state(alert_id, 2),
+    }
+}
+
+/// What a batch of first states is tried beside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Beside {
+    /// Only delivery writes.
+    Nothing,
+    /// Another write to `alert_states`.
+    Statement,
+    /// A write the database refuses.
+    Failure,
+}
+
+/// The batch: posts of `a`, `b` (a state row there already), `c`
+/// (fenced out: its claim is `first`'s), `d`, a claim of `x`, a plain
+/// entry write of `e`, and what `beside` says.
+fn first_states_batch(first: &Owner, second: &Owner, beside: Beside) -> Vec<Op> {
+    let mut ops = vec![
+        posted_then("a", first),
+        posted_then("b", first),
+        posted_then("c", second),
+        claim("x", second, 2),
+        posted_then("d", first),
+        Op::Save {
+            entry: posted("e", first),
+            run: first.run.clone(),
+            now_ms: 2,
+            lease_until: None,
+        },
+    ];
+    match beside {
+        Beside::Nothing => {}
+        Beside::Statement => ops.push(Op::Statement {
+            sql: "UPDATE alert_states SET published_version = 1 WHERE alert_id = $1".into(),
+            args: vec![Arg::Text(Some("b".into()))],
+        }),
+        Beside::Failure => ops.push(Op::Invalid),
+    }
+    ops
+}
+
+/// Every answer, in a form to compare (`run`s as `first`/`second`).
+fn describe(answers: &[Answer], first: &Owner, second: &Owner) -> Vec<String> {
+    let who = |run: &Option<String>| match run.as_deref() {
+        Some(r) if r == first.run => "first",
+        Some(r) if r == second.run => "second",
+        Some(_) => "other",
+        None => "nobody",
+    };
+    answers
+        .iter()
+        .map(|answer| match answer {
+            Ok(Outcome::Row(Some(e))) => {
+                format!("row {} {:?} {}", e.alert_id, e.status, who(&e.owner_run))
+            }
+            Ok(Outcome::Row(None)) => "no row".into(),
+            Ok(Outcome::Rows(n)) => format!("rows {n}"),
+            Ok(Outcome::Inserted(e)) => format!("inserted {}", e.alert_id),
+            Ok(Outcome::Saved { rows, then }) => format!("saved {rows} then {then:?}"),
+            Err(LedgerError::Database(_)) => "database error".into(),
+            Err(e) => format!("error {e}"),
+        })
+        .collect()
+}
+
+/// Both tables as rows to compare.
+async fn dump(ledger: &Ledger, first: &Owner, second: &Owner) -> Vec<String> {
+    use sqlx::Row;
+    let mut out = Vec::new();
+    for alert in ["a", "b", "c", "d", "e", "x"] {
+        let entry = ledger.get(alert).await.expect("read").expect("a row");
+        let who = describe(
+            &[Ok(Outcome::Row(Some(Box::new(entry.clone()))))],
+            first,
+            second,
+        );
+        out.push(format!("{} ts {:?}", who[0], entry.ts));
+    }
+    let rows = sqlx::query(
+        "SELECT alert_id, state, changed_at, base_text, version, published_version \
+         FROM alert_states ORDER BY alert_id",
+    )
+    .fetch_all(&ledger.pool)
+    .await
+    .expect("states");
+    for row in rows {
+        out.push(format!(
+            "state {} {} {} {:?} {} {}",
+            row.get::<String, _>("alert_id"),
+            row.get::<String, _>("state"),
+            row.get::<i64, _>("changed_at"),
+            row.get::<Option<String>, _>("base_text"),
+            row.get::<i64, _>("version"),
+            row.get::<i64, _>("published_version"),
+        ));
+    }
+    out
+}
+
+/// A ledger where `first` holds `a`…`e` and `b` has a state row.
+async fn before_first_states(postgres: bool, dir: &tempfile::TempDir, first: &Owner) -> Ledger {
+    let ledger = ledger_on(postgres, dir).await;
+    for alert in ["a", "b", "c", "d", "e"] {
+        batch(&ledger, vec![claim(alert, first, 1)]).await;
+    }
+    sqlx::query(
+        "INSERT INTO alert_states (alert_id, state, changed_at, version, published_version) \
+         VALUES ('b', 'acknowledged', 1, 3, 2)",
+    )
+    .execute(&ledger.pool)
+    .await
+    .expect("b's state");
+    ledger
+}
+
+/// The first states of posts in one batch: merged into one insert only
+/// when nothing else in the batch writes `alert_states`; either way each
+/// submitter gets the answer, and the tables the rows, that running each
+/// write alone in submission order gives.
+async fn first_states(postgres: bool, beside: Beside) {
+    let (first, second) = (Owner::new("a"), Owner::new("b"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = before_first_states(postgres, &dir, &first).await;
+    let answers = batch(&ledger, first_states_batch(&first, &second, beside)).await;
+    let stats = ledger.writer_stats();
+    // A failing batch merged them too, before it was rolled back.
+    let merged = beside != Beside::Statement;
+    assert_eq!(
+        stats.merged_follow_ups.load(Ordering::Relaxed),
+        if merged { 3 } else { 0 },
+        "the follow-ups of a, b and d, the saved ones"
+    );
+    assert_eq!(
+        stats.retried_batches.load(Ordering::Relaxed),
+        u64::from(beside == Beside::Failure)
+    );
+    let mut expected: Vec<String> = [
+        "saved 1 then Some(1)",
+        "saved 1 then Some(0)",
+        "saved 0 then None",
+        "row x New second",
+        "saved 1 then Some(1)",
+        "rows 1",
+    ]
+    .map(String::from)
+    .to_vec();
+    match beside {
+        Beside::Nothing => {}
+        Beside::Statement => expected.push("rows 1".into()),
+        Beside::Failure => expected.push("database error".into()),
+    }
+    assert_eq!(describe(&answers, &first, &second), expected);
+    let published_b = if beside == Beside::Statement { 1 } else { 2 };
+    let rows = dump(&ledger, &first, &second).await;
+    assert_eq!(
+        rows,
+        [
+            "row a Posted nobody ts Some(\"1.0\")".to_owned(),
+            "row b Posted nobody ts Some(\"1.0\")".into(),
+            "row c New first ts None".into(),
+            "row d Posted nobody ts Some(\"1.0\")".into(),
+            "row e Posted nobody ts Some(\"1.0\")".into(),
+            "row x New second ts None".into(),
+            "state a firing 2 None 1 0".into(),
+            format!("state b acknowledged 1 None 3 {published_b}"),
+            "state d firing 2 None 1 0".into(),
+        ]
+    );
+
+    // The same writes, each alone.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alone = before_first_states(postgres, &dir, &first).await;
+    let mut answers_alone = Vec::new();
+    for op in first_states_batch(&first, &second, beside) {
+        answers_alone.extend(batch(&alone, vec![op]).await);
+    }
+    assert_eq!(describe(&answers_alone, &first, &second), expected);
+    assert_eq!(dump(&alone, &first, &second).await, rows);
+}
+
+#[tokio::test]
+async fn first_states_merge_and_answer_as_alone_sqlite() {
+    first_states(false, Beside::Nothing).await;
+}
+
+#[tokio::test]
+async fn first_states_merge_and_answer_as_alone_postgres() {
+    first_states(true, Beside::Nothing).await;
+}
+
+#[tokio::test]
+async fn first_states_beside_another_state_write_run_in_place_sqlite() {
+    first_states(false, Beside::Statement).await;
+}
+
+#[tokio::test]
+async fn first_states_beside_another_state_write_run_in_place_postgres() {
+    first_states(true, Beside::Statement).await;
+}
+
+#[tokio::test]
+async fn a_failing_batch_with_first_states_runs_them_one_by_one_sqlite() {
+    first_states(false, Beside::Failure).await;
+}
+
+#[tokio::test]
+async fn a_failing_batch_with_first_states_runs_them_one_by_one_postgres() {
+    first_states(true, Beside::Failure).await;
 }
