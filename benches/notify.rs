@@ -118,7 +118,9 @@ fn thread_cpu() -> Threads {
 }
 
 /// The name (in parentheses, which it may contain) and utime + stime of a
-/// `stat` line.
+/// `stat` line: the fields after the name start with the state, utime is
+/// the 12th of them and stime the 13th, in USER_HZ ticks (100 a second on
+/// Linux).
 fn parse_stat(stat: &str) -> Option<(String, Duration)> {
     let (head, rest) = stat.rsplit_once(')')?;
     let name = head.split_once('(')?.1.to_owned();
@@ -205,19 +207,10 @@ async fn states_published(url: &str, total: usize, limit: Duration) -> Option<Du
 /// `/proc/self/stat` (in USER_HZ ticks, 100 per second on Linux); zero
 /// where there is no such file.
 fn process_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    // The fields after the command name, which is in parentheses: state is
-    // the first of them, utime the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| parse_stat(&stat))
+        .map_or(Duration::ZERO, |(_, cpu)| cpu)
 }
 
 async fn run(
@@ -487,24 +480,12 @@ async fn kafka_alone(tasks: usize, per_task: usize) -> (Duration, Duration) {
 
 /// A SQLite file in `dir`, or a new PostgreSQL database (see the top).
 async fn ledger_url(dir: &std::path::Path) -> String {
-    use sqlx::Connection;
-    let Ok(base) = std::env::var("ALERTSVC_BENCH_POSTGRES") else {
+    let Ok(server) = std::env::var("ALERTSVC_BENCH_POSTGRES") else {
         return format!("sqlite://{}?mode=rwc", dir.join("ledger.db").display());
     };
-    let name = format!(
-        "alertsvc_bench_{}_{}",
-        std::process::id(),
-        fastrand::u64(..)
-    );
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+    alertsvc::db::create_scratch_database(&server, "alertsvc_bench")
         .await
-        .expect("ALERTSVC_BENCH_POSTGRES reachable");
-    // `name` is built here from digits and a fixed prefix.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
-    format!("{base}/{name}")
+        .expect("ALERTSVC_BENCH_POSTGRES reachable, and its user may create databases")
 }
 
 fn ledger_kind() -> &'static str {

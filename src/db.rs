@@ -12,6 +12,8 @@ pub enum DbError {
     Database(#[from] sqlx::Error),
     #[error("state database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("scratch database prefix {0:?}: only lowercase letters, digits and _")]
+    ScratchName(String),
 }
 
 /// A pool for `url` (`sqlite:…` or `postgres://…`).
@@ -73,6 +75,30 @@ pub async fn migrate(pool: &AnyPool, postgres: bool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// A new, empty database on the PostgreSQL server at `server` (a URL
+/// without a database name), named `prefix` plus the process id and a
+/// random number, so concurrent tests and bench runs never share one;
+/// answers its URL. For tests and benchmarks: the server must accept
+/// `CREATE DATABASE` from the URL's user.
+pub async fn create_scratch_database(server: &str, prefix: &str) -> Result<String, DbError> {
+    use sqlx::Connection;
+    // The name is spliced into SQL (CREATE DATABASE takes no parameter).
+    if prefix.is_empty()
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(DbError::ScratchName(prefix.to_owned()));
+    }
+    let server = server.trim_end_matches('/');
+    let name = format!("{prefix}_{}_{}", std::process::id(), fastrand::u64(..));
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    Ok(format!("{server}/{name}"))
+}
+
 /// `2026-11-21 10:00:00.25`: SQLite's own datetime form, so a bound
 /// value (produce's checkpoint, the demo's warehouse rows) compares as text
 /// against columns written by `datetime()` or `CURRENT_TIMESTAMP`.
@@ -92,7 +118,7 @@ pub fn sqlite_datetime(micros: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::sqlite_datetime;
+    use super::{create_scratch_database, sqlite_datetime, DbError};
 
     const T: i64 = 1_763_719_200_000_000; // 2025-11-21T10:00:00Z
 
@@ -101,5 +127,17 @@ mod tests {
         assert_eq!(sqlite_datetime(T), "2025-11-21 10:00:00");
         assert_eq!(sqlite_datetime(T + 250_000), "2025-11-21 10:00:00.25");
         assert!(sqlite_datetime(T + 1) > sqlite_datetime(T));
+    }
+
+    #[tokio::test]
+    async fn a_scratch_database_name_is_checked_before_any_sql() {
+        // Refused before connecting: the server URL here is unreachable.
+        for prefix in ["", "Bad", "a-b", "x; DROP DATABASE test"] {
+            let answer = create_scratch_database("postgres://nobody@127.0.0.1:1", prefix).await;
+            assert!(
+                matches!(answer, Err(DbError::ScratchName(ref p)) if p == prefix),
+                "{prefix:?}: {answer:?}"
+            );
+        }
     }
 }

@@ -66,6 +66,9 @@ pub struct Pacer {
     per_channel: ChannelLimiter,
     workspace: DirectLimiter,
     history: DirectLimiter,
+    /// Lookups waiting for the history tier, first come first served (the
+    /// limiter alone lets whichever waiter wakes first through).
+    history_line: tokio::sync::Mutex<()>,
     /// `chat.update`'s own tier (Tier 3), workspace-wide: a burst of
     /// resolutions or clicks would otherwise run into 429s together.
     updates: TierLimiter,
@@ -250,6 +253,7 @@ impl Pacer {
                 per_minute_quota(settings.history_per_minute),
                 TokioClock,
             ),
+            history_line: tokio::sync::Mutex::new(()),
             updates: TierLimiter::new({
                 let (period, burst) = per_minute_tier(settings.updates_per_minute);
                 Gcra::new(period, burst)
@@ -269,8 +273,22 @@ impl Pacer {
         self.answered.charge(&turn.channel);
     }
 
-    /// Waits until a `conversations.history` call may go.
-    pub async fn history_ready(&self) {
+    /// Waits until a `conversations.history` call may go, in line with the
+    /// other lookups. `on_wait` runs once, first, if the call cannot go at
+    /// once: the tier is the workspace's and a burst of lookups makes the
+    /// line long, so the caller lets go of what others wait on (its
+    /// channel) before it waits.
+    pub async fn history_ready(&self, on_wait: impl FnOnce()) {
+        if let Ok(_first) = self.history_line.try_lock() {
+            if self.history.check().is_ok() {
+                return;
+            }
+            on_wait();
+            until_allowed(|| self.history.check()).await;
+            return;
+        }
+        on_wait();
+        let _in_line = self.history_line.lock().await;
         until_allowed(|| self.history.check()).await;
     }
 
@@ -545,6 +563,42 @@ mod tests {
         }
     }
 
+    /// Lookups waiting for the history tier go in the order they asked,
+    /// and only a lookup that has to wait is told to let go of its channel.
+    #[tokio::test(start_paused = true)]
+    async fn lookups_wait_for_the_history_tier_in_line() {
+        let pacer = Arc::new(Pacer::new(&PacingSettings {
+            history_per_minute: 6,
+            ..settings(100, 50)
+        }));
+        let told = std::sync::atomic::AtomicBool::new(false);
+        pacer
+            .history_ready(|| told.store(true, std::sync::atomic::Ordering::SeqCst))
+            .await;
+        assert!(!told.into_inner(), "the burst's lookup went at once");
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut lookups = Vec::new();
+        for n in 0..4 {
+            let (pacer, order) = (pacer.clone(), order.clone());
+            lookups.push(tokio::spawn(async move {
+                let mut told = false;
+                pacer.history_ready(|| told = true).await;
+                order.lock().unwrap().push((n, told, Instant::now()));
+            }));
+            tokio::task::yield_now().await;
+        }
+        for lookup in lookups {
+            lookup.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let seen: Vec<_> = order.iter().map(|(n, told, _)| (*n, *told)).collect();
+        assert_eq!(seen, [(0, true), (1, true), (2, true), (3, true)]);
+        // 6 a minute: a burst of one, then one every 60 / 6 · 1.02 s.
+        for pair in order.windows(2) {
+            assert!(pair[1].2 - pair[0].2 >= Duration::from_millis(10_200));
+        }
+    }
+
     /// Grant times of `calls` calls of one per-minute tier.
     async fn tier_grants(calls: usize, call: impl AsyncFn(&Pacer, usize)) -> Vec<Duration> {
         let pacer = Pacer::new(&PacingSettings {
@@ -597,7 +651,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn history_calls_keep_to_their_tier_in_any_minute() {
-        let grants = tier_grants(150, async |pacer, _| pacer.history_ready().await).await;
+        let grants = tier_grants(150, async |pacer, _| pacer.history_ready(|| ()).await).await;
         assert_within_tier(&grants, 50);
     }
 }

@@ -251,6 +251,60 @@ async fn an_edit_waiting_for_its_tier_does_not_hold_up_its_channel() {
     no_dead_letters(&env).await;
 }
 
+/// A post answered ambiguously must be looked for before it is made again,
+/// and `conversations.history` has a workspace-wide tier: a lookup waiting
+/// for it does not hold up new alerts in its channel. They are posted
+/// meanwhile, the looked-up alert is still posted exactly once, and no
+/// lookup runs into a 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_waiting_for_its_tier_does_not_hold_up_its_channel() {
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1", "C2"], None, Backend::Sqlite, 50).await;
+    // 12 lookups a minute: one at once, then one every 5.1 s.
+    slack.set_history_per_minute(Some(12));
+    let settings = notify_settings(&env, |n| n.pacing.history_per_minute = 12);
+    let notify = env.start_notify_with(settings).await;
+    // x-0's post fails (500, nothing stored): its lookup takes the burst.
+    slack.fail_next(500, 1);
+    env.produce_message(&message("x-0", "C2", "first")).await;
+    env.read_responses(1, WAIT).await;
+    // a-0's post fails too: its lookup waits ~5 s for the tier.
+    slack.fail_next(500, 1);
+    env.produce_message(&message("a-0", "C1", "looked up"))
+        .await;
+    for i in 0..4 {
+        env.produce_message(&message(&format!("b-{i}"), "C1", "new"))
+            .await;
+    }
+    let responses = env.read_responses(6, WAIT).await;
+    notify.stop().await.expect("clean stop");
+
+    let at = |alert: &str| {
+        responses
+            .iter()
+            .position(|r| r.alert_id == alert)
+            .unwrap_or_else(|| panic!("no answer for {alert}: {responses:?}"))
+    };
+    for r in &responses {
+        assert_eq!(r.outcome, DeliveryOutcome::Posted, "{r:?}");
+    }
+    for i in 0..4 {
+        assert!(
+            at(&format!("b-{i}")) < at("a-0"),
+            "new alerts waited for the lookup: {responses:?}"
+        );
+    }
+    let fake = slack.messages();
+    assert_eq!(fake.len(), 6, "{fake:?}");
+    assert!(posts_per_alert(&fake).values().all(|n| *n == 1), "{fake:?}");
+    assert_eq!(slack.stats().rate_limited, 0, "{:?}", slack.stats());
+    no_dead_letters(&env).await;
+}
+
 async fn redelivery_is_not_posted_twice_and_changes_update(backend: Backend) {
     let NotifyEnv {
         slack,

@@ -90,6 +90,31 @@ impl Deliverer {
         Ok(turn)
     }
 
+    /// Waits for the `conversations.history` tier with the claim renewed
+    /// meanwhile. A lookup that has to wait lets its channel's worker go on
+    /// first: the tier is workspace-wide, and a burst of ambiguous answers
+    /// would otherwise hold up every other alert of those channels.
+    pub(super) async fn paced_history(
+        &self,
+        attempt: &Attempt<'_>,
+        stop: &CancellationToken,
+    ) -> Result<(), DeliverError> {
+        let channel = attempt.channel;
+        let ready = self.pacer.history_ready(|| channel.release());
+        tokio::pin!(ready);
+        let renew_every = self.settings.claim_lease / 4;
+        loop {
+            tokio::select! {
+                () = &mut ready => return Ok(()),
+                _ = tokio::time::sleep(renew_every) => self.renew(&attempt.entry).await?,
+                _ = stop.cancelled() => {
+                    self.release(&attempt.entry).await;
+                    return Err(DeliverError::Cancelled);
+                }
+            }
+        }
+    }
+
     async fn after_pacing(&self, entry: &Entry, waited: Duration) -> Result<(), DeliverError> {
         if waited > Duration::from_millis(1) {
             self.metrics

@@ -101,7 +101,7 @@ impl Deliverer {
         Fut: std::future::Future<Output = Result<Option<String>, SlackError>>,
     {
         let found = loop {
-            self.pacer.history_ready().await;
+            self.paced_history(attempt, stop).await?;
             match self.called(ask().await, &mut attempt.unknown_errors) {
                 Called::Done(found) => break found,
                 Called::Auth(e) => return Err(DeliverError::Auth(e)),

@@ -446,7 +446,13 @@ impl Ledger {
 /// `rows` tuples of `width` placeholders: numbered, `($1, $2), ($3, $4)`,
 /// or anonymous, `(?, ?), (?, ?)`.
 pub fn tuples(rows: usize, width: usize, numbered: bool) -> String {
-    let mut sql = String::with_capacity(rows * width * 5);
+    tuples_ending(rows, width, numbered, "")
+}
+
+/// [`tuples`], each ending with `fixed` after its placeholders (literal
+/// values, the same in every row) unless it is empty.
+pub(crate) fn tuples_ending(rows: usize, width: usize, numbered: bool, fixed: &str) -> String {
+    let mut sql = String::with_capacity(rows * (width * 5 + fixed.len() + 4));
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
@@ -462,6 +468,10 @@ pub fn tuples(rows: usize, width: usize, numbered: bool) -> String {
             } else {
                 sql.push('?');
             }
+        }
+        if !fixed.is_empty() {
+            sql.push_str(", ");
+            sql.push_str(fixed);
         }
         sql.push(')');
     }

@@ -92,29 +92,7 @@ impl InsertRows {
     /// inserted; one numbered row is the one-row statement plus its
     /// `RETURNING`.
     pub fn sql(&self, rows: usize, width: usize, numbered: bool) -> String {
-        let mut values = String::with_capacity(rows * (width * 5 + self.fixed.len() + 4));
-        for row in 0..rows {
-            if row > 0 {
-                values.push_str(", ");
-            }
-            values.push('(');
-            for column in 0..width {
-                if column > 0 {
-                    values.push_str(", ");
-                }
-                if numbered {
-                    values.push('$');
-                    values.push_str(&(row * width + column + 1).to_string());
-                } else {
-                    values.push('?');
-                }
-            }
-            if !self.fixed.is_empty() {
-                values.push_str(", ");
-                values.push_str(self.fixed);
-            }
-            values.push(')');
-        }
+        let values = super::tuples_ending(rows, width, numbered, self.fixed);
         format!(
             "INSERT INTO {} VALUES {values} ON CONFLICT ({}) DO NOTHING RETURNING {}",
             self.into, self.key, self.key

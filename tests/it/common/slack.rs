@@ -12,7 +12,6 @@ use alertsvc::notify::delivery::{content_hash, version_of};
 use alertsvc::notify::ledger::{Claim, Ledger, Owner, Status};
 use alertsvc::slack::fake::{FakeMessage, FakeSlack, FakeSlackConfig};
 use serde_json::json;
-use sqlx::Connection;
 
 pub const TOKEN: &str = "xoxb-test-token";
 pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
@@ -70,18 +69,11 @@ pub async fn ledger_url(backend: Backend, dir: &std::path::Path) -> String {
     match backend {
         Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("ledger.db").display()),
         Backend::Postgres => {
-            let base = std::env::var(POSTGRES_ENV)
+            let server = std::env::var(POSTGRES_ENV)
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-            let name = format!("alertsvc_test_{}_{}", std::process::id(), fastrand::u64(..));
-            let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+            alertsvc::db::create_scratch_database(&server, "alertsvc_test")
                 .await
-                .expect("PostgreSQL on 127.0.0.1:5432 (scripts/install-test-deps.sh starts one)");
-            // `name` is built here from digits and a fixed prefix.
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .expect("create database");
-            format!("{base}/{name}")
+                .expect("PostgreSQL on 127.0.0.1:5432 (scripts/install-test-deps.sh starts one)")
         }
     }
 }

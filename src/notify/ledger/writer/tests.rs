@@ -306,19 +306,11 @@ async fn a_failing_batch_with_merged_writes_runs_them_one_by_one() {
 /// else the one `scripts/install-test-deps.sh` starts), as the integration
 /// tests make theirs.
 async fn postgres_url() -> String {
-    use sqlx::Connection;
-    let base = std::env::var("ALERTSVC_TEST_POSTGRES")
+    let server = std::env::var("ALERTSVC_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("alertsvc_unit_{}_{}", std::process::id(), fastrand::u64(..));
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+    crate::db::create_scratch_database(&server, "alertsvc_unit")
         .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/install-test-deps.sh starts one)");
-    // `name` is built here from digits and a fixed prefix.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
-    format!("{base}/{name}")
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/install-test-deps.sh starts one)")
 }
 
 async fn ledger_on(postgres: bool, dir: &tempfile::TempDir) -> Ledger {
