@@ -363,6 +363,10 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
             *posted_answers.entry(r.alert_id.as_str()).or_default() += 1;
         }
     }
+    let mut by_outcome: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &responses {
+        *by_outcome.entry(format!("{:?}", r.outcome)).or_default() += 1;
+    }
     let answered: BTreeSet<&str> = responses.iter().map(|r| r.alert_id.as_str()).collect();
     assert_eq!(answered.len(), alerts, "every alert answered");
     let reported_twice: Vec<_> = posted_answers.iter().filter(|(_, n)| **n > 1).collect();
@@ -406,7 +410,7 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
     println!(
         "chaos: {alerts} alerts to {} targets ({USERS} DMs), 3 replicas, {restarts} SIGKILLs, \
          a 5 s outage; {} posts, {} updates, {} ambiguous answers, {} injected or paced 429s, \
-         {} outage rejections; lost 0, duplicates 0; {} responses, {} alerts answered `posted` \
+         {} outage rejections; lost 0, duplicates 0; {} responses ({by_outcome:?}), {} alerts answered `posted` \
          (the rest `duplicate` after a kill between ledger and response); all shown in {:.1} s; \
          createdAt→Slack p50 {} ms, p95 {} ms (all), p95 {} ms over {} alerts created away from kills and the outage",
         targets.len(),
