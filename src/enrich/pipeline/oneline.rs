@@ -31,6 +31,12 @@
 //! from: filters are looked up in the environment only, so a filter name
 //! means the registered filter; `link` is a global that a context member
 //! or a `set` of that name would hide, which is checked when it is called.
+//! The helpers' arguments are converted as their `ArgType`s convert them:
+//! a `Value` argument (`mention`, `slack_date`, `markup`, `link`'s URL)
+//! takes an undefined value as it is, and `link`'s optional label is
+//! none for it; those are the only places besides `default`'s input where
+//! an undefined value does not send the render to minijinja. Block Kit
+//! differential tests: `tests/blocks_eval.rs`.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
