@@ -104,7 +104,7 @@ pub fn register(env: &mut Environment<'_>) {
 /// {time}|2026-11-26 14:02 UTC>`: Slack shows the time in each reader's own
 /// time zone ("Yesterday at 3:02 PM"), other clients the UTC fallback.
 /// Anything but an integer in range is returned unchanged (escaped text).
-fn slack_date(value: Value) -> Value {
+pub(super) fn slack_date(value: Value) -> Value {
     let Some(millis) = i64::try_from(value.clone()).ok() else {
         return value;
     };
@@ -119,7 +119,7 @@ fn slack_date(value: Value) -> Value {
 }
 
 /// `{{ value|markup }}`: the template vouches that `value` is Slack markup.
-fn markup(value: Value) -> Value {
+pub(super) fn markup(value: Value) -> Value {
     if as_markup(&value).is_some() {
         return value;
     }
@@ -129,7 +129,7 @@ fn markup(value: Value) -> Value {
 /// `{{ user_id|mention }}` → `<@U123>` for a well-formed user id; anything
 /// else is returned unchanged and so rendered as escaped text, never as a
 /// mention of something else.
-fn mention(value: Value) -> Value {
+pub(super) fn mention(value: Value) -> Value {
     match value.as_str() {
         Some(id) if is_slack_id(id, &['U', 'W']) => Markup::value(format!("<@{id}>")),
         _ => value,
@@ -159,7 +159,7 @@ fn is_slack_id(id: &str, prefixes: &[char]) -> bool {
 /// `>`, whitespace and control characters are percent-encoded and `&` is
 /// written `&amp;`, which Slack decodes back. Without a label (or with an
 /// empty one) Slack shows the URL.
-fn link(url: Value, label: Option<Value>) -> Value {
+pub(super) fn link(url: Value, label: Option<Value>) -> Value {
     let url = encode_link_url(&url.to_string());
     let label = match &label {
         None => String::new(),

@@ -244,6 +244,11 @@ pub struct Pipeline {
     /// [`ONE_LINE_TEMPLATES`] compiled for the evaluator, where they are
     /// in its subset (`None`: rendered by minijinja).
     one_lines: [Option<OneLine>; 4],
+    /// The blocks template compiled for the evaluator, where it is in its
+    /// blocks subset (`None`: rendered by minijinja).
+    blocks_fast: Option<OneLine>,
+    /// The blocks template's source length: its render's expected size.
+    blocks_size_hint: usize,
     /// The blocks template's Block Kit plans, by skeleton.
     blocks_plans: Plans,
     vars: JinjaValue,
@@ -314,7 +319,12 @@ impl Pipeline {
             sources.push((GROUP_KEY_TEMPLATE, group_key.clone()));
         }
         let mut one_lines: [Option<OneLine>; 4] = Default::default();
+        let (mut blocks_fast, mut blocks_size_hint) = (None, 0);
         for (template, source) in sources {
+            if template == BLOCKS_TEMPLATE {
+                blocks_fast = OneLine::compile_blocks(&templates, &source);
+                blocks_size_hint = source.len();
+            }
             if let Some(at) = ONE_LINE_TEMPLATES.iter().position(|t| *t == template) {
                 let escape = match auto_escape(template) {
                     AutoEscape::None => Some(Escape::None),
@@ -425,6 +435,8 @@ impl Pipeline {
             suppress,
             templates,
             one_lines,
+            blocks_fast,
+            blocks_size_hint,
             blocks_plans: Plans::new(),
             vars: JinjaValue::from_serialize(&settings.vars),
             has_status: message.status.is_some(),
@@ -473,6 +485,12 @@ impl Pipeline {
 fn truncate_chars(state: &minijinja::State, text: String, max: usize) -> String {
     let escaped =
         state.auto_escape() == SLACK_JSON_ESCAPE || state.auto_escape() == SLACK_TEXT_ESCAPE;
+    truncate_text(text, max, escaped)
+}
+
+/// [`truncate_chars`] once the escape mode is known (`escaped`: values
+/// are Slack-escaped); the evaluator's `truncate` too.
+fn truncate_text(text: String, max: usize, escaped: bool) -> String {
     let width = |c: char| if escaped { markup::escaped_width(c) } else { 1 };
     let total: usize = text.chars().map(width).sum();
     if total <= max {

@@ -2,6 +2,7 @@
 //! `suppress`, render, Block Kit check. Split from the pipeline's compiler
 //! so each stays readable.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use cel::{Context as CelContext, Value as CelValue};
@@ -319,10 +320,9 @@ impl Pipeline {
         };
         let channel_id = self.render_one("channel", context)?;
         let text = self.render_one(TEXT_TEMPLATE, context)?;
-        let context = context.value();
-        let blocks = self.render_blocks(&text, &context)?;
+        let blocks = self.render_blocks_of(&text, context)?;
         let group_key = if self.group_window_ms > 0 {
-            let rendered = self.render_template(GROUP_KEY_TEMPLATE, &context)?;
+            let rendered = self.render_template(GROUP_KEY_TEMPLATE, &context.value())?;
             Some(rendered.trim().to_owned()).filter(|k| !k.is_empty())
         } else {
             None
@@ -391,8 +391,27 @@ impl Pipeline {
         AlertStatus::parse(&rendered).ok_or(RecordError::Status(rendered))
     }
 
-    /// The blocks rendered, checked with `text` and in canonical form:
-    /// through the skeleton's plan when the render's holes are known.
+    /// [`Pipeline::render_blocks`] of the record's context: through the
+    /// evaluator when it answers (the same text and holes as minijinja's
+    /// render, see [`super::oneline`]), minijinja otherwise.
+    pub(super) fn render_blocks_of(
+        &self,
+        text: &str,
+        context: &Arc<RenderContext>,
+    ) -> Result<String, RecordError> {
+        let fast = self
+            .blocks_fast
+            .as_ref()
+            .and_then(|t| t.render_blocks(context, self.blocks_size_hint));
+        match fast {
+            Some(rendered) => self.check_blocks(text, &rendered.text, rendered.holes.as_deref()),
+            None => self.render_blocks(text, &context.value()),
+        }
+    }
+
+    /// The blocks rendered by minijinja, checked with `text` and in
+    /// canonical form: through the skeleton's plan when the render's holes
+    /// are known.
     pub(super) fn render_blocks(
         &self,
         text: &str,
@@ -400,16 +419,27 @@ impl Pipeline {
     ) -> Result<String, RecordError> {
         let fail = render_failed(BLOCKS_TEMPLATE);
         let template = self.templates.get_template(BLOCKS_TEMPLATE).map_err(fail)?;
-        let checked = holes::render(
+        holes::render(
             &template,
             context,
             template.source().len(),
-            |blocks, holes| match holes {
-                Some(holes) => self.blocks_plans.check(text, blocks, holes),
-                None => blockkit::check_rendered(text, blocks),
-            },
+            |blocks, holes| self.check_blocks(text, blocks, holes),
         )
-        .map_err(fail)?;
+        .map_err(fail)?
+    }
+
+    /// The Block Kit check of rendered blocks: through the skeleton's plan
+    /// when the render's holes are known, in full otherwise.
+    fn check_blocks(
+        &self,
+        text: &str,
+        blocks: &str,
+        holes: Option<&[Range<usize>]>,
+    ) -> Result<String, RecordError> {
+        let checked = match holes {
+            Some(holes) => self.blocks_plans.check(text, blocks, holes),
+            None => blockkit::check_rendered(text, blocks),
+        };
         checked.map_err(|e| match e {
             RenderedError::Json(reason) => RecordError::BlocksJson(reason),
             RenderedError::BlockKit(e) => RecordError::BlockKit(e),

@@ -19,9 +19,28 @@
 //! truthiness and display, so only the string and object fast paths are
 //! this module's own semantics; the differential tests in
 //! `tests/oneline.rs` hold them to minijinja's.
+//!
+//! The blocks template goes through the same evaluator
+//! ([`OneLine::compile_blocks`]) with a wider subset: `{% set name = expr
+//! %}` at the top level, the filters `truncate`, `mention`, `slack_date`,
+//! `markup` and the function `link(…)` (each calls the very function the
+//! environment registers), and the `slack-json` escape mode, recording
+//! where each value went as [`super::holes`] records a minijinja render's
+//! (the Block Kit plans read those holes). The pipeline's environment
+//! ([`super::template_environment`]) is the one these names are taken
+//! from: filters are looked up in the environment only, so a filter name
+//! means the registered filter; `link` is a global that a context member
+//! or a `set` of that name would hide, which is checked when it is called.
+//! The helpers' arguments are converted as their `ArgType`s convert them:
+//! a `Value` argument (`mention`, `slack_date`, `markup`, `link`'s URL)
+//! takes an undefined value as it is, and `link`'s optional label is
+//! none for it; those are the only places besides `default`'s input where
+//! an undefined value does not send the render to minijinja. Block Kit
+//! differential tests: `tests/blocks_eval.rs`.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::sync::Arc;
 
 use minijinja::machinery::{ast, parse, WhitespaceConfig};
@@ -42,19 +61,34 @@ pub(super) enum Escape {
     None,
     /// The `slack-text` mode: Slack-escaped unless safe or markup.
     SlackText,
+    /// The `slack-json` mode (the blocks'): Slack-escaped unless safe or
+    /// markup, then written as JSON string content unless safe.
+    SlackJson,
 }
 
-/// A one-line template compiled for [`OneLine::render`].
+/// A one-line template compiled for [`OneLine::render`], or the blocks
+/// template for [`OneLine::render_blocks`].
 #[derive(Debug)]
 pub(super) struct OneLine {
     body: Vec<Node>,
     escape: Escape,
 }
 
+/// A blocks render ([`OneLine::render_blocks`]): the text, and the holes
+/// as [`super::holes::render`] hands them on (`None`: a value was written
+/// other than as a hole).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Rendered {
+    pub text: String,
+    pub holes: Option<Vec<Range<usize>>>,
+}
+
 #[derive(Debug)]
 enum Node {
     Raw(Box<str>),
     Emit(Expr),
+    /// `{% set name = expr %}` at the top level (blocks only).
+    Set(Box<str>, Expr),
     If {
         test: Expr,
         then: Vec<Node>,
@@ -85,6 +119,25 @@ enum Expr {
         otherwise: Option<Box<Expr>>,
     },
     Default(Box<Expr>, Option<Box<Expr>>),
+    /// `truncate(max)`, the pipeline's filter (blocks only).
+    Truncate(Box<Expr>, usize),
+    /// A filter of one value, the registered function itself: `mention`,
+    /// `slack_date`, `markup` (blocks only).
+    Apply(fn(JinjaValue) -> JinjaValue, Box<Expr>),
+    /// `link(url[, label])` (blocks only); `folded`: its value, computed
+    /// once when every argument is a constant.
+    Link {
+        args: Vec<Expr>,
+        folded: Option<JinjaValue>,
+    },
+}
+
+/// Which constructs a compile accepts: the one-line subset, or the
+/// blocks' wider one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subset {
+    OneLine,
+    Blocks,
 }
 
 impl OneLine {
@@ -92,6 +145,22 @@ impl OneLine {
     /// uses), or `None` when it is outside the subset (or does not parse:
     /// the environment reports that when the template is added).
     pub fn compile(env: &Environment<'_>, source: &str, escape: Escape) -> Option<OneLine> {
+        OneLine::compile_as(env, source, escape, Subset::OneLine)
+    }
+
+    /// The blocks template compiled for [`OneLine::render_blocks`] (its
+    /// mode is `slack-json`), or `None` when it is outside the blocks'
+    /// subset.
+    pub fn compile_blocks(env: &Environment<'_>, source: &str) -> Option<OneLine> {
+        OneLine::compile_as(env, source, Escape::SlackJson, Subset::Blocks)
+    }
+
+    fn compile_as(
+        env: &Environment<'_>,
+        source: &str,
+        escape: Escape,
+        subset: Subset,
+    ) -> Option<OneLine> {
         let whitespace = WhitespaceConfig {
             keep_trailing_newline: env.keep_trailing_newline(),
             lstrip_blocks: env.lstrip_blocks(),
@@ -101,49 +170,99 @@ impl OneLine {
         let ast::Stmt::Template(template) = tree else {
             return None;
         };
-        Some(OneLine {
-            body: nodes(&template.children)?,
-            escape,
-        })
+        let compiler = Compiler { subset };
+        let body = template
+            .children
+            .iter()
+            .map(|stmt| compiler.top_node(stmt))
+            .collect::<Option<Vec<_>>>()?;
+        Some(OneLine { body, escape })
     }
 
     /// The rendered text, or `None`: render this context with minijinja.
     pub fn render(&self, context: &RenderContext) -> Option<String> {
-        let mut out = String::with_capacity(64);
-        self.write(&self.body, context, &mut out)?;
-        Some(out)
+        let mut out = Out {
+            text: String::with_capacity(64),
+            holes: None,
+        };
+        let mut scope = Scope {
+            context,
+            locals: Vec::new(),
+        };
+        self.write(&self.body, &mut scope, &mut out)?;
+        Some(out.text)
     }
 
-    fn write(&self, body: &[Node], context: &RenderContext, out: &mut String) -> Option<()> {
+    /// A blocks render with its holes, or `None`: render this context
+    /// with minijinja. `size_hint`: the output's expected length.
+    pub fn render_blocks(&self, context: &RenderContext, size_hint: usize) -> Option<Rendered> {
+        let mut out = Out {
+            text: String::with_capacity(size_hint),
+            holes: Some(Vec::with_capacity(32)),
+        };
+        let mut scope = Scope {
+            context,
+            locals: Vec::new(),
+        };
+        self.write(&self.body, &mut scope, &mut out)?;
+        Some(Rendered {
+            text: out.text,
+            holes: out.holes,
+        })
+    }
+
+    fn write<'a>(&'a self, body: &'a [Node], scope: &mut Scope<'a>, out: &mut Out) -> Option<()> {
         for node in body {
             match node {
-                Node::Raw(text) => out.push_str(text),
+                Node::Raw(text) => out.text.push_str(text),
                 Node::Emit(expr) => {
-                    let value = eval(expr, context)?;
+                    let value = eval(expr, scope)?;
                     self.emit(&value, out)?;
+                }
+                Node::Set(name, expr) => {
+                    let value = eval(expr, scope)?;
+                    scope.locals.push((name.as_ref(), value));
                 }
                 Node::If {
                     test,
                     then,
                     otherwise,
                 } => {
-                    let branch = if truthy(&eval(test, context)?)? {
+                    let branch = if truthy(&eval(test, scope)?)? {
                         then
                     } else {
                         otherwise
                     };
-                    self.write(branch, context, out)?;
+                    self.write(branch, scope, out)?;
                 }
             }
         }
         Some(())
     }
 
-    /// What the VM's `Emit` writes through `slack_formatter` (outside a
-    /// recorded render): an undefined value is minijinja's to report.
-    fn emit(&self, value: &Val<'_>, out: &mut String) -> Option<()> {
+    /// What the VM's `Emit` writes through `slack_formatter`: an undefined
+    /// value is minijinja's to report. In a recorded render (`out.holes`
+    /// set) each value written as JSON string content is a hole and any
+    /// other makes the holes unknown, as the formatter notes them.
+    fn emit(&self, value: &Val<'_>, out: &mut Out) -> Option<()> {
+        if matches!(value, Val::Undefined) {
+            return None;
+        }
+        if self.escape == Escape::SlackJson {
+            let start = out.text.len();
+            let hole = emit_json(value, &mut out.text)?;
+            if let Some(holes) = &mut out.holes {
+                if hole {
+                    holes.push(start..out.text.len());
+                } else {
+                    out.holes = None;
+                }
+            }
+            return Some(());
+        }
+        let out = &mut out.text;
         match (self.escape, value) {
-            (_, Val::Undefined) => return None,
+            (_, Val::Undefined) | (Escape::SlackJson, _) => return None,
             (Escape::None, Val::Str(text)) => out.push_str(text),
             (Escape::SlackText, Val::Str(text)) => {
                 if needs_escape(text, false) {
@@ -171,91 +290,227 @@ impl OneLine {
     }
 }
 
-fn nodes(children: &[ast::Stmt<'_>]) -> Option<Vec<Node>> {
-    children.iter().map(node).collect()
+/// Written output, and the holes of a recorded render (`None` when not
+/// recording, or once a value was written other than as a hole).
+struct Out {
+    text: String,
+    holes: Option<Vec<Range<usize>>>,
 }
 
-fn node(stmt: &ast::Stmt<'_>) -> Option<Node> {
-    Some(match stmt {
-        ast::Stmt::EmitRaw(raw) => Node::Raw(raw.raw.into()),
-        // A call is the one expression the code generator emits specially
-        // (`super()`, `loop(…)`, blocks); calls are outside the subset.
-        ast::Stmt::EmitExpr(emit) => Node::Emit(expr(&emit.expr)?),
-        ast::Stmt::IfCond(cond) => Node::If {
-            test: expr(&cond.expr)?,
-            then: nodes(&cond.true_body)?,
-            otherwise: nodes(&cond.false_body)?,
-        },
-        _ => return None,
-    })
-}
-
-fn boxed(e: &ast::Expr<'_>) -> Option<Box<Expr>> {
-    expr(e).map(Box::new)
-}
-
-fn expr(e: &ast::Expr<'_>) -> Option<Expr> {
-    // The code generator folds first, with `as_const`'s own semantics
-    // (`and` of constants folds to `false`, not to its left operand).
-    if let Some(value) = e.as_const() {
-        return Some(Expr::Const(value));
-    }
-    Some(match e {
-        ast::Expr::Var(var) => Expr::Var(var.id.into()),
-        ast::Expr::GetAttr(attr) => Expr::Attr(boxed(&attr.expr)?, attr.name.into()),
-        ast::Expr::BinOp(op) => {
-            let (left, right) = (boxed(&op.left)?, boxed(&op.right)?);
-            match op.op {
-                ast::BinOpKind::Concat => Expr::Concat(left, right),
-                ast::BinOpKind::ScAnd => Expr::And(left, right),
-                ast::BinOpKind::ScOr => Expr::Or(left, right),
-                ast::BinOpKind::Eq | ast::BinOpKind::Ne => Expr::Eq {
-                    left,
-                    right,
-                    negated: matches!(op.op, ast::BinOpKind::Ne),
+/// Writes `value` as `slack_formatter` does in the `slack-json` mode;
+/// `false` when it was written verbatim (a safe value: not a hole).
+fn emit_json(value: &Val<'_>, out: &mut String) -> Option<bool> {
+    let write = |out: &mut String, slack_text: &str| {
+        crate::slack::blockkit::write_json_string_content(out, slack_text).ok()
+    };
+    match value {
+        Val::Undefined => return None,
+        Val::Str(text) => {
+            if needs_escape(text, true) {
+                write(out, &markup::escape(text))?;
+            } else {
+                out.push_str(text);
+            }
+        }
+        other => {
+            let value = other.to_jinja();
+            if value.is_safe() {
+                write!(out, "{value}").ok()?;
+                return Some(false);
+            }
+            if let Some(text) = value.as_str() {
+                if !needs_escape(text, true) {
+                    out.push_str(text);
+                    return Some(true);
+                }
+            }
+            match markup::as_markup(&value) {
+                Some(trusted) => write(out, trusted)?,
+                None => match value.as_str() {
+                    Some(text) => write(out, &markup::escape(text))?,
+                    None => write(out, &markup::escape(&value.to_string()))?,
                 },
-                _ => return None,
             }
         }
-        // A chain (`a == b == c`) compiles to other instructions.
-        ast::Expr::Compare(compare) if compare.ops.len() == 1 => {
-            let op = &compare.ops[0];
-            let negated = match op.op {
-                ast::CompareOpKind::Eq => false,
-                ast::CompareOpKind::Ne => true,
-                _ => return None,
-            };
-            Expr::Eq {
-                left: boxed(&compare.expr)?,
-                right: boxed(&op.expr)?,
-                negated,
-            }
-        }
-        ast::Expr::UnaryOp(op) if matches!(op.op, ast::UnaryOpKind::Not) => {
-            Expr::Not(boxed(&op.expr)?)
-        }
-        ast::Expr::IfExpr(cond) => Expr::If {
-            test: boxed(&cond.test_expr)?,
-            then: boxed(&cond.true_expr)?,
-            otherwise: match &cond.false_expr {
-                Some(e) => Some(boxed(e)?),
-                None => None,
+    }
+    Some(true)
+}
+
+/// The compiler for one [`Subset`].
+struct Compiler {
+    subset: Subset,
+}
+
+impl Compiler {
+    fn blocks(&self) -> bool {
+        self.subset == Subset::Blocks
+    }
+
+    /// A statement of the template's top level: `set` is taken here only
+    /// (its variable then lives until the render ends, as a top-level
+    /// `set` stores into the render's root frame).
+    fn top_node(&self, stmt: &ast::Stmt<'_>) -> Option<Node> {
+        match stmt {
+            // `set a, b = …` and `set a.b = …` compile to other
+            // instructions.
+            ast::Stmt::Set(set) if self.blocks() => match &set.target {
+                ast::Expr::Var(var) => Some(Node::Set(var.id.into(), self.expr(&set.expr)?)),
+                _ => None,
             },
-        },
-        // The pipeline registers no filter of this name, so it is
-        // minijinja's built-in; its second argument (`lax`) is not
-        // supported.
-        ast::Expr::Filter(filter) if filter.name == "default" && filter.args.len() <= 1 => {
-            let input = boxed(filter.expr.as_ref()?)?;
-            let other = match filter.args.first() {
-                None => None,
-                Some(ast::CallArg::Pos(arg)) => Some(boxed(arg)?),
-                Some(_) => return None,
-            };
-            Expr::Default(input, other)
+            _ => self.node(stmt),
         }
-        _ => return None,
-    })
+    }
+
+    fn nodes(&self, children: &[ast::Stmt<'_>]) -> Option<Vec<Node>> {
+        children.iter().map(|stmt| self.node(stmt)).collect()
+    }
+
+    fn node(&self, stmt: &ast::Stmt<'_>) -> Option<Node> {
+        Some(match stmt {
+            ast::Stmt::EmitRaw(raw) => Node::Raw(raw.raw.into()),
+            // A call is the one expression the code generator emits
+            // specially (`super()`, `loop(…)`, blocks); of the calls only
+            // `link(…)` is in the (blocks') subset.
+            ast::Stmt::EmitExpr(emit) => Node::Emit(self.expr(&emit.expr)?),
+            ast::Stmt::IfCond(cond) => Node::If {
+                test: self.expr(&cond.expr)?,
+                then: self.nodes(&cond.true_body)?,
+                otherwise: self.nodes(&cond.false_body)?,
+            },
+            _ => return None,
+        })
+    }
+
+    fn boxed(&self, e: &ast::Expr<'_>) -> Option<Box<Expr>> {
+        self.expr(e).map(Box::new)
+    }
+
+    /// The blocks' filters and `link`, or `None` for anything else.
+    fn blocks_expr(&self, e: &ast::Expr<'_>) -> Option<Expr> {
+        if !self.blocks() {
+            return None;
+        }
+        match e {
+            ast::Expr::Filter(filter) => {
+                let helper: fn(JinjaValue) -> JinjaValue = match filter.name {
+                    // `truncate(state, text: String, max: usize)`: one
+                    // positional argument, a constant `usize` converts.
+                    "truncate" => {
+                        let [ast::CallArg::Pos(max)] = &filter.args[..] else {
+                            return None;
+                        };
+                        let max = usize::try_from(max.as_const()?).ok()?;
+                        let input = self.boxed(filter.expr.as_ref()?)?;
+                        return Some(Expr::Truncate(input, max));
+                    }
+                    "mention" => markup::mention,
+                    "slack_date" => markup::slack_date,
+                    "markup" => markup::markup,
+                    _ => return None,
+                };
+                // Each takes the one value: an argument is an error.
+                if !filter.args.is_empty() {
+                    return None;
+                }
+                Some(Expr::Apply(helper, self.boxed(filter.expr.as_ref()?)?))
+            }
+            ast::Expr::Call(call) => {
+                let ast::Expr::Var(var) = &call.expr else {
+                    return None;
+                };
+                // `link(url, label: Option)`: one or two positional
+                // arguments.
+                if var.id != "link" || call.args.is_empty() || call.args.len() > 2 {
+                    return None;
+                }
+                let args = call
+                    .args
+                    .iter()
+                    .map(|arg| match arg {
+                        ast::CallArg::Pos(arg) => self.expr(arg),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                let folded = match &args[..] {
+                    [Expr::Const(url)] => Some(markup::link(url.clone(), None)),
+                    [Expr::Const(url), Expr::Const(label)] => {
+                        Some(markup::link(url.clone(), Some(label.clone())))
+                    }
+                    _ => None,
+                };
+                Some(Expr::Link { args, folded })
+            }
+            _ => None,
+        }
+    }
+
+    fn expr(&self, e: &ast::Expr<'_>) -> Option<Expr> {
+        // The code generator folds first, with `as_const`'s own semantics
+        // (`and` of constants folds to `false`, not to its left operand).
+        if let Some(value) = e.as_const() {
+            return Some(Expr::Const(value));
+        }
+        if let Some(blocks) = self.blocks_expr(e) {
+            return Some(blocks);
+        }
+        let boxed = |e| self.boxed(e);
+        Some(match e {
+            ast::Expr::Var(var) => Expr::Var(var.id.into()),
+            ast::Expr::GetAttr(attr) => Expr::Attr(boxed(&attr.expr)?, attr.name.into()),
+            ast::Expr::BinOp(op) => {
+                let (left, right) = (boxed(&op.left)?, boxed(&op.right)?);
+                match op.op {
+                    ast::BinOpKind::Concat => Expr::Concat(left, right),
+                    ast::BinOpKind::ScAnd => Expr::And(left, right),
+                    ast::BinOpKind::ScOr => Expr::Or(left, right),
+                    ast::BinOpKind::Eq | ast::BinOpKind::Ne => Expr::Eq {
+                        left,
+                        right,
+                        negated: matches!(op.op, ast::BinOpKind::Ne),
+                    },
+                    _ => return None,
+                }
+            }
+            // A chain (`a == b == c`) compiles to other instructions.
+            ast::Expr::Compare(compare) if compare.ops.len() == 1 => {
+                let op = &compare.ops[0];
+                let negated = match op.op {
+                    ast::CompareOpKind::Eq => false,
+                    ast::CompareOpKind::Ne => true,
+                    _ => return None,
+                };
+                Expr::Eq {
+                    left: boxed(&compare.expr)?,
+                    right: boxed(&op.expr)?,
+                    negated,
+                }
+            }
+            ast::Expr::UnaryOp(op) if matches!(op.op, ast::UnaryOpKind::Not) => {
+                Expr::Not(boxed(&op.expr)?)
+            }
+            ast::Expr::IfExpr(cond) => Expr::If {
+                test: boxed(&cond.test_expr)?,
+                then: boxed(&cond.true_expr)?,
+                otherwise: match &cond.false_expr {
+                    Some(e) => Some(boxed(e)?),
+                    None => None,
+                },
+            },
+            // The pipeline registers no filter of this name, so it is
+            // minijinja's built-in; its second argument (`lax`) is not
+            // supported.
+            ast::Expr::Filter(filter) if filter.name == "default" && filter.args.len() <= 1 => {
+                let input = boxed(filter.expr.as_ref()?)?;
+                let other = match filter.args.first() {
+                    None => None,
+                    Some(ast::CallArg::Pos(arg)) => Some(boxed(arg)?),
+                    Some(_) => return None,
+                };
+                Expr::Default(input, other)
+            }
+            _ => return None,
+        })
+    }
 }
 
 /// A value while evaluating: strings and JSON objects read in place,
@@ -326,12 +581,36 @@ fn truthy(value: &Val<'_>) -> Option<bool> {
     })
 }
 
-fn eval<'a>(expr: &'a Expr, context: &'a RenderContext) -> Option<Val<'a>> {
+/// What a render's names resolve to: its `set` variables, then the
+/// record's context (the VM's frame, then its context).
+struct Scope<'a> {
+    context: &'a RenderContext,
+    locals: Vec<(&'a str, Val<'a>)>,
+}
+
+impl<'a> Scope<'a> {
+    /// `name`'s value; `None` for a name the context lacks (it may be a
+    /// global: minijinja's to find) or an invalid value.
+    fn var(&self, name: &str) -> Option<Val<'a>> {
+        if let Some((_, value)) = self.locals.iter().rev().find(|(n, _)| *n == name) {
+            return Some(value.clone());
+        }
+        Val::of(self.context.get(name)?)
+    }
+
+    /// Whether `name` is a local or a context member, which hide a global
+    /// of the same name.
+    fn holds(&self, name: &str) -> bool {
+        self.locals.iter().any(|(n, _)| *n == name) || self.context.get(name).is_some()
+    }
+}
+
+fn eval<'a>(expr: &'a Expr, scope: &Scope<'a>) -> Option<Val<'a>> {
+    let eval = |expr: &'a Expr| eval(expr, scope);
     Some(match expr {
         Expr::Const(value) => Val::of(value)?,
-        // A name the context lacks may be a global: minijinja's to find.
-        Expr::Var(name) => Val::of(context.get(name)?)?,
-        Expr::Attr(parent, name) => match eval(parent, context)? {
+        Expr::Var(name) => scope.var(name)?,
+        Expr::Attr(parent, name) => match eval(parent)? {
             // The VM's `GetAttr` fails on an undefined parent.
             Val::Undefined => return None,
             Val::Object(root, members) => match members.get(name.as_ref()) {
@@ -347,7 +626,7 @@ fn eval<'a>(expr: &'a Expr, context: &'a RenderContext) -> Option<Val<'a>> {
             Val::Str(_) => Val::Undefined,
         },
         Expr::Concat(left, right) => {
-            let (left, right) = (eval(left, context)?, eval(right, context)?);
+            let (left, right) = (eval(left)?, eval(right)?);
             if matches!(left, Val::Undefined) || matches!(right, Val::Undefined) {
                 return None;
             }
@@ -361,7 +640,7 @@ fn eval<'a>(expr: &'a Expr, context: &'a RenderContext) -> Option<Val<'a>> {
             right,
             negated,
         } => {
-            let (left, right) = (eval(left, context)?, eval(right, context)?);
+            let (left, right) = (eval(left)?, eval(right)?);
             let equal = match (&left, &right) {
                 (Val::Undefined, _) | (_, Val::Undefined) => return None,
                 (Val::Str(a), Val::Str(b)) => a == b,
@@ -370,25 +649,25 @@ fn eval<'a>(expr: &'a Expr, context: &'a RenderContext) -> Option<Val<'a>> {
             Val::Value(Cow::Owned(JinjaValue::from(equal != *negated)))
         }
         Expr::Not(operand) => {
-            let value = eval(operand, context)?;
+            let value = eval(operand)?;
             Val::Value(Cow::Owned(JinjaValue::from(!truthy(&value)?)))
         }
         // `JumpIfFalseOrPop` / `JumpIfTrueOrPop`: the deciding operand
         // itself is the result.
         Expr::And(left, right) => {
-            let left = eval(left, context)?;
+            let left = eval(left)?;
             if truthy(&left)? {
-                eval(right, context)?
+                eval(right)?
             } else {
                 left
             }
         }
         Expr::Or(left, right) => {
-            let left = eval(left, context)?;
+            let left = eval(left)?;
             if truthy(&left)? {
                 left
             } else {
-                eval(right, context)?
+                eval(right)?
             }
         }
         Expr::If {
@@ -396,11 +675,11 @@ fn eval<'a>(expr: &'a Expr, context: &'a RenderContext) -> Option<Val<'a>> {
             then,
             otherwise,
         } => {
-            if truthy(&eval(test, context)?)? {
-                eval(then, context)?
+            if truthy(&eval(test)?)? {
+                eval(then)?
             } else {
                 match otherwise {
-                    Some(otherwise) => eval(otherwise, context)?,
+                    Some(otherwise) => eval(otherwise)?,
                     // The VM's silent undefined: printing it or testing it
                     // differs from a missing value's, so minijinja decides.
                     None => Val::Undefined,
@@ -409,9 +688,9 @@ fn eval<'a>(expr: &'a Expr, context: &'a RenderContext) -> Option<Val<'a>> {
         }
         Expr::Default(input, other) => {
             // The VM evaluates the argument before calling the filter.
-            let input = eval(input, context)?;
+            let input = eval(input)?;
             let other = match other {
-                Some(other) => eval(other, context)?,
+                Some(other) => eval(other)?,
                 None => Val::Str(Cow::Borrowed("")),
             };
             if matches!(input, Val::Undefined) {
@@ -419,6 +698,45 @@ fn eval<'a>(expr: &'a Expr, context: &'a RenderContext) -> Option<Val<'a>> {
             } else {
                 input
             }
+        }
+        Expr::Truncate(input, max) => {
+            // The `String` argument: the value's `Display` (an undefined
+            // one is an error in strict mode).
+            let text = match eval(input)? {
+                Val::Undefined => return None,
+                Val::Str(text) => text.into_owned(),
+                other => other.to_jinja().to_string(),
+            };
+            // Compiled for the blocks only, whose mode (`slack-json`)
+            // counts characters as escaped.
+            let escaped = true;
+            Val::Str(Cow::Owned(super::truncate_text(text, *max, escaped)))
+        }
+        // The helpers take any value (a `Value` argument is not checked
+        // for undefined): `markup` of an undefined value is empty markup,
+        // the others hand it back (and printing it is minijinja's).
+        Expr::Apply(helper, input) => Val::owned(helper(eval(input)?.to_jinja().into_owned()))?,
+        Expr::Link { args, folded } => {
+            // The VM looks the name up where it looks up variables first.
+            if scope.holds("link") {
+                return None;
+            }
+            if let Some(value) = folded {
+                return Val::of(value);
+            }
+            // `url: Value` takes any value, undefined too (it displays
+            // empty); `label: Option<Value>` is `None` for none or an
+            // undefined value.
+            let mut values = Vec::with_capacity(args.len());
+            for arg in args {
+                values.push(eval(arg)?.to_jinja().into_owned());
+            }
+            let mut values = values.into_iter();
+            let url = values.next()?;
+            let label = values
+                .next()
+                .filter(|label| !label.is_undefined() && !label.is_none());
+            Val::owned(markup::link(url, label))?
         }
     })
 }

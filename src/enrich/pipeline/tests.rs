@@ -333,6 +333,7 @@ fn safe_inserts_raw_json() {
     assert_eq!(blocks[1]["text"]["text"], "<q>");
 }
 
+mod blocks_eval;
 mod golden;
 mod keys;
 mod oneline;

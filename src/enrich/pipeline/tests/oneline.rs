@@ -12,7 +12,7 @@ use super::*;
 use crate::test_rng::Lcg;
 
 /// A field's value: `None` leaves the field out.
-fn values() -> Vec<Option<Json>> {
+pub(super) fn values() -> Vec<Option<Json>> {
     vec![
         None,
         Some(json!(null)),
@@ -42,7 +42,7 @@ const FIELDS: [&str; 4] = ["s", "t", "u", "o"];
 
 /// A pipeline whose context has the record, a left join `slack_user` and
 /// vars (strings, as the configuration takes them).
-fn pipeline() -> Pipeline {
+pub(super) fn pipeline() -> Pipeline {
     let settings: PipelineSettings = toml::from_str(
         r#"
         input = "in"
@@ -67,7 +67,11 @@ fn pipeline() -> Pipeline {
 /// A generated record's context: `key` a string, none or a number; the
 /// event's `data` with generated fields (and a nested object of them);
 /// `slack_user` a row or none; `status` set or not.
-fn record_context(p: &Pipeline, lcg: &mut Lcg, values: &[Option<Json>]) -> Arc<RenderContext> {
+pub(super) fn record_context(
+    p: &Pipeline,
+    lcg: &mut Lcg,
+    values: &[Option<Json>],
+) -> Arc<RenderContext> {
     let key = match lcg.next(4) {
         0 => None,
         1 => Some(json!(5)),
@@ -118,7 +122,7 @@ fn record_context(p: &Pipeline, lcg: &mut Lcg, values: &[Option<Json>]) -> Arc<R
 /// Paths, constants and names the generated expressions read: defined,
 /// missing at the end, missing in the middle, attributes of non-objects,
 /// names the context lacks (and a global).
-const ATOMS: &[&str] = &[
+pub(super) const ATOMS: &[&str] = &[
     "key",
     "status",
     "topic",
