@@ -109,6 +109,12 @@ impl Role {
                     Commits::AutoStored => properties.extend([
                         relied("enable.auto.commit", "true", WHY_AUTO_COMMIT),
                         tuning("auto.commit.interval.ms", "1000"),
+                        // A replica that dies or rolls over moves only its
+                        // own partitions: with the eager protocol every
+                        // member stops posting until the group settles (a
+                        // session timeout after a SIGKILL). All members of
+                        // a group must name the same strategy.
+                        tuning("partition.assignment.strategy", "cooperative-sticky"),
                     ]),
                 }
                 properties.extend([
