@@ -147,7 +147,7 @@ impl Ran {
             };
             if self.inserted.remove(&fresh.alert_id) {
                 // The row holds exactly the values bound for it (every
-                // column is bound), so it is not read back: 21 columns
+                // column is bound), so it is not read back: 20 columns
                 // copied out of SQLite, converted and parsed per claim.
                 return Some(Ok(Outcome::Inserted(Box::new(Entry {
                     updated_at: *now_ms,
