@@ -19,6 +19,9 @@ pub struct Backlog {
     max_per_channel: usize,
     max_total: usize,
     channels: HashMap<String, ChannelLoad>,
+    /// How many of `channels` are overloaded: with none (and not over
+    /// the total), nothing is to be paused without looking at each.
+    overloaded: usize,
     total: usize,
     over_total: bool,
 }
@@ -29,6 +32,7 @@ impl Backlog {
             max_per_channel: max_per_channel.max(1),
             max_total: max_total.max(1),
             channels: HashMap::new(),
+            overloaded: 0,
             total: 0,
             over_total: false,
         }
@@ -38,8 +42,9 @@ impl Backlog {
         let load = self.channels.entry(channel.to_owned()).or_default();
         load.queued += 1;
         *load.from.entry(partition).or_default() += 1;
-        if load.queued >= self.max_per_channel {
+        if load.queued >= self.max_per_channel && !load.overloaded {
             load.overloaded = true;
+            self.overloaded += 1;
         }
         self.total += 1;
         if self.total >= self.max_total {
@@ -56,8 +61,9 @@ impl Backlog {
                     load.from.remove(&partition);
                 }
             }
-            if load.queued <= self.max_per_channel / 2 {
+            if load.queued <= self.max_per_channel / 2 && load.overloaded {
                 load.overloaded = false;
+                self.overloaded -= 1;
             }
             if load.queued == 0 {
                 self.channels.remove(channel);
@@ -77,10 +83,20 @@ impl Backlog {
         self.channels.get(channel).map_or(0, |l| l.queued)
     }
 
+    /// Whether [`Backlog::to_pause`] is empty whatever is assigned, unless
+    /// Slack is unreachable: what the dispatcher asks after every message,
+    /// without building the set.
+    pub fn pauses_nothing(&self) -> bool {
+        !self.over_total && self.overloaded == 0
+    }
+
     /// The partitions of `assigned` to keep paused now.
     pub fn to_pause(&self, assigned: &BTreeSet<i32>, slack_unreachable: bool) -> BTreeSet<i32> {
         if slack_unreachable || self.over_total {
             return assigned.clone();
+        }
+        if self.overloaded == 0 {
+            return BTreeSet::new();
         }
         self.channels
             .values()
@@ -108,12 +124,18 @@ mod tests {
         }
         b.added("quiet", 1);
         assert!(b.to_pause(&all, false).is_empty());
+        assert!(b.pauses_nothing());
         b.added("busy", 0);
         assert_eq!(b.to_pause(&all, false), assigned(&[0]));
+        assert!(!b.pauses_nothing());
+        b.added("busy", 0);
+        b.removed("busy", 0);
         b.removed("busy", 0);
         assert_eq!(b.to_pause(&all, false), assigned(&[0]), "not yet half");
+        assert!(!b.pauses_nothing());
         b.removed("busy", 0);
         assert!(b.to_pause(&all, false).is_empty(), "half drained: resume");
+        assert!(b.pauses_nothing());
         assert_eq!(b.queued("busy"), 2);
         assert_eq!(b.total(), 3);
     }
@@ -127,9 +149,11 @@ mod tests {
             b.added(c, 0);
         }
         assert_eq!(b.to_pause(&all, false), all);
+        assert!(!b.pauses_nothing());
         b.removed("a", 0);
         b.removed("b", 0);
         assert!(b.to_pause(&all, false).is_empty());
+        assert!(b.pauses_nothing());
     }
 
     #[test]

@@ -330,9 +330,19 @@ impl Dispatcher<'_> {
     }
 
     fn apply_pauses(&self, state: &mut State) {
-        let owned = self.assignment.current();
         let stopped = self.shared.deliverer.slack_health().is_unreachable()
             || self.shared.halted.is_cancelled();
+        // After every message: nothing paused and nothing to pause is the
+        // usual case, told without copying the assignment or looking at
+        // every channel's load.
+        if !state.resync_pauses
+            && !stopped
+            && state.paused.is_empty()
+            && state.backlog.pauses_nothing()
+        {
+            return;
+        }
+        let owned = self.assignment.current();
         let wanted = state.backlog.to_pause(&owned, stopped);
         if std::mem::take(&mut state.resync_pauses) {
             state.paused = owned.difference(&wanted).copied().collect();

@@ -7,10 +7,12 @@
 //! the message is reported done only after that acknowledgement.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -138,11 +140,19 @@ async fn channel_worker(
     loop {
         if let Some((alert_id, job)) = queue.next() {
             let (release, released) = ChannelRelease::new();
-            let mut running = tokio::spawn(run(shared.clone(), channel.clone(), job, release));
+            // Polled here, in the worker's own task: a task spawned per
+            // message cost a spawn, a wake-up and a hand-over per post.
+            // Only a delivery that releases the channel goes on in a task
+            // of its own, from where it stands. A panic stays within the
+            // message, as it did in its own task.
+            let mut running = Box::pin(
+                AssertUnwindSafe(run(shared.clone(), channel.clone(), job, release)).catch_unwind(),
+            );
             tokio::select! {
                 _ = &mut running => {}
                 Ok(()) = released => {
                     queue.running_aside(alert_id.clone());
+                    let running = tokio::spawn(running);
                     aside.push(async move {
                         // Its outcome is reported by `run` itself.
                         let _ = running.await;

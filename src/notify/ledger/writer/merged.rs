@@ -25,14 +25,14 @@ use sqlx::{AnyConnection, Row};
 
 use super::super::op::{Arg, InsertRows, Op, Outcome, Statement};
 use super::super::tuples;
-use super::super::{entry_from_row, Entry, LedgerError, COLUMNS};
+use super::super::{Entry, LedgerError};
 use super::{claim_existing, statement, Answer};
 
 /// What the merged statements of a batch did, for answering their writes.
 pub(super) struct Ran {
     plan: Plan,
-    /// Rows the fresh claims' insert created, by alert id.
-    inserted: HashMap<String, AnyRow>,
+    /// Alerts whose row the fresh claims' insert created.
+    inserted: HashSet<String>,
     /// Alerts whose entry the merged update wrote.
     saved: HashSet<String>,
     /// Keys the follow-ups' merged insert inserted.
@@ -58,7 +58,7 @@ pub(super) async fn run<'a>(
         })
         .collect();
     let inserted = if fresh.is_empty() {
-        HashMap::new()
+        HashSet::new()
     } else {
         insert_fresh(conn, &fresh).await?
     };
@@ -145,8 +145,14 @@ impl Ran {
             else {
                 return Some(Err(LedgerError::WriterAnswer));
             };
-            if let Some(row) = self.inserted.remove(&fresh.alert_id) {
-                return Some(entry_from_row(&row).map(|e| Outcome::Inserted(Box::new(e))));
+            if self.inserted.remove(&fresh.alert_id) {
+                // The row holds exactly the values bound for it (every
+                // column is bound), so it is not read back: 20 columns
+                // copied out of SQLite, converted and parsed per claim.
+                return Some(Ok(Outcome::Inserted(Box::new(Entry {
+                    updated_at: *now_ms,
+                    ..(**fresh).clone()
+                }))));
             }
             return Some(claim_existing(conn, fresh, *now_ms, *lease_until).await);
         }
@@ -286,21 +292,60 @@ fn numbered(conn: &AnyConnection) -> bool {
     conn.backend_name() != "SQLite"
 }
 
-/// The fresh claims' rows as one `INSERT … ON CONFLICT DO NOTHING`: the
-/// rows it created (only those: a row already there returns nothing), by
-/// alert id.
+/// How many rows each multi-row statement of a kind carries for `rows`
+/// rows. PostgreSQL: one statement, not kept prepared. SQLite parses a
+/// statement's text each time unless it is kept prepared, and a
+/// multi-row statement's text differs with its row count: the parse was a
+/// third of SQLite's thread's instructions per post. So on SQLite the rows
+/// go in chunks of power-of-two sizes (the bits of `rows`, largest first),
+/// whose statements sqlx keeps prepared per connection: at most
+/// `MAX_BATCH.ilog2() + 1` texts per kind, a few statements per batch.
+/// The rows of one kind name distinct alerts (or keys), so running them in
+/// chunks leaves the same rows and answers as one statement.
+fn chunks(rows: usize, numbered: bool) -> Vec<usize> {
+    if numbered {
+        return vec![rows];
+    }
+    (0..usize::BITS)
+        .rev()
+        .map(|bit| 1usize << bit)
+        .filter(|size| rows & size != 0)
+        .collect()
+}
+
+/// The fresh claims' rows as one `INSERT … ON CONFLICT DO NOTHING` (per
+/// chunk, see [`chunks`]): the alerts whose row it created (only those: a
+/// row already there returns nothing).
 async fn insert_fresh(
     conn: &mut AnyConnection,
     fresh: &[(&Entry, i64)],
-) -> Result<HashMap<String, AnyRow>, sqlx::Error> {
+) -> Result<HashSet<String>, sqlx::Error> {
+    let numbered = numbered(conn);
+    let mut inserted = HashSet::with_capacity(fresh.len());
+    let mut rest = fresh;
+    for size in chunks(fresh.len(), numbered) {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        for row in insert_fresh_chunk(conn, chunk, numbered).await? {
+            inserted.insert(row.try_get::<String, _>("alert_id")?);
+        }
+    }
+    Ok(inserted)
+}
+
+async fn insert_fresh_chunk(
+    conn: &mut AnyConnection,
+    fresh: &[(&Entry, i64)],
+    numbered: bool,
+) -> Result<Vec<AnyRow>, sqlx::Error> {
     let sql = format!(
         "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
          created_at, updated_at, version_source, version_offset, version_created_at, occurrence, \
          owner, owner_run, lease_until, alert_status, thread_ts, reply_key, reply_ts, reply_pending) \
-         VALUES {} ON CONFLICT (alert_id) DO NOTHING RETURNING {COLUMNS}",
-        tuples(fresh.len(), 21, numbered(conn))
+         VALUES {} ON CONFLICT (alert_id) DO NOTHING RETURNING alert_id",
+        tuples(fresh.len(), 21, numbered)
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!numbered);
     for (entry, now_ms) in fresh {
         query = query
             .bind(entry.alert_id.clone())
@@ -325,12 +370,7 @@ async fn insert_fresh(
             .bind(entry.reply_ts.clone())
             .bind(entry.reply_pending.clone());
     }
-    let rows = query.fetch_all(&mut *conn).await?;
-    let mut by_alert = HashMap::with_capacity(rows.len());
-    for row in rows {
-        by_alert.insert(row.try_get::<String, _>("alert_id")?, row);
-    }
-    Ok(by_alert)
+    query.fetch_all(&mut *conn).await
 }
 
 /// The follow-ups `thens` (all of the shape `rows` with one arity, keys
@@ -342,21 +382,27 @@ async fn insert_rows(
     thens: &[&Statement],
 ) -> Result<HashSet<String>, sqlx::Error> {
     let width = thens.first().map_or(0, |then| then.args.len());
-    let sql = rows.sql(thens.len(), width, numbered(conn));
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-    for then in thens {
-        for arg in &then.args {
-            query = match arg {
-                Arg::Text(value) => query.bind(value.clone()),
-                Arg::Int(value) => query.bind(*value),
-            };
+    let numbered = numbered(conn);
+    let mut keys = HashSet::with_capacity(thens.len());
+    let mut rest = thens;
+    for size in chunks(thens.len(), numbered) {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        let sql = rows.sql(chunk.len(), width, numbered);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!numbered);
+        for then in chunk {
+            for arg in &then.args {
+                query = match arg {
+                    Arg::Text(value) => query.bind(value.clone()),
+                    Arg::Int(value) => query.bind(*value),
+                };
+            }
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            keys.insert(row.try_get::<String, _>(rows.key)?);
         }
     }
-    let inserted = query.fetch_all(&mut *conn).await?;
-    inserted
-        .iter()
-        .map(|row| row.try_get::<String, _>(rows.key))
-        .collect()
+    Ok(keys)
 }
 
 /// One entry write: what `writer::save_entry` binds.
@@ -367,13 +413,30 @@ struct Save<'a> {
     lease_until: Option<i64>,
 }
 
-/// The entry writes as one `UPDATE … FROM (VALUES …)`, each fenced by its
-/// run as `writer::save_entry` is: the alert ids it wrote. (`VALUES`
-/// names its columns `column1`… in both SQLite and PostgreSQL.)
+/// The entry writes as one `UPDATE … FROM (VALUES …)` (per chunk, see
+/// [`chunks`]), each fenced by its run as `writer::save_entry` is: the
+/// alert ids it wrote. (`VALUES` names its columns `column1`… in both
+/// SQLite and PostgreSQL.)
 async fn save_entries(
     conn: &mut AnyConnection,
     saves: &[Save<'_>],
 ) -> Result<HashSet<String>, sqlx::Error> {
+    let numbered = numbered(conn);
+    let mut saved = HashSet::with_capacity(saves.len());
+    let mut rest = saves;
+    for size in chunks(saves.len(), numbered) {
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        saved.extend(save_entries_chunk(conn, chunk, numbered).await?);
+    }
+    Ok(saved)
+}
+
+async fn save_entries_chunk(
+    conn: &mut AnyConnection,
+    saves: &[Save<'_>],
+    numbered: bool,
+) -> Result<Vec<String>, sqlx::Error> {
     let sql = format!(
         "UPDATE deliveries SET channel_id = v.column3, ts = v.column4, content_hash = v.column5, \
          status = v.column6, attempts = v.column7, error = v.column8, updated_at = v.column9, \
@@ -386,9 +449,9 @@ async fn save_entries(
          FROM (VALUES {}) AS v \
          WHERE deliveries.alert_id = v.column1 AND deliveries.owner_run = v.column2 \
          RETURNING alert_id",
-        tuples(saves.len(), 20, numbered(conn))
+        tuples(saves.len(), 20, numbered)
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!numbered);
     for save in saves {
         let entry = save.entry;
         query = query
@@ -591,6 +654,21 @@ mod tests {
             ROWS.sql(2, 2, false),
             "INSERT INTO t (k, v) VALUES (?, ?, 0), (?, ?, 0) ON CONFLICT (k) DO NOTHING RETURNING k"
         );
+    }
+
+    #[test]
+    fn sqlite_rows_go_in_power_of_two_chunks_postgres_rows_in_one() {
+        assert_eq!(chunks(1, false), [1]);
+        assert_eq!(chunks(200, false), [128, 64, 8]);
+        assert_eq!(chunks(511, false), [256, 128, 64, 32, 16, 8, 4, 2, 1]);
+        assert_eq!(chunks(512, false), [512]);
+        assert!(chunks(0, false).is_empty());
+        assert_eq!(chunks(200, true), [200]);
+        for rows in 0..=super::super::MAX_BATCH {
+            let sizes = chunks(rows, false);
+            assert_eq!(sizes.iter().sum::<usize>(), rows);
+            assert!(sizes.iter().all(|size| size.is_power_of_two()));
+        }
     }
 
     #[test]
