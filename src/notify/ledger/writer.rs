@@ -401,7 +401,7 @@ async fn insert_fresh(
     fresh: &Entry,
     now_ms: i64,
 ) -> Result<Option<Box<Entry>>, LedgerError> {
-    let inserted: Option<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let query = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
          created_at, updated_at, version_source, version_offset, version_created_at, occurrence, \
          owner, owner_run, lease_until, alert_status, thread_ts, reply_key, reply_ts, reply_pending) \
@@ -409,28 +409,13 @@ async fn insert_fresh(
          $18, $19, $20) \
          ON CONFLICT (alert_id) DO NOTHING RETURNING {COLUMNS}"
     )))
-    .bind(&fresh.alert_id)
-    .bind(&fresh.channel_id)
-    .bind(&fresh.ts)
-    .bind(&fresh.content_hash)
-    .bind(fresh.status.as_str())
-    .bind(fresh.attempts)
-    .bind(&fresh.error)
-    .bind(now_ms)
-    .bind(&fresh.version.source)
-    .bind(fresh.version.offset)
-    .bind(fresh.version.created_at)
-    .bind(fresh.occurrence)
-    .bind(&fresh.owner)
-    .bind(&fresh.owner_run)
-    .bind(fresh.lease_until)
-    .bind(fresh.alert_status.as_str())
-    .bind(&fresh.thread_ts)
-    .bind(&fresh.reply_key)
-    .bind(&fresh.reply_ts)
-    .bind(&fresh.reply_pending)
-    .fetch_optional(&mut *conn)
-    .await?;
+    .bind(&fresh.alert_id);
+    let query = bind_shown(query, fresh).bind(now_ms);
+    let query = bind_version(query, fresh)
+        .bind(&fresh.owner)
+        .bind(&fresh.owner_run)
+        .bind(fresh.lease_until);
+    let inserted: Option<AnyRow> = bind_thread(query, fresh).fetch_optional(&mut *conn).await?;
     Ok(inserted
         .as_ref()
         .map(entry_from_row)
@@ -446,7 +431,7 @@ async fn save_entry(
     now_ms: i64,
     lease_until: Option<i64>,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let query = sqlx::query(
         "UPDATE deliveries SET channel_id = $3, ts = $4, content_hash = $5, status = $6, \
          attempts = $7, error = $8, updated_at = $9, version_source = $10, version_offset = $11, \
          version_created_at = $12, occurrence = $13, \
@@ -457,28 +442,52 @@ async fn save_entry(
          WHERE alert_id = $1 AND owner_run = $2",
     )
     .bind(&entry.alert_id)
-    .bind(run)
-    .bind(&entry.channel_id)
-    .bind(&entry.ts)
-    .bind(&entry.content_hash)
-    .bind(entry.status.as_str())
-    .bind(entry.attempts)
-    .bind(&entry.error)
-    .bind(now_ms)
-    .bind(&entry.version.source)
-    .bind(entry.version.offset)
-    .bind(entry.version.created_at)
-    .bind(entry.occurrence)
-    .bind(i32::from(lease_until.is_none()))
-    .bind(lease_until)
-    .bind(entry.alert_status.as_str())
-    .bind(&entry.thread_ts)
-    .bind(&entry.reply_key)
-    .bind(&entry.reply_ts)
-    .bind(&entry.reply_pending)
-    .execute(&mut *conn)
-    .await?;
+    .bind(run);
+    let query = bind_shown(query, entry).bind(now_ms);
+    let query = bind_version(query, entry)
+        .bind(i32::from(lease_until.is_none()))
+        .bind(lease_until);
+    let done = bind_thread(query, entry).execute(&mut *conn).await?;
     Ok(done.rows_affected())
+}
+
+/// A statement on the ledger, any database.
+pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+// The `deliveries` columns every write of an entry binds, in groups that
+// both the inserts and the fenced updates list in this order.
+
+/// What the entry shows: `channel_id, ts, content_hash, status, attempts,
+/// error`.
+pub(super) fn bind_shown<'q>(query: AnyQuery<'q>, entry: &Entry) -> AnyQuery<'q> {
+    query
+        .bind(&entry.channel_id)
+        .bind(&entry.ts)
+        .bind(&entry.content_hash)
+        .bind(entry.status.as_str())
+        .bind(entry.attempts)
+        .bind(&entry.error)
+}
+
+/// The version shown: `version_source, version_offset,
+/// version_created_at, occurrence`.
+pub(super) fn bind_version<'q>(query: AnyQuery<'q>, entry: &Entry) -> AnyQuery<'q> {
+    query
+        .bind(&entry.version.source)
+        .bind(entry.version.offset)
+        .bind(entry.version.created_at)
+        .bind(entry.occurrence)
+}
+
+/// The alert's status and thread: `alert_status, thread_ts, reply_key,
+/// reply_ts, reply_pending`.
+pub(super) fn bind_thread<'q>(query: AnyQuery<'q>, entry: &Entry) -> AnyQuery<'q> {
+    query
+        .bind(entry.alert_status.as_str())
+        .bind(&entry.thread_ts)
+        .bind(&entry.reply_key)
+        .bind(&entry.reply_ts)
+        .bind(&entry.reply_pending)
 }
 
 async fn statement(

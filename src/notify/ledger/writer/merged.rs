@@ -26,7 +26,7 @@ use sqlx::{AnyConnection, Row};
 use super::super::op::{Arg, InsertRows, Op, Outcome, Statement};
 use super::super::tuples;
 use super::super::{Entry, LedgerError};
-use super::{claim_existing, statement, Answer};
+use super::{bind_shown, bind_thread, bind_version, claim_existing, statement, Answer};
 
 /// What the merged statements of a batch did, for answering their writes.
 pub(super) struct Ran {
@@ -347,28 +347,14 @@ async fn insert_fresh_chunk(
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!numbered);
     for (entry, now_ms) in fresh {
-        query = query
-            .bind(entry.alert_id.clone())
-            .bind(entry.channel_id.clone())
-            .bind(entry.ts.clone())
-            .bind(entry.content_hash.clone())
-            .bind(entry.status.as_str())
-            .bind(entry.attempts)
-            .bind(entry.error.clone())
+        query = bind_shown(query.bind(&entry.alert_id), entry)
             .bind(*now_ms)
-            .bind(*now_ms)
-            .bind(entry.version.source.clone())
-            .bind(entry.version.offset)
-            .bind(entry.version.created_at)
-            .bind(entry.occurrence)
-            .bind(entry.owner.clone())
-            .bind(entry.owner_run.clone())
-            .bind(entry.lease_until)
-            .bind(entry.alert_status.as_str())
-            .bind(entry.thread_ts.clone())
-            .bind(entry.reply_key.clone())
-            .bind(entry.reply_ts.clone())
-            .bind(entry.reply_pending.clone());
+            .bind(*now_ms);
+        query = bind_version(query, entry)
+            .bind(&entry.owner)
+            .bind(&entry.owner_run)
+            .bind(entry.lease_until);
+        query = bind_thread(query, entry);
     }
     query.fetch_all(&mut *conn).await
 }
@@ -454,27 +440,11 @@ async fn save_entries_chunk(
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!numbered);
     for save in saves {
         let entry = save.entry;
-        query = query
-            .bind(entry.alert_id.clone())
-            .bind(save.run.to_owned())
-            .bind(entry.channel_id.clone())
-            .bind(entry.ts.clone())
-            .bind(entry.content_hash.clone())
-            .bind(entry.status.as_str())
-            .bind(entry.attempts)
-            .bind(entry.error.clone())
-            .bind(save.now_ms)
-            .bind(entry.version.source.clone())
-            .bind(entry.version.offset)
-            .bind(entry.version.created_at)
-            .bind(entry.occurrence)
+        query = bind_shown(query.bind(&entry.alert_id).bind(save.run), entry).bind(save.now_ms);
+        query = bind_version(query, entry)
             .bind(i32::from(save.lease_until.is_none()))
-            .bind(save.lease_until)
-            .bind(entry.alert_status.as_str())
-            .bind(entry.thread_ts.clone())
-            .bind(entry.reply_key.clone())
-            .bind(entry.reply_ts.clone())
-            .bind(entry.reply_pending.clone());
+            .bind(save.lease_until);
+        query = bind_thread(query, entry);
     }
     let rows = query.fetch_all(&mut *conn).await?;
     rows.iter()
