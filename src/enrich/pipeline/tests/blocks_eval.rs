@@ -25,6 +25,31 @@ fn minijinja_render(
     .map_err(|e| format!("{e:#}"))
 }
 
+/// Renders `template` with minijinja and with its compiled `fast` form for
+/// each context; every answer the evaluator gives must equal minijinja's.
+/// The renders minijinja finished, and those the evaluator answered.
+fn compare(
+    source: &str,
+    template: &Template<'_, '_>,
+    fast: &OneLine,
+    contexts: &[Arc<RenderContext>],
+) -> (usize, usize) {
+    let (mut finished, mut answered) = (0, 0);
+    for context in contexts {
+        let expected = minijinja_render(template, context);
+        finished += usize::from(expected.is_ok());
+        if let Some(rendered) = fast.render_blocks(context, 0) {
+            answered += 1;
+            assert_eq!(
+                Ok(&rendered),
+                expected.as_ref(),
+                "{source:?} with {context:?}"
+            );
+        }
+    }
+    (finished, answered)
+}
+
 /// Strings that need each escape (Slack's `& < >`, JSON's `" \` and
 /// control characters), non-ASCII, Slack ids, and lengths around the
 /// template's `truncate(2800)` (`<` counts four, `&` five).
@@ -321,18 +346,9 @@ fn generated_blocks_templates_render_as_minijinja_renders_them() {
             ),
         };
         compiled += 1;
-        for context in &contexts {
-            let expected = minijinja_render(&template, context);
-            finished += usize::from(expected.is_ok());
-            if let Some(rendered) = fast.render_blocks(context, 0) {
-                answered += 1;
-                assert_eq!(
-                    Ok(&rendered),
-                    expected.as_ref(),
-                    "{source:?} with {context:?}"
-                );
-            }
-        }
+        let (done, same) = compare(&source, &template, &fast, &contexts);
+        finished += done;
+        answered += same;
     }
     assert!(compiled > 400, "{compiled}");
     assert!(answered * 10 > finished * 5, "{answered} of {finished}");
@@ -400,19 +416,7 @@ fn each_blocks_construct_renders_as_minijinja_renders_it() {
             .template_from_named_str(BLOCKS_TEMPLATE, source)
             .unwrap();
         let fast = OneLine::compile_blocks(&env, source).expect(source);
-        let (mut finished, mut answered) = (0, 0);
-        for context in &contexts {
-            let expected = minijinja_render(&template, context);
-            finished += usize::from(expected.is_ok());
-            if let Some(rendered) = fast.render_blocks(context, 0) {
-                answered += 1;
-                assert_eq!(
-                    Ok(&rendered),
-                    expected.as_ref(),
-                    "{source:?} with {context:?}"
-                );
-            }
-        }
+        let (finished, answered) = compare(source, &template, &fast, &contexts);
         assert!(
             answered == finished && finished >= least,
             "{source:?}: {answered} answered of {finished} finished"
