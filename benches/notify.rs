@@ -3,10 +3,12 @@
 //!   cargo bench --bench notify -- paced [CHANNELS] [PER_CHANNEL]
 //!       Slack's limits enforced by the fake (1/s per channel, burst 3):
 //!       429s seen and the share of the allowed rate achieved.
-//!   cargo bench --bench notify -- unlimited [MESSAGES]
+//!   cargo bench --bench notify -- unlimited [MESSAGES] [CHANNELS]
 //!       no limits, no latency: posts/s through the whole path, and the
 //!       CPU per post of notify's threads apart from the fake Slack's
-//!       (its own runtime) and the mock broker's.
+//!       (its own runtime) and the mock broker's. 200 channels unless
+//!       told: a channel has one message in flight at a time, so more
+//!       channels show what the per-channel chain costs.
 //!   cargo bench --bench notify -- slack [MESSAGES]
 //!       the ceiling Slack's side sets: notify's client posting to the fake
 //!       from 200 tasks (one per channel), no ledger, no Kafka.
@@ -531,16 +533,16 @@ fn main() {
             );
         }
         "unlimited" => {
-            let total = number(1, 20_000);
+            let (total, channels) = (number(1, 20_000), number(2, 200).max(1));
             let r = runtime.block_on(run(
-                200,
-                total / 200,
+                channels,
+                total / channels,
                 None,
                 (1_000_000, 1_000_000),
                 slack_handle,
             ));
             println!(
-                "unlimited: {total} messages in {:.2?}: {:.0} posts/s (fake Slack, {} ledger, responses acked); CPU {:.0} µs per post ({:.2?} for the process); alert states all published {} after the last post (CPU {:.2?} meanwhile)",
+                "unlimited: {total} messages to {channels} channels in {:.2?}: {:.0} posts/s (fake Slack, {} ledger, responses acked); CPU {:.0} µs per post ({:.2?} for the process); alert states all published {} after the last post (CPU {:.2?} meanwhile)",
                 r.elapsed,
                 total as f64 / r.elapsed.as_secs_f64(),
                 ledger_kind(),
