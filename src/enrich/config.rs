@@ -28,8 +28,9 @@ pub struct EnrichSettings {
     pub processing_guarantee: ProcessingGuarantee,
     /// Records per transaction at most.
     pub max_batch_records: usize,
-    /// Threads that process one batch's records (contiguous chunks,
-    /// outputs in input order); 1 processes them on the consumer's task.
+    /// Threads that process one batch's records (blocks of 16 taken in
+    /// turn, outputs in input order); 1 processes them on the consumer's
+    /// task.
     pub workers: usize,
     /// How long a transaction may collect records before it commits.
     #[serde(with = "humantime_serde")]

@@ -60,6 +60,8 @@ pub enum EnrichError {
     TableTask(String),
     #[error(transparent)]
     Batch(#[from] BatchError),
+    #[error(transparent)]
+    Workers(#[from] parallel::WorkersError),
 }
 
 /// Compiles every enabled pipeline of the configuration.
@@ -409,7 +411,7 @@ fn build_processor(
         metrics,
         readiness,
         max_batch_records: enrich.max_batch_records,
-        workers: enrich.workers,
+        workers: parallel::Workers::new(enrich.workers)?,
         max_batch_wait: enrich.max_batch_wait,
         kafka_timeout: Duration::from_secs(30),
     })

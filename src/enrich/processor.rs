@@ -77,8 +77,8 @@ pub struct Processor {
     pub metrics: EnrichMetrics,
     pub readiness: Arc<Readiness>,
     pub max_batch_records: usize,
-    /// Threads processing one batch (`enrich.workers`).
-    pub workers: usize,
+    /// Threads processing one batch (`enrich.workers`), started once.
+    pub workers: parallel::Workers,
     pub max_batch_wait: Duration,
     pub kafka_timeout: Duration,
 }

@@ -1,5 +1,6 @@
 //! One batch's records through the pipelines: on the consumer's task, or
-//! split among `enrich.workers` threads with outputs kept in input order.
+//! split among `enrich.workers` threads (kept for the processor's life)
+//! with outputs kept in input order.
 
 use super::*;
 
@@ -8,8 +9,7 @@ impl Processor {
         &self,
         batch: &[OwnedMessage],
     ) -> Result<Vec<Output>, BatchError> {
-        let workers = parallel::workers_for(batch.len(), self.workers);
-        if workers <= 1 {
+        if parallel::workers_for(batch.len(), self.workers.count()) <= 1 {
             return self.process_chunk(batch).await;
         }
         // Each worker runs its records' (normally ready) registry lookups
@@ -17,9 +17,8 @@ impl Processor {
         // processing them one by one.
         let runtime = tokio::runtime::Handle::current();
         let chunks = tokio::task::block_in_place(|| {
-            parallel::map_chunks(batch, workers, |chunk| {
-                runtime.block_on(self.process_chunk(chunk))
-            })
+            self.workers
+                .map_blocks(batch, |block| runtime.block_on(self.process_chunk(block)))
         });
         let mut outputs = Vec::with_capacity(batch.len());
         for chunk in chunks {
