@@ -237,7 +237,11 @@ impl Ledger {
         let pool = crate::db::connect(url, max_connections).await?;
         let postgres = crate::db::is_postgres(url);
         Ok(Ledger {
-            writer: Writer::start(pool.clone(), writer_tasks(postgres, max_connections)),
+            writer: Writer::start(
+                pool.clone(),
+                writer_tasks(postgres, max_connections),
+                postgres,
+            ),
             pool,
             postgres,
         })

@@ -10,13 +10,16 @@
 //! and answers as running it in its place.
 //!
 //! The follow-ups of merged entry writes (a post's first alert state) run
-//! as one multi-row insert too, but only in a batch where they are the
-//! only writes to another table: no [`Op::Statement`] and no follow-up that
-//! is not merged. Their keys all differ (checked), and each inserts a row
-//! unless its key has one, so no follow-up sees another's row and nothing
-//! else in the transaction reads their table: inserting them together
-//! after the entry writes leaves the same rows and answers as each in its
-//! place.
+//! as multi-row inserts too, one per segment of the batch: a run of
+//! follow-ups of one shape, keys all different, with no other write to
+//! their table between them (no [`Op::Statement`], no follow-up that is
+//! not merged). Each inserts a row unless its key has one, so no follow-up
+//! of a segment sees another's row, and the writes between them touch
+//! only `deliveries`: inserting a segment's rows together where its first
+//! one stands leaves the same rows and answers as each in its place. A
+//! write to their table ends a segment, so what ran before it still ran
+//! before it (the alert-state publisher's marks come into most batches
+//! under load; one in a batch used to make every follow-up run alone).
 
 use std::collections::{HashMap, HashSet};
 
@@ -35,9 +38,10 @@ pub(super) struct Ran {
     inserted: HashSet<String>,
     /// Alerts whose entry the merged update wrote.
     saved: HashSet<String>,
-    /// Keys the follow-ups' merged insert inserted.
-    followed: HashSet<String>,
-    /// How many follow-ups that insert carried.
+    /// Per segment of follow-ups, once its insert ran: the keys it
+    /// inserted.
+    followed: Vec<Option<HashSet<String>>>,
+    /// How many follow-ups the segments' inserts carried.
     follow_ups: usize,
 }
 
@@ -92,26 +96,12 @@ pub(super) async fn run<'a>(
     } else {
         save_entries(conn, &saves).await?
     };
-    // Only the follow-ups of entries written run, as they would unmerged;
-    // one alone still runs here: its answer is this statement's.
-    let thens: Vec<&Statement> = plan
-        .thens
-        .iter()
-        .filter_map(|&i| match ops[i] {
-            Op::SaveThen { entry, then, .. } if saved.contains(&entry.alert_id) => Some(then),
-            _ => None,
-        })
-        .collect();
-    let followed = match (thens.first().and_then(|then| then.rows), thens.len()) {
-        (Some(rows), 1..) => insert_rows(conn, rows, &thens).await?,
-        _ => HashSet::new(),
-    };
     Ok(Ran {
+        followed: vec![None; plan.thens.len()],
         plan,
         inserted,
         saved,
-        followed,
-        follow_ups: thens.len(),
+        follow_ups: 0,
     })
 }
 
@@ -126,15 +116,57 @@ impl Ran {
         self.follow_ups
     }
 
+    /// The segment of follow-ups write `i`'s belongs to.
+    fn segment_of(&self, i: usize) -> Option<usize> {
+        self.plan
+            .thens
+            .iter()
+            .position(|segment| segment.binary_search(&i).is_ok())
+    }
+
+    /// The keys segment `segment`'s insert inserted, running it first if
+    /// it has not run: the follow-ups of its entries that were written,
+    /// as they would run unmerged.
+    async fn follow<'a>(
+        &mut self,
+        conn: &mut AnyConnection,
+        segment: usize,
+        batch: impl Iterator<Item = &'a Op>,
+    ) -> Result<&HashSet<String>, sqlx::Error> {
+        if self.followed[segment].is_none() {
+            let members = &self.plan.thens[segment];
+            let thens: Vec<&Statement> = batch
+                .enumerate()
+                .filter(|(i, _)| members.binary_search(i).is_ok())
+                .filter_map(|(_, op)| match op {
+                    Op::SaveThen { entry, then, .. } if self.saved.contains(&entry.alert_id) => {
+                        Some(then)
+                    }
+                    _ => None,
+                })
+                .collect();
+            let inserted = match thens.first().and_then(|then| then.rows) {
+                Some(rows) => insert_rows(conn, rows, &thens).await?,
+                None => HashSet::new(),
+            };
+            self.follow_ups += thens.len();
+            self.followed[segment] = Some(inserted);
+        }
+        Ok(self.followed[segment].get_or_insert_with(HashSet::new))
+    }
+
     /// The answer to the batch's write `i` (`op`) if it ran merged, after
     /// what remains of it: a fresh claim of a row that was there is claimed
-    /// as [`Op::ClaimFresh`] does, an entry write's follow-up runs now.
-    /// `None`: it did not run merged.
-    pub(super) async fn answer(
+    /// as [`Op::ClaimFresh`] does, an entry write's follow-up runs now
+    /// (with the rest of its segment, at the segment's first write).
+    /// `None`: it did not run merged. Called for each write of `batch`
+    /// in order.
+    pub(super) async fn answer<'a>(
         &mut self,
         conn: &mut AnyConnection,
         i: usize,
         op: &Op,
+        batch: impl Iterator<Item = &'a Op>,
     ) -> Option<Answer> {
         if self.plan.fresh.binary_search(&i).is_ok() {
             let Op::ClaimFresh {
@@ -163,24 +195,24 @@ impl Ran {
             Op::Save { entry, .. } => Ok(Outcome::Rows(u64::from(
                 self.saved.contains(&entry.alert_id),
             ))),
-            Op::SaveThen { entry, then, .. }
-                if self.saved.contains(&entry.alert_id)
-                    && self.plan.thens.binary_search(&i).is_ok() =>
-            {
-                Ok(Outcome::Saved {
-                    rows: 1,
-                    then: Some(u64::from(
-                        key_of(then).is_some_and(|key| self.followed.contains(key)),
-                    )),
-                })
-            }
             Op::SaveThen { entry, then, .. } if self.saved.contains(&entry.alert_id) => {
-                match statement(conn, then.sql, &then.args).await {
-                    Ok(rows) => Ok(Outcome::Saved {
-                        rows: 1,
-                        then: Some(rows),
-                    }),
-                    Err(e) => Err(e.into()),
+                match self.segment_of(i) {
+                    Some(segment) => match self.follow(conn, segment, batch).await {
+                        Ok(inserted) => Ok(Outcome::Saved {
+                            rows: 1,
+                            then: Some(u64::from(
+                                key_of(then).is_some_and(|key| inserted.contains(key)),
+                            )),
+                        }),
+                        Err(e) => Err(e.into()),
+                    },
+                    None => match statement(conn, then.sql, &then.args).await {
+                        Ok(rows) => Ok(Outcome::Saved {
+                            rows: 1,
+                            then: Some(rows),
+                        }),
+                        Err(e) => Err(e.into()),
+                    },
                 }
             }
             Op::SaveThen { .. } => Ok(Outcome::Saved {
@@ -197,8 +229,9 @@ impl Ran {
 struct Plan {
     fresh: Vec<usize>,
     saves: Vec<usize>,
-    /// Of `saves`, the entry writes whose follow-ups run merged.
-    thens: Vec<usize>,
+    /// Of `saves`, the entry writes whose follow-ups run merged: segments
+    /// of at least two, each one insert, in batch order.
+    thens: Vec<Vec<usize>>,
 }
 
 /// The `deliveries` row `op` names (`None`: another table).
@@ -241,38 +274,48 @@ fn plan<'a>(ops: impl Iterator<Item = &'a Op> + Clone) -> Plan {
     plan
 }
 
-/// Of the merged entry writes `saves`, those whose follow-ups run as one
-/// insert: all of them or none. None when another write in `ops` goes to
-/// a table other than `deliveries` (a statement, a follow-up not merged or
-/// of another shape), when two follow-ups name one key, or when fewer than
-/// two would merge. Merged, they all have one shape and arity.
-fn follow_ups<'a>(ops: impl Iterator<Item = &'a Op>, saves: &[usize]) -> Vec<usize> {
+/// Of the merged entry writes `saves`, those whose follow-ups run merged,
+/// as segments (see the module's comment): a segment ends at a write to a
+/// table other than `deliveries` that is not a merged follow-up (a
+/// statement, a follow-up not merged or of no known shape), and a new one
+/// starts at a follow-up of another shape or arity, or of a key the
+/// segment has. Segments of fewer than two are dropped (their follow-ups
+/// run in place). Within a segment, all have one shape and arity.
+fn follow_ups<'a>(ops: impl Iterator<Item = &'a Op>, saves: &[usize]) -> Vec<Vec<usize>> {
+    let mut segments = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
     let mut shape: Option<(&InsertRows, usize)> = None;
     let mut keys = HashSet::new();
-    let mut thens = Vec::new();
+    let mut close = |current: &mut Vec<usize>, keys: &mut HashSet<&'a str>| {
+        if current.len() >= 2 {
+            segments.push(std::mem::take(current));
+        }
+        current.clear();
+        keys.clear();
+    };
     for (i, op) in ops.enumerate() {
         match op {
-            Op::Statement { .. } => return Vec::new(),
+            Op::Statement { .. } => close(&mut current, &mut keys),
             Op::SaveThen { then, .. } => {
                 let merged = saves.binary_search(&i).is_ok();
                 let (Some(rows), Some(key), true) = (then.rows, key_of(then), merged) else {
-                    return Vec::new();
+                    close(&mut current, &mut keys);
+                    continue;
                 };
                 let width = then.args.len();
                 let other = shape.is_some_and(|(s, w)| !std::ptr::eq(s, rows) || w != width);
-                if other || !keys.insert(key) {
-                    return Vec::new();
+                if other || keys.contains(key) {
+                    close(&mut current, &mut keys);
                 }
                 shape = Some((rows, width));
-                thens.push(i);
+                keys.insert(key);
+                current.push(i);
             }
             _ => {}
         }
     }
-    if thens.len() < 2 {
-        thens.clear();
-    }
-    thens
+    close(&mut current, &mut keys);
+    segments
 }
 
 /// The key of a follow-up of a known shape: its first argument.
@@ -553,40 +596,65 @@ mod tests {
         }
     }
 
-    fn thens(ops: &[Op]) -> Vec<usize> {
+    fn thens(ops: &[Op]) -> Vec<Vec<usize>> {
         plan(ops.iter()).thens
     }
 
     #[test]
-    fn follow_ups_merge_only_as_their_tables_sole_writes() {
+    fn follow_ups_merge_in_segments_between_their_tables_other_writes() {
         let merged = |a: &str, key: &str| save_then(a, key, Some(&ROWS), 1);
+        let none: Vec<Vec<usize>> = Vec::new();
         assert_eq!(
             thens(&[merged("a", "a"), renew("x"), merged("b", "b"), save("c")]),
-            vec![0, 2]
+            [vec![0, 2]],
+            "writes to deliveries between them"
         );
-        let statement = Op::Statement {
+        let statement = || Op::Statement {
             sql: "UPDATE t SET v = 1".into(),
             args: Vec::new(),
         };
         assert_eq!(
-            thens(&[merged("a", "a"), merged("b", "b"), statement]),
-            Vec::<usize>::new(),
-            "another write to a table besides deliveries"
+            thens(&[
+                merged("a", "a"),
+                merged("b", "b"),
+                statement(),
+                merged("c", "c"),
+                renew("x"),
+                merged("d", "d"),
+            ]),
+            [vec![0, 1], vec![3, 5]],
+            "another write to their table ends a segment"
+        );
+        assert_eq!(
+            thens(&[merged("a", "a"), statement(), merged("b", "b")]),
+            none,
+            "segments of one run in place"
         );
         assert_eq!(
             thens(&[
                 merged("a", "a"),
                 merged("b", "b"),
                 merged("c", "c"),
-                renew("c")
+                renew("c"),
+                merged("d", "d"),
             ]),
-            Vec::<usize>::new(),
-            "c's entry write runs in place, and so its follow-up"
+            [vec![0, 1]],
+            "c's entry write runs in place, and so its follow-up, between the segments"
         );
         assert_eq!(
             thens(&[merged("a", "k"), merged("b", "k")]),
-            Vec::<usize>::new(),
-            "one key twice"
+            none,
+            "one key twice: the second starts a segment"
+        );
+        assert_eq!(
+            thens(&[
+                merged("a", "k"),
+                merged("b", "j"),
+                merged("c", "k"),
+                merged("d", "i")
+            ]),
+            [vec![0, 1], vec![2, 3]],
+            "the key's second insert runs after its first"
         );
         assert_eq!(
             thens(&[
@@ -594,22 +662,27 @@ mod tests {
                 merged("b", "b"),
                 save_then("c", "c", None, 1)
             ]),
-            Vec::<usize>::new(),
-            "a follow-up of no known shape"
+            [vec![0, 1]],
+            "a follow-up of no known shape runs in place after the segment"
         );
         assert_eq!(
-            thens(&[merged("a", "a"), save_then("b", "b", Some(&OTHER_ROWS), 1)]),
-            Vec::<usize>::new(),
+            thens(&[
+                merged("a", "a"),
+                merged("b", "b"),
+                save_then("c", "c", Some(&OTHER_ROWS), 1),
+                save_then("d", "d", Some(&OTHER_ROWS), 1),
+            ]),
+            [vec![0, 1], vec![2, 3]],
             "two shapes"
         );
         assert_eq!(
             thens(&[merged("a", "a"), save_then("b", "b", Some(&ROWS), 2)]),
-            Vec::<usize>::new(),
+            none,
             "two arities"
         );
         assert_eq!(
             thens(&[merged("a", "a"), save("b")]),
-            Vec::<usize>::new(),
+            none,
             "one follow-up runs as before"
         );
     }
