@@ -153,15 +153,11 @@ impl Workers {
             mine
         });
         let helped = helped.into_inner().unwrap_or_else(|e| e.into_inner());
-        let mut results: Vec<Option<R>> =
-            std::iter::repeat_with(|| None).take(blocks.len()).collect();
-        for (i, result) in mine.into_iter().chain(helped) {
-            results[i] = Some(result);
-        }
-        results
-            .into_iter()
-            .map(|result| result.expect("the scope returns once every block is done"))
-            .collect()
+        // Every block was taken exactly once (the scope returns after all
+        // workers): back in block order.
+        let mut results: Vec<(usize, R)> = mine.into_iter().chain(helped).collect();
+        results.sort_unstable_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, result)| result).collect()
     }
 }
 
