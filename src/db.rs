@@ -16,6 +16,19 @@ pub enum DbError {
     ScratchName(String),
 }
 
+/// How every connection to an SQLite database is set up (the pool's, and
+/// the ledger writer's own).
+///
+/// WAL: readers never block the writer, and commits survive a process
+/// crash without an fsync each (a power loss may lose the last ones; both
+/// users recover from that: notify reconciles pending rows, produce reads
+/// back what its unfinished run sent).
+pub const SQLITE_PRAGMAS: [(&str, &str); 3] = [
+    ("journal_mode", "WAL"),
+    ("synchronous", "NORMAL"),
+    ("busy_timeout", "5000"),
+];
+
 /// A pool for `url` (`sqlite:…` or `postgres://…`).
 pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError> {
     sqlx::any::install_default_drivers();
@@ -25,20 +38,11 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if sqlite {
-                    // WAL: readers never block the writer, and commits
-                    // survive a process crash without an fsync each (a power
-                    // loss may lose the last ones; both users recover from
-                    // that: notify reconciles pending rows, produce reads
-                    // back what its unfinished run sent).
-                    sqlx::query("PRAGMA journal_mode = WAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA synchronous = NORMAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA busy_timeout = 5000")
-                        .execute(&mut *conn)
-                        .await?;
+                    for (pragma, value) in SQLITE_PRAGMAS {
+                        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA {pragma} = {value}")))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
                 }
                 Ok(())
             })

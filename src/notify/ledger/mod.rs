@@ -29,6 +29,10 @@ use crate::messages::AlertStatus;
 pub enum LedgerError {
     #[error("ledger database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("ledger database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("ledger row: column {0} is missing or of another type")]
+    Column(String),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
     #[error("ledger row for {alert_id} has unknown status {status:?}")]
@@ -43,6 +47,14 @@ pub enum LedgerError {
     WriterGone,
     #[error("the ledger's writer answered a different kind of write")]
     WriterAnswer,
+}
+
+impl LedgerError {
+    /// An error of the database itself (a statement refused, a connection
+    /// lost), not of what it answered.
+    fn is_database(&self) -> bool {
+        matches!(self, LedgerError::Database(_) | LedgerError::Sqlite(_))
+    }
 }
 
 impl Status {
@@ -188,19 +200,42 @@ const COLUMNS: &str =
      version_source, version_offset, version_created_at, occurrence, owner, owner_run, lease_until, \
      alert_status, thread_ts, reply_key, reply_ts, reply_pending";
 
-fn int(row: &AnyRow, column: &str) -> Result<i64, sqlx::Error> {
-    row.try_get::<i64, _>(column)
-        .or_else(|_| row.try_get::<i32, _>(column).map(i64::from))
+/// A row of [`COLUMNS`] as a driver gives it: a column by its place in
+/// `COLUMNS` or by its name, whichever the driver reads by.
+trait EntryRow {
+    fn text(&self, index: usize, column: &str) -> Result<Option<String>, LedgerError>;
+    fn int(&self, index: usize, column: &str) -> Result<Option<i64>, LedgerError>;
 }
 
-fn entry_from_row(row: &AnyRow) -> Result<Entry, LedgerError> {
-    let status: String = row.try_get("status")?;
-    let alert_id: String = row.try_get("alert_id")?;
+impl EntryRow for AnyRow {
+    fn text(&self, _: usize, column: &str) -> Result<Option<String>, LedgerError> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn int(&self, _: usize, column: &str) -> Result<Option<i64>, LedgerError> {
+        match self.try_get::<Option<i64>, _>(column) {
+            Ok(value) => Ok(value),
+            Err(_) => Ok(self.try_get::<Option<i32>, _>(column)?.map(i64::from)),
+        }
+    }
+}
+
+fn entry_from(row: &impl EntryRow) -> Result<Entry, LedgerError> {
+    let some = |value: Option<String>, column: &str| {
+        value.ok_or_else(|| LedgerError::Column(column.to_owned()))
+    };
+    let text = |index: usize, column: &str| some(row.text(index, column)?, column);
+    let int = |index: usize, column: &str| {
+        row.int(index, column)?
+            .ok_or_else(|| LedgerError::Column(column.to_owned()))
+    };
+    let alert_id = text(0, "alert_id")?;
+    let status = text(4, "status")?;
     let parsed = Status::parse(&status).ok_or_else(|| LedgerError::Status {
         alert_id: alert_id.clone(),
         status,
     })?;
-    let alert_status: String = row.try_get("alert_status")?;
+    let alert_status = text(15, "alert_status")?;
     let alert_status =
         AlertStatus::parse(&alert_status).ok_or_else(|| LedgerError::AlertStatus {
             alert_id: alert_id.clone(),
@@ -208,27 +243,27 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, LedgerError> {
         })?;
     Ok(Entry {
         alert_id,
-        channel_id: row.try_get("channel_id")?,
-        ts: row.try_get("ts")?,
-        content_hash: row.try_get("content_hash")?,
+        channel_id: text(1, "channel_id")?,
+        ts: row.text(2, "ts")?,
+        content_hash: text(3, "content_hash")?,
         status: parsed,
-        attempts: int(row, "attempts")?,
-        error: row.try_get("error")?,
+        attempts: int(5, "attempts")?,
+        error: row.text(6, "error")?,
         version: Version {
-            source: row.try_get("version_source")?,
-            offset: int(row, "version_offset")?,
-            created_at: int(row, "version_created_at")?,
+            source: text(8, "version_source")?,
+            offset: int(9, "version_offset")?,
+            created_at: int(10, "version_created_at")?,
         },
-        occurrence: int(row, "occurrence")?,
-        updated_at: int(row, "updated_at")?,
-        owner: row.try_get("owner")?,
-        owner_run: row.try_get("owner_run")?,
-        lease_until: row.try_get::<Option<i64>, _>("lease_until")?,
+        occurrence: int(11, "occurrence")?,
+        updated_at: int(7, "updated_at")?,
+        owner: row.text(12, "owner")?,
+        owner_run: row.text(13, "owner_run")?,
+        lease_until: row.int(14, "lease_until")?,
         alert_status,
-        thread_ts: row.try_get("thread_ts")?,
-        reply_key: row.try_get("reply_key")?,
-        reply_ts: row.try_get("reply_ts")?,
-        reply_pending: row.try_get("reply_pending")?,
+        thread_ts: row.text(16, "thread_ts")?,
+        reply_key: row.text(17, "reply_key")?,
+        reply_ts: row.text(18, "reply_ts")?,
+        reply_pending: row.text(19, "reply_pending")?,
     })
 }
 
@@ -239,6 +274,7 @@ impl Ledger {
         Ok(Ledger {
             writer: Writer::start(
                 pool.clone(),
+                url,
                 writer_tasks(postgres, max_connections),
                 postgres,
             ),
@@ -265,7 +301,7 @@ impl Ledger {
         .bind(alert_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(entry_from_row).transpose()
+        row.as_ref().map(entry_from).transpose()
     }
 
     /// Takes the alert for `owner` until `lease_until`, atomically: only a

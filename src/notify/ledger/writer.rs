@@ -4,14 +4,17 @@
 //! of workers share one commit (one `fsync` on PostgreSQL, one WAL append
 //! on SQLite) instead of paying one each.
 //!
-//! Each writer task keeps one connection of the pool between batches (a
-//! connection taken from the pool each time is pinged first: one more
-//! round trip per batch) when the pool has more than the writers' (reads
-//! need one), and gives it back after a database error so the next batch
-//! gets a checked one. Within a batch, the fresh claims and the
-//! entry writes of alerts named once run merged, one statement each kind,
-//! and so do the entry writes' follow-ups when nothing else in the batch
-//! writes their table (`writer/merged.rs`).
+//! SQLite's one writer runs on a thread of its own with a connection of
+//! its own (`writer/conn.rs`). PostgreSQL's writer tasks each keep one
+//! connection of the pool between batches (a connection taken from the
+//! pool each time is pinged first: one more round trip per batch) when the
+//! pool has more than the writers' (reads need one), and give it back
+//! after a database error so the next batch gets a checked one.
+//!
+//! Within a batch, the fresh claims and the entry writes of alerts named
+//! once run merged, one statement each kind, and so do the entry writes'
+//! follow-ups, in segments between the batch's other writes to their
+//! table (`writer/merged.rs`).
 //!
 //! Nothing about durability changes: a worker is answered only after the
 //! transaction holding its write committed, so `pending` is still durable
@@ -31,19 +34,18 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, Connection};
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::op::{Arg, Op, Outcome};
-use super::{entry_from_row, Entry, LedgerError, COLUMNS};
+use super::{Entry, LedgerError, COLUMNS};
 
-mod held;
+mod conn;
 mod merged;
 
-use self::held::Held;
+use self::conn::{Conn, Held, Source, Val};
 
 /// The most writes one transaction carries: bounds how long a batch holds
 /// its row locks (and a failed batch's retry one by one).
@@ -73,49 +75,65 @@ pub struct WriterStats {
 pub(super) struct Writer {
     requests: mpsc::UnboundedSender<Request>,
     pub(super) stats: Arc<WriterStats>,
+    /// Where the writer's connections come from (tests run batches on
+    /// one of the same kind).
+    #[cfg(test)]
+    source: Source,
 }
 
 impl Writer {
-    /// Starts `tasks` writer tasks on `pool`; they stop when the last
-    /// `Writer` is dropped. One task for SQLite (it has one writer anyway),
-    /// on a thread of its own; several for PostgreSQL, where a batch's
-    /// statements are round trips that other batches can overlap.
+    /// Starts the writers for the ledger at `url` (its pool: `pool`);
+    /// they stop when the last `Writer` is dropped.
     ///
-    /// SQLite's writer is the one stage every post passes through twice,
-    /// and each of its statements is a hand-over to the connection's
-    /// thread and back. Woken from that thread, a task on the shared
-    /// runtime waits in its global queue behind the channel workers: under
-    /// load the writer spent more time waiting to be polled than working.
-    /// On its own thread it is polled as soon as it is woken. (PostgreSQL's
-    /// writers stay on the runtime: their connections' sockets belong to
-    /// its I/O driver, and their wake-ups come from it, not from another
-    /// thread.)
-    pub(super) fn start(pool: AnyPool, tasks: usize, postgres: bool) -> Writer {
+    /// SQLite has one writer anyway: it runs on a thread of its own, with
+    /// a connection of its own (`writer/conn.rs`), so that a batch runs
+    /// in one go where the writer is. It is the one stage every post
+    /// passes through twice; on the shared runtime, each of its
+    /// statements a hand-over to sqlx's connection thread and back, it
+    /// spent more time waiting to be polled than working. PostgreSQL gets
+    /// `tasks` writer tasks on the runtime (its connections' sockets
+    /// belong to its I/O driver), whose batches' round trips overlap.
+    pub(super) fn start(pool: AnyPool, url: &str, tasks: usize, postgres: bool) -> Writer {
         let (requests, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(WriterStats::default());
         let tasks = tasks.max(1);
-        let keep = usize::try_from(pool.options().get_max_connections()).unwrap_or(0) > tasks;
-        if tasks == 1 && !postgres {
-            match spawn_on_own_thread(write_loop(
-                Held::new(pool.clone(), keep),
-                receiver.clone(),
-                stats.clone(),
-            )) {
-                Ok(()) => return Writer { requests, stats },
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start the ledger writer's thread; it runs among the workers")
+        if !postgres {
+            if let Some(path) = Source::sqlite_file(url) {
+                let source = Source::Sqlite(path);
+                match start_own_thread(&source, receiver.clone(), stats.clone()) {
+                    Ok(()) => {
+                        return Writer {
+                            requests,
+                            stats,
+                            #[cfg(test)]
+                            source,
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "the ledger's writer cannot have a thread and connection of its own; \
+                         it runs on the pool among the workers"
+                    ),
                 }
             }
         }
+        let keep = usize::try_from(pool.options().get_max_connections()).unwrap_or(0) > tasks;
         for _ in 0..tasks {
             tokio::spawn(write_loop(
-                Held::new(pool.clone(), keep),
+                Held::pool(pool.clone(), keep),
                 receiver.clone(),
                 stats.clone(),
             ));
         }
-        Writer { requests, stats }
+        #[cfg(test)]
+        let source = Source::Pool { pool, keep };
+        Writer {
+            requests,
+            stats,
+            #[cfg(test)]
+            source,
+        }
     }
 
     /// Runs `op` in the next batch; returns once that batch committed.
@@ -128,17 +146,29 @@ impl Writer {
     }
 }
 
-/// Runs `write_loop` on a thread of its own with a single-threaded
-/// runtime; the thread ends with it.
-fn spawn_on_own_thread(
-    write_loop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+/// Why SQLite's writer could not start on its own thread.
+#[derive(Debug, thiserror::Error)]
+enum OwnThreadError {
+    #[error("opening the database file: {0}")]
+    Open(#[from] LedgerError),
+    #[error("starting its thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Opens `source`'s connection and runs `write_loop` on it on a thread of
+/// its own, with a single-threaded runtime; the thread ends with it.
+fn start_own_thread(
+    source: &Source,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
+    stats: Arc<WriterStats>,
+) -> Result<(), OwnThreadError> {
+    let held = Held::open(source)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     std::thread::Builder::new()
         .name("ledger-writer".into())
-        .spawn(move || runtime.block_on(write_loop))?;
+        .spawn(move || runtime.block_on(write_loop(held, receiver, stats)))?;
     Ok(())
 }
 
@@ -158,9 +188,7 @@ async fn write_loop(
             }
         }
         run_batch(&mut held, &mut batch, &stats).await;
-        if !held.keep {
-            held.give_back();
-        }
+        held.after_batch();
     }
 }
 
@@ -198,13 +226,15 @@ async fn run_batch(held: &mut Held, batch: &mut Vec<Request>, stats: &WriterStat
     }
 }
 
+/// The batch in one transaction: each write's answer, or the database
+/// error that failed the batch (rolled back).
 async fn together(
     held: &mut Held,
     batch: &[Request],
     stats: &WriterStats,
-) -> Result<Vec<Answer>, sqlx::Error> {
-    let mut tx = held.get().await?.begin().await?;
-    let mut merged = merged::run(&mut tx, batch.iter().map(|r| &r.op)).await?;
+) -> Result<Vec<Answer>, LedgerError> {
+    let mut tx = held.begin().await?;
+    let mut merged = merged::run(&mut tx.conn(), batch.iter().map(|r| &r.op)).await?;
     stats
         .merged_writes
         .fetch_add(merged.writes() as u64, Ordering::Relaxed);
@@ -212,14 +242,14 @@ async fn together(
     let mut failed = None;
     for (i, request) in batch.iter().enumerate() {
         let ops = batch.iter().map(|r| &r.op);
-        let answer = match merged.answer(&mut tx, i, &request.op, ops).await {
+        let answer = match merged.answer(&mut tx.conn(), i, &request.op, ops).await {
             Some(answer) => answer,
-            None => execute(&mut tx, &request.op).await,
+            None => execute(&mut tx.conn(), &request.op).await,
         };
         match answer {
             // PostgreSQL aborts the transaction on any error: nothing after
             // it can run, and SQLite is kept to the same rule.
-            Err(LedgerError::Database(e)) => {
+            Err(e) if e.is_database() => {
                 failed = Some(e);
                 break;
             }
@@ -240,14 +270,17 @@ async fn together(
 /// A write on its own, outside any transaction; a database error gives
 /// the connection back.
 async fn alone(held: &mut Held, op: &Op) -> Answer {
-    let answer = alone_on(held.get().await?, op).await;
-    if matches!(answer, Err(LedgerError::Database(_))) {
+    let answer = match held.get().await {
+        Ok(mut conn) => alone_on(&mut conn, op).await,
+        Err(e) => Err(e),
+    };
+    if matches!(&answer, Err(e) if e.is_database()) {
         held.give_back();
     }
     answer
 }
 
-async fn alone_on(conn: &mut AnyConnection, op: &Op) -> Answer {
+async fn alone_on(conn: &mut Conn<'_>, op: &Op) -> Answer {
     if let Op::SaveThen {
         entry,
         run,
@@ -262,7 +295,7 @@ async fn alone_on(conn: &mut AnyConnection, op: &Op) -> Answer {
         if rows == 0 {
             return Ok(Outcome::Saved { rows, then: None });
         }
-        let then = match statement(conn, then.sql, &then.args).await {
+        let then = match statement(conn, Cow::Borrowed(then.sql), &then.args).await {
             Ok(then) => Some(then),
             Err(e) => {
                 tracing::debug!(error = %e, "the write after the entry's failed");
@@ -274,7 +307,7 @@ async fn alone_on(conn: &mut AnyConnection, op: &Op) -> Answer {
     execute(conn, op).await
 }
 
-async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
+async fn execute(conn: &mut Conn<'_>, op: &Op) -> Answer {
     match op {
         Op::Claim {
             alert_id,
@@ -323,7 +356,7 @@ async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
             let then = if rows == 0 {
                 None
             } else {
-                Some(statement(conn, then.sql, &then.args).await?)
+                Some(statement(conn, Cow::Borrowed(then.sql), &then.args).await?)
             };
             Ok(Outcome::Saved { rows, then })
         }
@@ -332,48 +365,29 @@ async fn execute(conn: &mut AnyConnection, op: &Op) -> Answer {
             run,
             lease_until,
         } => {
-            let done = sqlx::query(
-                "UPDATE deliveries SET lease_until = $3 WHERE alert_id = $1 AND owner_run = $2",
-            )
-            .bind(alert_id)
-            .bind(run)
-            .bind(lease_until)
-            .execute(&mut *conn)
-            .await?;
-            Ok(Outcome::Rows(done.rows_affected()))
+            let args = [text(alert_id), text(run), Val::Int(Some(*lease_until))];
+            let sql =
+                "UPDATE deliveries SET lease_until = $3 WHERE alert_id = $1 AND owner_run = $2";
+            Ok(Outcome::Rows(conn.execute(sql.into(), &args, true).await?))
         }
         Op::Release { alert_id, run } => {
-            let done = sqlx::query(
-                "UPDATE deliveries SET owner = NULL, owner_run = NULL, lease_until = NULL \
-                 WHERE alert_id = $1 AND owner_run = $2",
-            )
-            .bind(alert_id)
-            .bind(run)
-            .execute(&mut *conn)
-            .await?;
-            Ok(Outcome::Rows(done.rows_affected()))
+            let sql = "UPDATE deliveries SET owner = NULL, owner_run = NULL, lease_until = NULL \
+                       WHERE alert_id = $1 AND owner_run = $2";
+            let args = [text(alert_id), text(run)];
+            Ok(Outcome::Rows(conn.execute(sql.into(), &args, true).await?))
         }
-        Op::Statement {
-            sql: Cow::Borrowed(sql),
-            args,
-        } => Ok(Outcome::Rows(statement(conn, sql, args).await?)),
-        Op::Statement {
-            sql: Cow::Owned(sql),
-            args,
-        } => Ok(Outcome::Rows(built_statement(conn, sql, args).await?)),
+        Op::Statement { sql, args } => Ok(Outcome::Rows(statement(conn, sql.clone(), args).await?)),
         #[cfg(test)]
         Op::Invalid => {
-            sqlx::query("INSERT INTO no_such_table VALUES (1)")
-                .execute(&mut *conn)
-                .await?;
-            Ok(Outcome::Rows(1))
+            let sql = "INSERT INTO no_such_table VALUES (1)";
+            Ok(Outcome::Rows(conn.execute(sql.into(), &[], true).await?))
         }
     }
 }
 
 /// The claim a fresh claim makes of a row that was there already.
 async fn claim_existing(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     fresh: &Entry,
     now_ms: i64,
     lease_until: i64,
@@ -399,15 +413,10 @@ struct Claimant<'a> {
     lease_until: i64,
 }
 
-/// Takes the alert unless a live peer holds it; the row after.
-async fn claim(
-    conn: &mut AnyConnection,
-    c: &Claimant<'_>,
-) -> Result<Option<Box<Entry>>, LedgerError> {
-    // One round trip when the claim is taken (the common case): the
-    // upsert returns the row it wrote, and nothing when the conflict's
-    // condition kept a live peer's claim.
-    let taken: Option<AnyRow> = sqlx::query(sqlx::AssertSqlSafe(format!(
+/// The claim's upsert: returns the row it wrote, and nothing when the
+/// conflict's condition kept a live peer's claim.
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
          created_at, updated_at, owner, owner_run, lease_until) \
          VALUES ($1, $2, NULL, '', 'new', 0, NULL, $3, $3, $4, $5, $6) \
@@ -415,156 +424,161 @@ async fn claim(
          WHERE deliveries.owner IS NULL OR deliveries.lease_until IS NULL \
          OR deliveries.lease_until < $3 OR deliveries.owner = $4 \
          RETURNING {COLUMNS}"
-    )))
-    .bind(c.alert_id)
-    .bind(c.channel_id)
-    .bind(c.now_ms)
-    .bind(c.instance)
-    .bind(c.run)
-    .bind(c.lease_until)
-    .fetch_optional(&mut *conn)
-    .await?;
+    )
+});
+
+static SELECT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS} FROM deliveries WHERE alert_id = $1"));
+
+/// Takes the alert unless a live peer holds it; the row after.
+async fn claim(conn: &mut Conn<'_>, c: &Claimant<'_>) -> Result<Option<Box<Entry>>, LedgerError> {
+    // One round trip when the claim is taken (the common case).
+    let args = [
+        text(c.alert_id),
+        text(c.channel_id),
+        Val::Int(Some(c.now_ms)),
+        text(c.instance),
+        text(c.run),
+        Val::Int(Some(c.lease_until)),
+    ];
+    let taken = conn.fetch_entry(CLAIM.as_str().into(), &args).await?;
     let row = match taken {
         Some(row) => Some(row),
-        None => {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM deliveries WHERE alert_id = $1"
-            )))
-            .bind(c.alert_id)
-            .fetch_optional(&mut *conn)
-            .await?
-        }
+        None => conn.fetch_entry(SELECT.as_str().into(), &args[..1]).await?,
     };
-    Ok(row.as_ref().map(entry_from_row).transpose()?.map(Box::new))
+    Ok(row.map(Box::new))
 }
 
-/// Creates the alert's row as `fresh` if there is none; the row created.
-/// Only an insert that happened returns a row, so a row left by a crashed
-/// run is never mistaken for this one's.
-async fn insert_fresh(
-    conn: &mut AnyConnection,
-    fresh: &Entry,
-    now_ms: i64,
-) -> Result<Option<Box<Entry>>, LedgerError> {
-    let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+/// The fresh claim's insert; `$8` is both `created_at` and `updated_at`.
+static INSERT_FRESH: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
          created_at, updated_at, version_source, version_offset, version_created_at, occurrence, \
          owner, owner_run, lease_until, alert_status, thread_ts, reply_key, reply_ts, reply_pending) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
          $18, $19, $20) \
          ON CONFLICT (alert_id) DO NOTHING RETURNING {COLUMNS}"
-    )))
-    .bind(&fresh.alert_id);
-    let query = bind_shown(query, fresh).bind(now_ms);
-    let query = bind_version(query, fresh)
-        .bind(&fresh.owner)
-        .bind(&fresh.owner_run)
-        .bind(fresh.lease_until);
-    let inserted: Option<AnyRow> = bind_thread(query, fresh).fetch_optional(&mut *conn).await?;
-    Ok(inserted
-        .as_ref()
-        .map(entry_from_row)
-        .transpose()?
-        .map(Box::new))
+    )
+});
+
+/// Creates the alert's row as `fresh` if there is none; the row created.
+/// Only an insert that happened returns a row, so a row left by a crashed
+/// run is never mistaken for this one's.
+async fn insert_fresh(
+    conn: &mut Conn<'_>,
+    fresh: &Entry,
+    now_ms: i64,
+) -> Result<Option<Box<Entry>>, LedgerError> {
+    let mut args = Vec::with_capacity(20);
+    args.push(text(&fresh.alert_id));
+    args.extend(shown(fresh));
+    args.push(Val::Int(Some(now_ms)));
+    args.extend(version(fresh));
+    args.extend(holder(fresh));
+    args.extend(thread(fresh));
+    let inserted = conn
+        .fetch_entry(INSERT_FRESH.as_str().into(), &args)
+        .await?;
+    Ok(inserted.map(Box::new))
 }
 
 /// Writes the entry if we still hold its claim; the rows written.
 async fn save_entry(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     entry: &Entry,
     run: &str,
     now_ms: i64,
     lease_until: Option<i64>,
-) -> Result<u64, sqlx::Error> {
-    let query = sqlx::query(
-        "UPDATE deliveries SET channel_id = $3, ts = $4, content_hash = $5, status = $6, \
+) -> Result<u64, LedgerError> {
+    let sql = "UPDATE deliveries SET channel_id = $3, ts = $4, content_hash = $5, status = $6, \
          attempts = $7, error = $8, updated_at = $9, version_source = $10, version_offset = $11, \
          version_created_at = $12, occurrence = $13, \
          owner = CASE WHEN $14 = 1 THEN NULL ELSE owner END, \
          owner_run = CASE WHEN $14 = 1 THEN NULL ELSE owner_run END, \
          lease_until = $15, alert_status = $16, thread_ts = $17, reply_key = $18, \
          reply_ts = $19, reply_pending = $20 \
-         WHERE alert_id = $1 AND owner_run = $2",
-    )
-    .bind(&entry.alert_id)
-    .bind(run);
-    let query = bind_shown(query, entry).bind(now_ms);
-    let query = bind_version(query, entry)
-        .bind(i32::from(lease_until.is_none()))
-        .bind(lease_until);
-    let done = bind_thread(query, entry).execute(&mut *conn).await?;
-    Ok(done.rows_affected())
+         WHERE alert_id = $1 AND owner_run = $2";
+    let mut args = Vec::with_capacity(20);
+    args.extend([text(&entry.alert_id), text(run)]);
+    args.extend(shown(entry));
+    args.push(Val::Int(Some(now_ms)));
+    args.extend(version(entry));
+    args.extend(lease(lease_until));
+    args.extend(thread(entry));
+    conn.execute(sql.into(), &args, true).await
 }
 
-/// A statement on the ledger, any database.
-pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+fn text(value: &str) -> Val<'_> {
+    Val::Text(Some(value))
+}
 
 // The `deliveries` columns every write of an entry binds, in groups that
 // both the inserts and the fenced updates list in this order.
 
 /// What the entry shows: `channel_id, ts, content_hash, status, attempts,
 /// error`.
-pub(super) fn bind_shown<'q>(query: AnyQuery<'q>, entry: &Entry) -> AnyQuery<'q> {
-    query
-        .bind(&entry.channel_id)
-        .bind(&entry.ts)
-        .bind(&entry.content_hash)
-        .bind(entry.status.as_str())
-        .bind(entry.attempts)
-        .bind(&entry.error)
+fn shown(entry: &Entry) -> [Val<'_>; 6] {
+    [
+        text(&entry.channel_id),
+        Val::Text(entry.ts.as_deref()),
+        text(&entry.content_hash),
+        text(entry.status.as_str()),
+        Val::Int(Some(entry.attempts)),
+        Val::Text(entry.error.as_deref()),
+    ]
 }
 
 /// The version shown: `version_source, version_offset,
 /// version_created_at, occurrence`.
-pub(super) fn bind_version<'q>(query: AnyQuery<'q>, entry: &Entry) -> AnyQuery<'q> {
-    query
-        .bind(&entry.version.source)
-        .bind(entry.version.offset)
-        .bind(entry.version.created_at)
-        .bind(entry.occurrence)
+fn version(entry: &Entry) -> [Val<'_>; 4] {
+    [
+        text(&entry.version.source),
+        Val::Int(Some(entry.version.offset)),
+        Val::Int(Some(entry.version.created_at)),
+        Val::Int(Some(entry.occurrence)),
+    ]
+}
+
+/// Who holds a fresh row: `owner, owner_run, lease_until`.
+fn holder(entry: &Entry) -> [Val<'_>; 3] {
+    [
+        Val::Text(entry.owner.as_deref()),
+        Val::Text(entry.owner_run.as_deref()),
+        Val::Int(entry.lease_until),
+    ]
+}
+
+/// A fenced write's lease: whether it gives the claim up (1 when
+/// `lease_until` is `None`), and the lease.
+fn lease(lease_until: Option<i64>) -> [Val<'static>; 2] {
+    [
+        Val::Int(Some(i64::from(lease_until.is_none()))),
+        Val::Int(lease_until),
+    ]
 }
 
 /// The alert's status and thread: `alert_status, thread_ts, reply_key,
 /// reply_ts, reply_pending`.
-pub(super) fn bind_thread<'q>(query: AnyQuery<'q>, entry: &Entry) -> AnyQuery<'q> {
-    query
-        .bind(entry.alert_status.as_str())
-        .bind(&entry.thread_ts)
-        .bind(&entry.reply_key)
-        .bind(&entry.reply_ts)
-        .bind(&entry.reply_pending)
+fn thread(entry: &Entry) -> [Val<'_>; 5] {
+    [
+        text(entry.alert_status.as_str()),
+        Val::Text(entry.thread_ts.as_deref()),
+        Val::Text(entry.reply_key.as_deref()),
+        Val::Text(entry.reply_ts.as_deref()),
+        Val::Text(entry.reply_pending.as_deref()),
+    ]
 }
 
+/// A write to another table. One built at run time (owned: a multi-row
+/// one, whose text depends on its rows) is not kept prepared.
 async fn statement(
-    conn: &mut AnyConnection,
-    sql: &'static str,
+    conn: &mut Conn<'_>,
+    sql: Cow<'static, str>,
     args: &[Arg],
-) -> Result<u64, sqlx::Error> {
-    run_statement(conn, sqlx::query(sql), args).await
-}
-
-/// A statement built at run time: not kept prepared (one per row count).
-async fn built_statement(
-    conn: &mut AnyConnection,
-    sql: &str,
-    args: &[Arg],
-) -> Result<u64, sqlx::Error> {
-    let query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).persistent(false);
-    run_statement(conn, query, args).await
-}
-
-async fn run_statement(
-    conn: &mut AnyConnection,
-    mut query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
-    args: &[Arg],
-) -> Result<u64, sqlx::Error> {
-    for arg in args {
-        query = match arg {
-            Arg::Text(value) => query.bind(value.clone()),
-            Arg::Int(value) => query.bind(*value),
-        };
-    }
-    Ok(query.execute(&mut *conn).await?.rows_affected())
+) -> Result<u64, LedgerError> {
+    let keep = matches!(sql, Cow::Borrowed(_));
+    let args: Vec<Val<'_>> = args.iter().map(Val::from).collect();
+    conn.execute(sql, &args, keep).await
 }
 
 #[cfg(test)]

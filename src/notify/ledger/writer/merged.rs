@@ -1,8 +1,8 @@
 //! A batch's delivery writes of one kind as one statement: the fresh
 //! claims as one multi-row insert, the entry writes as one multi-row
-//! update. On SQLite each statement is a command sent to the connection's
-//! thread and answered back (two thread wake-ups, the largest single cost
-//! of a post in the profile); on PostgreSQL a round trip.
+//! update. On PostgreSQL each statement is a round trip; on SQLite a
+//! statement per row costs its own step through SQLite's engine, and
+//! through sqlx (where it still writes) two thread hand-overs.
 //!
 //! Only the write of an alert no other write in the batch names is merged.
 //! Such a write touches a `deliveries` row nothing else in the transaction
@@ -23,13 +23,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use std::borrow::Cow;
 
 use super::super::op::{Arg, InsertRows, Op, Outcome, Statement};
 use super::super::tuples;
 use super::super::{Entry, LedgerError};
-use super::{bind_shown, bind_thread, bind_version, claim_existing, statement, Answer};
+use super::conn::{Conn, Val};
+use super::{claim_existing, holder, lease, shown, statement, text, thread, version, Answer};
 
 /// What the merged statements of a batch did, for answering their writes.
 pub(super) struct Ran {
@@ -48,9 +48,9 @@ pub(super) struct Ran {
 /// Runs the merged statements of the batch `ops` on `conn` (in its
 /// transaction), before its other writes.
 pub(super) async fn run<'a>(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     ops: impl Iterator<Item = &'a Op> + Clone,
-) -> Result<Ran, sqlx::Error> {
+) -> Result<Ran, LedgerError> {
     let plan = plan(ops.clone());
     let ops: Vec<&Op> = ops.collect();
     let fresh: Vec<_> = plan
@@ -129,10 +129,10 @@ impl Ran {
     /// as they would run unmerged.
     async fn follow<'a>(
         &mut self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn<'_>,
         segment: usize,
         batch: impl Iterator<Item = &'a Op>,
-    ) -> Result<&HashSet<String>, sqlx::Error> {
+    ) -> Result<&HashSet<String>, LedgerError> {
         if self.followed[segment].is_none() {
             let members = &self.plan.thens[segment];
             let thens: Vec<&Statement> = batch
@@ -163,7 +163,7 @@ impl Ran {
     /// in order.
     pub(super) async fn answer<'a>(
         &mut self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn<'_>,
         i: usize,
         op: &Op,
         batch: impl Iterator<Item = &'a Op>,
@@ -204,14 +204,14 @@ impl Ran {
                                 key_of(then).is_some_and(|key| inserted.contains(key)),
                             )),
                         }),
-                        Err(e) => Err(e.into()),
+                        Err(e) => Err(e),
                     },
-                    None => match statement(conn, then.sql, &then.args).await {
+                    None => match statement(conn, Cow::Borrowed(then.sql), &then.args).await {
                         Ok(rows) => Ok(Outcome::Saved {
                             rows: 1,
                             then: Some(rows),
                         }),
-                        Err(e) => Err(e.into()),
+                        Err(e) => Err(e),
                     },
                 }
             }
@@ -326,22 +326,13 @@ fn key_of(then: &Statement) -> Option<&str> {
     }
 }
 
-/// Whether `conn` wants numbered placeholders. SQLite takes them too, but
-/// looks each one up by name in a list of all of them when it parses the
-/// statement and again when sqlx binds it: quadratic in a statement with
-/// thousands (the merged statements took 15% of the process's time so);
-/// its anonymous `?` are bound in order.
-fn numbered(conn: &AnyConnection) -> bool {
-    conn.backend_name() != "SQLite"
-}
-
 /// How many rows each multi-row statement of a kind carries for `rows`
 /// rows. PostgreSQL: one statement, not kept prepared. SQLite parses a
 /// statement's text each time unless it is kept prepared, and a
 /// multi-row statement's text differs with its row count: the parse was a
 /// third of SQLite's thread's instructions per post. So on SQLite the rows
 /// go in chunks of power-of-two sizes (the bits of `rows`, largest first),
-/// whose statements sqlx keeps prepared per connection: at most
+/// whose statements are kept prepared per connection: at most
 /// `MAX_BATCH.ilog2() + 1` texts per kind, a few statements per batch.
 /// The rows of one kind name distinct alerts (or keys), so running them in
 /// chunks leaves the same rows and answers as one statement.
@@ -360,27 +351,25 @@ fn chunks(rows: usize, numbered: bool) -> Vec<usize> {
 /// chunk, see [`chunks`]): the alerts whose row it created (only those: a
 /// row already there returns nothing).
 async fn insert_fresh(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     fresh: &[(&Entry, i64)],
-) -> Result<HashSet<String>, sqlx::Error> {
-    let numbered = numbered(conn);
+) -> Result<HashSet<String>, LedgerError> {
+    let numbered = conn.numbered();
     let mut inserted = HashSet::with_capacity(fresh.len());
     let mut rest = fresh;
     for size in chunks(fresh.len(), numbered) {
         let (chunk, after) = rest.split_at(size);
         rest = after;
-        for row in insert_fresh_chunk(conn, chunk, numbered).await? {
-            inserted.insert(row.try_get::<String, _>("alert_id")?);
-        }
+        inserted.extend(insert_fresh_chunk(conn, chunk, numbered).await?);
     }
     Ok(inserted)
 }
 
 async fn insert_fresh_chunk(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     fresh: &[(&Entry, i64)],
     numbered: bool,
-) -> Result<Vec<AnyRow>, sqlx::Error> {
+) -> Result<Vec<String>, LedgerError> {
     let sql = format!(
         "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
          created_at, updated_at, version_source, version_offset, version_created_at, occurrence, \
@@ -388,48 +377,39 @@ async fn insert_fresh_chunk(
          VALUES {} ON CONFLICT (alert_id) DO NOTHING RETURNING alert_id",
         tuples(fresh.len(), 21, numbered)
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!numbered);
+    let mut args = Vec::with_capacity(fresh.len() * 21);
     for (entry, now_ms) in fresh {
-        query = bind_shown(query.bind(&entry.alert_id), entry)
-            .bind(*now_ms)
-            .bind(*now_ms);
-        query = bind_version(query, entry)
-            .bind(&entry.owner)
-            .bind(&entry.owner_run)
-            .bind(entry.lease_until);
-        query = bind_thread(query, entry);
+        args.push(text(&entry.alert_id));
+        args.extend(shown(entry));
+        args.extend([Val::Int(Some(*now_ms)), Val::Int(Some(*now_ms))]);
+        args.extend(version(entry));
+        args.extend(holder(entry));
+        args.extend(thread(entry));
     }
-    query.fetch_all(&mut *conn).await
+    conn.fetch_keys(sql.into(), &args, !numbered).await
 }
 
 /// The follow-ups `thens` (all of the shape `rows` with one arity, keys
 /// all different, as [`follow_ups`] plans them) as
 /// one multi-row insert: the keys it inserted.
 async fn insert_rows(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     rows: &InsertRows,
     thens: &[&Statement],
-) -> Result<HashSet<String>, sqlx::Error> {
+) -> Result<HashSet<String>, LedgerError> {
     let width = thens.first().map_or(0, |then| then.args.len());
-    let numbered = numbered(conn);
+    let numbered = conn.numbered();
     let mut keys = HashSet::with_capacity(thens.len());
     let mut rest = thens;
     for size in chunks(thens.len(), numbered) {
         let (chunk, after) = rest.split_at(size);
         rest = after;
         let sql = rows.sql(chunk.len(), width, numbered);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!numbered);
-        for then in chunk {
-            for arg in &then.args {
-                query = match arg {
-                    Arg::Text(value) => query.bind(value.clone()),
-                    Arg::Int(value) => query.bind(*value),
-                };
-            }
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            keys.insert(row.try_get::<String, _>(rows.key)?);
-        }
+        let args: Vec<Val<'_>> = chunk
+            .iter()
+            .flat_map(|then| then.args.iter().map(Val::from))
+            .collect();
+        keys.extend(conn.fetch_keys(sql.into(), &args, !numbered).await?);
     }
     Ok(keys)
 }
@@ -447,10 +427,10 @@ struct Save<'a> {
 /// alert ids it wrote. (`VALUES` names its columns `column1`… in both
 /// SQLite and PostgreSQL.)
 async fn save_entries(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     saves: &[Save<'_>],
-) -> Result<HashSet<String>, sqlx::Error> {
-    let numbered = numbered(conn);
+) -> Result<HashSet<String>, LedgerError> {
+    let numbered = conn.numbered();
     let mut saved = HashSet::with_capacity(saves.len());
     let mut rest = saves;
     for size in chunks(saves.len(), numbered) {
@@ -462,10 +442,10 @@ async fn save_entries(
 }
 
 async fn save_entries_chunk(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     saves: &[Save<'_>],
     numbered: bool,
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<String>, LedgerError> {
     let sql = format!(
         "UPDATE deliveries SET channel_id = v.column3, ts = v.column4, content_hash = v.column5, \
          status = v.column6, attempts = v.column7, error = v.column8, updated_at = v.column9, \
@@ -480,19 +460,17 @@ async fn save_entries_chunk(
          RETURNING alert_id",
         tuples(saves.len(), 20, numbered)
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!numbered);
+    let mut args = Vec::with_capacity(saves.len() * 20);
     for save in saves {
         let entry = save.entry;
-        query = bind_shown(query.bind(&entry.alert_id).bind(save.run), entry).bind(save.now_ms);
-        query = bind_version(query, entry)
-            .bind(i32::from(save.lease_until.is_none()))
-            .bind(save.lease_until);
-        query = bind_thread(query, entry);
+        args.extend([text(&entry.alert_id), text(save.run)]);
+        args.extend(shown(entry));
+        args.push(Val::Int(Some(save.now_ms)));
+        args.extend(version(entry));
+        args.extend(lease(save.lease_until));
+        args.extend(thread(entry));
     }
-    let rows = query.fetch_all(&mut *conn).await?;
-    rows.iter()
-        .map(|row| row.try_get::<String, _>("alert_id"))
-        .collect()
+    conn.fetch_keys(sql.into(), &args, !numbered).await
 }
 
 #[cfg(test)]

@@ -19,8 +19,13 @@ fn claim(alert_id: &str, owner: &Owner, now_ms: i64) -> Op {
     }
 }
 
-/// Sends `ops` as one batch, the way a writer task would.
+/// Sends `ops` as one batch, the way the ledger's writer would.
 async fn batch(ledger: &Ledger, ops: Vec<Op>) -> Vec<Answer> {
+    batch_on(ledger, &ledger.writer.source, ops).await
+}
+
+/// Sends `ops` as one batch on a connection from `source`.
+async fn batch_on(ledger: &Ledger, source: &Source, ops: Vec<Op>) -> Vec<Answer> {
     let mut requests = Vec::new();
     let mut answers = Vec::new();
     for op in ops {
@@ -28,7 +33,7 @@ async fn batch(ledger: &Ledger, ops: Vec<Op>) -> Vec<Answer> {
         requests.push(Request { op, reply });
         answers.push(answer);
     }
-    let mut held = Held::new(ledger.pool.clone(), false);
+    let mut held = Held::open(source).expect("a writer's connection");
     run_batch(&mut held, &mut requests, &ledger.writer.stats).await;
     let mut out = Vec::new();
     for answer in answers {
@@ -158,7 +163,7 @@ async fn a_failing_statement_fails_only_its_submitter() {
         5,
         "the batch, then each write alone"
     );
-    assert!(matches!(answers[1], Err(LedgerError::Database(_))));
+    assert!(matches!(&answers[1], Err(e) if e.is_database()));
     assert_eq!(run_of(&answers[0]), Some(first.run.clone()));
     assert_eq!(run_of(&answers[2]), Some(first.run.clone()), "still CAS");
     assert_eq!(run_of(&answers[3]), Some(second.run.clone()));
@@ -419,7 +424,7 @@ fn describe(answers: &[Answer], first: &Owner, second: &Owner) -> Vec<String> {
             Ok(Outcome::Rows(n)) => format!("rows {n}"),
             Ok(Outcome::Inserted(e)) => format!("inserted {}", e.alert_id),
             Ok(Outcome::Saved { rows, then }) => format!("saved {rows} then {then:?}"),
-            Err(LedgerError::Database(_)) => "database error".into(),
+            Err(e) if e.is_database() => "database error".into(),
             Err(e) => format!("error {e}"),
         })
         .collect()
@@ -479,11 +484,18 @@ async fn before_first_states(postgres: bool, dir: &tempfile::TempDir, first: &Ow
 /// segment between the batch's other writes to `alert_states`; either way
 /// each submitter gets the answer, and the tables the rows, that running
 /// each write alone in submission order gives.
-async fn first_states(postgres: bool, beside: Beside) {
+async fn first_states(db: Db, beside: Beside) {
+    let postgres = db == Db::Postgres;
     let (first, second) = (Owner::new("a"), Owner::new("b"));
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = before_first_states(postgres, &dir, &first).await;
-    let answers = batch(&ledger, first_states_batch(&first, &second, beside)).await;
+    let source = db.source(&ledger);
+    let answers = batch_on(
+        &ledger,
+        &source,
+        first_states_batch(&first, &second, beside),
+    )
+    .await;
     let stats = ledger.writer_stats();
     // A failing batch merged them too, before it was rolled back; beside
     // a statement, a's and b's before it and d's after it.
@@ -533,39 +545,79 @@ async fn first_states(postgres: bool, beside: Beside) {
     let dir = tempfile::tempdir().expect("tempdir");
     let alone = before_first_states(postgres, &dir, &first).await;
     let mut answers_alone = Vec::new();
+    let source = db.source(&alone);
     for op in first_states_batch(&first, &second, beside) {
-        answers_alone.extend(batch(&alone, vec![op]).await);
+        answers_alone.extend(batch_on(&alone, &source, vec![op]).await);
     }
     assert_eq!(describe(&answers_alone, &first, &second), expected);
     assert_eq!(dump(&alone, &first, &second).await, rows);
 }
 
+/// Which database, and on SQLite which kind of writer connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Db {
+    /// SQLite, the writer's own connection (a file's ledger).
+    Sqlite,
+    /// SQLite through the pool (an in-memory ledger's writer).
+    SqlitePool,
+    Postgres,
+}
+
+impl Db {
+    fn source(self, ledger: &Ledger) -> Source {
+        match self {
+            Db::SqlitePool => Source::Pool {
+                pool: ledger.pool.clone(),
+                keep: false,
+            },
+            Db::Sqlite | Db::Postgres => ledger.writer.source.clone(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_file_ledgers_writer_has_its_own_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(&dir).await;
+    assert!(matches!(ledger.writer.source, Source::Sqlite(_)));
+}
+
 #[tokio::test]
 async fn first_states_merge_and_answer_as_alone_sqlite() {
-    first_states(false, Beside::Nothing).await;
+    first_states(Db::Sqlite, Beside::Nothing).await;
 }
 
 #[tokio::test]
 async fn first_states_merge_and_answer_as_alone_postgres() {
-    first_states(true, Beside::Nothing).await;
+    first_states(Db::Postgres, Beside::Nothing).await;
 }
 
 #[tokio::test]
 async fn first_states_merge_around_another_state_write_sqlite() {
-    first_states(false, Beside::Statement).await;
+    first_states(Db::Sqlite, Beside::Statement).await;
+}
+
+#[tokio::test]
+async fn first_states_merge_around_another_state_write_sqlite_pool() {
+    first_states(Db::SqlitePool, Beside::Statement).await;
 }
 
 #[tokio::test]
 async fn first_states_merge_around_another_state_write_postgres() {
-    first_states(true, Beside::Statement).await;
+    first_states(Db::Postgres, Beside::Statement).await;
 }
 
 #[tokio::test]
 async fn a_failing_batch_with_first_states_runs_them_one_by_one_sqlite() {
-    first_states(false, Beside::Failure).await;
+    first_states(Db::Sqlite, Beside::Failure).await;
+}
+
+#[tokio::test]
+async fn a_failing_batch_with_first_states_runs_them_one_by_one_sqlite_pool() {
+    first_states(Db::SqlitePool, Beside::Failure).await;
 }
 
 #[tokio::test]
 async fn a_failing_batch_with_first_states_runs_them_one_by_one_postgres() {
-    first_states(true, Beside::Failure).await;
+    first_states(Db::Postgres, Beside::Failure).await;
 }
