@@ -2,7 +2,9 @@
 # usage: BENCH_DIR=DIR scripts/bench-pairs.sh N OUT ARGS...
 # Runs the binaries DIR/base and DIR/new (or those named in BINS) alternating,
 # N rounds, each with ARGS (e.g. `core 200000`), appending to OUT their
-# `worker(s)` and per-step lines with `uptime` per round.
+# `worker(s)` and per-step lines (or the lines GREP matches, an extended
+# regex: e.g. GREP='unlimited:|CPU per post|threads|alone' for the notify
+# bench's `unlimited`) with `uptime` per round.
 # "others" = CPU (in cores) used by everything but the bench during its run,
 # from /proc/stat busy ticks minus the bench's own user+sys time.
 # Needs /usr/bin/time and bc.
@@ -29,7 +31,7 @@ for i in $(seq 1 $n); do
     read _ u s e < ${TMPDIR:-/tmp}/pairs-time.txt
     others=$(echo "($b1-$b0)/$hz - $u - $s" | bc -l); wall=$(echo "$t1-$t0" | bc -l)
     printf -- "-- %s others %.2f cores (%.1f s of CPU over %.1f s)\n" $b $(echo "$others/$wall" | bc -l) $others $wall >> $out
-    grep -E "worker\(s\)|one core, compact|emitted event, decode and encode included" ${TMPDIR:-/tmp}/pairs-out.txt >> $out
+    grep -E "${GREP:-worker\(s\)|core, tables as enrich keeps them|emitted event, decode and encode included}" ${TMPDIR:-/tmp}/pairs-out.txt >> $out
   done
 done
 echo finished >> $out
