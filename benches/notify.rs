@@ -6,7 +6,9 @@
 //!   cargo bench --bench notify -- unlimited [MESSAGES] [CHANNELS]
 //!       no limits, no latency: posts/s through the whole path, and the
 //!       CPU per post of notify's threads apart from the fake Slack's
-//!       (its own runtime) and the mock broker's. 200 channels unless
+//!       (its own runtime) and the mock broker's, and the whole machine's
+//!       (PostgreSQL's server's apart, when it is the ledger and runs
+//!       here: `/proc` is read for processes named `postgres`). 200 channels unless
 //!       told: a channel has one message in flight at a time, so more
 //!       channels show what the per-channel chain costs.
 //!   cargo bench --bench notify -- slack [MESSAGES]
@@ -61,7 +63,72 @@ struct Run {
     split: Vec<(Side, Duration)>,
     /// Notify's share by thread name (numbers dropped), largest first.
     notify_threads: Vec<(String, Duration)>,
+    /// The whole machine over the posting window (every process, the
+    /// PostgreSQL server's included).
+    machine: MachineCpu,
+    /// The PostgreSQL server's processes over the posting window (zero
+    /// for SQLite, or where the server's processes cannot be read).
+    postgres_cpu: Duration,
     slack: FakeSlack,
+}
+
+/// The machine's CPU time by kind, from the first line of `/proc/stat`
+/// (USER_HZ ticks, 100 a second on Linux, summed over all CPUs).
+#[derive(Debug, Default, Clone, Copy)]
+struct MachineCpu {
+    /// user, nice, system, irq, softirq.
+    busy: Duration,
+    /// Time the hypervisor ran something else while this guest wanted
+    /// the CPU: a guest's CPU per post rises with it, not with its work.
+    steal: Duration,
+}
+
+fn machine_cpu() -> MachineCpu {
+    let Some(line) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| stat.lines().next().map(str::to_owned))
+    else {
+        return MachineCpu::default();
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let at = |i: usize| Duration::from_millis(ticks.get(i).copied().unwrap_or(0) * 10);
+    MachineCpu {
+        busy: at(0) + at(1) + at(2) + at(5) + at(6),
+        steal: at(7),
+    }
+}
+
+impl MachineCpu {
+    fn since(self, before: MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy: self.busy.saturating_sub(before.busy),
+            steal: self.steal.saturating_sub(before.steal),
+        }
+    }
+}
+
+/// CPU time of every process named `postgres` on this machine (the
+/// server's postmaster and backends), from `/proc/*/stat`.
+fn postgres_cpu() -> Duration {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    processes
+        .flatten()
+        .filter(|p| {
+            p.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
+        .filter_map(|stat| parse_stat(&stat))
+        .filter(|(name, _)| name == "postgres")
+        .map(|(_, cpu)| cpu)
+        .sum()
 }
 
 /// Whose work a thread of the bench process does.
@@ -333,6 +400,7 @@ async fn run(
     let started = Instant::now();
     let cpu_before = process_cpu();
     let threads_before = thread_cpu();
+    let (machine_before, postgres_before) = (machine_cpu(), postgres_cpu());
     let (mut last, mut progress) = (0, Instant::now());
     loop {
         let posts = stalled(progress);
@@ -346,6 +414,8 @@ async fn run(
     }
     let elapsed = started.elapsed();
     let cpu_after = process_cpu();
+    let machine = machine_cpu().since(machine_before);
+    let postgres_cpu = postgres_cpu().saturating_sub(postgres_before);
     let (split, notify_threads) = cpu_split(&threads_before, &thread_cpu(), &earlier);
     let cpu = cpu_after.saturating_sub(cpu_before);
     let states_lag = states_published(&ledger, total, Duration::from_secs(120)).await;
@@ -359,6 +429,8 @@ async fn run(
         states_cpu,
         split,
         notify_threads,
+        machine,
+        postgres_cpu,
         slack,
     }
 }
@@ -572,6 +644,21 @@ fn main() {
                     2e6 / us
                 );
             }
+            let window = r.elapsed.as_secs_f64();
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            let mut machine = format!(
+                "  the machine: {:.2} of its {cores} cores busy, {:.0} µs of CPU per post (all processes), {:.2} cores stolen by the host",
+                r.machine.busy.as_secs_f64() / window,
+                per_post(r.machine.busy),
+                r.machine.steal.as_secs_f64() / window,
+            );
+            if ledger_kind() == "PostgreSQL" {
+                machine += &format!(
+                    "; PostgreSQL server {:.0} µs per post",
+                    per_post(r.postgres_cpu)
+                );
+            }
+            println!("{machine}");
         }
         "slack" => {
             let total = number(1, 20_000);

@@ -93,8 +93,14 @@ impl InsertRows {
     /// `RETURNING`.
     pub fn sql(&self, rows: usize, width: usize, numbered: bool) -> String {
         let values = super::tuples_ending(rows, width, numbered, self.fixed);
+        self.sql_with(&format!("VALUES {values}"))
+    }
+
+    /// The statement with `rows` (what follows the column list: a
+    /// `VALUES` list or a query) for its rows.
+    pub(super) fn sql_with(&self, rows: &str) -> String {
         format!(
-            "INSERT INTO {} VALUES {values} ON CONFLICT ({}) DO NOTHING RETURNING {}",
+            "INSERT INTO {} {rows} ON CONFLICT ({}) DO NOTHING RETURNING {}",
             self.into, self.key, self.key
         )
     }

@@ -43,6 +43,7 @@ use super::op::{Arg, Op, Outcome};
 use super::{Entry, LedgerError, COLUMNS};
 
 mod conn;
+mod json_rows;
 mod merged;
 
 use self::conn::{Conn, Held, Source, Val};

@@ -26,9 +26,10 @@ use std::collections::{HashMap, HashSet};
 use std::borrow::Cow;
 
 use super::super::op::{Arg, InsertRows, Op, Outcome, Statement};
-use super::super::tuples;
+use super::super::{tuples, tuples_ending};
 use super::super::{Entry, LedgerError};
 use super::conn::{Conn, Val};
+use super::json_rows;
 use super::{claim_existing, holder, lease, shown, statement, text, thread, version, Answer};
 
 /// What the merged statements of a batch did, for answering their writes.
@@ -327,7 +328,8 @@ fn key_of(then: &Statement) -> Option<&str> {
 }
 
 /// How many rows each multi-row statement of a kind carries for `rows`
-/// rows. PostgreSQL: one statement, not kept prepared. SQLite parses a
+/// rows. PostgreSQL: one statement, whose text is the same for any number
+/// of rows (they go in one `jsonb` value, see `json_rows`). SQLite parses a
 /// statement's text each time unless it is kept prepared, and a
 /// multi-row statement's text differs with its row count: the parse was a
 /// third of SQLite's thread's instructions per post. So on SQLite the rows
@@ -370,13 +372,6 @@ async fn insert_fresh_chunk(
     fresh: &[(&Entry, i64)],
     numbered: bool,
 ) -> Result<Vec<String>, LedgerError> {
-    let sql = format!(
-        "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
-         created_at, updated_at, version_source, version_offset, version_created_at, occurrence, \
-         owner, owner_run, lease_until, alert_status, thread_ts, reply_key, reply_ts, reply_pending) \
-         VALUES {} ON CONFLICT (alert_id) DO NOTHING RETURNING alert_id",
-        tuples(fresh.len(), 21, numbered)
-    );
     let mut args = Vec::with_capacity(fresh.len() * 21);
     for (entry, now_ms) in fresh {
         args.push(text(&entry.alert_id));
@@ -386,7 +381,66 @@ async fn insert_fresh_chunk(
         args.extend(holder(entry));
         args.extend(thread(entry));
     }
-    conn.fetch_keys(sql.into(), &args, !numbered).await
+    let rows = Rows::of(&args, 21, numbered);
+    let sql = format!(
+        "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
+         created_at, updated_at, version_source, version_offset, version_created_at, occurrence, \
+         owner, owner_run, lease_until, alert_status, thread_ts, reply_key, reply_ts, reply_pending) \
+         {} ON CONFLICT (alert_id) DO NOTHING RETURNING alert_id",
+        rows.inserted(fresh.len(), "")
+    );
+    conn.fetch_keys(sql.into(), &rows.args(&args), true).await
+}
+
+/// How a multi-row statement carries its rows: SQLite binds each value
+/// (`VALUES` of `?`, the text kept prepared per chunk size), PostgreSQL
+/// takes them as one `jsonb` value (`json_rows`: one text per kind).
+enum Rows {
+    Values { width: usize },
+    Json { source: String, json: String },
+}
+
+impl Rows {
+    fn of(args: &[Val<'_>], width: usize, numbered: bool) -> Rows {
+        if numbered {
+            Rows::Json {
+                source: json_rows::source(&args[..width.min(args.len())]),
+                json: json_rows::encode(args, width),
+            }
+        } else {
+            Rows::Values { width }
+        }
+    }
+
+    /// What follows an `INSERT`'s column list for `count` rows, each
+    /// ending with `fixed` (literals) unless it is empty.
+    fn inserted(&self, count: usize, fixed: &str) -> String {
+        match self {
+            Rows::Values { width } => {
+                format!("VALUES {}", tuples_ending(count, *width, false, fixed))
+            }
+            Rows::Json { source, .. } if fixed.is_empty() => {
+                format!("SELECT * FROM {source} AS v")
+            }
+            Rows::Json { source, .. } => format!("SELECT v.*, {fixed} FROM {source} AS v"),
+        }
+    }
+
+    /// The rows as a table to join, named `v` (columns `column1`…).
+    fn joined(&self, count: usize) -> String {
+        match self {
+            Rows::Values { width } => format!("(VALUES {}) AS v", tuples(count, *width, false)),
+            Rows::Json { source, .. } => format!("{source} AS v"),
+        }
+    }
+
+    /// The values the statement binds.
+    fn args<'a>(&'a self, args: &[Val<'a>]) -> Vec<Val<'a>> {
+        match self {
+            Rows::Values { .. } => args.to_vec(),
+            Rows::Json { json, .. } => vec![Val::Text(Some(json))],
+        }
+    }
 }
 
 /// The follow-ups `thens` (all of the shape `rows` with one arity, keys
@@ -404,12 +458,16 @@ async fn insert_rows(
     for size in chunks(thens.len(), numbered) {
         let (chunk, after) = rest.split_at(size);
         rest = after;
-        let sql = rows.sql(chunk.len(), width, numbered);
         let args: Vec<Val<'_>> = chunk
             .iter()
             .flat_map(|then| then.args.iter().map(Val::from))
             .collect();
-        keys.extend(conn.fetch_keys(sql.into(), &args, !numbered).await?);
+        let values = Rows::of(&args, width, numbered);
+        let sql = rows.sql_with(&values.inserted(chunk.len(), rows.fixed));
+        keys.extend(
+            conn.fetch_keys(sql.into(), &values.args(&args), true)
+                .await?,
+        );
     }
     Ok(keys)
 }
@@ -446,20 +504,6 @@ async fn save_entries_chunk(
     saves: &[Save<'_>],
     numbered: bool,
 ) -> Result<Vec<String>, LedgerError> {
-    let sql = format!(
-        "UPDATE deliveries SET channel_id = v.column3, ts = v.column4, content_hash = v.column5, \
-         status = v.column6, attempts = v.column7, error = v.column8, updated_at = v.column9, \
-         version_source = v.column10, version_offset = v.column11, \
-         version_created_at = v.column12, occurrence = v.column13, \
-         owner = CASE WHEN v.column14 = 1 THEN NULL ELSE deliveries.owner END, \
-         owner_run = CASE WHEN v.column14 = 1 THEN NULL ELSE deliveries.owner_run END, \
-         lease_until = v.column15, alert_status = v.column16, thread_ts = v.column17, \
-         reply_key = v.column18, reply_ts = v.column19, reply_pending = v.column20 \
-         FROM (VALUES {}) AS v \
-         WHERE deliveries.alert_id = v.column1 AND deliveries.owner_run = v.column2 \
-         RETURNING alert_id",
-        tuples(saves.len(), 20, numbered)
-    );
     let mut args = Vec::with_capacity(saves.len() * 20);
     for save in saves {
         let entry = save.entry;
@@ -470,7 +514,22 @@ async fn save_entries_chunk(
         args.extend(lease(save.lease_until));
         args.extend(thread(entry));
     }
-    conn.fetch_keys(sql.into(), &args, !numbered).await
+    let rows = Rows::of(&args, 20, numbered);
+    let sql = format!(
+        "UPDATE deliveries SET channel_id = v.column3, ts = v.column4, content_hash = v.column5, \
+         status = v.column6, attempts = v.column7, error = v.column8, updated_at = v.column9, \
+         version_source = v.column10, version_offset = v.column11, \
+         version_created_at = v.column12, occurrence = v.column13, \
+         owner = CASE WHEN v.column14 = 1 THEN NULL ELSE deliveries.owner END, \
+         owner_run = CASE WHEN v.column14 = 1 THEN NULL ELSE deliveries.owner_run END, \
+         lease_until = v.column15, alert_status = v.column16, thread_ts = v.column17, \
+         reply_key = v.column18, reply_ts = v.column19, reply_pending = v.column20 \
+         FROM {} \
+         WHERE deliveries.alert_id = v.column1 AND deliveries.owner_run = v.column2 \
+         RETURNING alert_id",
+        rows.joined(saves.len())
+    );
+    conn.fetch_keys(sql.into(), &rows.args(&args), true).await
 }
 
 #[cfg(test)]

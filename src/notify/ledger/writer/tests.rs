@@ -1,5 +1,6 @@
 use super::*;
-use crate::notify::ledger::{Claim, InsertRows, Ledger, Owner, Statement, Status};
+use crate::messages::AlertStatus;
+use crate::notify::ledger::{Claim, InsertRows, Ledger, Owner, Statement, Status, Version};
 
 async fn ledger(dir: &tempfile::TempDir) -> Ledger {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
@@ -195,12 +196,35 @@ fn posted(alert_id: &str, owner: &Owner) -> Box<Entry> {
     Box::new(entry)
 }
 
+/// [`posted`] with every column set, text that needs escaping in JSON and
+/// numbers past a double's exact range: what a merged write carries must
+/// land in its own column as it was.
+fn posted_in_full(alert_id: &str, owner: &Owner) -> Box<Entry> {
+    let mut entry = posted(alert_id, owner);
+    entry.channel_id = "D\"quoted\" \\ back\tslash".into();
+    entry.content_hash = "h\u{1}é✓".into();
+    entry.attempts = 3;
+    entry.error = Some("line one\nline two".into());
+    entry.version = Version {
+        source: "slack-messages/7".into(),
+        offset: 9_007_199_254_740_993,
+        created_at: -9_007_199_254_740_993,
+    };
+    entry.occurrence = 4;
+    entry.alert_status = AlertStatus::Resolved;
+    entry.thread_ts = Some("0.5".into());
+    entry.reply_key = Some("resolved".into());
+    entry.reply_ts = Some("1.5".into());
+    entry.reply_pending = Some("{\"k\": [1, null]}".into());
+    entry
+}
+
 /// Fresh claims and entry writes of alerts named once in a batch run as
 /// one statement each kind; every submitter gets what its write alone
 /// would have given, also when the batch fails and runs again one by one.
-async fn merged_batch(failing: bool) {
+async fn merged_batch(failing: bool, postgres: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = ledger(&dir).await;
+    let ledger = ledger_on(postgres, &dir).await;
     let (first, second) = (Owner::new("a"), Owner::new("b"));
     for alert in ["c", "d", "e", "f"] {
         batch(&ledger, vec![claim(alert, &first, 1)]).await;
@@ -227,7 +251,7 @@ async fn merged_batch(failing: bool) {
             },
         },
         Op::SaveThen {
-            entry: posted("f", &first),
+            entry: posted_in_full("f", &first),
             run: first.run.clone(),
             now_ms: 2,
             lease_until: Some(60_002),
@@ -292,19 +316,37 @@ async fn merged_batch(failing: bool) {
     );
     let f = get("f").await;
     assert_eq!(
-        (f.status, f.owner_run, f.lease_until),
+        (f.status, f.owner_run.clone(), f.lease_until),
         (Status::Posted, Some(first.run.clone()), Some(60_002))
     );
+    let mut written = *posted_in_full("f", &first);
+    written.updated_at = 2;
+    assert_eq!(f, written, "every column as the write gave it");
+    let Ok(Outcome::Inserted(a)) = &answers[0] else {
+        panic!("not inserted");
+    };
+    assert_eq!(get("a").await, **a, "the fresh row as its claim gave it");
 }
 
 #[tokio::test]
 async fn merged_writes_answer_each_submitter_as_alone() {
-    merged_batch(false).await;
+    merged_batch(false, false).await;
 }
 
 #[tokio::test]
 async fn a_failing_batch_with_merged_writes_runs_them_one_by_one() {
-    merged_batch(true).await;
+    merged_batch(true, false).await;
+}
+
+/// PostgreSQL takes a merged statement's rows as one `jsonb` value.
+#[tokio::test]
+async fn merged_writes_answer_each_submitter_as_alone_postgres() {
+    merged_batch(false, true).await;
+}
+
+#[tokio::test]
+async fn a_failing_batch_with_merged_writes_runs_them_one_by_one_postgres() {
+    merged_batch(true, true).await;
 }
 
 /// A new database on the test PostgreSQL server (`ALERTSVC_TEST_POSTGRES`,
