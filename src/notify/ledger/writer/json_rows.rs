@@ -9,6 +9,8 @@
 //! columns are named `column1`… as `VALUES` names them, so the statements
 //! around it read the same either way.
 
+use std::fmt::Write;
+
 use super::conn::Val;
 
 /// The subquery reading `$1` back as rows shaped like `first` (a text
@@ -44,7 +46,9 @@ pub(super) fn encode(values: &[Val<'_>], width: usize) -> String {
             }
             match value {
                 Val::Text(Some(text)) => push_string(&mut json, text),
-                Val::Int(Some(int)) => json.push_str(&int.to_string()),
+                Val::Int(Some(int)) => {
+                    let _ = write!(json, "{int}");
+                }
                 Val::Text(None) | Val::Int(None) => json.push_str("null"),
             }
         }
@@ -65,7 +69,9 @@ fn push_string(json: &mut String, text: &str) {
             '\n' => json.push_str("\\n"),
             '\r' => json.push_str("\\r"),
             '\t' => json.push_str("\\t"),
-            c if u32::from(c) < 0x20 => json.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(json, "\\u{:04x}", u32::from(c));
+            }
             c => json.push(c),
         }
     }

@@ -434,11 +434,12 @@ impl Rows {
         }
     }
 
-    /// The values the statement binds.
-    fn args<'a>(&'a self, args: &[Val<'a>]) -> Vec<Val<'a>> {
+    /// The values the statement binds (SQLite's, as they are: no copy on
+    /// its hot path).
+    fn args<'a>(&'a self, args: &'a [Val<'a>]) -> Cow<'a, [Val<'a>]> {
         match self {
-            Rows::Values { .. } => args.to_vec(),
-            Rows::Json { json, .. } => vec![Val::Text(Some(json))],
+            Rows::Values { .. } => Cow::Borrowed(args),
+            Rows::Json { json, .. } => Cow::Owned(vec![Val::Text(Some(json))]),
         }
     }
 }
