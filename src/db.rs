@@ -31,6 +31,16 @@ pub const SQLITE_PRAGMAS: [(&str, &str); 3] = [
 
 /// A pool for `url` (`sqlite:…` or `postgres://…`).
 pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError> {
+    connect_with(url, max_connections, &[]).await
+}
+
+/// [`connect`], running `postgres_session` (`SET` statements) on each new
+/// PostgreSQL connection.
+pub async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    postgres_session: &'static [&'static str],
+) -> Result<AnyPool, DbError> {
     sqlx::any::install_default_drivers();
     let sqlite = is_sqlite(url);
     let pool = AnyPoolOptions::new()
@@ -40,6 +50,12 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError
                 if sqlite {
                     for (pragma, value) in SQLITE_PRAGMAS {
                         sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA {pragma} = {value}")))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                } else {
+                    for statement in postgres_session {
+                        sqlx::query(sqlx::AssertSqlSafe(*statement))
                             .execute(&mut *conn)
                             .await?;
                     }

@@ -12,6 +12,8 @@
 //! no replay replies twice.
 
 mod op;
+#[cfg(test)]
+pub(crate) mod testing;
 mod writer;
 
 use sqlx::any::AnyRow;
@@ -267,9 +269,25 @@ fn entry_from(row: &impl EntryRow) -> Result<Entry, LedgerError> {
     })
 }
 
+/// How the ledger's PostgreSQL connections plan their statements: a join
+/// is a batch of keys looked up through the table's index, never a hash or
+/// merge of the whole table.
+///
+/// Every join the ledger runs is of that kind (a batch's rows, or the
+/// alerts a publish names, against `deliveries` or `alert_states` by
+/// primary key), but PostgreSQL plans it from the table's statistics, and
+/// a prepared statement keeps its plan: on a ledger that grew since it was
+/// last analyzed (a new deployment's first minutes, a burst into a quiet
+/// one) the plan made while the table was small hashed the whole table in
+/// every batch. Measured on `cargo bench --bench notify -- unlimited 10000`
+/// with a new PostgreSQL ledger: 150 rows of `deliveries` read per post,
+/// a quarter of the server's CPU (docs/PERFORMANCE.md, eleventh round).
+/// The sweeps read through their own indexes either way.
+const POSTGRES_PLANNING: &[&str] = &["SET enable_hashjoin = off", "SET enable_mergejoin = off"];
+
 impl Ledger {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Ledger, LedgerError> {
-        let pool = crate::db::connect(url, max_connections).await?;
+        let pool = crate::db::connect_with(url, max_connections, POSTGRES_PLANNING).await?;
         let postgres = crate::db::is_postgres(url);
         Ok(Ledger {
             writer: Writer::start(
@@ -481,6 +499,15 @@ impl Ledger {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// `args`, `width` to a row, as one `jsonb` value: PostgreSQL reads
+/// them back with `jsonb_array_elements($1::jsonb) AS e`, a row's values
+/// as `e->>0`, `e->>1`… (text; cast numbers back). One statement text for
+/// any number of rows, kept prepared, where a `VALUES` list of
+/// placeholders is a new text (parsed and planned anew) for each count.
+pub fn json_rows(args: &[Arg], width: usize) -> String {
+    writer::json_rows(args, width)
 }
 
 /// `rows` tuples of `width` placeholders: numbered, `($1, $2), ($3, $4)`,

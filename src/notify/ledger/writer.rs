@@ -572,6 +572,13 @@ fn thread(entry: &Entry) -> [Val<'_>; 5] {
 
 /// A write to another table. One built at run time (owned: a multi-row
 /// one, whose text depends on its rows) is not kept prepared.
+/// `args`, `width` to a row, as one JSON array of arrays: the rows a
+/// PostgreSQL statement reads from its `$1` as `json_rows` lays out.
+pub(super) fn json_rows(args: &[Arg], width: usize) -> String {
+    let values: Vec<Val<'_>> = args.iter().map(Val::from).collect();
+    json_rows::encode(&values, width)
+}
+
 async fn statement(
     conn: &mut Conn<'_>,
     sql: Cow<'static, str>,

@@ -3,11 +3,13 @@
 //! (or two clicks) applying a change to the same state, one wins and the
 //! other decides again from what it finds.
 
+use std::sync::LazyLock;
+
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::{Actor, AlertState, StateKind};
-use crate::notify::ledger::{tuples, Arg, InsertRows, Ledger, LedgerError, Statement};
+use crate::notify::ledger::{json_rows, tuples, Arg, InsertRows, Ledger, LedgerError, Statement};
 
 /// Where the state is shown: the alert's message and its content as notify
 /// rendered it (without the state's decoration).
@@ -140,6 +142,39 @@ const SNOOZES_ENDED: &str = "SELECT alert_id FROM alert_states \
 
 /// The shown marker only moves up: an edit shows the row as it was read,
 /// and a later version is shown by a later edit.
+/// [`StateStore::mark_published_many`]'s update, its rows read from
+/// `rows` (columns `column1`…: alert id, version, partition, offset).
+fn marks_sql(rows: &str) -> String {
+    format!(
+        "UPDATE alert_states SET published_version = v.column2, \
+         published_partition = v.column3, published_offset = v.column4 \
+         FROM {rows} AS v \
+         WHERE alert_states.alert_id = v.column1 \
+         AND (alert_states.published_offset IS NULL \
+           OR alert_states.published_partition <> v.column3 \
+           OR alert_states.published_offset < v.column4)"
+    )
+}
+
+/// [`StateStore::get_records`] on PostgreSQL: the alert ids as rows of
+/// `$1` (`ledger::json_rows`).
+static RECORDS_FROM_JSON: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {RECORD_COLUMNS} FROM jsonb_array_elements($1::jsonb) AS k \
+         JOIN alert_states ON alert_states.alert_id = k.value->>0"
+    )
+});
+
+/// PostgreSQL's: the rows in `$1` (`ledger::json_rows`), one text kept
+/// prepared (a `&'static str` is, for the ledger's writer).
+static MARKS_FROM_JSON: LazyLock<String> = LazyLock::new(|| {
+    marks_sql(
+        "(SELECT e->>0 AS column1, (e->>1)::bigint AS column2, \
+         (e->>2)::bigint AS column3, (e->>3)::bigint AS column4 \
+         FROM jsonb_array_elements($1::jsonb) AS e)",
+    )
+});
+
 const ADVANCE_SHOWN: &str = "UPDATE alert_states SET shown_version = $2 \
      WHERE alert_id = $1 AND shown_version < $2";
 
@@ -177,16 +212,31 @@ impl StateStore {
         if alert_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM alert_states WHERE alert_id IN {}",
-            tuples(1, alert_ids.len(), self.ledger.is_postgres())
-        );
-        // Not kept prepared: one statement per batch size.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-        for alert_id in alert_ids {
-            query = query.bind(*alert_id);
-        }
-        let rows: Vec<AnyRow> = query.fetch_all(&self.pool).await?;
+        let rows: Vec<AnyRow> = if self.ledger.is_postgres() {
+            // One text, kept prepared; each alert looked up by key
+            // (`ledger::POSTGRES_PLANNING`), where an `IN` list is planned
+            // anew for each count and, on a table the planner thinks
+            // small, read whole.
+            let keys: Vec<Arg> = alert_ids
+                .iter()
+                .map(|id| Arg::Text(Some((*id).to_owned())))
+                .collect();
+            sqlx::query(sqlx::AssertSqlSafe(RECORDS_FROM_JSON.as_str()))
+                .bind(json_rows(&keys, 1))
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM alert_states WHERE alert_id IN {}",
+                tuples(1, alert_ids.len(), false)
+            );
+            // Not kept prepared: one statement per batch size.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for alert_id in alert_ids {
+                query = query.bind(*alert_id);
+            }
+            query.fetch_all(&self.pool).await?
+        };
         rows.iter().map(row_to_record).collect()
     }
 
@@ -263,16 +313,6 @@ impl StateStore {
             }
             _ => {}
         }
-        let sql = format!(
-            "UPDATE alert_states SET published_version = v.column2, \
-             published_partition = v.column3, published_offset = v.column4 \
-             FROM (VALUES {}) AS v \
-             WHERE alert_states.alert_id = v.column1 \
-             AND (alert_states.published_offset IS NULL \
-               OR alert_states.published_partition <> v.column3 \
-               OR alert_states.published_offset < v.column4)",
-            tuples(marks.len(), 4, self.ledger.is_postgres())
-        );
         let mut args = Vec::with_capacity(marks.len() * 4);
         for (alert_id, version, partition, offset) in marks {
             args.extend([
@@ -282,7 +322,13 @@ impl StateStore {
                 Arg::Int(Some(*offset)),
             ]);
         }
-        self.ledger.write(sql, args).await?;
+        if self.ledger.is_postgres() {
+            let rows = vec![Arg::Text(Some(json_rows(&args, 4)))];
+            self.ledger.write(MARKS_FROM_JSON.as_str(), rows).await?;
+        } else {
+            let sql = marks_sql(&format!("(VALUES {})", tuples(marks.len(), 4, false)));
+            self.ledger.write(sql, args).await?;
+        }
         Ok(())
     }
 
@@ -413,6 +459,7 @@ static INSERT_STATE_ROWS: InsertRows = InsertRows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::ledger::testing::{assert_looks_up_by_key, kept_plan, postgres_ledger};
 
     /// The sweeps' queries and the partial index each must read through.
     fn sweeps() -> [(String, &'static str, usize); 3] {
@@ -484,14 +531,18 @@ mod tests {
 
     #[tokio::test]
     async fn sweeps_read_through_their_indexes_postgres() {
-        let server = std::env::var("ALERTSVC_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        let url = crate::db::create_scratch_database(&server, "alertsvc_unit")
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/install-test-deps.sh starts one)");
-        let ledger = Ledger::connect(&url, 2).await.expect("ledger");
-        ledger.migrate().await.expect("migrate");
-        sweeps_read_through_their_indexes(&ledger).await;
+        sweeps_read_through_their_indexes(&postgres_ledger(2).await).await;
+    }
+
+    /// The publisher's read and its marks find each alert by key, in the
+    /// plan a new ledger's connection keeps (made while the table is empty
+    /// and never analyzed) as in any later one (`ledger::POSTGRES_PLANNING`).
+    #[tokio::test]
+    async fn publishes_look_alerts_up_by_key_postgres() {
+        let ledger = postgres_ledger(2).await;
+        for sql in [&*RECORDS_FROM_JSON, &*MARKS_FROM_JSON] {
+            assert_looks_up_by_key(&kept_plan(&ledger, sql).await, "alert_states");
+        }
     }
 
     #[test]

@@ -505,6 +505,14 @@ async fn save_entries_chunk(
     saves: &[Save<'_>],
     numbered: bool,
 ) -> Result<Vec<String>, LedgerError> {
+    let args = save_args(saves);
+    let rows = Rows::of(&args, 20, numbered);
+    let sql = save_entries_sql(&rows.joined(saves.len()));
+    conn.fetch_keys(sql.into(), &rows.args(&args), true).await
+}
+
+/// What [`save_entries_sql`] binds for `saves`, 20 values each.
+fn save_args<'a>(saves: &[Save<'a>]) -> Vec<Val<'a>> {
     let mut args = Vec::with_capacity(saves.len() * 20);
     for save in saves {
         let entry = save.entry;
@@ -515,8 +523,12 @@ async fn save_entries_chunk(
         args.extend(lease(save.lease_until));
         args.extend(thread(entry));
     }
-    let rows = Rows::of(&args, 20, numbered);
-    let sql = format!(
+    args
+}
+
+/// The merged entry write, its rows joined from `rows` (named `v`).
+fn save_entries_sql(rows: &str) -> String {
+    format!(
         "UPDATE deliveries SET channel_id = v.column3, ts = v.column4, content_hash = v.column5, \
          status = v.column6, attempts = v.column7, error = v.column8, updated_at = v.column9, \
          version_source = v.column10, version_offset = v.column11, \
@@ -525,12 +537,10 @@ async fn save_entries_chunk(
          owner_run = CASE WHEN v.column14 = 1 THEN NULL ELSE deliveries.owner_run END, \
          lease_until = v.column15, alert_status = v.column16, thread_ts = v.column17, \
          reply_key = v.column18, reply_ts = v.column19, reply_pending = v.column20 \
-         FROM {} \
+         FROM {rows} \
          WHERE deliveries.alert_id = v.column1 AND deliveries.owner_run = v.column2 \
-         RETURNING alert_id",
-        rows.joined(saves.len())
-    );
-    conn.fetch_keys(sql.into(), &rows.args(&args), true).await
+         RETURNING alert_id"
+    )
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 use super::*;
 use crate::messages::AlertStatus;
+use crate::notify::ledger::testing::postgres_ledger;
 use crate::notify::ledger::{Claim, InsertRows, Ledger, Owner, Statement, Status, Version};
 
 async fn ledger(dir: &tempfile::TempDir) -> Ledger {
@@ -349,26 +350,11 @@ async fn a_failing_batch_with_merged_writes_runs_them_one_by_one_postgres() {
     merged_batch(true, true).await;
 }
 
-/// A new database on the test PostgreSQL server (`ALERTSVC_TEST_POSTGRES`,
-/// else the one `scripts/install-test-deps.sh` starts), as the integration
-/// tests make theirs.
-async fn postgres_url() -> String {
-    let server = std::env::var("ALERTSVC_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    crate::db::create_scratch_database(&server, "alertsvc_unit")
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/install-test-deps.sh starts one)")
-}
-
 async fn ledger_on(postgres: bool, dir: &tempfile::TempDir) -> Ledger {
     if !postgres {
         return ledger(dir).await;
     }
-    let ledger = Ledger::connect(&postgres_url().await, 4)
-        .await
-        .expect("ledger");
-    ledger.migrate().await.expect("migrate");
-    ledger
+    postgres_ledger(4).await
 }
 
 /// A first state's insert in the shape `alert_states`' writes merge in

@@ -220,3 +220,25 @@ fn kinds_of_fewer_than_two_writes_run_unmerged() {
     let ops = [renew("a"), renew("b")];
     assert_eq!(plan(ops.iter()), Plan::default());
 }
+
+/// A merged entry write finds each of its rows in `deliveries` by key, in
+/// the plan a new ledger's connection keeps (made while the table is empty
+/// and never analyzed) as in any later one: PostgreSQL would otherwise
+/// hash the whole table in every batch (`ledger::POSTGRES_PLANNING`).
+#[tokio::test]
+async fn merged_entry_writes_look_rows_up_by_key_postgres() {
+    use crate::notify::ledger::testing::{assert_looks_up_by_key, kept_plan, postgres_ledger};
+    let ledger = postgres_ledger(2).await;
+    let owner = Owner::new("i");
+    let entry = Entry::claimed_new("a", "C1", &owner, 1, 2);
+    let saves = [Save {
+        entry: &entry,
+        run: &owner.run,
+        now_ms: 1,
+        lease_until: None,
+    }];
+    let args = save_args(&saves);
+    let rows = Rows::of(&args, 20, true);
+    let plan = kept_plan(&ledger, &save_entries_sql(&rows.joined(1))).await;
+    assert_looks_up_by_key(&plan, "deliveries");
+}
