@@ -33,7 +33,16 @@ pub(super) fn source(first: &[Val<'_>]) -> String {
 
 /// `values`, `width` to a row, as the array of arrays [`source`] reads.
 pub(super) fn encode(values: &[Val<'_>], width: usize) -> String {
-    let mut json = String::with_capacity(values.len() * 16 + 2);
+    // Room for every value as it is, its quotes and comma, and the rows'
+    // brackets: one allocation unless something needs escaping.
+    let texts: usize = values
+        .iter()
+        .map(|value| match value {
+            Val::Text(Some(text)) => text.len() + 3,
+            _ => 21,
+        })
+        .sum();
+    let mut json = String::with_capacity(texts + 2 * values.len() / width.max(1) + 2);
     json.push('[');
     for (r, row) in values.chunks(width.max(1)).enumerate() {
         if r > 0 {
@@ -62,19 +71,28 @@ pub(super) fn encode(values: &[Val<'_>], width: usize) -> String {
 /// `text` refuses a NUL byte: such a value fails its statement either way.
 fn push_string(json: &mut String, text: &str) {
     json.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => json.push_str("\\\""),
-            '\\' => json.push_str("\\\\"),
-            '\n' => json.push_str("\\n"),
-            '\r' => json.push_str("\\r"),
-            '\t' => json.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(json, "\\u{:04x}", u32::from(c));
-            }
-            c => json.push(c),
+    // Runs needing no escape are copied whole: the rendered blocks a first
+    // state carries are kilobytes with a few quotes.
+    let mut run = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        json.push_str(&text[run..i]);
+        if escape.is_empty() {
+            let _ = write!(json, "\\u{byte:04x}");
+        } else {
+            json.push_str(escape);
         }
+        run = i + 1;
     }
+    json.push_str(&text[run..]);
     json.push('"');
 }
 
@@ -108,5 +126,22 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         assert_eq!(parsed[0][0], "a\"b\\c\n\u{1}é");
         assert_eq!(encode(&[], 3), "[]");
+    }
+
+    #[test]
+    fn every_text_reads_back_as_it_was() {
+        let controls: String = (0u8..0x20).map(char::from).collect();
+        let texts = [
+            String::new(),
+            controls.clone(),
+            format!("é{controls}ü\"\\€"),
+            "*Connector failed* — \"org-1\"\n".repeat(100),
+            "ascii only".into(),
+        ];
+        for text in &texts {
+            let json = encode(&[Val::Text(Some(text))], 1);
+            let parsed: Vec<Vec<String>> = serde_json::from_str(&json).expect("valid JSON");
+            assert_eq!(parsed, vec![vec![text.clone()]], "{json}");
+        }
     }
 }
