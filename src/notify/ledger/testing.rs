@@ -7,7 +7,7 @@ use super::Ledger;
 /// A new database on the test PostgreSQL server (`ALERTSVC_TEST_POSTGRES`,
 /// else the one `scripts/install-test-deps.sh` starts), as the integration
 /// tests make theirs.
-pub(crate) async fn postgres_url() -> String {
+async fn postgres_url() -> String {
     let server = std::env::var("ALERTSVC_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     crate::db::create_scratch_database(&server, "alertsvc_unit")

@@ -570,8 +570,6 @@ fn thread(entry: &Entry) -> [Val<'_>; 5] {
     ]
 }
 
-/// A write to another table. One built at run time (owned: a multi-row
-/// one, whose text depends on its rows) is not kept prepared.
 /// `args`, `width` to a row, as one JSON array of arrays: the rows a
 /// PostgreSQL statement reads from its `$1` as `json_rows` lays out.
 pub(super) fn json_rows(args: &[Arg], width: usize) -> String {
@@ -579,6 +577,8 @@ pub(super) fn json_rows(args: &[Arg], width: usize) -> String {
     json_rows::encode(&values, width)
 }
 
+/// A write to another table. One built at run time (owned: a multi-row
+/// one, whose text depends on its rows) is not kept prepared.
 async fn statement(
     conn: &mut Conn<'_>,
     sql: Cow<'static, str>,
