@@ -7,6 +7,7 @@
 //! the message is reported done only after that acknowledgement.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::delivery::{ChannelRelease, DeliverError, Deliverer};
+use super::delivery::{ChannelRelease, DeliverError, Deliverer, LetGo};
 use super::responses::{Origin, Responses, Sent};
 use crate::http::Health;
 use crate::messages::{DeliveryOutcome, SlackMessage};
@@ -74,11 +75,19 @@ pub fn spawn(shared: Arc<Shared>, channel: String) -> mpsc::UnboundedSender<Job>
 /// A channel's jobs not yet started, each with its alert id: in arrival
 /// order, except that a job whose alert has a delivery still running (one
 /// that let the channel go on without it, [`ChannelRelease`]) waits behind
-/// it, so each alert's messages are delivered one at a time in order.
+/// it, so each alert's messages are delivered one at a time in order. Such
+/// a job lets the later ones pass only if its alert's delivery waits for a
+/// tier ([`LetGo::Aside`]); behind one done with Slack
+/// ([`LetGo::InOrder`]) nothing passes, so the channel keeps its order.
 struct ChannelQueue<J> {
     ready: VecDeque<(String, J)>,
     /// Alerts with a released delivery running, and the jobs behind each.
-    behind: HashMap<String, VecDeque<(String, J)>>,
+    behind: HashMap<String, Behind<J>>,
+}
+
+struct Behind<J> {
+    how: LetGo,
+    waiting: VecDeque<(String, J)>,
 }
 
 impl<J> Default for ChannelQueue<J> {
@@ -99,7 +108,11 @@ impl<J> ChannelQueue<J> {
     fn next(&mut self) -> Option<(String, J)> {
         while let Some((alert_id, job)) = self.ready.pop_front() {
             match self.behind.get_mut(&alert_id) {
-                Some(waiting) => waiting.push_back((alert_id, job)),
+                Some(behind) if behind.how == LetGo::InOrder => {
+                    self.ready.push_front((alert_id, job));
+                    return None;
+                }
+                Some(behind) => behind.waiting.push_back((alert_id, job)),
                 None => return Some((alert_id, job)),
             }
         }
@@ -107,15 +120,18 @@ impl<J> ChannelQueue<J> {
     }
 
     /// `alert_id`'s delivery let the channel go: its later jobs wait.
-    fn running_aside(&mut self, alert_id: String) {
-        self.behind.entry(alert_id).or_default();
+    fn running_aside(&mut self, alert_id: String, how: LetGo) {
+        self.behind.entry(alert_id).or_insert_with(|| Behind {
+            how,
+            waiting: VecDeque::new(),
+        });
     }
 
     /// `alert_id`'s delivery that ran aside ended: its waiting jobs come
     /// first (they waited longest), in order.
     fn ended_aside(&mut self, alert_id: &str) {
-        if let Some(waiting) = self.behind.remove(alert_id) {
-            for job in waiting.into_iter().rev() {
+        if let Some(behind) = self.behind.remove(alert_id) {
+            for job in behind.waiting.into_iter().rev() {
                 self.ready.push_front(job);
             }
         }
@@ -127,44 +143,58 @@ impl<J> ChannelQueue<J> {
 }
 
 /// Runs the channel's jobs one at a time: a job holds the channel until it
-/// ends or releases it (an edit waiting for its tier), then runs aside
-/// while the next starts.
-async fn channel_worker(
-    shared: Arc<Shared>,
-    channel: String,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-) {
+/// ends or releases it (a post once Slack answered it, an edit waiting for
+/// its tier), then runs aside while the next starts.
+async fn channel_worker(shared: Arc<Shared>, channel: String, jobs: mpsc::UnboundedReceiver<Job>) {
+    in_channel_order(
+        jobs,
+        |job: &Job| job.message.alert_id.clone(),
+        |job, release| run(shared.clone(), channel.clone(), job, release),
+    )
+    .await;
+}
+
+/// The channel worker's loop, apart from what a job is: `alert_of` names
+/// a job's alert, `start` runs it (told how to release the channel).
+async fn in_channel_order<J, Run>(
+    mut jobs: mpsc::UnboundedReceiver<J>,
+    alert_of: impl Fn(&J) -> String,
+    start: impl Fn(J, ChannelRelease) -> Run,
+) where
+    Run: Future<Output = ()>,
+{
     let mut queue = ChannelQueue::default();
     let mut aside = FuturesUnordered::new();
     let mut open = true;
     loop {
         if let Some((alert_id, job)) = queue.next() {
             let (release, released) = ChannelRelease::new();
-            // Polled here, in the worker's own task: a task spawned per
-            // message cost a spawn, a wake-up and a hand-over per post.
-            // Only a delivery that releases the channel goes on in a task
-            // of its own, from where it stands. A panic stays within the
+            let mut released = released.fuse();
+            // Polled here, in the worker's own task, and so are the jobs
+            // that let the channel go: a task per message cost a spawn, a
+            // wake-up and a hand-over per post. A panic stays within the
             // message, as it did in its own task.
-            let mut running = Box::pin(
-                AssertUnwindSafe(run(shared.clone(), channel.clone(), job, release)).catch_unwind(),
-            );
-            tokio::select! {
-                _ = &mut running => {}
-                Ok(()) = released => {
-                    queue.running_aside(alert_id.clone());
-                    let running = tokio::spawn(running);
-                    aside.push(async move {
-                        // Its outcome is reported by `run` itself.
-                        let _ = running.await;
-                        alert_id
-                    });
+            let mut running = Box::pin(AssertUnwindSafe(start(job, release)).catch_unwind());
+            loop {
+                tokio::select! {
+                    _ = &mut running => break,
+                    Ok(how) = &mut released => {
+                        queue.running_aside(alert_id.clone(), how);
+                        aside.push(async move {
+                            // Its outcome is reported by the job itself.
+                            let _ = running.await;
+                            alert_id
+                        });
+                        break;
+                    }
+                    Some(ended) = aside.next(), if !aside.is_empty() => queue.ended_aside(&ended),
                 }
             }
             continue;
         }
         tokio::select! {
             job = jobs.recv(), if open => match job {
-                Some(job) => queue.push(job.message.alert_id.clone(), job),
+                Some(job) => queue.push(alert_of(&job), job),
                 None => open = false,
             },
             Some(alert_id) = aside.next(), if !aside.is_empty() => queue.ended_aside(&alert_id),
@@ -293,6 +323,8 @@ pub fn outcome_label(outcome: DeliveryOutcome) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::oneshot;
+
     use super::*;
 
     fn started(queue: &mut ChannelQueue<&'static str>) -> Vec<&'static str> {
@@ -306,7 +338,7 @@ mod tests {
         let (alert, job) = queue.next().unwrap();
         assert_eq!(job, "a1");
         // a1 waits for its edit's tier: the channel goes on.
-        queue.running_aside(alert);
+        queue.running_aside(alert, LetGo::Aside);
         for (alert, job) in [("a", "a2"), ("b", "b1"), ("a", "a3"), ("c", "c1")] {
             queue.push(alert.into(), job);
         }
@@ -318,6 +350,107 @@ mod tests {
         assert!(queue.is_idle());
     }
 
+    type Log = Arc<std::sync::Mutex<Vec<String>>>;
+
+    async fn logged(log: &Log, what: &str) {
+        for _ in 0..1_000 {
+            if log.lock().unwrap().iter().any(|l| l == what) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never logged {what}: {:?}", log.lock().unwrap());
+    }
+
+    /// A channel's worker running a1, b1, a2 (a1's alert again) and c1:
+    /// a1 lets the channel go (`how`) at once and ends when its gate
+    /// opens, c1 ends when its gate opens, the others at once. Returns the
+    /// log of starts and ends, the two gates' openers and the worker.
+    fn four_jobs(how: LetGo) -> (Log, [oneshot::Sender<()>; 2], tokio::task::JoinHandle<()>) {
+        let (open_a1, gate_a1) = oneshot::channel();
+        let (open_c1, gate_c1) = oneshot::channel();
+        let mut gates = [
+            (("a", "a1"), Some(gate_a1)),
+            (("b", "b1"), None),
+            (("a", "a2"), None),
+            (("c", "c1"), Some(gate_c1)),
+        ];
+        let (tx, rx) = mpsc::unbounded_channel();
+        for ((alert, name), gate) in gates.iter_mut() {
+            tx.send((*alert, *name, gate.take())).unwrap();
+        }
+        drop(tx);
+        let log = Log::default();
+        let worker = {
+            let log = log.clone();
+            tokio::spawn(in_channel_order(
+                rx,
+                |(alert, _, _): &TestJob| (*alert).to_owned(),
+                move |(_, name, gate): TestJob, release: ChannelRelease| {
+                    let log = log.clone();
+                    async move {
+                        log.lock().unwrap().push(format!("start {name}"));
+                        if name == "a1" {
+                            release.release(how);
+                        }
+                        if let Some(gate) = gate {
+                            let _ = gate.await;
+                        }
+                        log.lock().unwrap().push(format!("end {name}"));
+                    }
+                },
+            ))
+        };
+        (log, [open_a1, open_c1], worker)
+    }
+
+    /// Alert, name, gate.
+    type TestJob = (&'static str, &'static str, Option<oneshot::Receiver<()>>);
+
+    #[tokio::test]
+    async fn a_job_waiting_aside_runs_on_in_the_worker_while_later_ones_pass_it() {
+        let (log, [open_a1, open_c1], worker) = four_jobs(LetGo::Aside);
+        // b1 ran, a2 waits for a1, c1 passed a2 and holds the channel now.
+        logged(&log, "start c1").await;
+        // a1 ends while c1 holds the channel: the worker still polls it.
+        open_a1.send(()).unwrap();
+        logged(&log, "end a1").await;
+        open_c1.send(()).unwrap();
+        worker.await.unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "start a1", "start b1", "end b1", "start c1", "end a1", "end c1", "start a2",
+                "end a2"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_done_with_slack_lets_the_next_start_but_none_pass_its_alert() {
+        let (log, [open_a1, open_c1], worker) = four_jobs(LetGo::InOrder);
+        logged(&log, "end b1").await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !log.lock().unwrap().iter().any(|l| l == "start c1"),
+            "c1 passed a2: {:?}",
+            log.lock().unwrap()
+        );
+        open_a1.send(()).unwrap();
+        logged(&log, "start c1").await;
+        open_c1.send(()).unwrap();
+        worker.await.unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "start a1", "start b1", "end b1", "end a1", "start a2", "end a2", "start c1",
+                "end c1"
+            ]
+        );
+    }
+
     #[test]
     fn a_later_job_that_runs_aside_again_holds_back_the_rest() {
         let mut queue = ChannelQueue::default();
@@ -325,12 +458,12 @@ mod tests {
             queue.push(alert.into(), job);
         }
         let (alert, _) = queue.next().unwrap();
-        queue.running_aside(alert);
+        queue.running_aside(alert, LetGo::Aside);
         assert_eq!(started(&mut queue), ["b1"]);
         queue.ended_aside("a");
         let (alert, job) = queue.next().unwrap();
         assert_eq!(job, "a2");
-        queue.running_aside(alert);
+        queue.running_aside(alert, LetGo::Aside);
         assert!(queue.next().is_none(), "a3 waits for a2");
         queue.ended_aside("a");
         assert_eq!(started(&mut queue), ["a3"]);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Attempt, DeliverError, Deliverer, Delivery};
+use super::{Attempt, DeliverError, Deliverer, Delivery, LetGo};
 use crate::notify::decision::Failure;
 use crate::notify::ledger::Entry;
 use crate::notify::pacing::{retry_delay, Turn};
@@ -100,7 +100,7 @@ impl Deliverer {
         stop: &CancellationToken,
     ) -> Result<(), DeliverError> {
         let channel = attempt.channel;
-        let ready = self.pacer.history_ready(|| channel.release());
+        let ready = self.pacer.history_ready(|| channel.release(LetGo::Aside));
         tokio::pin!(ready);
         let renew_every = self.settings.claim_lease / 4;
         loop {

@@ -17,6 +17,8 @@ mod in_process;
 mod lookup;
 mod post;
 mod reply;
+#[cfg(test)]
+mod tests;
 mod update;
 
 use std::collections::HashMap;
@@ -112,23 +114,36 @@ pub struct Deliverer {
 
 /// Lets a delivery tell its channel's worker that it no longer needs the
 /// channel to itself: an edit waiting for `chat.update`'s workspace-wide
-/// tier would otherwise hold up every other alert of its channel. The
-/// default tells nobody.
+/// tier would otherwise hold up every other alert of its channel, and a
+/// post Slack answered would hold it up for its ledger write. The default
+/// tells nobody.
 #[derive(Default)]
-pub struct ChannelRelease(Mutex<Option<oneshot::Sender<()>>>);
+pub struct ChannelRelease(Mutex<Option<oneshot::Sender<LetGo>>>);
+
+/// How a delivery let its channel go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetGo {
+    /// It waits for a workspace-wide tier: the channel's later messages go
+    /// meanwhile, except this alert's own, which wait for it.
+    Aside,
+    /// It is done with Slack: the channel's next messages may start, but
+    /// none overtakes a later message of this alert, which waits for it.
+    InOrder,
+}
 
 impl ChannelRelease {
     /// A release and what its worker waits on.
-    pub fn new() -> (ChannelRelease, oneshot::Receiver<()>) {
+    pub fn new() -> (ChannelRelease, oneshot::Receiver<LetGo>) {
         let (tx, rx) = oneshot::channel();
         (ChannelRelease(Mutex::new(Some(tx))), rx)
     }
 
-    fn release(&self) {
+    /// Only the first call tells the worker.
+    pub fn release(&self, how: LetGo) {
         let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(tx) = taken {
             // The worker may be gone (shutting down): nobody to tell.
-            let _ = tx.send(());
+            let _ = tx.send(how);
         }
     }
 }

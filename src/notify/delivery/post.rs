@@ -4,7 +4,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::calls::Called;
-use super::{Attempt, DeliverError, Deliverer, Delivery};
+use super::{Attempt, DeliverError, Deliverer, Delivery, LetGo};
 use crate::clock::now_ms;
 use crate::messages::DeliveryOutcome;
 use crate::metrics::seconds_since;
@@ -150,6 +150,15 @@ impl Deliverer {
                 entry.status = Status::Posted;
                 entry.channel_id = posted.channel;
                 entry.ts = Some(posted.ts);
+                // Slack has it, in the channel's order: the channel's next
+                // message need not wait for this one's `posted` commit (it
+                // is claimed in the same group commit, mostly). This
+                // alert's own later messages wait, and nothing overtakes
+                // them; so does the channel after a grouped post: the next
+                // member must find the group's summary in the ledger.
+                if !attempt.grouped && message.group().is_none() {
+                    attempt.channel.release(LetGo::InOrder);
+                }
                 self.save_posted(attempt, occurrence).await?;
                 attempt.http_status = Some(200);
                 Ok(Some(self.answer(attempt, DeliveryOutcome::Posted)))

@@ -3,7 +3,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::calls::Called;
-use super::{Attempt, DeliverError, Deliverer, Delivery};
+use super::{Attempt, DeliverError, Deliverer, Delivery, LetGo};
 use crate::clock::now_ms;
 use crate::messages::DeliveryOutcome;
 use crate::notify::decision;
@@ -62,7 +62,7 @@ impl Deliverer {
         self.renew(&attempt.entry).await?;
         // The tier is the workspace's: the channel's other alerts need
         // not wait for it.
-        attempt.channel.release();
+        attempt.channel.release(LetGo::Aside);
         let turn = self.paced_update(&attempt.entry, &channel, stop).await?;
         if stop.is_cancelled() {
             self.release(&attempt.entry).await;
