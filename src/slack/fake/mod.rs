@@ -26,7 +26,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -175,6 +175,8 @@ struct Thread {
 
 struct SlackState {
     config: FakeSlackConfig,
+    /// `config.channels`, for a lookup per call.
+    channels: HashSet<String>,
     messages: Vec<FakeMessage>,
     /// Where each (channel, ts) is first in `messages`: lookups by ts
     /// without a scan of every message stored.
@@ -201,6 +203,9 @@ struct SlackState {
 impl SlackState {
     /// The user whose DM `channel` is, if it is a known user's DM.
     fn dm_user(&self, channel: &str) -> Option<&str> {
+        if !channel.starts_with('D') {
+            return None;
+        }
         self.config
             .users
             .iter()
@@ -266,6 +271,7 @@ impl FakeSlack {
                 TierLimit::new(config.history_per_minute, config.tier_window),
                 TierLimit::new(config.updates_per_minute, config.tier_window),
             ),
+            channels: config.channels.iter().cloned().collect(),
             config,
             messages: Vec::new(),
             positions: HashMap::new(),
@@ -327,7 +333,9 @@ impl FakeSlack {
     }
 
     pub fn add_channel(&self, channel: &str) {
-        self.lock().config.channels.push(channel.to_owned());
+        let mut s = self.lock();
+        s.config.channels.push(channel.to_owned());
+        s.channels.insert(channel.to_owned());
     }
 
     /// Archives a channel: posts and edits to it answer `is_archived`

@@ -8,7 +8,7 @@ pub(super) async fn post_message(call: Call) -> Response {
         Err(refusal) => return refusal.into_response(),
     };
     match fate {
-        PostAnswer::Success => slack_ok(body),
+        PostAnswer::Success => slack_ok_bytes(body),
         PostAnswer::ServerError => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal error (injected; the message was stored)",
@@ -16,20 +16,20 @@ pub(super) async fn post_message(call: Call) -> Response {
             .into_response(),
         PostAnswer::Late(delay) => {
             tokio::time::sleep(delay).await;
-            slack_ok(body)
+            slack_ok_bytes(body)
         }
     }
 }
 
 /// Checks and stores a post; the answer it gets and the success body.
-fn store_post(state: &Shared, request: Args) -> Result<(PostAnswer, Value), Refusal> {
+fn store_post(state: &Shared, request: Args) -> Result<(PostAnswer, Vec<u8>), Refusal> {
     let mut s = lock(state);
     // Slack limits before it reads the request.
     if let Some(retry_after_secs) = s.faults.injected_rate_limit() {
         s.stats.rate_limited += 1;
         return Err(Refusal::RateLimited { retry_after_secs });
     }
-    let request = request?;
+    let mut request = request?;
     let asked = string_arg(&request, "channel")?.unwrap_or_default();
     let channel = post_target(&s, asked).inspect_err(|_| s.stats.rejected += 1)?;
     admit(&mut s, &channel, &request)?;
@@ -61,38 +61,59 @@ fn store_post(state: &Shared, request: Args) -> Result<(PostAnswer, Value), Refu
     let micros = now_micros.max(s.next_ts);
     s.next_ts = micros + 1;
     let ts = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+    if s.dm_user(&channel).is_some() {
+        s.open_dms.insert(channel.clone());
+    }
+    // Stored as sent, and echoed from there.
+    let mut sent = |name: &str| {
+        request
+            .get_mut(name)
+            .map(Value::take)
+            .filter(|v| !v.is_null())
+    };
     let message = FakeMessage {
-        channel: channel.clone(),
-        ts: ts.clone(),
+        channel,
+        ts,
         revisions: vec![text.clone()],
         text,
-        blocks: request
-            .get("blocks")
-            .filter(|b| !b.is_null())
-            .cloned()
-            .unwrap_or(Value::Array(vec![])),
-        metadata: request.get("metadata").filter(|m| !m.is_null()).cloned(),
+        blocks: sent("blocks").unwrap_or(Value::Array(vec![])),
+        metadata: sent("metadata"),
         edits: 0,
         thread_ts,
         reply_broadcast,
     };
-    if s.dm_user(&channel).is_some() {
-        s.open_dms.insert(channel.clone());
-    }
     s.stats.posts += 1;
     if message.thread_ts.is_some() {
         s.stats.replies += 1;
     }
     s.count_post(&message);
-    s.store(message.clone());
-    s.listeners.retain(|l| l.send(message.clone()).is_ok());
+    if !s.listeners.is_empty() {
+        s.listeners.retain(|l| l.send(message.clone()).is_ok());
+    }
     let fate = s.faults.post_answer();
     if fate != PostAnswer::Success {
         s.stats.ambiguous += 1;
     }
-    let body = json!({"ok": true, "channel": channel, "ts": ts,
-                      "message": message_json(&s, &message, true)});
+    s.store(message);
+    let s = &*s;
+    let stored = s.messages.last().ok_or("internal_error")?;
+    let body = PostAnswerBody {
+        ok: true,
+        channel: &stored.channel,
+        ts: &stored.ts,
+        message: message_json(s, stored, true),
+    };
+    let body = serde_json::to_vec(&body).map_err(|_| "internal_error")?;
     Ok((fate, body))
+}
+
+/// `chat.postMessage`'s success answer, the message echoed as stored.
+#[derive(serde::Serialize)]
+struct PostAnswerBody<'a> {
+    ok: bool,
+    channel: &'a str,
+    ts: &'a str,
+    message: MessageJson<'a>,
 }
 
 /// `chat.update`: an earlier message's new content.

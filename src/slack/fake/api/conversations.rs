@@ -81,7 +81,7 @@ fn page(s: &SlackState, request: &Value, listed: &[&FakeMessage], limits: (u64, 
         .as_str()
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let messages: Vec<Value> = listed
+    let messages: Vec<MessageJson> = listed
         .iter()
         .skip(offset)
         .take(limit)

@@ -49,6 +49,16 @@ fn slack_ok(body: Value) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
+/// An answer already written as JSON.
+fn slack_ok_bytes(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 fn slack_error(code: &str) -> Response {
     slack_ok(json!({"ok": false, "error": code}))
 }
@@ -246,7 +256,7 @@ fn check_channel(s: &SlackState, channel: &str) -> Result<(), &'static str> {
     if s.config.not_in_channel.iter().any(|c| c == channel) {
         return Err("not_in_channel");
     }
-    if !s.config.channels.iter().any(|c| c == channel) && s.dm_user(channel).is_none() {
+    if !s.channels.contains(channel) && s.dm_user(channel).is_none() {
         return Err("channel_not_found");
     }
     Ok(())
@@ -314,33 +324,81 @@ fn admit(s: &mut SlackState, channel: &str, request: &Value) -> Result<(), &'sta
 /// A message as Slack lists it: a reply names its thread (and is a
 /// `thread_broadcast` when also sent to the channel); a parent with
 /// replies carries `thread_ts` (its own ts), `reply_count`,
-/// `reply_users_count`, `reply_users` and `latest_reply`.
-fn message_json(s: &SlackState, m: &FakeMessage, with_metadata: bool) -> Value {
-    let mut v = json!({"type": "message", "ts": m.ts, "text": m.text, "blocks": m.blocks,
-                       "bot_id": "B0ALERTSVC", "user": BOT_USER, "channel": m.channel});
-    if with_metadata {
-        if let Some(meta) = &m.metadata {
-            v["metadata"] = meta.clone();
-        }
-    }
-    if m.edits > 0 {
-        v["edited"] = json!({"user": "B0ALERTSVC", "ts": m.ts});
-    }
+/// `reply_users_count`, `reply_users` and `latest_reply`. It borrows the
+/// stored message: a post's answer echoes it without copying its blocks.
+#[derive(serde::Serialize)]
+struct MessageJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts: &'a str,
+    text: &'a str,
+    blocks: &'a Value,
+    bot_id: &'static str,
+    user: &'static str,
+    channel: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edited: Option<Edited<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread_ts: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_user_id: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subtype: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_users_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_users: Option<[&'static str; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latest_reply: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct Edited<'a> {
+    user: &'static str,
+    ts: &'a str,
+}
+
+fn message_json<'a>(s: &'a SlackState, m: &'a FakeMessage, with_metadata: bool) -> MessageJson<'a> {
+    let mut v = MessageJson {
+        kind: "message",
+        ts: &m.ts,
+        text: &m.text,
+        blocks: &m.blocks,
+        bot_id: "B0ALERTSVC",
+        user: BOT_USER,
+        channel: &m.channel,
+        metadata: m.metadata.as_ref().filter(|_| with_metadata),
+        edited: (m.edits > 0).then_some(Edited {
+            user: "B0ALERTSVC",
+            ts: &m.ts,
+        }),
+        thread_ts: None,
+        parent_user_id: None,
+        subtype: None,
+        reply_count: None,
+        reply_users_count: None,
+        reply_users: None,
+        latest_reply: None,
+    };
     match &m.thread_ts {
         Some(parent) => {
-            v["thread_ts"] = json!(parent);
-            v["parent_user_id"] = json!(BOT_USER);
+            v.thread_ts = Some(parent);
+            v.parent_user_id = Some(BOT_USER);
             if m.reply_broadcast {
-                v["subtype"] = json!("thread_broadcast");
+                v.subtype = Some("thread_broadcast");
             }
         }
         None => {
             if let Some(thread) = s.threads.get(&(m.channel.clone(), m.ts.clone())) {
-                v["thread_ts"] = json!(m.ts);
-                v["reply_count"] = json!(thread.replies);
-                v["reply_users_count"] = json!(1);
-                v["reply_users"] = json!([BOT_USER]);
-                v["latest_reply"] = json!(thread.latest);
+                v.thread_ts = Some(&m.ts);
+                v.reply_count = Some(thread.replies);
+                v.reply_users_count = Some(1);
+                v.reply_users = Some([BOT_USER]);
+                v.latest_reply = Some(&thread.latest);
             }
         }
     }
