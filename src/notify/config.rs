@@ -49,6 +49,23 @@ fn tier_3_per_minute() -> u32 {
     50
 }
 
+#[cfg(test)]
+impl PacingSettings {
+    /// For tests: 1,000 a second (and in a burst) on every channel and
+    /// the workspace, which no test reaches, and Slack's Tier 3 for the
+    /// per-minute calls. A test sets the limit it is about over this.
+    pub(crate) fn roomy() -> PacingSettings {
+        PacingSettings {
+            per_channel_per_second: 1000,
+            per_channel_burst: 1000,
+            workspace_per_second: 1000,
+            workspace_burst: 1000,
+            history_per_minute: tier_3_per_minute(),
+            updates_per_minute: tier_3_per_minute(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {

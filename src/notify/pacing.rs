@@ -210,10 +210,7 @@ mod tests {
         let pacer = Pacer::new(&PacingSettings {
             per_channel_per_second: 2,
             per_channel_burst: 1,
-            workspace_per_second: 1000,
-            workspace_burst: 1000,
-            history_per_minute: 50,
-            updates_per_minute: 50,
+            ..PacingSettings::roomy()
         });
         assert_eq!(pacer.ready("A").await.waited, Duration::ZERO);
         assert_eq!(
@@ -234,10 +231,7 @@ mod tests {
         let pacer = Pacer::new(&PacingSettings {
             per_channel_per_second: 1,
             per_channel_burst: 2,
-            workspace_per_second: 1000,
-            workspace_burst: 1000,
-            history_per_minute: 50,
-            updates_per_minute: 50,
+            ..PacingSettings::roomy()
         });
         // A burst of two, the first answered (so: arrived) only 900 ms later.
         let first = pacer.ready("A").await;
@@ -262,8 +256,7 @@ mod tests {
             per_channel_burst: 10,
             workspace_per_second: 2,
             workspace_burst: 1,
-            history_per_minute: 50,
-            updates_per_minute: 50,
+            ..PacingSettings::roomy()
         });
         assert_eq!(pacer.ready("A").await.waited, Duration::ZERO);
         let other = pacer.ready("B").await.waited;
@@ -277,10 +270,8 @@ mod tests {
         PacingSettings {
             per_channel_per_second,
             per_channel_burst: 1,
-            workspace_per_second: 1000,
-            workspace_burst: 1000,
-            history_per_minute: 50,
             updates_per_minute,
+            ..PacingSettings::roomy()
         }
     }
 
@@ -411,14 +402,7 @@ mod tests {
 
     /// Grant times of `calls` calls of one per-minute tier.
     async fn tier_grants(calls: usize, call: impl AsyncFn(&Pacer, usize)) -> Vec<Duration> {
-        let pacer = Pacer::new(&PacingSettings {
-            per_channel_per_second: 1000,
-            per_channel_burst: 1000,
-            workspace_per_second: 1000,
-            workspace_burst: 1000,
-            history_per_minute: 50,
-            updates_per_minute: 50,
-        });
+        let pacer = Pacer::new(&PacingSettings::roomy());
         let start = tokio::time::Instant::now();
         let mut grants = Vec::new();
         for n in 0..calls {

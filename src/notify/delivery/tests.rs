@@ -38,14 +38,7 @@ async fn setup() -> Setup {
     let metrics = NotifyMetrics::register(&prometheus::Registry::new()).expect("metrics");
     let side = SlackSide {
         api: Arc::new(SlackApi::new(&slack.url, TOKEN, Duration::from_secs(5))),
-        pacer: Arc::new(Pacer::new(&PacingSettings {
-            per_channel_per_second: 1000,
-            per_channel_burst: 1000,
-            workspace_per_second: 1000,
-            workspace_burst: 1000,
-            history_per_minute: 50,
-            updates_per_minute: 50,
-        })),
+        pacer: Arc::new(Pacer::new(&PacingSettings::roomy())),
         health: Arc::new(SlackHealth::new(3, metrics.slack_unreachable.clone())),
     };
     let settings = DeliverySettings {
