@@ -338,6 +338,7 @@ async fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
+    let mut sent: Vec<DeliveryFuture> = Vec::with_capacity(per_channel * names.len());
     for i in 0..per_channel {
         for channel in &names {
             let message = SlackMessage {
@@ -359,16 +360,21 @@ async fn run(
             };
             let payload =
                 block_on(codecs["slack_messages"].encode(&message.to_json())).expect("encode");
-            producer
-                .send(
-                    FutureRecord::to("slack-messages")
-                        .key(channel)
-                        .payload(&payload),
-                    Duration::from_secs(10),
-                )
-                .await
-                .expect("produce");
+            // All in flight at once: awaited one at a time, each waited
+            // out librdkafka's `linger.ms` (~100 s of set-up for 20,000).
+            let record = FutureRecord::to("slack-messages")
+                .key(channel)
+                .payload(&payload);
+            sent.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("produce"),
+            );
         }
+    }
+    for delivery in sent {
+        delivery.await.expect("delivered").expect("produce");
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
     // Its threads end with it: those there now are not notify's.
