@@ -11,6 +11,8 @@ use url::Url;
 
 use super::{AlertRef, ReplyRef, SlackError, Tag};
 
+mod direct;
+
 const HISTORY_PAGES: usize = 5;
 
 const POST_MESSAGE: &str = "chat.postMessage";
@@ -23,8 +25,9 @@ pub struct Posted {
     pub ts: String,
 }
 
-/// What we read of `chat.postMessage`'s and `chat.update`'s answers
-/// (slack-morphism's own checks `ok`, the error and the status first, as
+/// What we read of `chat.postMessage`'s and `chat.update`'s answers when
+/// they go through slack-morphism (only when the base URL does not parse,
+/// see `direct`; its connector checks the error and the status first, as
 /// for its typed calls). Their typed responses also decode the message
 /// Slack echoes back, its blocks included, into Block Kit types: about a
 /// tenth of a post's CPU on notify's runtime, for fields nothing reads.
@@ -73,6 +76,8 @@ type Connector = SlackClientHyperConnector<HttpsConnector<HttpConnector>>;
 
 pub struct SlackApi {
     pub(super) client: SlackClient<Connector>,
+    /// The posting methods' own HTTP client (see `direct`).
+    direct: direct::Direct,
     pub(super) token: SlackApiToken,
     timeout: Duration,
     /// The posting methods' URLs, parsed once: slack-morphism parses the
@@ -93,12 +98,14 @@ impl SlackApi {
             .build();
         // slack-morphism joins the base and the method with a '/'.
         let api_url = api_url.trim_end_matches('/');
+        let direct = direct::Direct::new(https.clone(), token);
         let connector =
             SlackClientHyperConnector::with_connector(https).with_slack_api_url(api_url);
         // As slack-morphism's `create_method_uri_path` joins them.
         let method_url = |method: &str| format!("{api_url}/{method}").parse::<Url>().ok();
         SlackApi {
             client: SlackClient::new(connector),
+            direct,
             token: SlackApiToken::new(SlackApiTokenValue(token.to_owned())),
             timeout,
             post_message_url: method_url(POST_MESSAGE),
@@ -117,18 +124,19 @@ impl SlackApi {
     where
         RQ: serde::Serialize + Send + Sync,
     {
+        if let Some(url) = url {
+            // Serializing these bodies cannot fail (strings, a raw JSON
+            // value, slack-morphism's metadata type).
+            let body = serde_json::to_vec(request)
+                .map_err(|e| SlackError::Transport(format!("request body: {e}")))?;
+            return self.direct.post(url, body, self.timeout).await;
+        }
+        // The base URL does not parse: slack-morphism fails the call its way.
         let session = self.client.open_session(&self.token);
         let api = &session.http_session_api;
-        let answered: Answered = match url {
-            Some(url) => {
-                self.call(api.http_post_uri(url.clone(), request, Some(rate)))
-                    .await?
-            }
-            None => {
-                self.call(api.http_post(method, request, Some(rate)))
-                    .await?
-            }
-        };
+        let answered: Answered = self
+            .call(api.http_post(method, request, Some(rate)))
+            .await?;
         Ok(answered.into())
     }
 
