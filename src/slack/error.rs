@@ -102,6 +102,19 @@ impl SlackError {
     }
 }
 
+impl SlackError {
+    /// A request hyper could not complete. A connect error means the
+    /// request never left: safe to send again without looking; any other
+    /// may have reached Slack.
+    pub(super) fn from_hyper(e: &hyper_util::client::legacy::Error) -> SlackError {
+        if e.is_connect() {
+            SlackError::Unreachable(format!("{e:?}"))
+        } else {
+            SlackError::Transport(format!("{e:?}"))
+        }
+    }
+}
+
 impl From<SlackClientError> for SlackError {
     fn from(e: SlackClientError) -> Self {
         match e {
@@ -112,24 +125,13 @@ impl From<SlackClientError> for SlackError {
             SlackClientError::HttpError(e) => SlackError::Http {
                 status: e.status_code.as_u16(),
             },
-            SlackClientError::HttpProtocolError(e) => {
-                // A connect error means the request never left: safe to
-                // send again without looking.
-                let connect = e.cause.as_ref().is_some_and(|cause| {
-                    cause
-                        .downcast_ref::<hyper_util::client::legacy::Error>()
-                        .is_some_and(hyper_util::client::legacy::Error::is_connect)
-                });
-                let detail = e
-                    .cause
-                    .as_ref()
-                    .map_or_else(|| "no detail".to_owned(), |c| format!("{c:?}"));
-                if connect {
-                    SlackError::Unreachable(detail)
-                } else {
-                    SlackError::Transport(detail)
-                }
-            }
+            SlackClientError::HttpProtocolError(e) => match e.cause.as_ref() {
+                Some(cause) => match cause.downcast_ref::<hyper_util::client::legacy::Error>() {
+                    Some(hyper) => SlackError::from_hyper(hyper),
+                    None => SlackError::Transport(format!("{cause:?}")),
+                },
+                None => SlackError::Transport("no detail".to_owned()),
+            },
             other => SlackError::Transport(other.to_string()),
         }
     }

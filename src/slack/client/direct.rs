@@ -77,15 +77,11 @@ impl Direct {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| SlackError::Transport(e.to_string()))?;
         let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| {
-                // A connect error means the request never left: safe to
-                // send again without looking.
-                if e.is_connect() {
-                    SlackError::Unreachable(format!("{e:?}"))
-                } else {
-                    SlackError::Transport(format!("{e:?}"))
-                }
-            })?;
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| SlackError::from_hyper(&e))?;
             let (parts, body) = response.into_parts();
             let body = body
                 .collect()
@@ -123,14 +119,10 @@ fn answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Result<Posted
                     ts: Some(ts),
                     ..
                 } => Ok(Posted { channel, ts }),
-                Answered { .. } => Err(SlackError::Transport(
-                    "answer without the message's channel and ts".into(),
-                )),
+                Answered { .. } => Err(placeless()),
             }
         }
-        StatusCode::OK | StatusCode::NO_CONTENT => Err(SlackError::Transport(
-            "answer without the message's channel and ts".into(),
-        )),
+        StatusCode::OK | StatusCode::NO_CONTENT => Err(placeless()),
         StatusCode::TOO_MANY_REQUESTS => Err(SlackError::RateLimited {
             retry_after: headers
                 .get(http::header::RETRY_AFTER)
@@ -142,6 +134,11 @@ fn answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Result<Posted
             status: status.as_u16(),
         }),
     }
+}
+
+/// A success that does not say where the message is: it may have posted.
+fn placeless() -> SlackError {
+    SlackError::Transport("answer without the message's channel and ts".into())
 }
 
 /// Whether the answer is JSON: its content type says so, or it has none
