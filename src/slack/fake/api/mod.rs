@@ -38,10 +38,6 @@ pub(super) fn router(state: Shared) -> Router {
             post(|call: Call| async move { call.answer(conversations::open) }),
         )
         .route("/api/auth.test", get(auth::auth_test).post(auth::auth_test))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            super::server::outage,
-        ))
         .with_state(state)
 }
 
