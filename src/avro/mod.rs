@@ -22,7 +22,8 @@
 //!   [`check_writes`].
 //! - `keys`: [`KeyCodec`], [`build_key_codecs`].
 //! - `scan`: a validating read of a datum's top-level fields that builds
-//!   nothing ([`Scalar`], [`Codec::scan`]), for enrich's filters.
+//!   nothing ([`Scalar`], [`Codec::scan`]), for enrich's filters, and
+//!   [`from_fields`] to read such fields straight into a Rust type.
 
 mod codec;
 mod confluent;
@@ -45,6 +46,6 @@ pub use fingerprint::{crc64_avro, parsing_canonical_form, spec_fingerprint};
 pub use json::{avro_to_json, TypedSchema};
 pub use keys::{build_key_codecs, KeyCodec, KeyCodecs};
 pub use registry::writable_as;
-pub use scan::Scalar;
+pub use scan::{from_fields, Scalar};
 pub use schema::{load_schema, load_schema_file, SchemaFile};
 pub use single_object::SingleObject;

@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use apache_avro::schema::Name;
 use apache_avro::Schema;
 
+pub use de::from_fields;
+
 /// The most items a scan walks in one array or map; beyond it the full
 /// decode decides (it has its own, larger, allocation limit).
 const MAX_ITEMS: u64 = 1 << 20;
@@ -239,6 +241,7 @@ impl<'a> Reader<'a> {
     }
 }
 
+mod de;
 mod json;
 #[cfg(test)]
 mod tests;

@@ -260,3 +260,165 @@ fn json_reads_agree_with_the_tree_path() {
     assert_eq!(shape.to_json(&datum), Some(json!({"m": {"k": 2}})));
     assert_eq!(shape.to_json(&datum), tree_json(&map, &datum));
 }
+
+/// A struct over [`WIDE_SCHEMA`]'s scalars, each read as serde reads the
+/// JSON a decode gives; the complex fields are not named (passed over).
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct WideScalars {
+    s: String,
+    i: i32,
+    l: i64,
+    f: f32,
+    d: f64,
+    b: bool,
+    by: String,
+    fx: String,
+    e: WideEnum,
+    u: Option<Json>,
+    ts: i64,
+    n: Option<String>,
+    #[serde(default)]
+    absent: Option<i64>,
+}
+
+#[derive(Debug, PartialEq, serde::Deserialize)]
+enum WideEnum {
+    A,
+    B,
+    C,
+}
+
+/// `from_fields` of a scan gives what `serde_json::from_value` of the
+/// decode gives, or an error (the caller then decodes): the value both
+/// agree on, `None` when `from_fields` refused.
+fn agree<T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+    codec: &SingleObject,
+    bytes: &[u8],
+) -> Option<T> {
+    let fields = codec.scan(bytes).expect("scanned");
+    let direct = from_fields::<T>(fields).ok()?;
+    let decoded = serde_json::from_value::<T>(codec.decode(bytes).expect("decodes"))
+        .unwrap_or_else(|e| panic!("from_fields gave {direct:?}, from_value refused: {e}"));
+    assert_eq!(direct, decoded);
+    Some(direct)
+}
+
+#[test]
+fn fields_read_into_a_struct_as_from_value_reads_the_decode() {
+    let codec = codec(WIDE_SCHEMA);
+    let mut rng = fastrand::Rng::with_seed(11);
+    for _ in 0..300 {
+        let bytes = codec.encode(&wide_record(&mut rng)).unwrap();
+        assert!(agree::<WideScalars>(&codec, &bytes).is_some());
+    }
+}
+
+/// What `from_value` refuses, `from_fields` refuses too (the caller then
+/// decodes and reports the decoder's error): an integer out of the field's
+/// range, a string where a number is wanted, a symbol no variant has, a
+/// field missing. A complex field asked for is refused as well, though
+/// `from_value` reads it: a scan does not read them, the decode does.
+#[test]
+fn what_from_value_refuses_from_fields_refuses() {
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct WantsArray {
+        arr: Vec<Json>,
+    }
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Narrow {
+        i: u8,
+    }
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct StringAsNumber {
+        s: i64,
+    }
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    enum OtherEnum {
+        A,
+    }
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct FewerSymbols {
+        e: OtherEnum,
+    }
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Missing {
+        gone: String,
+    }
+    fn both_refuse<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+        codec: &SingleObject,
+        bytes: &[u8],
+    ) {
+        let fields = codec.scan(bytes).expect("scanned");
+        assert!(from_fields::<T>(fields).is_err());
+        assert!(serde_json::from_value::<T>(codec.decode(bytes).unwrap()).is_err());
+    }
+    let codec = codec(WIDE_SCHEMA);
+    let mut rng = fastrand::Rng::with_seed(12);
+    let mut record = wide_record(&mut rng);
+    record["i"] = json!(300);
+    record["e"] = json!("B");
+    record["arr"] = json!([{"x": 1, "y": null}]);
+    let bytes = codec.encode(&record).unwrap();
+    both_refuse::<Narrow>(&codec, &bytes);
+    both_refuse::<StringAsNumber>(&codec, &bytes);
+    both_refuse::<FewerSymbols>(&codec, &bytes);
+    both_refuse::<Missing>(&codec, &bytes);
+    let fields = codec.scan(&bytes).expect("scanned");
+    assert!(from_fields::<WantsArray>(fields).is_err());
+    assert_eq!(
+        serde_json::from_value::<WantsArray>(codec.decode(&bytes).unwrap()).unwrap(),
+        WantsArray {
+            arr: vec![json!({"x": 1, "y": null})]
+        }
+    );
+}
+
+/// The shipped `slack_message` schema into [`crate::messages::SlackMessage`]:
+/// every enum's symbols, a group key or none, text that needs escaping.
+#[test]
+fn shipped_slack_messages_read_straight_into_the_struct() {
+    use crate::messages::{
+        AlertStatus, RecurrenceMode, ResolvedUnposted, SlackMessage, UpdateMode,
+    };
+    let codec = codec(include_str!("../../../config/schemas/slack_message.avsc"));
+    let mut rng = fastrand::Rng::with_seed(13);
+    for n in 0..200i64 {
+        let text: String = (0..rng.usize(0..12))
+            .map(|_| {
+                rng.choice(['a', 'é', '"', '\\', '\n', '\u{1F600}'])
+                    .unwrap_or('a')
+            })
+            .collect();
+        let message = SlackMessage {
+            alert_id: format!("alert-{n}{text}"),
+            channel_id: format!("C{n}"),
+            text: text.clone(),
+            blocks: format!(r#"[{{"type":"section","text":{{"type":"mrkdwn","text":{text:?}}}}}]"#),
+            created_at: rng.i64(..),
+            pipeline: "p".into(),
+            source_topic: text.clone(),
+            source_partition: rng.i32(..),
+            source_offset: rng.i64(..),
+            status: *rng
+                .choice(&[AlertStatus::Firing, AlertStatus::Resolved])
+                .unwrap(),
+            updates: *rng
+                .choice(&[
+                    UpdateMode::Edit,
+                    UpdateMode::Thread,
+                    UpdateMode::EditAndThread,
+                ])
+                .unwrap(),
+            recurrence: *rng
+                .choice(&[RecurrenceMode::New, RecurrenceMode::Thread])
+                .unwrap(),
+            resolved_unposted: *rng
+                .choice(&[ResolvedUnposted::Skip, ResolvedUnposted::Post])
+                .unwrap(),
+            group_key: rng.bool().then(|| format!("g{text}")),
+            group_window_ms: rng.i64(0..100_000),
+        };
+        let bytes = codec.encode(&message.to_json()).unwrap();
+        assert_eq!(agree::<SlackMessage>(&codec, &bytes), Some(message));
+    }
+}
