@@ -68,6 +68,32 @@ pub async fn connect_with(
     Ok(pool)
 }
 
+/// A pool of PostgreSQL's own connections for `url`, running
+/// `postgres_session` on each new one as [`connect_with`] does: for the
+/// reads that are hot enough that sqlx's `Any` rows cost (each row's values
+/// copied into an `AnyRow`, its columns then found by name).
+pub async fn connect_postgres(
+    url: &str,
+    max_connections: u32,
+    postgres_session: &'static [&'static str],
+) -> Result<sqlx::PgPool, DbError> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                for statement in postgres_session {
+                    sqlx::query(sqlx::AssertSqlSafe(*statement))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?;
+    Ok(pool)
+}
+
 // The URL schemes are known here only: `config` validates with
 // `is_supported`, `config check` warns with `is_sqlite`.
 

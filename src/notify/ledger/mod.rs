@@ -192,6 +192,9 @@ pub enum Claim {
 #[derive(Clone)]
 pub struct Ledger {
     pub(super) pool: AnyPool,
+    /// PostgreSQL's: one connection of its own, for the alert-state
+    /// publisher's read of every batch ([`PG_READ_CONNECTIONS`]).
+    pg: Option<sqlx::PgPool>,
     postgres: bool,
     /// Claims and entry writes, committed in shared transactions.
     writer: Writer,
@@ -283,22 +286,39 @@ fn entry_from(row: &impl EntryRow) -> Result<Entry, LedgerError> {
 /// with a new PostgreSQL ledger: 150 rows of `deliveries` read per post,
 /// a quarter of the server's CPU (docs/PERFORMANCE.md, eleventh round).
 /// The sweeps read through their own indexes either way.
+/// How many of a PostgreSQL ledger's `max_connections` are PostgreSQL's
+/// own ([`Ledger::postgres_pool`]): the publisher reads one batch at a
+/// time.
+const PG_READ_CONNECTIONS: u32 = 1;
+
 const POSTGRES_PLANNING: &[&str] = &["SET enable_hashjoin = off", "SET enable_mergejoin = off"];
 
 impl Ledger {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Ledger, LedgerError> {
-        let pool = crate::db::connect_with(url, max_connections, POSTGRES_PLANNING).await?;
         let postgres = crate::db::is_postgres(url);
+        // The read's connection counts in `max_connections`, but the
+        // shared pool keeps at least one.
+        let (shared, pg) = if postgres {
+            let shared = max_connections.saturating_sub(PG_READ_CONNECTIONS).max(1);
+            let pg =
+                crate::db::connect_postgres(url, PG_READ_CONNECTIONS, POSTGRES_PLANNING).await?;
+            (shared, Some(pg))
+        } else {
+            (max_connections, None)
+        };
+        let pool = crate::db::connect_with(url, shared, POSTGRES_PLANNING).await?;
         Ok(Ledger {
-            writer: Writer::start(
-                pool.clone(),
-                url,
-                writer_tasks(postgres, max_connections),
-                postgres,
-            ),
+            pg,
+            writer: Writer::start(pool.clone(), url, writer_tasks(postgres, shared), postgres),
             pool,
             postgres,
         })
+    }
+
+    /// PostgreSQL's own pool, for the hot reads whose rows through sqlx's
+    /// `Any` driver cost more than their query (`None`: SQLite).
+    pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        self.pg.as_ref()
     }
 
     /// Whether the database is PostgreSQL (else SQLite): which placeholders

@@ -6,6 +6,7 @@
 use std::sync::LazyLock;
 
 use sqlx::any::AnyRow;
+use sqlx::postgres::PgRow;
 use sqlx::{AnyPool, Row};
 
 use super::{Actor, AlertState, StateKind};
@@ -52,16 +53,38 @@ const COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed_at, snooze
 const RECORD_COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed_at, snoozed_until, \
      occurrence, version, published_version, shown_version, channel_id, message_ts, pipeline, group_key";
 
-fn int(row: &AnyRow, column: &str) -> Result<i64, sqlx::Error> {
-    row.try_get::<i64, _>(column)
-        .or_else(|_| row.try_get::<i32, _>(column).map(i64::from))
+/// A row read with [`RECORD_COLUMNS`] (and [`COLUMNS`]' content after
+/// them), as a driver gives it: sqlx's `Any` rows by column name,
+/// PostgreSQL's own by place.
+trait RecordRow {
+    fn text(&self, index: usize, column: &str) -> Result<Option<String>, sqlx::Error>;
+    fn int(&self, index: usize, column: &str) -> Result<Option<i64>, sqlx::Error>;
 }
 
-fn opt_int(row: &AnyRow, column: &str) -> Result<Option<i64>, sqlx::Error> {
-    row.try_get::<Option<i64>, _>(column).or_else(|_| {
-        row.try_get::<Option<i32>, _>(column)
-            .map(|v| v.map(i64::from))
-    })
+impl RecordRow for AnyRow {
+    fn text(&self, _: usize, column: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn int(&self, _: usize, column: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get::<Option<i64>, _>(column).or_else(|_| {
+            self.try_get::<Option<i32>, _>(column)
+                .map(|v| v.map(i64::from))
+        })
+    }
+}
+
+impl RecordRow for PgRow {
+    fn text(&self, index: usize, _: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(index)
+    }
+
+    fn int(&self, index: usize, _: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get::<Option<i64>, _>(index).or_else(|_| {
+            self.try_get::<Option<i32>, _>(index)
+                .map(|v| v.map(i64::from))
+        })
+    }
 }
 
 fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
@@ -72,15 +95,23 @@ fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
 }
 
 /// A row read with [`RECORD_COLUMNS`]: its place without content.
-fn row_to_record(row: &AnyRow) -> Result<StateRow, LedgerError> {
-    let alert_id: String = row.try_get("alert_id")?;
-    let kind: String = row.try_get("state")?;
+fn row_to_record(row: &impl RecordRow) -> Result<StateRow, LedgerError> {
+    let text = |index: usize, column: &str| {
+        row.text(index, column)?
+            .ok_or_else(|| LedgerError::Column(column.to_owned()))
+    };
+    let int = |index: usize, column: &str| {
+        row.int(index, column)?
+            .ok_or_else(|| LedgerError::Column(column.to_owned()))
+    };
+    let alert_id = text(0, "alert_id")?;
+    let kind = text(1, "state")?;
     let kind = StateKind::parse(&kind).ok_or_else(|| LedgerError::State {
         alert_id: alert_id.clone(),
         state: kind,
     })?;
-    let actor_id: Option<String> = row.try_get("actor_id")?;
-    let actor_name: Option<String> = row.try_get("actor_name")?;
+    let actor_id = row.text(2, "actor_id")?;
+    let actor_name = row.text(3, "actor_name")?;
     Ok(StateRow {
         state: AlertState {
             kind,
@@ -88,18 +119,18 @@ fn row_to_record(row: &AnyRow) -> Result<StateRow, LedgerError> {
                 id,
                 name: actor_name,
             }),
-            at: int(row, "changed_at")?,
-            snoozed_until: opt_int(row, "snoozed_until")?,
-            occurrence: int(row, "occurrence")?,
+            at: int(4, "changed_at")?,
+            snoozed_until: row.int(5, "snoozed_until")?,
+            occurrence: int(6, "occurrence")?,
         },
-        version: int(row, "version")?,
-        published_version: int(row, "published_version")?,
-        shown_version: int(row, "shown_version")?,
+        version: int(7, "version")?,
+        published_version: int(8, "published_version")?,
+        shown_version: int(9, "shown_version")?,
         place: Place {
-            channel_id: row.try_get("channel_id")?,
-            message_ts: row.try_get("message_ts")?,
-            pipeline: row.try_get("pipeline")?,
-            group_key: row.try_get("group_key")?,
+            channel_id: row.text(10, "channel_id")?,
+            message_ts: row.text(11, "message_ts")?,
+            pipeline: text(12, "pipeline")?,
+            group_key: row.text(13, "group_key")?,
             text: None,
             blocks: None,
         },
@@ -212,31 +243,34 @@ impl StateStore {
         if alert_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<AnyRow> = if self.ledger.is_postgres() {
+        if let Some(pg) = self.ledger.postgres_pool() {
             // One text, kept prepared; each alert looked up by key
             // (`ledger::POSTGRES_PLANNING`), where an `IN` list is planned
             // anew for each count and, on a table the planner thinks
-            // small, read whole.
+            // small, read whole. On PostgreSQL's own pool: this read runs
+            // for every batch of posts, and its rows through `Any` cost
+            // more than the query (PERFORMANCE.md, notify's fifteenth
+            // round).
             let keys: Vec<Arg> = alert_ids
                 .iter()
                 .map(|id| Arg::Text(Some((*id).to_owned())))
                 .collect();
-            sqlx::query(sqlx::AssertSqlSafe(RECORDS_FROM_JSON.as_str()))
+            let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(RECORDS_FROM_JSON.as_str()))
                 .bind(json_rows(&keys, 1))
-                .fetch_all(&self.pool)
-                .await?
-        } else {
-            let sql = format!(
-                "SELECT {RECORD_COLUMNS} FROM alert_states WHERE alert_id IN {}",
-                tuples(1, alert_ids.len(), false)
-            );
-            // Not kept prepared: one statement per batch size.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for alert_id in alert_ids {
-                query = query.bind(*alert_id);
-            }
-            query.fetch_all(&self.pool).await?
-        };
+                .fetch_all(pg)
+                .await?;
+            return rows.iter().map(row_to_record).collect();
+        }
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM alert_states WHERE alert_id IN {}",
+            tuples(1, alert_ids.len(), false)
+        );
+        // Not kept prepared: one statement per batch size.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for alert_id in alert_ids {
+            query = query.bind(*alert_id);
+        }
+        let rows: Vec<AnyRow> = query.fetch_all(&self.pool).await?;
         rows.iter().map(row_to_record).collect()
     }
 
