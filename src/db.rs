@@ -53,12 +53,10 @@ pub async fn connect_with(
                             .execute(&mut *conn)
                             .await?;
                     }
-                } else {
-                    for statement in postgres_session {
-                        sqlx::query(sqlx::AssertSqlSafe(*statement))
-                            .execute(&mut *conn)
-                            .await?;
-                    }
+                } else if !postgres_session.is_empty() {
+                    sqlx::raw_sql(session_sql(postgres_session))
+                        .execute(&mut *conn)
+                        .await?;
                 }
                 Ok(())
             })
@@ -81,8 +79,8 @@ pub async fn connect_postgres(
         .max_connections(max_connections)
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                for statement in postgres_session {
-                    sqlx::query(sqlx::AssertSqlSafe(*statement))
+                if !postgres_session.is_empty() {
+                    sqlx::raw_sql(session_sql(postgres_session))
                         .execute(&mut *conn)
                         .await?;
                 }
@@ -92,6 +90,11 @@ pub async fn connect_postgres(
         .connect(url)
         .await?;
     Ok(pool)
+}
+
+/// `statements` as one text, run in one round trip.
+fn session_sql(statements: &'static [&'static str]) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(statements.join("; "))
 }
 
 // The URL schemes are known here only: `config` validates with

@@ -577,6 +577,66 @@ mod tests {
         for sql in [&*RECORDS_FROM_JSON, &*MARKS_FROM_JSON] {
             assert_looks_up_by_key(&kept_plan(&ledger, sql).await, "alert_states");
         }
+        // The records' read runs on PostgreSQL's own pool: planned alike.
+        let own = ledger.postgres_pool().expect("PostgreSQL's own pool");
+        for setting in ["enable_hashjoin", "enable_mergejoin"] {
+            let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+                .fetch_one(own)
+                .await
+                .expect("SHOW");
+            assert_eq!(value, "off", "{setting}");
+        }
+    }
+
+    /// The publisher's read on PostgreSQL's own pool gives each row as the
+    /// shared pool's read of the same columns does.
+    #[tokio::test]
+    async fn records_read_on_postgres_own_pool_match_the_shared_pools() {
+        let ledger = postgres_ledger(3).await;
+        let store = StateStore::new(&ledger);
+        let place = |n: u8| Place {
+            channel_id: n.is_multiple_of(2).then(|| format!("C{n}")),
+            message_ts: n.is_multiple_of(3).then(|| format!("17000.{n}")),
+            pipeline: format!("p{n}"),
+            group_key: (n % 2 == 1).then(|| format!("g\"{n}")),
+            text: Some("t".into()),
+            blocks: Some("[]".into()),
+        };
+        let ids: Vec<String> = (0..6u8).map(|n| format!("alert-{n}")).collect();
+        for (n, id) in (0..6u8).zip(&ids) {
+            let state = AlertState {
+                kind: if n % 2 == 0 {
+                    StateKind::Firing
+                } else {
+                    StateKind::Snoozed
+                },
+                actor: (n % 3 == 1).then(|| Actor {
+                    id: format!("U{n}"),
+                    name: (n > 2).then(|| format!("name {n}")),
+                }),
+                at: 1_700_000_000_000 + i64::from(n),
+                snoozed_until: (n % 2 == 1).then_some(1_800_000_000_000),
+                occurrence: i64::from(n) + 1,
+            };
+            assert!(store
+                .compare_and_set(id, None, &state, &place(n), n % 2 == 0)
+                .await
+                .expect("set"));
+        }
+        let asked: Vec<&str> = ids.iter().map(String::as_str).chain(["absent"]).collect();
+        let mut own = store.get_records(&asked).await.expect("records");
+        own.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        assert_eq!(own.len(), 6);
+        for record in &own {
+            let mut shared = store
+                .get(&record.alert_id)
+                .await
+                .expect("get")
+                .expect("row");
+            shared.place.text = None;
+            shared.place.blocks = None;
+            assert_eq!(record, &shared);
+        }
     }
 
     #[test]
