@@ -272,6 +272,11 @@ fn entry_from(row: &impl EntryRow) -> Result<Entry, LedgerError> {
     })
 }
 
+/// How many of a PostgreSQL ledger's `max_connections` are PostgreSQL's
+/// own ([`Ledger::postgres_pool`]): the publisher reads one batch at a
+/// time.
+const PG_READ_CONNECTIONS: u32 = 1;
+
 /// How the ledger's PostgreSQL connections plan their statements: a join
 /// is a batch of keys looked up through the table's index, never a hash or
 /// merge of the whole table.
@@ -286,11 +291,6 @@ fn entry_from(row: &impl EntryRow) -> Result<Entry, LedgerError> {
 /// with a new PostgreSQL ledger: 150 rows of `deliveries` read per post,
 /// a quarter of the server's CPU (docs/PERFORMANCE.md, eleventh round).
 /// The sweeps read through their own indexes either way.
-/// How many of a PostgreSQL ledger's `max_connections` are PostgreSQL's
-/// own ([`Ledger::postgres_pool`]): the publisher reads one batch at a
-/// time.
-const PG_READ_CONNECTIONS: u32 = 1;
-
 const POSTGRES_PLANNING: &[&str] = &["SET enable_hashjoin = off", "SET enable_mergejoin = off"];
 
 impl Ledger {
