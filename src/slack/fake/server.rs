@@ -72,8 +72,8 @@ fn refusing(state: &Shared) -> bool {
 
 /// The app as one connection serves it. (A per-connection
 /// `.layer(Extension(..))` and an axum middleware for the outage rebuilt or
-/// cloned every route's service per connection or per request: a tenth of
-/// the fake's work.)
+/// cloned every route's service per connection or per request: ~6% of the
+/// fake's work.)
 #[derive(Clone)]
 struct Connection {
     app: Router,
