@@ -20,6 +20,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 pub use self::op::{Arg, InsertRows, Statement};
+
 use self::op::{Op, Outcome};
 use self::writer::Writer;
 pub use self::writer::WriterStats;
@@ -205,9 +206,10 @@ const COLUMNS: &str =
      version_source, version_offset, version_created_at, occurrence, owner, owner_run, lease_until, \
      alert_status, thread_ts, reply_key, reply_ts, reply_pending";
 
-/// A row of [`COLUMNS`] as a driver gives it: a column by its place in
-/// `COLUMNS` or by its name, whichever the driver reads by.
-trait EntryRow {
+/// A row as a driver gives it: a column by its place in the query's list
+/// (here [`COLUMNS`]; `alert_states`' in `state::store`) or by its name,
+/// whichever the driver reads by.
+pub(crate) trait EntryRow {
     fn text(&self, index: usize, column: &str) -> Result<Option<String>, LedgerError>;
     fn int(&self, index: usize, column: &str) -> Result<Option<i64>, LedgerError>;
 }
@@ -221,6 +223,20 @@ impl EntryRow for AnyRow {
         match self.try_get::<Option<i64>, _>(column) {
             Ok(value) => Ok(value),
             Err(_) => Ok(self.try_get::<Option<i32>, _>(column)?.map(i64::from)),
+        }
+    }
+}
+
+/// PostgreSQL's own rows (`Ledger::postgres_pool`), read by place.
+impl EntryRow for sqlx::postgres::PgRow {
+    fn text(&self, index: usize, _: &str) -> Result<Option<String>, LedgerError> {
+        Ok(self.try_get(index)?)
+    }
+
+    fn int(&self, index: usize, _: &str) -> Result<Option<i64>, LedgerError> {
+        match self.try_get::<Option<i64>, _>(index) {
+            Ok(value) => Ok(value),
+            Err(_) => Ok(self.try_get::<Option<i32>, _>(index)?.map(i64::from)),
         }
     }
 }

@@ -1,14 +1,13 @@
 //! `alert_states` rows as [`StateRow`]s, from either driver: sqlx's `Any`
 //! rows (by column name) and, for the publisher's hot read, PostgreSQL's
-//! own (by place).
+//! own (by place), through the ledger's [`EntryRow`].
 
 use sqlx::any::AnyRow;
-use sqlx::postgres::PgRow;
 use sqlx::Row;
 
 use super::super::{Actor, AlertState, StateKind};
 use super::{Place, StateRow};
-use crate::notify::ledger::LedgerError;
+use crate::notify::ledger::{EntryRow, LedgerError};
 
 pub(super) const COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed_at, snoozed_until, \
      occurrence, version, published_version, shown_version, channel_id, message_ts, pipeline, group_key, base_text, base_blocks";
@@ -18,40 +17,6 @@ pub(super) const COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed
 pub(super) const RECORD_COLUMNS: &str = "alert_id, state, actor_id, actor_name, changed_at, snoozed_until, \
      occurrence, version, published_version, shown_version, channel_id, message_ts, pipeline, group_key";
 
-/// A row read with [`RECORD_COLUMNS`] (and [`COLUMNS`]' content after
-/// them), as a driver gives it: sqlx's `Any` rows by column name,
-/// PostgreSQL's own by place.
-pub(super) trait RecordRow {
-    fn text(&self, index: usize, column: &str) -> Result<Option<String>, sqlx::Error>;
-    fn int(&self, index: usize, column: &str) -> Result<Option<i64>, sqlx::Error>;
-}
-
-impl RecordRow for AnyRow {
-    fn text(&self, _: usize, column: &str) -> Result<Option<String>, sqlx::Error> {
-        self.try_get(column)
-    }
-
-    fn int(&self, _: usize, column: &str) -> Result<Option<i64>, sqlx::Error> {
-        self.try_get::<Option<i64>, _>(column).or_else(|_| {
-            self.try_get::<Option<i32>, _>(column)
-                .map(|v| v.map(i64::from))
-        })
-    }
-}
-
-impl RecordRow for PgRow {
-    fn text(&self, index: usize, _: &str) -> Result<Option<String>, sqlx::Error> {
-        self.try_get(index)
-    }
-
-    fn int(&self, index: usize, _: &str) -> Result<Option<i64>, sqlx::Error> {
-        self.try_get::<Option<i64>, _>(index).or_else(|_| {
-            self.try_get::<Option<i32>, _>(index)
-                .map(|v| v.map(i64::from))
-        })
-    }
-}
-
 pub(super) fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
     let mut state = row_to_record(row)?;
     state.place.text = row.try_get("base_text")?;
@@ -60,7 +25,7 @@ pub(super) fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
 }
 
 /// A row read with [`RECORD_COLUMNS`]: its place without content.
-pub(super) fn row_to_record(row: &impl RecordRow) -> Result<StateRow, LedgerError> {
+pub(super) fn row_to_record(row: &impl EntryRow) -> Result<StateRow, LedgerError> {
     let text = |index: usize, column: &str| {
         row.text(index, column)?
             .ok_or_else(|| LedgerError::Column(column.to_owned()))
