@@ -193,8 +193,8 @@ pub enum Claim {
 #[derive(Clone)]
 pub struct Ledger {
     pub(super) pool: AnyPool,
-    /// PostgreSQL's: one connection of its own, for the alert-state
-    /// publisher's read of every batch ([`PG_READ_CONNECTIONS`]).
+    /// PostgreSQL's own connections: the writer tasks' and the alert-state
+    /// publisher's read of every batch ([`Connections`]).
     pg: Option<sqlx::PgPool>,
     postgres: bool,
     /// Claims and entry writes, committed in shared transactions.
@@ -289,9 +289,48 @@ fn entry_from(row: &impl EntryRow) -> Result<Entry, LedgerError> {
 }
 
 /// How many of a PostgreSQL ledger's `max_connections` are PostgreSQL's
-/// own ([`Ledger::postgres_pool`]): the publisher reads one batch at a
-/// time.
+/// own ([`Ledger::postgres_pool`]) for reads beside the writers': the
+/// publisher reads one batch at a time.
 const PG_READ_CONNECTIONS: u32 = 1;
+
+/// A ledger's `max_connections`, shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Connections {
+    /// sqlx's `Any` pool: every statement but the hot ones below.
+    shared: u32,
+    /// PostgreSQL's own pool (0: SQLite, which has none): the writer
+    /// tasks' and the publisher's read.
+    own: u32,
+    /// Writer tasks. SQLite has one writer whatever we do; PostgreSQL
+    /// overlaps batches on several connections, about half of them.
+    writers: usize,
+}
+
+impl Connections {
+    /// Each pool keeps at least one connection: `max_connections` below
+    /// 2 on PostgreSQL opens 2.
+    fn split(postgres: bool, max_connections: u32) -> Connections {
+        if !postgres {
+            return Connections {
+                shared: max_connections,
+                own: 0,
+                writers: 1,
+            };
+        }
+        let writers = (max_connections.saturating_sub(PG_READ_CONNECTIONS) / 2).max(1);
+        // With too few for a connection each, the writers and the read
+        // take turns on what there is (the writers then give theirs back
+        // after each batch: `Writer::start`).
+        let own = (PG_READ_CONNECTIONS + writers)
+            .min(max_connections.saturating_sub(1))
+            .max(1);
+        Connections {
+            shared: max_connections.saturating_sub(own).max(1),
+            own,
+            writers: usize::try_from(writers).unwrap_or(1),
+        }
+    }
+}
 
 /// How the ledger's PostgreSQL connections plan their statements: a join
 /// is a batch of keys looked up through the table's index, never a hash or
@@ -312,20 +351,15 @@ const POSTGRES_PLANNING: &[&str] = &["SET enable_hashjoin = off", "SET enable_me
 impl Ledger {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Ledger, LedgerError> {
         let postgres = crate::db::is_postgres(url);
-        // The read's connection counts in `max_connections`, but the
-        // shared pool keeps at least one.
-        let (shared, pg) = if postgres {
-            let shared = max_connections.saturating_sub(PG_READ_CONNECTIONS).max(1);
-            let pg =
-                crate::db::connect_postgres(url, PG_READ_CONNECTIONS, POSTGRES_PLANNING).await?;
-            (shared, Some(pg))
-        } else {
-            (max_connections, None)
+        let budget = Connections::split(postgres, max_connections);
+        let pg = match budget.own {
+            0 => None,
+            own => Some(crate::db::connect_postgres(url, own, POSTGRES_PLANNING).await?),
         };
-        let pool = crate::db::connect_with(url, shared, POSTGRES_PLANNING).await?;
+        let pool = crate::db::connect_with(url, budget.shared, POSTGRES_PLANNING).await?;
         Ok(Ledger {
+            writer: Writer::start(pool.clone(), pg.as_ref(), url, budget.writers),
             pg,
-            writer: Writer::start(pool.clone(), url, writer_tasks(postgres, shared), postgres),
             pool,
             postgres,
         })
@@ -581,17 +615,6 @@ pub(crate) fn tuples_ending(rows: usize, width: usize, numbered: bool, fixed: &s
     sql
 }
 
-/// SQLite has one writer whatever we do; PostgreSQL overlaps batches on
-/// several connections, leaving some of the pool to reads and the other
-/// tables' writes.
-fn writer_tasks(postgres: bool, max_connections: u32) -> usize {
-    if postgres {
-        usize::try_from(max_connections / 2).unwrap_or(1).max(1)
-    } else {
-        1
-    }
-}
-
 fn fenced(outcome: Outcome, alert_id: &str) -> Result<(), LedgerError> {
     if matches!(outcome, Outcome::Rows(0)) {
         Err(LedgerError::ClaimLost {
@@ -599,5 +622,36 @@ fn fenced(outcome: Outcome, alert_id: &str) -> Result<(), LedgerError> {
         })
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod connections_tests {
+    use super::Connections;
+
+    fn split(postgres: bool, max: u32) -> (u32, u32, usize) {
+        let c = Connections::split(postgres, max);
+        (c.shared, c.own, c.writers)
+    }
+
+    #[test]
+    fn postgres_connections_are_shared_out_within_max_connections() {
+        // (shared, own: writers + the read, writers)
+        assert_eq!(split(true, 5), (2, 3, 2));
+        assert_eq!(split(true, 10), (5, 5, 4));
+        assert_eq!(split(true, 3), (1, 2, 1));
+        // Too few for one each: the writer and the read take turns.
+        assert_eq!(split(true, 2), (1, 1, 1));
+        assert_eq!(split(true, 1), (1, 1, 1));
+        for max in 2..64 {
+            let (shared, own, _) = split(true, max);
+            assert_eq!(shared + own, max, "max_connections = {max}");
+        }
+    }
+
+    #[test]
+    fn sqlite_has_one_writer_and_no_pool_of_its_own() {
+        assert_eq!(split(false, 5), (5, 0, 1));
+        assert_eq!(split(false, 1), (1, 0, 1));
     }
 }

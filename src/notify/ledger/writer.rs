@@ -6,10 +6,11 @@
 //!
 //! SQLite's one writer runs on a thread of its own with a connection of
 //! its own (`writer/conn.rs`). PostgreSQL's writer tasks each keep one
-//! connection of the pool between batches (a connection taken from the
-//! pool each time is pinged first: one more round trip per batch) when the
-//! pool has more than the writers' (reads need one), and give it back
-//! after a database error so the next batch gets a checked one.
+//! of PostgreSQL's own connections (not sqlx's `Any`) between batches (a
+//! connection taken from the pool each time is pinged first: one more
+//! round trip per batch) when the pool has more than the writers' (the
+//! publisher's read needs one), and give it back after a database error so
+//! the next batch gets a checked one.
 //!
 //! Within a batch, the fresh claims and the entry writes of alerts named
 //! once run merged, one statement each kind, and so do the entry writes'
@@ -36,7 +37,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use sqlx::AnyPool;
+use sqlx::{AnyPool, PgPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::op::{Arg, Op, Outcome};
@@ -83,8 +84,9 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writers for the ledger at `url` (its pool: `pool`);
-    /// they stop when the last `Writer` is dropped.
+    /// Starts the writers for the ledger at `url` (its shared pool:
+    /// `pool`; PostgreSQL's own: `pg`); they stop when the last `Writer`
+    /// is dropped.
     ///
     /// SQLite has one writer anyway: it runs on a thread of its own, with
     /// a connection of its own (`writer/conn.rs`), so that a batch runs
@@ -93,42 +95,59 @@ impl Writer {
     /// statements a hand-over to sqlx's connection thread and back, it
     /// spent more time waiting to be polled than working. PostgreSQL gets
     /// `tasks` writer tasks on the runtime (its connections' sockets
-    /// belong to its I/O driver), whose batches' round trips overlap.
-    pub(super) fn start(pool: AnyPool, url: &str, tasks: usize, postgres: bool) -> Writer {
+    /// belong to its I/O driver), whose batches' round trips overlap, each
+    /// on a connection of `pg`.
+    pub(super) fn start(
+        pool: AnyPool,
+        pg: Option<&PgPool>,
+        url: &str,
+        tasks: usize,
+    ) -> Writer {
         let (requests, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(WriterStats::default());
-        let tasks = tasks.max(1);
-        if !postgres {
-            if let Some(path) = Source::sqlite_file(url) {
-                let source = Source::Sqlite(path);
-                match start_own_thread(&source, receiver.clone(), stats.clone()) {
-                    Ok(()) => {
-                        return Writer {
-                            requests,
-                            stats,
-                            #[cfg(test)]
-                            source,
+        // A task keeps its connection between batches (one taken from a
+        // pool each time is pinged first: one more round trip per batch)
+        // when the pool has one left over for the reads.
+        let keep = |max: u32, tasks: usize| usize::try_from(max).unwrap_or(0) > tasks;
+        let (source, tasks) = match pg {
+            Some(pg) => {
+                let tasks = tasks.max(1);
+                let keep = keep(pg.options().get_max_connections(), tasks);
+                let pool = pg.clone();
+                (Source::Postgres { pool, keep }, tasks)
+            }
+            None => {
+                if let Some(path) = Source::sqlite_file(url) {
+                    let source = Source::Sqlite(path);
+                    match start_own_thread(&source, receiver.clone(), stats.clone()) {
+                        Ok(()) => {
+                            return Writer {
+                                requests,
+                                stats,
+                                #[cfg(test)]
+                                source,
+                            }
                         }
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "the ledger's writer cannot have a thread and connection of its own; \
+                             it runs on the pool among the workers"
+                        ),
                     }
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        "the ledger's writer cannot have a thread and connection of its own; \
-                         it runs on the pool among the workers"
-                    ),
                 }
+                let keep = keep(pool.options().get_max_connections(), 1);
+                (Source::Pool { pool, keep }, 1)
+            }
+        };
+        for _ in 0..tasks {
+            match Held::open(&source) {
+                Ok(held) => {
+                    tokio::spawn(write_loop(held, receiver.clone(), stats.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, "the ledger's writer cannot start"),
             }
         }
-        let keep = usize::try_from(pool.options().get_max_connections()).unwrap_or(0) > tasks;
-        for _ in 0..tasks {
-            tokio::spawn(write_loop(
-                Held::pool(pool.clone(), keep),
-                receiver.clone(),
-                stats.clone(),
-            ));
-        }
-        #[cfg(test)]
-        let source = Source::Pool { pool, keep };
         Writer {
             requests,
             stats,

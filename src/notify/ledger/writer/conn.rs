@@ -1,14 +1,19 @@
-//! The connection a writer runs its batches on, of one of two kinds:
+//! The connection a writer runs its batches on, of one of three kinds:
 //!
-//! - sqlx's, from the ledger's pool: PostgreSQL, and SQLite where no file
-//!   can be opened (an in-memory database);
+//! - for PostgreSQL, one of PostgreSQL's own sqlx connections (the
+//!   ledger's `PgPool`, not the shared `Any` pool): through `Any`, each
+//!   statement's values were converted into `Any`'s arguments and then into
+//!   PostgreSQL's, and each returned row copied into an `AnyRow` and read
+//!   by column name (PERFORMANCE.md, notify's sixteenth round);
 //! - for an SQLite file, a rusqlite connection the writer's thread owns.
 //!   sqlx runs each SQLite statement on the connection's own worker thread
 //!   and sends the answer back: two thread hand-overs per statement, which
 //!   made up most of the writer's time per post (PERFORMANCE.md, notify's
-//!   eighth round). Here a whole batch runs where the writer is, in one go.
+//!   eighth round). Here a whole batch runs where the writer is, in one go;
+//! - sqlx's `Any`, from the ledger's shared pool: SQLite where no file can
+//!   be opened (an in-memory database).
 //!
-//! Both kinds take the same statement texts and the same values; SQLite's
+//! All kinds take the same statement texts and the same values; SQLite's
 //! `$n` placeholders are bound by their number as sqlx binds them.
 
 use std::borrow::Cow;
@@ -17,8 +22,11 @@ use std::str::FromStr;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Row};
+use sqlx::{
+    Any, AnyConnection, AnyPool, Connection, Database, Encode, PgPool, Pool, Postgres, Row, Type,
+};
 
 use super::super::op::Arg;
 use super::super::{entry_from, Entry, EntryRow, LedgerError};
@@ -52,10 +60,14 @@ impl rusqlite::ToSql for Val<'_> {
 /// Where a writer's connection comes from.
 #[derive(Clone)]
 pub(super) enum Source {
-    /// The ledger's pool; `keep`: hold one connection between batches.
-    /// (Named so only for tests: the writer tasks get theirs directly.)
+    /// The ledger's shared pool; `keep`: hold one connection between
+    /// batches. (Named so only for tests: the writer tasks get theirs
+    /// directly.)
     #[cfg_attr(not(test), allow(dead_code))]
     Pool { pool: AnyPool, keep: bool },
+    /// PostgreSQL's own pool, likewise.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Postgres { pool: PgPool, keep: bool },
     /// An SQLite file the writer opens itself.
     Sqlite(PathBuf),
 }
@@ -101,48 +113,61 @@ pub(super) fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, rusqlite:
 
 /// A writer's connection, kept from batch to batch.
 pub(super) enum Held {
-    Pool {
-        pool: AnyPool,
-        conn: Option<PoolConnection<Any>>,
-        keep: bool,
-    },
+    Pool(Pooled<Any>),
+    Postgres(Pooled<Postgres>),
     Sqlite(rusqlite::Connection),
 }
 
-impl Held {
-    /// A pool's connections, taken when a batch needs one.
-    pub(super) fn pool(pool: AnyPool, keep: bool) -> Held {
-        Held::Pool {
+/// A pool's connection, taken when a batch needs one.
+pub(super) struct Pooled<DB: Database> {
+    pool: Pool<DB>,
+    conn: Option<PoolConnection<DB>>,
+    /// Hold the connection between batches (else it goes back after each).
+    keep: bool,
+}
+
+impl<DB: Database> Pooled<DB> {
+    pub(super) fn new(pool: Pool<DB>, keep: bool) -> Pooled<DB> {
+        Pooled {
             pool,
             conn: None,
             keep,
         }
     }
 
+    async fn get(&mut self) -> Result<&mut DB::Connection, LedgerError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.acquire().await?);
+        }
+        Ok(self
+            .conn
+            .as_deref_mut()
+            .ok_or(sqlx::Error::PoolClosed)?)
+    }
+}
+
+impl Held {
     pub(super) fn open(source: &Source) -> Result<Held, LedgerError> {
         Ok(match source {
-            Source::Pool { pool, keep } => Held::pool(pool.clone(), *keep),
+            Source::Pool { pool, keep } => Held::Pool(Pooled::new(pool.clone(), *keep)),
+            Source::Postgres { pool, keep } => Held::Postgres(Pooled::new(pool.clone(), *keep)),
             Source::Sqlite(path) => Held::Sqlite(open_sqlite(path)?),
         })
     }
 
     pub(super) async fn get(&mut self) -> Result<Conn<'_>, LedgerError> {
-        match self {
-            Held::Pool { pool, conn, .. } => {
-                if conn.is_none() {
-                    *conn = Some(pool.acquire().await?);
-                }
-                let conn = conn.as_deref_mut().ok_or(sqlx::Error::PoolClosed)?;
-                Ok(Conn::Any(conn))
-            }
-            Held::Sqlite(conn) => Ok(Conn::Sqlite(conn)),
-        }
+        Ok(match self {
+            Held::Pool(pooled) => Conn::Any(pooled.get().await?),
+            Held::Postgres(pooled) => Conn::Pg(pooled.get().await?),
+            Held::Sqlite(conn) => Conn::Sqlite(conn),
+        })
     }
 
     /// Starts a transaction on the connection.
     pub(super) async fn begin(&mut self) -> Result<Tx<'_>, LedgerError> {
         match self.get().await? {
             Conn::Any(conn) => Ok(Tx::Any(conn.begin().await?)),
+            Conn::Pg(conn) => Ok(Tx::Pg(conn.begin().await?)),
             Conn::Sqlite(conn) => {
                 // IMMEDIATE: the write lock is taken (or waited for, up to
                 // `busy_timeout`) here, not on the first write, where a
@@ -157,14 +182,21 @@ impl Held {
     /// which checks it before anyone uses it again. SQLite's own connection
     /// stays (an error leaves it usable, its transaction rolled back).
     pub(super) fn give_back(&mut self) {
-        if let Held::Pool { conn, .. } = self {
-            *conn = None;
+        match self {
+            Held::Pool(pooled) => pooled.conn = None,
+            Held::Postgres(pooled) => pooled.conn = None,
+            Held::Sqlite(_) => {}
         }
     }
 
     /// After a batch: a pool connection not to be kept goes back.
     pub(super) fn after_batch(&mut self) {
-        if let Held::Pool { keep: false, .. } = self {
+        let keep = match self {
+            Held::Pool(pooled) => pooled.keep,
+            Held::Postgres(pooled) => pooled.keep,
+            Held::Sqlite(_) => true,
+        };
+        if !keep {
             self.give_back();
         }
     }
@@ -174,6 +206,7 @@ impl Held {
 /// rolled back.
 pub(super) enum Tx<'c> {
     Any(sqlx::Transaction<'c, Any>),
+    Pg(sqlx::Transaction<'c, Postgres>),
     Sqlite(SqliteTx<'c>),
 }
 
@@ -196,6 +229,7 @@ impl Tx<'_> {
     pub(super) fn conn(&mut self) -> Conn<'_> {
         match self {
             Tx::Any(tx) => Conn::Any(tx),
+            Tx::Pg(tx) => Conn::Pg(tx),
             Tx::Sqlite(tx) => Conn::Sqlite(&mut *tx.conn),
         }
     }
@@ -203,6 +237,7 @@ impl Tx<'_> {
     pub(super) async fn commit(self) -> Result<(), LedgerError> {
         match self {
             Tx::Any(tx) => Ok(tx.commit().await?),
+            Tx::Pg(tx) => Ok(tx.commit().await?),
             Tx::Sqlite(mut tx) => {
                 run_sqlite(tx.conn, "COMMIT", &[], true, |s| s.raw_execute())?;
                 tx.open = false;
@@ -215,6 +250,7 @@ impl Tx<'_> {
 /// A connection to run statements on.
 pub(super) enum Conn<'c> {
     Any(&'c mut AnyConnection),
+    Pg(&'c mut PgConnection),
     Sqlite(&'c mut rusqlite::Connection),
 }
 
@@ -233,6 +269,7 @@ impl Conn<'_> {
     pub(super) fn numbered(&self) -> bool {
         match self {
             Conn::Any(conn) => conn.backend_name() != "SQLite",
+            Conn::Pg(_) => true,
             Conn::Sqlite(_) => false,
         }
     }
@@ -245,7 +282,11 @@ impl Conn<'_> {
         keep: bool,
     ) -> Result<u64, LedgerError> {
         match self {
-            Conn::Any(conn) => Ok(any_query(sql, args, keep)
+            Conn::Any(conn) => Ok(bound(sql, args, keep)
+                .execute(&mut **conn)
+                .await?
+                .rows_affected()),
+            Conn::Pg(conn) => Ok(bound(sql, args, keep)
                 .execute(&mut **conn)
                 .await?
                 .rows_affected()),
@@ -269,7 +310,13 @@ impl Conn<'_> {
     ) -> Result<Option<Entry>, LedgerError> {
         match self {
             Conn::Any(conn) => {
-                let row = any_query(sql, args, true)
+                let row = bound(sql, args, true)
+                    .fetch_optional(&mut **conn)
+                    .await?;
+                row.as_ref().map(entry_from).transpose()
+            }
+            Conn::Pg(conn) => {
+                let row = bound(sql, args, true)
                     .fetch_optional(&mut **conn)
                     .await?;
                 row.as_ref().map(entry_from).transpose()
@@ -296,7 +343,14 @@ impl Conn<'_> {
     ) -> Result<Vec<String>, LedgerError> {
         match self {
             Conn::Any(conn) => {
-                let rows = any_query(sql, args, keep).fetch_all(&mut **conn).await?;
+                let rows = bound(sql, args, keep).fetch_all(&mut **conn).await?;
+                Ok(rows
+                    .iter()
+                    .map(|row| row.try_get::<String, _>(0))
+                    .collect::<Result<_, _>>()?)
+            }
+            Conn::Pg(conn) => {
+                let rows = bound(sql, args, keep).fetch_all(&mut **conn).await?;
                 Ok(rows
                     .iter()
                     .map(|row| row.try_get::<String, _>(0))
@@ -314,11 +368,13 @@ impl Conn<'_> {
     }
 }
 
-fn any_query<'q>(
-    sql: Sql,
-    args: &[Val<'q>],
-    keep: bool,
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+/// `sql` with `args` bound, for sqlx's `Any` or PostgreSQL's own driver.
+fn bound<'q, DB>(sql: Sql, args: &[Val<'q>], keep: bool) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+{
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep);
     for arg in args {
         query = match *arg {
