@@ -50,6 +50,8 @@ pub enum LedgerError {
     WriterGone,
     #[error("the ledger's writer answered a different kind of write")]
     WriterAnswer,
+    #[error("a multi-row write's rows: {0}")]
+    Rows(&'static str),
 }
 
 impl LedgerError {

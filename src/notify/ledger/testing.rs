@@ -25,20 +25,31 @@ pub(crate) async fn postgres_ledger(connections: u32) -> Ledger {
     ledger
 }
 
-/// The plan PostgreSQL keeps for `sql` (which takes one `jsonb`, `$1`)
-/// prepared on one of `ledger`'s connections: the generic plan, made from
+/// The plan PostgreSQL keeps for `sql` (its parameters' types given by
+/// their casts) prepared on one of `ledger`'s connections: the generic plan, made from
 /// what the server knows of the tables now, as a statement kept prepared
 /// uses it for as long as the connection lives.
 pub(crate) async fn kept_plan(ledger: &Ledger, sql: &str) -> String {
     let mut conn = ledger.pool.acquire().await.expect("a connection");
-    let prepare = format!("PREPARE kept(jsonb) AS {sql}");
+    let prepare = format!("PREPARE kept AS {sql}");
     for statement in ["SET plan_cache_mode = force_generic_plan", prepare.as_str()] {
         sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(&mut *conn)
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
-    let rows = sqlx::query("EXPLAIN EXECUTE kept('[]')")
+    // The highest `$n`: the generic plan does not look at the values.
+    let parameters = sql
+        .split('$')
+        .skip(1)
+        .filter_map(|after| {
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().ok()
+        })
+        .max()
+        .unwrap_or(0);
+    let execute = format!("EXPLAIN EXECUTE kept({})", vec!["NULL"; parameters].join(", "));
+    let rows = sqlx::query(sqlx::AssertSqlSafe(execute))
         .fetch_all(&mut *conn)
         .await
         .expect("explain");

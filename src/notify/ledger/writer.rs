@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use super::op::{Arg, Op, Outcome};
 use super::{Entry, LedgerError, COLUMNS};
 
+mod columns;
 mod conn;
 mod json_rows;
 mod merged;

@@ -96,12 +96,11 @@ fn marks_sql(rows: &str) -> String {
     )
 }
 
-/// [`StateStore::get_records`] on PostgreSQL: the alert ids as rows of
-/// `$1` (`ledger::json_rows`).
-static RECORDS_FROM_JSON: LazyLock<String> = LazyLock::new(|| {
+/// [`StateStore::get_records`] on PostgreSQL: the alert ids as one array.
+static RECORDS_FROM_ARRAY: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {RECORD_COLUMNS} FROM jsonb_array_elements($1::jsonb) AS k \
-         JOIN alert_states ON alert_states.alert_id = k.value->>0"
+        "SELECT {RECORD_COLUMNS} FROM unnest($1::text[]) AS k(id) \
+         JOIN alert_states ON alert_states.alert_id = k.id"
     )
 });
 
@@ -160,12 +159,8 @@ impl StateStore {
             // for every batch of posts, and its rows through `Any` cost
             // more than the query (PERFORMANCE.md, notify's fifteenth
             // round).
-            let keys: Vec<Arg> = alert_ids
-                .iter()
-                .map(|id| Arg::Text(Some((*id).to_owned())))
-                .collect();
-            let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(RECORDS_FROM_JSON.as_str()))
-                .bind(json_rows(&keys, 1))
+            let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(RECORDS_FROM_ARRAY.as_str()))
+                .bind(alert_ids)
                 .fetch_all(pg)
                 .await?;
             return rows.iter().map(row_to_record).collect();
@@ -486,7 +481,7 @@ mod tests {
     #[tokio::test]
     async fn publishes_look_alerts_up_by_key_postgres() {
         let ledger = postgres_ledger(2).await;
-        for sql in [&*RECORDS_FROM_JSON, &*MARKS_FROM_JSON] {
+        for sql in [&*RECORDS_FROM_ARRAY, &*MARKS_FROM_JSON] {
             assert_looks_up_by_key(&kept_plan(&ledger, sql).await, "alert_states");
         }
         // The records' read runs on PostgreSQL's own pool: planned alike.

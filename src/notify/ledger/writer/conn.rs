@@ -29,6 +29,7 @@ use sqlx::{
 };
 
 use super::super::op::Arg;
+use super::columns::Column;
 use super::super::{entry_from, Entry, EntryRow, LedgerError};
 
 /// A value bound to a statement.
@@ -259,19 +260,16 @@ pub(super) enum Conn<'c> {
 pub(super) type Sql = Cow<'static, str>;
 
 impl Conn<'_> {
-    /// Whether the connection wants numbered placeholders (`$1`), else
-    /// anonymous ones (`?`) in the statements built per batch. SQLite
-    /// takes numbered ones too, but looks each one up by name in a list of
-    /// all of them when it parses the statement and again when it is
-    /// bound: quadratic in a statement with thousands (the merged
-    /// statements took 15% of the process's time so); its anonymous `?`
-    /// are bound in order.
-    pub(super) fn numbered(&self) -> bool {
-        match self {
-            Conn::Any(conn) => conn.backend_name() != "SQLite",
-            Conn::Pg(_) => true,
-            Conn::Sqlite(_) => false,
-        }
+    /// Whether the connection takes a multi-row statement's rows as one
+    /// array per column (`writer/columns.rs`): PostgreSQL's. Else they go
+    /// as a `VALUES` list of anonymous `?` placeholders: SQLite takes
+    /// numbered ones too, but looks each one up by name in a list of all
+    /// of them when it parses the statement and again when it is bound:
+    /// quadratic in a statement with thousands (the merged statements took
+    /// 15% of the process's time so); its anonymous `?` are bound in order.
+    /// (sqlx's `Any` connection is a writer's only for SQLite.)
+    pub(super) fn by_columns(&self) -> bool {
+        matches!(self, Conn::Pg(_))
     }
 
     /// Runs a statement that returns no rows: the rows it changed.
@@ -332,6 +330,31 @@ impl Conn<'_> {
                 row.map(|row| entry_from(&row)).transpose()
             }
         }
+    }
+
+    /// Runs a statement returning one text column whose rows come as
+    /// `columns`, `$1`… (only on a connection [`Self::by_columns`]): its
+    /// values.
+    pub(super) async fn fetch_keys_by_columns(
+        &mut self,
+        sql: Sql,
+        columns: &[Column<'_>],
+    ) -> Result<Vec<String>, LedgerError> {
+        let Conn::Pg(conn) = self else {
+            return Err(LedgerError::Rows("only PostgreSQL takes them as columns"));
+        };
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for column in columns {
+            query = match column {
+                Column::Texts(texts) => query.bind(texts.as_slice()),
+                Column::Ints(ints) => query.bind(ints.as_slice()),
+            };
+        }
+        let rows = query.fetch_all(&mut **conn).await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Runs a statement returning one text column: its values.

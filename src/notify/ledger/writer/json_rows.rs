@@ -1,37 +1,19 @@
-//! PostgreSQL's multi-row statements take their rows as one `jsonb` value.
+//! Rows as one `jsonb` value, for the multi-row writes other modules hand
+//! the writer as an [`super::super::Op::Statement`] (whose values are
+//! scalars: the alert-state publisher's marks). PostgreSQL reads them back
+//! with `jsonb_array_elements`.
 //!
 //! A `VALUES` list of n rows of `$n` placeholders is a different statement
-//! text for every n: the server parsed and planned each merged statement
-//! anew in every batch (a quarter of its CPU per post in `perf`), and sqlx
-//! described it first (a round trip more). With the rows as one array of
-//! arrays in `$1`, each kind of merged statement has one text, prepared
-//! once per connection; the server reads the rows back as a subquery whose
-//! columns are named `column1`… as `VALUES` names them, so the statements
-//! around it read the same either way.
+//! text for every n: the server parses and plans it anew each time, and
+//! sqlx describes it first (a round trip more). With the rows in `$1`, the
+//! statement has one text, prepared once per connection. (The writer's own
+//! merged statements take their rows as arrays: `columns`.)
 
 use std::fmt::Write;
 
 use super::conn::Val;
 
-/// The subquery reading `$1` back as rows shaped like `first` (a text
-/// column where it has text, a `bigint` one where it has a number).
-pub(super) fn source(first: &[Val<'_>]) -> String {
-    let mut sql = String::from("(SELECT ");
-    for (i, value) in first.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let column = i + 1;
-        match value {
-            Val::Text(_) => sql.push_str(&format!("e->>{i} AS column{column}")),
-            Val::Int(_) => sql.push_str(&format!("(e->>{i})::bigint AS column{column}")),
-        }
-    }
-    sql.push_str(" FROM jsonb_array_elements($1::jsonb) AS e)");
-    sql
-}
-
-/// `values`, `width` to a row, as the array of arrays [`source`] reads.
+/// `values`, `width` to a row, as one JSON array of arrays.
 pub(super) fn encode(values: &[Val<'_>], width: usize) -> String {
     // Room for every value as it is, its quotes and comma, and the rows'
     // brackets: one allocation unless something needs escaping.
@@ -131,16 +113,6 @@ fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rows_read_back_in_their_columns_and_types() {
-        let first = [Val::Text(Some("a")), Val::Int(None), Val::Text(None)];
-        assert_eq!(
-            source(&first),
-            "(SELECT e->>0 AS column1, (e->>1)::bigint AS column2, e->>2 AS column3 \
-             FROM jsonb_array_elements($1::jsonb) AS e)"
-        );
-    }
 
     #[test]
     fn values_are_json_arrays_of_rows() {

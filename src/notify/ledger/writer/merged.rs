@@ -29,7 +29,7 @@ use super::super::op::{Arg, InsertRows, Op, Outcome, Statement};
 use super::super::{tuples, tuples_ending};
 use super::super::{Entry, LedgerError};
 use super::conn::{Conn, Val};
-use super::json_rows;
+use super::columns::{self, Column};
 use super::{claim_existing, holder, lease, shown, statement, text, thread, version, Answer};
 
 /// What the merged statements of a batch did, for answering their writes.
@@ -329,7 +329,7 @@ fn key_of(then: &Statement) -> Option<&str> {
 
 /// How many rows each multi-row statement of a kind carries for `rows`
 /// rows. PostgreSQL: one statement, whose text is the same for any number
-/// of rows (they go in one `jsonb` value, see `json_rows`). SQLite parses a
+/// of rows (they go as one array per column, see `columns`). SQLite parses a
 /// statement's text each time unless it is kept prepared, and a
 /// multi-row statement's text differs with its row count: the parse was a
 /// third of SQLite's thread's instructions per post. So on SQLite the rows
@@ -338,8 +338,8 @@ fn key_of(then: &Statement) -> Option<&str> {
 /// `MAX_BATCH.ilog2() + 1` texts per kind, a few statements per batch.
 /// The rows of one kind name distinct alerts (or keys), so running them in
 /// chunks leaves the same rows and answers as one statement.
-fn chunks(rows: usize, numbered: bool) -> Vec<usize> {
-    if numbered {
+fn chunks(rows: usize, by_columns: bool) -> Vec<usize> {
+    if by_columns {
         return vec![rows];
     }
     (0..usize::BITS)
@@ -356,13 +356,13 @@ async fn insert_fresh(
     conn: &mut Conn<'_>,
     fresh: &[(&Entry, i64)],
 ) -> Result<HashSet<String>, LedgerError> {
-    let numbered = conn.numbered();
+    let by_columns = conn.by_columns();
     let mut inserted = HashSet::with_capacity(fresh.len());
     let mut rest = fresh;
-    for size in chunks(fresh.len(), numbered) {
+    for size in chunks(fresh.len(), by_columns) {
         let (chunk, after) = rest.split_at(size);
         rest = after;
-        inserted.extend(insert_fresh_chunk(conn, chunk, numbered).await?);
+        inserted.extend(insert_fresh_chunk(conn, chunk, by_columns).await?);
     }
     Ok(inserted)
 }
@@ -370,7 +370,7 @@ async fn insert_fresh(
 async fn insert_fresh_chunk(
     conn: &mut Conn<'_>,
     fresh: &[(&Entry, i64)],
-    numbered: bool,
+    by_columns: bool,
 ) -> Result<Vec<String>, LedgerError> {
     let mut args = Vec::with_capacity(fresh.len() * 21);
     for (entry, now_ms) in fresh {
@@ -381,7 +381,7 @@ async fn insert_fresh_chunk(
         args.extend(holder(entry));
         args.extend(thread(entry));
     }
-    let rows = Rows::of(&args, 21, numbered);
+    let rows = Rows::of(&args, 21, by_columns)?;
     let sql = format!(
         "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
          created_at, updated_at, version_source, version_offset, version_created_at, occurrence, \
@@ -389,27 +389,27 @@ async fn insert_fresh_chunk(
          {} ON CONFLICT (alert_id) DO NOTHING RETURNING alert_id",
         rows.inserted(fresh.len(), "")
     );
-    conn.fetch_keys(sql.into(), &rows.args(&args), true).await
+    rows.fetch_keys(conn, sql, &args).await
 }
 
 /// How a multi-row statement carries its rows: SQLite binds each value
 /// (`VALUES` of `?`, the text kept prepared per chunk size), PostgreSQL
-/// takes them as one `jsonb` value (`json_rows`: one text per kind).
-enum Rows {
+/// takes them as one array per column (`columns`: one text per kind).
+enum Rows<'a> {
     Values { width: usize },
-    Json { source: String, json: String },
+    Columns { source: String, columns: Vec<Column<'a>> },
 }
 
-impl Rows {
-    fn of(args: &[Val<'_>], width: usize, numbered: bool) -> Rows {
-        if numbered {
-            Rows::Json {
-                source: json_rows::source(&args[..width.min(args.len())]),
-                json: json_rows::encode(args, width),
+impl<'a> Rows<'a> {
+    fn of(args: &[Val<'a>], width: usize, by_columns: bool) -> Result<Rows<'a>, LedgerError> {
+        Ok(if by_columns {
+            Rows::Columns {
+                source: columns::source(&args[..width.min(args.len())]),
+                columns: columns::split(args, width)?,
             }
         } else {
             Rows::Values { width }
-        }
+        })
     }
 
     /// What follows an `INSERT`'s column list for `count` rows, each
@@ -419,10 +419,10 @@ impl Rows {
             Rows::Values { width } => {
                 format!("VALUES {}", tuples_ending(count, *width, false, fixed))
             }
-            Rows::Json { source, .. } if fixed.is_empty() => {
+            Rows::Columns { source, .. } if fixed.is_empty() => {
                 format!("SELECT * FROM {source} AS v")
             }
-            Rows::Json { source, .. } => format!("SELECT v.*, {fixed} FROM {source} AS v"),
+            Rows::Columns { source, .. } => format!("SELECT v.*, {fixed} FROM {source} AS v"),
         }
     }
 
@@ -430,16 +430,21 @@ impl Rows {
     fn joined(&self, count: usize) -> String {
         match self {
             Rows::Values { width } => format!("(VALUES {}) AS v", tuples(count, *width, false)),
-            Rows::Json { source, .. } => format!("{source} AS v"),
+            Rows::Columns { source, .. } => format!("{source} AS v"),
         }
     }
 
-    /// The values the statement binds (SQLite's, as they are: no copy on
-    /// its hot path).
-    fn args<'a>(&'a self, args: &'a [Val<'a>]) -> Cow<'a, [Val<'a>]> {
+    /// Runs `sql` (returning one text column) with these rows, whose
+    /// values are `args`: its values.
+    async fn fetch_keys(
+        &self,
+        conn: &mut Conn<'_>,
+        sql: String,
+        args: &[Val<'_>],
+    ) -> Result<Vec<String>, LedgerError> {
         match self {
-            Rows::Values { .. } => Cow::Borrowed(args),
-            Rows::Json { json, .. } => Cow::Owned(vec![Val::Text(Some(json))]),
+            Rows::Values { .. } => conn.fetch_keys(sql.into(), args, true).await,
+            Rows::Columns { columns, .. } => conn.fetch_keys_by_columns(sql.into(), columns).await,
         }
     }
 }
@@ -453,22 +458,19 @@ async fn insert_rows(
     thens: &[&Statement],
 ) -> Result<HashSet<String>, LedgerError> {
     let width = thens.first().map_or(0, |then| then.args.len());
-    let numbered = conn.numbered();
+    let by_columns = conn.by_columns();
     let mut keys = HashSet::with_capacity(thens.len());
     let mut rest = thens;
-    for size in chunks(thens.len(), numbered) {
+    for size in chunks(thens.len(), by_columns) {
         let (chunk, after) = rest.split_at(size);
         rest = after;
         let args: Vec<Val<'_>> = chunk
             .iter()
             .flat_map(|then| then.args.iter().map(Val::from))
             .collect();
-        let values = Rows::of(&args, width, numbered);
+        let values = Rows::of(&args, width, by_columns)?;
         let sql = rows.sql_with(&values.inserted(chunk.len(), rows.fixed));
-        keys.extend(
-            conn.fetch_keys(sql.into(), &values.args(&args), true)
-                .await?,
-        );
+        keys.extend(values.fetch_keys(conn, sql, &args).await?);
     }
     Ok(keys)
 }
@@ -489,13 +491,13 @@ async fn save_entries(
     conn: &mut Conn<'_>,
     saves: &[Save<'_>],
 ) -> Result<HashSet<String>, LedgerError> {
-    let numbered = conn.numbered();
+    let by_columns = conn.by_columns();
     let mut saved = HashSet::with_capacity(saves.len());
     let mut rest = saves;
-    for size in chunks(saves.len(), numbered) {
+    for size in chunks(saves.len(), by_columns) {
         let (chunk, after) = rest.split_at(size);
         rest = after;
-        saved.extend(save_entries_chunk(conn, chunk, numbered).await?);
+        saved.extend(save_entries_chunk(conn, chunk, by_columns).await?);
     }
     Ok(saved)
 }
@@ -503,12 +505,12 @@ async fn save_entries(
 async fn save_entries_chunk(
     conn: &mut Conn<'_>,
     saves: &[Save<'_>],
-    numbered: bool,
+    by_columns: bool,
 ) -> Result<Vec<String>, LedgerError> {
     let args = save_args(saves);
-    let rows = Rows::of(&args, 20, numbered);
+    let rows = Rows::of(&args, 20, by_columns)?;
     let sql = save_entries_sql(&rows.joined(saves.len()));
-    conn.fetch_keys(sql.into(), &rows.args(&args), true).await
+    rows.fetch_keys(conn, sql, &args).await
 }
 
 /// What [`save_entries_sql`] binds for `saves`, 20 values each.
