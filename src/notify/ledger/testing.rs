@@ -48,7 +48,10 @@ pub(crate) async fn kept_plan(ledger: &Ledger, sql: &str) -> String {
         })
         .max()
         .unwrap_or(0);
-    let execute = format!("EXPLAIN EXECUTE kept({})", vec!["NULL"; parameters].join(", "));
+    let execute = format!(
+        "EXPLAIN EXECUTE kept({})",
+        vec!["NULL"; parameters].join(", ")
+    );
     let rows = sqlx::query(sqlx::AssertSqlSafe(execute))
         .fetch_all(&mut *conn)
         .await

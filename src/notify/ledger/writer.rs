@@ -98,12 +98,7 @@ impl Writer {
     /// `tasks` writer tasks on the runtime (its connections' sockets
     /// belong to its I/O driver), whose batches' round trips overlap, each
     /// on a connection of `pg`.
-    pub(super) fn start(
-        pool: AnyPool,
-        pg: Option<&PgPool>,
-        url: &str,
-        tasks: usize,
-    ) -> Writer {
+    pub(super) fn start(pool: AnyPool, pg: Option<&PgPool>, url: &str, tasks: usize) -> Writer {
         let (requests, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(WriterStats::default());

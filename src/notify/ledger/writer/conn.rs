@@ -29,8 +29,8 @@ use sqlx::{
 };
 
 use super::super::op::Arg;
-use super::columns::Column;
 use super::super::{entry_from, Entry, EntryRow, LedgerError};
+use super::columns::Column;
 
 /// A value bound to a statement.
 #[derive(Debug, Clone, Copy)]
@@ -140,10 +140,7 @@ impl<DB: Database> Pooled<DB> {
         if self.conn.is_none() {
             self.conn = Some(self.pool.acquire().await?);
         }
-        Ok(self
-            .conn
-            .as_deref_mut()
-            .ok_or(sqlx::Error::PoolClosed)?)
+        Ok(self.conn.as_deref_mut().ok_or(sqlx::Error::PoolClosed)?)
     }
 }
 
@@ -308,15 +305,11 @@ impl Conn<'_> {
     ) -> Result<Option<Entry>, LedgerError> {
         match self {
             Conn::Any(conn) => {
-                let row = bound(sql, args, true)
-                    .fetch_optional(&mut **conn)
-                    .await?;
+                let row = bound(sql, args, true).fetch_optional(&mut **conn).await?;
                 row.as_ref().map(entry_from).transpose()
             }
             Conn::Pg(conn) => {
-                let row = bound(sql, args, true)
-                    .fetch_optional(&mut **conn)
-                    .await?;
+                let row = bound(sql, args, true).fetch_optional(&mut **conn).await?;
                 row.as_ref().map(entry_from).transpose()
             }
             Conn::Sqlite(conn) => {
@@ -345,10 +338,7 @@ impl Conn<'_> {
         };
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for column in columns {
-            query = match column {
-                Column::Texts(texts) => query.bind(texts.as_slice()),
-                Column::Ints(ints) => query.bind(ints.as_slice()),
-            };
+            query = query.bind(*column);
         }
         let rows = query.fetch_all(&mut **conn).await?;
         Ok(rows
@@ -392,9 +382,13 @@ impl Conn<'_> {
 }
 
 /// `sql` with `args` bound, for sqlx's `Any` or PostgreSQL's own driver.
-fn bound<'q, DB>(sql: Sql, args: &[Val<'q>], keep: bool) -> sqlx::query::Query<'q, DB, DB::Arguments>
+fn bound<'q, DB>(
+    sql: Sql,
+    args: &[Val<'q>],
+    keep: bool,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
 where
-    DB: Database,
+    DB: Database + sqlx::database::HasStatementCache,
     Option<&'q str>: Encode<'q, DB> + Type<DB>,
     Option<i64>: Encode<'q, DB> + Type<DB>,
 {

@@ -28,8 +28,8 @@ use std::borrow::Cow;
 use super::super::op::{Arg, InsertRows, Op, Outcome, Statement};
 use super::super::{tuples, tuples_ending};
 use super::super::{Entry, LedgerError};
-use super::conn::{Conn, Val};
 use super::columns::{self, Column};
+use super::conn::{Conn, Val};
 use super::{claim_existing, holder, lease, shown, statement, text, thread, version, Answer};
 
 /// What the merged statements of a batch did, for answering their writes.
@@ -381,7 +381,7 @@ async fn insert_fresh_chunk(
         args.extend(holder(entry));
         args.extend(thread(entry));
     }
-    let rows = Rows::of(&args, 21, by_columns)?;
+    let rows = Rows::of(&args, 21, by_columns);
     let sql = format!(
         "INSERT INTO deliveries (alert_id, channel_id, ts, content_hash, status, attempts, error, \
          created_at, updated_at, version_source, version_offset, version_created_at, occurrence, \
@@ -396,20 +396,25 @@ async fn insert_fresh_chunk(
 /// (`VALUES` of `?`, the text kept prepared per chunk size), PostgreSQL
 /// takes them as one array per column (`columns`: one text per kind).
 enum Rows<'a> {
-    Values { width: usize },
-    Columns { source: String, columns: Vec<Column<'a>> },
+    Values {
+        width: usize,
+    },
+    Columns {
+        source: String,
+        columns: Vec<Column<'a>>,
+    },
 }
 
 impl<'a> Rows<'a> {
-    fn of(args: &[Val<'a>], width: usize, by_columns: bool) -> Result<Rows<'a>, LedgerError> {
-        Ok(if by_columns {
+    fn of(args: &'a [Val<'a>], width: usize, by_columns: bool) -> Rows<'a> {
+        if by_columns {
             Rows::Columns {
                 source: columns::source(&args[..width.min(args.len())]),
-                columns: columns::split(args, width)?,
+                columns: columns::split(args, width),
             }
         } else {
             Rows::Values { width }
-        })
+        }
     }
 
     /// What follows an `INSERT`'s column list for `count` rows, each
@@ -468,7 +473,7 @@ async fn insert_rows(
             .iter()
             .flat_map(|then| then.args.iter().map(Val::from))
             .collect();
-        let values = Rows::of(&args, width, by_columns)?;
+        let values = Rows::of(&args, width, by_columns);
         let sql = rows.sql_with(&values.inserted(chunk.len(), rows.fixed));
         keys.extend(values.fetch_keys(conn, sql, &args).await?);
     }
@@ -508,7 +513,7 @@ async fn save_entries_chunk(
     by_columns: bool,
 ) -> Result<Vec<String>, LedgerError> {
     let args = save_args(saves);
-    let rows = Rows::of(&args, 20, by_columns)?;
+    let rows = Rows::of(&args, 20, by_columns);
     let sql = save_entries_sql(&rows.joined(saves.len()));
     rows.fetch_keys(conn, sql, &args).await
 }

@@ -238,7 +238,7 @@ async fn merged_entry_writes_look_rows_up_by_key_postgres() {
         lease_until: None,
     }];
     let args = save_args(&saves);
-    let rows = Rows::of(&args, 20, true).expect("one shape");
+    let rows = Rows::of(&args, 20, true);
     let plan = kept_plan(&ledger, &save_entries_sql(&rows.joined(1))).await;
     assert_looks_up_by_key(&plan, "deliveries");
 }
