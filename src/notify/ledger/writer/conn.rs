@@ -61,13 +61,10 @@ impl rusqlite::ToSql for Val<'_> {
 /// Where a writer's connection comes from.
 #[derive(Clone)]
 pub(super) enum Source {
-    /// The ledger's shared pool; `keep`: hold one connection between
-    /// batches. (Named so only for tests: the writer tasks get theirs
-    /// directly.)
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The ledger's shared pool (an in-memory SQLite ledger's); `keep`:
+    /// hold one connection between batches.
     Pool { pool: AnyPool, keep: bool },
     /// PostgreSQL's own pool, likewise.
-    #[cfg_attr(not(test), allow(dead_code))]
     Postgres { pool: PgPool, keep: bool },
     /// An SQLite file the writer opens itself.
     Sqlite(PathBuf),
