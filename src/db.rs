@@ -142,10 +142,75 @@ pub async fn create_scratch_database(server: &str, prefix: &str) -> Result<Strin
     let server = server.trim_end_matches('/');
     let name = format!("{prefix}_{}_{}", std::process::id(), fastrand::u64(..));
     let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+    drop_abandoned_scratch_databases(&mut admin, server, prefix).await;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await?;
     Ok(format!("{server}/{name}"))
+}
+
+/// Drops the scratch databases of `prefix` whose process has ended: no one
+/// drops them when a test or bench process ends, and a server that lives
+/// from run to run (CI's, a developer's) gathered about a hundred per test
+/// run. Only on a server on this machine, where the process id in a name
+/// is one of this machine's; a database something still uses is refused by
+/// the server (`DROP DATABASE` without `FORCE`) and left. Best effort: a
+/// failure here only leaves them.
+async fn drop_abandoned_scratch_databases(
+    admin: &mut sqlx::PgConnection,
+    server: &str,
+    prefix: &str,
+) {
+    use std::str::FromStr;
+    let local = sqlx::postgres::PgConnectOptions::from_str(server)
+        .map(|options| {
+            matches!(
+                options.get_host(),
+                "localhost" | "127.0.0.1" | "::1" | "[::1]"
+            ) || options.get_host().starts_with('/')
+        })
+        .unwrap_or(false);
+    if !local || !cfg!(target_os = "linux") {
+        return;
+    }
+    let names: Vec<String> =
+        match sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(format!("{prefix}_"))
+            .fetch_all(&mut *admin)
+            .await
+        {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing scratch databases failed");
+                return;
+            }
+        };
+    for name in names.iter().filter(|name| abandoned(name, prefix)) {
+        // `prefix` (checked by the caller), digits and `_`: safe to splice.
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+            .execute(&mut *admin)
+            .await
+        {
+            tracing::debug!(error = %e, database = %name, "an abandoned scratch database stays");
+        }
+    }
+}
+
+/// Whether `name` is `prefix_<pid>_<n>` of a process no longer running
+/// here (Linux: no `/proc/<pid>`).
+fn abandoned(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('_')) else {
+        return false;
+    };
+    let mut parts = rest.split('_');
+    let (Some(pid), Some(n), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) || pid == std::process::id().to_string() {
+        return false;
+    }
+    !std::path::Path::new("/proc").join(pid).exists()
 }
 
 /// `2026-11-21 10:00:00.25`: SQLite's own datetime form, so a bound
@@ -176,6 +241,35 @@ mod tests {
         assert_eq!(sqlite_datetime(T), "2025-11-21 10:00:00");
         assert_eq!(sqlite_datetime(T + 250_000), "2025-11-21 10:00:00.25");
         assert!(sqlite_datetime(T + 1) > sqlite_datetime(T));
+    }
+
+    #[test]
+    fn only_scratch_names_of_ended_processes_are_abandoned() {
+        use super::abandoned;
+        let running = std::process::id();
+        // Process ids on Linux stay below 2^22.
+        let ended = 4_194_304 + 17;
+        assert!(abandoned(
+            &format!("alertsvc_test_{ended}_42"),
+            "alertsvc_test"
+        ));
+        assert!(!abandoned(
+            &format!("alertsvc_test_{running}_42"),
+            "alertsvc_test"
+        ));
+        // The init process always runs.
+        assert!(!abandoned("alertsvc_test_1_42", "alertsvc_test"));
+        for other in [
+            format!("alertsvc_unit_{ended}_42"),
+            format!("alertsvc_test_{ended}"),
+            format!("alertsvc_test_{ended}_42_1"),
+            format!("alertsvc_test_{ended}_x"),
+            format!("alertsvc_testing_{ended}_42"),
+            "alertsvc_test__42".to_owned(),
+            "test".to_owned(),
+        ] {
+            assert!(!abandoned(&other, "alertsvc_test"), "{other}");
+        }
     }
 
     #[tokio::test]
