@@ -27,8 +27,9 @@ use super::conn::Val;
 /// One column of a multi-row statement's rows: every `width`-th of
 /// `values` from `index`, bound as one PostgreSQL array (`text[]` or
 /// `bigint[]`, as its first row's value is). Encoded straight from the
-/// rows (sqlx's arrays of `Option<&str>` took four times the instructions
-/// per value, each value framed through its generic `Encode`).
+/// rows (sqlx's arrays of `Option<&str>` took twice the instructions,
+/// each value framed through its generic `Encode`: 7.1k against 3.4k per
+/// post, PERFORMANCE.md, notify's sixteenth round).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Column<'a> {
     values: &'a [Val<'a>],
