@@ -214,6 +214,18 @@ const COLUMNS: &str =
 pub(crate) trait EntryRow {
     fn text(&self, index: usize, column: &str) -> Result<Option<String>, LedgerError>;
     fn int(&self, index: usize, column: &str) -> Result<Option<i64>, LedgerError>;
+
+    /// [`Self::text`] of a column that is never null.
+    fn required_text(&self, index: usize, column: &str) -> Result<String, LedgerError> {
+        self.text(index, column)?
+            .ok_or_else(|| LedgerError::Column(column.to_owned()))
+    }
+
+    /// [`Self::int`] of a column that is never null.
+    fn required_int(&self, index: usize, column: &str) -> Result<i64, LedgerError> {
+        self.int(index, column)?
+            .ok_or_else(|| LedgerError::Column(column.to_owned()))
+    }
 }
 
 impl EntryRow for AnyRow {
@@ -244,14 +256,8 @@ impl EntryRow for sqlx::postgres::PgRow {
 }
 
 fn entry_from(row: &impl EntryRow) -> Result<Entry, LedgerError> {
-    let some = |value: Option<String>, column: &str| {
-        value.ok_or_else(|| LedgerError::Column(column.to_owned()))
-    };
-    let text = |index: usize, column: &str| some(row.text(index, column)?, column);
-    let int = |index: usize, column: &str| {
-        row.int(index, column)?
-            .ok_or_else(|| LedgerError::Column(column.to_owned()))
-    };
+    let text = |index: usize, column: &str| row.required_text(index, column);
+    let int = |index: usize, column: &str| row.required_int(index, column);
     let alert_id = text(0, "alert_id")?;
     let status = text(4, "status")?;
     let parsed = Status::parse(&status).ok_or_else(|| LedgerError::Status {

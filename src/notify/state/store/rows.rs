@@ -26,14 +26,8 @@ pub(super) fn row_to_state(row: &AnyRow) -> Result<StateRow, LedgerError> {
 
 /// A row read with [`RECORD_COLUMNS`]: its place without content.
 pub(super) fn row_to_record(row: &impl EntryRow) -> Result<StateRow, LedgerError> {
-    let text = |index: usize, column: &str| {
-        row.text(index, column)?
-            .ok_or_else(|| LedgerError::Column(column.to_owned()))
-    };
-    let int = |index: usize, column: &str| {
-        row.int(index, column)?
-            .ok_or_else(|| LedgerError::Column(column.to_owned()))
-    };
+    let text = |index: usize, column: &str| row.required_text(index, column);
+    let int = |index: usize, column: &str| row.required_int(index, column);
     let alert_id = text(0, "alert_id")?;
     let kind = text(1, "state")?;
     let kind = StateKind::parse(&kind).ok_or_else(|| LedgerError::State {
