@@ -359,7 +359,7 @@ async fn run(
                 group_window_ms: 0,
             };
             let payload =
-                block_on(codecs["slack_messages"].encode(&message.to_json())).expect("encode");
+                block_on(codecs["slack_messages"].encode_record(&message, 0)).expect("encode");
             // All in flight at once: awaited one at a time, each waited
             // out librdkafka's `linger.ms` (~100 s of set-up for 20,000).
             let record = FutureRecord::to("slack-messages")

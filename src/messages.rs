@@ -153,39 +153,6 @@ impl SlackMessage {
         }
     }
 
-    /// The record as its codec takes it: what `to_json(self)` (serde's
-    /// `to_value`) gives, built directly. The members are listed in name
-    /// order, so the map is built from them in one pass (inserted one by
-    /// one, each insert compared names along the tree).
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::Value;
-        let text = |s: &str| Value::from(s);
-        let group_key = self.group_key.as_deref().map_or(Value::Null, text);
-        let members: [(&str, Value); 15] = [
-            ("alertId", text(&self.alert_id)),
-            ("blocks", text(&self.blocks)),
-            ("channelId", text(&self.channel_id)),
-            ("createdAt", Value::from(self.created_at)),
-            ("groupKey", group_key),
-            ("groupWindowMs", Value::from(self.group_window_ms)),
-            ("pipeline", text(&self.pipeline)),
-            ("recurrence", text(self.recurrence.as_str())),
-            ("resolvedUnposted", text(self.resolved_unposted.as_str())),
-            ("sourceOffset", Value::from(self.source_offset)),
-            ("sourcePartition", Value::from(self.source_partition)),
-            ("sourceTopic", text(&self.source_topic)),
-            ("status", text(self.status.as_str())),
-            ("text", text(&self.text)),
-            ("updates", text(self.updates.as_str())),
-        ];
-        Value::Object(
-            members
-                .into_iter()
-                .map(|(name, value)| (name.to_owned(), value))
-                .collect(),
-        )
-    }
-
     pub fn from_json(value: serde_json::Value) -> Result<Self, serde_json::Error> {
         serde_json::from_value(value)
     }
@@ -250,56 +217,4 @@ pub struct SlackInteraction {
 /// Serializes a record for a codec; these types always serialize.
 pub fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `SlackMessage::to_json` gives what serde gives, in the same member
-    /// order, for every variant of every mode and odd field values.
-    #[test]
-    fn a_message_is_the_record_serde_would_make() {
-        let statuses = [AlertStatus::Firing, AlertStatus::Resolved];
-        let updates = [
-            UpdateMode::Edit,
-            UpdateMode::Thread,
-            UpdateMode::EditAndThread,
-        ];
-        let recurrences = [RecurrenceMode::New, RecurrenceMode::Thread];
-        let unposted = [ResolvedUnposted::Skip, ResolvedUnposted::Post];
-        let mut n = 0i64;
-        for status in statuses {
-            for update in updates {
-                for recurrence in recurrences {
-                    for resolved_unposted in unposted {
-                        for group_key in [None, Some(""), Some("org-1 \"é\"")] {
-                            n += 1;
-                            let message = SlackMessage {
-                                alert_id: format!("a-{n}"),
-                                channel_id: "C1".into(),
-                                text: "t \u{1} ü".into(),
-                                blocks: "[{\"type\":\"divider\"}]".into(),
-                                created_at: if n % 2 == 0 { -n } else { i64::MAX - n },
-                                pipeline: String::new(),
-                                source_topic: "in".into(),
-                                source_partition: if n % 3 == 0 { i32::MIN } else { 7 },
-                                source_offset: n * 1_000_000_007,
-                                status,
-                                updates: update,
-                                recurrence,
-                                resolved_unposted,
-                                group_key: group_key.map(String::from),
-                                group_window_ms: n % 4,
-                            };
-                            let serde = to_json(&message);
-                            let direct = message.to_json();
-                            assert_eq!(direct, serde);
-                            assert_eq!(direct.to_string(), serde.to_string());
-                        }
-                    }
-                }
-            }
-        }
-    }
 }

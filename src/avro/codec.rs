@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use apache_avro::Schema;
+use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::schema::shipped_predecessors;
@@ -179,6 +180,20 @@ impl Codec {
             Codec::Json => Ok(serde_json::to_vec(json)?),
             Codec::SingleObject(c) => c.encode(json),
             Codec::Confluent(c) => c.encode(json).await,
+        }
+    }
+
+    /// [`Codec::encode`] of `serde_json::to_value(record)`: the same bytes,
+    /// an `avro-single-object` record written without the JSON value in
+    /// between; `size_hint`: the bytes its strings take, roughly.
+    pub async fn encode_record<T: Serialize + ?Sized>(
+        &self,
+        record: &T,
+        size_hint: usize,
+    ) -> Result<Vec<u8>, AvroError> {
+        match self {
+            Codec::SingleObject(c) => c.encode_record(record, size_hint),
+            Codec::Json | Codec::Confluent(_) => self.encode(&serde_json::to_value(record)?).await,
         }
     }
 }

@@ -15,7 +15,10 @@ use serde_json::Value as Json;
 
 use super::json::{accepts_null, TypedSchema};
 
+mod ser;
+
 /// Why a value was not written.
+#[derive(Debug)]
 enum Miss {
     /// The mapping refuses the value here (a union tries its next branch).
     Mismatch,

@@ -12,7 +12,8 @@
 //!   the shipped schemas (`SHIPPED_PREDECESSORS`).
 //! - `fingerprint`: Parsing Canonical Form and CRC-64-AVRO fingerprints.
 //! - `json`: the schema-guided JSON ⇄ Avro mapping ([`TypedSchema`]);
-//!   `datum`: the same mapping written straight to a datum.
+//!   `datum`: the same mapping written straight to a datum, from a JSON
+//!   value or from a record's own `Serialize` ([`Codec::encode_record`]).
 //! - `single_object`: the `avro-single-object` format ([`SingleObject`]).
 //! - `confluent`: the `avro-confluent` format and its Schema Registry client
 //!   and registry modes ([`Confluent`]).

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use apache_avro::types::Value as AvroValue;
 use apache_avro::Schema;
+use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::codec::{Compact, COMPACT_DATUM};
@@ -110,6 +111,22 @@ impl SingleObject {
         out.extend_from_slice(&self.header);
         out.extend_from_slice(&datum);
         Ok(out)
+    }
+
+    /// [`SingleObject::encode`] of `serde_json::to_value(record)`, written
+    /// from the record itself where the datum writer can vouch for the
+    /// same bytes; `size_hint`: the bytes its strings take, roughly.
+    pub fn encode_record<T: Serialize + ?Sized>(
+        &self,
+        record: &T,
+        size_hint: usize,
+    ) -> Result<Vec<u8>, AvroError> {
+        let mut out = Vec::with_capacity(self.header.len() + 64 + size_hint + size_hint / 64);
+        out.extend_from_slice(&self.header);
+        if self.schema.write_serialized(record, &mut out) {
+            return Ok(out);
+        }
+        self.encode(&serde_json::to_value(record)?)
     }
 
     pub fn decode(&self, bytes: &[u8]) -> Result<Json, AvroError> {

@@ -21,7 +21,7 @@ use super::state::{action_for, Actor, AlertStates};
 use crate::avro::{Codec, KeyCodec};
 use crate::config::Secret;
 use crate::kafka::{enqueue, OutRecord, StageContext};
-use crate::messages::{to_json, SlackInteraction};
+use crate::messages::SlackInteraction;
 use crate::metrics::NotifyMetrics;
 use crate::slack::signing::{verify, ReplayGuard, SignatureError};
 
@@ -195,7 +195,10 @@ pub async fn handle(
         // Signed, but not a button click on an alert: acknowledge and ignore.
         return (StatusCode::OK, "");
     };
-    let encoded = match state.codec.encode(&to_json(&interaction)).await {
+    let encoded = match state
+        .codec
+        .encode_record(&interaction, interaction.payload.len())
+        .await {
         Ok(bytes) => bytes,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode interaction");

@@ -20,7 +20,7 @@ use crate::kafka::{
     dlq_headers, enqueue, send_dead_letter, DeadLetterRecord, OutRecord, SourcePosition,
     StageContext,
 };
-use crate::messages::{to_json, SlackResponse};
+use crate::messages::SlackResponse;
 use crate::metrics::NotifyMetrics;
 
 /// The input record a delivery answers for.
@@ -74,7 +74,7 @@ impl Responses {
             thread_ts: delivery.thread_ts.clone(),
             reply_ts: delivery.reply_ts.clone(),
         };
-        let payload = match self.codec.encode(&to_json(&response)).await {
+        let payload = match self.codec.encode_record(&response, 64).await {
             Ok(payload) => payload,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode SlackResponse");

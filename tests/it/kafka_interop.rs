@@ -249,7 +249,7 @@ fn python_writes() -> (Vec<Write>, Vec<SlackMessage>) {
         write("notifications", PY_ORG, Some(bad)),
     ];
     for m in &messages {
-        writes.push(write("slack_messages", &m.channel_id, Some(m.to_json())));
+        writes.push(write("slack_messages", &m.channel_id, Some(alertsvc::messages::to_json(m))));
     }
     (writes, messages)
 }

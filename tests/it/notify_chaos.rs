@@ -174,7 +174,7 @@ async fn replicas_through_outage_ambiguity_and_kills_post_every_alert_once() {
                 let at = now_ms();
                 let m = version(&alert, target, &format!("{alert} v1"), 1, at);
                 created.lock().unwrap().insert(alert, at);
-                let payload = codec.encode(&m.to_json()).await.expect("encode");
+                let payload = codec.encode_record(&m, 0).await.expect("encode");
                 producer
                     .send(
                         rdkafka::producer::FutureRecord::to(&topic)

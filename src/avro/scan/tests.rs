@@ -418,7 +418,7 @@ fn shipped_slack_messages_read_straight_into_the_struct() {
             group_key: rng.bool().then(|| format!("g{text}")),
             group_window_ms: rng.i64(0..100_000),
         };
-        let bytes = codec.encode(&message.to_json()).unwrap();
+        let bytes = codec.encode(&crate::messages::to_json(&message)).unwrap();
         assert_eq!(agree::<SlackMessage>(&codec, &bytes), Some(message));
     }
 }

@@ -157,7 +157,10 @@ impl Processor {
             };
             match verdict {
                 Verdict::Emit(slack_message) => {
-                    let encoded = match route.output_codec.encode(&slack_message.to_json()).await {
+                    let encoded = match route
+                        .output_codec
+                        .encode_record(&slack_message, slack_message.blocks.len() + slack_message.text.len())
+                        .await {
                         Ok(payload) => route
                             .output_key_codec
                             .encode_str(&slack_message.channel_id)

@@ -282,7 +282,7 @@ async fn enqueue_state(
 ) -> Result<rdkafka::producer::DeliveryFuture, String> {
     let payload = publisher
         .codec
-        .encode(&state_record(row))
+        .encode_record(&state_record(row), 64)
         .await
         .map_err(|e| e.to_string())?;
     let key = publisher

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::producer::FutureProducer;
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::decorate::decorated_blocks;
@@ -114,21 +114,38 @@ pub struct AlertStates {
     pub(super) showing: KeyedLocks,
 }
 
-/// The record for the `alert-state` topic (`config/schemas/alert_state.avsc`).
-pub fn state_record(row: &StateRow) -> Value {
+/// The record for the `alert-state` topic (`config/schemas/alert_state.avsc`),
+/// its fields in the schema's order (the codec then writes it without a
+/// JSON value in between).
+#[derive(Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateRecord<'a> {
+    pub alert_id: &'a str,
+    pub state: &'static str,
+    pub actor_id: Option<&'a str>,
+    pub actor_name: Option<&'a str>,
+    pub at: i64,
+    pub snoozed_until: Option<i64>,
+    pub group_key: Option<&'a str>,
+    pub channel_id: Option<&'a str>,
+    pub message_ts: Option<&'a str>,
+    pub pipeline: &'a str,
+}
+
+pub fn state_record(row: &StateRow) -> StateRecord<'_> {
     let actor = row.state.actor.as_ref();
-    json!({
-        "alertId": row.alert_id,
-        "state": row.state.kind.as_str(),
-        "actorId": actor.map(|a| a.id.clone()),
-        "actorName": actor.and_then(|a| a.name.clone()),
-        "at": row.state.at,
-        "snoozedUntil": row.state.snoozed_until,
-        "groupKey": row.place.group_key,
-        "channelId": row.place.channel_id,
-        "messageTs": row.place.message_ts,
-        "pipeline": row.place.pipeline,
-    })
+    StateRecord {
+        alert_id: &row.alert_id,
+        state: row.state.kind.as_str(),
+        actor_id: actor.map(|a| a.id.as_str()),
+        actor_name: actor.and_then(|a| a.name.as_deref()),
+        at: row.state.at,
+        snoozed_until: row.state.snoozed_until,
+        group_key: row.place.group_key.as_deref(),
+        channel_id: row.place.channel_id.as_deref(),
+        message_ts: row.place.message_ts.as_deref(),
+        pipeline: &row.place.pipeline,
+    }
 }
 
 impl AlertStates {
@@ -374,6 +391,7 @@ pub fn describe(applied: &Applied) -> &'static str {
 mod tests {
     use super::*;
     use crate::notify::state::{Actor, AlertState, StateKind};
+    use serde_json::json;
 
     #[test]
     fn the_record_has_every_schema_field() {
@@ -402,7 +420,7 @@ mod tests {
             },
         };
         assert_eq!(
-            state_record(&row),
+            crate::messages::to_json(&state_record(&row)),
             json!({"alertId": "A-1", "state": "snoozed", "actorId": "U1", "actorName": "ada",
                    "at": 5, "snoozedUntil": 9, "groupKey": "org-1", "channelId": "C1",
                    "messageTs": "1.2", "pipeline": "p"})

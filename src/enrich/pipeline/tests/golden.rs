@@ -168,7 +168,7 @@ fn render_all() -> String {
         out.push_str(&format!("## {name}\n"));
         match p.apply_at(&source(&key), &event, &tables, 1_800_000_000_000) {
             Verdict::Emit(m) => {
-                let bytes = block_on(output.encode(&m.to_json())).unwrap();
+                let bytes = block_on(output.encode_record(&m, 0)).unwrap();
                 out.push_str(&format!(
                     "alert_id: {}\nchannel_id: {}\ntext: {}\nstatus: {:?}\nblocks: {}\navro: ",
                     m.alert_id, m.channel_id, m.text, m.status, m.blocks
