@@ -198,7 +198,8 @@ pub async fn handle(
     let encoded = match state
         .codec
         .encode_record(&interaction, interaction.payload.len())
-        .await {
+        .await
+    {
         Ok(bytes) => bytes,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode interaction");

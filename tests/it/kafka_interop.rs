@@ -249,7 +249,11 @@ fn python_writes() -> (Vec<Write>, Vec<SlackMessage>) {
         write("notifications", PY_ORG, Some(bad)),
     ];
     for m in &messages {
-        writes.push(write("slack_messages", &m.channel_id, Some(alertsvc::messages::to_json(m))));
+        writes.push(write(
+            "slack_messages",
+            &m.channel_id,
+            Some(alertsvc::messages::to_json(m)),
+        ));
     }
     (writes, messages)
 }

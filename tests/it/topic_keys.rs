@@ -414,8 +414,12 @@ async fn keys_notify_writes_response_keys_in_the_topic_format() {
         TestEnv::with_layers(Broker::start(), &[&notify_toml(&slack, &ledger, 50), &keys]).await;
     for alert in ["alert-1", "alert-2"] {
         let message = message(alert, "C1", alert);
-        env.produce_keyed("slack_messages", &json!("C1"), &alertsvc::messages::to_json(&message))
-            .await;
+        env.produce_keyed(
+            "slack_messages",
+            &json!("C1"),
+            &alertsvc::messages::to_json(&message),
+        )
+        .await;
     }
     let notify = env.start_notify().await;
     let records = env.read(&env.topic("slack_responses"), 2, WAIT).await;

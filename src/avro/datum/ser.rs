@@ -502,9 +502,17 @@ impl ser::SerializeStruct for Fields<'_, '_> {
     type Error = Declined;
 
     fn serialize_field<T: Serialize + ?Sized>(&mut self, name: &'static str, value: &T) -> Done {
-        match self.record.lookup.get(name) {
-            Some(&at) if at >= self.next => {
-                self.defaults(at)?;
+        // Mostly the schema's next field: one comparison instead of a
+        // search of the names.
+        let at = match self.record.fields.get(self.next) {
+            Some(field) if field.name == name => Some(&self.next),
+            _ => self.record.lookup.get(name),
+        };
+        match at.copied() {
+            Some(at) if at >= self.next => {
+                if at > self.next {
+                    self.defaults(at)?;
+                }
                 self.next = at + 1;
                 value.serialize(Writer {
                     typed: self.typed,
@@ -640,7 +648,11 @@ impl ser::Serializer for Key<'_> {
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Declined> {
         unsupported()
     }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Declined> {
+    fn serialize_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStruct, Declined> {
         unsupported()
     }
     fn serialize_struct_variant(

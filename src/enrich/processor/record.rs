@@ -159,8 +159,12 @@ impl Processor {
                 Verdict::Emit(slack_message) => {
                     let encoded = match route
                         .output_codec
-                        .encode_record(&slack_message, slack_message.blocks.len() + slack_message.text.len())
-                        .await {
+                        .encode_record(
+                            &slack_message,
+                            slack_message.blocks.len() + slack_message.text.len(),
+                        )
+                        .await
+                    {
                         Ok(payload) => route
                             .output_key_codec
                             .encode_str(&slack_message.channel_id)

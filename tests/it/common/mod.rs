@@ -605,7 +605,10 @@ impl TestEnv {
         message: &SlackMessage,
         headers: &[(&str, &str)],
     ) -> (i32, i64) {
-        let payload = self.codecs["slack_messages"].encode_record(message, 0).await.expect("encode");
+        let payload = self.codecs["slack_messages"]
+            .encode_record(message, 0)
+            .await
+            .expect("encode");
         let topic = self.topic("slack_messages");
         let mut owned = rdkafka::message::OwnedHeaders::new();
         for (key, value) in headers {
@@ -623,7 +626,10 @@ impl TestEnv {
 
     /// Writes a `SlackMessage` to `slack-messages`, keyed by its channel.
     pub async fn produce_message(&self, message: &SlackMessage) -> (i32, i64) {
-        let payload = self.codecs["slack_messages"].encode_record(message, 0).await.expect("encode");
+        let payload = self.codecs["slack_messages"]
+            .encode_record(message, 0)
+            .await
+            .expect("encode");
         self.produce_raw(
             &self.topic("slack_messages"),
             Some(&message.channel_id),

@@ -16,7 +16,10 @@ fn agrees<T: Serialize>(schema: &TypedSchema, value: &T) -> bool {
     let mut via_json = vec![0xAA];
     let json_wrote = schema.write_datum(&json, &mut via_json);
     if wrote {
-        assert!(json_wrote, "written directly, refused by the JSON path: {json}");
+        assert!(
+            json_wrote,
+            "written directly, refused by the JSON path: {json}"
+        );
         assert_eq!(direct, via_json, "{json}");
     } else {
         assert_eq!(direct, [0xAA], "a declined write left bytes: {json}");
@@ -176,7 +179,10 @@ fn random_records_are_written_as_the_json_path_writes_them() {
     }
     // Both outcomes occur: valid records are written directly, invalid
     // ones (an int out of range, a float for a long, `z`, …) declined.
-    assert!(wrote > 300 && declined > 300, "{wrote} written, {declined} declined");
+    assert!(
+        wrote > 300 && declined > 300,
+        "{wrote} written, {declined} declined"
+    );
 }
 
 #[test]
@@ -213,9 +219,15 @@ fn a_valid_record_is_written_directly() {
         #[serde(flatten)]
         rest: &'a Wide,
     }
-    assert!(!agrees(&schema, &Flat { rest: &value }), "a flattened struct is a map");
+    assert!(
+        !agrees(&schema, &Flat { rest: &value }),
+        "a flattened struct is a map"
+    );
     let mut out = Vec::new();
-    assert!(schema.write_datum(&serde_json::to_value(Flat { rest: &value }).unwrap(), &mut out));
+    assert!(schema.write_datum(
+        &serde_json::to_value(Flat { rest: &value }).unwrap(),
+        &mut out
+    ));
 }
 
 /// Fields left out take their defaults (or null); fields the schema lacks
@@ -234,11 +246,23 @@ fn missing_extra_and_reordered_fields() {
     }
     assert!(agrees(
         &schema,
-        &Sparse { s: "x", i: None, unknown: vec![true], e: "y", a: &[4, 5] }
+        &Sparse {
+            s: "x",
+            i: None,
+            unknown: vec![true],
+            e: "y",
+            a: &[4, 5]
+        }
     ));
     assert!(agrees(
         &schema,
-        &Sparse { s: "x", i: Some(9), unknown: vec![], e: "x", a: &[] }
+        &Sparse {
+            s: "x",
+            i: Some(9),
+            unknown: vec![],
+            e: "x",
+            a: &[]
+        }
     ));
     // `n` has no default but takes null: a record without it is written.
     #[derive(Serialize)]
@@ -283,7 +307,12 @@ fn ambiguous_unions_and_unmodelled_shapes_are_declined() {
         b: &'static str,
     }
     assert!(agrees(&schema, &V { v: None::<Bee> }));
-    assert!(!agrees(&schema, &V { v: Some(Bee { b: "x" }) }));
+    assert!(!agrees(
+        &schema,
+        &V {
+            v: Some(Bee { b: "x" })
+        }
+    ));
     let mut out = Vec::new();
     assert!(schema.write_datum(&json!({"v": {"b": "x"}}), &mut out));
 
@@ -291,7 +320,8 @@ fn ambiguous_unions_and_unmodelled_shapes_are_declined() {
         Schema::parse_str(r#"{"type": "array", "items": {"type": "map", "values": "int"}}"#)
             .unwrap(),
     );
-    let maps: Vec<BTreeMap<&str, i32>> = vec![[("a", 1), ("b", -2)].into_iter().collect(), BTreeMap::new()];
+    let maps: Vec<BTreeMap<&str, i32>> =
+        vec![[("a", 1), ("b", -2)].into_iter().collect(), BTreeMap::new()];
     assert!(agrees(&list, &maps));
     // Integer keys become strings in JSON; not modelled here.
     let numbered: Vec<BTreeMap<i32, i32>> = vec![[(1, 1)].into_iter().collect()];
@@ -321,7 +351,11 @@ fn shipped_records_are_written_directly() {
     let message_schema = shipped("slack_message");
     let mut n = 0i64;
     for status in [AlertStatus::Firing, AlertStatus::Resolved] {
-        for updates in [UpdateMode::Edit, UpdateMode::Thread, UpdateMode::EditAndThread] {
+        for updates in [
+            UpdateMode::Edit,
+            UpdateMode::Thread,
+            UpdateMode::EditAndThread,
+        ] {
             for recurrence in [RecurrenceMode::New, RecurrenceMode::Thread] {
                 for resolved_unposted in [ResolvedUnposted::Skip, ResolvedUnposted::Post] {
                     for group_key in [None, Some(""), Some("org-1 \"é\"")] {
