@@ -82,15 +82,6 @@ pub enum UpdateMode {
 }
 
 impl UpdateMode {
-    /// The name serde gives it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpdateMode::Edit => "edit",
-            UpdateMode::Thread => "thread",
-            UpdateMode::EditAndThread => "edit_and_thread",
-        }
-    }
-
     pub fn edits(self) -> bool {
         matches!(self, UpdateMode::Edit | UpdateMode::EditAndThread)
     }
@@ -111,16 +102,6 @@ pub enum RecurrenceMode {
     Thread,
 }
 
-impl RecurrenceMode {
-    /// The name serde gives it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecurrenceMode::New => "new",
-            RecurrenceMode::Thread => "thread",
-        }
-    }
-}
-
 /// What a `resolved` record of an alert that was never posted does:
 /// nothing (answered `resolved_unposted`), or a post of the resolved
 /// message.
@@ -130,16 +111,6 @@ pub enum ResolvedUnposted {
     #[default]
     Skip,
     Post,
-}
-
-impl ResolvedUnposted {
-    /// The name serde gives it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResolvedUnposted::Skip => "skip",
-            ResolvedUnposted::Post => "post",
-        }
-    }
 }
 
 impl SlackMessage {
