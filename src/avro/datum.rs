@@ -60,14 +60,7 @@ impl TypedSchema {
                 out.extend_from_slice(&n.as_f64().ok_or(Miss::Mismatch)?.to_le_bytes());
             }
             (Schema::String, Json::String(s)) => write_bytes(s.as_bytes(), out),
-            (Schema::Enum(e), Json::String(s)) => {
-                let index = e
-                    .symbols
-                    .iter()
-                    .position(|sym| sym == s)
-                    .ok_or(Miss::Mismatch)?;
-                write_long(index as i64, out);
-            }
+            (Schema::Enum(e), Json::String(s)) => write_symbol(&e.symbols, s, out)?,
             (Schema::Array(a), Json::Array(items)) => {
                 if !items.is_empty() {
                     write_long(items.len() as i64, out);
@@ -117,26 +110,42 @@ impl TypedSchema {
                 let target = self.names.get(name).ok_or(Miss::Mismatch)?;
                 return self.write(target, json, out);
             }
-            (
-                Schema::Null
-                | Schema::Boolean
-                | Schema::Int
-                | Schema::Long
-                | Schema::TimestampMillis
-                | Schema::TimestampMicros
-                | Schema::Float
-                | Schema::Double
-                | Schema::String
-                | Schema::Enum(_)
-                | Schema::Array(_)
-                | Schema::Map(_)
-                | Schema::Record(_),
-                _,
-            ) => return Err(Miss::Mismatch),
+            (schema, _) if writes_itself(schema) => return Err(Miss::Mismatch),
             _ => return Err(Miss::Unsupported),
         }
         Ok(())
     }
+}
+
+/// The schema types this writer writes itself (others it leaves to
+/// `apache_avro`): a value of another kind there is a mismatch.
+fn writes_itself(schema: &Schema) -> bool {
+    matches!(
+        schema,
+        Schema::Null
+            | Schema::Boolean
+            | Schema::Int
+            | Schema::Long
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::Float
+            | Schema::Double
+            | Schema::String
+            | Schema::Enum(_)
+            | Schema::Array(_)
+            | Schema::Map(_)
+            | Schema::Record(_)
+    )
+}
+
+/// An enum's symbol, as its index; a string not among them mismatches.
+fn write_symbol(symbols: &[String], symbol: &str, out: &mut Vec<u8>) -> Result<(), Miss> {
+    let index = symbols
+        .iter()
+        .position(|s| s == symbol)
+        .ok_or(Miss::Mismatch)?;
+    write_long(index as i64, out);
+    Ok(())
 }
 
 /// Avro's `long`: zig-zag, then 7 bits a byte, low first.
@@ -167,11 +176,10 @@ mod tests {
         apache_avro::to_avro_datum(&schema.schema, value).ok()
     }
 
-    /// Every value is written as the tree path writes it, and every value
-    /// the tree path refuses is declined.
-    #[test]
-    fn writes_what_the_tree_path_writes_and_declines_what_it_refuses() {
-        let schema = TypedSchema::new(
+    /// A record of every type the writer writes, unions of scalars and of
+    /// a record, an array and a map; every field but `s` optional.
+    pub(super) fn wide_schema() -> TypedSchema {
+        TypedSchema::new(
             Schema::parse_str(
                 r#"{"type": "record", "name": "R", "namespace": "t", "fields": [
                 {"name": "s", "type": "string"},
@@ -188,11 +196,19 @@ mod tests {
                     "fields": [{"name": "a", "type": "string"}]}], "default": null},
                 {"name": "n", "type": ["null", "int"]},
                 {"name": "a", "type": {"type": "array", "items": "long"}, "default": []},
-                {"name": "m", "type": {"type": "map", "values": ["null", "string"]}, "default": {}}
+                {"name": "m", "type": {"type": "map", "values": ["null", "string"]}, "default": {}},
+                {"name": "r", "type": ["null", "In"], "default": null}
             ]}"#,
             )
             .unwrap(),
-        );
+        )
+    }
+
+    /// Every value is written as the tree path writes it, and every value
+    /// the tree path refuses is declined.
+    #[test]
+    fn writes_what_the_tree_path_writes_and_declines_what_it_refuses() {
+        let schema = wide_schema();
         let cases = [
             json!({"s": "plain"}),
             json!({"s": "é 🚀 \u{0}", "i": 2147483647, "l": -9223372036854775808_i64, "ts": 1_700_000_000_000_i64,

@@ -18,7 +18,7 @@ use apache_avro::schema::{RecordSchema, Schema};
 use serde::ser::{self, Impossible, Serialize};
 use serde_json::Value as Json;
 
-use super::{write_bytes, write_long, Miss};
+use super::{write_bytes, write_long, write_symbol, writes_itself, Miss};
 use crate::avro::json::{accepts_null, TypedSchema};
 
 impl TypedSchema {
@@ -166,15 +166,7 @@ impl<'s> Writer<'s, '_> {
                 write_bytes(s.as_bytes(), out);
                 Ok(())
             }
-            (Schema::Enum(e), Scalar::Str(s)) => {
-                let index = e
-                    .symbols
-                    .iter()
-                    .position(|sym| sym == s)
-                    .ok_or(Miss::Mismatch)?;
-                write_long(index as i64, out);
-                Ok(())
-            }
+            (Schema::Enum(e), Scalar::Str(s)) => write_symbol(&e.symbols, s, out),
             (schema, _) if writes_itself(schema) => Err(Miss::Mismatch),
             _ => Err(Miss::Unsupported),
         }
@@ -218,27 +210,6 @@ impl<'s> Writer<'s, '_> {
         self.schema = variant;
         self.compound(shape)
     }
-}
-
-/// The schema types `write_datum` writes itself (others it leaves to
-/// `apache_avro`).
-fn writes_itself(schema: &Schema) -> bool {
-    matches!(
-        schema,
-        Schema::Null
-            | Schema::Boolean
-            | Schema::Int
-            | Schema::Long
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::Float
-            | Schema::Double
-            | Schema::String
-            | Schema::Enum(_)
-            | Schema::Array(_)
-            | Schema::Map(_)
-            | Schema::Record(_)
-    )
 }
 
 type Done = Result<(), Declined>;
@@ -425,12 +396,19 @@ impl ser::SerializeSeq for Items<'_, '_> {
     }
 
     fn end(self) -> Done {
-        if self.left != 0 {
-            return Err(Declined(Miss::Unsupported));
-        }
-        self.out.push(0);
-        Ok(())
+        end_block(self.left, self.out)
     }
+}
+
+/// Ends a block of array items or map entries: as many as its count
+/// promised (a `Serialize` impl whose length hint was wrong is left to the
+/// JSON path).
+fn end_block(left: usize, out: &mut Vec<u8>) -> Done {
+    if left != 0 {
+        return Err(Declined(Miss::Unsupported));
+    }
+    out.push(0);
+    Ok(())
 }
 
 /// A map's entries, in one block; keys must be strings (`to_value` turns
@@ -461,11 +439,7 @@ impl ser::SerializeMap for Entries<'_, '_> {
     }
 
     fn end(self) -> Done {
-        if self.left != 0 {
-            return Err(Declined(Miss::Unsupported));
-        }
-        self.out.push(0);
-        Ok(())
+        end_block(self.left, self.out)
     }
 }
 
@@ -542,6 +516,15 @@ fn unsupported<T>() -> Result<T, Declined> {
     Err(Declined(Miss::Unsupported))
 }
 
+/// `Serializer` methods of one scalar argument that decline.
+macro_rules! decline {
+    ($($method:ident($arg:ty)),*) => {
+        $(fn $method(self, _: $arg) -> Done {
+            unsupported()
+        })*
+    };
+}
+
 impl ser::Serializer for Key<'_> {
     type Ok = ();
     type Error = Declined;
@@ -566,42 +549,20 @@ impl ser::Serializer for Key<'_> {
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> Done {
         value.serialize(self)
     }
-    fn serialize_bool(self, _: bool) -> Done {
-        unsupported()
-    }
-    fn serialize_i8(self, _: i8) -> Done {
-        unsupported()
-    }
-    fn serialize_i16(self, _: i16) -> Done {
-        unsupported()
-    }
-    fn serialize_i32(self, _: i32) -> Done {
-        unsupported()
-    }
-    fn serialize_i64(self, _: i64) -> Done {
-        unsupported()
-    }
-    fn serialize_u8(self, _: u8) -> Done {
-        unsupported()
-    }
-    fn serialize_u16(self, _: u16) -> Done {
-        unsupported()
-    }
-    fn serialize_u32(self, _: u32) -> Done {
-        unsupported()
-    }
-    fn serialize_u64(self, _: u64) -> Done {
-        unsupported()
-    }
-    fn serialize_f32(self, _: f32) -> Done {
-        unsupported()
-    }
-    fn serialize_f64(self, _: f64) -> Done {
-        unsupported()
-    }
-    fn serialize_bytes(self, _: &[u8]) -> Done {
-        unsupported()
-    }
+    decline!(
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_bytes(&[u8])
+    );
     fn serialize_none(self) -> Done {
         unsupported()
     }

@@ -4,6 +4,7 @@ use apache_avro::Schema;
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 
+use crate::avro::datum::tests::wide_schema as wide;
 use crate::avro::TypedSchema;
 
 /// Writes `value` both ways: the direct writer must write what the JSON
@@ -25,32 +26,6 @@ fn agrees<T: Serialize>(schema: &TypedSchema, value: &T) -> bool {
         assert_eq!(direct, [0xAA], "a declined write left bytes: {json}");
     }
     wrote
-}
-
-fn wide() -> TypedSchema {
-    TypedSchema::new(
-        Schema::parse_str(
-            r#"{"type": "record", "name": "R", "namespace": "t", "fields": [
-            {"name": "s", "type": "string"},
-            {"name": "i", "type": "int", "default": -1},
-            {"name": "l", "type": "long", "default": 0},
-            {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}, "default": 5},
-            {"name": "f", "type": "float", "default": 0.5},
-            {"name": "d", "type": "double", "default": 0.25},
-            {"name": "b", "type": "boolean", "default": false},
-            {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["x", "y"]}, "default": "x"},
-            {"name": "e2", "type": "E", "default": "y"},
-            {"name": "o", "type": ["null", "string"], "default": null},
-            {"name": "u", "type": ["null", "long", {"type": "record", "name": "In",
-                "fields": [{"name": "a", "type": "string"}]}], "default": null},
-            {"name": "n", "type": ["null", "int"]},
-            {"name": "a", "type": {"type": "array", "items": "long"}, "default": []},
-            {"name": "m", "type": {"type": "map", "values": ["null", "string"]}, "default": {}},
-            {"name": "r", "type": ["null", "In"], "default": null}
-        ]}"#,
-        )
-        .unwrap(),
-    )
 }
 
 #[derive(Serialize, Clone, Copy)]
