@@ -171,3 +171,99 @@ async fn claims_are_exclusive_and_pruning_spares_held_rows(backend: Backend) {
 }
 
 crate::on_both_ledgers!(claims_are_exclusive_and_pruning_spares_held_rows => claims_sqlite, claims_postgres);
+
+/// Retention goes by a row's last write, and no index of `deliveries` is on
+/// a column a post rewrites: a post writes its row twice (the claim, then
+/// `posted`), and an index on a rewritten column (`updated_at`, `status`)
+/// made the second write a new entry in every index of the table (on
+/// PostgreSQL, a row version that could not stay on its page).
+async fn retention_goes_by_last_write_and_indexes_spare_rewritten_columns(backend: Backend) {
+    use alertsvc::notify::ledger::{Claim, Ledger, Owner, Status};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = ledger_url(backend, dir.path()).await;
+    let ledger = Ledger::connect(&url, 4).await.unwrap();
+    ledger.migrate().await.unwrap();
+    let t0 = 1_800_000_000_000i64;
+    let owner = Owner::new("replica-0");
+    // (alert, claimed at, last written at)
+    let rows = [
+        ("old", t0, t0 + 1),
+        ("rewritten-since", t0, t0 + 2_000_000),
+        ("young", t0 + 2_000_000, t0 + 2_000_001),
+    ];
+    for (alert, claimed, written) in rows {
+        let Claim::Held(entry) = ledger
+            .claim(alert, "C1", &owner, claimed, claimed + 10_000)
+            .await
+            .unwrap()
+        else {
+            panic!("{alert}: not claimed");
+        };
+        let mut entry = *entry;
+        entry.status = Status::Posted;
+        entry.ts = Some("1800000000.000001".into());
+        ledger.save(&entry, &owner, written, None).await.unwrap();
+    }
+    assert_eq!(
+        ledger.prune(t0 + 1_000_000, t0 + 3_000_000).await.unwrap(),
+        1
+    );
+    assert!(ledger.get("old").await.unwrap().is_none());
+    for kept in ["rewritten-since", "young"] {
+        assert!(ledger.get(kept).await.unwrap().is_some(), "{kept} pruned");
+    }
+
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let indexed_sql = match backend {
+        Backend::Sqlite => {
+            "SELECT DISTINCT ii.name AS col FROM pragma_index_list('deliveries') AS il, \
+             pragma_index_info(il.name) AS ii ORDER BY col"
+        }
+        Backend::Postgres => {
+            "SELECT DISTINCT a.attname::text AS col FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = 'deliveries'::regclass ORDER BY col"
+        }
+    };
+    let indexed: Vec<String> = sqlx::query(indexed_sql)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get("col").unwrap())
+        .collect();
+    assert_eq!(indexed, ["alert_id", "created_at"]);
+    if backend == Backend::Postgres {
+        // Room on each page for a row's next version, and ids compared as
+        // bytes (see migrations/postgres/0012).
+        let options: String = sqlx::query(
+            "SELECT array_to_string(reloptions, ',') AS o FROM pg_class \
+             WHERE oid = 'deliveries'::regclass",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .try_get("o")
+        .unwrap();
+        assert_eq!(options, "fillfactor=50");
+        for table in ["deliveries", "alert_states"] {
+            let collation: String = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT collation_name::text AS c FROM information_schema.columns \
+                 WHERE table_name = '{table}' AND column_name = 'alert_id'"
+            )))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .try_get("c")
+            .unwrap();
+            assert_eq!(collation, "C", "{table}.alert_id");
+        }
+    }
+}
+
+crate::on_both_ledgers!(
+    retention_goes_by_last_write_and_indexes_spare_rewritten_columns
+        => retention_by_last_write_sqlite, retention_by_last_write_postgres
+);

@@ -563,7 +563,9 @@ impl Ledger {
     /// many.
     pub async fn prune(&self, before_ms: i64, now_ms: i64) -> Result<u64, LedgerError> {
         let done = sqlx::query(
-            "DELETE FROM deliveries WHERE updated_at < $1 \
+            // `created_at` is indexed (never rewritten, unlike
+            // `updated_at`) and never later than `updated_at`.
+            "DELETE FROM deliveries WHERE created_at < $1 AND updated_at < $1 \
              AND (owner IS NULL OR lease_until IS NULL OR lease_until < $2)",
         )
         .bind(before_ms)
