@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod enrich;
 pub mod http;
 pub mod kafka;
+pub mod memory;
 pub mod messages;
 pub mod metrics;
 pub mod notify;

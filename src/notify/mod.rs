@@ -115,6 +115,11 @@ impl Work for NotifyWork {
     }
 
     async fn run(self, bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), NotifyError> {
+        // Every post's buffers come and go; with huge pages each return
+        // and reuse of them was a 2 MiB page zeroed anew (see the module).
+        if !crate::memory::disable_transparent_huge_pages() {
+            tracing::debug!("transparent huge pages left as the system has them");
+        }
         run_with(bound, shutdown).await
     }
 }
