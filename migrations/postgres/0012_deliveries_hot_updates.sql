@@ -1,6 +1,6 @@
 -- Every post writes its ledger row twice (the claim, then `posted`), and
--- an index on `updated_at` made each of those updates a new row version
--- with a new entry in every index of the table. Retention now finds its
+-- an index on `updated_at` made the second write a new row version with a
+-- new entry in every index of the table. Retention now finds its
 -- rows by `created_at`, which no write changes (`updated_at` is never
 -- older than `created_at`, so the rows it deletes are among them), and
 -- half of each page is left free, so a row's next version can stay on its

@@ -1,5 +1,5 @@
 -- Every post writes its ledger row twice (the claim, then `posted`), and
--- an index on `updated_at` was rewritten by each of those updates.
+-- an index on `updated_at` was rewritten by the second.
 -- Retention now finds its rows by `created_at`, which no write changes
 -- (`updated_at` is never older than `created_at`, so the rows it deletes
 -- are among them).
