@@ -275,7 +275,9 @@ fn configured_clients(settings: &Settings) -> Vec<(String, Role)> {
         ));
         clients.push((
             "the notify producer".to_owned(),
-            Role::IdempotentProducer { linger_ms: 5 },
+            Role::IdempotentProducer {
+                linger_ms: NOTIFY_LINGER_MS,
+            },
         ));
     }
     if settings.produce.is_some() {
@@ -338,6 +340,15 @@ pub fn client_warnings(settings: &Settings) -> Vec<String> {
 /// produce batches more than the streaming stages: it writes whole result
 /// sets at once.
 pub const PRODUCE_LINGER_MS: u32 = 20;
+
+/// notify writes two records per post (the response, the alert state),
+/// keyed by channel and alert over many partitions. Nothing waits on them
+/// but the consumer's offsets and the state's readers (the post itself is
+/// done), so they wait for fuller batches: at 5 ms each record's batch was
+/// a few records, and the broker's requests and the delivery reports that
+/// wake their tasks cost notify ~15% of its CPU per post
+/// (`docs/PERFORMANCE.md`, eighteenth round).
+pub const NOTIFY_LINGER_MS: u32 = 20;
 
 /// One warning per property of `client` (the table named `table`) that
 /// overrides a relied-on value the clients set, naming every client that

@@ -31,7 +31,7 @@ pub mod watermarks;
 pub use bounded_read::{bounded_read, BoundedRead, BoundedReadError, Stop, Until};
 pub use clients::{
     check_client_properties, client_config, client_warnings, Commits, Role, DLQ_REPLAY_GROUP,
-    PRODUCE_LINGER_MS, PRODUCE_READBACK_GROUP,
+    NOTIFY_LINGER_MS, PRODUCE_LINGER_MS, PRODUCE_READBACK_GROUP,
 };
 pub use dead_letter::{
     dlq_headers, send_dead_letter, DeadLetterCancelled, DeadLetterRecord, SourcePosition,

@@ -40,7 +40,7 @@ use crate::avro::{build_codecs, build_key_codecs, AvroError};
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::http::BindError;
-use crate::kafka::{client_config, Commits, Role, StageContext};
+use crate::kafka::{client_config, Commits, Role, StageContext, NOTIFY_LINGER_MS};
 use crate::metrics::{MetricsError, NotifyMetrics};
 use crate::slack::SlackApi;
 use crate::stage::{Bound, Stage, Work};
@@ -187,7 +187,9 @@ async fn run_with(bound: Bound<'_>, shutdown: CancellationToken) -> Result<(), N
     let producer: FutureProducer<StageContext> = client_config(
         &settings.kafka,
         "the notify producer",
-        &Role::IdempotentProducer { linger_ms: 5 },
+        &Role::IdempotentProducer {
+            linger_ms: NOTIFY_LINGER_MS,
+        },
     )
     .create_with_context(context.clone())
     .map_err(kafka("producer"))?;
