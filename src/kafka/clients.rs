@@ -341,13 +341,13 @@ pub fn client_warnings(settings: &Settings) -> Vec<String> {
 /// sets at once.
 pub const PRODUCE_LINGER_MS: u32 = 20;
 
-/// notify writes two records per post (the response, the alert state),
-/// keyed by channel and alert over many partitions. Nothing waits on them
-/// but the consumer's offsets and the state's readers (the post itself is
-/// done), so they wait for fuller batches: at 5 ms each record's batch was
-/// a few records, and the broker's requests and the delivery reports that
-/// wake their tasks cost notify ~15% of its CPU per post
-/// (`docs/PERFORMANCE.md`, eighteenth round).
+/// notify writes two records per post (the response, the alert state).
+/// Nothing waits on them but the consumer's offsets and the state's
+/// readers (the post itself is done), so they wait for fuller batches: at
+/// 5 ms the broker's requests and the delivery reports that wake their
+/// tasks cost notify ~15% of its CPU per post (`docs/PERFORMANCE.md`,
+/// eighteenth round). A button click's answer to Slack, which waits for
+/// its record, is up to 15 ms later, far inside Slack's 3 s.
 pub const NOTIFY_LINGER_MS: u32 = 20;
 
 /// One warning per property of `client` (the table named `table`) that
