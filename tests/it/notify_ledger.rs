@@ -87,16 +87,28 @@ fn a_bad_database_url_is_refused_without_echoing_it() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
+/// A new, migrated ledger on `backend`, its URL, and the directory an
+/// SQLite file lives in (keep it until the test ends).
+async fn migrated_ledger(
+    backend: Backend,
+    connections: u32,
+) -> (tempfile::TempDir, String, alertsvc::notify::ledger::Ledger) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = ledger_url(backend, dir.path()).await;
+    let ledger = alertsvc::notify::ledger::Ledger::connect(&url, connections)
+        .await
+        .unwrap();
+    ledger.migrate().await.unwrap();
+    (dir, url, ledger)
+}
+
 /// The claim is atomic: of many concurrent claimants exactly one holds the
 /// alert; a live lease is respected, a lapsed one taken over, and a writer
 /// whose claim was taken over is refused. Pruning spares held rows.
 async fn claims_are_exclusive_and_pruning_spares_held_rows(backend: Backend) {
-    use alertsvc::notify::ledger::{Claim, Ledger, LedgerError, Owner, Status};
+    use alertsvc::notify::ledger::{Claim, LedgerError, Owner, Status};
 
-    let dir = tempfile::tempdir().unwrap();
-    let url = ledger_url(backend, dir.path()).await;
-    let ledger = Ledger::connect(&url, 8).await.unwrap();
-    ledger.migrate().await.unwrap();
+    let (_dir, _url, ledger) = migrated_ledger(backend, 8).await;
     let now = 1_800_000_000_000i64;
     let owners: Vec<Owner> = (0..8)
         .map(|i| Owner::new(&format!("replica-{i}")))
@@ -178,12 +190,9 @@ crate::on_both_ledgers!(claims_are_exclusive_and_pruning_spares_held_rows => cla
 /// made the second write a new entry in every index of the table (on
 /// PostgreSQL, a row version that could not stay on its page).
 async fn retention_goes_by_last_write_and_indexes_spare_rewritten_columns(backend: Backend) {
-    use alertsvc::notify::ledger::{Claim, Ledger, Owner, Status};
+    use alertsvc::notify::ledger::{Claim, Owner, Status};
 
-    let dir = tempfile::tempdir().unwrap();
-    let url = ledger_url(backend, dir.path()).await;
-    let ledger = Ledger::connect(&url, 4).await.unwrap();
-    ledger.migrate().await.unwrap();
+    let (_dir, url, ledger) = migrated_ledger(backend, 4).await;
     let t0 = 1_800_000_000_000i64;
     let owner = Owner::new("replica-0");
     // (alert, claimed at, last written at)
