@@ -10,7 +10,10 @@
 //!       (PostgreSQL's server's apart, when it is the ledger and runs
 //!       here: `/proc` is read for processes named `postgres`). 200 channels unless
 //!       told: a channel has one message in flight at a time, so more
-//!       channels show what the per-channel chain costs.
+//!       channels show what the per-channel chain costs. Each second's
+//!       posts follow (`ALERTSVC_BENCH_WINDOW_MS=100` for tenths): a run
+//!       longer than `notify.max_in_flight` (10,000) shows whether the
+//!       rate holds once the backlog is full.
 //!   cargo bench --bench notify -- slack [MESSAGES]
 //!       the ceiling Slack's side sets: notify's client posting to the fake
 //!       from 200 tasks (one per channel), no ledger, no Kafka.
@@ -70,6 +73,9 @@ struct Run {
     /// for SQLite, or where the server's processes cannot be read).
     postgres_cpu: Duration,
     slack: FakeSlack,
+    /// Each whole window (a second unless told) of the posting window:
+    /// posts, and the machine's busy CPU time over it.
+    seconds: Vec<(usize, Duration)>,
 }
 
 /// The machine's CPU time by kind, from the first line of `/proc/stat`
@@ -408,6 +414,14 @@ async fn run(
     let threads_before = thread_cpu();
     let (machine_before, postgres_before) = (machine_cpu(), postgres_cpu());
     let (mut last, mut progress) = (0, Instant::now());
+    // Each second's posts and the machine's CPU meanwhile: a run long
+    // enough to fill `max_in_flight` shows whether the rate holds.
+    let window = std::env::var("ALERTSVC_BENCH_WINDOW_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_secs(1), Duration::from_millis);
+    let mut seconds = Vec::new();
+    let (mut second_from, mut second_posts, mut second_busy) = (started, 0, machine_before);
     loop {
         let posts = stalled(progress);
         if posts >= total {
@@ -415,6 +429,11 @@ async fn run(
         }
         if posts > last {
             (last, progress) = (posts, Instant::now());
+        }
+        if second_from.elapsed() >= window {
+            let busy = machine_cpu();
+            seconds.push((posts - second_posts, busy.since(second_busy).busy));
+            (second_from, second_posts, second_busy) = (Instant::now(), posts, busy);
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -438,6 +457,7 @@ async fn run(
         machine,
         postgres_cpu,
         slack,
+        seconds,
     }
 }
 
@@ -665,6 +685,20 @@ fn main() {
                 );
             }
             println!("{machine}");
+            if !r.seconds.is_empty() {
+                let by_second: Vec<String> = r
+                    .seconds
+                    .iter()
+                    .map(|(posts, busy)| {
+                        let us = busy.as_secs_f64() * 1e6 / (*posts).max(1) as f64;
+                        format!("{:.1}k ({us:.0} µs)", *posts as f64 / 1e3)
+                    })
+                    .collect();
+                println!(
+                    "  by window: posts (the machine's CPU per post): {}",
+                    by_second.join(", ")
+                );
+            }
         }
         "slack" => {
             let total = number(1, 20_000);

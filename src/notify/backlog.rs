@@ -1,8 +1,9 @@
 //! Which input partitions to pause: notify never waits on one channel;
 //! instead, a channel whose queue grows past its bound pauses the
-//! partitions that feed it, too many unfinished messages pause everything,
-//! and so does a Slack outage. Resuming waits until the queue is half
-//! drained, so partitions do not flap.
+//! partitions that feed it, and a Slack outage pauses everything. Too many
+//! unfinished messages first only stop the dispatcher reading (see
+//! [`Backlog::full`]); everything is paused when that lasts. Resuming
+//! waits until the queue is half drained, so partitions do not flap.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -47,9 +48,6 @@ impl Backlog {
             self.overloaded += 1;
         }
         self.total += 1;
-        if self.total >= self.max_total {
-            self.over_total = true;
-        }
     }
 
     pub fn removed(&mut self, channel: &str, partition: i32) {
@@ -77,6 +75,32 @@ impl Backlog {
 
     pub fn total(&self) -> usize {
         self.total
+    }
+
+    /// As many messages unfinished as allowed: the dispatcher reads no more
+    /// until one finishes. Pausing instead would cost the whole pre-fetch:
+    /// librdkafka drops a paused partition's fetched messages and, once
+    /// resumed, takes up to a second to fetch again, while the half left in
+    /// flight drains in a third of that (`docs/PERFORMANCE.md`,
+    /// nineteenth round).
+    pub fn full(&self) -> bool {
+        self.total >= self.max_total
+    }
+
+    /// Pauses every partition until half the unfinished messages are done:
+    /// for when the backlog stays [`full`](Self::full), so that the
+    /// consumer can be polled (rebalances, the group's liveness) without
+    /// taking more.
+    pub fn pause_while_full(&mut self) {
+        if self.full() {
+            self.over_total = true;
+        }
+    }
+
+    /// Whether everything is paused for being full: reading is safe again
+    /// (a paused partition yields nothing more).
+    pub fn paused_while_full(&self) -> bool {
+        self.over_total
     }
 
     pub fn queued(&self, channel: &str) -> usize {
@@ -141,17 +165,38 @@ mod tests {
     }
 
     #[test]
-    fn too_much_in_flight_or_a_slack_outage_pauses_everything() {
-        let mut b = Backlog::new(100, 4);
+    fn a_slack_outage_pauses_everything() {
+        let b = Backlog::new(100, 4);
         let all = assigned(&[0, 1]);
         assert_eq!(b.to_pause(&all, true), all, "outage");
-        for c in ["a", "b", "c", "d"] {
+        assert!(b.to_pause(&all, false).is_empty());
+    }
+
+    #[test]
+    fn too_much_in_flight_stops_reading_and_pauses_everything_only_when_asked() {
+        let mut b = Backlog::new(100, 4);
+        let all = assigned(&[0, 1]);
+        for c in ["a", "b", "c"] {
             b.added(c, 0);
         }
+        b.pause_while_full();
+        assert!(
+            !b.full() && !b.paused_while_full(),
+            "not full: nothing to pause"
+        );
+        b.added("d", 1);
+        assert!(b.full());
+        assert!(b.pauses_nothing(), "full alone pauses nothing");
+        assert!(b.to_pause(&all, false).is_empty());
+        b.pause_while_full();
+        assert!(b.paused_while_full());
         assert_eq!(b.to_pause(&all, false), all);
         assert!(!b.pauses_nothing());
         b.removed("a", 0);
+        assert!(!b.full());
+        assert_eq!(b.to_pause(&all, false), all, "not yet half");
         b.removed("b", 0);
+        assert!(!b.paused_while_full(), "half drained: resume");
         assert!(b.to_pause(&all, false).is_empty());
         assert!(b.pauses_nothing());
     }

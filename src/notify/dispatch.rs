@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -25,6 +25,10 @@ use crate::avro::{from_fields, Codec};
 use crate::config::NotifySettings;
 use crate::kafka::{send_dead_letter, DeadLetterRecord, StageContext};
 use crate::messages::SlackMessage;
+
+/// How long the dispatcher may go without reading while its backlog is
+/// full before it pauses every partition instead (and polls again).
+const FULL_BEFORE_PAUSE: Duration = Duration::from_secs(1);
 
 /// The partitions this consumer owns, each with the token that stops its
 /// work when it is revoked. Written by the rebalance callbacks (on the
@@ -172,19 +176,33 @@ impl Dispatcher<'_> {
             resync_pauses: false,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // Since when the backlog has been full without a pause.
+        let mut full_since: Option<Instant> = None;
         loop {
+            let read = !state.backlog.full() || state.backlog.paused_while_full();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = self.done_rx.recv() => self.finished(&mut state, done),
                 _ = tick.tick() => {}
-                message = self.consumer.recv() => match message {
+                message = self.consumer.recv(), if read => match message {
                     Ok(message) => self.accept(&mut state, message.detach()).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "consume failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
+            }
+            if state.backlog.full() && !state.backlog.paused_while_full() {
+                // Not read for this long, the consumer would hold up a
+                // rebalance (and at five minutes leave its group): pause
+                // everything and go on polling.
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= FULL_BEFORE_PAUSE {
+                    state.backlog.pause_while_full();
+                }
+            } else {
+                full_since = None;
             }
             self.follow_assignment(&mut state);
             self.apply_pauses(&mut state);

@@ -527,3 +527,64 @@ async fn a_revoked_partitions_queued_messages_are_dropped_and_posted_once_by_the
     assert_eq!(posts.len(), all);
     assert!(posts.values().all(|n| *n == 1), "{posts:?}");
 }
+
+/// More messages waiting than `notify.max_in_flight`: notify reads up to
+/// the bound and no further; when nothing finishes for a while it pauses
+/// every partition (so that the consumer is polled again), resumes once
+/// half is done, and posts each alert once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_stops_reading_at_max_in_flight_then_pauses() {
+    const MAX_IN_FLIGHT: f64 = 6.0;
+    let NotifyEnv {
+        slack,
+        env,
+        ledger_dir: _ledger_dir,
+        ..
+    } = notify_env(&["C1", "C2"], None, Backend::Sqlite, 50).await;
+    // Each post answered after 1.2 s: a channel finishes one message at a
+    // time, so the backlog stays full longer than notify waits to pause.
+    slack.set_latency(Duration::from_millis(1200));
+    let alerts: Vec<String> = (0..10).map(|i| format!("queued-{i}")).collect();
+    for (i, alert) in alerts.iter().enumerate() {
+        env.produce_message(&message(alert, ["C1", "C2"][i % 2], "queued"))
+            .await;
+    }
+    let notify = env
+        .start_notify_with(notify_settings(&env, |n| n.max_in_flight = 6))
+        .await;
+    let partitions = crate::common::TOPICS
+        .iter()
+        .find(|(id, _)| *id == "slack_messages")
+        .map_or(0.0, |(_, n)| f64::from(*n));
+    let (mut most_in_flight, mut all_paused) = (0.0_f64, false);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while slack.messages().len() < alerts.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} posted",
+            slack.messages().len(),
+            alerts.len()
+        );
+        let metrics = env.notify_metrics().await;
+        let value = |series| crate::common::metric_value(&metrics, series).unwrap_or(0.0);
+        most_in_flight = most_in_flight.max(value("alertsvc_notify_in_flight"));
+        all_paused |= value("alertsvc_notify_paused_partitions") == partitions;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        most_in_flight, MAX_IN_FLIGHT,
+        "read up to the bound, never past it"
+    );
+    assert!(
+        all_paused,
+        "every partition paused while the backlog stayed full"
+    );
+    let responses = env.read_responses(alerts.len(), WAIT).await;
+    assert!(responses
+        .iter()
+        .all(|r| r.outcome == DeliveryOutcome::Posted));
+    let posts = posts_per_alert(&slack.messages());
+    let expected: BTreeMap<String, usize> = alerts.iter().map(|a| (a.clone(), 1)).collect();
+    assert_eq!(posts, expected, "each alert posted once");
+    notify.stop().await.expect("clean stop");
+}
