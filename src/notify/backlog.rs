@@ -20,11 +20,14 @@ pub struct Backlog {
     max_per_channel: usize,
     max_total: usize,
     channels: HashMap<String, ChannelLoad>,
-    /// How many of `channels` are overloaded: with none (and not over
-    /// the total), nothing is to be paused without looking at each.
+    /// How many of `channels` are overloaded: with none (and nothing
+    /// paused for being full), nothing is to be paused without looking at
+    /// each.
     overloaded: usize,
     total: usize,
-    over_total: bool,
+    /// Everything paused, the backlog having stayed full, until half of it
+    /// is done.
+    paused_while_full: bool,
 }
 
 impl Backlog {
@@ -35,7 +38,7 @@ impl Backlog {
             channels: HashMap::new(),
             overloaded: 0,
             total: 0,
-            over_total: false,
+            paused_while_full: false,
         }
     }
 
@@ -69,7 +72,7 @@ impl Backlog {
         }
         self.total = self.total.saturating_sub(1);
         if self.total <= self.max_total / 2 {
-            self.over_total = false;
+            self.paused_while_full = false;
         }
     }
 
@@ -79,9 +82,9 @@ impl Backlog {
 
     /// As many messages unfinished as allowed: the dispatcher reads no more
     /// until one finishes. Pausing instead would cost the whole pre-fetch:
-    /// librdkafka drops a paused partition's fetched messages and, once
-    /// resumed, takes up to a second to fetch again, while the half left in
-    /// flight drains in a third of that (`docs/PERFORMANCE.md`,
+    /// librdkafka drops a paused partition's fetched messages, and after
+    /// the resume its next ones came 0.3–0.7 s later, when the half left
+    /// in flight had drained in a third of a second (`docs/PERFORMANCE.md`,
     /// nineteenth round).
     pub fn full(&self) -> bool {
         self.total >= self.max_total
@@ -93,14 +96,14 @@ impl Backlog {
     /// taking more.
     pub fn pause_while_full(&mut self) {
         if self.full() {
-            self.over_total = true;
+            self.paused_while_full = true;
         }
     }
 
     /// Whether everything is paused for being full: reading is safe again
     /// (a paused partition yields nothing more).
     pub fn paused_while_full(&self) -> bool {
-        self.over_total
+        self.paused_while_full
     }
 
     pub fn queued(&self, channel: &str) -> usize {
@@ -111,12 +114,12 @@ impl Backlog {
     /// Slack is unreachable: what the dispatcher asks after every message,
     /// without building the set.
     pub fn pauses_nothing(&self) -> bool {
-        !self.over_total && self.overloaded == 0
+        !self.paused_while_full && self.overloaded == 0
     }
 
     /// The partitions of `assigned` to keep paused now.
     pub fn to_pause(&self, assigned: &BTreeSet<i32>, slack_unreachable: bool) -> BTreeSet<i32> {
-        if slack_unreachable || self.over_total {
+        if slack_unreachable || self.paused_while_full {
             return assigned.clone();
         }
         if self.overloaded == 0 {
