@@ -75,7 +75,7 @@ struct Run {
     slack: FakeSlack,
     /// Each whole window (a second unless told) of the posting window:
     /// posts, and the machine's busy CPU time over it.
-    seconds: Vec<(usize, Duration)>,
+    windows: Vec<(usize, Duration)>,
 }
 
 /// The machine's CPU time by kind, from the first line of `/proc/stat`
@@ -420,8 +420,8 @@ async fn run(
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map_or(Duration::from_secs(1), Duration::from_millis);
-    let mut seconds = Vec::new();
-    let (mut second_from, mut second_posts, mut second_busy) = (started, 0, machine_before);
+    let mut windows = Vec::new();
+    let (mut window_from, mut window_posts, mut window_busy) = (started, 0, machine_before);
     loop {
         let posts = stalled(progress);
         if posts >= total {
@@ -430,10 +430,10 @@ async fn run(
         if posts > last {
             (last, progress) = (posts, Instant::now());
         }
-        if second_from.elapsed() >= window {
+        if window_from.elapsed() >= window {
             let busy = machine_cpu();
-            seconds.push((posts - second_posts, busy.since(second_busy).busy));
-            (second_from, second_posts, second_busy) = (Instant::now(), posts, busy);
+            windows.push((posts - window_posts, busy.since(window_busy).busy));
+            (window_from, window_posts, window_busy) = (Instant::now(), posts, busy);
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -457,7 +457,7 @@ async fn run(
         machine,
         postgres_cpu,
         slack,
-        seconds,
+        windows,
     }
 }
 
@@ -685,9 +685,9 @@ fn main() {
                 );
             }
             println!("{machine}");
-            if !r.seconds.is_empty() {
-                let by_second: Vec<String> = r
-                    .seconds
+            if !r.windows.is_empty() {
+                let by_window: Vec<String> = r
+                    .windows
                     .iter()
                     .map(|(posts, busy)| {
                         let us = busy.as_secs_f64() * 1e6 / (*posts).max(1) as f64;
@@ -696,7 +696,7 @@ fn main() {
                     .collect();
                 println!(
                     "  by window: posts (the machine's CPU per post): {}",
-                    by_second.join(", ")
+                    by_window.join(", ")
                 );
             }
         }

@@ -534,7 +534,7 @@ async fn a_revoked_partitions_queued_messages_are_dropped_and_posted_once_by_the
 /// half is done, and posts each alert once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_backlog_stops_reading_at_max_in_flight_then_pauses() {
-    const MAX_IN_FLIGHT: f64 = 6.0;
+    const MAX_IN_FLIGHT: usize = 6;
     let NotifyEnv {
         slack,
         env,
@@ -550,7 +550,7 @@ async fn a_full_backlog_stops_reading_at_max_in_flight_then_pauses() {
             .await;
     }
     let notify = env
-        .start_notify_with(notify_settings(&env, |n| n.max_in_flight = 6))
+        .start_notify_with(notify_settings(&env, |n| n.max_in_flight = MAX_IN_FLIGHT))
         .await;
     let partitions = crate::common::TOPICS
         .iter()
@@ -572,7 +572,7 @@ async fn a_full_backlog_stops_reading_at_max_in_flight_then_pauses() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        most_in_flight, MAX_IN_FLIGHT,
+        most_in_flight, MAX_IN_FLIGHT as f64,
         "read up to the bound, never past it"
     );
     assert!(
